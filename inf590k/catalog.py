@@ -1,0 +1,150 @@
+"""The catalog: one Parquet row per scanned file, the contract between the build stages.
+
+Layout inside a build directory::
+
+    BUILD/catalog/part-<source>-<chunk>.parquet   one file per ingest chunk (resumable)
+    BUILD/sources.json                            source id -> root path, manifest digest
+
+`pyarrow.parquet.read_table(BUILD / "catalog")` reads the whole catalog. Later stages
+(dedupe, bin) rewrite the parts with `write_catalog`, never dropping a row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CATALOG_DIRNAME = "catalog"
+SOURCES_FILENAME = "sources.json"
+
+# Row status values. Counts always add up: found = ok + excluded + rejected + duplicate.
+STATUS_OK = "ok"
+STATUS_EXCLUDED = "excluded"  # a manifest or folder rule says this file is not an IR image
+STATUS_REJECTED = "rejected"  # an IR candidate that could not be used (corrupt, too small, ...)
+STATUS_DUPLICATE = "duplicate"  # set by dedupe: a kept image of the same group exists
+STATUSES = (STATUS_OK, STATUS_EXCLUDED, STATUS_REJECTED, STATUS_DUPLICATE)
+
+CATALOG_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),  # stable: source + relpath, no dots
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("relpath", pa.string(), nullable=False),  # inside the root or archive
+        pa.field("frame", pa.int32()),  # video frame index, -1 for still images
+        pa.field("split", pa.string()),  # split folder of the source if any (train/val/test)
+        pa.field("license", pa.string()),
+        pa.field("modality", pa.string()),  # lwir, mwir, nir, synthetic
+        pa.field("tags", pa.list_(pa.string())),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),  # why excluded / rejected / duplicate; "" when ok
+        pa.field("file_bytes", pa.int64()),
+        pa.field("file_sha256", pa.string()),
+        pa.field("pixel_sha256", pa.string()),  # of the stored 1-channel pixels
+        pa.field("width", pa.int32()),  # after crop: what a shard stores
+        pa.field("height", pa.int32()),
+        pa.field("orig_width", pa.int32()),
+        pa.field("orig_height", pa.int32()),
+        pa.field("orig_channels", pa.int8()),
+        pa.field("orig_dtype", pa.string()),  # uint8, uint16, float32
+        pa.field("bit_depth", pa.int8()),  # 8 or 16, of the decoded file
+        pa.field("grey_diff", pa.float32()),  # mean |channel difference| of 3-channel files
+        pa.field("normalisation", pa.string()),  # e.g. "none", "p1-p99 stretch 812..3420"
+        pa.field("crop_box", pa.list_(pa.int32(), 4)),  # x0, y0, x1, y1 in the original
+        pa.field("entropy", pa.float32()),  # global 256-bin entropy of the 8-bit view, bits
+        pa.field("phash", pa.string()),  # imagehash 64-bit pHash of the 8-bit view, 16 hex
+        pa.field("dhash", pa.string()),
+        pa.field("dup_group", pa.int64()),  # set by dedupe; -1 when unique
+        pa.field("res_bin", pa.string()),  # set by bin
+    ]
+)
+
+COLUMN_NAMES = tuple(CATALOG_SCHEMA.names)
+
+
+def catalog_dir(build: Path) -> Path:
+    return Path(build) / CATALOG_DIRNAME
+
+
+def empty_row() -> dict:
+    """A row with every column present, nulls where a stage has not filled it in yet."""
+    row: dict = {name: None for name in COLUMN_NAMES}
+    row.update(frame=-1, tags=[], reason="", dup_group=-1)
+    return row
+
+
+def rows_to_table(rows: Iterable[dict]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=CATALOG_SCHEMA)
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write a Parquet file so that a reader (or a resumed run) never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def part_paths(build: Path) -> list[Path]:
+    return sorted(catalog_dir(build).glob("part-*.parquet"))
+
+
+def read_catalog(build: Path) -> pa.Table:
+    """The whole catalog, rows in a fixed order (by uid), whatever order parts were written."""
+    parts = part_paths(build)
+    if not parts:
+        raise FileNotFoundError(
+            f"no catalog in {build}: run `inf590k ingest --build {build} --source ID=PATH` first"
+        )
+    table = pa.concat_tables(pq.read_table(p, schema=CATALOG_SCHEMA) for p in parts)
+    return table.sort_by("uid")
+
+
+def write_catalog(build: Path, table: pa.Table) -> None:
+    """Rewrite the catalog in place (used by dedupe and bin), keeping one part per source.
+
+    Every row is kept: the row count written equals the row count read.
+    """
+    table = table.cast(CATALOG_SCHEMA)
+    old_parts = set(part_paths(build))
+    new_parts = set()
+    for source in sorted(set(table.column("source").to_pylist())):
+        rows = table.filter(pa.compute.equal(table.column("source"), source))
+        path = catalog_dir(build) / f"part-{source}-all.parquet"
+        write_parquet_atomic(rows, path)
+        new_parts.add(path)
+    for stale in old_parts - new_parts:
+        stale.unlink()
+
+
+def status_counts(table: pa.Table) -> dict[str, dict[str, int]]:
+    """{source: {found, ok, excluded, rejected, duplicate}} from a catalog table."""
+    counts: dict[str, dict[str, int]] = {}
+    for source, status in zip(
+        table.column("source").to_pylist(), table.column("status").to_pylist(), strict=True
+    ):
+        per_source = counts.setdefault(source, {"found": 0, **{s: 0 for s in STATUSES}})
+        per_source["found"] += 1
+        per_source[status] += 1
+    return counts
+
+
+def read_sources(build: Path) -> dict[str, dict]:
+    path = Path(build) / SOURCES_FILENAME
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def write_sources(build: Path, sources: dict[str, dict]) -> None:
+    path = Path(build) / SOURCES_FILENAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(sources, indent=2, sort_keys=True))
+    os.replace(tmp, path)
