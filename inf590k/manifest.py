@@ -1,0 +1,288 @@
+"""Source manifests: what a public infrared dataset looks like on disk, and what to keep of it.
+
+One YAML file per source under `manifests/` (schema: `Manifest` below, documented in
+manifests/README.md). Paths are matched case-insensitively against the path of each file
+relative to the source root (or archive), because copies of the same dataset differ in case
+(`Ir/` vs `ir/`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MANIFEST_DIR = Path(__file__).resolve().parent.parent / "manifests"
+MODALITIES = ("lwir", "mwir", "nir", "synthetic")
+CHANNEL_POLICIES = ("grey", "allow_colour")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+# Folders and files that hold the visible half of a pair, masks or labels. Applied to the
+# generic `folder` source, and available to manifests as `exclude: [standard]`.
+STANDARD_EXCLUDES: tuple[tuple[str, str], ...] = (
+    ("visible image folder", "**/{visible,vis,vi,rgb,color,colour,images_rgb_*,*_visible,video_rgb_*}/**"),
+    ("visible image file (*_co)", "**/*_co.*"),
+    ("mask folder", "**/{mask,masks,gt,groundtruth,segmentation_labels,seg_labels}/**"),
+    ("mask file (*_pixels0)", "**/*_pixels0.*"),
+    ("label folder", "**/{label,labels,annotation,annotations,annotated_thermal_8_bit}/**"),
+)
+
+
+class ManifestError(ValueError):
+    """A manifest file that does not follow the schema; the message names file, key and fix."""
+
+
+@dataclass(frozen=True)
+class ExcludeRule:
+    rule: str  # human-readable name: becomes the catalog `reason` of excluded files
+    glob: str
+
+
+@dataclass(frozen=True)
+class BorderRule:
+    """A fixed frame to cut off every image of a source (e.g. DroneVehicle's white border)."""
+
+    width: int  # pixels cut from each side
+    value: int | None = None  # the frame's grey level, when known (documentation and checks)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    id: str
+    name: str
+    homepage: str = ""
+    license: str = "unknown"
+    citation: str = ""
+    modality: str = "lwir"
+    paired_with_visible: bool = False
+    include: tuple[str, ...] = ("**/*",)
+    exclude: tuple[ExcludeRule, ...] = ()
+    expected_count: int | None = None
+    video_stride: int = 1  # keep every k-th frame of a video file or frame-sequence folder
+    sequence_globs: tuple[str, ...] = ()  # folders whose images are consecutive video frames
+    border: BorderRule | None = None
+    crop_zero_borders: bool = True
+    channel_policy: str = "grey"
+    tags: tuple[str, ...] = ()
+    notes: str = ""
+    path: str = ""  # the YAML file it came from
+
+    def excluded_by(self, relpath: str) -> str | None:
+        """Name of the first exclude rule matching `relpath`, or None."""
+        for rule in self.exclude:
+            if glob_matches(rule.glob, relpath):
+                return rule.rule
+        return None
+
+    def included(self, relpath: str) -> bool:
+        return any(glob_matches(pattern, relpath) for pattern in self.include)
+
+    def in_sequence(self, relpath: str) -> bool:
+        return any(glob_matches(pattern, relpath) for pattern in self.sequence_globs)
+
+
+@functools.lru_cache(maxsize=512)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a glob with `**`, `*`, `?`, `[...]` and `{a,b}` to a case-insensitive regex.
+
+    Hand-written because fnmatch has neither `**` nor braces, and pathlib's full_match is
+    Python 3.13+ and case-sensitive on POSIX.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    depth = 0  # inside {...}
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end
+        elif c == "{":
+            out.append("(?:")
+            depth += 1
+        elif c == "}" and depth:
+            out.append(")")
+            depth -= 1
+        elif c == "," and depth:
+            out.append("|")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z", re.IGNORECASE | re.DOTALL)
+
+
+def glob_matches(pattern: str, relpath: str) -> bool:
+    return _glob_regex(pattern).match(relpath) is not None
+
+
+def _fail(path: str, key: str, problem: str, fix: str) -> ManifestError:
+    return ManifestError(f"{path}: key '{key}': {problem}. Fix: {fix}")
+
+
+def _parse_excludes(raw: Any, path: str) -> tuple[ExcludeRule, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _fail(path, "exclude", "must be a list", "write `exclude: [{rule: NAME, glob: PATTERN}]`")
+    rules: list[ExcludeRule] = []
+    for item in raw:
+        if item == "standard":
+            rules.extend(ExcludeRule(name, pattern) for name, pattern in STANDARD_EXCLUDES)
+            continue
+        if not isinstance(item, dict) or set(item) != {"rule", "glob"}:
+            raise _fail(
+                path, "exclude", f"entry {item!r} is not {{rule, glob}}",
+                "each entry needs exactly `rule:` (a name) and `glob:` (a pattern), or the word standard",
+            )
+        rules.append(ExcludeRule(str(item["rule"]), str(item["glob"])))
+    return tuple(rules)
+
+
+def _parse_border(raw: Any, path: str) -> BorderRule | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("width"), int) or raw["width"] < 0:
+        raise _fail(path, "border", f"{raw!r} is not a border rule", "write `border: {width: 100, value: 255}`")
+    return BorderRule(width=raw["width"], value=raw.get("value"))
+
+
+def _as_str_tuple(raw: Any, path: str, key: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        return (raw,)
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise _fail(path, key, f"{raw!r} is not a list of strings", f"write `{key}: [\"pattern\", ...]`")
+    return tuple(raw)
+
+
+def manifest_from_dict(data: Any, path: str = "<manifest>") -> Manifest:
+    """Validate a parsed YAML mapping into a Manifest; errors name the file, key and fix."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: a manifest must be a YAML mapping of keys (id, name, include, ...)")
+    known = {f.name for f in fields(Manifest)} - {"path"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise _fail(path, unknown[0], "is not a manifest key", f"use one of: {', '.join(sorted(known))}")
+    for key in ("id", "name"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise _fail(path, key, "is missing", f"add `{key}: ...` (a non-empty string)")
+    if not ID_PATTERN.match(data["id"]):
+        raise _fail(path, "id", f"{data['id']!r} is not a valid id", "use lower-case letters, digits and _")
+    modality = data.get("modality", "lwir")
+    if modality not in MODALITIES:
+        raise _fail(path, "modality", f"{modality!r} is unknown", f"use one of {', '.join(MODALITIES)}")
+    policy = data.get("channel_policy", "grey")
+    if policy not in CHANNEL_POLICIES:
+        raise _fail(path, "channel_policy", f"{policy!r} is unknown", f"use one of {', '.join(CHANNEL_POLICIES)}")
+    stride = data.get("video_stride", 1)
+    if not isinstance(stride, int) or stride < 1:
+        raise _fail(path, "video_stride", f"{stride!r} is not a positive integer", "write e.g. `video_stride: 10`")
+    expected = data.get("expected_count")
+    if expected is not None and (not isinstance(expected, int) or expected < 0):
+        raise _fail(path, "expected_count", f"{expected!r} is not a count", "write a number or `null`")
+    include = _as_str_tuple(data.get("include", ["**/*"]), path, "include")
+    if not include:
+        raise _fail(path, "include", "is empty", "list at least one glob, e.g. `include: [\"**/*.png\"]`")
+    return Manifest(
+        id=data["id"],
+        name=data["name"],
+        homepage=str(data.get("homepage") or ""),
+        license=str(data.get("license") or "unknown"),
+        citation=str(data.get("citation") or ""),
+        modality=modality,
+        paired_with_visible=bool(data.get("paired_with_visible", False)),
+        include=include,
+        exclude=_parse_excludes(data.get("exclude"), path),
+        expected_count=expected,
+        video_stride=stride,
+        sequence_globs=_as_str_tuple(data.get("sequence_globs"), path, "sequence_globs"),
+        border=_parse_border(data.get("border"), path),
+        crop_zero_borders=bool(data.get("crop_zero_borders", True)),
+        channel_policy=policy,
+        tags=_as_str_tuple(data.get("tags"), path, "tags"),
+        notes=str(data.get("notes") or ""),
+        path=path,
+    )
+
+
+def load_manifest_file(path: Path) -> Manifest:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: not valid YAML ({err}). Fix the syntax at the line shown") from err
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read the manifest ({err.strerror})") from err
+    return manifest_from_dict(data, str(path))
+
+
+def folder_manifest() -> Manifest:
+    """The built-in `folder` source: every image under the root, standard exclusions."""
+    return Manifest(
+        id="folder",
+        name="Self-collected folder",
+        license="user-provided",
+        include=tuple(f"**/*{ext}" for ext in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS),
+        exclude=tuple(ExcludeRule(name, pattern) for name, pattern in STANDARD_EXCLUDES),
+        notes="Any folder of infrared images; visible halves, masks and labels are excluded.",
+    )
+
+
+def builtin_manifests(directory: Path = MANIFEST_DIR) -> dict[str, Manifest]:
+    """All manifests shipped in manifests/, plus the built-in `folder` source, by id."""
+    manifests = {"folder": folder_manifest()}
+    for path in sorted(Path(directory).glob("*.yaml")):
+        manifest = load_manifest_file(path)
+        if manifest.id in manifests:
+            raise ManifestError(f"{path}: key 'id': {manifest.id!r} is used twice. Fix: rename one")
+        manifests[manifest.id] = manifest
+    return manifests
+
+
+def resolve_manifests(extra_files: tuple[Path, ...] = ()) -> dict[str, Manifest]:
+    """Built-in manifests, with user manifests (`--manifest FILE`) added or overriding by id."""
+    manifests = builtin_manifests()
+    for path in extra_files:
+        manifest = load_manifest_file(path)
+        manifests[manifest.id] = manifest
+    return manifests
+
+
+@dataclass(frozen=True)
+class SourceIndex:
+    """Stable integer per source id (the shards' `.cls`): sorted built-in ids, then the rest."""
+
+    ids: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def for_ids(cls, used: set[str] | list[str]) -> SourceIndex:
+        builtin = sorted(builtin_manifests())
+        extra = sorted(set(used) - set(builtin))
+        return cls(tuple(builtin + extra))
+
+    def index(self, source_id: str) -> int:
+        return self.ids.index(source_id)
