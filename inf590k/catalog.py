@@ -107,20 +107,24 @@ def read_catalog(build: Path) -> pa.Table:
 
 
 def write_catalog(build: Path, table: pa.Table) -> None:
-    """Rewrite the catalog in place (used by dedupe and bin), keeping one part per source.
+    """Rewrite the catalog in place (used by dedupe and bin): each part keeps its rows.
 
-    Every row is kept: the row count written equals the row count read.
+    Every row is kept: a part is rewritten with the rows of `table` that have its uids, so
+    ingest's resume markers (the part files) survive later stages.
     """
     table = table.cast(CATALOG_SCHEMA)
-    old_parts = set(part_paths(build))
-    new_parts = set()
-    for source in sorted(set(table.column("source").to_pylist())):
-        rows = table.filter(pa.compute.equal(table.column("source"), source))
-        path = catalog_dir(build) / f"part-{source}-all.parquet"
-        write_parquet_atomic(rows, path)
-        new_parts.add(path)
-    for stale in old_parts - new_parts:
-        stale.unlink()
+    index_of = {uid: i for i, uid in enumerate(table.column("uid").to_pylist())}
+    parts = part_paths(build)
+    seen = 0
+    for path in parts:
+        uids = pq.read_table(path, columns=["uid"]).column("uid").to_pylist()
+        missing = [uid for uid in uids if uid not in index_of]
+        if missing:
+            raise ValueError(f"write_catalog would drop row {missing[0]} of {path.name}")
+        write_parquet_atomic(table.take([index_of[uid] for uid in uids]), path)
+        seen += len(uids)
+    if seen != table.num_rows:
+        raise ValueError(f"write_catalog: table has {table.num_rows} rows, parts hold {seen}")
 
 
 def status_counts(table: pa.Table) -> dict[str, dict[str, int]]:

@@ -1,0 +1,194 @@
+"""Read a source root in place: a folder, a .zip, or a .tar / .tar.gz / .tgz / .tar.bz2 / .tar.xz.
+
+Archives are never extracted: members are read as bytes. Every entry found gets a
+`SourceEntry`, including the ones that cannot be read (their `problem` says why), so the
+catalog accounts for every file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import stat
+import tarfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    relpath: str  # posix path inside the root or archive
+    size: int
+    problem: str = ""  # non-empty: the entry cannot be read, and why
+
+
+def root_kind(root: Path) -> str:
+    """'folder', 'zip' or 'tar'; raises FileNotFoundError / ValueError with what to do."""
+    root = Path(root)
+    if root.is_dir():
+        return "folder"
+    if not root.exists():
+        raise FileNotFoundError(f"source path {root} does not exist: pass a folder or an archive")
+    name = root.name.lower()
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith(TAR_SUFFIXES):
+        return "tar"
+    raise ValueError(f"{root} is neither a folder nor a .zip/.tar(.gz/.bz2/.xz) archive")
+
+
+def unsafe_member_path(name: str) -> str:
+    """Why an archive member name must not be used ('' when it is safe)."""
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "unsafe archive member: absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "unsafe archive member: '..' in path"
+    return ""
+
+
+def _walk_folder(root: Path) -> Iterator[SourceEntry]:
+    def on_error(err: OSError) -> None:  # an unreadable folder still gets a row
+        rel = os.path.relpath(err.filename, root).replace(os.sep, "/")
+        if rel != ".":
+            pending.append(SourceEntry(rel, 0, f"unreadable folder ({err.strerror})"))
+
+    pending: list[SourceEntry] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+        yield from pending
+        pending.clear()
+        for dirname in list(dirnames):
+            full = os.path.join(dirpath, dirname)
+            if os.path.islink(full):
+                dirnames.remove(dirname)  # a linked folder could loop; give it a row instead
+                rel = os.path.relpath(full, root).replace(os.sep, "/")
+                yield SourceEntry(rel, 0, "symbolic link to a folder (not followed)")
+        for filename in filenames:
+            full = os.path.join(dirpath, filename)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            yield _folder_entry(full, rel)
+    yield from pending
+
+
+def _folder_entry(full: str, rel: str) -> SourceEntry:
+    try:
+        info = os.stat(full)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return SourceEntry(rel, 0, "symbolic link loop")
+        if os.path.islink(full):
+            return SourceEntry(rel, 0, "broken symbolic link")
+        return SourceEntry(rel, 0, f"unreadable ({err.strerror})")
+    if not stat.S_ISREG(info.st_mode):
+        return SourceEntry(rel, 0, "not a regular file")
+    if not os.access(full, os.R_OK):
+        return SourceEntry(rel, info.st_size, "unreadable (permission denied)")
+    return SourceEntry(rel, info.st_size)
+
+
+def _list_zip(root: Path) -> Iterator[SourceEntry]:
+    with zipfile.ZipFile(root) as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            problem = unsafe_member_path(info.filename)
+            if not problem and info.flag_bits & 0x1:
+                problem = "encrypted archive member"
+            yield SourceEntry(info.filename, info.file_size, problem)
+
+
+def _tar_member_problem(member: tarfile.TarInfo) -> str:
+    problem = unsafe_member_path(member.name)
+    if problem:
+        return problem
+    if member.issym() or member.islnk():
+        return "link inside archive (not followed)"
+    if not member.isfile():
+        return "not a regular file"
+    return ""
+
+
+def _list_tar(root: Path) -> Iterator[SourceEntry]:
+    with tarfile.open(root, mode="r:*") as archive:
+        for member in archive:
+            if member.isdir():
+                continue
+            yield SourceEntry(member.name, member.size, _tar_member_problem(member))
+
+
+def list_entries(root: Path) -> list[SourceEntry]:
+    """Every file under a root (folder or archive), sorted by path; unreadable ones flagged."""
+    kind = root_kind(root)
+    if kind == "folder":
+        entries = _walk_folder(Path(root))
+    elif kind == "zip":
+        entries = _list_zip(Path(root))
+    else:
+        entries = _list_tar(Path(root))
+    return sorted(entries, key=lambda entry: entry.relpath)
+
+
+class SourceReader:
+    """Reads file bytes from a root; archives stay open for the reader's lifetime.
+
+    `read_many` returns members in one forward pass for compressed tars (random access into a
+    .tar.gz re-decompresses from the start).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.kind = root_kind(self.root)
+        self._zip: zipfile.ZipFile | None = None
+
+    def __enter__(self) -> SourceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def read(self, relpath: str) -> bytes:
+        return self.read_many([relpath])[relpath]
+
+    def read_many(self, relpaths: Iterable[str]) -> dict[str, bytes]:
+        wanted = list(dict.fromkeys(relpaths))
+        for relpath in wanted:
+            problem = unsafe_member_path(relpath)
+            if problem:
+                raise ValueError(f"{relpath}: {problem}")
+        if self.kind == "folder":
+            return {rel: (self.root / rel).read_bytes() for rel in wanted}
+        if self.kind == "zip":
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.root)
+            return {rel: self._zip.read(rel) for rel in wanted}
+        return dict(self._iter_tar(set(wanted)))
+
+    def _iter_tar(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+        with tarfile.open(self.root, mode="r:*") as archive:
+            for member in archive:
+                if member.name in wanted and member.isfile():
+                    handle = archive.extractfile(member)
+                    assert handle is not None
+                    yield member.name, handle.read()
+                    wanted.discard(member.name)
+                    if not wanted:
+                        return
+        if wanted:
+            raise FileNotFoundError(f"{self.root}: no member {sorted(wanted)[0]}")
+
+    def iter_tar_bytes(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+        """Stream the requested members of a tar archive in archive order (one pass)."""
+        return self._iter_tar(set(wanted))
+
+
+def member_suffix(relpath: str) -> str:
+    return posixpath.splitext(relpath)[1].lower()
