@@ -1,2 +1,163 @@
-def main():
-    pass
+"""`inf590k`: build the Inf-590K infrared corpus and pretrain DuGI-MAE on it.
+
+Thin on purpose: parse options, build the library's config dataclasses, call, print the
+one-line summary. This is the only module that knows both `inf590k` and `pretrain`.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import click
+
+from inf590k.imageio import ImagePolicy
+from inf590k.manifest import ManifestError
+
+
+def package_version() -> str:
+    try:
+        return version("inf590k")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def parse_source(value: str) -> tuple[str, Path]:
+    source_id, sep, path = value.partition("=")
+    if not sep or not source_id or not path:
+        raise click.BadParameter(f"{value!r}: write ID=PATH, e.g. llvip=/data/LLVIP or folder=./my_images")
+    return source_id, Path(path).expanduser()
+
+
+class CliError(click.ClickException):
+    """An error printed as one line, with what to do next, and exit status 1."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_version(), prog_name="inf590k")
+def main() -> None:
+    """Build the Inf-590K infrared pretraining corpus and pretrain DuGI-MAE on it.
+
+    \b
+    Dataset:   sources, synth, ingest, dedupe, bin, shard, build, verify, report
+    Model:     model-info, pretrain, visualize, export
+    """
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+@main.group()
+def sources() -> None:
+    """The public infrared sources the toolkit knows (one manifest each)."""
+
+
+@sources.command("list")
+@click.option("--manifest", "manifest_files", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Extra manifest YAML files to list too.")
+def sources_list(manifest_files: tuple[Path, ...]) -> None:
+    """Table of sources: id, name, expected count, license, modality."""
+    from inf590k.manifest import resolve_manifests
+
+    manifests = _load_manifests(manifest_files, resolve_manifests)
+    rows = [("id", "name", "count", "license", "modality")]
+    for m in sorted(manifests.values(), key=lambda m: m.id):
+        count = "?" if m.expected_count is None else str(m.expected_count)
+        rows.append((m.id, m.name, count, m.license, m.modality))
+    widths = [min(max(len(r[i]) for r in rows), 42) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join(cell[: widths[i]].ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@sources.command("show")
+@click.argument("source_id")
+@click.option("--manifest", "manifest_files", multiple=True, type=click.Path(exists=True, path_type=Path))
+def sources_show(source_id: str, manifest_files: tuple[Path, ...]) -> None:
+    """Everything a manifest says about one source."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from inf590k.manifest import resolve_manifests
+
+    manifests = _load_manifests(manifest_files, resolve_manifests)
+    if source_id not in manifests:
+        raise CliError(f"unknown source {source_id!r}; `inf590k sources list` shows the ids")
+    described = asdict(manifests[source_id])
+    described.pop("path", None)
+    click.echo(yaml.safe_dump(described, sort_keys=False, allow_unicode=True).rstrip())
+
+
+def _load_manifests(manifest_files, resolve):
+    try:
+        return resolve(tuple(manifest_files))
+    except ManifestError as err:
+        raise CliError(str(err)) from err
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def policy_options(func):
+    """Options of ImagePolicy, shared by ingest and build."""
+    defaults = ImagePolicy()
+    options = [
+        click.option("--min-side", default=defaults.min_side, show_default=True,
+                     help="Reject images whose both sides are shorter (px)."),
+        click.option("--max-pixels", default=defaults.max_pixels, show_default=True,
+                     help="Reject files with more pixels (decompression bombs)."),
+        click.option("--grey-tolerance", default=defaults.grey_tolerance, show_default=True,
+                     help="Mean channel spread (8-bit levels) up to which a 3-channel file counts as grey IR."),
+        click.option("--allow-colour", is_flag=True, help="Keep true-colour files (converted to grey) instead of rejecting them."),
+        click.option("--stretch", default=f"{defaults.stretch_low:g},{defaults.stretch_high:g}", show_default=True,
+                     help="Percentiles LOW,HIGH of the 16-bit -> 8-bit stretch."),
+        click.option("--no-border-crop", is_flag=True, help="Keep zero-valued black borders."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def make_policy(min_side, max_pixels, grey_tolerance, allow_colour, stretch, no_border_crop) -> ImagePolicy:
+    try:
+        low, high = (float(x) for x in stretch.split(","))
+    except ValueError as err:
+        raise click.BadParameter(f"--stretch {stretch!r}: write two percentiles, e.g. 1,99") from err
+    if not 0 <= low < high <= 100:
+        raise click.BadParameter(f"--stretch {stretch!r}: need 0 <= LOW < HIGH <= 100")
+    return ImagePolicy(stretch_low=low, stretch_high=high, min_side=min_side, max_pixels=max_pixels,
+                       grey_tolerance=grey_tolerance, allow_colour=allow_colour,
+                       crop_zero_borders=not no_border_crop)
+
+
+@main.command()
+@click.option("--source", "source_values", multiple=True, required=True, metavar="ID=PATH",
+              help="A source id (see `sources list`; folder or folder:NAME for your own images) and its folder or archive. Repeatable.")
+@click.option("--manifest", "manifest_files", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Your own manifest YAML (adds or overrides a source id). Repeatable.")
+@click.option("--build", "build_dir", required=True, type=click.Path(path_type=Path), help="Build directory (catalog goes to BUILD/catalog).")
+@click.option("--workers", default=0, show_default="one per core", help="Worker processes.")
+@policy_options
+def ingest(source_values, manifest_files, build_dir, workers, **policy_values) -> None:
+    """Scan sources and catalogue every file (kept, excluded or rejected, with a reason)."""
+    from inf590k.ingest import IngestConfig
+    from inf590k.ingest import ingest as run_ingest
+
+    config = IngestConfig(
+        sources=tuple(parse_source(v) for v in source_values),
+        build=build_dir,
+        manifests=tuple(manifest_files),
+        workers=workers,
+        policy=make_policy(**policy_values),
+        progress=sys.stderr.isatty(),
+    )
+    try:
+        summary = run_ingest(config)
+    except (ManifestError, KeyError, ValueError, FileNotFoundError) as err:
+        raise CliError(str(err).strip("'\"")) from err
+    click.echo(str(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,23 @@ def resolve_manifests(extra_files: tuple[Path, ...] = ()) -> dict[str, Manifest]
         manifest = load_manifest_file(path)
         manifests[manifest.id] = manifest
     return manifests
+
+
+def manifest_for_source(source_id: str, manifests: dict[str, Manifest]) -> Manifest:
+    """The manifest of `--source ID=PATH`; `folder:NAME` is a folder source with its own id."""
+    if source_id.startswith("folder:"):
+        name = source_id.split(":", 1)[1]
+        if not ID_PATTERN.match(name):
+            raise ManifestError(f"source {source_id!r}: NAME must use lower-case letters, digits and _")
+        if name in manifests:
+            raise ManifestError(f"source {source_id!r}: {name!r} is already a manifest id; pick another NAME")
+        return replace(folder_manifest(), id=name, name=f"Self-collected folder {name}")
+    if source_id not in manifests:
+        raise ManifestError(
+            f"unknown source id {source_id!r}: see `inf590k sources list`, use folder=PATH or "
+            "folder:NAME=PATH for your own images, or pass --manifest FILE"
+        )
+    return manifests[source_id]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,519 @@
+"""Ingest: scan source roots, decode every IR candidate once, write the catalog.
+
+Work is cut into fixed chunks of the sorted file list of each source; each finished chunk is
+written as one catalog part (`catalog/part-<source>-<chunk>.parquet`, atomically). A killed
+run re-plans, skips the chunks whose part exists and finishes the rest, so the catalog equals
+an uninterrupted run's, for any worker count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import posixpath
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from inf590k import catalog as cat
+from inf590k.imageio import (
+    ImagePolicy,
+    ProcessedImage,
+    RejectedImage,
+    decode,
+    fingerprint,
+    process_array,
+    process_image_bytes,
+    stretch_to_8bit,
+    to_grey,
+)
+from inf590k.manifest import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    Manifest,
+    SourceIndex,
+    manifest_for_source,
+    resolve_manifests,
+)
+from inf590k.sources import SourceEntry, SourceReader, list_entries, member_suffix, root_kind
+
+CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
+SPLIT_PATTERN = re.compile(r"(?:^|[_/-])(train|trainval|val|validation|test)(?:[_/-]|imgr|img|$)", re.I)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sources: tuple[tuple[str, Path], ...]  # (source id, root folder or archive)
+    build: Path
+    manifests: tuple[Path, ...] = ()  # extra manifest files (--manifest)
+    workers: int = 0  # 0: one per core
+    policy: ImagePolicy = field(default_factory=ImagePolicy)
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Task:
+    """One file of a source, with the scan's decision; bytes only for streamed tar members."""
+
+    relpath: str
+    size: int
+    decision: str  # "decode", "video", or "" (an exclusion/rejection already decided)
+    status: str = cat.STATUS_OK
+    reason: str = ""
+    data: bytes | None = None
+
+
+@dataclass(frozen=True)
+class SourceJob:
+    manifest: Manifest
+    root: Path
+    kind: str
+    policy: ImagePolicy
+    build: Path
+
+
+@dataclass
+class SourceSummary:
+    source: str
+    found: int = 0
+    ok: int = 0
+    excluded: int = 0
+    rejected: int = 0
+    expected: int | None = None
+    reused_chunks: int = 0
+
+    def __str__(self) -> str:
+        line = (
+            f"{self.source}: found {self.found} = ok {self.ok} + excluded {self.excluded} "
+            f"+ rejected {self.rejected}"
+        )
+        if self.expected is not None and self.expected != self.ok:
+            line += f" (manifest expects {self.expected} images)"
+        if self.reused_chunks:
+            line += f" [resumed: {self.reused_chunks} chunks already done]"
+        return line
+
+
+@dataclass
+class IngestSummary:
+    sources: list[SourceSummary]
+    seconds: float
+    decoded: int
+
+    def __str__(self) -> str:
+        lines = [str(s) for s in self.sources]
+        rate = self.decoded / self.seconds if self.seconds > 0 else 0.0
+        total = sum(s.found for s in self.sources)
+        lines.append(f"ingest: {total} files catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def make_uid(source: str, relpath: str, frame: int = -1) -> str:
+    """Stable sample key: readable slug of the path + a digest for uniqueness; no dots."""
+    stem = posixpath.splitext(relpath)[0]
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")[-60:]
+    digest = hashlib.sha1(relpath.encode()).hexdigest()[:8]
+    uid = f"{source}-{slug}-{digest}"
+    return f"{uid}-f{frame:06d}" if frame >= 0 else uid
+
+
+def split_of(relpath: str) -> str:
+    match = SPLIT_PATTERN.search(posixpath.dirname(relpath))
+    if not match:
+        return ""
+    word = match.group(1).lower()
+    return {"validation": "val"}.get(word, word)
+
+
+def classify(manifest: Manifest, entry: SourceEntry) -> Task:
+    """Scan decision for one file: decode it, decode it as video, or say why not."""
+    if entry.problem:
+        return Task(entry.relpath, entry.size, "", cat.STATUS_REJECTED, entry.problem)
+    rule = manifest.excluded_by(entry.relpath)
+    if rule:
+        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, rule)
+    suffix = member_suffix(entry.relpath)
+    if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+        reason = f"not an image file ({suffix or 'no extension'})"
+        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, reason)
+    if not manifest.included(entry.relpath):
+        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, "outside the manifest's include globs")
+    if entry.size == 0:
+        return Task(entry.relpath, 0, "", cat.STATUS_REJECTED, "empty file (0 bytes)")
+    return Task(entry.relpath, entry.size, "video" if suffix in VIDEO_EXTENSIONS else "decode")
+
+
+def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
+    """Keep every k-th frame of each frame-sequence folder; the others are excluded."""
+    if manifest.video_stride <= 1 or not manifest.sequence_globs:
+        return tasks
+    position: dict[str, int] = {}
+    out: list[Task] = []
+    for task in tasks:  # tasks are sorted by path, so frames of a folder come in order
+        if task.decision != "decode" or not manifest.in_sequence(task.relpath):
+            out.append(task)
+            continue
+        folder = posixpath.dirname(task.relpath)
+        index = position.get(folder, 0)
+        position[folder] = index + 1
+        if index % manifest.video_stride:
+            reason = f"video subsampling (every {manifest.video_stride}th frame kept)"
+            task = replace(task, decision="", status=cat.STATUS_EXCLUDED, reason=reason)
+        out.append(task)
+    return out
+
+
+def plan_source(manifest: Manifest, root: Path) -> list[Task]:
+    tasks = [classify(manifest, entry) for entry in list_entries(root)]
+    return subsample_sequences(manifest, tasks)
+
+
+def chunked(tasks: list[Task], size: int = CHUNK_FILES) -> list[list[Task]]:
+    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
+
+
+def part_path(build: Path, source: str, chunk: int) -> Path:
+    return cat.catalog_dir(build) / f"part-{source}-{chunk:06d}.parquet"
+
+
+def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, n_files: int) -> str:
+    """Digest of everything a chunk's rows depend on; a change invalidates finished chunks."""
+    described = {
+        "manifest": {k: v for k, v in asdict(manifest).items() if k != "path"},
+        "root": str(Path(root).resolve()),
+        "policy": asdict(policy),
+        "files": n_files,
+        "chunk": CHUNK_FILES,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- processing
+
+
+def base_row(manifest: Manifest, task: Task, frame: int = -1) -> dict:
+    row = cat.empty_row()
+    row.update(
+        uid=make_uid(manifest.id, task.relpath, frame),
+        source=manifest.id,
+        relpath=task.relpath,
+        frame=frame,
+        split=split_of(task.relpath),
+        license=manifest.license,
+        modality=manifest.modality,
+        tags=list(manifest.tags),
+        status=task.status,
+        reason=task.reason,
+        file_bytes=task.size,
+    )
+    return row
+
+
+def image_row(row: dict, processed: ProcessedImage, file_sha256: str) -> dict:
+    fp = fingerprint(processed.view8)
+    row.update(
+        file_sha256=file_sha256,
+        pixel_sha256=fp.pixel_sha256,
+        width=processed.width,
+        height=processed.height,
+        orig_width=processed.orig_width,
+        orig_height=processed.orig_height,
+        orig_channels=processed.orig_channels,
+        orig_dtype=processed.orig_dtype,
+        bit_depth=processed.bit_depth,
+        grey_diff=processed.grey_diff,
+        normalisation=processed.normalisation,
+        crop_box=list(processed.crop_box),
+        entropy=fp.entropy,
+        phash=fp.phash,
+        dhash=fp.dhash,
+    )
+    return row
+
+
+def rejected(row: dict, reason: str) -> dict:
+    row.update(status=cat.STATUS_REJECTED, reason=reason)
+    return row
+
+
+def policy_for(manifest: Manifest, policy: ImagePolicy) -> ImagePolicy:
+    """The source's own rules (border, colour, zero-border crop) on top of the global policy."""
+    return replace(
+        policy,
+        border_width=manifest.border.width if manifest.border else 0,
+        allow_colour=policy.allow_colour or manifest.channel_policy == "allow_colour",
+        crop_zero_borders=policy.crop_zero_borders and manifest.crop_zero_borders,
+    )
+
+
+def decode_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
+    row = base_row(job.manifest, task)
+    try:
+        data = task.data if task.data is not None else reader.read(task.relpath)
+    except OSError as err:
+        return [rejected(row, f"unreadable ({err.strerror or err})")]
+    row["file_bytes"] = len(data)
+    try:
+        processed = process_image_bytes(data, job.policy)
+    except RejectedImage as err:
+        return [rejected(row, str(err))]
+    return [image_row(row, processed, hashlib.sha256(data).hexdigest())]
+
+
+def video_path(job: SourceJob, task: Task, reader: SourceReader, scratch: Path) -> Path:
+    """OpenCV reads videos from paths: archive members go to a scratch file in the build dir."""
+    if job.kind == "folder":
+        return job.root / task.relpath
+    data = task.data if task.data is not None else reader.read(task.relpath)
+    target = scratch / f"video{member_suffix(task.relpath)}"
+    target.write_bytes(data)
+    return target
+
+
+def iter_video_frames(path: Path, stride: int) -> Iterator[tuple[int, np.ndarray]]:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        index = 0
+        while True:
+            ok = capture.grab()
+            if not ok:
+                return
+            if index % stride == 0:
+                ok, frame = capture.retrieve()
+                if ok:
+                    yield index, frame
+            index += 1
+    finally:
+        capture.release()
+
+
+def video_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
+    """One row per kept frame (every `video_stride`-th); one rejected row if nothing decodes."""
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(dir=job.build) as scratch:
+        try:
+            path = video_path(job, task, reader, Path(scratch))
+        except OSError as err:
+            return [rejected(base_row(job.manifest, task), f"unreadable ({err.strerror or err})")]
+        file_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        for index, frame in iter_video_frames(path, job.manifest.video_stride):
+            row = base_row(job.manifest, task, frame=index)
+            try:
+                rows.append(image_row(row, process_array(frame, job.policy), file_sha))
+            except RejectedImage as err:
+                rows.append(rejected(row, str(err)))
+    return rows or [rejected(base_row(job.manifest, task), "not a decodable video")]
+
+
+def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
+    rows: list[dict] = []
+    with SourceReader(job.root) as reader:
+        for task in tasks:
+            if task.decision == "decode":
+                rows.extend(decode_rows(job, task, reader))
+            elif task.decision == "video":
+                rows.extend(video_rows(job, task, reader))
+            else:
+                rows.append(base_row(job.manifest, task))
+    return rows
+
+
+def _process_chunk_star(args: tuple[SourceJob, list[Task]]) -> list[dict]:
+    return process_chunk(*args)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Task]]:
+    """Attach member bytes to tar chunks in one forward pass over the archive."""
+    wanted = {t.relpath for chunk in chunks for t in chunk if t.decision}
+    reader = SourceReader(job.root)
+    stream = reader.iter_tar_bytes(wanted)
+    buffered: dict[str, bytes] = {}
+    for chunk in chunks:
+        needed = {t.relpath for t in chunk if t.decision}
+        while not needed <= buffered.keys():
+            name, data = next(stream)
+            buffered[name] = data
+        yield [replace(t, data=buffered.pop(t.relpath)) if t.decision else t for t in chunk]
+
+
+def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
+    cat.write_parquet_atomic(cat.rows_to_table(rows), part_path(build, source, chunk))
+
+
+def summarize_parts(build: Path, manifest: Manifest) -> SourceSummary:
+    summary = SourceSummary(manifest.id, expected=manifest.expected_count)
+    for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
+        for status in pq.read_table(path, columns=["status"]).column("status").to_pylist():
+            summary.found += 1
+            if status in (cat.STATUS_OK, cat.STATUS_DUPLICATE):
+                summary.ok += 1
+            elif status == cat.STATUS_EXCLUDED:
+                summary.excluded += 1
+            else:
+                summary.rejected += 1
+    return summary
+
+
+def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorded: dict) -> tuple[SourceJob, list[list[Task]], list[int]]:
+    """Plan a source and find which chunks still need doing (stale parts are removed)."""
+    tasks = plan_source(manifest, root)
+    signature = source_signature(manifest, root, config.policy, len(tasks))
+    if recorded.get(manifest.id, {}).get("signature") != signature:
+        for stale in cat.catalog_dir(config.build).glob(f"part-{manifest.id}-*.parquet"):
+            stale.unlink()
+    job = SourceJob(manifest, Path(root), root_kind(root), policy_for(manifest, config.policy), config.build)
+    recorded[manifest.id] = {
+        "root": str(Path(root).resolve()),
+        "kind": job.kind,
+        "signature": signature,
+        "policy": asdict(job.policy),
+        "name": manifest.name,
+        "license": manifest.license,
+        "modality": manifest.modality,
+        "citation": manifest.citation,
+        "homepage": manifest.homepage,
+    }
+    chunks = chunked(tasks)
+    todo = [i for i in range(len(chunks)) if not part_path(config.build, manifest.id, i).exists()]
+    return job, chunks, todo
+
+
+def ingest(config: IngestConfig) -> IngestSummary:
+    """Catalogue every file of every source; resumable; identical for any worker count."""
+    build = Path(config.build)
+    cat.catalog_dir(build).mkdir(parents=True, exist_ok=True)
+    manifests = resolve_manifests(config.manifests)
+    chosen = [manifest_for_source(source_id, manifests) for source_id, _ in config.sources]
+    ids = [m.id for m in chosen]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})[0]
+        raise ValueError(f"source {twice!r} is given twice: use folder:NAME=PATH to name each folder")
+    recorded = cat.read_sources(build)
+    plans = [
+        prepare_source(config, manifest, Path(root), recorded)
+        for manifest, (_, root) in zip(chosen, config.sources, strict=True)
+    ]
+    index = SourceIndex.for_ids(set(recorded))
+    for source_id, info in recorded.items():
+        info["index"] = index.index(source_id)
+    cat.write_sources(build, recorded)
+
+    workers = config.workers or default_workers()
+    total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
+    started = time.perf_counter()
+    decoded = 0
+    with tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
+        pool = None
+        if workers > 1:
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+        try:
+            for job, chunks, todo in plans:
+                decoded += run_source(job, chunks, todo, pool, bar)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    seconds = time.perf_counter() - started
+    summaries = [summarize_parts(build, job.manifest) for job, _, _ in plans]
+    for summary, (_, chunks, todo) in zip(summaries, plans, strict=True):
+        summary.reused_chunks = len(chunks) - len(todo)
+    return IngestSummary(summaries, seconds, decoded)
+
+
+def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], pool: ProcessPoolExecutor | None, bar: tqdm) -> int:
+    todo_chunks = [chunks[i] for i in todo]
+    if job.kind == "tar":
+        todo_chunks = with_tar_bytes(job, todo_chunks)
+    work = ((job, chunk) for chunk in todo_chunks)
+    results = map(_process_chunk_star, work) if pool is None else pool.map(_process_chunk_star, work)
+    decoded = 0
+    for chunk_index, rows in zip(todo, results, strict=False):
+        write_chunk(job.build, job.manifest.id, chunk_index, rows)
+        done = len(chunks[chunk_index])
+        decoded += sum(1 for t in chunks[chunk_index] if t.decision)
+        bar.update(done)
+    return decoded
+
+
+# ----------------------------------------------------------------------------- re-reading
+
+
+def _grab_frame(path: Path, frame: int) -> np.ndarray:
+    capture = cv2.VideoCapture(str(path))
+    try:
+        capture.set(cv2.CAP_PROP_POS_FRAMES, frame)
+        ok, image = capture.read()
+    finally:
+        capture.release()
+    if not ok:
+        raise RejectedImage(f"frame {frame} can no longer be read")
+    return image
+
+
+def load_stored_pixels(
+    build: Path, row: Mapping, keep_16bit: bool = False, data: bytes | None = None
+) -> np.ndarray:
+    """Re-read a catalog row's file and return its stored form.
+
+    [H, W] uint8 (the normalised view), or [H, W] uint16 when `keep_16bit` and the file was
+    16-bit. Pass `data` when the caller already holds the file's bytes (batched archive reads:
+    `SourceReader.read_many`).
+    """
+    info = cat.read_sources(build).get(row["source"])
+    if info is None:
+        raise KeyError(f"source {row['source']!r} is not in {Path(build) / cat.SOURCES_FILENAME}")
+    policy = ImagePolicy(**info["policy"])
+    root = Path(info["root"])
+    if row["frame"] is not None and row["frame"] >= 0:
+        array = _read_video_frame(build, root, row, data)
+    else:
+        if data is None:
+            with SourceReader(root) as reader:
+                data = reader.read(row["relpath"])
+        array = decode(data, policy)
+    return stored_form(array, row, policy, keep_16bit)
+
+
+def _read_video_frame(build: Path, root: Path, row: Mapping, data: bytes | None) -> np.ndarray:
+    if root.is_dir():
+        return _grab_frame(root / row["relpath"], row["frame"])
+    with tempfile.TemporaryDirectory(dir=build) as scratch:
+        target = Path(scratch) / f"video{member_suffix(row['relpath'])}"
+        target.write_bytes(data if data is not None else SourceReader(root).read(row["relpath"]))
+        return _grab_frame(target, row["frame"])
+
+
+def stored_form(array: np.ndarray, row: Mapping, policy: ImagePolicy, keep_16bit: bool) -> np.ndarray:
+    """Apply the row's recorded crop, the grey conversion and the 16-bit stretch."""
+    grey, _ = to_grey(array, replace(policy, allow_colour=True))
+    x0, y0, x1, y1 = row["crop_box"]
+    cropped = np.ascontiguousarray(grey[y0:y1, x0:x1])
+    if cropped.dtype == np.uint8 or (keep_16bit and cropped.dtype == np.uint16):
+        return cropped
+    view8, _ = stretch_to_8bit(cropped, policy)
+    return view8
