@@ -1,0 +1,194 @@
+"""Encoder export (safetensors + timm config.json) and the timm registration of our encoders.
+
+After `import pretrain`, the hierarchical encoders are timm models:
+
+    timm.create_model("dugi_mae_base", pretrained=True,
+                      pretrained_cfg_overlay=dict(file=path), features_only=True)
+
+gives the four maps at H/4, H/8, H/16, H/32 for an FPN, and a plain-ViT export loads into
+timm's own VisionTransformer:
+
+    timm.create_model("vit_base_patch16_224", pretrained=True,
+                      pretrained_cfg_overlay=dict(file=path), in_chans=1, num_classes=0)
+
+The export folder (model.safetensors + config.json) also loads with
+`timm.create_model("local-dir:" + folder, pretrained=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from pretrain.models.configs import IR_MEAN, IR_STD, ModelConfig, encoder_preset
+from pretrain.models.encoders import HierarchicalEncoder
+from pretrain.models.mae import MaskedAutoencoder
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+VIT_ARCHITECTURES = {"tiny": "vit_base_patch16_224", "base": "vit_base_patch16_224",
+                     "large": "vit_large_patch16_224"}
+
+
+def _pretrained_cfg(in_chans: int = 1, img_size: int = 224) -> dict[str, Any]:
+    return dict(
+        url="",
+        num_classes=0,
+        input_size=(in_chans, img_size, img_size),
+        pool_size=None,
+        crop_pct=1.0,
+        interpolation="bicubic",
+        mean=(IR_MEAN,) * in_chans,
+        std=(IR_STD,) * in_chans,
+        first_conv="patch_embed1.proj",
+        classifier="head",
+        license="apache-2.0",
+    )
+
+
+# timm reads the pretrained configs of registered models from this module-level name.
+default_cfgs = generate_default_cfgs(
+    {
+        f"{family}_{size}": _pretrained_cfg(img_size=64 if size == "tiny" else 224)
+        for family in ("dugi_mae", "infmae")
+        for size in ("tiny", "base", "large")
+    }
+)
+
+
+def _create_hierarchical(variant: str, pretrained: bool, **kwargs: Any) -> HierarchicalEncoder:
+    size = variant.rsplit("_", 1)[-1]
+    preset = encoder_preset("hierarchical", size)
+    model_args: dict[str, Any] = dict(
+        embed_dims=preset.embed_dims,
+        depths=preset.depths,
+        patch_sizes=preset.patch_sizes,
+        num_heads=preset.num_heads,
+        img_size=64 if size == "tiny" else 224,
+    )
+    return build_model_with_cfg(
+        HierarchicalEncoder,
+        variant,
+        pretrained,
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+        **dict(model_args, **kwargs),
+    )
+
+
+@register_model
+def dugi_mae_tiny(pretrained: bool = False, **kwargs: Any) -> HierarchicalEncoder:
+    return _create_hierarchical("dugi_mae_tiny", pretrained, **kwargs)
+
+
+@register_model
+def dugi_mae_base(pretrained: bool = False, **kwargs: Any) -> HierarchicalEncoder:
+    return _create_hierarchical("dugi_mae_base", pretrained, **kwargs)
+
+
+@register_model
+def dugi_mae_large(pretrained: bool = False, **kwargs: Any) -> HierarchicalEncoder:
+    return _create_hierarchical("dugi_mae_large", pretrained, **kwargs)
+
+
+@register_model
+def infmae_tiny(pretrained: bool = False, **kwargs: Any) -> HierarchicalEncoder:
+    return _create_hierarchical("infmae_tiny", pretrained, **kwargs)
+
+
+@register_model
+def infmae_base(pretrained: bool = False, **kwargs: Any) -> HierarchicalEncoder:
+    return _create_hierarchical("infmae_base", pretrained, **kwargs)
+
+
+@register_model
+def infmae_large(pretrained: bool = False, **kwargs: Any) -> HierarchicalEncoder:
+    return _create_hierarchical("infmae_large", pretrained, **kwargs)
+
+
+def timm_architecture(config: ModelConfig) -> tuple[str, dict[str, Any]]:
+    """The timm model name an encoder export loads into, and the arguments that fit it."""
+    height, width = config.image_hw
+    img_size: int | list[int] = height if height == width else [height, width]
+    if config.encoder == "vit":
+        return VIT_ARCHITECTURES[config.size], dict(
+            img_size=img_size,
+            patch_size=config.patch_size,
+            in_chans=config.in_chans,
+            embed_dim=config.encoder_dim,
+            depth=config.depths[0],
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            num_classes=0,
+        )
+    family = "dugi_mae" if config.ddg else "infmae"
+    return f"{family}_{config.size}", dict(
+        img_size=img_size,
+        in_chans=config.in_chans,
+        embed_dims=list(config.embed_dims),
+        depths=list(config.depths),
+        patch_sizes=list(config.patch_sizes),
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        num_classes=0,
+    )
+
+
+def timm_config(config: ModelConfig) -> dict[str, Any]:
+    """config.json in the layout timm reads for `hf-hub:` and `local-dir:` models."""
+    architecture, model_args = timm_architecture(config)
+    height, width = config.image_hw
+    first_conv = "patch_embed.proj" if config.encoder == "vit" else "patch_embed1.proj"
+    return dict(
+        architecture=architecture,
+        num_classes=0,
+        num_features=config.encoder_dim,
+        model_args=model_args,
+        pretrained_cfg=dict(
+            input_size=[config.in_chans, height, width],
+            interpolation="bicubic",
+            crop_pct=1.0,
+            mean=[IR_MEAN] * config.in_chans,
+            std=[IR_STD] * config.in_chans,
+            num_classes=0,
+            first_conv=first_conv,
+            classifier="head",
+            license="apache-2.0",
+        ),
+        pretraining_config=asdict(config),
+    )
+
+
+def unwrap_model(model: nn.Module) -> MaskedAutoencoder:
+    """The MaskedAutoencoder inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while not isinstance(model, MaskedAutoencoder):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(
+                f"expected a MaskedAutoencoder (from pretrain.models.create_model), "
+                f"got {type(model).__name__}"
+            )
+        model = inner
+    return model
+
+
+def export_encoder(model: nn.Module, out_dir: str | Path) -> Path:
+    """Write the encoder weights (model.safetensors) and timm's config.json; returns the weights."""
+    mae = unwrap_model(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: tensor.detach().to("cpu").contiguous()
+        for name, tensor in mae.encoder.state_dict().items()
+    }
+    config = timm_config(mae.config)
+    weights = out / WEIGHTS_FILE
+    metadata = {"format": "pt", "architecture": config["architecture"]}
+    save_file(state, str(weights), metadata=metadata)
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return weights
