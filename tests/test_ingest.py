@@ -1,0 +1,302 @@
+"""Ingest: every file found gets a catalog row with a status and a reason; counts add up."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from inf590k import catalog as cat
+from inf590k.imageio import ImagePolicy
+from inf590k.ingest import IngestConfig, ingest, load_stored_pixels, make_uid
+from tests.test_imageio import encode, png_with_header_size, thermal_frame
+
+
+def run(build: Path, *sources: tuple[str, Path], workers: int = 1, manifests=(), **policy):
+    config = IngestConfig(
+        sources=tuple(sources), build=build, workers=workers, manifests=tuple(manifests),
+        policy=ImagePolicy(**policy), progress=False,
+    )
+    return ingest(config)
+
+
+def rows_by_relpath(build: Path) -> dict[str, dict]:
+    return {row["relpath"]: row for row in pq.read_table(build / "catalog").to_pylist()}
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.lstat().st_size, p.lstat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+# ----------------------------------------------------------------------------- real samples
+
+
+@pytest.mark.parametrize(
+    ("source", "folder", "expected"),
+    [
+        ("sirst", "sirst", {"ok": 100, "excluded": 25, "rejected": 0}),
+        ("roadscene", "roadscene", {"ok": 100, "excluded": 16, "rejected": 0}),
+        ("hit_uav", "hit-uav", {"ok": 60, "excluded": 16, "rejected": 0}),
+        ("sirst_v2", "sirst-v2", {"ok": 25, "excluded": 25, "rejected": 0}),
+    ],
+)
+def test_real_samples_per_status(tmp_path, ir_samples, source, folder, expected):
+    summary = run(tmp_path / "build", (source, ir_samples / folder), workers=1)
+    table = cat.read_catalog(tmp_path / "build")
+    counts = Counter(table.column("status").to_pylist())
+    assert {k: counts.get(k, 0) for k in expected} == expected
+    found = sum(1 for p in (ir_samples / folder).rglob("*") if p.is_file())
+    assert table.num_rows == found == summary.sources[0].found
+    rows = table.to_pylist()
+    assert all(r["reason"] for r in rows if r["status"] != "ok")
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    assert all(r["phash"] and len(r["phash"]) == 16 and r["pixel_sha256"] for r in ok_rows)
+    assert all("." not in r["uid"] for r in rows)
+    assert len({r["uid"] for r in rows}) == len(rows)
+
+
+def test_sirst_masks_and_roadscene_visible_halves_are_excluded(tmp_path, ir_samples):
+    run(tmp_path / "b", ("sirst", ir_samples / "sirst"), ("roadscene", ir_samples / "roadscene"))
+    rows = rows_by_relpath(tmp_path / "b")
+    assert rows["masks/Misc_1_pixels0.png"]["status"] == "excluded"
+    assert rows["crop_HR_visible/FLIR_00006.jpg"]["status"] == "excluded"
+    assert "visible" in rows["crop_LR_visible/FLIR_00006.jpg"]["reason"]
+    assert rows["cropinfrared/FLIR_00006.jpg"]["status"] == "ok"
+    rgba = [r for r in rows.values() if r["source"] == "sirst" and r["orig_channels"] == 4]
+    assert len(rgba) == 5 and all(r["status"] == "ok" for r in rgba)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def make_bad_corpus(root: Path) -> dict[str, str]:
+    """Files of every kind of trouble next to good 8- and 16-bit frames; name -> expected status."""
+    root.mkdir(parents=True)
+    good = encode(thermal_frame())
+    expected = {}
+
+    def put(name: str, data: bytes, status: str) -> None:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+        expected[name] = status
+
+    put("good.png", good, "ok")
+    put("good16.png", encode(thermal_frame(seed=2).astype(np.uint16) * 40), "ok")
+    put("good16.tiff", encode(thermal_frame(seed=4).astype(np.uint16) * 40, ".tiff"), "ok")
+    put("rgb_disguised.png", encode(np.dstack([thermal_frame(seed=6)] * 3)), "ok")
+    put("truncated.png", good[: len(good) // 2], "rejected")
+    put("truncated.jpg", encode(thermal_frame(), ".jpg")[:400], "rejected")
+    put("empty.png", b"", "rejected")
+    put("text.png", b"hello, I am not a picture\n", "rejected")
+    put("tiny.png", encode(np.full((1, 1), 80, np.uint8)), "rejected")
+    put("bomb.png", png_with_header_size(100_000, 100_000), "rejected")
+    put("colour.png", encode(np.dstack([thermal_frame(), 255 - thermal_frame(), np.zeros((120, 160), np.uint8)])), "rejected")
+    put("visible/pair.png", good, "excluded")
+    put("notes.txt", b"readme", "excluded")
+    os.symlink("loop.png", root / "loop.png")
+    expected["loop.png"] = "rejected"
+    os.symlink("missing-target.png", root / "dangling.png")
+    expected["dangling.png"] = "rejected"
+    os.mkfifo(root / "pipe.png")
+    expected["pipe.png"] = "rejected"
+    os.symlink("..", root / "parent_link")
+    expected["parent_link"] = "rejected"
+    return expected
+
+
+def test_bad_input_corpus_never_crashes_and_every_file_has_a_reason(tmp_path):
+    corpus = tmp_path / "corpus"
+    expected = make_bad_corpus(corpus)
+    before = tree_snapshot(corpus)
+    outside_before = sorted(os.listdir(tmp_path))
+    summary = run(tmp_path / "build", ("folder", corpus), workers=1)
+    rows = rows_by_relpath(tmp_path / "build")
+    assert {name: rows[name]["status"] for name in expected} == expected
+    assert len(rows) == len(expected) == summary.sources[0].found
+    reasons = {name: rows[name]["reason"] for name in expected}
+    assert "truncated PNG" in reasons["truncated.png"]
+    assert "truncated JPEG" in reasons["truncated.jpg"]
+    assert "empty" in reasons["empty.png"]
+    assert "decompression bomb" in reasons["bomb.png"]
+    assert "too small" in reasons["tiny.png"]
+    assert "colour image" in reasons["colour.png"]
+    assert "loop" in reasons["loop.png"]
+    assert "not a regular file" in reasons["pipe.png"]
+    assert rows["good16.png"]["bit_depth"] == 16 and "stretch" in rows["good16.png"]["normalisation"]
+    assert rows["good16.tiff"]["bit_depth"] == 16
+    assert rows["rgb_disguised.png"]["orig_channels"] == 3
+    # Nothing written outside the build directory, and the source is untouched.
+    assert tree_snapshot(corpus) == before
+    assert sorted(os.listdir(tmp_path)) == sorted(outside_before + ["build"])
+
+
+def make_archive_members() -> dict[str, bytes]:
+    return {
+        "data/ir/a.png": encode(thermal_frame(seed=1)),
+        "data/ir/b.jpg": encode(thermal_frame(seed=2), ".jpg"),
+        "data/visible/a.png": encode(thermal_frame(seed=1)),
+        "../escape.png": encode(thermal_frame(seed=3)),
+        "/abs/path.png": encode(thermal_frame(seed=4)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
+def test_archives_are_read_in_place_and_unsafe_members_rejected(tmp_path, kind):
+    members = make_archive_members()
+    archive = tmp_path / f"src.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w") as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+    else:
+        with tarfile.open(archive, "w:gz" if kind.endswith("gz") else "w") as tf:
+            for name, data in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    run(tmp_path / "build", ("folder", archive), workers=1)
+    rows = rows_by_relpath(tmp_path / "build")
+    assert rows["data/ir/a.png"]["status"] == rows["data/ir/b.jpg"]["status"] == "ok"
+    assert rows["data/visible/a.png"]["status"] == "excluded"
+    unsafe = [r for name, r in rows.items() if name not in ("data/ir/a.png", "data/ir/b.jpg", "data/visible/a.png")]
+    assert len(unsafe) == 2 and all("unsafe archive member" in r["reason"] for r in unsafe)
+    assert not (tmp_path / "escape.png").exists()
+    assert sorted(os.listdir(tmp_path)) == ["build", archive.name]
+    # Re-reading a row from the archive gives the pixels that were hashed.
+    row = rows["data/ir/a.png"]
+    np.testing.assert_array_equal(load_stored_pixels(tmp_path / "build", row), thermal_frame(seed=1))
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def test_sequence_stride_and_video_frames(tmp_path):
+    manifest = tmp_path / "seq.yaml"
+    manifest.write_text(
+        "id: seqcam\nname: Sequence camera\ninclude: ['**/lwir/*.png', '**/*.mp4']\n"
+        "sequence_globs: ['**/lwir/*.png']\nvideo_stride: 3\nexclude: [standard]\n"
+    )
+    root = tmp_path / "src"
+    (root / "set00" / "lwir").mkdir(parents=True)
+    for i in range(7):
+        (root / "set00" / "lwir" / f"{i:05d}.png").write_bytes(encode(thermal_frame(seed=i)))
+    writer = cv2.VideoWriter(str(root / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 120))
+    for i in range(10):
+        writer.write(cv2.cvtColor(thermal_frame(seed=10 + i), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    run(tmp_path / "build", ("seqcam", root), manifests=[manifest])
+    rows = pq.read_table(tmp_path / "build" / "catalog").to_pylist()
+    frames = sorted(r["relpath"] for r in rows if r["status"] == "ok" and r["frame"] == -1)
+    assert frames == [f"set00/lwir/{i:05d}.png" for i in (0, 3, 6)]
+    skipped = [r for r in rows if r["status"] == "excluded"]
+    assert len(skipped) == 4 and all("subsampling" in r["reason"] for r in skipped)
+    video = sorted(r["frame"] for r in rows if r["relpath"] == "clip.mp4")
+    assert video == [0, 3, 6, 9]
+    row = next(r for r in rows if r["relpath"] == "clip.mp4" and r["frame"] == 3)
+    assert load_stored_pixels(tmp_path / "build", row).shape == (row["height"], row["width"])
+
+
+def test_16bit_rows_reload_as_8bit_or_raw(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    raw = thermal_frame(seed=9).astype(np.uint16) * 60 + 1000
+    (root / "raw.png").write_bytes(encode(raw))
+    run(tmp_path / "build", ("folder", root))
+    row = rows_by_relpath(tmp_path / "build")["raw.png"]
+    view = load_stored_pixels(tmp_path / "build", row)
+    assert view.dtype == np.uint8
+    np.testing.assert_array_equal(load_stored_pixels(tmp_path / "build", row, keep_16bit=True), raw)
+
+
+def test_uids_are_stable_unique_and_dot_free():
+    assert make_uid("llvip", "infrared/train/010001.jpg") == make_uid("llvip", "infrared/train/010001.jpg")
+    assert make_uid("a", "x/y.png") != make_uid("a", "x_y.png")
+    assert "." not in make_uid("a", "some.dir/fi.le.png", frame=3)
+
+
+def test_unknown_source_and_repeated_source_fail_clearly(tmp_path):
+    with pytest.raises(Exception, match="unknown source id 'nope'"):
+        run(tmp_path / "b", ("nope", tmp_path))
+    with pytest.raises(ValueError, match="given twice"):
+        run(tmp_path / "b", ("folder", tmp_path), ("folder", tmp_path))
+
+
+# ----------------------------------------------------------------------------- parallel + resume
+
+
+def make_frames(root: Path, count: int) -> None:
+    root.mkdir(parents=True)
+    for i in range(count):
+        sub = root / f"cam{i % 3}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"{i:05d}.png").write_bytes(encode(thermal_frame(48, 64, seed=i)))
+
+
+@pytest.mark.slow
+def test_workers_one_and_two_give_identical_catalogs(tmp_path):
+    make_frames(tmp_path / "src", 150)
+    run(tmp_path / "b1", ("folder", tmp_path / "src"), workers=1)
+    run(tmp_path / "b2", ("folder", tmp_path / "src"), workers=2)
+    assert cat.read_catalog(tmp_path / "b1").equals(cat.read_catalog(tmp_path / "b2"))
+
+
+INGEST_SCRIPT = """
+import sys, time
+from pathlib import Path
+from inf590k.ingest import IngestConfig, ingest
+import inf590k.ingest as ing
+slow = float(sys.argv[3])
+original = ing.process_chunk
+def slowed(job, tasks):
+    time.sleep(slow)
+    return original(job, tasks)
+ing.process_chunk = slowed
+ingest(IngestConfig(sources=(("folder", Path(sys.argv[1])),), build=Path(sys.argv[2]), workers=1, progress=False))
+"""
+
+
+@pytest.mark.slow
+def test_killed_ingest_resumes_without_redoing_work(tmp_path):
+    make_frames(tmp_path / "src", 64 * 4 + 10)  # 5 chunks
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    build = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, str(tmp_path / "src"), str(build), "0.4"], env=env)
+    deadline = time.time() + 120
+    parts: list[Path] = []
+    while time.time() < deadline and len(parts) < 2:
+        parts = sorted((build / "catalog").glob("part-*.parquet"))
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(parts) < 5, "the run should be killed part-way"
+    done_before = {p.name: p.stat().st_mtime_ns for p in parts}
+
+    summary = run(build, ("folder", tmp_path / "src"))
+    assert summary.sources[0].reused_chunks >= 2
+    assert {p: (build / "catalog" / p).stat().st_mtime_ns for p in done_before} == done_before
+    run(tmp_path / "whole", ("folder", tmp_path / "src"))
+    assert cat.read_catalog(build).equals(cat.read_catalog(tmp_path / "whole"))
+    assert not list((build / "catalog").glob("*.tmp"))
+
+
+def test_changed_policy_redoes_a_source(tmp_path):
+    make_frames(tmp_path / "src", 5)
+    run(tmp_path / "b", ("folder", tmp_path / "src"))
+    summary = run(tmp_path / "b", ("folder", tmp_path / "src"), min_side=100)
+    assert summary.sources[0].reused_chunks == 0
+    assert Counter(cat.read_catalog(tmp_path / "b").column("status").to_pylist()) == {"rejected": 5}
