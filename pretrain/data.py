@@ -1,0 +1,588 @@
+"""Shard stream for pretraining: URL expansion, opening, webdataset tar reading, decoding, crops.
+
+The stream is infinite and deterministic: for every (rank, worker) it is a pure function of the
+seed, so a run can save how far each worker got (`WorkerPosition`) and a resumed run continues
+exactly there. Each worker reads its shards in "passes" (one pass = its share of the shard list);
+a pass has its own shard order and shuffle buffer, so resuming replays at most one pass of
+bytes (without decoding) to reach the saved offset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import random
+import struct
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import braceexpand
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from webdataset.filters import _shuffle
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+log = logging.getLogger(__name__)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+INFO_NAME = "_info.json"
+HF_HOSTS = ("huggingface.co", "hf.co")
+# HTTP statuses worth retrying; any other 4xx is a wrong URL or missing rights.
+TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+class ShardUnreachableError(RuntimeError):
+    """A shard URL could not be opened after all retries (or is wrong: 404, 403)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    shards: tuple[str, ...] = ()  # URLs, brace patterns, `a::b` lists, _info.json or its folder
+    info: str | None = None  # _info.json URL for the epoch length (found next to shards if None)
+    split: str = "train"  # split of _info.json to read
+    batch_size: int = 64  # per process (GPU), per micro-step
+    workers: int = 4  # DataLoader workers per process
+    resampled: bool = True  # each worker draws shards with replacement (no split needed)
+    shuffle_buffer: int = 2000  # samples held by each worker's shuffle buffer
+    shuffle_initial: int = 500  # samples buffered before the first one leaves
+    scale_min: float = 0.2  # RandomResizedCrop area range
+    scale_max: float = 1.0
+    hflip: float = 0.5  # horizontal flip probability
+    max_pixels: int = 80_000_000  # decompression-bomb cap on width * height
+    retries: int = 5  # attempts to open an unreachable shard before failing
+    retry_wait: float = 1.0  # seconds before the first retry; doubles each time
+    timeout: float = 60.0  # seconds per network read
+    samples_per_epoch: int | None = None  # overrides _info.json's num_samples
+
+
+@dataclass
+class WorkerPosition:
+    """How far one (logical) loader worker got; plain ints so it checkpoints with weights_only."""
+
+    pass_index: int = 0  # which pass over the worker's shard share
+    offset: int = 0  # samples of that pass already handed out (decoded or skipped as bad)
+    bad_samples: int = 0  # undecodable samples skipped so far
+    shard_errors: int = 0  # corrupt / truncated shards skipped so far
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "pass_index": self.pass_index,
+            "offset": self.offset,
+            "bad_samples": self.bad_samples,
+            "shard_errors": self.shard_errors,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_samples: int
+    filenames: tuple[str, ...]  # absolute URLs
+    shard_lengths: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------- URLs and opening
+
+
+def is_info_url(url: str) -> bool:
+    return posixpath.basename(urllib.parse.urlparse(url).path) == INFO_NAME
+
+
+def _join(base_url: str, relative: str) -> str:
+    """`relative` resolved against the folder of `base_url` (paths, file:// and http(s)://)."""
+    if "://" in base_url:
+        return urllib.parse.urljoin(base_url, relative)
+    return posixpath.join(posixpath.dirname(base_url), relative)
+
+
+def read_info(url: str, split: str = "train", config: DataConfig | None = None) -> DatasetInfo:
+    """Parse a timm-format `_info.json`; shard names become URLs relative to it."""
+    config = config or DataConfig()
+    with open_url(url, config) as stream:
+        info = json.loads(stream.read())
+    splits = info.get("splits", {})
+    if split not in splits:
+        raise ValueError(f"{url} has no split {split!r} (it has {sorted(splits)}); pick --split")
+    entry = splits[split]
+    filenames = tuple(_join(url, name) for name in entry["filenames"])
+    lengths = tuple(int(n) for n in entry.get("shard_lengths", []))
+    return DatasetInfo(int(entry["num_samples"]), filenames, lengths)
+
+
+def expand_shard_urls(specs: str | Sequence[str], split: str = "train") -> list[str]:
+    """URLs from brace patterns, `::` lists, `_info.json` files (or folders holding one).
+
+    `"data/640x512/shard-{000000..000009}.tar"`, `"a.tar::b.tar"`,
+    `"https://host/ds/_info.json"`, `"pipe:cat x.tar"` all work; order is kept.
+    """
+    if isinstance(specs, str):
+        specs = [specs]
+    urls: list[str] = []
+    for spec in specs:
+        for part in spec.split("::"):
+            part = part.strip()
+            if not part:
+                continue
+            if is_info_url(part):
+                urls.extend(read_info(part, split).filenames)
+                continue
+            if "://" not in part and not part.startswith("pipe:"):
+                local_info = posixpath.join(part, INFO_NAME)
+                if _local_exists(local_info):
+                    urls.extend(read_info(local_info, split).filenames)
+                    continue
+            urls.extend(braceexpand.braceexpand(part))
+    if not urls:
+        raise ValueError(f"no shard URLs in {list(specs)!r}; pass --shards PATTERN_OR_URL")
+    return urls
+
+
+def _local_exists(path: str) -> bool:
+    return os.path.isfile(path)
+
+
+def find_info_url(shard_urls: Sequence[str]) -> str | None:
+    """`_info.json` of a dataset laid out as `root/<bin>/<shard>.tar` (or `root/<shard>.tar`)."""
+    first = shard_urls[0]
+    if first.startswith("pipe:"):
+        return None
+    candidates = [_join(first, f"../{INFO_NAME}"), _join(first, INFO_NAME)]
+    for candidate in candidates:
+        try:
+            with open_url(candidate, DataConfig(retries=1)):
+                return candidate
+        except ShardUnreachableError:
+            continue
+    return None
+
+
+def hf_token() -> str | None:
+    """HF_TOKEN, else the token saved by `hf auth login`; never logged."""
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        return token
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+def _is_hf_host(host: str | None) -> bool:
+    host = (host or "").lower()
+    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "")).hostname
+    return (
+        host in HF_HOSTS
+        or host.endswith(".huggingface.co")
+        or (endpoint is not None and host == endpoint)
+    )
+
+
+class _DropAuthOnRedirect(urllib.request.HTTPRedirectHandler):
+    """urllib forwards every header on redirect; the Hub redirects to a CDN that must not get
+    the token (requests/httpx do the same stripping)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if (
+            new is not None
+            and urllib.parse.urlparse(newurl).hostname
+            != urllib.parse.urlparse(req.full_url).hostname
+        ):
+            new.remove_header("Authorization")
+        return new
+
+
+def _open_http(url: str, timeout: float) -> IO[bytes]:
+    # Hand-written rather than webdataset's curl pipe: curl puts the token on its command line
+    # (visible to other users) and webdataset's pipe errors print that command line.
+    headers = {"User-Agent": "inf590k-pretrain"}
+    if _is_hf_host(urllib.parse.urlparse(url).hostname):
+        token = hf_token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+    opener = urllib.request.build_opener(_DropAuthOnRedirect)
+    return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def open_url(url: str, config: DataConfig) -> IO[bytes]:
+    """Open a shard or index for reading; retry transient failures, then name the URL."""
+    scheme = urllib.parse.urlparse(url).scheme
+    attempts = max(1, config.retries)
+    last_reason = ""
+    for attempt in range(attempts):
+        try:
+            if scheme in ("http", "https"):
+                return _open_http(url, config.timeout)
+            return wds.gopen(url, "rb")
+        except urllib.error.HTTPError as exc:
+            if exc.code not in TRANSIENT_HTTP:
+                hint = (
+                    "set HF_TOKEN to a token with read access"
+                    if exc.code in (401, 403)
+                    else "check the URL"
+                )
+                raise ShardUnreachableError(f"HTTP {exc.code} for {url}: {hint}") from None
+            last_reason = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last_reason = str(getattr(exc, "reason", exc))
+        if attempt + 1 < attempts:
+            wait = config.retry_wait * 2**attempt
+            log.warning(
+                "cannot open %s (%s); retry %d in %.1fs", url, last_reason, attempt + 1, wait
+            )
+            time.sleep(wait)
+    raise ShardUnreachableError(
+        f"cannot open {url} after {attempts} attempts ({last_reason}); "
+        "check the path/URL and the network, or remove it from --shards"
+    )
+
+
+# ---------------------------------------------------------------------------- decoding, crops
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, read before decoding (bomb check)."""
+    if len(data) < 24 or data[:8] != PNG_SIGNATURE:
+        raise ValueError("not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def decode_ir_png(data: bytes, max_pixels: int) -> np.ndarray:
+    """PNG bytes -> [H, W] uint8 or uint16 (gray; colour PNGs are converted)."""
+    width, height = png_size(data)
+    if width * height > max_pixels:
+        raise ValueError(f"{width}x{height} exceeds the {max_pixels}-pixel cap")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("OpenCV could not decode the PNG")
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        image = cv2.cvtColor(image, code)
+    if image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"unsupported PNG dtype {image.dtype}")
+    return image
+
+
+def stretch_range(image: np.ndarray) -> tuple[float, float]:
+    """0.5/99.5 percentiles of a 16-bit frame (on a strided view: same answer, 16x cheaper)."""
+    view = image[::4, ::4]
+    low, high = np.percentile(view, (0.5, 99.5))
+    return float(low), float(max(high, low + 1.0))
+
+
+def to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    scaled = (image.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def random_resized_crop_box(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """(top, left, h, w) with torchvision's RandomResizedCrop.get_params rules.
+
+    Hand-written because torchvision's draws from torch's global RNG; this one takes a
+    per-sample generator, which makes the stream reproducible and resumable."""
+    area = height * width
+    log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w = int(round(np.sqrt(target_area * aspect)))
+        h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height  # fallback: central crop at the clamped aspect ratio
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def crop_flip(
+    image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, config: DataConfig
+) -> np.ndarray:
+    """RandomResizedCrop + horizontal flip, resizing only the crop -> [H, W] uint8."""
+    out_h, out_w = size
+    top, left, h, w = random_resized_crop_box(
+        image.shape[0], image.shape[1], rng, (config.scale_min, config.scale_max)
+    )
+    crop = image[top : top + h, left : left + w]
+    interpolation = cv2.INTER_AREA if h > out_h and w > out_w else cv2.INTER_LINEAR
+    out = cv2.resize(crop, (out_w, out_h), interpolation=interpolation)
+    if rng.random() < config.hflip:
+        out = out[:, ::-1]
+    if out.dtype == np.uint16:
+        out = to_uint8(out, *stretch_range(image))
+    return np.ascontiguousarray(out)
+
+
+def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# ---------------------------------------------------------------------------- the stream
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclass
+class ShardStream(torch.utils.data.IterableDataset):
+    """Infinite batches `(images [B, 1, H, W] uint8, position [6] int64)` for one process.
+
+    position = (logical_worker, pass_index, offset, bad_samples, shard_errors, batches) of the
+    batch's worker after it. Workers are split by node (rank) then by loader worker; in
+    `resampled` mode each worker draws shards with replacement, otherwise each pass is a seeded
+    permutation of the list cut into disjoint per-(rank, worker) shares.
+    """
+
+    urls: list[str]
+    config: DataConfig
+    image_size: tuple[int, int]  # (H, W) of the crops
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 1  # logical workers (max(1, DataLoader workers))
+    first_worker: int = 0  # logical id played by physical worker 0 (continues the round-robin)
+    positions: list[dict[str, int]] = field(default_factory=list)  # per logical worker
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self.image_size = as_hw(self.image_size)
+        shares = self.world_size * self.num_workers
+        if not self.config.resampled and len(self.urls) < shares:
+            raise ValueError(
+                f"{len(self.urls)} shards cannot be split over {self.world_size} ranks x "
+                f"{self.num_workers} workers (a rank without shards stalls DDP); "
+                "use --resampled, fewer --workers, or more shards"
+            )
+
+    # -- per-worker pieces
+    def _logical_worker(self) -> int:
+        info = torch.utils.data.get_worker_info()
+        physical = 0 if info is None else info.id
+        return (physical + self.first_worker) % self.num_workers
+
+    def pass_shards(self, worker: int, pass_index: int) -> list[str]:
+        """The shards one worker reads in one pass, in order."""
+        shares = self.world_size * self.num_workers
+        share = self.rank * self.num_workers + worker
+        if self.config.resampled:
+            rng = random.Random(_seed(self.seed, self.rank, worker, pass_index, 11))
+            count = max(1, len(self.urls) // shares)
+            return [rng.choice(self.urls) for _ in range(count)]
+        order = list(self.urls)
+        random.Random(_seed(self.seed, pass_index, 13)).shuffle(order)  # same on every rank
+        return order[share::shares]
+
+    def _raw_samples(self, urls: list[str], stats: WorkerPosition) -> Iterator[dict[str, Any]]:
+        def skip_corrupt(exn: Exception) -> bool:
+            if isinstance(exn, ShardUnreachableError):
+                raise exn
+            stats.shard_errors += 1
+            log.warning("skipping unreadable shard data: %s", repr(exn)[:300])
+            return True
+
+        def opened() -> Iterator[dict[str, Any]]:
+            for url in urls:
+                stream = open_url(url, self.config)
+                try:
+                    yield {"url": url, "stream": stream}
+                finally:
+                    stream.close()
+
+        files = tar_file_expander(opened(), handler=skip_corrupt)
+        return group_by_keys(files, handler=skip_corrupt)
+
+    def _pass(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(offset, raw sample) of one shuffled pass."""
+        raw = self._raw_samples(self.pass_shards(worker, stats.pass_index), stats)
+        rng = random.Random(_seed(self.seed, self.rank, worker, stats.pass_index, 17))
+        shuffled = _shuffle(
+            iter(raw), self.config.shuffle_buffer, self.config.shuffle_initial, rng=rng
+        )
+        return enumerate(shuffled)
+
+    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        if "png" not in sample:
+            raise ValueError(f"sample {sample.get('__key__')} has no .png member")
+        return crop_flip(
+            decode_ir_png(sample["png"], self.config.max_pixels), self.image_size, rng, self.config
+        )
+
+    def samples(self, worker: int, stats: WorkerPosition) -> Iterator[np.ndarray]:
+        """Decoded crops forever, advancing `stats` (position and counters) as it goes."""
+        while True:
+            start, produced = stats.offset, 0
+            for offset, sample in self._pass(worker, stats):
+                if offset < start:  # resume: replay bytes up to the saved offset, no decoding
+                    continue
+                stats.offset = offset + 1
+                rng = np.random.default_rng(
+                    [self.seed, self.rank, worker, stats.pass_index, offset]
+                )
+                try:
+                    image = self.decode(sample, rng)
+                except Exception as exc:  # any bad sample is skipped and counted
+                    stats.bad_samples += 1
+                    log.warning("skipping sample %s: %s", sample.get("__key__"), exc)
+                    continue
+                produced += 1
+                yield image
+            if produced == 0 and start == 0:
+                raise RuntimeError(
+                    f"worker {worker} of rank {self.rank} read no usable sample in a whole pass "
+                    f"over {len(self.pass_shards(worker, stats.pass_index))} shards; "
+                    "check the shards with `inf590k verify`"
+                )
+            stats.pass_index, stats.offset = stats.pass_index + 1, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cv2.setNumThreads(1)  # one decode thread per loader worker; workers give parallelism
+        worker = self._logical_worker()
+        saved = self.positions[worker] if worker < len(self.positions) else {}
+        stats = WorkerPosition(**saved)
+        batches = 0
+        stream = self.samples(worker, stats)
+        height, width = self.image_size
+        while True:
+            batch = np.empty((self.config.batch_size, 1, height, width), np.uint8)  # [B, 1, H, W]
+            for i in range(self.config.batch_size):
+                batch[i, 0] = next(stream)
+            batches += 1
+            position = torch.tensor(
+                [
+                    worker,
+                    stats.pass_index,
+                    stats.offset,
+                    stats.bad_samples,
+                    stats.shard_errors,
+                    batches,
+                ],
+                dtype=torch.int64,
+            )
+            yield torch.from_numpy(batch), position
+
+
+def make_loader(stream: ShardStream, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """DataLoader over already-batched items; workers take batches in round-robin order."""
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class StreamTracker:
+    """Main-process view of the workers' positions, fed with each consumed batch's position."""
+
+    def __init__(
+        self, num_workers: int, positions: list[dict[str, int]] | None = None, batches: int = 0
+    ) -> None:
+        self.num_workers = num_workers
+        self.positions = (
+            [dict(p) for p in positions]
+            if positions
+            else [WorkerPosition().as_dict() for _ in range(num_workers)]
+        )
+        self.batches = batches  # micro-batches consumed by the training loop
+
+    def update(self, position: torch.Tensor) -> None:
+        worker, pass_index, offset, bad, errors, _ = (int(v) for v in position.tolist())
+        self.positions[worker] = {
+            "pass_index": pass_index,
+            "offset": offset,
+            "bad_samples": bad,
+            "shard_errors": errors,
+        }
+        self.batches += 1
+
+    @property
+    def first_worker(self) -> int:
+        return self.batches % self.num_workers
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "bad_samples": sum(p["bad_samples"] for p in self.positions),
+            "shard_errors": sum(p["shard_errors"] for p in self.positions),
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "batches": self.batches,
+            "positions": [dict(p) for p in self.positions],
+        }
+
+
+def epoch_samples(config: DataConfig, urls: Sequence[str]) -> int | None:
+    """Samples per epoch: --samples-per-epoch, else num_samples of the dataset's _info.json."""
+    if config.samples_per_epoch:
+        return config.samples_per_epoch
+    info_url = config.info or find_info_url(urls)
+    if info_url is None:
+        return None
+    return read_info(info_url, config.split, config).num_samples
+
+
+def loader_for(
+    config: DataConfig,
+    image_size: int | tuple[int, int],
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    pin_memory: bool,
+    resume_state: dict[str, Any] | None = None,
+    urls: list[str] | None = None,
+) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
+    """The process's DataLoader and the tracker that must see each batch it consumes."""
+    urls = urls if urls is not None else expand_shard_urls(config.shards, config.split)
+    num_workers = max(1, config.workers)
+    positions, batches = None, 0
+    if resume_state and resume_state.get("num_workers") == num_workers:
+        positions, batches = resume_state["positions"], int(resume_state["batches"])
+    elif resume_state:
+        log.warning(
+            "saved data position is for %s workers, not %s: the stream restarts with a new seed",
+            resume_state.get("num_workers"),
+            num_workers,
+        )
+        seed = _seed(seed, int(resume_state.get("batches", 0)))
+    tracker = StreamTracker(num_workers, positions, batches)
+    stream = ShardStream(
+        urls=urls,
+        config=config,
+        image_size=image_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        first_worker=tracker.first_worker,
+        positions=[dict(p) for p in tracker.positions],
+    )
+    return make_loader(stream, config.workers, pin_memory), tracker
+
+
+StreamFactory = Callable[..., tuple[torch.utils.data.DataLoader, StreamTracker]]

@@ -1,0 +1,73 @@
+"""One code path for 1 GPU, many GPUs, many nodes and CPU: torchrun's environment decides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    """`auto`: the local rank's GPU when CUDA is there, else the CPU."""
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU; use cpu")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(preference)
+
+
+def setup(device: str = "auto", backend: str = "auto") -> DistEnv:
+    """Join the process group torchrun described (RANK, WORLD_SIZE, ...), if any."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch_device = pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if backend == "auto":
+            backend = "nccl" if torch_device.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"backend": backend}
+        if torch_device.type == "cuda":
+            kwargs["device_id"] = torch_device
+        dist.init_process_group(**kwargs)
+    return DistEnv(rank, world_size, local_rank, torch_device)
+
+
+def cleanup(env: DistEnv) -> None:
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_objects(env: DistEnv, value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank (checkpoint time only)."""
+    if not env.distributed:
+        return [value]
+    values: list[Any] = [None] * env.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()

@@ -1,0 +1,559 @@
+"""Pretraining loop: the paper's recipe, DDP via torchrun, exact resume, sync-free steps.
+
+The loop reads the loss, learning rate and counters on the host only at log steps; NaN/inf
+steps are skipped on the device (the fused AdamW kernel takes a `found_inf` flag) and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm.optim
+import timm.scheduler
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pretrain import checkpoint as ckpt
+from pretrain import distributed
+from pretrain.data import DataConfig, epoch_samples, expand_shard_urls, loader_for
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peaks (FLOP/s) of known cards, matched against torch.cuda.get_device_name().
+PEAK_BF16_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+    ("RTX 4090", 165e12),
+)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: float = 400  # length of the run and of the cosine schedule
+    warmup_epochs: float = 40
+    steps: int | None = None  # optimiser steps of the whole run; overrides epochs
+    blr: float = 1.5e-4  # base lr: lr = blr * global batch / 256
+    lr: float | None = None  # absolute lr; overrides blr
+    min_lr: float = 0.0
+    weight_decay: float = 0.05  # none on norms, biases, position embeddings and tokens
+    beta1: float = 0.9
+    beta2: float = 0.95
+    accum_steps: int = 1  # micro-batches per optimiser step
+    clip_grad: float | None = None  # max global grad norm; None: no clipping
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/pretrain"  # run folder: checkpoints/, metrics.jsonl, vis/
+    model: str = "dugi_mae_base"
+    model_args: tuple[str, ...] = ()  # ModelConfig overrides, "field=value" (YAML values)
+    seed: int = 0
+    device: str = "auto"  # auto | cuda | cpu
+    dist_backend: str = "auto"  # nccl on CUDA, gloo on CPU
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    compile: bool = False  # torch.compile the model
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    vis_every: int = 0  # reconstruction grid PNG every N steps (0: never)
+    resume: str | None = None  # "auto" (latest in --out, if any) or a checkpoint path
+    stop_step: int | None = None  # leave after this step (checkpointed); the schedule is kept
+    max_nan_skips: int = 20  # stop once this many steps had a NaN/inf loss or gradient
+    peak_tflops: float | None = None  # per-GPU peak for MFU; default: known-card table
+    tensorboard: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; for tests)
+    progress: bool = True  # tqdm bar
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+GROUPS: tuple[tuple[str, type], ...] = (
+    ("data", DataConfig),
+    ("optim", OptimConfig),
+    ("run", RunConfig),
+)
+
+
+def option_fields() -> list[tuple[str, dataclasses.Field]]:
+    """(group, field) for every CLI option, one option per config field."""
+    return [(group, f) for group, cls in GROUPS for f in dataclasses.fields(cls)]
+
+
+def config_from_options(options: dict[str, Any]) -> PretrainConfig:
+    """Build the config from flat options (CLI names with `_`); unknown names are an error."""
+    known = {f.name for _, f in option_fields()}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown pretrain option(s): {unknown}")
+    parts = {}
+    for group, cls in GROUPS:
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in options and options[f.name] is not None:
+                value = options[f.name]
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+        parts[group] = cls(**values)
+    return PretrainConfig(**parts)
+
+
+def parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
+    """`("img_size=64", "mask_ratio=0.6")` -> {"img_size": 64, "mask_ratio": 0.6}."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-args {item!r}: expected field=value, e.g. img_size=224")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@dataclass(frozen=True)
+class Schedule:
+    total_steps: int
+    warmup_steps: int
+    lr: float
+    global_batch: int
+    samples_per_epoch: int | None
+
+
+def plan_schedule(
+    optim: OptimConfig, batch_size: int, world_size: int, samples_per_epoch: int | None
+) -> Schedule:
+    """Steps and peak lr from the recipe: lr = blr * global batch / 256, epochs -> steps."""
+    global_batch = batch_size * world_size * optim.accum_steps
+    lr = optim.lr if optim.lr is not None else optim.blr * global_batch / 256
+    if optim.steps is not None:
+        total = optim.steps
+        warmup = round(total * optim.warmup_epochs / optim.epochs) if optim.epochs else 0
+    elif samples_per_epoch:
+        steps_per_epoch = max(1, samples_per_epoch // global_batch)
+        total = max(1, round(optim.epochs * steps_per_epoch))
+        warmup = round(optim.warmup_epochs * steps_per_epoch)
+    else:
+        raise ValueError(
+            "cannot tell the epoch length: no _info.json next to the shards; "
+            "pass --info URL, --samples-per-epoch N or --steps N"
+        )
+    return Schedule(total, min(warmup, total - 1), lr, global_batch, samples_per_epoch)
+
+
+def build_optimizer(
+    model: nn.Module, optim: OptimConfig, schedule: Schedule
+) -> tuple[torch.optim.AdamW, timm.scheduler.CosineLRScheduler]:
+    """AdamW without decay on 1-D params (norms, biases) and the model's no_weight_decay names."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups = timm.optim.param_groups_weight_decay(model, optim.weight_decay, skip)
+    optimizer = torch.optim.AdamW(
+        groups, lr=schedule.lr, betas=(optim.beta1, optim.beta2), fused=True
+    )
+    scheduler = timm.scheduler.CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, schedule.total_steps - schedule.warmup_steps),
+        lr_min=optim.min_lr,
+        warmup_t=schedule.warmup_steps,
+        warmup_lr_init=0.0,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+    return optimizer, scheduler
+
+
+def peak_flops(device: torch.device, peak_tflops: float | None) -> float | None:
+    if peak_tflops:
+        return peak_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    choices = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if precision not in choices:
+        raise ValueError(f"--precision {precision!r}: choose auto, bf16, fp16 or fp32")
+    return choices[precision]
+
+
+def normalise(images: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """[N, 1, H, W] uint8 on the device -> [N, C, H, W] float, (x/255 - mean) / std."""
+    from pretrain.models import IR_MEAN, IR_STD
+
+    x = images.float().div_(255.0).sub_(IR_MEAN).div_(IR_STD)
+    return x.expand(-1, in_chans, -1, -1) if in_chans != x.shape[1] else x
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class MetricsLog:
+    """JSONL metrics (and TensorBoard scalars when asked) on the main rank."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise RuntimeError(
+                    "--tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from exc
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step" and value is not None:
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many steps with a NaN/inf loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    loss: float | None
+    checkpoint: Path | None
+    run_dir: Path
+
+
+@dataclass
+class _Interval:
+    """What the loop gathers between two log steps (device tensors + host timers)."""
+
+    loss_sum: torch.Tensor
+    loss_count: torch.Tensor
+    started: float = field(default_factory=time.perf_counter)
+    data_wait: float = 0.0
+    images: int = 0
+    steps: int = 0
+
+
+class Trainer:
+    """Holds the pieces of one run; `fit()` runs it from its start (or resumed) step."""
+
+    def __init__(self, config: PretrainConfig, model: nn.Module | None = None) -> None:
+        self.config = config
+        run = config.run
+        self.env = distributed.setup(run.device, run.dist_backend)
+        self.device = self.env.device
+        self.run_dir = Path(run.out)
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(run.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+        if model is None:
+            from pretrain.models import create_model
+
+            model = create_model(run.model, **parse_model_args(run.model_args))
+        self.model = model.to(self.device)
+        self.model_config = getattr(model, "config", None)
+        self.in_chans = getattr(self.model_config, "in_chans", 1)
+        self.image_hw = tuple(getattr(self.model_config, "image_hw", (224, 224)))
+        seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
+
+        self.urls = expand_shard_urls(config.data.shards, config.data.split)
+        self.schedule = plan_schedule(
+            config.optim,
+            config.data.batch_size,
+            self.env.world_size,
+            epoch_samples(config.data, self.urls),
+        )
+        self.optimizer, self.scheduler = build_optimizer(model, config.optim, self.schedule)
+        self.amp_dtype = resolve_precision(run.precision, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.peak = peak_flops(self.device, run.peak_tflops)
+        self.flops_per_image = (
+            float(model.flops_per_image()) if hasattr(model, "flops_per_image") else None
+        )
+        self.step = 0
+        self.images_seen = 0
+        self.nan_skips = torch.zeros((), device=self.device)
+        data_state = self._maybe_resume()
+        self.loader, self.tracker = loader_for(
+            config.data,
+            self.image_hw,
+            seed=run.seed,
+            rank=self.env.rank,
+            world_size=self.env.world_size,
+            pin_memory=self.device.type == "cuda",
+            resume_state=data_state,
+            urls=self.urls,
+        )
+        self.forward_model: nn.Module = self.model
+        if self.env.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(self.model, device_ids=ids)
+        if run.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        self.metrics = MetricsLog(self.run_dir, run.tensorboard, self.env.is_main)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _maybe_resume(self) -> dict[str, Any] | None:
+        resume = self.config.run.resume
+        if not resume:
+            return None
+        path = ckpt.latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
+        if path is None:
+            if self.env.is_main:
+                log.info("--resume auto: no checkpoint in %s, starting a new run", self.run_dir)
+            return None
+        state = ckpt.load(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.images_seen = int(state["counters"]["images"])
+        self.nan_skips.fill_(float(state["counters"]["nan_skips"]))
+        ranks = state["ranks"]
+        if len(ranks) == self.env.world_size:
+            ckpt.restore_rng(ranks[self.env.rank]["rng"])
+            data_state = ranks[self.env.rank]["data"]
+        else:
+            log.warning(
+                "checkpoint from %d ranks resumed on %d: data streams restart with new seeds",
+                len(ranks),
+                self.env.world_size,
+            )
+            data_state = {"num_workers": -1, "batches": self.step}
+        if self.env.is_main:
+            log.info("resumed %s at step %d", path, self.step)
+        return data_state
+
+    def save(self) -> Path | None:
+        rank_state = {"rng": ckpt.capture_rng(), "data": self.tracker.state()}
+        ranks = distributed.gather_objects(self.env, rank_state)
+        path = None
+        if self.env.is_main:
+            state = {
+                "format": ckpt.FORMAT_VERSION,
+                "step": self.step,
+                "model_name": self.config.run.model,
+                "model_config": dataclasses.asdict(self.model_config) if self.model_config else {},
+                "config": _plain(self.config.as_dict()),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ranks": ranks,
+                "world_size": self.env.world_size,
+                "counters": {"images": self.images_seen, "nan_skips": int(self.nan_skips.item())},
+            }
+            path = ckpt.save_atomic(state, ckpt.checkpoint_path(self.run_dir, self.step))
+            ckpt.prune(self.run_dir, self.config.run.keep_last)
+        distributed.barrier(self.env)
+        return path
+
+    # ------------------------------------------------------------------ steps
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        yield from self.loader
+
+    def _micro_step(self, images: torch.Tensor, sync: bool, interval: _Interval) -> None:
+        x = normalise(images.to(self.device, non_blocking=True), self.in_chans)
+        no_sync = (
+            self.forward_model.no_sync
+            if isinstance(self.forward_model, DistributedDataParallel) and not sync
+            else contextlib.nullcontext
+        )
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()  # a disabled autocast would still set its dtype
+        )
+        with no_sync():
+            with autocast:
+                loss, _, _ = self.forward_model(x)
+            self.scaler.scale(loss / self.config.optim.accum_steps).backward()
+        finite = torch.isfinite(loss.detach())
+        interval.loss_sum += torch.where(finite, loss.detach().float(), 0.0)
+        interval.loss_count += finite.float()
+
+    def _optimizer_step(self) -> None:
+        optim = self.config.optim
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        max_norm = optim.clip_grad if optim.clip_grad else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # tensor, no sync
+        # Grads are already all-reduced, so every rank sees the same norm and skips alike.
+        found_inf = (~torch.isfinite(grad_norm)).float()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.found_inf = found_inf  # fused AdamW skips the update on the device
+            self.optimizer.step()
+            self.optimizer.found_inf = None
+        self.nan_skips += found_inf
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _log(self, interval: _Interval, bar: tqdm | None) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - interval.started, 1e-9)
+        loss = (interval.loss_sum / interval.loss_count.clamp(min=1)).item()  # host sync
+        nan_skips = int(self.nan_skips.item())
+        images_per_s = interval.images * self.env.world_size / elapsed
+        mfu = None
+        if self.peak and self.flops_per_image:
+            per_gpu = interval.images / elapsed
+            mfu = 3 * self.flops_per_image * per_gpu / self.peak
+        totals = self.tracker.totals()
+        record = {
+            "step": self.step,
+            "epoch": (
+                self.images_seen / self.schedule.samples_per_epoch
+                if self.schedule.samples_per_epoch
+                else None
+            ),
+            "loss": loss if interval.loss_count.item() > 0 else None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images_per_s,
+            "mfu": mfu,
+            "data_wait": interval.data_wait / elapsed,
+            "nan_skips": nan_skips,
+            **totals,
+            "time": time.time(),
+        }
+        self.metrics.write(record)
+        if bar is not None:
+            bar.set_postfix(
+                loss=f"{loss:.4f}",
+                img_s=f"{images_per_s:.0f}",
+                mfu="n/a" if mfu is None else f"{100 * mfu:.1f}%",
+                wait=f"{100 * record['data_wait']:.0f}%",
+            )
+        if nan_skips > self.config.run.max_nan_skips:
+            raise TrainingDiverged(
+                f"{nan_skips} steps had a NaN/inf loss or gradient (limit --max-nan-skips "
+                f"{self.config.run.max_nan_skips}); lower --blr, set --clip-grad, or check the data"
+            )
+        return record
+
+    def _visualize(self, images: torch.Tensor) -> None:
+        from pretrain.visualize import save_grid
+
+        path = self.run_dir / "vis" / f"step-{self.step:08d}.png"
+        save_grid(self.model, images[:8].to(self.device), path)
+
+    def fit(self) -> TrainResult:
+        run, optim = self.config.run, self.config.optim
+        end = self.schedule.total_steps
+        if run.stop_step is not None:
+            end = min(end, run.stop_step)
+        new_interval = lambda: _Interval(  # noqa: E731
+            torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        )
+        interval = new_interval()
+        bar = (
+            tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True)
+            if run.progress and self.env.is_main
+            else None
+        )
+        batches = self._batches()
+        last_path, last_record = None, None
+        self.model.train()
+        try:
+            while self.step < end:
+                self.scheduler.step_update(self.step)
+                for micro in range(optim.accum_steps):
+                    waited = time.perf_counter()
+                    images, position = next(batches)
+                    interval.data_wait += time.perf_counter() - waited
+                    self.tracker.update(position)
+                    self._micro_step(images, micro == optim.accum_steps - 1, interval)
+                    interval.images += images.shape[0]
+                self._optimizer_step()
+                self.step += 1
+                self.images_seen += self.schedule.global_batch
+                interval.steps += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % run.log_every == 0 or self.step == end:
+                    last_record = self._log(interval, bar)
+                    interval = new_interval()
+                if run.vis_every and self.step % run.vis_every == 0 and self.env.is_main:
+                    self._visualize(images)
+                if self.step % run.ckpt_every == 0 or self.step == end:
+                    last_path = self.save() or last_path
+        finally:
+            if bar is not None:
+                bar.close()
+            self.metrics.close()
+        if self.env.is_main:
+            loss_text = (
+                f"{last_record['loss']:.4f}" if last_record and last_record["loss"] else "n/a"
+            )
+            print(
+                f"pretrain: step {self.step}/{self.schedule.total_steps}, loss {loss_text}, "
+                f"{self.images_seen} images, {int(self.nan_skips.item())} NaN/inf steps skipped, "
+                f"{self.tracker.totals()['bad_samples']} bad samples and "
+                f"{self.tracker.totals()['shard_errors']} shard errors skipped; run in {self.run_dir}"
+            )
+        return TrainResult(
+            self.step, last_record["loss"] if last_record else None, last_path, self.run_dir
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists so the config reads back the same from JSON and from a checkpoint."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def pretrain(config: PretrainConfig, model: nn.Module | None = None) -> TrainResult:
+    """Run (or resume) pretraining; under torchrun every rank calls this."""
+    trainer = Trainer(config, model)
+    try:
+        return trainer.fit()
+    finally:
+        distributed.cleanup(trainer.env)
