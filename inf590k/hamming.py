@@ -67,7 +67,7 @@ def plan_blocks(num_query: int, num_db: int, radius: int) -> BlockPlan:
             num_query * ball_volume(w, t) * (1.0 + num_db / 2.0**w)
             for w, t in zip(widths, radii, strict=True)
         )
-        cost += m * (num_db + 2.0**max(widths))  # building the tables
+        cost += m * (num_db + 2.0 ** max(widths))  # building the tables
         plan = BlockPlan(tuple(offsets), tuple(widths), tuple(radii))
         if best is None or cost < best[0]:
             best = (cost, plan)

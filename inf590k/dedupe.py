@@ -1,0 +1,487 @@
+"""Dedupe: exact (pixel sha256) and near (pHash Hamming radius) duplicate groups.
+
+Only rows with status `ok` take part. Edges: equal `pixel_sha256` (exact), and pHash distance
+<= radius (near; optionally confirmed by dHash distance <= dhash_max). Groups are the
+connected components of those edges. The kept image of a group is fixed by a rule that never
+depends on row order or worker count: largest width*height, then source priority (the
+`priority` list first, in its order, then every other source alphabetically), then uid.
+Every other member gets status `duplicate`, `dup_group` and a reason naming the kept uid and
+its pHash distance to it. Re-running dedupe first restores earlier `duplicate` rows to `ok`,
+so the result is the same however often it runs.
+
+`against` paths mark matches with outside data as duplicates: another build folder or a
+built dataset (its shard sidecars) for incremental builds, or a plain folder of evaluation
+images (decontamination). A whole group goes when one of its members matches.
+
+Default radius 8: see docs/dedupe-radius.md for the measurement on real IR frames.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from inf590k import catalog as cat
+from inf590k.hamming import cross_radius_pairs, hex_to_codes, radius_pairs
+
+DEFAULT_RADIUS = 8
+REPORT_DIRNAME = "dedupe"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    """One field per `inf590k dedupe` option."""
+
+    build: Path
+    radius: int = DEFAULT_RADIUS  # pHash Hamming radius of a near duplicate
+    dhash_max: int = -1  # >= 0: a near pair also needs dHash distance <= this; -1: off
+    against: tuple[Path, ...] = ()  # build folders, datasets or folders of evaluation images
+    priority: tuple[str, ...] = ()  # source ids preferred when resolutions tie, best first
+    contact_groups: int = 12  # largest groups drawn in the contact sheet; 0: no sheet
+
+
+@dataclass
+class DedupeSummary:
+    candidates: int  # ok rows before dedupe
+    groups: int  # groups with 2+ members
+    exact_duplicates: int
+    near_duplicates: int
+    outside_matches: int  # rows removed because of --against
+    kept: int
+    seconds: float
+    report: Path | None = None
+
+    def __str__(self) -> str:
+        return (
+            f"dedupe: {self.candidates} images -> {self.kept} kept; {self.groups} groups, "
+            f"{self.exact_duplicates} exact + {self.near_duplicates} near duplicates, "
+            f"{self.outside_matches} matched --against data ({self.seconds:.1f} s)"
+        )
+
+
+@dataclass(frozen=True)
+class Fingerprints:
+    """Hashes of a set of images: what dedupe compares. Arrays are [N]."""
+
+    labels: tuple[str, ...]  # uid, or a file path for evaluation images
+    pixel_sha256: tuple[str, ...]
+    phash: np.ndarray  # uint64
+    dhash: np.ndarray  # uint64
+
+
+@dataclass(frozen=True)
+class OutsideSet:
+    """Fingerprints of one --against path and how a match is described."""
+
+    fingerprints: Fingerprints
+    reason: str  # e.g. "decontamination: matches eval/" or "already in old-build"
+    skipped: int = 0  # files that could not be read (evaluation folders)
+
+
+@dataclass
+class _Match:
+    reason: str
+    distance: int
+
+
+@dataclass
+class _Groups:
+    labels: np.ndarray  # [N] component id per candidate row
+    kept: np.ndarray  # [N] candidate index of the kept member of each row's component
+    sizes: np.ndarray  # [N] component size per row
+    exact: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def _codes(hex_values: Iterable[str | None]) -> np.ndarray:
+    return hex_to_codes([h if h else "0" for h in hex_values])
+
+
+def fingerprints_of_rows(table: pa.Table) -> Fingerprints:
+    rows = table.select(["uid", "pixel_sha256", "phash", "dhash"]).to_pydict()
+    return Fingerprints(
+        labels=tuple(rows["uid"]),
+        pixel_sha256=tuple(rows["pixel_sha256"]),
+        phash=_codes(rows["phash"]),
+        dhash=_codes(rows["dhash"]),
+    )
+
+
+def _fingerprints_of_folder(folder: Path) -> tuple[Fingerprints, int]:
+    """Hash evaluation images the way ingest hashes (same decode, crop and 8-bit view)."""
+    from inf590k.imageio import ImagePolicy, RejectedImage, fingerprint, process_image_bytes
+
+    policy = ImagePolicy(allow_colour=True)  # benchmark images may be stored as RGB
+    labels, digests, phashes, dhashes, skipped = [], [], [], [], 0
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            found = fingerprint(process_image_bytes(path.read_bytes(), policy).view8)
+        except (RejectedImage, OSError, ValueError):
+            skipped += 1
+            continue
+        labels.append(path.relative_to(folder).as_posix())
+        digests.append(found.pixel_sha256)
+        phashes.append(found.phash)
+        dhashes.append(found.dhash)
+    prints = Fingerprints(tuple(labels), tuple(digests), _codes(phashes), _codes(dhashes))
+    return prints, skipped
+
+
+def _ok_rows(table: pa.Table) -> pa.Table:
+    return table.filter(pa.compute.equal(table.column("status"), cat.STATUS_OK))
+
+
+def load_outside_set(path: Path) -> OutsideSet:
+    """A build folder (its catalog), a built dataset (its shard sidecars) or an image folder."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--against {path}: no such file or folder")
+    if cat.part_paths(path):
+        rows = _ok_rows(cat.read_catalog(path))
+        return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
+    sidecars = sorted(p for p in path.rglob("*.parquet") if (p.with_suffix(".tar")).exists())
+    if sidecars:
+        rows = pa.concat_tables(pq.read_table(p, schema=cat.CATALOG_SCHEMA) for p in sidecars)
+        return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
+    if path.is_dir():
+        prints, skipped = _fingerprints_of_folder(path)
+        if not prints.labels:
+            raise ValueError(f"--against {path}: no readable images, shard sidecars or catalog")
+        return OutsideSet(prints, f"decontamination: matches {path.name or path}", skipped)
+    raise ValueError(f"--against {path}: expected a build folder, a dataset or an image folder")
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def _near_edges(prints: Fingerprints, radius: int, dhash_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate index pairs within the pHash radius (and dHash confirmation when on)."""
+    if dhash_max >= 0:
+        keys = np.stack([prints.phash, prints.dhash], axis=1)  # [N, 2]
+        unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        unique_phash = unique[:, 0].copy()
+    else:
+        unique_phash, first, inverse = np.unique(
+            prints.phash, return_index=True, return_inverse=True
+        )
+    inverse = inverse.ravel()
+    # rows sharing a key are joined to the key's first row; the search runs on distinct keys
+    same_i, same_j = first[inverse], np.arange(len(inverse))
+    ui, uj, _ = radius_pairs(unique_phash, radius)
+    i, j = first[ui], first[uj]
+    if dhash_max >= 0:
+        confirmed = np.bitwise_count(prints.dhash[i] ^ prints.dhash[j]) <= dhash_max
+        i, j = i[confirmed], j[confirmed]
+    return np.concatenate([same_i, i]), np.concatenate([same_j, j])
+
+
+def _exact_edges(prints: Fingerprints) -> tuple[np.ndarray, np.ndarray]:
+    digests = np.array(prints.pixel_sha256, dtype=object)
+    _, first, inverse = np.unique(digests.astype(str), return_index=True, return_inverse=True)
+    return first[inverse.ravel()], np.arange(len(digests))
+
+
+def priority_rank(sources: Iterable[str], priority: tuple[str, ...]) -> dict[str, int]:
+    """Listed sources first in the given order, then the rest alphabetically."""
+    rest = sorted(set(sources) - set(priority))
+    return {source: rank for rank, source in enumerate([*priority, *rest])}
+
+
+def keep_order(table: pa.Table, priority: tuple[str, ...]) -> np.ndarray:
+    """Rank of each row by the keep rule (0 = keep first): area desc, priority, uid."""
+    rows = table.select(["uid", "source", "width", "height"]).to_pydict()
+    ranks = priority_rank(rows["source"], priority)
+    keys = [
+        (-(w or 0) * (h or 0), ranks[s], u)
+        for u, s, w, h in zip(
+            rows["uid"], rows["source"], rows["width"], rows["height"], strict=True
+        )
+    ]
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    rank = np.empty(len(keys), dtype=np.int64)
+    rank[order] = np.arange(len(keys))
+    return rank
+
+
+def group_rows(
+    candidates: pa.Table, radius: int, dhash_max: int, priority: tuple[str, ...]
+) -> _Groups:
+    prints = fingerprints_of_rows(candidates)
+    n = len(prints.labels)
+    exact_i, exact_j = _exact_edges(prints)
+    near_i, near_j = _near_edges(prints, radius, dhash_max)
+    rows = np.concatenate([exact_i, near_i])
+    cols = np.concatenate([exact_j, near_j])
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    rank = keep_order(candidates, priority)
+    # the kept member of each component: the lowest keep rank among its members
+    best = np.full(labels.max() + 1 if n else 0, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best, labels, rank)
+    by_rank = np.empty(n, dtype=np.int64)
+    by_rank[rank] = np.arange(n)
+    kept = by_rank[best[labels]]
+    sizes = np.bincount(labels)[labels]
+    digests = np.array(prints.pixel_sha256, dtype=object)
+    exact = digests == digests[kept]
+    return _Groups(labels=labels, kept=kept, sizes=sizes, exact=exact)
+
+
+def _outside_matches(
+    candidates: Fingerprints, outside: OutsideSet, radius: int, dhash_max: int
+) -> dict[int, _Match]:
+    matches: dict[int, _Match] = {}
+    theirs = outside.fingerprints
+    digest_to_label = dict(zip(theirs.pixel_sha256, theirs.labels, strict=True))
+    for index, digest in enumerate(candidates.pixel_sha256):
+        if digest in digest_to_label:
+            matches[index] = _Match(f"{outside.reason}/{digest_to_label[digest]} (exact pixels)", 0)
+    qi, di, dist = cross_radius_pairs(candidates.phash, theirs.phash, radius)
+    if dhash_max >= 0:
+        confirmed = np.bitwise_count(candidates.dhash[qi] ^ theirs.dhash[di]) <= dhash_max
+        qi, di, dist = qi[confirmed], di[confirmed], dist[confirmed]
+    for q, d, distance in zip(qi.tolist(), di.tolist(), dist.tolist(), strict=True):
+        if q not in matches or distance < matches[q].distance:
+            label = theirs.labels[d]
+            matches[q] = _Match(f"{outside.reason}/{label} (pHash distance {distance})", distance)
+    return matches
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _reset_previous_dedupe(table: pa.Table) -> pa.Table:
+    """Rows an earlier dedupe marked duplicate become ok again, so a re-run starts clean."""
+    was_duplicate = pa.compute.equal(table.column("status"), cat.STATUS_DUPLICATE).to_numpy(
+        zero_copy_only=False
+    )
+    status = np.where(was_duplicate, cat.STATUS_OK, np.array(table.column("status").to_pylist()))
+    reason = np.where(was_duplicate, "", np.array(table.column("reason").to_pylist(), dtype=object))
+    table = table.set_column(
+        table.schema.get_field_index("status"), "status", pa.array(status.tolist())
+    )
+    table = table.set_column(
+        table.schema.get_field_index("reason"), "reason", pa.array(reason.tolist())
+    )
+    dup_group = pa.array(np.full(len(table), -1, dtype=np.int64))
+    return table.set_column(table.schema.get_field_index("dup_group"), "dup_group", dup_group)
+
+
+def dedupe(config: DedupeConfig) -> DedupeSummary:
+    """Mark duplicate rows in the catalog of `config.build`; write the report."""
+    if not 0 <= config.radius <= 32:
+        raise ValueError(
+            f"--radius must be in 0..32 (default {DEFAULT_RADIUS}), got {config.radius}"
+        )
+    started = time.perf_counter()
+    build = Path(config.build)
+    table = _reset_previous_dedupe(cat.read_catalog(build))
+    outside = [load_outside_set(p) for p in config.against]
+    ok_index = np.flatnonzero(
+        pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)
+    )
+    candidates = table.take(pa.array(ok_index))
+    groups = group_rows(candidates, config.radius, config.dhash_max, config.priority)
+    prints = fingerprints_of_rows(candidates)
+
+    outside_match: dict[int, _Match] = {}
+    for other in outside:
+        for index, match in _outside_matches(
+            prints, other, config.radius, config.dhash_max
+        ).items():
+            outside_match.setdefault(index, match)
+    contaminated_groups = {int(groups.labels[i]) for i in outside_match}
+
+    status = table.column("status").to_pylist()
+    reason = table.column("reason").to_pylist()
+    dup_group = np.full(len(table), -1, dtype=np.int64)
+    group_ids = _number_groups(groups, prints.labels)
+    distances = np.bitwise_count(prints.phash ^ prints.phash[groups.kept]).astype(int)
+    exact_count = near_count = 0
+    for index in range(len(candidates)):
+        row = int(ok_index[index])
+        label = int(groups.labels[index])
+        if groups.sizes[index] > 1:
+            dup_group[row] = group_ids[label]
+        if label in contaminated_groups:
+            status[row] = cat.STATUS_DUPLICATE
+            match = outside_match.get(index)
+            reason[row] = (
+                match.reason
+                if match
+                else _contaminated_reason(index, groups, outside_match, prints)
+            )
+            continue
+        kept = int(groups.kept[index])
+        if kept == index:
+            continue
+        status[row] = cat.STATUS_DUPLICATE
+        kept_uid = prints.labels[kept]
+        if groups.exact[index]:
+            exact_count += 1
+            reason[row] = f"duplicate of {kept_uid} (exact pixels)"
+        else:
+            near_count += 1
+            reason[row] = f"near duplicate of {kept_uid} (pHash distance {distances[index]})"
+    table = _with_columns(table, status=status, reason=reason, dup_group=dup_group)
+    cat.write_catalog(build, table)
+
+    report_dir = build / REPORT_DIRNAME
+    report = write_report(
+        report_dir, config, candidates, groups, group_ids, distances, outside, outside_match
+    )
+    if config.contact_groups > 0:
+        write_contact_sheet(report_dir / "contact_sheet.png", build, report, config.contact_groups)
+    kept_total = int(sum(1 for s in status if s == cat.STATUS_OK))
+    return DedupeSummary(
+        candidates=len(candidates),
+        groups=int(len(group_ids)),
+        exact_duplicates=exact_count,
+        near_duplicates=near_count,
+        outside_matches=int(
+            sum(1 for i in range(len(candidates)) if groups.labels[i] in contaminated_groups)
+        ),
+        kept=kept_total,
+        seconds=time.perf_counter() - started,
+        report=report_dir / "report.json",
+    )
+
+
+def _contaminated_reason(
+    index: int, groups: _Groups, outside_match: dict[int, _Match], prints: Fingerprints
+) -> str:
+    label = groups.labels[index]
+    member = min(i for i in outside_match if groups.labels[i] == label)
+    return f"in a group with {prints.labels[member]}: {outside_match[member].reason}"
+
+
+def _number_groups(groups: _Groups, labels: tuple[str, ...]) -> dict[int, int]:
+    """Component label -> dup_group id (0..G-1, ordered by the kept uid) for groups of 2+."""
+    multi = sorted(
+        {
+            int(groups.labels[i]): labels[int(groups.kept[i])]
+            for i in np.flatnonzero(groups.sizes > 1)
+        }.items(),
+        key=lambda item: item[1],
+    )
+    return {label: group_id for group_id, (label, _) in enumerate(multi)}
+
+
+def _with_columns(table: pa.Table, **columns: object) -> pa.Table:
+    for name, values in columns.items():
+        array = pa.array(values.tolist() if isinstance(values, np.ndarray) else values)
+        table = table.set_column(table.schema.get_field_index(name), name, array)
+    return table.cast(cat.CATALOG_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def write_report(
+    report_dir: Path,
+    config: DedupeConfig,
+    candidates: pa.Table,
+    groups: _Groups,
+    group_ids: dict[int, int],
+    distances: np.ndarray,
+    outside: list[OutsideSet],
+    outside_match: dict[int, _Match],
+) -> dict:
+    """report.json: settings, counts, and every group with members and distances."""
+    rows = candidates.select(["uid", "source", "width", "height"]).to_pydict()
+    members: dict[int, list[dict]] = {}
+    for index in np.flatnonzero(groups.sizes > 1).tolist():
+        members.setdefault(group_ids[int(groups.labels[index])], []).append(
+            {
+                "uid": rows["uid"][index],
+                "source": rows["source"][index],
+                "width": rows["width"][index],
+                "height": rows["height"][index],
+                "kept": bool(groups.kept[index] == index),
+                "exact": bool(groups.exact[index]),
+                "phash_distance_to_kept": int(distances[index]),
+            }
+        )
+    listed = []
+    for group_id in sorted(members):
+        group_members = sorted(members[group_id], key=lambda m: (not m["kept"], m["uid"]))
+        listed.append(
+            {"group": group_id, "kept": group_members[0]["uid"], "members": group_members}
+        )
+    report = {
+        "radius": config.radius,
+        "dhash_max": config.dhash_max,
+        "keep_rule": "largest width*height, then source priority, then uid",
+        "priority": list(config.priority),
+        "candidates": len(candidates),
+        "groups": listed,
+        "against": [
+            {"reason": o.reason, "images": len(o.fingerprints.labels), "unreadable": o.skipped}
+            for o in outside
+        ],
+        "outside_matches": [
+            {"uid": rows["uid"][i], "reason": m.reason, "phash_distance": m.distance}
+            for i, m in sorted(outside_match.items())
+        ],
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    tmp = report_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(report_dir / "report.json")
+    return report
+
+
+def write_contact_sheet(
+    path: Path, build: Path, report: dict, max_groups: int, thumb: int = 112
+) -> Path | None:
+    """A PNG with one row per largest group: the kept image first, distances underneath."""
+    import cv2
+
+    from inf590k.ingest import load_stored_pixels
+
+    largest = sorted(report["groups"], key=lambda g: (-len(g["members"]), g["group"]))[:max_groups]
+    if not largest:
+        return None
+    uids = {m["uid"] for g in largest for m in g["members"][:8]}
+    table = cat.read_catalog(build)
+    table = table.filter(pa.compute.is_in(table.column("uid"), pa.array(sorted(uids))))
+    by_uid = {row["uid"]: row for row in table.to_pylist()}
+    columns = min(8, max(len(g["members"]) for g in largest))
+    sheet = np.full((len(largest) * (thumb + 18), columns * (thumb + 4)), 255, dtype=np.uint8)
+    for r, group in enumerate(largest):
+        for c, member in enumerate(group["members"][:columns]):
+            try:
+                image = load_stored_pixels(build, by_uid[member["uid"]])
+            except Exception:  # a moved source still gets a labelled blank tile
+                image = np.zeros((thumb, thumb), dtype=np.uint8)
+            scale = thumb / max(image.shape)
+            small = cv2.resize(
+                image, (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale)))
+            )
+            y, x = r * (thumb + 18), c * (thumb + 4)
+            sheet[y : y + small.shape[0], x : x + small.shape[1]] = small
+            label = "kept" if member["kept"] else f"d={member['phash_distance_to_kept']}"
+            cv2.putText(
+                sheet,
+                f"g{group['group']} {label}",
+                (x + 2, y + thumb + 13),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4,
+                0,
+                1,
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), sheet)
+    return path
