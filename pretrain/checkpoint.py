@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -62,6 +63,15 @@ def load(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a ckpt-*.pt file of a run")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes in name order: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def capture_rng() -> dict[str, Any]:

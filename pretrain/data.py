@@ -363,6 +363,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     num_workers: int = 1  # logical workers (max(1, DataLoader workers))
     first_worker: int = 0  # logical id played by physical worker 0 (continues the round-robin)
     positions: list[dict[str, int]] = field(default_factory=list)  # per logical worker
+    shard_lengths: dict[str, int] = field(default_factory=dict)  # shard_key(url) -> samples
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -393,28 +394,51 @@ class ShardStream(torch.utils.data.IterableDataset):
         random.Random(_seed(self.seed, pass_index, 13)).shuffle(order)  # same on every rank
         return order[share::shares]
 
-    def _raw_samples(self, urls: list[str], stats: WorkerPosition) -> Iterator[dict[str, Any]]:
+    def _raw_samples(
+        self, urls: list[str], worker_id: int, stats: WorkerPosition
+    ) -> Iterator[dict[str, Any]]:
+        current = {"url": "", "failed": False, "count": 0}
+
         def skip_corrupt(exn: Exception) -> bool:
             if isinstance(exn, ShardUnreachableError):
                 raise exn
-            stats.shard_errors += 1
-            log.warning("skipping unreadable shard data: %s", repr(exn)[:300])
+            if not current["failed"]:
+                stats.shard_errors += 1
+            current["failed"] = True
+            log.warning("skipping unreadable data in %s: %s", current["url"], repr(exn)[:300])
             return True
+
+        def check_length(url: str) -> None:
+            # tarfile takes a garbage header for the end of the archive, so a shard cut short
+            # and padded with junk ends "cleanly"; _info.json's shard_lengths catch it.
+            expected = self.shard_lengths.get(shard_key(url))
+            if not current["failed"] and expected is not None and current["count"] < expected:
+                stats.shard_errors += 1
+                log.warning("%s ended after %d of %d samples", url, current["count"], expected)
 
         def opened() -> Iterator[dict[str, Any]]:
             for url in urls:
+                log.info("rank %d worker %d reads %s", self.rank, worker_id, url)
                 stream = open_url(url, self.config)
+                current.update(url=url, failed=False, count=0)
                 try:
                     yield {"url": url, "stream": stream}
                 finally:
                     stream.close()
+                check_length(url)
+
+        def counted(samples: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+            for sample in samples:
+                if sample.get("__url__") == current["url"]:
+                    current["count"] += 1
+                yield sample
 
         files = tar_file_expander(opened(), handler=skip_corrupt)
-        return group_by_keys(files, handler=skip_corrupt)
+        return counted(group_by_keys(files, handler=skip_corrupt))
 
     def _pass(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[int, dict[str, Any]]]:
         """(offset, raw sample) of one shuffled pass."""
-        raw = self._raw_samples(self.pass_shards(worker, stats.pass_index), stats)
+        raw = self._raw_samples(self.pass_shards(worker, stats.pass_index), worker, stats)
         rng = random.Random(_seed(self.seed, self.rank, worker, stats.pass_index, 17))
         shuffled = _shuffle(
             iter(raw), self.config.shuffle_buffer, self.config.shuffle_initial, rng=rng
@@ -536,14 +560,30 @@ class StreamTracker:
         }
 
 
+def shard_key(url: str) -> str:
+    """`<bin>/<shard>.tar` of a URL: how _info.json names a shard, however it is reached."""
+    path = urllib.parse.urlparse(url).path if "://" in url else url
+    return "/".join(path.rstrip("/").split("/")[-2:])
+
+
+def dataset_info(config: DataConfig, urls: Sequence[str]) -> DatasetInfo | None:
+    """The dataset's _info.json (--info, else found next to the shards), if there is one."""
+    info_url = config.info or find_info_url(urls)
+    return read_info(info_url, config.split, config) if info_url else None
+
+
+def expected_lengths(info: DatasetInfo | None) -> dict[str, int]:
+    if info is None or len(info.shard_lengths) != len(info.filenames):
+        return {}
+    return {shard_key(u): n for u, n in zip(info.filenames, info.shard_lengths, strict=True)}
+
+
 def epoch_samples(config: DataConfig, urls: Sequence[str]) -> int | None:
     """Samples per epoch: --samples-per-epoch, else num_samples of the dataset's _info.json."""
     if config.samples_per_epoch:
         return config.samples_per_epoch
-    info_url = config.info or find_info_url(urls)
-    if info_url is None:
-        return None
-    return read_info(info_url, config.split, config).num_samples
+    info = dataset_info(config, urls)
+    return info.num_samples if info else None
 
 
 def loader_for(
@@ -556,6 +596,7 @@ def loader_for(
     pin_memory: bool,
     resume_state: dict[str, Any] | None = None,
     urls: list[str] | None = None,
+    info: DatasetInfo | None = None,
 ) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
     """The process's DataLoader and the tracker that must see each batch it consumes."""
     urls = urls if urls is not None else expand_shard_urls(config.shards, config.split)
@@ -581,6 +622,7 @@ def loader_for(
         num_workers=num_workers,
         first_worker=tracker.first_worker,
         positions=[dict(p) for p in tracker.positions],
+        shard_lengths=expected_lengths(info),
     )
     return make_loader(stream, config.workers, pin_memory), tracker
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
-from pretrain.data import DataConfig, epoch_samples, expand_shard_urls, loader_for
+from pretrain.data import DataConfig, dataset_info, expand_shard_urls, loader_for
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +298,12 @@ class Trainer:
         seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
 
         self.urls = expand_shard_urls(config.data.shards, config.data.split)
+        self.info = dataset_info(config.data, self.urls)
         self.schedule = plan_schedule(
             config.optim,
             config.data.batch_size,
             self.env.world_size,
-            epoch_samples(config.data, self.urls),
+            config.data.samples_per_epoch or (self.info.num_samples if self.info else None),
         )
         self.optimizer, self.scheduler = build_optimizer(model, config.optim, self.schedule)
         self.amp_dtype = resolve_precision(run.precision, self.device)
@@ -326,6 +327,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             resume_state=data_state,
             urls=self.urls,
+            info=self.info,
         )
         self.forward_model: nn.Module = self.model
         if self.env.distributed:
@@ -369,7 +371,11 @@ class Trainer:
         return data_state
 
     def save(self) -> Path | None:
-        rank_state = {"rng": ckpt.capture_rng(), "data": self.tracker.state()}
+        rank_state = {
+            "rng": ckpt.capture_rng(),
+            "data": self.tracker.state(),
+            "param_sha256": ckpt.parameter_digest(self.model),  # DDP consistency check
+        }
         ranks = distributed.gather_objects(self.env, rank_state)
         path = None
         if self.env.is_main:

@@ -1,0 +1,91 @@
+"""`python -m pretrain` / `torchrun --nproc-per-node N -m pretrain`: options from the config fields.
+
+    python -m pretrain --shards 'data/640x512/shard-{000000..000099}.tar' --model dugi_mae_base \
+        --out runs/base [options]
+    python -m pretrain visualize CKPT --image PATH --out PNG
+    python -m pretrain export CKPT --out DIR
+
+Every pretraining option is one field of DataConfig, OptimConfig or RunConfig
+(`--batch-size` is `batch_size`), so this parser and the `inf590k pretrain` command agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+
+# The field types, as written in the dataclasses (annotations are strings under __future__).
+_SCALARS = {"int": int, "float": float, "str": str}
+
+
+def add_field_option(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
+    """One `--kebab-name` option for a config field; unset options keep the field's default."""
+    flag = "--" + field.name.replace("_", "-")
+    kind = str(field.type).replace(" | None", "")
+    comment = field.metadata.get("help") if field.metadata else None
+    default = field.default if field.default is not dataclasses.MISSING else None
+    help_text = comment or f"default: {default}"
+    if kind == "bool":
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+        )
+    elif kind.startswith("tuple["):
+        parser.add_argument(flag, nargs="+", default=None, help=help_text)
+    elif kind in _SCALARS:
+        parser.add_argument(flag, type=_SCALARS[kind], default=None, help=help_text)
+    else:
+        raise TypeError(f"no command-line mapping for {field.name}: {field.type}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pretrain.train import option_fields
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pretrain", description="Pretrain DuGI-MAE from Inf-590K shards."
+    )
+    for _, field in option_fields():
+        add_field_option(parser, field)
+    return parser
+
+
+def _checkpoint_parser(command: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m pretrain {command}")
+    parser.add_argument("checkpoint")
+    if command == "visualize":
+        parser.add_argument("--image", required=True)
+    parser.add_argument("--out", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if argv and argv[0] == "visualize":
+        from pretrain.visualize import visualize_checkpoint
+
+        args = _checkpoint_parser("visualize").parse_args(argv[1:])
+        print(visualize_checkpoint(args.checkpoint, args.image, args.out))
+        return 0
+    if argv and argv[0] == "export":
+        from pretrain.checkpoint import export_checkpoint
+
+        args = _checkpoint_parser("export").parse_args(argv[1:])
+        print(export_checkpoint(args.checkpoint, args.out))
+        return 0
+    if argv and argv[0] == "pretrain":
+        argv = argv[1:]
+    from pretrain.train import config_from_options, pretrain
+
+    args = build_parser().parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if v is not None}
+    if not options.get("shards"):
+        build_parser().error("--shards is required (paths, brace patterns or URLs)")
+    pretrain(config_from_options(options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
