@@ -1,0 +1,114 @@
+"""Resolution bins: short-side class x aspect class of every kept image.
+
+A bin name reads as `s<lo>-<hi>_r<lo>-<hi>`: the short side in pixels and the aspect ratio
+(long side / short side, orientation ignored) x 100, both ranges inclusive; the last class of
+each axis is open (`s768+`, `r200+`). Example with the defaults: a 640x512 frame is
+`s512-767_r115-149`, a 1280x1024 frame `s768+_r115-149`, a 640x640 one `s512-767_r100-114`.
+
+Defaults: short-side edges 256, 384, 512, 768 (the common IR sensor heights 240/288, 480/512
+and 1024 fall in different classes), aspect edges 1.15, 1.5, 2.0 (square, 5:4/4:3, 16:9, wider).
+Bins decide the shard folders: one folder per bin, so a trainer can pick resolutions by folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from inf590k import catalog as cat
+
+BINS_FILENAME = "bins.json"
+DEFAULT_SHORT_EDGES = (256, 384, 512, 768)
+DEFAULT_ASPECT_EDGES = (1.15, 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class BinConfig:
+    """One field per `inf590k bin` option."""
+
+    build: Path
+    short_edges: tuple[int, ...] = DEFAULT_SHORT_EDGES  # short-side class boundaries, pixels
+    aspect_edges: tuple[float, ...] = DEFAULT_ASPECT_EDGES  # long/short ratio boundaries
+
+
+@dataclass
+class BinSummary:
+    counts: dict[str, int]  # bin -> kept images
+    unbinned: int  # rows that are not ok (rejected, excluded, duplicate): res_bin ""
+
+    def __str__(self) -> str:
+        top = ", ".join(
+            f"{name} {count}"
+            for name, count in sorted(self.counts.items(), key=lambda x: -x[1])[:4]
+        )
+        return f"bin: {sum(self.counts.values())} images in {len(self.counts)} bins ({top})"
+
+
+def _check_edges(short_edges: tuple[int, ...], aspect_edges: tuple[float, ...]) -> None:
+    if list(short_edges) != sorted(set(short_edges)) or any(e <= 0 for e in short_edges):
+        raise ValueError(
+            f"--short-edges must be increasing positive pixel counts, got {short_edges}"
+        )
+    if list(aspect_edges) != sorted(set(aspect_edges)) or any(e <= 1.0 for e in aspect_edges):
+        raise ValueError(f"--aspect-edges must be increasing ratios above 1.0, got {aspect_edges}")
+
+
+def _class_labels(edges: list[int], prefix: str) -> list[str]:
+    bounds = [0, *edges]
+    labels = [f"{prefix}{lo}-{hi - 1}" for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [*labels, f"{prefix}{bounds[-1]}+"]
+
+
+def bin_names(
+    widths: np.ndarray,
+    heights: np.ndarray,
+    short_edges: tuple[int, ...] = DEFAULT_SHORT_EDGES,
+    aspect_edges: tuple[float, ...] = DEFAULT_ASPECT_EDGES,
+) -> list[str]:
+    """Bin name per image ([N] widths and heights)."""
+    _check_edges(short_edges, aspect_edges)
+    widths, heights = np.asarray(widths, dtype=np.int64), np.asarray(heights, dtype=np.int64)
+    short = np.minimum(widths, heights)
+    ratio_x100 = np.floor(np.maximum(widths, heights) * 100 / np.maximum(short, 1) + 1e-9)
+    aspect_x100 = [round(e * 100) for e in aspect_edges]
+    short_class = np.searchsorted(np.array(short_edges), short, side="right")
+    aspect_class = np.searchsorted(np.array(aspect_x100), ratio_x100, side="right")
+    short_labels = _class_labels(list(short_edges), "s")
+    aspect_labels = _class_labels([100, *aspect_x100], "r")[1:]  # ratios start at 1.00
+    return [
+        f"{short_labels[s]}_{aspect_labels[a]}"
+        for s, a in zip(short_class, aspect_class, strict=True)
+    ]
+
+
+def bin_catalog(config: BinConfig) -> BinSummary:
+    """Fill `res_bin` for ok rows ("" for the rest); write BUILD/bins.json with the counts."""
+    table = cat.read_catalog(config.build)
+    ok = pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)
+    widths = table.column("width").to_numpy(zero_copy_only=False)
+    heights = table.column("height").to_numpy(zero_copy_only=False)
+    names = np.array([""] * len(table), dtype=object)
+    if ok.any():
+        names[ok] = bin_names(widths[ok], heights[ok], config.short_edges, config.aspect_edges)
+    index = table.schema.get_field_index("res_bin")
+    table = table.set_column(index, "res_bin", pa.array(names.tolist(), type=pa.string()))
+    cat.write_catalog(config.build, table)
+    counts = dict(sorted(Counter(names[ok].tolist()).items()))
+    summary = BinSummary(counts=counts, unbinned=int((~ok).sum()))
+    record = {
+        "short_edges": list(config.short_edges),
+        "aspect_edges": list(config.aspect_edges),
+        "counts": counts,
+        "unbinned": summary.unbinned,
+    }
+    path = Path(config.build) / BINS_FILENAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return summary
