@@ -205,6 +205,12 @@ def _random_targets(rng: np.random.Generator, view: str, horizon: float) -> tupl
     return tuple(targets)
 
 
+def _ground_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated green-to-brown BGR colour (never near-grey, so pairs are clearly colour)."""
+    hsv = np.array([[[rng.integers(10, 80), rng.integers(130, 230), rng.integers(80, 170)]]], np.uint8)
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
 def random_scene(rng: np.random.Generator, view: str) -> Scene:
     if view == "ground":
         horizon = float(rng.uniform(0.25, 0.55))
@@ -223,7 +229,7 @@ def random_scene(rng: np.random.Generator, view: str) -> Scene:
         vignette=float(rng.uniform(0.05, 0.25)),
         noise_sigma=float(rng.uniform(0.006, 0.02)),
         targets=_random_targets(rng, view, horizon),
-        ground_colour=tuple(int(c) for c in rng.integers(30, 160, 3)),
+        ground_colour=_ground_colour(rng),
     )
 
 
@@ -412,11 +418,12 @@ def _split_of(index: int, count: int, shares: tuple[tuple[str, float], ...]) -> 
 
 
 def _plan_sirst(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
-    storages = ["grey3"] * 87 + ["grey"] * 7 + ["rgba"] * 5 + ["palette"]  # as in SIRST
+    # SIRST stores most images as RGB (grey in 3 channels), some as L, RGBA or palette
+    storages = ["grey3"] * 3 + ["grey"] + ["grey3"] * 2 + ["rgba"] + ["grey3"] * 2 + ["palette"]
     for i in range(config.count):
         name = f"Misc_{i + 1}"
         size = _scaled((int(rng.integers(209, 457)), int(rng.integers(157, 350))), config)
-        storage = "grey" if config.bit_depth == 16 else storages[(i * 37) % len(storages)]
+        storage = "grey" if config.bit_depth == 16 else storages[i % len(storages)]
         yield FramePlan(
             ir=f"images/{name}.png", size=size, scene_id=i, view="sky", storage=storage,
             mask=f"masks/{name}_pixels0.png", labels=((f"masks/{name}.xml", "voc"),),
