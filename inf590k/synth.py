@@ -30,15 +30,24 @@ from PIL import Image
 
 SYNTH_LAYOUTS = (
     "sirst",
+    "sirst_v2",
+    "nudt_sirst",
+    "irstd1k",
     "roadscene",
     "llvip",
     "flir_adas_v2",
+    "flir_adas_v1",
     "kaist",
+    "m3fd",
+    "msrs",
+    "vedai",
     "dronevehicle",
     "hit_uav",
+    "anti_uav410",
     "folder",
 )
-LAYOUTS_16BIT = ("sirst", "folder")  # layouts whose IR files are PNG/TIFF (JPEG has no 16-bit)
+# Layouts whose IR files are PNG/TIFF and so can hold 16-bit data (JPEG cannot).
+LAYOUTS_16BIT = ("sirst", "sirst_v2", "nudt_sirst", "irstd1k", "m3fd", "msrs", "vedai", "folder")
 DRONEVEHICLE_BORDER = 100  # px of white frame on every side, kept at any `scale`
 RAW_14BIT_MAX = (1 << 14) - 1  # 16-bit files hold 14-bit data, like FLIR raw frames
 MIN_SIDE = 16
@@ -212,6 +221,9 @@ def _ground_colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 def random_scene(rng: np.random.Generator, view: str) -> Scene:
+    """A random scene seen from `view`: ground, aerial, sky, or background (sky, no target)."""
+    empty = view == "background"
+    view = "sky" if empty else view
     if view == "ground":
         horizon = float(rng.uniform(0.25, 0.55))
     elif view == "sky":
@@ -228,7 +240,7 @@ def random_scene(rng: np.random.Generator, view: str) -> Scene:
         row_pattern=rng.standard_normal(256, dtype=np.float32),
         vignette=float(rng.uniform(0.05, 0.25)),
         noise_sigma=float(rng.uniform(0.006, 0.02)),
-        targets=_random_targets(rng, view, horizon),
+        targets=() if empty else _random_targets(rng, view, horizon),
         ground_colour=_ground_colour(rng),
     )
 
@@ -397,6 +409,8 @@ class FramePlan:
     labels: tuple[tuple[str, str], ...] = ()  # (relpath, format: voc | txt)
     copies: tuple[tuple[str, str], ...] = ()  # (relpath, kind) byte-identical copies
     uncropped: str = ""  # full frame of which `ir` is a crop (RoadScene's infrared/)
+    raw16: str = ""  # the same frame as 14-bit data in a 16-bit TIFF (FLIR thermal_16_bit/)
+    annotated: str = ""  # the frame with its boxes drawn into the pixels (never ingest)
     border: int = 0  # white frame around IR and visible images (DroneVehicle)
     split: str = ""
 
@@ -428,6 +442,38 @@ def _plan_sirst(config: SynthConfig, rng: np.random.Generator) -> Iterator[Frame
             ir=f"images/{name}.png", size=size, scene_id=i, view="sky", storage=storage,
             mask=f"masks/{name}_pixels0.png", labels=((f"masks/{name}.xml", "voc"),),
         )
+
+
+def _plan_sirst_v2(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    sizes = ((640, 512), (1280, 1024), (640, 512), (1918, 1080), (1280, 720), (640, 640))
+    for i in range(config.count):
+        name = f"S{1 + i % 9}_{i + 1}"
+        has_target = i % 2 == 0  # half the set are background-only frames
+        folder = "targets" if has_target else "backgrounds"
+        labels = ((f"annotations/masks/{name}.xml", "voc"),
+                  (f"annotations/bboxes/{name}.xml", "voc")) if has_target else ()
+        yield FramePlan(
+            ir=f"mixed/{name}.png", size=_scaled(sizes[i % len(sizes)], config), scene_id=i,
+            view="sky" if has_target else "background",
+            mask=f"annotations/masks/{name}_pixels0.png" if has_target else "",
+            labels=labels, copies=((f"images/{folder}/{name}.png", KIND_EXCLUDED_COPY),),
+        )
+
+
+def _plan_nudt_sirst(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    size = _scaled((256, 256), config)
+    for i in range(config.count):
+        name = f"{i + 1:06d}"
+        yield FramePlan(ir=f"NUDT-SIRST/images/{name}.png", size=size, scene_id=i, view="sky",
+                        mask=f"NUDT-SIRST/masks/{name}.png")
+
+
+def _plan_irstd1k(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    size = _scaled((512, 512), config)
+    for i in range(config.count):
+        name = f"XDU{i}"
+        yield FramePlan(ir=f"IRSTD-1k/IRSTD1k_Img/{name}.png", size=size, scene_id=i,
+                        view="sky", mask=f"IRSTD-1k/IRSTD1k_Label/{name}.png")
 
 
 def _plan_roadscene(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
@@ -469,6 +515,22 @@ def _plan_flir_adas_v2(config: SynthConfig, rng: np.random.Generator) -> Iterato
         )
 
 
+def _plan_flir_adas_v1(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    """8-bit JPEG and the same frames as 16-bit TIFF, RGB, and frames with boxes burned in."""
+    size = _scaled((640, 512), config)
+    shares = (("train", 0.7), ("val", 0.1), ("video", 0.2))
+    for i in range(config.count):
+        split = _split_of(i, config.count, shares)
+        scene_id, t = (10**6, i) if split == "video" else (i, 0)
+        name = f"FLIR_{'video_' if split == 'video' else ''}{i + 1:05d}"
+        yield FramePlan(
+            ir=f"{split}/thermal_8_bit/{name}.jpeg", size=size, scene_id=scene_id, t=t,
+            visible=((f"{split}/RGB/{name}.jpg", 1.0),),
+            raw16=f"{split}/thermal_16_bit/{name}.tiff",
+            annotated=f"{split}/Annotated_thermal_8_bit/{name}.jpeg", split=split,
+        )
+
+
 def _plan_kaist(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
     size = _scaled((640, 512), config)
     frames_per_video, videos_per_set = 20, 3
@@ -480,6 +542,54 @@ def _plan_kaist(config: SynthConfig, rng: np.random.Generator) -> Iterator[Frame
             ir=f"images/{folder}/lwir/I{t:05d}.jpg", size=size, scene_id=video, t=t,
             visible=((f"images/{folder}/visible/I{t:05d}.jpg", 1.0),),
             labels=((f"annotations/{folder}/I{t:05d}.txt", "txt"),),
+        )
+
+
+def _plan_m3fd(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    size = _scaled((1024, 768), config)
+    for i in range(config.count):
+        part = "M3FD_Fusion" if i % 8 == 7 else "M3FD_Detection"  # 300 of 4,500 are fusion pairs
+        name = f"{i:05d}.png"
+        labels = ((f"M3FD_Detection/Annotation/{name[:-4]}.xml", "voc"),) if part == "M3FD_Detection" else ()
+        yield FramePlan(
+            ir=f"{part}/Ir/{name}", size=size, scene_id=i,
+            visible=((f"{part}/Vis/{name}", 1.0),), labels=labels,
+        )
+
+
+def _plan_msrs(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    size = _scaled((640, 480), config)
+    for i in range(config.count):
+        split = _split_of(i, config.count, (("train", 0.75), ("test", 0.25)))
+        name = f"{i + 1:05d}{'DN'[i % 2]}.png"  # day / night frames
+        yield FramePlan(
+            ir=f"{split}/ir/{name}", size=size, scene_id=i,
+            visible=((f"{split}/vi/{name}", 1.0),),
+            mask=f"{split}/Segmentation_labels/{name}", split=split,
+        )
+
+
+def _plan_vedai(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    size = _scaled((512, 512), config)
+    for i in range(config.count):
+        name = f"{i:08d}"
+        yield FramePlan(
+            ir=f"Vehicules512/{name}_ir.png", size=size, scene_id=i, view="aerial",
+            visible=((f"Vehicules512/{name}_co.png", 1.0),),
+            labels=((f"Annotations512/{name}.txt", "txt"),),
+        )
+
+
+def _plan_anti_uav410(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    """Thermal tracking sequences: one folder of consecutive frames per sequence."""
+    size = _scaled((640, 512), config)
+    frames_per_sequence = 25
+    for i in range(config.count):
+        sequence, t = divmod(i, frames_per_sequence)
+        split = ("train", "val", "test")[sequence % 3]
+        yield FramePlan(
+            ir=f"{split}/02_{6000 + sequence}_0000-1499/{t + 1:06d}.jpg", size=size,
+            scene_id=sequence, t=t, view="sky", split=split,
         )
 
 
@@ -536,10 +646,18 @@ def _plan_folder(config: SynthConfig, rng: np.random.Generator) -> Iterator[Fram
 PLANNERS: types.MappingProxyType[str, Callable[[SynthConfig, np.random.Generator], Iterator[FramePlan]]]
 PLANNERS = types.MappingProxyType({
     "sirst": _plan_sirst,
+    "sirst_v2": _plan_sirst_v2,
+    "nudt_sirst": _plan_nudt_sirst,
+    "irstd1k": _plan_irstd1k,
     "roadscene": _plan_roadscene,
     "llvip": _plan_llvip,
     "flir_adas_v2": _plan_flir_adas_v2,
+    "flir_adas_v1": _plan_flir_adas_v1,
     "kaist": _plan_kaist,
+    "m3fd": _plan_m3fd,
+    "msrs": _plan_msrs,
+    "vedai": _plan_vedai,
+    "anti_uav410": _plan_anti_uav410,
     "dronevehicle": _plan_dronevehicle,
     "hit_uav": _plan_hit_uav,
     "folder": _plan_folder,
@@ -635,13 +753,26 @@ def _extra_files(config: SynthConfig, plans: list[FramePlan]) -> dict[str, bytes
             files[f"normal_json/annotations/{split}.json"] = coco(names)
             files[f"rotate_json/annotations/{split}.json"] = coco(names)
         return files
-    if config.layout == "flir_adas_v2":  # one coco.json per image folder
+    if config.layout in ("nudt_sirst", "irstd1k", "sirst_v2"):
+        half = (len(stems) + 1) // 2
+        folder = {"nudt_sirst": "NUDT-SIRST/50_50", "irstd1k": "IRSTD-1k", "sirst_v2": "splits"}
+        return {f"{folder[config.layout]}/trainval.txt": listing(stems[:half]),
+                f"{folder[config.layout]}/test.txt": listing(stems[half:])}
+    if config.layout == "anti_uav410":  # one label file per sequence folder
+        frames: dict[str, int] = {}
+        for plan in plans:
+            folder = plan.ir.rsplit("/", 1)[0]
+            frames[folder] = frames.get(folder, 0) + 1
+        return {f"{folder}/IR_label.json": json.dumps({"exist": [1] * n}).encode()
+                for folder, n in frames.items()}
+    if config.layout in ("flir_adas_v2", "flir_adas_v1"):  # one coco.json per image folder
         names_by_folder: dict[str, list[str]] = {}
         for plan in plans:
             for relpath in (plan.ir, *(visible for visible, _ in plan.visible)):
                 folder, name = relpath.split("/", 1)
                 names_by_folder.setdefault(folder, []).append(name)
-        return {f"{folder}/coco.json": coco(names) for folder, names in names_by_folder.items()}
+        index = "thermal_annotations.json" if config.layout == "flir_adas_v1" else "coco.json"
+        return {f"{folder}/{index}": coco(names) for folder, names in names_by_folder.items()}
     return {}
 
 
@@ -682,7 +813,15 @@ def _write_frame(writer: _Writer, config: SynthConfig, plan: FramePlan, scene: S
         writer.write(plan.uncropped, _encode(full, plan.uncropped), KIND_EXCLUDED_COPY)
         grey = np.ascontiguousarray(full[y0 : y0 + height, x0 : x0 + width])
     else:
-        grey = to_counts(render_thermal(scene, plan.t, width, height, noise, frame_rng), config.bit_depth)
+        image = render_thermal(scene, plan.t, width, height, noise, frame_rng)
+        grey = to_counts(image, config.bit_depth)
+        if plan.raw16:
+            writer.write(plan.raw16, _encode(to_counts(image, 16), plan.raw16), KIND_EXCLUDED_COPY)
+    if plan.annotated:
+        burned = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+        for _, (x0, y0, x1, y1) in _boxes(scene, plan.t, width, height):
+            cv2.rectangle(burned, (x0, y0), (x1 - 1, y1 - 1), (0, 0, 255), 1)
+        writer.write(plan.annotated, _encode(burned, plan.annotated), KIND_EXCLUDED_COPY)
     data = _encode_ir(_with_border(grey, plan.border), plan)
     writer.write(plan.ir, data, KIND_IR)
     for relpath, kind in plan.copies:

@@ -22,6 +22,7 @@ from inf590k.synth import (
     KIND_LABEL,
     KIND_MASK,
     KIND_VISIBLE,
+    LAYOUTS_16BIT,
     RAW_14BIT_MAX,
     SYNTH_LAYOUTS,
     SynthConfig,
@@ -91,6 +92,12 @@ EXPECTED_COMPANIONS = {  # kind -> files per IR frame
     "kaist": {KIND_VISIBLE: 1, KIND_LABEL: 1},
     "dronevehicle": {KIND_VISIBLE: 1, KIND_LABEL: 2},
     "hit_uav": {KIND_IR_COPY: 1, KIND_EXCLUDED_COPY: 2},
+    "flir_adas_v1": {KIND_VISIBLE: 1, KIND_EXCLUDED_COPY: 2},  # 16-bit TIFF, boxes burned in
+    "nudt_sirst": {KIND_MASK: 1},
+    "irstd1k": {KIND_MASK: 1},
+    "msrs": {KIND_VISIBLE: 1, KIND_MASK: 1},
+    "vedai": {KIND_VISIBLE: 1, KIND_LABEL: 1},
+    "sirst_v2": {KIND_EXCLUDED_COPY: 1},  # images/targets or images/backgrounds
 }
 
 
@@ -149,6 +156,38 @@ def test_dronevehicle_has_a_white_100px_border(synthesized) -> None:
         assert array.shape[:2] == (inner[1] + 2 * b, inner[0] + 2 * b)
         assert array[: b - 4].min() >= 240 and array[:, -b + 4 :].min() >= 240  # JPEG ringing
         assert array[b + 4 : -b - 4, b + 4 : -b - 4].mean() < 235
+
+
+def test_flir_v1_raw_and_annotated_copies_are_what_they_claim(synthesized) -> None:
+    summary = synthesized["flir_adas_v1"]
+    raw = [f.relpath for f in summary.files if "thermal_16_bit" in f.relpath]
+    annotated = [f.relpath for f in summary.files if "Annotated_thermal_8_bit" in f.relpath]
+    assert len(raw) == len(annotated) == COUNT
+    for rel in raw:
+        array = read(summary.out / rel)
+        assert rel.endswith(".tiff") and array.dtype == np.uint16 and array.max() <= RAW_14BIT_MAX
+    drawn = [read(summary.out / rel) for rel in annotated]
+    assert all(a.ndim == 3 for a in drawn) and max(channel_spread(a) for a in drawn) > 0.5
+    assert {f.relpath.split("/")[0] for f in summary.files if f.kind == KIND_IR} == {
+        "train", "val", "video"}
+
+
+def test_sirst_v2_background_frames_have_no_mask(synthesized) -> None:
+    summary = synthesized["sirst_v2"]
+    masks = {f.relpath for f in summary.files if f.kind == KIND_MASK}
+    copies = {f.relpath.split("/")[1] for f in summary.files if f.kind == KIND_EXCLUDED_COPY}
+    assert len(masks) == COUNT // 2 and copies == {"targets", "backgrounds"}
+    for rel in (f.relpath for f in summary.files if "backgrounds/" in f.relpath):
+        mask = f"annotations/masks/{Path(rel).stem}_pixels0.png"
+        assert mask not in masks
+
+
+def test_anti_uav410_frames_are_sequences(synthesized) -> None:
+    summary = synthesized["anti_uav410"]
+    manifest = builtin_manifests()["anti_uav410"]
+    ir = [f.relpath for f in summary.files if f.kind == KIND_IR]
+    assert all(manifest.in_sequence(rel) for rel in ir)
+    assert len({rel.rsplit("/", 1)[0] for rel in ir}) == 1  # 12 frames: one sequence folder
 
 
 def test_llvip_stores_ir_as_three_equal_channels(synthesized) -> None:
@@ -213,7 +252,7 @@ def test_explicit_size_overrides_the_layout(tmp_path: Path) -> None:
             assert Image.open(tmp_path / written.relpath).size == (100, 80)
 
 
-@pytest.mark.parametrize("layout", ["sirst", "folder"])
+@pytest.mark.parametrize("layout", LAYOUTS_16BIT)
 def test_16_bit_frames_hold_14_bit_data(tmp_path: Path, layout: str) -> None:
     summary = synthesize(SynthConfig(layout=layout, out=tmp_path, count=4, bit_depth=16, scale=SCALE))
     ir = [f for f in summary.files if f.kind == KIND_IR]
