@@ -1,0 +1,260 @@
+"""Shard stage: format, determinism, resume, 16-bit, splitting; on a small real-image build."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from inf590k import catalog as cat
+from inf590k.bins import BinConfig, bin_catalog
+from inf590k.dedupe import DedupeConfig, dedupe
+from inf590k.imageio import ImagePolicy
+from inf590k.ingest import IngestConfig, ingest
+from inf590k.shard import ShardConfig, shard
+
+ALPHA = [
+    "hit-uav/normal_xml/JPEGImages/0_60_30_0_01609.jpg",
+    "hit-uav/normal_xml/JPEGImages/1_90_40_0_04880.jpg",
+    "hit-uav/normal_xml/JPEGImages/1_130_80_0_04043.jpg",
+    "sirst-v2/mixed/iraytek-54.png",
+    "sirst-v2/mixed/S20210527_S7_74.png",
+    "sirst-v2/mixed/211_HD_1.png",
+    "sirst/images/Misc_120.png",
+]
+BETA = ["roadscene/cropinfrared/FLIR_04208.jpg", "roadscene/cropinfrared/FLIR_07583.jpg"]
+
+
+def make_build(root: Path, ir_samples: Path) -> Path:
+    """Ingest + dedupe + bin of a few real frames in two sources, two of them 16-bit, one copy."""
+    alpha, beta, build = root / "alpha", root / "beta", root / "build"
+    alpha.mkdir(parents=True)
+    beta.mkdir()
+    for rel in ALPHA:
+        shutil.copy(ir_samples / rel, alpha / Path(rel).name)
+    for rel in BETA:
+        shutil.copy(ir_samples / rel, beta / Path(rel).name)
+    for name in ("iraytek-54.png", "Misc_120.png"):  # raw-like 14-bit versions of real frames
+        grey = cv2.imread(str(alpha / name), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(beta / f"deep_{name}"), grey.astype(np.uint16) * 40 + 7000)
+        (alpha / name).unlink()
+    shutil.copy(alpha / "0_60_30_0_01609.jpg", beta / "copy.jpg")  # removed by dedupe
+    ingest(
+        IngestConfig(
+            sources=(("folder:alpha", alpha), ("folder:beta", beta)),
+            build=build,
+            workers=1,
+            policy=ImagePolicy(),
+            progress=False,
+        )
+    )
+    dedupe(DedupeConfig(build=build, contact_groups=0))
+    bin_catalog(BinConfig(build=build))
+    return build
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ir_samples) -> Path:
+    return make_build(tmp_path_factory.mktemp("shardbuild"), ir_samples)
+
+
+def tar_members(path: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def read_samples(path: Path) -> list[dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return list(samples.values())
+
+
+def test_shard_format(built, tmp_path):
+    out = tmp_path / "ds"
+    summary = shard(ShardConfig(build=built, out=out, workers=1, progress=False))
+    kept = [r for r in cat.read_catalog(built).to_pylist() if r["status"] == "ok"]
+    assert summary.samples == len(kept) == 9 and summary.written == summary.shards
+    info = json.loads((out / "_info.json").read_text())
+    split = info["splits"]["train"]
+    assert set(info) == {"name", "splits"} and split["name"] == "train"
+    assert split["num_samples"] == len(kept) == sum(split["shard_lengths"])
+    assert {Path(f).parent.name for f in split["filenames"]} == {r["res_bin"] for r in kept}
+    assert json.loads((out / "sizes.json").read_text()) == dict(
+        zip(split["filenames"], split["shard_lengths"], strict=True)
+    )
+    sources = cat.read_sources(built)
+    json_types = None
+    for filename, length in zip(split["filenames"], split["shard_lengths"], strict=True):
+        tar_path = out / filename
+        members = tar_members(tar_path)
+        assert len(members) == 3 * length
+        for member in members:
+            assert (
+                member.mtime,
+                member.uid,
+                member.gid,
+                member.uname,
+                member.gname,
+                member.mode,
+            ) == (
+                1_700_000_000,
+                0,
+                0,
+                "",
+                "",
+                0o644,
+            )
+        names = [m.name for m in members]
+        for i in range(0, len(names), 3):  # a sample's members sit together, sorted
+            uid = names[i].rsplit(".", 1)[0]
+            assert names[i : i + 3] == [f"{uid}.cls", f"{uid}.json", f"{uid}.png"]
+        sidecar = pq.read_table(tar_path.with_suffix(".parquet")).to_pylist()
+        assert [r["uid"] for r in sidecar] == [n.rsplit(".", 1)[0] for n in names[::3]]
+        for sample, row in zip(read_samples(tar_path), sidecar, strict=True):
+            meta = json.loads(sample["json"])
+            assert meta["uid"] == row["uid"] and "." not in "".join(meta)
+            types = {k: type(v).__name__ for k, v in meta.items()}
+            json_types = json_types or types
+            assert types == json_types  # same keys, same JSON types in every sample
+            assert int(sample["cls"]) == sources[row["source"]]["index"]
+            image = cv2.imdecode(np.frombuffer(sample["png"], np.uint8), cv2.IMREAD_UNCHANGED)
+            assert image.ndim == 2 and image.dtype == np.uint8
+            assert image.shape == (row["height"], row["width"])
+        stats = json.loads(tar_path.with_name(tar_path.stem + "_stats.json").read_text())
+        assert stats["sha256"] == hashlib.sha256(tar_path.read_bytes()).hexdigest()
+    if shutil.which("sha256sum"):
+        check = subprocess.run(
+            ["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+    lines = (out / "SHA256SUMS").read_text().splitlines()
+    assert len(lines) == 2 * len(split["filenames"])
+
+
+def test_pixels_round_trip_and_16bit(built, tmp_path):
+    from inf590k.ingest import load_stored_pixels
+
+    rows = {r["uid"]: r for r in cat.read_catalog(built).to_pylist()}
+    shard(ShardConfig(build=built, out=tmp_path / "ds8", workers=1, progress=False))
+    shard(
+        ShardConfig(build=built, out=tmp_path / "ds16", workers=1, keep_16bit=True, progress=False)
+    )
+    depths = {}
+    for tar_path in sorted((tmp_path / "ds16").glob("*/*.tar")):
+        for sample in read_samples(tar_path):
+            uid = json.loads(sample["json"])["uid"]
+            image = cv2.imdecode(np.frombuffer(sample["png"], np.uint8), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(
+                image, load_stored_pixels(built, rows[uid], keep_16bit=True)
+            )
+            depths[rows[uid]["relpath"]] = image.dtype
+    assert depths["deep_Misc_120.png"] == np.uint16 and depths["deep_iraytek-54.png"] == np.uint16
+    assert sum(d == np.uint8 for d in depths.values()) == 7
+    for tar_path in sorted((tmp_path / "ds8").glob("*/*.tar")):
+        for sample in read_samples(tar_path):
+            image = cv2.imdecode(np.frombuffer(sample["png"], np.uint8), cv2.IMREAD_UNCHANGED)
+            assert image.dtype == np.uint8
+
+
+def sums(out: Path) -> str:
+    return (out / "SHA256SUMS").read_text()
+
+
+def test_byte_identical_for_any_worker_count(built, tmp_path):
+    one = shard(
+        ShardConfig(build=built, out=tmp_path / "a", workers=1, max_count=3, progress=False)
+    )
+    two = shard(
+        ShardConfig(build=built, out=tmp_path / "b", workers=2, max_count=3, progress=False)
+    )
+    assert one.shards == two.shards >= 3
+    assert sums(tmp_path / "a") == sums(tmp_path / "b")
+    for tar_path in sorted((tmp_path / "a").glob("*/*.tar")):
+        assert (
+            tar_path.read_bytes()
+            == (tmp_path / "b" / tar_path.relative_to(tmp_path / "a")).read_bytes()
+        )
+    assert (tmp_path / "a" / "_info.json").read_text() == (
+        tmp_path / "b" / "_info.json"
+    ).read_text()
+
+
+def test_resume_redoes_only_unfinished_shards(built, tmp_path):
+    config = ShardConfig(build=built, out=tmp_path / "ds", workers=1, max_count=2, progress=False)
+    first = shard(config)
+    reference = sums(config.out)
+    tars = sorted(config.out.glob("*/*.tar"))
+    tars[0].with_name(tars[0].stem + "_stats.json").unlink()  # killed before its marker
+    tars[1].write_bytes(tars[1].read_bytes()[:1000])  # truncated, marker left behind
+    (tars[2].parent / (tars[2].name + ".tmp")).write_bytes(b"half")  # a killed run's temp file
+    again = shard(config)
+    assert (again.written, again.reused) == (2, first.shards - 2)
+    assert sums(config.out) == reference
+    assert not list(config.out.glob("*/*.tmp"))
+
+
+def test_changed_plan_replaces_stale_shards(built, tmp_path):
+    out = tmp_path / "ds"
+    shard(ShardConfig(build=built, out=out, workers=1, max_count=1, progress=False))
+    many = len(list(out.glob("*/*.tar")))
+    summary = shard(
+        ShardConfig(build=built, out=out, workers=1, max_count=100, seed=5, progress=False)
+    )
+    assert len(list(out.glob("*/*.tar"))) == summary.shards < many
+    assert len(list(out.glob("*/*_stats.json"))) == summary.shards
+    assert len(list(out.glob("*/*.parquet"))) == summary.shards
+
+
+def test_max_size_cuts_shards(built, tmp_path):
+    small = shard(
+        ShardConfig(build=built, out=tmp_path / "s", workers=1, max_size=700_000, progress=False)
+    )
+    big = shard(ShardConfig(build=built, out=tmp_path / "b", workers=1, progress=False))
+    assert small.shards > big.shards and small.samples == big.samples
+    for tar_path in (tmp_path / "s").glob("*/*.tar"):
+        assert tar_path.stat().st_size <= 700_000 or len(read_samples(tar_path)) == 1
+
+
+def test_bad_input(built, tmp_path):
+    with pytest.raises(ValueError, match="max-count"):
+        shard(ShardConfig(build=built, out=tmp_path / "x", max_count=0))
+    with pytest.raises(ValueError, match="png-level"):
+        shard(ShardConfig(build=built, out=tmp_path / "x", png_level=12))
+    unbinned = tmp_path / "unbinned"
+    shutil.copytree(built, unbinned)
+    table = cat.read_catalog(unbinned)
+    table = table.set_column(
+        table.schema.get_field_index("res_bin"), "res_bin", pa_strings(table.num_rows)
+    )
+    cat.write_catalog(unbinned, table)
+    with pytest.raises(ValueError, match="inf590k bin"):
+        shard(ShardConfig(build=unbinned, out=tmp_path / "x"))
+
+
+def pa_strings(n: int):
+    import pyarrow as pa
+
+    return pa.array([""] * n, type=pa.string())
+
+
+def test_sample_json_fills_nulls_by_type():
+    from inf590k.shard import sample_json
+
+    row = cat.empty_row()
+    row.update(uid="u", source="s", relpath="r", status="ok")
+    meta = json.loads(sample_json(row))
+    assert meta["license"] == "" and meta["width"] == -1 and meta["entropy"] == -1.0
+    assert meta["crop_box"] == [] and meta["tags"] == [] and set(meta) == set(cat.COLUMN_NAMES)
+    assert io.BytesIO(sample_json(row)).read() == sample_json(row)
