@@ -124,10 +124,18 @@ def _json_default(field: pa.Field) -> object:
 
 
 def sample_json(row: Mapping) -> bytes:
-    """The catalog row as the sample's JSON: every column, nulls filled per type, sorted keys."""
+    """The catalog row as the sample's JSON: every column, sorted keys, stable JSON types.
+
+    Nulls become "", -1, -1.0 or [] by column type, and string lists (`tags`) are joined with
+    commas into one string: readers that infer a schema from the first samples (the Hugging
+    Face webdataset loader reads five) would otherwise type an all-empty list as null and fail
+    on a later sample that has tags. The sidecar parquet keeps the list.
+    """
     record = {}
     for field in cat.CATALOG_SCHEMA:
         value = row.get(field.name)
+        if pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type):
+            value = ",".join(value or [])
         record[field.name] = _json_default(field) if value is None else value
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
 

@@ -256,5 +256,5 @@ def test_sample_json_fills_nulls_by_type():
     row.update(uid="u", source="s", relpath="r", status="ok")
     meta = json.loads(sample_json(row))
     assert meta["license"] == "" and meta["width"] == -1 and meta["entropy"] == -1.0
-    assert meta["crop_box"] == [] and meta["tags"] == [] and set(meta) == set(cat.COLUMN_NAMES)
+    assert meta["crop_box"] == [] and meta["tags"] == "" and set(meta) == set(cat.COLUMN_NAMES)
     assert io.BytesIO(sample_json(row)).read() == sample_json(row)
