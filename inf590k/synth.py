@@ -16,10 +16,13 @@ OpenCV (one frame is a few full-frame array operations plus the encode).
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 import types
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -51,6 +54,7 @@ LAYOUTS_16BIT = ("sirst", "sirst_v2", "nudt_sirst", "irstd1k", "m3fd", "msrs", "
 DRONEVEHICLE_BORDER = 100  # px of white frame on every side, kept at any `scale`
 RAW_14BIT_MAX = (1 << 14) - 1  # 16-bit files hold 14-bit data, like FLIR raw frames
 MIN_SIDE = 16
+PARALLEL_MIN_FRAMES = 200  # frames per worker process below which one process is faster
 
 # What a written file is; the manifest of the layout must include the first three kinds and
 # exclude all the others (by a named rule).
@@ -80,6 +84,7 @@ class SynthConfig:
     scale: float = 1.0  # shrink every frame size (the DroneVehicle border stays 100 px)
     width: int | None = None  # fixed IR size instead of the layout's default
     height: int | None = None
+    workers: int = 0  # processes; 0 = one per CPU core (small runs use one); same bytes either way
 
     def __post_init__(self) -> None:
         if self.layout not in SYNTH_LAYOUTS:
@@ -97,6 +102,8 @@ class SynthConfig:
             )
         if not 0.05 <= self.scale <= 4.0:
             raise SynthError(f"scale must be between 0.05 and 4, got {self.scale}")
+        if self.workers < 0:
+            raise SynthError(f"workers must be 0 (one per core) or more, got {self.workers}")
         if (self.width is None) != (self.height is None):
             raise SynthError("give both width and height, or neither")
         if self.width is not None and min(self.width, self.height or 0) < MIN_SIDE:
@@ -852,30 +859,63 @@ def _write_broken(writer: _Writer, config: SynthConfig) -> None:
     writer.write("site_c/broken/tiny_00000.png", _encode(grey[:9, :12], "x.png"), KIND_IR_BROKEN)
 
 
-def synthesize(config: SynthConfig) -> SynthSummary:
-    """Render `config.count` IR frames (plus their companions) into `config.out`."""
-    start = time.perf_counter()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    writer = _Writer(out)
-    plans = list(PLANNERS[config.layout](config, _rng(config, 0)))
-    largest = (max(p.size[0] for p in plans), max(p.size[1] for p in plans))
-    largest = (max(largest[0], round(640 * config.scale)), max(largest[1], round(512 * config.scale)))
-    noise = NoiseBank(_rng(config, 2), *largest)
+def _noise_size(config: SynthConfig, plans: list[FramePlan]) -> tuple[int, int]:
+    """(width, height) of the noise field: fits every frame, including RoadScene's full frames."""
+    width = max(max(p.size[0] for p in plans), round(640 * config.scale))
+    height = max(max(p.size[1] for p in plans), round(512 * config.scale))
+    return width, height
+
+
+def _render_chunk(config: SynthConfig, plans: list[FramePlan],
+                  noise_size: tuple[int, int]) -> tuple[list[SynthFile], int]:
+    """Render and write some frames. A frame's randomness depends only on the seed and its
+    own ids, and the noise field only on the seed and `noise_size`, so any split of the
+    frames into chunks writes the same bytes."""
+    writer = _Writer(Path(config.out))
+    noise = NoiseBank(_rng(config, 2), *noise_size)
     threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # small images: threads cost more than they give, and callers fork
+    cv2.setNumThreads(1)  # small images: threads cost more than they give
     try:
         scene_cache: tuple[int, Scene] | None = None
         for plan in plans:
             if scene_cache is None or scene_cache[0] != plan.scene_id:
                 scene_cache = (plan.scene_id, random_scene(_rng(config, 4, plan.scene_id), plan.view))
             _write_frame(writer, config, plan, scene_cache[1], noise)
-        for relpath, data in _extra_files(config, plans).items():
-            writer.write(relpath, data, KIND_LABEL)
-        if config.layout == "folder":
-            _write_broken(writer, config)
     finally:
         cv2.setNumThreads(threads)
+    return writer.files, writer.bytes_written
+
+
+def _worker_count(config: SynthConfig, frames: int) -> int:
+    wanted = config.workers or os.cpu_count() or 1
+    return max(1, min(wanted, frames // PARALLEL_MIN_FRAMES))
+
+
+def synthesize(config: SynthConfig) -> SynthSummary:
+    """Render `config.count` IR frames (plus their companions) into `config.out`."""
+    start = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plans = list(PLANNERS[config.layout](config, _rng(config, 0)))
+    noise_size = _noise_size(config, plans)
+    workers = _worker_count(config, len(plans))
+    if workers == 1:
+        results = [_render_chunk(config, plans, noise_size)]
+    else:
+        size = -(-len(plans) // (4 * workers))
+        chunks = [plans[i : i + size] for i in range(0, len(plans), size)]
+        # spawn, not fork: the caller may hold threads (OpenCV, torch) that fork would copy
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_render_chunk, [config] * len(chunks), chunks,
+                                    [noise_size] * len(chunks)))
+    writer = _Writer(out)
+    for files, written in results:
+        writer.files.extend(files)
+        writer.bytes_written += written
+    for relpath, data in _extra_files(config, plans).items():
+        writer.write(relpath, data, KIND_LABEL)
+    if config.layout == "folder":
+        _write_broken(writer, config)
     return SynthSummary(
         layout=config.layout, out=out, files=tuple(writer.files),
         bytes_written=writer.bytes_written, seconds=time.perf_counter() - start,

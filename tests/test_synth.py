@@ -23,6 +23,7 @@ from inf590k.synth import (
     KIND_MASK,
     KIND_VISIBLE,
     LAYOUTS_16BIT,
+    PARALLEL_MIN_FRAMES,
     RAW_14BIT_MAX,
     SYNTH_LAYOUTS,
     SynthConfig,
@@ -276,6 +277,16 @@ def test_same_seed_gives_byte_identical_files(tmp_path: Path) -> None:
         assert len(other) == len(first) and first != other, layout
 
 
+@pytest.mark.slow
+def test_worker_processes_write_the_same_bytes_as_one_process(tmp_path: Path) -> None:
+    count = 2 * PARALLEL_MIN_FRAMES  # enough for two workers
+    options = {"layout": "anti_uav410", "count": count, "scale": 0.1, "seed": 3}
+    single = synthesize(SynthConfig(out=tmp_path / "one", workers=1, **options))
+    double = synthesize(SynthConfig(out=tmp_path / "two", workers=2, **options))
+    assert single.files == double.files and single.bytes_written == double.bytes_written
+    assert digests(tmp_path / "one") == digests(tmp_path / "two")
+
+
 def test_summary_is_one_line_with_the_counts(synthesized) -> None:
     text = str(synthesized["roadscene"])
     assert "\n" not in text
@@ -293,6 +304,7 @@ def test_summary_is_one_line_with_the_counts(synthesized) -> None:
         ({"scale": 0.0}, "scale"),
         ({"width": 100}, "both width and height"),
         ({"width": 8, "height": 8}, "at least"),
+        ({"workers": -1}, "workers"),
     ],
 )
 def test_bad_options_say_what_to_change(tmp_path: Path, options: dict, message: str) -> None:
