@@ -1,0 +1,97 @@
+"""verify: a clean dataset passes; each kind of damage is reported, naming the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inf590k.shard import ShardConfig, shard
+from inf590k.verify import VerifyConfig, verify
+from tests.test_shard import make_build
+
+
+@pytest.fixture(scope="module")
+def clean_dataset(tmp_path_factory, ir_samples) -> Path:
+    root = tmp_path_factory.mktemp("verify")
+    build = make_build(root, ir_samples)
+    out = root / "ds"
+    shard(ShardConfig(build=build, out=out, workers=1, max_count=3, progress=False))
+    return out
+
+
+@pytest.fixture
+def dataset(clean_dataset, tmp_path) -> Path:
+    copy = tmp_path / "ds"
+    shutil.copytree(clean_dataset, copy)
+    return copy
+
+
+def first_tar(dataset: Path) -> tuple[Path, str]:
+    name = json.loads((dataset / "_info.json").read_text())["splits"]["train"]["filenames"][0]
+    return dataset / name, name
+
+
+def run(dataset: Path, workers: int = 1):
+    return verify(VerifyConfig(dataset=dataset, workers=workers, progress=False))
+
+
+def test_clean_dataset_passes(clean_dataset):
+    report = run(clean_dataset, workers=2)
+    assert report.ok, report.problems
+    assert report.samples == 9 and report.shards >= 3
+    assert str(report).startswith("verify: OK")
+
+
+def test_flipped_byte(dataset):
+    path, name = first_tar(dataset)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    report = run(dataset)
+    assert not report.ok
+    assert any(p.startswith(f"{name}: sha256 mismatch") for p in report.problems)
+
+
+def test_missing_shard(dataset):
+    path, name = first_tar(dataset)
+    path.unlink()
+    report = run(dataset)
+    assert f"{name}: missing shard" in report.problems
+
+
+def test_truncated_shard(dataset):
+    path, name = first_tar(dataset)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    report = run(dataset)
+    assert any(p.startswith(f"{name}: sha256 mismatch") for p in report.problems)
+    assert any(p.startswith(name) and "truncated" in p for p in report.problems)
+
+
+def test_missing_sidecars(dataset):
+    path, name = first_tar(dataset)
+    path.with_suffix(".parquet").unlink()
+    path.with_name(path.stem + "_stats.json").unlink()
+    report = run(dataset)
+    assert f"{name}: missing sidecar {path.stem}.parquet" in report.problems
+    assert f"{name}: missing sidecar {path.stem}_stats.json" in report.problems
+
+
+def test_count_mismatch(dataset):
+    info_path = dataset / "_info.json"
+    info = json.loads(info_path.read_text())
+    split = info["splits"]["train"]
+    split["shard_lengths"][0] += 1
+    split["num_samples"] += 1
+    info_path.write_text(json.dumps(info))
+    report = run(dataset)
+    name = split["filenames"][0]
+    assert any(p.startswith(f"{name}: count mismatch") for p in report.problems)
+    assert any(p.startswith("sizes.json") for p in report.problems)
+
+
+def test_not_a_dataset(tmp_path):
+    report = run(tmp_path)
+    assert not report.ok and "_info.json: missing" in report.problems[0]
