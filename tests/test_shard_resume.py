@@ -1,0 +1,63 @@
+"""kill -9 in the middle of a shard, re-run: the same SHA256SUMS as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inf590k.shard import ShardConfig, shard
+from inf590k.verify import VerifyConfig, verify
+from tests.test_shard import make_build
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# shard with one worker, slowed down per sample so that a kill lands inside a tar
+SLOW_SHARD = """
+import sys, time
+from pathlib import Path
+import inf590k.shard as sh
+original = sh.add_sample
+def slowed(*args):
+    time.sleep(0.15)
+    original(*args)
+sh.add_sample = slowed
+sh.shard(sh.ShardConfig(build=Path(sys.argv[1]), out=Path(sys.argv[2]), workers=1, max_count=3, progress=False))
+"""
+
+
+@pytest.mark.slow
+def test_kill_mid_shard_then_resume(tmp_path, ir_samples):
+    build = make_build(tmp_path, ir_samples)
+    config = ShardConfig(
+        build=build, out=tmp_path / "reference", workers=1, max_count=3, progress=False
+    )
+    shard(config)
+    reference = (config.out / "SHA256SUMS").read_text()
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SHARD, str(build), str(out)],
+        cwd=REPO_ROOT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*/*_stats.json")) and time.monotonic() < deadline:
+        assert process.poll() is None, "the shard run ended before it could be killed"
+        time.sleep(0.02)
+    time.sleep(0.2)  # into the next shard's samples
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(out.glob("*/*.tar.tmp")), "the kill should land inside a tar"
+    assert not (out / "SHA256SUMS").exists()
+
+    resumed = shard(ShardConfig(build=build, out=out, workers=2, max_count=3, progress=False))
+    assert resumed.reused >= 1 and resumed.written >= 1
+    assert (out / "SHA256SUMS").read_text() == reference
+    assert not list(out.glob("*/*.tmp"))
+    assert verify(VerifyConfig(dataset=out, workers=1, progress=False)).ok
