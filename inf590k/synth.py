@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -80,7 +81,7 @@ class SynthConfig:
     out: Path
     count: int = 64  # IR frames to render (copies and broken files come on top)
     seed: int = 0
-    bit_depth: int = 8  # 8, or 16 (14-bit data in uint16 PNG/TIFF; sirst and folder only)
+    bit_depth: int = 8  # 8, or 16: 14-bit data in uint16 PNG/TIFF (LAYOUTS_16BIT only)
     scale: float = 1.0  # shrink every frame size (the DroneVehicle border stays 100 px)
     width: int | None = None  # fixed IR size instead of the layout's default
     height: int | None = None
@@ -699,10 +700,8 @@ def _stored_ir(grey: np.ndarray, storage: str) -> np.ndarray:
 
 def _encode_ir(grey: np.ndarray, plan: FramePlan) -> bytes:
     if plan.storage == "palette":  # OpenCV cannot write palette PNGs; Pillow can
-        from io import BytesIO
-
         buffer = BytesIO()
-        Image.fromarray(grey, mode="L").convert("P").save(buffer, format="PNG")
+        Image.fromarray(grey).convert("P").save(buffer, format="PNG")
         return buffer.getvalue()
     return _encode(_stored_ir(grey, plan.storage), plan.ir)
 
