@@ -112,6 +112,17 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def model_from_state(state: dict[str, Any]) -> torch.nn.Module:
+    """The model a checkpoint holds, rebuilt from its saved ModelConfig and weights."""
+    from pretrain.models import create_model
+
+    config = dict(state["model_config"])
+    name = config.pop("name", None) or state["model_name"]
+    model = create_model(name, **config)
+    model.load_state_dict(state["model"])
+    return model
+
+
 def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
     """A short README for an exported encoder: what it is, how it was trained, how to load it."""
     config = checkpoint.get("config", {})
@@ -156,12 +167,10 @@ def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
 
 def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str) -> Path:
     """Export a training checkpoint's encoder for timm (safetensors + config) with a model card."""
-    from pretrain.models import create_model
     from pretrain.models.export import export_encoder
 
     checkpoint = load(checkpoint_file)
-    model = create_model(checkpoint["model_name"], **checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
+    model = model_from_state(checkpoint)
     out = Path(export_encoder(model, Path(out_dir)))
     folder = out if out.is_dir() else out.parent
     weights = next(iter(sorted(folder.glob("*.safetensors"))), None)

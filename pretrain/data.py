@@ -511,6 +511,9 @@ def make_loader(stream: ShardStream, workers: int, pin_memory: bool) -> torch.ut
     return torch.utils.data.DataLoader(
         stream,
         batch_size=None,
+        # Its own generator: starting an iterator would otherwise draw from the global torch
+        # RNG and shift the model's random stream after a resume.
+        generator=torch.Generator().manual_seed(stream.seed),
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=False,

@@ -169,7 +169,9 @@ def build_optimizer(
 ) -> tuple[torch.optim.AdamW, timm.scheduler.CosineLRScheduler]:
     """AdamW without decay on 1-D params (norms, biases) and the model's no_weight_decay names."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    groups = timm.optim.param_groups_weight_decay(model, optim.weight_decay, skip)
+    groups = timm.optim.param_groups_weight_decay(
+        model, optim.weight_decay, no_weight_decay_list=skip
+    )
     optimizer = torch.optim.AdamW(
         groups, lr=schedule.lr, betas=(optim.beta1, optim.beta2), fused=True
     )

@@ -99,12 +99,8 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
 
 def model_from_checkpoint(checkpoint_file: Path | str) -> tuple[nn.Module, dict]:
     """Rebuild the model a training checkpoint holds (weights_only loading)."""
-    from pretrain.models import create_model
-
     state = ckpt.load(checkpoint_file)
-    model = create_model(state["model_name"], **state["model_config"])
-    model.load_state_dict(state["model"])
-    return model.eval(), state
+    return ckpt.model_from_state(state).eval(), state
 
 
 def visualize_checkpoint(checkpoint_file: Path | str, image: Path | str, out: Path | str) -> Path:
