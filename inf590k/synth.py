@@ -317,11 +317,12 @@ def render_thermal(scene: Scene, t: int, width: int, height: int, noise: NoiseBa
     Every step is an in-place full-frame operation or works on a row/column vector that
     broadcasts, so a 640x512 frame costs a few milliseconds.
     """
-    image = cv2.resize(scene.texture, (width, height), interpolation=cv2.INTER_LINEAR)  # [H, W]
-    image *= 0.06 if scene.view == "sky" else 0.1
+    texture = scene.texture * (0.06 if scene.view == "sky" else 0.1)  # scaled while small
+    image = cv2.resize(texture, (width, height), interpolation=cv2.INTER_LINEAR)  # [H, W]
     rows = cv2.resize(scene.row_pattern[:, None], (1, height), interpolation=cv2.INTER_NEAREST)
     columns = cv2.resize(scene.column_pattern[None, :], (width, 1), interpolation=cv2.INTER_NEAREST)
-    image += _vertical_profile(scene, height) + 0.004 * rows  # [H, 1]
+    gain_drift = float(rng.normal(0, 0.03))  # per frame, like an uncalibrated sensor
+    image += _vertical_profile(scene, height) + (0.004 * rows + gain_drift)  # [H, 1]
     image += 0.012 * columns  # [1, W] stripe non-uniformity of an uncooled sensor
     for target in scene.targets:
         _add_soft_target(image, target, t)
@@ -331,7 +332,6 @@ def render_thermal(scene: Scene, t: int, width: int, height: int, noise: NoiseBa
     image *= (1.0 - 0.5 * scene.vignette * xs)[None, :]
     sigma = scene.noise_sigma
     cv2.scaleAdd(noise.window(width, height, rng), sigma, image, dst=image)
-    image += float(rng.normal(0, 0.03))  # per-frame gain drift
     return image
 
 
