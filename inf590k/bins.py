@@ -2,8 +2,9 @@
 
 A bin name reads as `s<lo>-<hi>_r<lo>-<hi>`: the short side in pixels and the aspect ratio
 (long side / short side, orientation ignored) x 100, both ranges inclusive; the last class of
-each axis is open (`s768+`, `r200+`). Example with the defaults: a 640x512 frame is
-`s512-767_r115-149`, a 1280x1024 frame `s768+_r115-149`, a 640x640 one `s512-767_r100-114`.
+each axis is open (`s768-up`, `r200-up`; no `+`, which URLs may read as a space). Example
+with the defaults: a 640x512 frame is
+`s512-767_r115-149`, a 1280x1024 frame `s768-up_r115-149`, a 640x640 one `s512-767_r100-114`.
 
 Defaults: short-side edges 256, 384, 512, 768 (the common IR sensor heights 240/288, 480/512
 and 1024 fall in different classes), aspect edges 1.15, 1.5, 2.0 (square, 5:4/4:3, 16:9, wider).
@@ -62,7 +63,7 @@ def _check_edges(short_edges: tuple[int, ...], aspect_edges: tuple[float, ...]) 
 def _class_labels(edges: list[int], prefix: str) -> list[str]:
     bounds = [0, *edges]
     labels = [f"{prefix}{lo}-{hi - 1}" for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-    return [*labels, f"{prefix}{bounds[-1]}+"]
+    return [*labels, f"{prefix}{bounds[-1]}-up"]
 
 
 def bin_names(

@@ -49,6 +49,7 @@ FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar
 INFO_FILENAME = "_info.json"
 SIZES_FILENAME = "sizes.json"
 SUMS_FILENAME = "SHA256SUMS"
+COUNTS_FILENAME = "_counts.json"  # per-source catalog counts, for the report and dataset card
 STATS_SUFFIX = "_stats.json"
 SAMPLE_OVERHEAD_BYTES = 4096  # 3 tar headers + JSON + PNG headers, per sample (estimate)
 READ_BATCH = 256  # files read at once from folder and zip sources (bounds memory)
@@ -437,6 +438,27 @@ def write_index(config: ShardConfig, jobs: list[ShardJob], stats: dict[str, dict
     )
 
 
+def reason_class(reason: str) -> str:
+    """The kind of a catalog reason without its specifics: "too small (12x9 ...)" -> "too small"."""
+    return re.split(r"[(:/]| of | with ", reason or "", maxsplit=1)[0].strip() or "unspecified"
+
+
+def catalog_counts(build: Path) -> dict[str, dict]:
+    """{source: {found, ok, excluded, rejected, duplicate, reasons: {status: {kind: n}}}}."""
+    table = cat.read_catalog(build)
+    counts = cat.status_counts(table)
+    for source, status, reason in zip(
+        *(table.column(c).to_pylist() for c in ("source", "status", "reason")), strict=True
+    ):
+        if status != cat.STATUS_OK:
+            reasons = counts[source].setdefault("reasons", {}).setdefault(status, {})
+            kind = reason_class(reason)
+            reasons[kind] = reasons.get(kind, 0) + 1
+    for per_source in counts.values():
+        per_source.setdefault("reasons", {})
+    return dict(sorted(counts.items()))
+
+
 def default_workers() -> int:
     return max(
         1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -475,6 +497,8 @@ def shard(config: ShardConfig) -> ShardSummary:
                     stats[result["shard"]] = result
                     bar.update(result["count"])
     write_index(config, jobs, stats)
+    counts = catalog_counts(Path(config.build))
+    _write_atomic(out / COUNTS_FILENAME, json.dumps(counts, indent=1, sort_keys=True) + "\n")
     return ShardSummary(
         shards=len(jobs),
         written=len(todo),

@@ -27,11 +27,11 @@ def test_default_bins_of_common_sensor_sizes():
     assert names == [
         "s512-767_r115-149",
         "s512-767_r115-149",  # portrait: orientation ignored
-        "s768+_r115-149",
+        "s768-up_r115-149",
         "s512-767_r100-114",
         "s256-383_r115-149",
-        "s768+_r150-199",
-        "s0-255_r200+",
+        "s768-up_r150-199",
+        "s0-255_r200-up",
         "s0-255_r100-114",
         "s256-383_r100-114",
     ]
@@ -39,7 +39,7 @@ def test_default_bins_of_common_sensor_sizes():
 
 def test_configurable_edges_and_bad_edges():
     assert bin_names(np.array([640]), np.array([512]), (600,), (1.3,)) == ["s0-599_r100-129"]
-    assert bin_names(np.array([700]), np.array([700]), (600,), (1.3,)) == ["s600+_r100-129"]
+    assert bin_names(np.array([700]), np.array([700]), (600,), (1.3,)) == ["s600-up_r100-129"]
     with pytest.raises(ValueError, match="--short-edges"):
         bin_names(np.array([1]), np.array([1]), (512, 256), (1.5,))
     with pytest.raises(ValueError, match="--aspect-edges"):

@@ -1,0 +1,61 @@
+"""report: numbers equal the catalog's, figures and the card are written."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+
+from inf590k import catalog as cat
+from inf590k.report import ReportConfig, report
+from inf590k.shard import ShardConfig, shard
+from tests.test_shard import make_build
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, ir_samples):
+    root = tmp_path_factory.mktemp("report")
+    build = make_build(root, ir_samples)
+    shard(ShardConfig(build=build, out=root / "ds", workers=1, max_count=4, progress=False))
+    return build, root / "ds"
+
+
+def test_report_numbers_match_the_catalog(built):
+    build, dataset = built
+    summary = report(ReportConfig(dataset=dataset, grid_samples=6))
+    numbers = json.loads((summary.out / "report.json").read_text())
+    expected = cat.status_counts(cat.read_catalog(build))
+    assert set(numbers["sources"]) == set(expected) == {"alpha", "beta"}
+    for source, counts in expected.items():
+        row = numbers["sources"][source]
+        assert (row["found"], row["kept"], row["duplicate"], row["rejected"], row["excluded"]) == (
+            counts["found"],
+            counts["ok"],
+            counts["duplicate"],
+            counts["rejected"],
+            counts["excluded"],
+        )
+        assert row["found"] == row["kept"] + row["duplicate"] + row["rejected"] + row["excluded"]
+    assert numbers["sources"]["beta"]["reasons"] == {"duplicate": {"duplicate": 1}}
+    assert numbers["samples"] == numbers["totals"]["kept"] == 9
+    assert sum(b["samples"] for b in numbers["bins"]) == 9
+    bins = json.loads((build / "bins.json").read_text())["counts"]
+    assert {b["bin"]: b["samples"] for b in numbers["bins"]} == bins
+    assert numbers["sample_grid_images"] == 6
+    grid = cv2.imread(str(summary.out / "sample_grid.png"), cv2.IMREAD_GRAYSCALE)
+    assert grid.shape == (130, 8 * 130) and grid.std() > 10
+    for figure in ("resolution_hist.png", "entropy_hist.png"):
+        image = cv2.imread(str(summary.out / figure))
+        assert image.shape == (450, 800, 3) and image.std() > 5
+    card = (summary.out / "dataset_card.md").read_text()
+    assert card.startswith("---\nlicense: other") and "| alpha |" in card and "| beta |" in card
+    assert "9 single-channel infrared images" in card
+    for row in numbers["bins"]:
+        assert f"| {row['bin']} | {row['samples']} |" in card
+    assert str(summary) == f"report: 9 samples from 2 sources in {len(bins)} bins -> {summary.out}"
+
+
+def test_report_needs_a_dataset(tmp_path):
+    with pytest.raises(FileNotFoundError, match="inf590k shard"):
+        report(ReportConfig(dataset=tmp_path))
