@@ -128,6 +128,22 @@ def test_ir_frames_are_grey_and_visible_halves_are_colour(synthesized, layout: s
             assert channel_spread(array) > 30, f"{written.relpath} is not clearly colour"
 
 
+def test_ir_frames_have_infrared_statistics(tmp_path: Path) -> None:
+    """Mid-range entropy (real IR averages ~6.4 bits) and smooth: neighbours differ far less
+    than the frame varies, unlike noise."""
+    summary = synthesize(SynthConfig(layout="flir_adas_v2", out=tmp_path, count=6))
+    for written in (f for f in summary.files if f.kind == KIND_IR):
+        grey = read(tmp_path / written.relpath).astype(np.float32)
+        counts = np.bincount(grey.astype(np.uint8).ravel(), minlength=256) / grey.size
+        entropy = -(counts[counts > 0] * np.log2(counts[counts > 0])).sum()
+        assert 4.0 < entropy < 7.8, (written.relpath, entropy)
+        neighbour = np.abs(np.diff(grey, axis=1)).mean()
+        assert neighbour < 0.5 * grey.std(), (written.relpath, neighbour, grey.std())
+        column_means = grey.mean(axis=0)
+        stripes = np.abs(np.diff(column_means)).mean()  # fixed-pattern column offsets
+        assert stripes > 0.8, (written.relpath, stripes)  # ~0.4 with the stripes blurred away
+
+
 def test_sirst_mixes_storage_modes_and_masks_cover_hot_targets(synthesized) -> None:
     summary = synthesized["sirst"]
     modes = Counter(Image.open(summary.out / f.relpath).mode for f in summary.files if f.kind == KIND_IR)
