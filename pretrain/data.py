@@ -418,7 +418,13 @@ class ShardStream(torch.utils.data.IterableDataset):
 
         def opened() -> Iterator[dict[str, Any]]:
             for url in urls:
-                log.info("rank %d worker %d reads %s", self.rank, worker_id, url)
+                log.info(
+                    "rank %d worker %d pass %d reads %s",
+                    self.rank,
+                    worker_id,
+                    stats.pass_index,
+                    url,
+                )
                 stream = open_url(url, self.config)
                 current.update(url=url, failed=False, count=0)
                 try:
