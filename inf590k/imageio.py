@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -72,8 +73,46 @@ class ImageFingerprint:
     entropy: float  # bits, 256-bin histogram of the 8-bit view
 
 
+DHASH_MAX_SIDE = 128  # dHash is taken of a view area-reduced to this short side (see fingerprint)
+
+
+def png_header_size(data: bytes) -> tuple[int, int] | None:
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    return None
+
+
+def jpeg_header_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the first start-of-frame marker of a JPEG."""
+    offset, end = 2, len(data)
+    while offset + 9 < end:
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(data[offset + 5 : offset + 7], "big")
+            width = int.from_bytes(data[offset + 7 : offset + 9], "big")
+            return width, height
+        offset += 2 + length
+    return None
+
+
 def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None if unknown."""
+    """(width, height) from the file header without decoding pixels; None if unknown.
+
+    PNG and JPEG headers are parsed directly (microseconds); other formats through Pillow's
+    lazy open.
+    """
+    if data.startswith(PNG_SIGNATURE):
+        return png_header_size(data)
+    if data.startswith(JPEG_SIGNATURE):
+        size = jpeg_header_size(data)
+        if size is not None:
+            return size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -138,6 +177,11 @@ def to_grey(array: np.ndarray, policy: ImagePolicy) -> tuple[np.ndarray, float]:
     return cv2.cvtColor(np.ascontiguousarray(bgr), cv2.COLOR_BGR2GRAY), spread
 
 
+def has_zero_edge(grey: np.ndarray) -> bool:
+    """Whether an outer row or column is entirely zero (the usual case is a cheap no)."""
+    return not (grey[0].any() and grey[-1].any() and grey[:, 0].any() and grey[:, -1].any())
+
+
 def crop_borders(grey: np.ndarray, policy: ImagePolicy) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Cut the manifest's fixed frame, then rows/columns that are entirely zero at the edges."""
     height, width = grey.shape
@@ -145,10 +189,10 @@ def crop_borders(grey: np.ndarray, policy: ImagePolicy) -> tuple[np.ndarray, tup
     if b and (width <= 2 * b or height <= 2 * b):
         raise RejectedImage(f"smaller ({width}x{height}) than its {b}-px border")
     x0, y0, x1, y1 = b, b, width - b, height - b
-    if policy.crop_zero_borders:
+    if policy.crop_zero_borders and has_zero_edge(grey[y0:y1, x0:x1]):
         inner = grey[y0:y1, x0:x1]
-        rows = np.flatnonzero(inner.any(axis=1))
-        cols = np.flatnonzero(inner.any(axis=0))
+        rows = np.flatnonzero(inner.max(axis=1))
+        cols = np.flatnonzero(inner.max(axis=0))
         if rows.size == 0:
             raise RejectedImage("blank image (all pixels zero)")
         y0, y1 = y0 + int(rows[0]), y0 + int(rows[-1]) + 1
@@ -222,11 +266,24 @@ def pixel_digest(view8: np.ndarray) -> str:
 
 
 def fingerprint(view8: np.ndarray) -> ImageFingerprint:
-    """pHash and dHash (imagehash, on a Pillow 'L' image of the 8-bit view) and entropy."""
+    """pHash and dHash (imagehash) and entropy of the 8-bit view.
+
+    pHash is imagehash's on the full view, bit for bit. dHash is imagehash's of the view
+    area-reduced to a short side of at most DHASH_MAX_SIDE: it only confirms pHash matches,
+    and the reduction saves a full-frame LANCZOS pass (a third of the hashing time).
+    """
     image = Image.fromarray(view8)
     return ImageFingerprint(
         pixel_sha256=pixel_digest(view8),
         phash=str(imagehash.phash(image)),
-        dhash=str(imagehash.dhash(image)),
+        dhash=str(imagehash.dhash(Image.fromarray(reduce_for_dhash(view8)))),
         entropy=entropy_bits(view8),
     )
+
+
+def reduce_for_dhash(view8: np.ndarray) -> np.ndarray:
+    factor = min(view8.shape) // DHASH_MAX_SIDE
+    if factor < 2:
+        return view8
+    height, width = view8.shape
+    return cv2.resize(view8, (width // factor, height // factor), interpolation=cv2.INTER_AREA)

@@ -343,6 +343,13 @@ def _init_worker() -> None:
 # ----------------------------------------------------------------------------- driver
 
 
+def make_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes; fork where available (no re-import: starts in milliseconds)."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -427,17 +434,14 @@ def ingest(config: IngestConfig) -> IngestSummary:
     total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
     started = time.perf_counter()
     decoded = 0
-    with tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
-        pool = None
-        if workers > 1:
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-        try:
+    pool = make_pool(workers) if workers > 1 and total else None  # before tqdm starts a thread
+    try:
+        with tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
             for job, chunks, todo in plans:
                 decoded += run_source(job, chunks, todo, pool, bar)
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     seconds = time.perf_counter() - started
     summaries = [summarize_parts(build, job.manifest) for job, _, _ in plans]
     for summary, (_, chunks, todo) in zip(summaries, plans, strict=True):

@@ -254,13 +254,18 @@ def folder_manifest() -> Manifest:
 
 def builtin_manifests(directory: Path = MANIFEST_DIR) -> dict[str, Manifest]:
     """All manifests shipped in manifests/, plus the built-in `folder` source, by id."""
+    return dict(_load_manifest_dir(Path(directory)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_manifest_dir(directory: Path) -> tuple[tuple[str, Manifest], ...]:
     manifests = {"folder": folder_manifest()}
     for path in sorted(Path(directory).glob("*.yaml")):
         manifest = load_manifest_file(path)
         if manifest.id in manifests:
             raise ManifestError(f"{path}: key 'id': {manifest.id!r} is used twice. Fix: rename one")
         manifests[manifest.id] = manifest
-    return manifests
+    return tuple(manifests.items())
 
 
 def resolve_manifests(extra_files: tuple[Path, ...] = ()) -> dict[str, Manifest]:
