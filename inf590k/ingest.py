@@ -90,6 +90,7 @@ class SourceSummary:
     ok: int = 0
     excluded: int = 0
     rejected: int = 0
+    matched: int = 0  # distinct files the include globs matched, before the video stride
     expected: int | None = None
     reused_chunks: int = 0
 
@@ -98,8 +99,8 @@ class SourceSummary:
             f"{self.source}: found {self.found} = ok {self.ok} + excluded {self.excluded} "
             f"+ rejected {self.rejected}"
         )
-        if self.expected is not None and self.expected != self.ok:
-            line += f" (manifest expects {self.expected} images)"
+        if self.expected is not None and self.expected != self.matched:
+            line += f" (the manifest expects {self.expected} files matching its globs, found {self.matched})"
         if self.reused_chunks:
             line += f" [resumed: {self.reused_chunks} chunks already done]"
         return line
@@ -374,15 +375,22 @@ def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
 
 def summarize_parts(build: Path, manifest: Manifest) -> SourceSummary:
     summary = SourceSummary(manifest.id, expected=manifest.expected_count)
+    candidates: set[str] = set()  # files the include globs matched (a video is one file)
     for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
-        for status in pq.read_table(path, columns=["status"]).column("status").to_pylist():
+        table = pq.read_table(path, columns=["status", "reason", "relpath"])
+        for status, reason, relpath in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
             summary.found += 1
+            if status == cat.STATUS_EXCLUDED:
+                summary.excluded += 1
+                if reason.startswith("video subsampling"):
+                    candidates.add(relpath)
+                continue
+            candidates.add(relpath)
             if status in (cat.STATUS_OK, cat.STATUS_DUPLICATE):
                 summary.ok += 1
-            elif status == cat.STATUS_EXCLUDED:
-                summary.excluded += 1
             else:
                 summary.rejected += 1
+    summary.matched = len(candidates)
     return summary
 
 
