@@ -1,0 +1,89 @@
+"""The `inf590k` command line: help everywhere, clear one-line errors, the main chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def all_commands(group=main, prefix=()):
+    for name, command in group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from all_commands(command, (*prefix, name))
+
+
+@pytest.mark.parametrize("path", list(all_commands()), ids=lambda p: " ".join(p))
+def test_every_command_has_help(path):
+    result = invoke(*path, "--help")
+    assert result.exit_code == 0
+    assert "Usage: " in result.output and len(result.output.splitlines()) > 3
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and "inf590k, version" in result.output
+
+
+def test_sources_list_and_show():
+    listing = invoke("sources", "list")
+    assert listing.exit_code == 0
+    lines = listing.output.splitlines()
+    assert lines[0].split()[:5] == ["id", "name", "count", "license", "modality"]
+    assert len(lines) >= 23 + 1  # 22 public sources + folder + header
+    shown = invoke("sources", "show", "llvip")
+    assert shown.exit_code == 0 and "include:" in shown.output
+    missing = invoke("sources", "show", "nope")
+    assert missing.exit_code == 1 and "sources list" in missing.output
+
+
+def test_malformed_user_manifest_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: mine\nname: Mine\nmodality: radar\n")
+    result = invoke("sources", "list", "--manifest", bad)
+    assert result.exit_code == 1
+    assert "bad.yaml" in result.output and "modality" in result.output and "Fix" in result.output
+
+
+def test_synth_then_ingest_accounts_for_every_file(tmp_path):
+    synth = invoke("synth", "--layout", "roadscene", "--out", tmp_path / "rs", "--count", 12, "--scale", 0.5)
+    assert synth.exit_code == 0, synth.output
+    result = invoke("ingest", "--source", f"roadscene={tmp_path / 'rs'}", "--build", tmp_path / "b", "--workers", 1)
+    assert result.exit_code == 0, result.output
+    files = [p for p in (tmp_path / "rs").rglob("*") if p.is_file()]
+    table = pq.read_table(tmp_path / "b" / "catalog")
+    assert table.num_rows == len(files)
+    assert f"found {len(files)} = ok 12 + excluded {len(files) - 12} + rejected 0" in result.output
+
+
+def test_ingest_errors_are_clear(tmp_path):
+    result = invoke("ingest", "--source", "nosuch=" + str(tmp_path), "--build", tmp_path / "b")
+    assert result.exit_code == 1 and "unknown source id 'nosuch'" in result.output
+    result = invoke("ingest", "--source", "folder=" + str(tmp_path / "absent"), "--build", tmp_path / "b")
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = invoke("ingest", "--source", "just-a-path", "--build", tmp_path / "b")
+    assert result.exit_code == 2 and "ID=PATH" in result.output
+    result = invoke("ingest", "--source", f"folder={tmp_path}", "--build", tmp_path / "b", "--stretch", "9,2")
+    assert result.exit_code == 2 and "LOW < HIGH" in result.output
+
+
+def test_synth_rejects_bad_options(tmp_path):
+    result = invoke("synth", "--layout", "kaist", "--out", tmp_path / "k", "--bit-depth", "16")
+    assert result.exit_code == 2 and "16" in result.output
+
+
+def test_console_script_is_installed():
+    import shutil
+    import sys
+
+    bindir = Path(sys.executable).parent
+    assert shutil.which("inf590k", path=str(bindir)) is not None
