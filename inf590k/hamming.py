@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,24 +93,34 @@ def _masks_by_top_bit(width: int, radius: int) -> dict[int, np.ndarray]:
 class _BucketTable:
     """Codes of one block sorted by block value, with a dense start/count table."""
 
-    def __init__(self, values: np.ndarray, width: int) -> None:
+    def __init__(self, codes: np.ndarray, values: np.ndarray, width: int) -> None:
         self.order = np.argsort(values, kind="stable")  # [Ndb] db index by block value
         self.sorted_values = values[self.order]  # [Ndb]
+        self.sorted_codes = codes[self.order]  # [Ndb]: verification reads these near-sequentially
         counts = np.bincount(values, minlength=1 << width)  # [2**w]
         self.counts = counts.astype(np.int32)
         self.starts = (np.cumsum(counts) - counts).astype(np.int64)  # [2**w]
 
 
-def _candidates(
-    table: _BucketTable, query_idx: np.ndarray, probes: np.ndarray
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """All (query, db) index pairs whose db block value equals the probe value.
+@dataclass(frozen=True)
+class _Queries:
+    """Query codes in block-value order; positions index these arrays."""
 
-    Yields chunks of at most ~CANDIDATE_CHUNK pairs to bound memory on skewed buckets.
+    order: np.ndarray  # [Nq] original query index per position
+    values: np.ndarray  # [Nq] block value per position (non-decreasing)
+    codes: np.ndarray  # [Nq] full code per position
+
+
+def _candidates(
+    table: _BucketTable, positions: np.ndarray, probes: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(query position, table position) pairs whose table block value equals the probe.
+
+    Returns chunks of at most ~CANDIDATE_CHUNK pairs to bound memory on skewed buckets.
     """
     counts = table.counts[probes]
     hit = np.flatnonzero(counts)
-    query_idx, probes, counts = query_idx[hit], probes[hit], counts[hit].astype(np.int64)
+    positions, probes, counts = positions[hit], probes[hit], counts[hit].astype(np.int64)
     ends = np.cumsum(counts)
     bounds = [0, len(counts)]
     if len(ends) and ends[-1] > CANDIDATE_CHUNK:
@@ -123,63 +135,85 @@ def _candidates(
         # position inside each bucket: 0..count-1, without a Python loop
         first = np.repeat(np.cumsum(chunk_counts) - chunk_counts, chunk_counts)
         within = np.arange(total, dtype=np.int64) - first
-        db_idx = table.order[np.repeat(table.starts[probes[a:b]], chunk_counts) + within]
-        chunks.append((np.repeat(query_idx[a:b], chunk_counts), db_idx))
+        table_positions = np.repeat(table.starts[probes[a:b]], chunk_counts) + within
+        chunks.append((np.repeat(positions[a:b], chunk_counts), table_positions))
     return chunks
 
 
-def _verify(
-    queries: np.ndarray, db: np.ndarray, qi: np.ndarray, di: np.ndarray, radius: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dist = np.bitwise_count(queries[qi] ^ db[di])
-    keep = dist <= radius
-    return qi[keep], di[keep], dist[keep].astype(np.int8)
+def _probe(
+    table: _BucketTable,
+    queries: _Queries,
+    positions: np.ndarray,
+    masks: list[int],
+    radius: int,
+    same_set: bool,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Verified (query, db, distance) pairs for one block table and a list of XOR masks."""
+    found = []
+    values = queries.values[positions]
+    for mask in masks:
+        for q_pos, t_pos in _candidates(table, positions, values ^ mask):
+            dist = np.bitwise_count(queries.codes[q_pos] ^ table.sorted_codes[t_pos])
+            keep = np.flatnonzero(dist <= radius)
+            qi, di = queries.order[q_pos[keep]], table.order[t_pos[keep]]
+            dist = dist[keep].astype(np.int8)
+            if same_set:
+                # mask 0 meets each pair from both sides (and itself); other masks meet it
+                # once, from either side: keep i < j
+                qi, di = np.minimum(qi, di), np.maximum(qi, di)
+                if mask == 0:
+                    distinct = qi != di
+                    qi, di, dist = qi[distinct], di[distinct], dist[distinct]
+            found.append((qi, di, dist))
+    return found
 
 
 def _search(
-    queries: np.ndarray, db: np.ndarray, radius: int, same_set: bool
+    queries: np.ndarray, db: np.ndarray, radius: int, same_set: bool, threads: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     plan = plan_blocks(len(queries), len(db), radius)
-    found_q, found_d, found_dist = [], [], []
+    tasks = []
     for offset, width, block_radius in zip(plan.offsets, plan.widths, plan.radii, strict=True):
         db_values = _block_values(db, offset, width)
-        query_values = db_values if same_set else _block_values(queries, offset, width)
-        table = _BucketTable(db_values, width)
-        # queries in block-value order: probes (value ^ mask) then hit the tables in
-        # long runs of nearby addresses instead of random ones (cache friendly)
+        table = _BucketTable(db, db_values, width)
+        # queries in block-value order: probes (value ^ mask) then hit the tables in long
+        # runs of nearby addresses instead of random ones (cache friendly)
         if same_set:
-            query_order, query_sorted = table.order, table.sorted_values
+            ordered = _Queries(table.order, table.sorted_values, table.sorted_codes)
         else:
-            query_order = np.argsort(query_values, kind="stable")
-            query_sorted = query_values[query_order]
-        jobs = [(query_order, query_sorted, np.array([0]))]  # mask 0: equal block values
+            query_values = _block_values(queries, offset, width)
+            order = np.argsort(query_values, kind="stable")
+            ordered = _Queries(order, query_values[order], queries[order])
+        every = np.arange(len(ordered.order), dtype=np.int64)
+        tasks.append((table, ordered, every, [0]))  # mask 0: equal block values
         for top, masks in _masks_by_top_bit(width, block_radius).items():
             if same_set:
                 # a pair (a, a ^ mask) is probed only from the side whose top mask bit is
-                # clear, so each unordered pair is expanded once per block
-                keep = (query_sorted >> top) & 1 == 0
-                jobs.append((query_order[keep], query_sorted[keep], masks))
+                # clear, so each unordered pair is expanded once per mask
+                clear = np.flatnonzero((ordered.values >> top) & 1 == 0)
+                tasks.append((table, ordered, clear, masks.tolist()))
             else:
-                jobs.append((query_order, query_sorted, masks))
-        for query_idx, values, masks in jobs:
-            for mask in masks.tolist():
-                for qi, di in _candidates(table, query_idx, values ^ mask):
-                    if same_set:
-                        qi, di = np.minimum(qi, di), np.maximum(qi, di)
-                        distinct = qi != di
-                        qi, di = qi[distinct], di[distinct]
-                    qi, di, dist = _verify(queries, db, qi, di, radius)
-                    found_q.append(qi)
-                    found_d.append(di)
-                    found_dist.append(dist)
-    if not found_q:
+                tasks.append((table, ordered, every, masks.tolist()))
+    # numpy releases the GIL inside these large array operations, so threads share the work
+    # (processes would have to copy the tables); the result is sorted below, so the thread
+    # count never changes it
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = pool.map(lambda task: _probe(*task, radius=radius, same_set=same_set), tasks)
+        found = [pairs for task_pairs in results for pairs in task_pairs]
+    if not found:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, np.empty(0, dtype=np.int8)
-    qi, di, dist = np.concatenate(found_q), np.concatenate(found_d), np.concatenate(found_dist)
+    qi = np.concatenate([f[0] for f in found])
+    di = np.concatenate([f[1] for f in found])
+    dist = np.concatenate([f[2] for f in found])
     # a pair close in several blocks is found several times: keep one, sorted by (q, d)
     key = qi * np.int64(len(db)) + di
     key, first = np.unique(key, return_index=True)
     return qi[first], di[first], dist[first]
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _as_codes(codes: np.ndarray) -> np.ndarray:
@@ -189,20 +223,28 @@ def _as_codes(codes: np.ndarray) -> np.ndarray:
     return codes
 
 
-def radius_pairs(codes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def radius_pairs(
+    codes: np.ndarray, radius: int, threads: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair i < j with popcount(codes[i] ^ codes[j]) <= radius.
 
     Returns (i, j, distance) arrays sorted by (i, j): exactly the brute-force pair set.
     """
     codes = _as_codes(codes)
-    return _search(codes, codes, radius, same_set=True)
+    return _search(codes, codes, radius, same_set=True, threads=threads or default_threads())
 
 
 def cross_radius_pairs(
-    queries: np.ndarray, db: np.ndarray, radius: int
+    queries: np.ndarray, db: np.ndarray, radius: int, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (q, d) with popcount(queries[q] ^ db[d]) <= radius, sorted by (q, d)."""
-    return _search(_as_codes(queries), _as_codes(db), radius, same_set=False)
+    return _search(
+        _as_codes(queries),
+        _as_codes(db),
+        radius,
+        same_set=False,
+        threads=threads or default_threads(),
+    )
 
 
 def brute_force_pairs(
