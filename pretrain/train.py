@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Iterator
@@ -429,8 +428,10 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.grad is not None]
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
-        max_norm = optim.clip_grad if optim.clip_grad else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)  # tensor, no sync
+        if optim.clip_grad:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.clip_grad)  # no host sync
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         # Grads are already all-reduced, so every rank sees the same norm and skips alike.
         found_inf = (~torch.isfinite(grad_norm)).float()
         if self.scaler.is_enabled():

@@ -126,6 +126,7 @@ def test_options_map_one_to_one_to_config_fields():
 # ---------------------------------------------------------------- training runs
 
 
+@pytest.mark.slow
 def test_trains_over_real_http_and_loss_falls(dataset, tmp_path):
     run_dir = tmp_path / "run"
     with serve_folder(dataset.root) as base:
@@ -158,6 +159,7 @@ def test_trains_over_real_http_and_loss_falls(dataset, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_resumed_run_matches_an_uninterrupted_one(dataset, tmp_path):
     shards = [str(dataset.root)]
     common = dict(steps=8, deterministic=True)
@@ -216,6 +218,7 @@ def _poisoned_model(bad_steps: set[int] | None):
     return model
 
 
+@pytest.mark.slow
 def test_nan_steps_are_skipped_counted_and_capped(dataset, tmp_path):
     shards = [str(dataset.root)]
     result = pretrain(
@@ -241,6 +244,7 @@ def test_nan_steps_are_skipped_counted_and_capped(dataset, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_corrupt_shard_is_skipped_and_missing_url_is_named(dataset, tmp_path):
     broken = tmp_path / "640x512" / "shard-000001.tar"  # named as in _info.json: length known
     broken.parent.mkdir()
@@ -327,3 +331,36 @@ def test_module_entry_point_runs_a_tiny_training(dataset, tmp_path, capsys):
     assert "pretrain: step 2/2" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--model", "mae_vit_tiny"])  # --shards missing
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_matches_the_full_batch(dataset, tmp_path):
+    """8 images in one micro-batch == 2 micro-batches of 4 (deterministic entropy masking)."""
+    shards = [str(dataset.root)]
+    common = dict(steps=3, model_args=["masking=entropy"], clip_grad=1.0, deterministic=True)
+    full = pretrain(config_from_options(options(tmp_path / "full", shards, **common)))
+    accumulated = pretrain(
+        config_from_options(
+            options(tmp_path / "acc", shards, batch_size=4, accum_steps=2, **common)
+        )
+    )
+    a, b = ckpt.load(full.checkpoint)["model"], ckpt.load(accumulated.checkpoint)["model"]
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    assert metrics(tmp_path / "acc")[-1]["loss"] == pytest.approx(
+        metrics(tmp_path / "full")[-1]["loss"], abs=1e-5
+    )
+
+
+def test_tensorboard_without_the_package_says_what_to_install(dataset, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+            pretrain(
+                config_from_options(
+                    options(tmp_path / "tb", [str(dataset.root)], steps=1, tensorboard=True)
+                )
+            )
+    else:
+        pytest.skip("tensorboard is installed")
