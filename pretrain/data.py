@@ -383,7 +383,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         return (physical + self.first_worker) % self.num_workers
 
     def pass_shards(self, worker: int, pass_index: int) -> list[str]:
-        """The shards one worker reads in one pass, in order."""
+        """The shards one worker reads in one pass, in order.
+
+        Hand-written instead of webdataset's ResampledShards / split_by_node / split_by_worker:
+        those keep their epoch counter inside the object and read the worker id themselves,
+        so a saved position could not be replayed (and the round-robin not be continued)."""
         shares = self.world_size * self.num_workers
         share = self.rank * self.num_workers + worker
         if self.config.resampled:

@@ -112,6 +112,15 @@ def test_decode_8_and_16_bit_and_reject_bad_input():
         decode_ir_png(png8[:40] + b"\0" * 20, 10**6)
 
 
+def test_stream_of_16_bit_shards_gives_spread_8_bit_crops(tmp_path):
+    raw = make_dataset(tmp_path / "raw16", num_shards=2, per_shard=4, bit16=True)
+    stream = stream_for([str(p) for p in raw.shards], resampled=False, size=(16, 24))
+    images, position = next(iter(stream))
+    assert images.dtype == torch.uint8 and images.shape == (4, 1, 16, 24)
+    assert all(int(img.max()) - int(img.min()) > 50 for img in images)  # stretched, not clipped
+    assert position.tolist()[:3] == [0, 0, 4]
+
+
 def test_crop_box_follows_random_resized_crop_rules():
     rng = np.random.default_rng(0)
     areas = []
