@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loader import write_shards  # noqa: E402  (bench/ helper, imported as a sibling script)
+from loader import write_shards  # noqa: E402  (sibling script in bench/)
 
 from pretrain.train import config_from_options, pretrain  # noqa: E402
 
