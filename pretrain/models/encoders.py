@@ -204,16 +204,20 @@ class HierarchicalEncoder(nn.Module):
             return self.pos_embed
         return sincos_pos_embed(grid_size, self.num_features).to(like.device)
 
-    def _stages(
-        self, imgs: Tensor, visible: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
-        """Stage 1 [N, C1, H/4, W/4], stage 2 [N, C2, H/8, W/8], tokens [N, L, C3] + positions."""
+    def _conv_stages(self, imgs: Tensor, visible: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Stage 1 [N, C1, H/4, W/4] and stage 2 [N, C2, H/8, W/8]."""
         _, patch2, patch3 = self.patch_sizes
         vis1 = None if visible is None else upsample_visible(visible, patch2 * patch3)
         vis2 = None if visible is None else upsample_visible(visible, patch3)
         stage1 = self._conv_stage(imgs, self.patch_embed1, self.blocks1, vis1)
         stage2 = self._conv_stage(stage1, self.patch_embed2, self.blocks2, vis2)
+        return stage1, stage2
+
+    def _stages(self, imgs: Tensor) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
+        """Unmasked: both conv stages, all tokens [N, L, C3] with positions, and the token grid."""
+        stage1, stage2 = self._conv_stages(imgs, None)
         tokens = self.patch_embed3(stage2)  # [N, L, C3]
+        patch3 = self.patch_sizes[2]
         grid = (stage2.shape[-2] // patch3, stage2.shape[-1] // patch3)
         return stage1, stage2, tokens + self._pos_embed(grid, tokens), grid
 
@@ -222,17 +226,36 @@ class HierarchicalEncoder(nn.Module):
         fused = self.stage1_fuse(stage1) + self.stage2_fuse(stage2)  # [N, C3, h, w]
         return fused.flatten(2).transpose(1, 2)
 
+    @staticmethod
+    def _visible_windows(x: Tensor, window: int, ids_keep: Tensor) -> Tensor:
+        """The window x window cell of each visible token: [N, C, h*k, w*k] -> [N*Lv, C, k, k].
+
+        The stage-3 embedding and the fusion convs have kernel = stride = window, so running
+        them on these cells equals running them densely and gathering, at a quarter the cost.
+        """
+        n, chans, height, width = x.shape
+        rows, cols = height // window, width // window
+        cells = x.reshape(n, chans, rows, window, cols, window).permute(0, 2, 4, 1, 3, 5)
+        cells = gather_tokens(cells.reshape(n, rows * cols, -1), ids_keep)  # [N, Lv, C*k*k]
+        return cells.reshape(-1, chans, window, window)
+
     def forward_masked(self, imgs: Tensor, patch_mask: PatchMask) -> Tensor:
         """[N, C, H, W] -> visible-token latent [N, Lv, C3]; used through `forward`."""
-        visible = visible_grid(patch_mask, self.grid_size)  # [N, 1, h, w]
-        stage1, stage2, tokens, _ = self._stages(imgs, visible)
-        x = self.blocks3(gather_tokens(tokens, patch_mask.ids_keep))  # [N, Lv, C3]
-        x = x + gather_tokens(self._fusion(stage1, stage2), patch_mask.ids_keep)
-        return self.norm(x)
+        ids_keep = patch_mask.ids_keep  # [N, Lv]
+        n, num_visible = ids_keep.shape
+        _, patch2, patch3 = self.patch_sizes
+        stage1, stage2 = self._conv_stages(imgs, visible_grid(patch_mask, self.grid_size))
+        cells2 = self._visible_windows(stage2, patch3, ids_keep)  # [N*Lv, C2, p3, p3]
+        cells1 = self._visible_windows(stage1, patch2 * patch3, ids_keep)
+        tokens = self.patch_embed3(cells2).reshape(n, num_visible, -1)  # [N, Lv, C3]
+        pos = gather_tokens(self.pos_embed.expand(n, -1, -1), ids_keep).to(tokens.dtype)
+        x = self.blocks3(tokens + pos)
+        fused = self.stage1_fuse(cells1) + self.stage2_fuse(cells2)  # [N*Lv, C3, 1, 1]
+        return self.norm(x + fused.reshape(n, num_visible, -1))
 
     def forward_features(self, imgs: Tensor) -> Tensor:
         """Unmasked tokens [N, L, C3] (downstream use)."""
-        stage1, stage2, tokens, _ = self._stages(imgs, None)
+        stage1, stage2, tokens, _ = self._stages(imgs)
         return self.norm(self.blocks3(tokens) + self._fusion(stage1, stage2))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -266,7 +289,7 @@ class HierarchicalEncoder(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' feature maps are provided")
         take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        stage1, stage2, tokens, grid = self._stages(x, None)
+        stage1, stage2, tokens, grid = self._stages(x)
         final = self.norm(self.blocks3(tokens) + self._fusion(stage1, stage2))  # [N, L, C3]
         stage3 = final.transpose(1, 2).reshape(x.shape[0], -1, *grid)  # [N, C3, H/16, W/16]
         maps = [stage1, stage2, stage3, F.max_pool2d(stage3, 2)]
