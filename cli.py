@@ -34,7 +34,32 @@ class CliError(click.ClickException):
     """An error printed as one line, with what to do next, and exit status 1."""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose heavy commands (they import torch) are built only when used."""
+
+    lazy_builders: dict = {}  # name -> function building the command
+    lazy_short_help: dict = {}  # name -> one line for the group's help, without building
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy_short_help and name not in self.commands:
+                rows.append((name, self.lazy_short_help[name]))
+            else:
+                rows.append((name, self.get_command(ctx, name).get_short_help_str(formatter.width - 20)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_builders])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy_builders and name not in self.commands:
+            self.add_command(self.lazy_builders[name](), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_version(), prog_name="inf590k")
 def main() -> None:
     """Build the Inf-590K infrared pretraining corpus and pretrain DuGI-MAE on it.
@@ -188,6 +213,149 @@ def synth(layout, out, count, seed, bit_depth, scale, width, height, workers) ->
     except SynthError as err:
         raise click.UsageError(str(err)) from err
     click.echo(str(summary))
+
+
+# ----------------------------------------------------------------------------- model
+
+
+PRETRAIN_HELP = {
+    "shards": "Shard URLs: paths, brace patterns, file://, http(s)://, pipe:, Hugging Face resolve URLs, "
+              "a dataset folder or its _info.json. Repeatable.",
+    "info": "_info.json URL for the epoch length (default: found next to the shards).",
+    "split": "Split of _info.json to read.",
+    "batch_size": "Images per step per process (global batch = batch x processes x accumulation).",
+    "workers": "Data loader processes per GPU/process.",
+    "resampled": "Infinite stream of shards sampled with replacement (webdataset `resampled`).",
+    "shuffle_buffer": "Samples held in the shuffle buffer.",
+    "shuffle_initial": "Samples buffered before the first one is returned.",
+    "scale_min": "RandomResizedCrop smallest area fraction.",
+    "scale_max": "RandomResizedCrop largest area fraction.",
+    "hflip": "Probability of a horizontal flip.",
+    "max_pixels": "Skip decoded samples larger than this (decompression bombs).",
+    "retries": "Attempts to open an unreachable shard URL before failing.",
+    "retry_wait": "Seconds between attempts (doubling).",
+    "timeout": "Network timeout per request, seconds.",
+    "samples_per_epoch": "Epoch length in samples (default: num_samples of _info.json).",
+    "epochs": "Training length in epochs (the paper: 400).",
+    "warmup_epochs": "Linear warm-up length in epochs (the paper: 40).",
+    "steps": "Training length in optimiser steps (overrides --epochs).",
+    "blr": "Base learning rate; lr = blr x global batch / 256.",
+    "lr": "Absolute learning rate (overrides --blr).",
+    "min_lr": "Floor of the cosine schedule.",
+    "weight_decay": "AdamW weight decay (none on norms, biases, position embeddings, tokens).",
+    "beta1": "AdamW beta1.",
+    "beta2": "AdamW beta2.",
+    "accum_steps": "Gradient accumulation steps.",
+    "clip_grad": "Clip the gradient norm to this value.",
+    "out": "Run directory: checkpoints, metrics.jsonl, reconstruction grids.",
+    "model": "Model name (see `inf590k model-info --help`).",
+    "model_args": "Model overrides FIELD=VALUE, e.g. masking=random, ddg=false, img_size=224. Repeatable.",
+    "seed": "Random seed.",
+    "device": "auto, cpu, cuda or cuda:N.",
+    "dist_backend": "auto (nccl on CUDA, gloo on CPU), nccl or gloo.",
+    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32.",
+    "compile": "torch.compile the model.",
+    "log_every": "Steps between log lines (the only host syncs).",
+    "ckpt_every": "Steps between checkpoints.",
+    "keep_last": "Checkpoints kept.",
+    "vis_every": "Steps between reconstruction grid PNGs (0: off).",
+    "resume": "'auto' (latest checkpoint in --out) or a checkpoint path.",
+    "stop_step": "Stop (after checkpointing) at this step, as if killed: for tests and preemption.",
+    "max_nan_skips": "Stop after this many skipped NaN/inf steps.",
+    "peak_tflops": "Accelerator peak TFLOP/s for MFU (default: known cards).",
+    "tensorboard": "Also log to TensorBoard.",
+    "deterministic": "Deterministic algorithms (CPU resume checks).",
+    "progress": "Show a progress bar.",
+}
+
+
+def field_option(field) -> click.Option:
+    """One click option for one config dataclass field (so CLI and config agree one-to-one)."""
+    import dataclasses
+
+    flag = "--" + field.name.replace("_", "-")
+    kind = str(field.type).replace(" | None", "")
+    default = field.default if field.default is not dataclasses.MISSING else None
+    help_text = PRETRAIN_HELP.get(field.name, "")
+    if default not in (None, ()):
+        help_text += f"  [default: {default}]"
+    if kind == "bool":
+        return click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text)
+    if kind.startswith("tuple["):
+        return click.Option([flag], multiple=True, help=help_text, required=field.name == "shards")
+    types = {"int": int, "float": float, "str": str}
+    return click.Option([flag], type=types[kind], default=None, help=help_text)
+
+
+def build_pretrain_command() -> click.Command:
+    from pretrain.train import option_fields
+
+    def run(**options) -> None:
+        from pretrain.data import ShardUnreachableError
+        from pretrain.train import TrainingDiverged, config_from_options, pretrain
+
+        chosen = {k: v for k, v in options.items() if v is not None and v != ()}
+        try:
+            result = pretrain(config_from_options(chosen))
+        except (ShardUnreachableError, TrainingDiverged, ValueError, FileNotFoundError) as err:
+            raise CliError(str(err)) from err
+        loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
+        click.echo(f"pretrain: step {result.step}, loss {loss}, run in {result.run_dir}, "
+                   f"last checkpoint {result.checkpoint}")
+
+    return click.Command(
+        "pretrain",
+        callback=run,
+        params=[field_option(f) for _, f in option_fields()],
+        help="Pretrain DuGI-MAE (or an ablation) from shard URLs; the same command under "
+             "`torchrun --nproc-per-node N $(which inf590k) pretrain ...` runs DDP.",
+        short_help="Pretrain from shard URLs (1 GPU, many, or CPU).",
+    )
+
+
+LazyGroup.lazy_builders["pretrain"] = build_pretrain_command
+LazyGroup.lazy_short_help["pretrain"] = "Pretrain from shard URLs (1 GPU, many, or CPU)."
+
+
+@main.command("model-info")
+@click.argument("name")
+@click.option("--image-size", default=224, show_default=True, help="Square input size.")
+def model_info(name: str, image_size: int) -> None:
+    """Parameters and forward GFLOPs per image of a named model, per part.
+
+    Names: mae_vit_base, infmae_base, dugi_mae_base, their _large and _tiny variants.
+    """
+    from pretrain.models import MODEL_NAMES, format_model_info
+    from pretrain.models import model_info as describe
+
+    if name not in MODEL_NAMES:
+        raise CliError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODEL_NAMES))}")
+    try:
+        click.echo(format_model_info(describe(name, image_size)))
+    except ValueError as err:
+        raise CliError(str(err)) from err
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="An infrared image (any format ingest reads).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
+def visualize(checkpoint: Path, image: Path, out: Path) -> None:
+    """Reconstruction grid of one image: input, masked input, prediction."""
+    from pretrain.visualize import visualize_checkpoint
+
+    click.echo(f"visualize: wrote {visualize_checkpoint(checkpoint, image, out)}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Export folder.")
+def export(checkpoint: Path, out: Path) -> None:
+    """Export a checkpoint's encoder: safetensors + timm config + model card."""
+    from pretrain.checkpoint import export_checkpoint
+
+    click.echo(f"export: wrote {export_checkpoint(checkpoint, out)}")
 
 
 if __name__ == "__main__":

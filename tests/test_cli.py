@@ -87,3 +87,21 @@ def test_console_script_is_installed():
 
     bindir = Path(sys.executable).parent
     assert shutil.which("inf590k", path=str(bindir)) is not None
+
+
+def test_pretrain_options_map_one_to_one_to_config_fields():
+    from cli import build_pretrain_command
+    from pretrain.train import option_fields
+
+    command = build_pretrain_command()
+    option_names = {param.name for param in command.params}
+    assert option_names == {field.name for _, field in option_fields()}
+
+
+def test_model_info_agrees_with_the_analytic_mae_cost():
+    result = invoke("model-info", "mae_vit_base")
+    assert result.exit_code == 0
+    total = next(line for line in result.output.splitlines() if line.startswith("total"))
+    gflops = float(total.split()[2])
+    assert abs(gflops - 19.6) / 19.6 < 0.05
+    assert invoke("model-info", "nope").exit_code == 1
