@@ -75,6 +75,33 @@ def test_overrides_switch_encoder_consistently() -> None:
     assert pred.shape == (2, 16, 256) and mask.shape == (2, 16) and torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("encoder", ["vit", "hierarchical"])
+def test_non_square_images(encoder: str) -> None:
+    model = tiny(encoder, "entropy", True, img_size=(48, 80))
+    loss, pred, mask = model(smooth_images(size=80)[..., 16:64, :])
+    assert pred.shape == (2, 15, 256) and mask.shape == (2, 15)
+    assert (mask.sum(1) == 15 - 4).all() and torch.isfinite(loss)  # keep 15 - floor(11.25)
+
+
+def test_ddg_blocks_chain_with_encoder_tokens_as_query() -> None:
+    model = tiny("hierarchical", "entropy", True, ddg_depth=3)
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for block in model.ddg.blocks:
+        block.register_forward_hook(lambda _m, args, out: seen.append((args[0], args[1], out)))
+    imgs = smooth_images()
+    with torch.no_grad():
+        model.encode(imgs)
+        patch_mask = model.mask_patches(imgs)
+        latent = model.encoder(imgs, patch_mask)
+        freq_tokens = model.ddg.frequency_tokens(imgs, patch_mask)
+    assert len(seen) == 3
+    torch.testing.assert_close(seen[0][1], freq_tokens)  # first block: frequency K/V
+    for index, (query, guide, _) in enumerate(seen):
+        torch.testing.assert_close(query, latent)  # the encoder tokens stay the query
+        if index:
+            assert guide is seen[index - 1][2]  # later blocks: the previous block's output
+
+
 def test_bad_configurations_say_what_to_do() -> None:
     with pytest.raises(ValueError, match="choose one of"):
         create_model("mae_vit_huge")

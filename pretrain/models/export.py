@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from safetensors.torch import save_file
@@ -32,8 +33,11 @@ from pretrain.models.mae import MaskedAutoencoder
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-VIT_ARCHITECTURES = {"tiny": "vit_base_patch16_224", "base": "vit_base_patch16_224",
-                     "large": "vit_large_patch16_224"}
+# timm ViT each plain-encoder size loads into (tiny: the base entry point with smaller args).
+VIT_ARCHITECTURES = MappingProxyType(
+    {"tiny": "vit_base_patch16_224", "base": "vit_base_patch16_224",
+     "large": "vit_large_patch16_224"}
+)
 
 
 def _pretrained_cfg(in_chans: int = 1, img_size: int = 224) -> dict[str, Any]:
