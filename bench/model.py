@@ -7,7 +7,7 @@ Then `dugi_mae_base` relative to `mae_vit_base`.
 CUDA (when available): bf16 images/s and model FLOP utilisation of `mae_vit_base` and
 `dugi_mae_base` at batch 256, with the card's name.
 
-    python bench/model.py [--steps 3] [--batch 8] [--gpu-batch 256] [--gpu-steps 20] [--compile]
+    python bench/model.py [--steps 3] [--batch 8] [--gpu-batch 256] [--gpu-steps 20] [--no-compile]
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="CPU batch size")
     parser.add_argument("--gpu-batch", type=int, default=256)
     parser.add_argument("--gpu-steps", type=int, default=20)
-    parser.add_argument("--compile", action="store_true", help="torch.compile on the GPU")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile the models for the GPU part (default on)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="bf16 peak of the card when it is not a known one")
     parser.add_argument("--skip-cpu", action="store_true", help="only the CUDA part")

@@ -1,4 +1,10 @@
-"""DuGI-MAE, InfMAE and MAE models with the paper's ablation switches."""
+"""DuGI-MAE, InfMAE and MAE models with the paper's ablation switches.
+
+    model = create_model("dugi_mae_base", masking="random", ddg=False)  # any ModelConfig field
+    loss, pred, mask = model(imgs)  # imgs normalised with IR_MEAN / IR_STD; mask 1 = masked
+    export_encoder(model, out_dir)  # model.safetensors + config.json, loadable through timm
+    print(format_model_info(model_info("mae_vit_base", image_size=224)))
+"""
 
 from pretrain.models.configs import IR_MEAN, IR_STD, MODEL_NAMES, ModelConfig, build_config
 from pretrain.models.export import export_encoder
