@@ -258,3 +258,29 @@ def test_sample_json_fills_nulls_by_type():
     assert meta["license"] == "" and meta["width"] == -1 and meta["entropy"] == -1.0
     assert meta["crop_box"] == [] and meta["tags"] == "" and set(meta) == set(cat.COLUMN_NAMES)
     assert io.BytesIO(sample_json(row)).read() == sample_json(row)
+
+
+def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
+    from inf590k.pipeline import BuildConfig, run_build
+    from inf590k.verify import VerifyConfig, verify
+
+    sources = tuple(
+        (f"folder:{name}", built.parent / name) for name in ("alpha", "beta")
+    )  # the folders make_build ingested
+    summary = run_build(
+        BuildConfig(
+            ingest=IngestConfig(
+                sources=sources, build=tmp_path / "build", workers=1, progress=False
+            ),
+            out=tmp_path / "ds",
+            dedupe=DedupeConfig(build=Path("ignored"), contact_groups=0),
+            shard=ShardConfig(
+                build=Path("ignored"), out=Path("ignored"), workers=1, progress=False
+            ),
+        )
+    )
+    shard(ShardConfig(build=built, out=tmp_path / "stagewise", workers=1, progress=False))
+    assert sums(tmp_path / "ds") == sums(tmp_path / "stagewise")
+    assert summary.shard.samples == 9 and summary.dedupe.kept == 9
+    assert str(summary).startswith("build: 10 files -> 9 kept (1 duplicates) -> 9 samples")
+    assert verify(VerifyConfig(dataset=tmp_path / "ds", workers=1, progress=False)).ok
