@@ -438,7 +438,7 @@ def write_report(
     }
     report_dir.mkdir(parents=True, exist_ok=True)
     tmp = report_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
+    tmp.write_text(json.dumps(report, separators=(",", ":")))  # indent would use the slow encoder
     tmp.replace(report_dir / "report.json")
     return report
 

@@ -284,3 +284,25 @@ def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
     assert summary.shard.samples == 9 and summary.dedupe.kept == 9
     assert str(summary).startswith("build: 10 files -> 9 kept (1 duplicates) -> 9 samples")
     assert verify(VerifyConfig(dataset=tmp_path / "ds", workers=1, progress=False)).ok
+
+
+def test_dedupe_against_a_built_dataset(built, tmp_path):
+    """Incremental build: a new source already present in a published dataset is dropped."""
+    shard(ShardConfig(build=built, out=tmp_path / "published", workers=1, progress=False))
+    new_build = tmp_path / "new"
+    ingest(
+        IngestConfig(
+            sources=(("folder:beta", built.parent / "beta"),),
+            build=new_build,
+            workers=1,
+            progress=False,
+        )
+    )
+    summary = dedupe(
+        DedupeConfig(build=new_build, against=(tmp_path / "published",), contact_groups=0)
+    )
+    rows = cat.read_catalog(new_build).to_pylist()
+    assert len(rows) == 5 and summary.outside_matches == 5 and summary.kept == 0
+    assert all(
+        r["status"] == "duplicate" and r["reason"].startswith("already in published/") for r in rows
+    )
