@@ -1,6 +1,6 @@
 """Near-duplicate search benchmark: multi-index hashing vs faiss IndexBinaryFlat.
 
-    python bench/dedupe.py                     # 1M codes, radius 8, faiss timed on 100K
+    python bench/dedupe.py                     # 1M codes, radius 8, faiss timed on 200K
     python bench/dedupe.py --faiss-full        # faiss on the full 1M too (several minutes)
     python bench/dedupe.py --measure-radius ../shared/ir-samples   # the default-radius table
 
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--radius", type=int, default=DEFAULT_RADIUS)
     parser.add_argument("--threads", type=int, default=2, help="faiss OpenMP threads")
     parser.add_argument("--faiss-full", action="store_true", help="time faiss on all N codes")
-    parser.add_argument("--faiss-subset", type=int, default=100_000)
+    parser.add_argument("--faiss-subset", type=int, default=200_000)
     parser.add_argument("--check-n", type=int, default=50_000)
     parser.add_argument(
         "--measure-radius", type=Path, metavar="SAMPLES", help="print the radius table"

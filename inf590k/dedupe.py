@@ -166,8 +166,20 @@ def load_outside_set(path: Path) -> OutsideSet:
 # ----------------------------------------------------------------------------- grouping
 
 
-def _near_edges(prints: Fingerprints, radius: int, dhash_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate index pairs within the pHash radius (and dHash confirmation when on)."""
+def _near_edges(
+    prints: Fingerprints, radius: int, dhash_max: int, hashed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate index pairs within the pHash radius (and dHash confirmation when on).
+
+    Only rows with a pHash (`hashed`, [N] bool) take part.
+    """
+    rows = np.flatnonzero(hashed)
+    prints = Fingerprints(
+        tuple(prints.labels[r] for r in rows),
+        tuple(prints.pixel_sha256[r] for r in rows),
+        prints.phash[rows],
+        prints.dhash[rows],
+    )
     if dhash_max >= 0:
         keys = np.stack([prints.phash, prints.dhash], axis=1)  # [N, 2]
         unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
@@ -184,13 +196,17 @@ def _near_edges(prints: Fingerprints, radius: int, dhash_max: int) -> tuple[np.n
     if dhash_max >= 0:
         confirmed = np.bitwise_count(prints.dhash[i] ^ prints.dhash[j]) <= dhash_max
         i, j = i[confirmed], j[confirmed]
-    return np.concatenate([same_i, i]), np.concatenate([same_j, j])
+    return rows[np.concatenate([same_i, i])], rows[np.concatenate([same_j, j])]
 
 
 def _exact_edges(prints: Fingerprints) -> tuple[np.ndarray, np.ndarray]:
-    digests = np.array(prints.pixel_sha256, dtype=object)
-    _, first, inverse = np.unique(digests.astype(str), return_index=True, return_inverse=True)
-    return first[inverse.ravel()], np.arange(len(digests))
+    """Each row joined to the first row with the same pixel sha256 (rows without one: none)."""
+    encoded = pa.array(prints.pixel_sha256, type=pa.string()).dictionary_encode()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)  # [N], NaN where null
+    rows = np.flatnonzero(~np.isnan(codes)) if codes.dtype.kind == "f" else np.arange(len(codes))
+    codes = codes[rows].astype(np.int64)
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    return rows[first[inverse.ravel()]], rows
 
 
 def priority_rank(sources: Iterable[str], priority: tuple[str, ...]) -> dict[str, int]:
@@ -221,7 +237,8 @@ def group_rows(
     prints = fingerprints_of_rows(candidates)
     n = len(prints.labels)
     exact_i, exact_j = _exact_edges(prints)
-    near_i, near_j = _near_edges(prints, radius, dhash_max)
+    hashed = np.array([bool(h) for h in candidates.column("phash").to_pylist()], dtype=bool)
+    near_i, near_j = _near_edges(prints, radius, dhash_max, hashed)
     rows = np.concatenate([exact_i, near_i])
     cols = np.concatenate([exact_j, near_j])
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
@@ -235,7 +252,7 @@ def group_rows(
     kept = by_rank[best[labels]]
     sizes = np.bincount(labels)[labels]
     digests = np.array(prints.pixel_sha256, dtype=object)
-    exact = digests == digests[kept]
+    exact = (digests == digests[kept]) & np.array([d is not None for d in digests], dtype=bool)
     return _Groups(labels=labels, kept=kept, sizes=sizes, exact=exact)
 
 

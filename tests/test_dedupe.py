@@ -220,3 +220,13 @@ def test_decontamination_against_an_evaluation_folder(tmp_path, ir_samples):
         assert rows[train_name]["reason"].startswith(f"decontamination: matches eval/{eval_name}")
     assert summary.outside_matches == 4 and summary.kept == len(ORIGINALS) - 4
     assert pq.read_table(build / "catalog").num_rows == len(ORIGINALS)
+
+
+def test_rows_without_hashes_never_join_a_group(tmp_path):
+    rows = [catalog_row(f"n{i}", "alpha", 0) for i in range(3)]
+    for row in rows:
+        row.update(phash=None, dhash=None, pixel_sha256=None)
+    write_rows(tmp_path, rows + [catalog_row("z", "alpha", 0)])
+    summary = dedupe(DedupeConfig(build=tmp_path, contact_groups=0))
+    assert summary.kept == 4 and summary.groups == 0
+    assert {r["dup_group"] for r in by_uid(tmp_path).values()} == {-1}
