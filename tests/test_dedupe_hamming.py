@@ -39,6 +39,7 @@ def test_radius_pairs_equal_brute_force(radius: int) -> None:
     assert_same_pairs(radius_pairs(codes, radius), expected)
 
 
+@pytest.mark.slow
 def test_larger_set_uses_wide_blocks_and_stays_exact() -> None:
     codes = planted_codes(30000, 8, seed=1)
     assert plan_blocks(30000, 30000, 8).num_blocks >= 3
