@@ -48,6 +48,9 @@ class DedupeConfig:
     against: tuple[Path, ...] = ()  # build folders, datasets or folders of evaluation images
     priority: tuple[str, ...] = ()  # source ids preferred when resolutions tie, best first
     contact_groups: int = 12  # largest groups drawn in the contact sheet; 0: no sheet
+    feature_model: Path | None = None  # optional: a timm model folder for embedding dedupe
+    feature_threshold: float = 0.85  # cosine similarity above which embeddings are duplicates
+    feature_device: str = "cpu"
 
 
 @dataclass
@@ -232,15 +235,20 @@ def keep_order(table: pa.Table, priority: tuple[str, ...]) -> np.ndarray:
 
 
 def group_rows(
-    candidates: pa.Table, radius: int, dhash_max: int, priority: tuple[str, ...]
+    candidates: pa.Table,
+    radius: int,
+    dhash_max: int,
+    priority: tuple[str, ...],
+    extra_edges: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> _Groups:
     prints = fingerprints_of_rows(candidates)
     n = len(prints.labels)
     exact_i, exact_j = _exact_edges(prints)
     hashed = np.array([bool(h) for h in candidates.column("phash").to_pylist()], dtype=bool)
     near_i, near_j = _near_edges(prints, radius, dhash_max, hashed)
-    rows = np.concatenate([exact_i, near_i])
-    cols = np.concatenate([exact_j, near_j])
+    extra_i, extra_j = extra_edges if extra_edges is not None else (near_i[:0], near_j[:0])
+    rows = np.concatenate([exact_i, near_i, extra_i])
+    cols = np.concatenate([exact_j, near_j, extra_j])
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     rank = keep_order(candidates, priority)
@@ -310,7 +318,8 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)
     )
     candidates = table.take(pa.array(ok_index))
-    groups = group_rows(candidates, config.radius, config.dhash_max, config.priority)
+    feature_edges = _feature_edges(build, candidates, config) if config.feature_model else None
+    groups = group_rows(candidates, config.radius, config.dhash_max, config.priority, feature_edges)
     prints = fingerprints_of_rows(candidates)
 
     outside_match: dict[int, _Match] = {}
@@ -351,7 +360,12 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
             reason[row] = f"duplicate of {kept_uid} (exact pixels)"
         else:
             near_count += 1
-            reason[row] = f"near duplicate of {kept_uid} (pHash distance {distances[index]})"
+            if feature_edges is not None and distances[index] > config.radius:
+                reason[row] = (
+                    f"similar to {kept_uid} (encoder features; pHash distance {distances[index]})"
+                )
+            else:
+                reason[row] = f"near duplicate of {kept_uid} (pHash distance {distances[index]})"
     table = _with_columns(table, status=status, reason=reason, dup_group=dup_group)
     cat.write_catalog(build, table)
 
@@ -374,6 +388,24 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         seconds=time.perf_counter() - started,
         report=report_dir / "report.json",
     )
+
+
+def _feature_edges(
+    build: Path, candidates: pa.Table, config: DedupeConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of candidates whose encoder embeddings are more similar than the threshold."""
+    from inf590k.features import FeatureConfig, embed, similar_pairs
+    from inf590k.ingest import load_stored_pixels
+
+    rows = candidates.to_pylist()
+    features = FeatureConfig(
+        model_dir=Path(config.feature_model),
+        threshold=config.feature_threshold,
+        device=config.feature_device,
+    )
+    embeddings = embed((load_stored_pixels(build, row) for row in rows), len(rows), features)
+    i, j, _ = similar_pairs(embeddings, config.feature_threshold)
+    return i, j
 
 
 def _contaminated_reason(
@@ -440,6 +472,8 @@ def write_report(
     report = {
         "radius": config.radius,
         "dhash_max": config.dhash_max,
+        "feature_model": str(config.feature_model) if config.feature_model else None,
+        "feature_threshold": config.feature_threshold if config.feature_model else None,
         "keep_rule": "largest width*height, then source priority, then uid",
         "priority": list(config.priority),
         "candidates": len(candidates),
