@@ -313,6 +313,9 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
     started = time.perf_counter()
     build = Path(config.build)
     table = _reset_previous_dedupe(cat.read_catalog(build))
+    for path in config.against:
+        if Path(path).resolve() == build.resolve():
+            raise ValueError(f"--against {path} is the build itself: pass another build or dataset")
     outside = [load_outside_set(p) for p in config.against]
     ok_index = np.flatnonzero(
         pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)

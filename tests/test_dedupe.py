@@ -136,6 +136,8 @@ def test_bad_input_says_what_to_do(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no readable images"):
         dedupe(DedupeConfig(build=tmp_path, against=(tmp_path / "empty",)))
+    with pytest.raises(ValueError, match="the build itself"):
+        dedupe(DedupeConfig(build=tmp_path, against=(tmp_path,)))
     with pytest.raises(FileNotFoundError, match="inf590k ingest"):
         dedupe(DedupeConfig(build=tmp_path / "nothing"))
 
