@@ -272,7 +272,7 @@ def dataset_card(numbers: dict) -> str:
         f"shards, one folder per resolution bin. Each sample holds `{{uid}}.png` (lossless, "
         "1 channel), `{uid}.json` (its catalog row) and `{uid}.cls` (the source index).",
         "",
-        f"Built from {total['found']:,} files of {len(numbers['sources'])} public sources: "
+        f"Built from {total['found']:,} files of {len(numbers['sources'])} sources: "
         f"{total['kept']:,} kept, {total['duplicate']:,} duplicates removed, "
         f"{total['rejected']:,} rejected, {total['excluded']:,} excluded (not IR images).",
         "",
