@@ -184,6 +184,201 @@ def ingest(source_values, manifest_files, build_dir, workers, **policy_values) -
     click.echo(str(summary))
 
 
+# ----------------------------------------------------------------------------- dedupe, bin, shard
+
+
+def apply_options(specs: list[tuple[str, dict]]):
+    """Declare options from (flag, click.option keyword arguments) specs."""
+    def decorate(func):
+        for flag, kwargs in reversed(specs):
+            func = click.option(flag, **kwargs)(func)
+        return func
+
+    return decorate
+
+
+def pick(options: dict, specs: list[tuple[str, dict]]) -> dict:
+    """The values of the options that `specs` declares."""
+    names = [flag.lstrip("-").replace("-", "_") for flag, _ in specs]
+    return {name: options[name] for name in names}
+
+
+def parse_edges(value: str, kind: type, name: str) -> tuple:
+    try:
+        edges = tuple(kind(x) for x in value.split(","))
+    except ValueError as err:
+        raise click.BadParameter(f"--{name} {value!r}: write increasing numbers separated by commas") from err
+    if list(edges) != sorted(set(edges)):
+        raise click.BadParameter(f"--{name} {value!r}: the edges must increase")
+    return edges
+
+
+DEDUPE_OPTIONS = [
+    ("--radius", dict(default=8, show_default=True,
+                 help="pHash Hamming distance up to which two images are near duplicates (see README).")),
+    ("--dhash-max", dict(default=-1, show_default=True,
+                 help="Also require dHash distance <= this for a near pair (-1: off).")),
+    ("--against", dict(multiple=True, type=click.Path(exists=True, path_type=Path),
+                 help="A build folder, a built dataset, or a folder of evaluation images: matches are "
+                      "dropped (incremental builds, decontamination). Repeatable.")),
+    ("--priority", dict(multiple=True, metavar="SOURCE",
+                 help="Source ids kept first when resolutions tie, best first. Repeatable.")),
+    ("--contact-groups", dict(default=12, show_default=True, help="Largest groups in the contact sheet (0: none).")),
+    ("--feature-model", dict(type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+                 help="Also dedupe by embedding cosine similarity, with this exported encoder (off by default).")),
+    ("--feature-threshold", dict(default=0.85, show_default=True, help="Cosine similarity of feature duplicates.")),
+    ("--feature-device", dict(default="cpu", show_default=True, help="Device for --feature-model.")),
+]
+BIN_OPTIONS = [
+    ("--short-edges", dict(default="256,384,512,768", show_default=True, help="Short-side class edges, px.")),
+    ("--aspect-edges", dict(default="1.15,1.5,2.0", show_default=True, help="Aspect (long/short) class edges.")),
+]
+SHARD_OPTIONS = [
+    ("--max-count", dict(default=10_000, show_default=True, help="Samples per shard at most.")),
+    ("--max-size", dict(default=1_000_000_000, show_default=True, help="Bytes per shard at most (estimate).")),
+    ("--keep-16bit", dict(is_flag=True, help="Write 16-bit PNGs for sources that had 16-bit frames.")),
+    ("--png-level", dict(default=1, show_default=True, help="PNG zlib level (0-9): encoding dominates the build.")),
+    ("--seed", dict(default=0, show_default=True, help="Seed of the sample order inside each bin.")),
+    ("--split", dict(default="train", show_default=True, help="Split name in _info.json.")),
+    ("--name", dict(default="inf590k", show_default=True, help="Dataset name in _info.json.")),
+]
+
+
+def dedupe_config(build, radius, dhash_max, against, priority, contact_groups, feature_model,
+                  feature_threshold, feature_device):
+    from inf590k.dedupe import DedupeConfig
+
+    return DedupeConfig(build=build, radius=radius, dhash_max=dhash_max, against=tuple(against),
+                        priority=tuple(priority), contact_groups=contact_groups, feature_model=feature_model,
+                        feature_threshold=feature_threshold, feature_device=feature_device)
+
+
+def bin_config(build, short_edges, aspect_edges):
+    from inf590k.bins import BinConfig
+
+    return BinConfig(build=build, short_edges=parse_edges(short_edges, int, "short-edges"),
+                     aspect_edges=parse_edges(aspect_edges, float, "aspect-edges"))
+
+
+def shard_config(build, out, workers, max_count, max_size, keep_16bit, png_level, seed, split, name):
+    from inf590k.shard import ShardConfig
+
+    return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size, keep_16bit=keep_16bit,
+                       png_level=png_level, seed=seed, split=split, name=name, workers=workers,
+                       progress=sys.stderr.isatty())
+
+
+BUILD_DIR = click.option("--build", "build_dir", required=True, type=click.Path(path_type=Path),
+                         help="Build directory (holds the catalog).")
+
+
+def run_stage(func, config):
+    try:
+        return func(config)
+    except (ManifestError, KeyError, ValueError, FileNotFoundError) as err:
+        raise CliError(str(err).strip("'\"")) from err
+
+
+@main.command()
+@BUILD_DIR
+@apply_options(DEDUPE_OPTIONS)
+def dedupe(build_dir, **options) -> None:
+    """Mark exact (pixel sha256) and near (pHash radius) duplicates, within and across sources."""
+    from inf590k.dedupe import dedupe as run_dedupe
+
+    click.echo(str(run_stage(run_dedupe, dedupe_config(build_dir, **options))))
+
+
+@main.command("bin")
+@BUILD_DIR
+@apply_options(BIN_OPTIONS)
+def bin_command(build_dir, **options) -> None:
+    """Put every kept image in a resolution bin (short side x aspect ratio)."""
+    from inf590k.bins import bin_catalog
+
+    click.echo(str(run_stage(bin_catalog, bin_config(build_dir, **options))))
+
+
+@main.command()
+@BUILD_DIR
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
+@click.option("--workers", default=0, show_default="one per core")
+@apply_options(SHARD_OPTIONS)
+def shard(build_dir, out, workers, **options) -> None:
+    """Write deterministic WebDataset tar shards, one folder per bin, with index files."""
+    from inf590k.shard import shard as run_shard
+
+    click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options))))
+
+
+@main.command()
+@click.option("--source", "source_values", multiple=True, required=True, metavar="ID=PATH",
+              help="A source id and its folder or archive (as for ingest). Repeatable.")
+@click.option("--manifest", "manifest_files", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Your own manifest YAML. Repeatable.")
+@BUILD_DIR
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
+@click.option("--workers", default=0, show_default="one per core")
+@policy_options
+@apply_options(DEDUPE_OPTIONS)
+@apply_options(BIN_OPTIONS)
+@apply_options(SHARD_OPTIONS)
+def build(source_values, manifest_files, build_dir, out, workers, **options) -> None:
+    """Ingest -> dedupe -> bin -> shard in one command (each stage resumable)."""
+    from inf590k.ingest import IngestConfig
+    from inf590k.pipeline import BuildConfig, run_build
+
+    policy_keys = ("min_side", "max_pixels", "grey_tolerance", "allow_colour", "stretch", "no_border_crop")
+    config = BuildConfig(
+        ingest=IngestConfig(sources=tuple(parse_source(v) for v in source_values), build=build_dir,
+                            manifests=tuple(manifest_files), workers=workers,
+                            policy=make_policy(**{k: options[k] for k in policy_keys}),
+                            progress=sys.stderr.isatty()),
+        out=out,
+        dedupe=dedupe_config(build_dir, **pick(options, DEDUPE_OPTIONS)),
+        bins=bin_config(build_dir, **pick(options, BIN_OPTIONS)),
+        shard=shard_config(build_dir, out, workers, **pick(options, SHARD_OPTIONS)),
+    )
+    summary = run_stage(run_build, config)
+    click.echo(str(summary.ingest))
+    click.echo(str(summary.dedupe))
+    click.echo(str(summary.bins))
+    click.echo(str(summary.shard))
+    click.echo(str(summary))
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--hashes-only", is_flag=True, help="Only re-hash the shards; do not re-read every sample.")
+@click.option("--workers", default=0, show_default="one per core")
+def verify(dataset: Path, hashes_only: bool, workers: int) -> None:
+    """Check a dataset: shard hashes, counts, sidecars, every sample readable. Exit 1 on damage."""
+    from inf590k.verify import VerifyConfig
+    from inf590k.verify import verify as run_verify
+
+    result = run_verify(VerifyConfig(dataset=dataset, decode=not hashes_only, workers=workers,
+                                     progress=sys.stderr.isatty()))
+    for problem in result.problems:
+        click.echo(f"problem: {problem}", err=True)
+    click.echo(str(result))
+    if not result.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Report folder (default: DATASET/report).")
+@click.option("--grid-samples", default=32, show_default=True, help="Images in the sample grid.")
+@click.option("--seed", default=0, show_default=True)
+def report(dataset: Path, out: Path | None, grid_samples: int, seed: int) -> None:
+    """Counts per source and reason, histograms, bins table, sample grid, dataset card draft."""
+    from inf590k.report import ReportConfig
+    from inf590k.report import report as run_report
+
+    click.echo(str(run_stage(run_report, ReportConfig(dataset=dataset, out=out, grid_samples=grid_samples, seed=seed))))
+
+
 # ----------------------------------------------------------------------------- synth
 
 

@@ -105,3 +105,26 @@ def test_model_info_agrees_with_the_analytic_mae_cost():
     gflops = float(total.split()[2])
     assert abs(gflops - 19.6) / 19.6 < 0.05
     assert invoke("model-info", "nope").exit_code == 1
+
+
+def test_build_verify_report_chain_and_verify_failure(tmp_path, ir_samples):
+    synth = invoke("synth", "--layout", "sirst", "--out", tmp_path / "sirst", "--count", 10, "--scale", 0.5)
+    assert synth.exit_code == 0, synth.output
+    result = invoke("build", "--build", tmp_path / "b", "--out", tmp_path / "ds", "--workers", 1,
+                    "--source", f"sirst={tmp_path / 'sirst'}", "--source", f"roadscene={ir_samples / 'roadscene'}")
+    assert result.exit_code == 0, result.output
+    assert "build: " in result.output and "samples in" in result.output
+    assert invoke("verify", tmp_path / "ds").exit_code == 0
+    reported = invoke("report", tmp_path / "ds")
+    assert reported.exit_code == 0 and (tmp_path / "ds" / "report" / "dataset_card.md").exists()
+    tar = sorted((tmp_path / "ds").rglob("*.tar"))[0]
+    data = bytearray(tar.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    broken = CliRunner().invoke(main, ["verify", str(tmp_path / "ds")])
+    assert broken.exit_code == 1 and tar.name in broken.output
+
+
+def test_bin_rejects_decreasing_edges(tmp_path):
+    result = invoke("bin", "--build", tmp_path, "--short-edges", "512,256")
+    assert result.exit_code == 2 and "increase" in result.output
