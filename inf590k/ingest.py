@@ -345,9 +345,15 @@ def _init_worker() -> None:
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes; fork where available (no re-import: starts in milliseconds)."""
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
+    """Worker processes forked from a clean server process that has imported ingest once.
+
+    Plain fork would copy the caller's threads' locks (OpenCV's pool, torch, tqdm) and can
+    deadlock; spawn would re-import OpenCV/imagehash/pyarrow in every worker of every run.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["inf590k.ingest"])
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
 
@@ -442,7 +448,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
     total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
     started = time.perf_counter()
     decoded = 0
-    pool = make_pool(workers) if workers > 1 and total else None  # before tqdm starts a thread
+    pool = make_pool(workers) if workers > 1 and total else None
     try:
         with tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
             for job, chunks, todo in plans:
