@@ -24,7 +24,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
-	$(PY) -m inf590k.demo --out $(DEMO_DIR) $(if $(DEMO_EXTRA),--extra $(DEMO_EXTRA))
+	$(BIN)/inf590k demo --out $(DEMO_DIR) $(foreach source,$(DEMO_EXTRA),--extra $(source))
 
 bench: install
 	for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

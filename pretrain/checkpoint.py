@@ -70,7 +70,7 @@ def parameter_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters()):
         digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

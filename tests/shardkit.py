@@ -7,20 +7,17 @@ Each sample is `{uid}.png` (1-channel, 8- or 16-bit), `{uid}.json` (a catalog ro
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import io
 import json
 import socket
 import tarfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from inf590k.serve import serve_folder  # noqa: F401  (re-exported for the tests)
 
 FIXED_MTIME = 1_700_000_000
 
@@ -129,26 +126,6 @@ def corrupt_copy(source: Path, target: Path, keep_fraction: float = 0.4) -> Path
     cut = int(len(data) * keep_fraction)
     target.write_bytes(data[:cut] + b"\x8b" * 3000)
     return target
-
-
-@contextlib.contextmanager
-def serve_folder(folder: Path) -> Iterator[str]:
-    """Serve `folder` over real HTTP on 127.0.0.1 (free port) in a thread; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(folder))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        pass
 
 
 def closed_port() -> int:

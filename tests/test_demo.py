@@ -1,0 +1,37 @@
+"""The demo's chain at reduced size: a broken stage anywhere fails here."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+import timm
+from click.testing import CliRunner
+
+import pretrain  # noqa: F401  (registers the encoders with timm)
+from cli import main
+
+
+@pytest.mark.slow
+def test_demo_chain_end_to_end(tmp_path, ir_samples):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        main,
+        ["demo", "--out", str(out), "--frames", "8", "--steps", "4",
+         "--extra", f"hit_uav={ir_samples / 'hit-uav'}"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "verify: OK" in result.output
+    catalog = pq.read_table(out / "build" / "catalog")
+    assert set(catalog.column("source").to_pylist()) == {"sirst", "llvip", "flir_adas_v2", "kaist", "hit_uav"}
+    info = json.loads((out / "dataset" / "_info.json").read_text())
+    assert info["splits"]["train"]["num_samples"] > 60
+    metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 4
+    assert (out / "reconstruction.png").stat().st_size > 0
+    exported = next((out / "export").rglob("*.safetensors"))
+    model = timm.create_model("dugi_mae_tiny", pretrained=True, features_only=True,
+                              pretrained_cfg_overlay=dict(file=str(exported)))
+    assert len(model.feature_info.channels()) == 4
