@@ -170,3 +170,26 @@ def test_three_channel_input_uses_first_channel() -> None:
     rgb = grey.expand(-1, 3, -1, -1).clone()
     rgb[:, 1:] = 0.0  # other channels must not matter
     assert torch.equal(entropy_masking(grey, PATCH, 0.75).mask, entropy_masking(rgb, PATCH, 0.75).mask)
+
+
+def test_equal_entropy_patches_tie_break_by_index():
+    """Patches whose histograms hold the same counts at other levels have bit-equal entropy.
+
+    A float sum over the 256 bins in level order would differ in the last bit between such
+    patches, and rounding noise, not the patch index, would choose the visible ones.
+    """
+    import torch
+
+    from pretrain.models.masking import entropy_masking, patch_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    counts = [37, 29, 23, 19, 17, 13, 11, 31, 41, 35]  # 256 pixels per 16x16 patch
+    patches = []
+    for _ in range(16):
+        levels = torch.randperm(256, generator=generator)[: len(counts)]
+        values = torch.cat([torch.full((c,), int(level)) for c, level in zip(counts, levels, strict=True)])
+        patches.append(values[torch.randperm(256, generator=generator)].reshape(16, 16))
+    grid = torch.stack(patches).reshape(4, 4, 16, 16).permute(0, 2, 1, 3).reshape(64, 64)  # [64, 64]
+    assert torch.unique(patch_entropy(grid[None], 16)).numel() == 1
+    imgs = ((grid.float() / 255 - 0.425) / 0.2)[None, None]  # [1, 1, 64, 64] normalised
+    assert entropy_masking(imgs, 16, 0.75).ids_keep.tolist() == [[12, 13, 14, 15]]

@@ -60,6 +60,10 @@ def patch_entropy(levels: Tensor, patch_size: int) -> Tensor:
         (*pixels.shape[:2], INTENSITY_LEVELS), device=levels.device, dtype=torch.float32
     )
     counts.scatter_add_(2, pixels, torch.ones_like(pixels, dtype=torch.float32))  # [N, L, 256]
+    # Sorted counts make the float sum's order depend only on the histogram's multiset, so
+    # patches with equal entropy get bit-equal values and the stable argsort breaks the tie
+    # by patch index (otherwise rounding noise would pick).
+    counts = counts.sort(dim=-1).values
     probs = counts / pixels.shape[-1]
     # xlogy gives 0 * log 0 = 0 for empty bins.
     return -torch.special.xlogy(probs, probs).sum(-1) / math.log(2.0)  # [N, L]
