@@ -56,6 +56,8 @@ DRONEVEHICLE_BORDER = 100  # px of white frame on every side, kept at any `scale
 RAW_14BIT_MAX = (1 << 14) - 1  # 16-bit files hold 14-bit data, like FLIR raw frames
 MIN_SIDE = 16
 PARALLEL_MIN_FRAMES = 200  # frames per worker process below which one process is faster
+# MSRS segmentation labels hold class ids (0 background, 1 car, 2 person, ... 8 bump).
+MSRS_CLASS_IDS = types.MappingProxyType({"vehicle": 1, "person": 2})
 
 # What a written file is; the manifest of the layout must include the first three kinds and
 # exclude all the others (by a named rule).
@@ -149,7 +151,7 @@ class SynthSummary:
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # person | vehicle | point
+    kind: str  # person | vehicle | point | extended (small-target sets)
     x: float  # centre, fraction of width
     y: float  # centre, fraction of height
     w: float  # size, fraction of width
@@ -222,6 +224,29 @@ def _random_targets(rng: np.random.Generator, view: str, horizon: float) -> tupl
     return tuple(targets)
 
 
+def _small_targets(rng: np.random.Generator) -> tuple[Target, ...]:
+    """1-4 hot targets as small-target sets (SIRST, IRSTD-1k, NUDT-SIRST) have them.
+
+    Points are round, 2-5 px on a 256-px frame; extended targets (aircraft, ships) are
+    tilted ellipses up to ~15 px long. Sizes are fractions of the shorter frame side.
+    """
+    targets = []
+    for _ in range(int(rng.integers(1, 5))):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = float(rng.uniform(0.06, 0.94)), float(rng.uniform(0.06, 0.9))
+        if rng.random() < 0.5:
+            kind, angle = "point", 0.0
+            w = h = float(rng.uniform(0.008, 0.02))
+        else:
+            kind, angle = "extended", float(rng.uniform(0, 180))
+            w = float(rng.uniform(0.025, 0.06))
+            h = w * float(rng.uniform(0.35, 0.8))
+        heat = float(rng.uniform(0.2, 0.6))
+        vx, vy = (float(v) for v in rng.normal(0, 0.004, 2))
+        targets.append(Target(kind, x, y, w, h, angle, heat, vx, vy, colour))
+    return tuple(targets)
+
+
 def _ground_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     """A saturated green-to-brown BGR colour (never near-grey, so pairs are clearly colour)."""
     hsv = np.array([[[rng.integers(10, 80), rng.integers(130, 230), rng.integers(80, 170)]]], np.uint8)
@@ -229,9 +254,11 @@ def _ground_colour(rng: np.random.Generator) -> tuple[int, int, int]:
 
 
 def random_scene(rng: np.random.Generator, view: str) -> Scene:
-    """A random scene seen from `view`: ground, aerial, sky, or background (sky, no target)."""
+    """A random scene seen from `view`: ground, aerial, sky, background (sky, no target), or
+    small_targets (sky with the point and extended targets of infrared small-target sets)."""
     empty = view == "background"
-    view = "sky" if empty else view
+    small = view == "small_targets"
+    view = "sky" if empty or small else view
     if view == "ground":
         horizon = float(rng.uniform(0.25, 0.55))
     elif view == "sky":
@@ -248,7 +275,7 @@ def random_scene(rng: np.random.Generator, view: str) -> Scene:
         row_pattern=rng.standard_normal(256, dtype=np.float32),
         vignette=float(rng.uniform(0.05, 0.25)),
         noise_sigma=float(rng.uniform(0.006, 0.02)),
-        targets=() if empty else _random_targets(rng, view, horizon),
+        targets=() if empty else _small_targets(rng) if small else _random_targets(rng, view, horizon),
         ground_colour=_ground_colour(rng),
     )
 
@@ -264,6 +291,9 @@ def _geometry(target: Target, t: int, width: int, height: int) -> tuple[float, f
     if target.kind == "point":  # round whatever the frame's aspect
         side = max(1.5, target.w * min(width, height))
         return fx * width, fy * height, side, side
+    if target.kind == "extended":  # keeps its shape whatever the frame's aspect
+        short = min(width, height)
+        return fx * width, fy * height, max(1.5, target.w * short), max(1.5, target.h * short)
     return fx * width, fy * height, max(1.5, target.w * width), max(1.5, target.h * height)
 
 
@@ -274,6 +304,11 @@ def target_box(target: Target, t: int, width: int, height: int) -> tuple[int, in
         corners = cv2.boxPoints(((cx, cy), (w, h), target.angle))  # [4, 2]
         x0, y0 = corners.min(axis=0)
         x1, y1 = corners.max(axis=0)
+    elif target.kind == "extended":  # half extents of a tilted ellipse
+        theta = np.deg2rad(target.angle)
+        half_w = float(np.hypot(w / 2 * np.cos(theta), h / 2 * np.sin(theta)))
+        half_h = float(np.hypot(w / 2 * np.sin(theta), h / 2 * np.cos(theta)))
+        x0, y0, x1, y1 = cx - half_w, cy - half_h, cx + half_w, cy + half_h
     else:
         x0, x1, y1 = cx - w / 2, cx + w / 2, cy + h / 2
         y0 = cy - h * 0.55 - w * 0.35 if target.kind == "person" else cy - h / 2
@@ -413,7 +448,8 @@ class FramePlan:
     view: str = "ground"
     storage: str = "grey"  # grey | grey3 | rgba | palette (how the IR pixels are stored)
     visible: tuple[tuple[str, float], ...] = ()  # (relpath, size factor) of colour halves
-    mask: str = ""  # binary target mask (PNG)
+    mask: str = ""  # target mask (PNG): 255 on targets, or class ids (`class_mask`)
+    class_mask: bool = False  # MSRS: label pixels with the class id of their target
     labels: tuple[tuple[str, str], ...] = ()  # (relpath, format: voc | txt)
     copies: tuple[tuple[str, str], ...] = ()  # (relpath, kind) byte-identical copies
     uncropped: str = ""  # full frame of which `ir` is a crop (RoadScene's infrared/)
@@ -447,7 +483,7 @@ def _plan_sirst(config: SynthConfig, rng: np.random.Generator) -> Iterator[Frame
         size = _scaled((int(rng.integers(209, 457)), int(rng.integers(157, 350))), config)
         storage = "grey" if config.bit_depth == 16 else storages[i % len(storages)]
         yield FramePlan(
-            ir=f"images/{name}.png", size=size, scene_id=i, view="sky", storage=storage,
+            ir=f"images/{name}.png", size=size, scene_id=i, view="small_targets", storage=storage,
             mask=f"masks/{name}_pixels0.png", labels=((f"masks/{name}.xml", "voc"),),
         )
 
@@ -472,7 +508,8 @@ def _plan_nudt_sirst(config: SynthConfig, rng: np.random.Generator) -> Iterator[
     size = _scaled((256, 256), config)
     for i in range(config.count):
         name = f"{i + 1:06d}"
-        yield FramePlan(ir=f"NUDT-SIRST/images/{name}.png", size=size, scene_id=i, view="sky",
+        yield FramePlan(ir=f"NUDT-SIRST/images/{name}.png", size=size, scene_id=i,
+                        view="small_targets",
                         mask=f"NUDT-SIRST/masks/{name}.png")
 
 
@@ -481,7 +518,7 @@ def _plan_irstd1k(config: SynthConfig, rng: np.random.Generator) -> Iterator[Fra
     for i in range(config.count):
         name = f"XDU{i}"
         yield FramePlan(ir=f"IRSTD-1k/IRSTD1k_Img/{name}.png", size=size, scene_id=i,
-                        view="sky", mask=f"IRSTD-1k/IRSTD1k_Label/{name}.png")
+                        view="small_targets", mask=f"IRSTD-1k/IRSTD1k_Label/{name}.png")
 
 
 def _plan_roadscene(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
@@ -573,7 +610,7 @@ def _plan_msrs(config: SynthConfig, rng: np.random.Generator) -> Iterator[FrameP
         yield FramePlan(
             ir=f"{split}/ir/{name}", size=size, scene_id=i,
             visible=((f"{split}/vi/{name}", 1.0),),
-            mask=f"{split}/Segmentation_labels/{name}", split=split,
+            mask=f"{split}/Segmentation_labels/{name}", class_mask=True, split=split,
         )
 
 
@@ -731,10 +768,12 @@ def _txt_boxes(boxes: list[tuple[str, tuple]]) -> bytes:
     return ("% bbGt version=3\n" + "".join(line + "\n" for line in lines)).encode()
 
 
-def _mask(scene: Scene, t: int, width: int, height: int) -> np.ndarray:
+def _mask(scene: Scene, t: int, width: int, height: int, class_mask: bool = False) -> np.ndarray:
+    """Targets drawn as 255, or as their MSRS class id (car 1, person 2) with `class_mask`."""
     mask = np.zeros((height, width), np.uint8)
     for target in scene.targets:
-        _draw_target(mask, target, t, 255)
+        value = MSRS_CLASS_IDS.get(target.kind, 255) if class_mask else 255
+        _draw_target(mask, target, t, value)
     return mask
 
 
@@ -837,7 +876,8 @@ def _write_frame(writer: _Writer, config: SynthConfig, plan: FramePlan, scene: S
         colour = _with_border(render_visible(scene, plan.t, *size, frame_rng), plan.border)
         writer.write(relpath, _encode(colour, relpath), KIND_VISIBLE)
     if plan.mask:
-        writer.write(plan.mask, _encode(_mask(scene, plan.t, width, height), plan.mask), KIND_MASK)
+        mask = _mask(scene, plan.t, width, height, plan.class_mask)
+        writer.write(plan.mask, _encode(mask, plan.mask), KIND_MASK)
     boxes = _boxes(scene, plan.t, width, height)
     for relpath, fmt in plan.labels:
         data = _voc_xml(Path(plan.ir).name, width, height, boxes) if fmt == "voc" else _txt_boxes(boxes)
