@@ -1,0 +1,160 @@
+"""The probe model: an exported encoder's multi-scale maps + a light FPN/UPerNet-style head.
+
+    backbone = build_backbone("path/to/export")          # timm features_only, weights loaded
+    backbone = build_backbone("scratch", "dugi_mae_tiny")  # same architecture, random init
+    model = SegmentationProbe(backbone, num_classes=1)    # [N, 1, H, W] -> [N, 1, H, W] logits
+
+The head: torchvision's FeaturePyramidNetwork on the encoder's maps (H/4..H/32, or any set
+of maps timm's `features_only` gives), UPerNet's fusion (every level upsampled to the finest,
+concatenated, one 3x3 conv), and a full-resolution detail branch of two 3x3 convs on the
+input. Small infrared targets are 1-10 px: the /4 maps alone cannot place their edges, and
+the detail branch gives the classifier the pixel grid back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import ConvNormAct
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+
+import pretrain.models  # noqa: F401  (registers dugi_mae_* / infmae_* with timm)
+
+SCRATCH = "scratch"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+# Arguments of config.json's model_args that describe a classifier, not the feature maps.
+CLASSIFIER_ARGS = ("num_classes", "global_pool")
+TARGET_PRIOR = 0.01  # initial target probability of every pixel (binary probes)
+
+
+class ProbeModelError(ValueError):
+    """The encoder cannot be built; the message says what to pass instead."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build an encoder: timm architecture + arguments, and the weights file if any."""
+
+    architecture: str
+    model_args: tuple[tuple[str, Any], ...]
+    weights: Path | None  # None: random initialisation (scratch)
+
+    @property
+    def label(self) -> str:
+        return "scratch" if self.weights is None else "pretrained"
+
+
+def read_export(export_dir: Path | str) -> EncoderSpec:
+    """The architecture and weights of an `inf590k export` folder."""
+    folder = Path(export_dir)
+    config_file, weights = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_file.is_file() or not weights.is_file():
+        raise ProbeModelError(
+            f"{folder} lacks {CONFIG_FILE} or {WEIGHTS_FILE}: pass the folder written by "
+            f"`inf590k export CKPT --out DIR`, or --encoder scratch"
+        )
+    config = json.loads(config_file.read_text())
+    if "architecture" not in config:
+        raise ProbeModelError(f"{config_file} names no 'architecture': re-export the checkpoint")
+    args = {k: v for k, v in config.get("model_args", {}).items() if k not in CLASSIFIER_ARGS}
+    return EncoderSpec(config["architecture"], tuple(sorted(args.items())), weights)
+
+
+def scratch_like(spec: EncoderSpec) -> EncoderSpec:
+    """The same architecture with random weights: the baseline of pretrained vs. scratch."""
+    return EncoderSpec(spec.architecture, spec.model_args, None)
+
+
+def encoder_spec(encoder: str, architecture: str) -> EncoderSpec:
+    """`--encoder scratch` builds `architecture`; anything else is an export folder."""
+    if encoder == SCRATCH:
+        if architecture not in timm.list_models():
+            raise ProbeModelError(
+                f"unknown architecture {architecture!r}: use a timm model name such as "
+                f"dugi_mae_tiny, dugi_mae_base or infmae_base"
+            )
+        return EncoderSpec(architecture, (), None)
+    return read_export(encoder)
+
+
+def build_backbone(spec: EncoderSpec) -> nn.Module:
+    """timm `features_only` backbone of `spec`, its weights loaded from the export if any."""
+    kwargs: dict[str, Any] = dict(spec.model_args, features_only=True)
+    if spec.weights is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(spec.weights)))
+    try:
+        return timm.create_model(spec.architecture, **kwargs)
+    except RuntimeError as error:  # a state dict that does not fit the architecture
+        raise ProbeModelError(
+            f"cannot load {spec.weights} into {spec.architecture}: {error}. "
+            f"Re-export the checkpoint with `inf590k export`"
+        ) from error
+
+
+class FusionHead(nn.Module):
+    """FPN top-down pathway + UPerNet-style fusion of all levels at the finest one."""
+
+    def __init__(self, in_channels: list[int], dim: int) -> None:
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(in_channels, dim)
+        self.fuse = ConvNormAct(dim * len(in_channels), dim, 3)
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        pyramid = self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
+        levels = list(pyramid.values())  # each [N, dim, h_i, w_i]
+        size = max((level.shape[-2:] for level in levels), key=lambda hw: hw[0] * hw[1])
+        upsampled = [F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+                     if level.shape[-2:] != size else level for level in levels]
+        return self.fuse(torch.cat(upsampled, dim=1))  # [N, dim, h_0, w_0]
+
+
+class SegmentationProbe(nn.Module):
+    """Encoder maps -> fused features -> + full-resolution detail -> per-pixel logits."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, in_chans: int = 1,
+                 head_dim: int = 64, detail_dim: int = 16) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ProbeModelError(f"num_classes={num_classes}: use 1 (binary) or the class count")
+        self.backbone = backbone
+        self.head = FusionHead(list(backbone.feature_info.channels()), head_dim)
+        # Projected before upsampling: the full-resolution layers stay detail_dim wide.
+        self.project = nn.Conv2d(head_dim, detail_dim, 1)
+        self.detail = nn.Sequential(
+            ConvNormAct(in_chans, detail_dim, 3), ConvNormAct(detail_dim, detail_dim, 3)
+        )
+        self.classifier = nn.Sequential(
+            ConvNormAct(detail_dim, detail_dim, 3), nn.Conv2d(detail_dim, num_classes, 1)
+        )
+        if num_classes == 1:
+            # Targets cover ~0.1% of the pixels: start every pixel at a 1% target prior
+            # (as RetinaNet does) instead of 50%, or the first hundreds of steps only learn
+            # that the background is background.
+            nn.init.constant_(self.classifier[-1].bias, -math.log((1 - TARGET_PRIOR) / TARGET_PRIOR))
+
+    def freeze_backbone(self) -> None:
+        """Only the head trains; the encoder stays in eval mode (its norms keep their statistics)."""
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> SegmentationProbe:
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        fused = self.project(self.head(self.backbone(images)))  # [N, detail_dim, H/r, W/r]
+        fused = F.interpolate(fused, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        detail = self.detail(images)  # [N, detail_dim, H, W]
+        return self.classifier(fused + detail)  # [N, num_classes, H, W]

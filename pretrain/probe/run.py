@@ -1,0 +1,337 @@
+"""Fine-tune an encoder on an infrared segmentation set and report the field's metrics.
+
+    summary = run_probe(ProbeConfig(encoder="export/", data=root, layout="sirst", out=run))
+    print(summary)                # one line: IoU, nIoU, Pd, Fa (or mIoU, mAcc for MSRS)
+    print(run_probe_pair(config)) # the export and the same architecture from scratch
+
+Each run writes `metrics.json` (options, encoder, split, metrics, loss curve) and
+`predictions.png` (test images, truth, prediction) into its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from timm.scheduler import CosineLRScheduler
+from torch import Tensor
+from tqdm import tqdm
+
+from pretrain.probe.datasets import (
+    IGNORE_INDEX,
+    LoadedSplit,
+    canonical_layout,
+    load_split,
+    read_layout,
+)
+from pretrain.probe.head import (
+    SCRATCH,
+    EncoderSpec,
+    SegmentationProbe,
+    build_backbone,
+    encoder_spec,
+    scratch_like,
+)
+from pretrain.probe.metrics import SegmentationMetrics, SmallTargetMetrics
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.png"
+COMPARISON_FILE = "comparison.json"
+PREVIEW_IMAGES = 6
+LOSS_POINTS = 50  # loss values kept in metrics.json, evenly spaced over the run
+
+
+class ProbeError(ValueError):
+    """Bad probe options; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Options of `inf590k probe` (one field per CLI option)."""
+
+    encoder: str  # an `inf590k export` folder, or "scratch"
+    data: Path
+    layout: str  # sirst | irstd1k | nudt | msrs
+    out: Path
+    steps: int = 500
+    freeze: bool = False  # train the head only
+    arch: str = "dugi_mae_base"  # timm architecture of --encoder scratch
+    baseline: bool = True  # with an export: also train the same architecture from scratch
+    img_size: int = 256  # images and masks are resized to img_size x img_size
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    head_dim: int = 64
+    threshold: float = 0.5  # target probability above which a pixel is a target
+    distance: float = 3.0  # px between centroids for a detected target (Pd)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "layout", canonical_layout(self.layout))
+        if self.steps < 1:
+            raise ProbeError(f"steps must be at least 1, got {self.steps}")
+        if self.img_size < 32 or self.img_size % 32:
+            raise ProbeError(f"img-size must be a multiple of 32 (the encoder's /32 maps), "
+                             f"got {self.img_size}")
+        if self.batch_size < 2:
+            raise ProbeError(f"batch-size must be at least 2 (batch norm), got {self.batch_size}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ProbeError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.distance <= 0 or self.head_dim < 8:
+            raise ProbeError("lr and distance must be > 0, weight-decay >= 0, head-dim >= 8")
+        if self.freeze and self.encoder == SCRATCH:
+            raise ProbeError("--freeze with --encoder scratch trains a head on random features: "
+                             "pass an export folder, or drop --freeze")
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    """One trained and evaluated probe."""
+
+    label: str  # pretrained | scratch
+    architecture: str
+    layout: str
+    steps: int
+    train_images: int
+    test_images: int
+    metrics: dict[str, Any] = field(hash=False)
+    seconds: float
+    out: Path
+
+    @property
+    def binary(self) -> bool:
+        return "iou" in self.metrics
+
+    def scores(self) -> str:
+        m = self.metrics
+        if self.binary:
+            return (f"IoU {m['iou']:.3f}  nIoU {m['niou']:.3f}  Pd {m['pd']:.3f}  "
+                    f"Fa {m['fa'] * 1e6:.1f}e-6")
+        return f"mIoU {m['miou']:.3f}  mAcc {m['macc']:.3f}"
+
+    def __str__(self) -> str:
+        return (f"probe {self.layout} {self.label} {self.architecture}: {self.scores()} "
+                f"({self.steps} steps, {self.train_images} train / {self.test_images} test, "
+                f"{self.seconds:.1f} s) -> {self.out}")
+
+
+@dataclass(frozen=True)
+class ProbeComparison:
+    """Pretrained and scratch rows of one data set, same architecture and options."""
+
+    rows: tuple[ProbeSummary, ...]
+    out: Path
+
+    def __str__(self) -> str:
+        first = self.rows[0]
+        columns = ["IoU", "nIoU", "Pd", "Fa(1e-6)"] if first.binary else ["mIoU", "mAcc"]
+        lines = [
+            f"probe {first.layout} {first.architecture}: {first.steps} steps, "
+            f"{first.train_images} train / {first.test_images} test -> {self.out}",
+            f"{'encoder':<12}" + "".join(f"{c:>10}" for c in columns) + f"{'seconds':>10}",
+        ]
+        for row in self.rows:
+            m = row.metrics
+            values = ([m["iou"], m["niou"], m["pd"], m["fa"] * 1e6] if row.binary
+                      else [m["miou"], m["macc"]])
+            lines.append(f"{row.label:<12}" + "".join(f"{v:>10.3f}" for v in values)
+                         + f"{row.seconds:>10.1f}")
+        return "\n".join(lines)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProbeError(f"--device {name}: no CUDA device here; use --device cpu or auto")
+    return device
+
+
+def soft_iou_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """1 - soft IoU over the batch: weighs the few target pixels against the background."""
+    prob = logits.sigmoid()  # [N, 1, H, W]
+    inter = (prob * target).sum()
+    return 1.0 - (inter + 1.0) / (prob.sum() + target.sum() - inter + 1.0)
+
+
+def probe_loss(logits: Tensor, masks: Tensor) -> Tensor:
+    """BCE + soft IoU for one-logit small-target probes; cross-entropy for class maps."""
+    if logits.shape[1] == 1:
+        target = masks[:, None].float()  # [N, 1, H, W]
+        return F.binary_cross_entropy_with_logits(logits, target) + soft_iou_loss(logits, target)
+    return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+
+
+def random_flips(images: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Horizontal and vertical flips per sample (the usual IRSTD augmentation)."""
+    flips = torch.rand(2, images.shape[0], generator=generator) < 0.5  # [2, N]
+    for axis, chosen in ((-1, flips[0]), (-2, flips[1])):
+        images = torch.where(chosen[:, None, None, None], images.flip(axis), images)
+        masks = torch.where(chosen[:, None, None], masks.flip(axis), masks)
+    return images, masks
+
+
+def train_probe(model: SegmentationProbe, data: LoadedSplit, config: ProbeConfig,
+                device: torch.device) -> list[float]:
+    """Fine-tune for `config.steps` steps on random batches; returns the loss per step."""
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.steps,
+                                  warmup_t=max(1, config.steps // 20), warmup_lr_init=config.lr / 100,
+                                  t_in_epochs=False)
+    losses = torch.zeros(config.steps)
+    model.train()
+    for step in tqdm(range(config.steps), desc="probe", unit="step", disable=None):
+        index = torch.randint(len(data.names), (config.batch_size,), generator=generator)
+        images, masks = random_flips(data.images[index], data.masks[index], generator)
+        loss = probe_loss(model(images.to(device)), masks.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step_update(step + 1)
+        losses[step] = loss.detach().cpu()
+    return losses.tolist()
+
+
+@torch.no_grad()
+def predict(model: SegmentationProbe, images: Tensor, batch_size: int, threshold: float,
+            device: torch.device) -> np.ndarray:
+    """[N, S, S] uint8 predictions: 0/1 targets, or class ids."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        logits = model(images[start : start + batch_size].to(device))  # [B, C, S, S]
+        if logits.shape[1] == 1:
+            outputs.append((logits[:, 0].sigmoid() > threshold).to(torch.uint8).cpu())
+        else:
+            outputs.append(logits.argmax(1).to(torch.uint8).cpu())
+    return torch.cat(outputs).numpy()
+
+
+def evaluate(predictions: np.ndarray, masks: np.ndarray, num_classes: int,
+             distance: float) -> dict[str, Any]:
+    """Small-target metrics (two classes) or mIoU/mAcc, image by image."""
+    metrics: SmallTargetMetrics | SegmentationMetrics
+    if num_classes == 2:
+        metrics = SmallTargetMetrics(distance=distance)
+    else:
+        metrics = SegmentationMetrics(num_classes, IGNORE_INDEX)
+    for pred, truth in zip(predictions, masks, strict=True):
+        metrics.update(pred, truth)
+    return metrics.compute()
+
+
+def save_predictions_png(path: Path, data: LoadedSplit, predictions: np.ndarray,
+                         title: str) -> Path:
+    """A grid of test images: infrared | truth | prediction (one row per image)."""
+    rows = min(PREVIEW_IMAGES, len(data.names))
+    figure = Figure(figsize=(6, 2 * rows + 0.4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, 3, squeeze=False)
+    masks = data.masks.numpy()
+    labels = max(1, int(max(masks[masks != IGNORE_INDEX].max(initial=0), predictions.max())))
+    for row in range(rows):
+        panels = (data.images[row, 0].numpy(), masks[row], predictions[row])
+        for column, (panel, name) in enumerate(zip(panels, ("infrared", "truth", "prediction"),
+                                                   strict=True)):
+            ax = axes[row, column]
+            if column == 0:
+                ax.imshow(panel, cmap="gray")
+            else:
+                ax.imshow(np.where(panel == IGNORE_INDEX, 0, panel), cmap="magma", vmin=0,
+                          vmax=labels, interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(f"{data.names[row]} {name}" if column == 0 else name, fontsize=7)
+    figure.suptitle(title, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    return path
+
+
+def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, out: Path) -> ProbeSummary:
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    samples = read_layout(config.layout, config.data, seed=config.seed)
+    binary = samples.num_classes == 2
+    train = load_split(samples.train, config.img_size, binary)
+    test = load_split(samples.test, config.img_size, binary)
+    device = resolve_device(config.device)
+    in_chans = int(dict(spec.model_args).get("in_chans", 1))
+    if in_chans != 1:
+        train, test = (replace(s, images=s.images.expand(-1, in_chans, -1, -1)) for s in (train, test))
+    model = SegmentationProbe(build_backbone(spec), 1 if binary else samples.num_classes,
+                              in_chans=in_chans, head_dim=config.head_dim)
+    if config.freeze:
+        model.freeze_backbone()
+    model.to(device)
+    losses = train_probe(model, train, config, device)
+    if not all(math.isfinite(v) for v in losses):
+        raise ProbeError(f"the loss diverged (non-finite) in {spec.label} training: "
+                         f"lower --lr (now {config.lr})")
+    predictions = predict(model, test.images, config.batch_size, config.threshold, device)
+    metrics = evaluate(predictions, test.masks.numpy(), samples.num_classes, config.distance)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = ProbeSummary(
+        label=spec.label, architecture=spec.architecture, layout=config.layout,
+        steps=config.steps, train_images=len(train.names), test_images=len(test.names),
+        metrics=metrics, seconds=time.perf_counter() - start, out=out,
+    )
+    save_predictions_png(out / PREDICTIONS_FILE, test, predictions, str(summary.scores()))
+    stride = max(1, len(losses) // LOSS_POINTS)
+    record = dict(
+        summary=str(summary), label=spec.label, architecture=spec.architecture,
+        model_args=dict(spec.model_args), weights=str(spec.weights) if spec.weights else None,
+        config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        data=dict(root=str(samples.root), split=samples.split_source, train=len(train.names),
+                  test=len(test.names), without_mask=samples.without_mask,
+                  test_names=list(test.names)),
+        metrics=metrics, seconds=summary.seconds, device=str(device),
+        loss=dict(every=stride, values=losses[::stride], final=losses[-1]),
+    )
+    (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return summary
+
+
+def run_probe(config: ProbeConfig) -> ProbeSummary:
+    """Fine-tune the encoder of `config.encoder` (an export folder, or scratch) and evaluate."""
+    return _train_and_evaluate(config, encoder_spec(config.encoder, config.arch), config.out)
+
+
+def run_probe_pair(config: ProbeConfig) -> ProbeComparison:
+    """The export, and the same architecture from random weights, with the same options
+    (with --freeze the baseline is a head on frozen random features)."""
+    if config.encoder == SCRATCH:
+        raise ProbeError("pretrained vs. scratch needs --encoder EXPORT_DIR (an `inf590k "
+                         "export` folder)")
+    pretrained = encoder_spec(config.encoder, config.arch)
+    rows = (
+        _train_and_evaluate(config, pretrained, config.out / "pretrained"),
+        _train_and_evaluate(config, scratch_like(pretrained), config.out / "scratch"),
+    )
+    comparison = ProbeComparison(rows, config.out)
+    record = {row.label: dict(metrics=row.metrics, seconds=row.seconds, out=str(row.out))
+              for row in rows}
+    (config.out / COMPARISON_FILE).write_text(
+        json.dumps(dict(table=str(comparison), **record), indent=2) + "\n")
+    return comparison
+
+
+def probe(config: ProbeConfig) -> ProbeSummary | ProbeComparison:
+    """What `inf590k probe` runs: both rows for an export (unless --no-baseline), else one."""
+    if config.encoder != SCRATCH and config.baseline:
+        return run_probe_pair(config)
+    return run_probe(config)
