@@ -345,8 +345,8 @@ def stage_dataset(config: PublishConfig, stage: Path) -> StagedDataset:
     """Write the Hub layout of `config.dataset` into `stage` (idempotent; shards hard-linked)."""
     dataset = Path(config.dataset)
     stage = Path(stage)
-    _check_stage_folder(stage, dataset)
     split, shards = read_shards(dataset)
+    _check_stage_folder(stage, dataset)
     staged = StagedDataset(folder=stage, split=split, shards=shards)
     planned: set[Path] = set()
     for shard in shards:
@@ -651,14 +651,9 @@ def hub_errors(action: str, endpoint: str, token: str, stage: Path) -> Iterator[
 
 
 def check_hub_access(endpoint: str, token: str, stage: Path) -> str:
-    """Fail fast before any upload: offline, unreachable or a rejected token. Returns the user."""
+    """Fail fast before any upload: unreachable, or a rejected token. Returns the user name."""
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    if hub_offline():
-        raise PublishError(
-            f"HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it and re-run "
-            f"(the staged folder {stage} is kept)"
-        )
     with hub_errors("checking the token", endpoint, token, stage):
         response = get_session().get(
             f"{endpoint}/api/whoami-v2",
@@ -667,6 +662,14 @@ def check_hub_access(endpoint: str, token: str, stage: Path) -> str:
         )
         hf_raise_for_status(response)
         return str(response.json().get("name", "?"))
+
+
+def refuse_offline() -> None:
+    if hub_offline():
+        raise PublishError(
+            "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it and re-run "
+            "(or stage only, with --dry-run DIR)"
+        )
 
 
 def _remote_sha256(api, repo: str, repo_type: str) -> dict[str, str]:
@@ -680,12 +683,12 @@ def _remote_sha256(api, repo: str, repo_type: str) -> dict[str, str]:
     }
 
 
-def upload_dataset(config: PublishConfig, staged: StagedDataset) -> PublishSummary:
+def upload_dataset(config: PublishConfig, staged: StagedDataset, token: str) -> PublishSummary:
     """create_repo + one upload_folder per bin still missing + card and metadata last."""
     from huggingface_hub import HfApi
 
     endpoint = hub_endpoint(config.endpoint)
-    token = hub_token()
+    refuse_offline()
     check_hub_access(endpoint, token, staged.folder)
     api = HfApi(endpoint=endpoint, token=token)
     summary = PublishSummary(
@@ -729,6 +732,10 @@ def publish(config: PublishConfig) -> PublishSummary:
     """Stage the Hub layout of a dataset folder, then (unless dry run) upload it."""
     if config.repo.count("/") != 1 or not all(config.repo.split("/")):
         raise PublishError(f"--repo {config.repo!r}: write OWNER/NAME, e.g. my-lab/inf590k")
+    token = ""
+    if config.dry_run is None:  # no upload can work: say so before staging anything
+        refuse_offline()
+        token = hub_token()
     stage = Path(config.dry_run or config.stage or default_stage(config.dataset))
     staged = stage_dataset(config, stage)
     if config.dry_run is not None:
@@ -736,5 +743,5 @@ def publish(config: PublishConfig) -> PublishSummary:
             repo=config.repo, staged=stage, samples=staged.samples,
             shards=len(staged.shards), bins=len(staged.bins), dry_run=True,
         )
-    return upload_dataset(config, staged)
+    return upload_dataset(config, staged, token)
 

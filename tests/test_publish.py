@@ -1,0 +1,459 @@
+"""`inf590k publish`: the staged Hub layout, read by the real `datasets` client; the card;
+fast one-line failures offline, unreachable or unauthorised; uploads (against a fake Hub
+API) that resume where an interrupted run stopped. Nothing here reaches huggingface.co."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from inf590k import catalog as cat
+from inf590k.ingest import IngestConfig
+from inf590k.pipeline import BuildConfig, run_build
+from inf590k.publish import (
+    PublishConfig,
+    PublishError,
+    card_configs,
+    publish,
+    read_shards,
+    stage_dataset,
+)
+from inf590k.report import ReportConfig, report
+from inf590k.shard import ShardConfig
+from inf590k.synth import SynthConfig, synthesize
+
+GOOD_TOKEN = "hf_good_token_for_tests_only"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """Two synthetic sources -> build -> a dataset with several bins, one with 3 shards."""
+    root = tmp_path_factory.mktemp("publish")
+    synthesize(SynthConfig(layout="sirst", out=root / "sirst", count=12, scale=0.5, workers=1))
+    synthesize(SynthConfig(layout="roadscene", out=root / "rs", count=8, scale=0.5, seed=1, workers=1))
+    build, dataset = root / "build", root / "ds"
+    run_build(
+        BuildConfig(
+            ingest=IngestConfig(
+                sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")),
+                build=build, workers=1, progress=False,
+            ),
+            out=dataset,
+            shard=ShardConfig(build=build, out=dataset, workers=1, max_count=4, progress=False),
+        )
+    )
+    report(ReportConfig(dataset=dataset))
+    return build, dataset
+
+
+def same_as_staged(built, folder: Path, **options) -> PublishConfig:
+    """The configuration the `staged` fixture used, for a real upload from that folder."""
+    build, dataset = built
+    return PublishConfig(dataset=dataset, repo="lab/inf590k-mini", build=build, stage=folder,
+                         **options)
+
+
+@pytest.fixture(scope="module")
+def staged(built, tmp_path_factory) -> Path:
+    build, dataset = built
+    folder = tmp_path_factory.mktemp("staged") / "hub"
+    summary = publish(PublishConfig(dataset=dataset, repo="lab/inf590k-mini", dry_run=folder,
+                                    build=build))
+    assert summary.dry_run and str(summary).startswith("publish (dry run): 20 samples")
+    return folder
+
+
+@pytest.fixture
+def own_stage(staged, tmp_path) -> Path:
+    """A copy of the staged folder that a test may re-stage (with another endpoint, ...)."""
+    import shutil
+
+    return Path(shutil.copytree(staged, tmp_path / "hub"))
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    """No cached login, no offline flag; the token comes from HF_TOKEN."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
+
+
+def kept_per_bin(build: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in cat.read_catalog(build).to_pylist():
+        if row["status"] == cat.STATUS_OK:
+            counts[row["res_bin"]] = counts.get(row["res_bin"], 0) + 1
+    return counts
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file of a folder and its content digest."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, read, closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- staging
+
+
+def test_staged_layout_index_and_checksums(built, staged):
+    build, dataset = built
+    tars = sorted(str(p.relative_to(staged)) for p in staged.rglob("*.tar"))
+    info = json.loads((dataset / "_info.json").read_text())["splits"]["train"]
+    assert tars == sorted(f"data/{f}" for f in info["filenames"])
+    for tar in tars:  # hard links, not copies
+        assert os.path.samefile(staged / tar, dataset / tar.removeprefix("data/"))
+    assert {p.name for p in staged.iterdir()} == {"README.md", "data", "metadata"}
+
+    metadata = staged / "metadata"
+    staged_info = json.loads((metadata / "_info.json").read_text())["splits"]["train"]
+    assert staged_info["num_samples"] == 20 == sum(staged_info["shard_lengths"])
+    for name in staged_info["filenames"]:  # relative to metadata/, as pretrain and timm join them
+        assert (metadata / name).resolve().is_file()
+    sizes = json.loads((metadata / "sizes.json").read_text())
+    assert sizes == dict(zip(staged_info["filenames"], staged_info["shard_lengths"], strict=True))
+
+    lines = (metadata / "SHA256SUMS").read_text().splitlines()
+    assert len(lines) == 2 * len(tars)  # every tar and its rows parquet
+    for line in lines:
+        digest, path = line.split("  ")
+        assert hashlib.sha256((metadata / path).read_bytes()).hexdigest() == digest, path
+
+    catalog = pq.read_table(metadata / "catalog.parquet")
+    assert catalog.num_rows == cat.read_catalog(build).num_rows == 70  # rejected rows too
+    sources = json.loads((metadata / "sources.json").read_text())
+    recorded = cat.read_sources(build)
+    assert set(sources) == {"sirst", "roadscene"}
+    for source, fact in sources.items():
+        assert "root" not in fact and "signature" not in fact  # no local paths published
+        assert fact["index"] == recorded[source]["index"]
+        assert fact["citation"] == recorded[source]["citation"] != ""
+    for name in ("report.json", "resolution_hist.png", "entropy_hist.png", "sample_grid.png"):
+        assert (metadata / "report" / name).stat().st_size > 0
+
+
+def test_without_build_publishes_kept_rows_and_manifest_facts(built, tmp_path):
+    _, dataset = built
+    folder = tmp_path / "hub"
+    publish(PublishConfig(dataset=dataset, repo="lab/x", dry_run=folder))
+    catalog = pq.read_table(folder / "metadata" / "catalog.parquet")
+    assert catalog.num_rows == 20 and set(catalog.column("status").to_pylist()) == {"ok"}
+    sources = json.loads((folder / "metadata" / "sources.json").read_text())
+    assert sources["sirst"]["citation"].startswith("Dai, Wu, Zhou, Barnard")
+    assert isinstance(sources["roadscene"]["index"], int)  # read back from the shards
+
+
+def test_restaging_is_idempotent_and_drops_stale_files(built, tmp_path):
+    build, dataset = built
+    folder = tmp_path / "hub"
+    config = PublishConfig(dataset=dataset, repo="lab/x", dry_run=folder, build=build)
+    first = stage_dataset(config, folder)
+    assert first.linked == 6 and first.copied == 0
+    stale = folder / "data" / "s0-old" / "s0-old-000000.tar"
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    tars_before = {p: p.stat().st_ino for p in folder.rglob("*.tar") if p != stale}
+    again = stage_dataset(config, folder)
+    assert again.linked == 0  # nothing re-linked
+    assert not stale.exists() and not stale.parent.exists()
+    assert {p: p.stat().st_ino for p in folder.rglob("*.tar")} == tars_before
+
+
+def test_bad_input_is_one_clear_line(built, tmp_path):
+    build, dataset = built
+    with pytest.raises(PublishError, match="OWNER/NAME"):
+        publish(PublishConfig(dataset=dataset, repo="no-owner", dry_run=tmp_path / "a"))
+    with pytest.raises(PublishError, match="_info.json is missing"):
+        publish(PublishConfig(dataset=tmp_path, repo="lab/x", dry_run=tmp_path / "b"))
+    with pytest.raises(PublishError, match="overlaps the dataset"):
+        publish(PublishConfig(dataset=dataset, repo="lab/x", dry_run=dataset / "hub"))
+    foreign = tmp_path / "busy"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(PublishError, match="notes.txt"):
+        publish(PublishConfig(dataset=dataset, repo="lab/x", dry_run=foreign))
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_damaged_shard_is_refused(built, tmp_path):
+    import shutil
+
+    _, dataset = built
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset, copy)
+    tar = next(copy.glob("*/*.tar"))
+    with open(tar, "ab") as handle:
+        handle.write(b"\0" * 512)
+    with pytest.raises(PublishError, match="inf590k verify"):
+        read_shards(copy)
+
+
+# ----------------------------------------------------------------------------- the card
+
+
+def test_card_metadata_parses_with_huggingface_hub_and_datasets(built, staged):
+    """DatasetCard.validate() posts to the Hub; offline, the same YAML goes through the
+    client-side parsers: huggingface_hub's DatasetCard/DatasetCardData and datasets' configs."""
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
+
+    build, _ = built
+    card = DatasetCard.load(staged / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "other" and data["pretty_name"] == "inf590k"
+    assert {"infrared", "thermal"} <= set(data["tags"])
+    assert data["task_categories"] == ["image-feature-extraction"]
+    assert data["size_categories"] == ["n<1K"]
+    configs = MetadataConfigs.from_dataset_card_data(card.data)
+    bins = sorted(kept_per_bin(build))
+    assert sorted(configs) == sorted(["all", *bins])
+    assert configs["all"]["default"] is True
+    assert configs[bins[0]]["data_files"] == [{"split": "train", "path": f"data/{bins[0]}/*.tar"}]
+    for source, citation in (("sirst", "WACV 2021"), ("roadscene", "AAAI 2020")):
+        assert source in card.text and citation in card.text
+    for needle in ("| source | found | kept", "| config | samples |", "metadata/report/sample_grid.png",
+                   "streaming=True", "inf590k pretrain --shards https://huggingface.co/datasets/"
+                   "lab/inf590k-mini/resolve/main/metadata/_info.json", "none stated"):
+        assert needle in card.text, needle
+
+
+def test_card_configs_cover_every_bin_once(built):
+    _, dataset = built
+    split, shards = read_shards(dataset)
+    from inf590k.publish import StagedDataset
+
+    configs = card_configs(StagedDataset(folder=Path("x"), split=split, shards=shards))
+    assert [c["config_name"] for c in configs][0] == "all"
+    assert len(configs) == 1 + len({s.bin for s in shards})
+
+
+# ----------------------------------------------------------------------------- datasets reads it
+
+
+def test_load_dataset_reads_every_config(built, staged, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    build, _ = built
+    expected = kept_per_bin(build)
+    expected["all"] = sum(expected.values())
+    kept = {r["uid"]: r for r in cat.read_catalog(build).to_pylist() if r["status"] == "ok"}
+    for name, count in expected.items():
+        loaded = datasets.load_dataset(str(staged), name=name, split="train",
+                                       cache_dir=str(tmp_path / "cache"))
+        assert loaded.num_rows == count, name
+        assert isinstance(loaded.features["png"], datasets.Image)
+        for example in loaded:
+            row = kept[example["__key__"]]
+            assert example["png"].size == (row["width"], row["height"])
+            assert example["json"]["uid"] == row["uid"]
+            assert name == "all" or row["res_bin"] == name
+        streamed = datasets.load_dataset(str(staged), name=name, split="train", streaming=True)
+        seen = 0
+        for example in streamed:
+            row = kept[example["__key__"]]
+            assert example["png"].size == (row["width"], row["height"])
+            seen += 1
+        assert seen == count, name
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_offline_fails_fast_and_keeps_the_stage(built, own_stage, hub_env, monkeypatch):
+    _, dataset = built
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = snapshot(own_stage)
+    started = time.perf_counter()
+    with pytest.raises(PublishError) as error:
+        publish(same_as_staged(built, own_stage))
+    assert time.perf_counter() - started < 10
+    message = str(error.value)
+    assert "HF_HUB_OFFLINE" in message and "--dry-run" in message and "\n" not in message
+    assert snapshot(own_stage) == before
+
+
+def test_unreachable_endpoint_fails_fast(built, own_stage, hub_env, capsys):
+    _, dataset = built
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    before = snapshot(own_stage)
+    started = time.perf_counter()
+    with pytest.raises(PublishError) as error:
+        publish(same_as_staged(built, own_stage, endpoint=endpoint))
+    assert time.perf_counter() - started < 10
+    message = str(error.value)
+    assert f"cannot reach {endpoint}" in message and "re-run" in message and "\n" not in message
+    assert GOOD_TOKEN not in message + "".join(capsys.readouterr())
+    after = snapshot(own_stage)
+    assert after.pop("README.md") != before.pop("README.md")  # its URLs name the endpoint
+    assert after == before
+    assert f"{endpoint}/datasets/lab/inf590k-mini/resolve/main" in (own_stage / "README.md").read_text()
+
+
+def test_missing_token_says_how_to_log_in(built, own_stage, hub_env, monkeypatch):
+    _, dataset = built
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(PublishError, match="set HF_TOKEN .* or run `hf auth login`"):
+        publish(same_as_staged(built, own_stage, endpoint=f"http://127.0.0.1:{closed_port()}"))
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """The two Hub routes the real client code talks to here: whoami and a rejecting one."""
+
+    def _reply(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path == "/api/whoami-v2":
+            if self.headers.get("Authorization") == f"Bearer {GOOD_TOKEN}":
+                self._reply(200, {"name": "tester", "type": "user"})
+            else:
+                self._reply(401, {"error": "Invalid credentials in Authorization header"})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._reply(403, {"error": "You don't have the rights to create a commit here"})
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_hub():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_rejected_token_is_one_line(built, own_stage, hub_env, fake_hub, monkeypatch):
+    _, dataset = built
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_for_tests")
+    with pytest.raises(PublishError) as error:
+        publish(same_as_staged(built, own_stage, endpoint=fake_hub))
+    message = str(error.value)
+    assert "HTTP 401" in message and "token was rejected" in message and "\n" not in message
+    assert "hf_wrong_token_for_tests" not in message
+
+
+class RecordingHub:
+    """HfApi.create_repo / list_repo_tree / upload_folder against an in-memory repo.
+
+    upload_folder selects files with huggingface_hub's own pattern filter, "stores" their
+    sha256, and can be told to fail once on a given commit with the error the real client
+    raises for a rejected commit (a 403 from the fake server through hf_raise_for_status).
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.files: dict[str, str] = {}
+        self.calls: list[dict] = []
+        self.fail_on: str | None = None
+
+    def create_repo(self, api, repo_id, **kwargs):
+        from huggingface_hub.hf_api import RepoUrl
+
+        self.calls.append({"call": "create_repo", "repo_id": repo_id, **kwargs})
+        return RepoUrl(f"{self.endpoint}/datasets/{repo_id}", endpoint=self.endpoint)
+
+    def list_repo_tree(self, api, repo_id, **kwargs):
+        from huggingface_hub.hf_api import RepoFile
+
+        assert kwargs["repo_type"] == "dataset" and kwargs["recursive"]
+        for path, digest in self.files.items():
+            yield RepoFile(path=path, size=1, oid="0" * 40,
+                           lfs={"size": 1, "oid": digest, "pointerSize": 130})
+
+    def upload_folder(self, api, *, repo_id, folder_path, allow_patterns, commit_message,
+                      repo_type):
+        from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
+
+        self.calls.append({"call": "upload_folder", "repo_id": repo_id, "repo_type": repo_type,
+                           "message": commit_message, "patterns": list(allow_patterns)})
+        if self.fail_on and self.fail_on in commit_message:
+            self.fail_on = None
+            hf_raise_for_status(get_session().post(f"{self.endpoint}/api/datasets/{repo_id}/commit"))
+        folder = Path(folder_path)
+        local = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+        for path in filter_repo_objects(local, allow_patterns=allow_patterns):
+            self.files[path] = hashlib.sha256((folder / path).read_bytes()).hexdigest()
+
+    def install(self, monkeypatch) -> None:
+        from huggingface_hub import HfApi
+
+        for name in ("create_repo", "list_repo_tree", "upload_folder"):
+            method = getattr(self, name)
+            monkeypatch.setattr(HfApi, name, lambda api, *a, _m=method, **k: _m(api, *a, **k))
+
+
+def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkeypatch, tmp_path):
+    build, dataset = built
+    hub = RecordingHub(fake_hub)
+    hub.install(monkeypatch)
+    bins = sorted(kept_per_bin(build))
+    hub.fail_on = f"bin {bins[1]}"
+    config = PublishConfig(dataset=dataset, repo="lab/inf", private=True, build=build,
+                           stage=tmp_path / "stage", endpoint=fake_hub)
+
+    with pytest.raises(PublishError) as error:
+        publish(config)
+    message = str(error.value)
+    assert f"uploading bin {bins[1]}: HTTP 403" in message and "re-run" in message
+    assert GOOD_TOKEN not in message
+    created = hub.calls[0]
+    assert created["call"] == "create_repo" and created["repo_type"] == "dataset"
+    assert created["private"] is True and created["exist_ok"] is True
+    first_bin = {p for p in hub.files}
+    assert first_bin and all(p.startswith(f"data/{bins[0]}/") for p in first_bin)
+    assert not (tmp_path / "stage" / "README.md").read_text() == ""  # stage kept
+
+    hub.calls.clear()
+    summary = publish(config)
+    uploads = [c for c in hub.calls if c["call"] == "upload_folder"]
+    assert all(c["repo_type"] == "dataset" and c["repo_id"] == "lab/inf" for c in uploads)
+    assert [c["message"].split(" (")[0] for c in uploads[:-1]] == [
+        f"Add {n} shards of bin {b}"
+        for b in bins[1:]
+        for n in [len(list((dataset / b).glob("*.tar")))]
+    ]
+    assert uploads[-1]["message"] == "Dataset card and metadata"
+    assert summary.skipped == len(first_bin) and summary.uploaded == 6 - len(first_bin)
+    staged_files = {str(p.relative_to(tmp_path / "stage"))
+                    for p in (tmp_path / "stage").rglob("*") if p.is_file()}
+    assert set(hub.files) == staged_files  # every staged file is in the repo
+    assert "lab/inf" in str(summary) and "\n" not in str(summary)
+
+    hub.calls.clear()
+    again = publish(config)
+    assert again.uploaded == 0 and again.skipped == 6
+    assert [c["message"] for c in hub.calls if c["call"] == "upload_folder"] == [
+        "Dataset card and metadata"
+    ]
