@@ -9,6 +9,7 @@ bytes (without decoding) to reach the saved offset.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -120,7 +121,7 @@ def read_info(url: str, split: str = "train", config: DataConfig | None = None) 
 def expand_shard_urls(specs: str | Sequence[str], split: str = "train") -> list[str]:
     """URLs from brace patterns, `::` lists, `_info.json` files (or folders holding one).
 
-    `"data/640x512/shard-{000000..000009}.tar"`, `"a.tar::b.tar"`,
+    `"data/640x512/shard-{000000..000009}.tar"`, `"data/*/*.tar"` (local), `"a.tar::b.tar"`,
     `"https://host/ds/_info.json"`, `"pipe:cat x.tar"` all work; order is kept.
     """
     if isinstance(specs, str):
@@ -139,10 +140,21 @@ def expand_shard_urls(specs: str | Sequence[str], split: str = "train") -> list[
                 if _local_exists(local_info):
                     urls.extend(read_info(local_info, split).filenames)
                     continue
-            urls.extend(braceexpand.braceexpand(part))
+            for url in braceexpand.braceexpand(part):
+                urls.extend(_local_glob(url))
     if not urls:
         raise ValueError(f"no shard URLs in {list(specs)!r}; pass --shards PATTERN_OR_URL")
     return urls
+
+
+def _local_glob(url: str) -> list[str]:
+    """A local path with `*`, `?` or `[...]` becomes the sorted files it matches; URLs stay."""
+    if "://" in url or url.startswith("pipe:") or not any(c in url for c in "*?["):
+        return [url]
+    matches = sorted(glob.glob(url))
+    if not matches:
+        raise ValueError(f"--shards {url!r} matches no file")
+    return matches
 
 
 def _local_exists(path: str) -> bool:

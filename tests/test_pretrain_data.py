@@ -334,3 +334,17 @@ def test_hf_token_sent_to_the_hub_only_and_never_shown(monkeypatch):
     assert seen["/redirect"] == f"Bearer {secret}"
     assert seen["/cdn/file"] is None  # dropped when the redirect leaves the Hub's host
     assert seen["/other.tar"] is None  # never sent to other hosts
+
+
+def test_local_glob_patterns_expand_sorted(tmp_path):
+    from pretrain.data import expand_shard_urls
+
+    for name in ("b/x-000001.tar", "a/x-000000.tar", "b/x-000000.tar"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    urls = expand_shard_urls(str(tmp_path / "*" / "*.tar"))
+    assert urls == [str(tmp_path / n) for n in ("a/x-000000.tar", "b/x-000000.tar", "b/x-000001.tar")]
+    with pytest.raises(ValueError, match="matches no file"):
+        expand_shard_urls(str(tmp_path / "nothing-*.tar"))
+    assert expand_shard_urls("https://host/ds/x-{000000..000001}.tar") == [
+        "https://host/ds/x-000000.tar", "https://host/ds/x-000001.tar"]
