@@ -90,8 +90,15 @@ def encoder_spec(encoder: str, architecture: str) -> EncoderSpec:
 def build_backbone(spec: EncoderSpec) -> nn.Module:
     """timm `features_only` backbone of `spec`, its weights loaded from the export if any."""
     kwargs: dict[str, Any] = dict(spec.model_args, features_only=True)
+    depth = kwargs.get("depth")
+    if isinstance(depth, int):  # a plain ViT: four evenly spaced blocks, as UPerNet on ViT
+        kwargs["out_indices"] = sorted({max(0, depth * (i + 1) // 4 - 1) for i in range(4)})
     if spec.weights is not None:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(spec.weights)))
+        # input_size tells timm the weights' channel count (a 3-channel default would warn)
+        size = kwargs.get("img_size", 224)
+        height, width = (size, size) if isinstance(size, int) else size
+        overlay = dict(file=str(spec.weights), input_size=(kwargs.get("in_chans", 1), height, width))
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     try:
         return timm.create_model(spec.architecture, **kwargs)
     except RuntimeError as error:  # a state dict that does not fit the architecture
