@@ -4,7 +4,8 @@ The Hub layout, staged in a folder first (`--dry-run DIR` stops there)::
 
     README.md                               dataset card: YAML (license, configs, ...) + body
     data/<bin>/<bin>-000000.tar             the shards, hard-linked from the dataset folder
-    metadata/_info.json                     timm's index; shard names relative to this file
+    data/_info.json                         timm's index, as `inf590k shard` wrote it
+    metadata/_info.json                     the same; shard names relative to metadata/
     metadata/sizes.json                     shard -> sample count, same relative names
     metadata/SHA256SUMS                     `cd metadata && sha256sum -c SHA256SUMS`
     metadata/catalog.parquet                the catalog (all rows with --build, else kept rows)
@@ -380,6 +381,10 @@ def stage_dataset(config: PublishConfig, stage: Path) -> StagedDataset:
     for name, text in written.items():
         _write_text(metadata / name, text)
         planned.add(metadata / name)
+    # The index again beside the bin folders, names unchanged: readers that look for
+    # `_info.json` next to the shards (`inf590k pretrain`, timm with root=data) find it there.
+    _write_text(stage / DATA_DIRNAME / INFO_FILENAME, (dataset / INFO_FILENAME).read_text())
+    planned.add(stage / DATA_DIRNAME / INFO_FILENAME)
 
     catalog_path = metadata / CATALOG_FILENAME
     cat.write_parquet_atomic(_catalog_table(dataset, config.build), catalog_path)
@@ -556,18 +561,25 @@ def dataset_card(
         "```",
         "",
         "Pretraining with the `inf590k` toolkit streams every shard listed in",
-        "`metadata/_info.json` (timm's index format; shard names are relative to it), which",
-        "also gives the epoch length (set `HF_TOKEN` for a private repo):",
+        "`data/_info.json` (timm's index format), which also gives the epoch length; a brace",
+        "pattern of shard URLs under `data/` works too (set `HF_TOKEN` for a private repo):",
         "",
         "```",
-        f"inf590k pretrain --shards {resolve}/{METADATA_DIRNAME}/{INFO_FILENAME} \\",
+        f"inf590k pretrain --shards {resolve}/{DATA_DIRNAME}/{INFO_FILENAME} \\",
         "    --model dugi_mae_base --batch-size 256 --out runs/dugi",
+        "```",
+        "",
+        "```python",
+        "import timm.data",
+        f'dataset = timm.data.create_dataset("wds/inf590k", root="{resolve}/{DATA_DIRNAME}", '
+        f'split="{staged.split}")',
         "```",
         "",
         "## Files",
         "",
         "- `data/<bin>/<bin>-NNNNNN.tar`: the shards",
-        "- `metadata/_info.json`, `metadata/sizes.json`: shard names and sample counts",
+        "- `data/_info.json`, `metadata/_info.json`, `metadata/sizes.json`: shard names and "
+        "sample counts (in metadata/, relative to metadata/)",
         "- `metadata/SHA256SUMS`: `cd metadata && sha256sum -c SHA256SUMS`",
         "- `metadata/catalog.parquet`: the catalog, one row per image (uid, source, relpath, "
         "license, size, bit depth, hashes, resolution bin, ...)",
@@ -722,7 +734,8 @@ def upload_dataset(config: PublishConfig, staged: StagedDataset, token: str) -> 
     with hub_errors("uploading the card and metadata", endpoint, token, staged.folder):
         api.upload_folder(
             repo_id=config.repo, repo_type="dataset", folder_path=staged.folder,
-            allow_patterns=[CARD_FILENAME, f"{METADATA_DIRNAME}/**"], commit_message=message,
+            allow_patterns=[CARD_FILENAME, f"{DATA_DIRNAME}/{INFO_FILENAME}", f"{METADATA_DIRNAME}/**"],
+            commit_message=message,
         )
     summary.commits.append(message)
     return summary

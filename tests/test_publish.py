@@ -120,6 +120,7 @@ def test_staged_layout_index_and_checksums(built, staged):
     tars = sorted(str(p.relative_to(staged)) for p in staged.rglob("*.tar"))
     info = json.loads((dataset / "_info.json").read_text())["splits"]["train"]
     assert tars == sorted(f"data/{f}" for f in info["filenames"])
+    assert (staged / "data" / "_info.json").read_text() == (dataset / "_info.json").read_text()
     for tar in tars:  # hard links, not copies
         assert os.path.samefile(staged / tar, dataset / tar.removeprefix("data/"))
     assert {p.name for p in staged.iterdir()} == {"README.md", "data", "metadata"}
@@ -232,7 +233,7 @@ def test_card_metadata_parses_with_huggingface_hub_and_datasets(built, staged):
         assert source in card.text and citation in card.text
     for needle in ("| source | found | kept", "| config | samples |", "metadata/report/sample_grid.png",
                    "streaming=True", "inf590k pretrain --shards https://huggingface.co/datasets/"
-                   "lab/inf590k-mini/resolve/main/metadata/_info.json", "none stated"):
+                   "lab/inf590k-mini/resolve/main/data/_info.json", "none stated"):
         assert needle in card.text, needle
 
 
@@ -457,3 +458,37 @@ def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkey
     assert [c["message"] for c in hub.calls if c["call"] == "upload_folder"] == [
         "Dataset card and metadata"
     ]
+
+
+# ----------------------------------------------------------------------------- streaming clients
+
+
+def test_pretrain_streams_the_staged_layout_over_http(staged):
+    """`inf590k pretrain --shards .../data/_info.json` (or .../metadata/_info.json, or a shard
+    pattern): every shard, and the epoch length from the index beside the shards."""
+    import webdataset as wds
+
+    from inf590k.serve import serve_folder
+    from pretrain.data import DataConfig, epoch_samples, expand_shard_urls
+
+    info = json.loads((staged / "data" / "_info.json").read_text())["splits"]["train"]
+    with serve_folder(staged) as base:  # the repo root, as .../resolve/main/ serves it
+        expected = [f"{base}/data/{name}" for name in info["filenames"]]
+        for index in (f"{base}/data/_info.json", f"{base}/metadata/_info.json"):
+            assert expand_shard_urls([index]) == expected
+        pattern = expected[0].replace("000000.tar", "{000000..000000}.tar")
+        assert expand_shard_urls([pattern]) == expected[:1]
+        assert epoch_samples(DataConfig(shards=(pattern,)), expected[:1]) == 20
+        keys = [s["__key__"] for s in wds.WebDataset(expected, shardshuffle=False, empty_check=False)]
+    assert len(keys) == len(set(keys)) == 20
+
+
+@pytest.mark.parametrize("root", ["data", "metadata"])
+def test_timm_reads_the_staged_index(staged, root):
+    import timm.data
+
+    reader_set = timm.data.create_dataset(
+        "wds/inf590k", root=str(staged / root), split="train", is_training=False
+    )
+    assert len(reader_set) == 20
+    assert sum(1 for image, _ in reader_set if image.size[0] > 0) == 20
