@@ -160,7 +160,7 @@ def read_shards(dataset: Path) -> tuple[str, list[StagedShard]]:
             f"{info_path} has splits {sorted(splits)}; publish takes a dataset with exactly one "
             "split (shard each split into its own folder and publish them as separate repos)"
         )
-    (split, entry), = splits.items()
+    ((split, entry),) = splits.items()
     shards = []
     for relpath, samples in zip(entry["filenames"], entry["shard_lengths"], strict=True):
         tar = dataset / relpath
@@ -263,7 +263,9 @@ def source_classes(dataset: Path, shards: list[StagedShard]) -> dict[str, int]:
         tar_path = Path(dataset) / shard.relpath
         rows = pq.read_table(tar_path.with_suffix(".parquet"), columns=["uid", "source"])
         first = {}
-        for uid, source in zip(*(rows.column(c).to_pylist() for c in ("uid", "source")), strict=True):
+        for uid, source in zip(
+            *(rows.column(c).to_pylist() for c in ("uid", "source")), strict=True
+        ):
             if source not in classes and source not in first:
                 first[source] = uid
         if first:
@@ -402,8 +404,13 @@ def stage_dataset(config: PublishConfig, stage: Path) -> StagedDataset:
 
 
 def size_category(samples: int) -> str:
-    for limit, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"),
-                         (1e6, "100K<n<1M"), (1e7, "1M<n<10M")):
+    for limit, label in (
+        (1e3, "n<1K"),
+        (1e4, "1K<n<10K"),
+        (1e5, "10K<n<100K"),
+        (1e6, "100K<n<1M"),
+        (1e7, "1M<n<10M"),
+    ):
         if samples < limit:
             return label
     return "10M<n<100M"
@@ -499,8 +506,15 @@ def dataset_card(
     body += _table(["config", "samples", "shards", "median size", "files"], rows)
     body += ["", "## Sources", ""]
     rows = [
-        [s, r["found"], r["kept"], r["duplicate"], r["rejected"], r["excluded"],
-         facts[s].get("license") or "not stated"]
+        [
+            s,
+            r["found"],
+            r["kept"],
+            r["duplicate"],
+            r["rejected"],
+            r["excluded"],
+            facts[s].get("license") or "not stated",
+        ]
         for s, r in numbers["sources"].items()
     ]
     body += _table(
@@ -533,8 +547,11 @@ def dataset_card(
     body += _table(["", "min", "p5", "median", "p95", "max"], stat_rows)
     body += [
         "",
-        "Bit depth: " + ", ".join(f"{k}-bit {v:,}" for k, v in numbers["bit_depth"].items())
-        + "; modality: " + ", ".join(f"{k} {v:,}" for k, v in numbers["modality"].items()) + ".",
+        "Bit depth: "
+        + ", ".join(f"{k}-bit {v:,}" for k, v in numbers["bit_depth"].items())
+        + "; modality: "
+        + ", ".join(f"{k} {v:,}" for k, v in numbers["modality"].items())
+        + ".",
         "",
         f"![resolution]({METADATA_DIRNAME}/{REPORT_DIRNAME}/resolution_hist.png)",
         f"![entropy]({METADATA_DIRNAME}/{REPORT_DIRNAME}/entropy_hist.png)",
@@ -640,7 +657,9 @@ def hub_errors(action: str, endpoint: str, token: str, stage: Path) -> Iterator[
     except PublishError:
         raise
     except OfflineModeIsEnabled as err:
-        raise PublishError(f"{action}: HF_HUB_OFFLINE is set; unset it and re-run ({kept})") from err
+        raise PublishError(
+            f"{action}: HF_HUB_OFFLINE is set; unset it and re-run ({kept})"
+        ) from err
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         if status == 401:
@@ -704,8 +723,12 @@ def upload_dataset(config: PublishConfig, staged: StagedDataset, token: str) -> 
     check_hub_access(endpoint, token, staged.folder)
     api = HfApi(endpoint=endpoint, token=token)
     summary = PublishSummary(
-        repo=config.repo, staged=staged.folder, samples=staged.samples,
-        shards=len(staged.shards), bins=len(staged.bins), dry_run=False,
+        repo=config.repo,
+        staged=staged.folder,
+        samples=staged.samples,
+        shards=len(staged.shards),
+        bins=len(staged.bins),
+        dry_run=False,
     )
     with hub_errors(f"creating {config.repo}", endpoint, token, staged.folder):
         summary.url = str(
@@ -725,16 +748,25 @@ def upload_dataset(config: PublishConfig, staged: StagedDataset, token: str) -> 
         )
         with hub_errors(f"uploading bin {bin_name}", endpoint, token, staged.folder):
             api.upload_folder(
-                repo_id=config.repo, repo_type="dataset", folder_path=staged.folder,
-                allow_patterns=[s.repo_path for s in missing], commit_message=message,
+                repo_id=config.repo,
+                repo_type="dataset",
+                folder_path=staged.folder,
+                allow_patterns=[s.repo_path for s in missing],
+                commit_message=message,
             )
         summary.uploaded += len(missing)
         summary.commits.append(message)
     message = "Dataset card and metadata"
     with hub_errors("uploading the card and metadata", endpoint, token, staged.folder):
         api.upload_folder(
-            repo_id=config.repo, repo_type="dataset", folder_path=staged.folder,
-            allow_patterns=[CARD_FILENAME, f"{DATA_DIRNAME}/{INFO_FILENAME}", f"{METADATA_DIRNAME}/**"],
+            repo_id=config.repo,
+            repo_type="dataset",
+            folder_path=staged.folder,
+            allow_patterns=[
+                CARD_FILENAME,
+                f"{DATA_DIRNAME}/{INFO_FILENAME}",
+                f"{METADATA_DIRNAME}/**",
+            ],
             commit_message=message,
         )
     summary.commits.append(message)
@@ -753,8 +785,11 @@ def publish(config: PublishConfig) -> PublishSummary:
     staged = stage_dataset(config, stage)
     if config.dry_run is not None:
         return PublishSummary(
-            repo=config.repo, staged=stage, samples=staged.samples,
-            shards=len(staged.shards), bins=len(staged.bins), dry_run=True,
+            repo=config.repo,
+            staged=stage,
+            samples=staged.samples,
+            shards=len(staged.shards),
+            bins=len(staged.bins),
+            dry_run=True,
         )
     return upload_dataset(config, staged, token)
-

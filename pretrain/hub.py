@@ -34,9 +34,7 @@ CARD_FILE = "README.md"
 STAGE_ENTRIES = frozenset({CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, ".gitattributes"})
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 15.0  # the Hub client has no timeout of its own: the access check has one
-PAPER = (
-    "DuGI-MAE: Improving Infrared Mask Autoencoders via Dual-Domain Guidance (AAAI 2026)"
-)
+PAPER = "DuGI-MAE: Improving Infrared Mask Autoencoders via Dual-Domain Guidance (AAAI 2026)"
 
 
 class PublishError(RuntimeError):
@@ -87,7 +85,9 @@ def read_export(export_dir: Path) -> dict[str, Any]:
     try:
         config = json.loads(config_path.read_text())
     except ValueError as err:
-        raise PublishError(f"{config_path} is not JSON ({err}): export the checkpoint again") from err
+        raise PublishError(
+            f"{config_path} is not JSON ({err}): export the checkpoint again"
+        ) from err
     if "architecture" not in config:
         raise PublishError(f"{config_path} names no timm architecture: export the checkpoint again")
     return config
@@ -159,8 +159,15 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
         library_name="timm",
         license=pretrained.get("license", "apache-2.0"),
         pipeline_tag="image-feature-extraction",
-        tags=["infrared", "thermal", "masked-autoencoder", "dugi-mae", "inf590k",
-              "image-feature-extraction", "timm"],
+        tags=[
+            "infrared",
+            "thermal",
+            "masked-autoencoder",
+            "dugi-mae",
+            "inf590k",
+            "image-feature-extraction",
+            "timm",
+        ],
         datasets=[config.dataset_repo] if config.dataset_repo else None,
     )
     name = recipe.get("name", architecture)
@@ -198,7 +205,11 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
         "",
         f"- masking: {recipe.get('masking', '?')}, mask ratio {recipe.get('mask_ratio', '?')}",
         f"- dual-domain guidance (DDG): {recipe.get('ddg', '?')}"
-        + (f" ({recipe.get('ddg_filter')}, depth {recipe.get('ddg_depth')})" if recipe.get("ddg") else ""),
+        + (
+            f" ({recipe.get('ddg_filter')}, depth {recipe.get('ddg_depth')})"
+            if recipe.get("ddg")
+            else ""
+        ),
         f"- decoder: {recipe.get('decoder_depth', '?')} blocks of width "
         f"{recipe.get('decoder_dim', '?')}, normalised-pixel loss {recipe.get('norm_pix_loss', '?')}",
         *training_lines(config.export_dir),
@@ -252,8 +263,11 @@ def stage_model(config: ModelPublishConfig, stage: Path) -> ModelPublishSummary:
     tmp.write_text(model_card(config, timm_config, parameters))
     os.replace(tmp, card)
     return ModelPublishSummary(
-        repo=config.repo, staged=stage, architecture=timm_config["architecture"],
-        parameters=parameters, dry_run=config.dry_run is not None,
+        repo=config.repo,
+        staged=stage,
+        architecture=timm_config["architecture"],
+        parameters=parameters,
+        dry_run=config.dry_run is not None,
     )
 
 
@@ -309,7 +323,9 @@ def hub_errors(action: str, endpoint: str, token: str, stage: Path) -> Iterator[
     except PublishError:
         raise
     except OfflineModeIsEnabled as err:
-        raise PublishError(f"{action}: HF_HUB_OFFLINE is set; unset it and re-run ({kept})") from err
+        raise PublishError(
+            f"{action}: HF_HUB_OFFLINE is set; unset it and re-run ({kept})"
+        ) from err
     except HfHubHTTPError as err:
         status = err.response.status_code if err.response is not None else None
         hints = {
@@ -334,7 +350,8 @@ def check_hub_access(endpoint: str, token: str, stage: Path) -> str:
 
     with hub_errors("checking the token", endpoint, token, stage):
         response = get_session().get(
-            f"{endpoint}/api/whoami-v2", headers=build_hf_headers(token=token),
+            f"{endpoint}/api/whoami-v2",
+            headers=build_hf_headers(token=token),
             timeout=PROBE_TIMEOUT_S,
         )
         hf_raise_for_status(response)
@@ -367,7 +384,9 @@ def publish_model(config: ModelPublishConfig) -> ModelPublishSummary:
         )
     with hub_errors(f"uploading to {config.repo}", endpoint, token, stage):
         api.upload_folder(
-            repo_id=config.repo, repo_type="model", folder_path=stage,
+            repo_id=config.repo,
+            repo_type="model",
+            folder_path=stage,
             allow_patterns=[CARD_FILE, CONFIG_FILE, WEIGHTS_FILE],
             commit_message=f"Upload {summary.architecture} encoder weights, timm config and card",
         )

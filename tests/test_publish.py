@@ -39,13 +39,17 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     """Two synthetic sources -> build -> a dataset with several bins, one with 3 shards."""
     root = tmp_path_factory.mktemp("publish")
     synthesize(SynthConfig(layout="sirst", out=root / "sirst", count=12, scale=0.5, workers=1))
-    synthesize(SynthConfig(layout="roadscene", out=root / "rs", count=8, scale=0.5, seed=1, workers=1))
+    synthesize(
+        SynthConfig(layout="roadscene", out=root / "rs", count=8, scale=0.5, seed=1, workers=1)
+    )
     build, dataset = root / "build", root / "ds"
     run_build(
         BuildConfig(
             ingest=IngestConfig(
                 sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")),
-                build=build, workers=1, progress=False,
+                build=build,
+                workers=1,
+                progress=False,
             ),
             out=dataset,
             shard=ShardConfig(build=build, out=dataset, workers=1, max_count=4, progress=False),
@@ -58,16 +62,18 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
 def same_as_staged(built, folder: Path, **options) -> PublishConfig:
     """The configuration the `staged` fixture used, for a real upload from that folder."""
     build, dataset = built
-    return PublishConfig(dataset=dataset, repo="lab/inf590k-mini", build=build, stage=folder,
-                         **options)
+    return PublishConfig(
+        dataset=dataset, repo="lab/inf590k-mini", build=build, stage=folder, **options
+    )
 
 
 @pytest.fixture(scope="module")
 def staged(built, tmp_path_factory) -> Path:
     build, dataset = built
     folder = tmp_path_factory.mktemp("staged") / "hub"
-    summary = publish(PublishConfig(dataset=dataset, repo="lab/inf590k-mini", dry_run=folder,
-                                    build=build))
+    summary = publish(
+        PublishConfig(dataset=dataset, repo="lab/inf590k-mini", dry_run=folder, build=build)
+    )
     assert summary.dry_run and str(summary).startswith("publish (dry run): 20 samples")
     return folder
 
@@ -101,7 +107,8 @@ def snapshot(folder: Path) -> dict[str, str]:
     """Every file of a folder and its content digest."""
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -231,9 +238,15 @@ def test_card_metadata_parses_with_huggingface_hub_and_datasets(built, staged):
     assert configs[bins[0]]["data_files"] == [{"split": "train", "path": f"data/{bins[0]}/*.tar"}]
     for source, citation in (("sirst", "WACV 2021"), ("roadscene", "AAAI 2020")):
         assert source in card.text and citation in card.text
-    for needle in ("| source | found | kept", "| config | samples |", "metadata/report/sample_grid.png",
-                   "streaming=True", "inf590k pretrain --shards https://huggingface.co/datasets/"
-                   "lab/inf590k-mini/resolve/main/data/_info.json", "none stated"):
+    for needle in (
+        "| source | found | kept",
+        "| config | samples |",
+        "metadata/report/sample_grid.png",
+        "streaming=True",
+        "inf590k pretrain --shards https://huggingface.co/datasets/"
+        "lab/inf590k-mini/resolve/main/data/_info.json",
+        "none stated",
+    ):
         assert needle in card.text, needle
 
 
@@ -260,8 +273,9 @@ def test_load_dataset_reads_every_config(built, staged, tmp_path, monkeypatch):
     expected["all"] = sum(expected.values())
     kept = {r["uid"]: r for r in cat.read_catalog(build).to_pylist() if r["status"] == "ok"}
     for name, count in expected.items():
-        loaded = datasets.load_dataset(str(staged), name=name, split="train",
-                                       cache_dir=str(tmp_path / "cache"))
+        loaded = datasets.load_dataset(
+            str(staged), name=name, split="train", cache_dir=str(tmp_path / "cache")
+        )
         assert loaded.num_rows == count, name
         assert isinstance(loaded.features["png"], datasets.Image)
         for example in loaded:
@@ -308,7 +322,10 @@ def test_unreachable_endpoint_fails_fast(built, own_stage, hub_env, capsys):
     after = snapshot(own_stage)
     assert after.pop("README.md") != before.pop("README.md")  # its URLs name the endpoint
     assert after == before
-    assert f"{endpoint}/datasets/lab/inf590k-mini/resolve/main" in (own_stage / "README.md").read_text()
+    assert (
+        f"{endpoint}/datasets/lab/inf590k-mini/resolve/main"
+        in (own_stage / "README.md").read_text()
+    )
 
 
 def test_missing_token_says_how_to_log_in(built, own_stage, hub_env, monkeypatch):
@@ -390,18 +407,29 @@ class RecordingHub:
 
         assert kwargs["repo_type"] == "dataset" and kwargs["recursive"]
         for path, digest in self.files.items():
-            yield RepoFile(path=path, size=1, oid="0" * 40,
-                           lfs={"size": 1, "oid": digest, "pointerSize": 130})
+            yield RepoFile(
+                path=path, size=1, oid="0" * 40, lfs={"size": 1, "oid": digest, "pointerSize": 130}
+            )
 
-    def upload_folder(self, api, *, repo_id, folder_path, allow_patterns, commit_message,
-                      repo_type):
+    def upload_folder(
+        self, api, *, repo_id, folder_path, allow_patterns, commit_message, repo_type
+    ):
         from huggingface_hub.utils import filter_repo_objects, get_session, hf_raise_for_status
 
-        self.calls.append({"call": "upload_folder", "repo_id": repo_id, "repo_type": repo_type,
-                           "message": commit_message, "patterns": list(allow_patterns)})
+        self.calls.append(
+            {
+                "call": "upload_folder",
+                "repo_id": repo_id,
+                "repo_type": repo_type,
+                "message": commit_message,
+                "patterns": list(allow_patterns),
+            }
+        )
         if self.fail_on and self.fail_on in commit_message:
             self.fail_on = None
-            hf_raise_for_status(get_session().post(f"{self.endpoint}/api/datasets/{repo_id}/commit"))
+            hf_raise_for_status(
+                get_session().post(f"{self.endpoint}/api/datasets/{repo_id}/commit")
+            )
         folder = Path(folder_path)
         local = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
         for path in filter_repo_objects(local, allow_patterns=allow_patterns):
@@ -421,8 +449,14 @@ def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkey
     hub.install(monkeypatch)
     bins = sorted(kept_per_bin(build))
     hub.fail_on = f"bin {bins[1]}"
-    config = PublishConfig(dataset=dataset, repo="lab/inf", private=True, build=build,
-                           stage=tmp_path / "stage", endpoint=fake_hub)
+    config = PublishConfig(
+        dataset=dataset,
+        repo="lab/inf",
+        private=True,
+        build=build,
+        stage=tmp_path / "stage",
+        endpoint=fake_hub,
+    )
 
     with pytest.raises(PublishError) as error:
         publish(config)
@@ -447,8 +481,11 @@ def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkey
     ]
     assert uploads[-1]["message"] == "Dataset card and metadata"
     assert summary.skipped == len(first_bin) and summary.uploaded == 6 - len(first_bin)
-    staged_files = {str(p.relative_to(tmp_path / "stage"))
-                    for p in (tmp_path / "stage").rglob("*") if p.is_file()}
+    staged_files = {
+        str(p.relative_to(tmp_path / "stage"))
+        for p in (tmp_path / "stage").rglob("*")
+        if p.is_file()
+    }
     assert set(hub.files) == staged_files  # every staged file is in the repo
     assert "lab/inf" in str(summary) and "\n" not in str(summary)
 
@@ -479,7 +516,9 @@ def test_pretrain_streams_the_staged_layout_over_http(staged):
         pattern = expected[0].replace("000000.tar", "{000000..000000}.tar")
         assert expand_shard_urls([pattern]) == expected[:1]
         assert epoch_samples(DataConfig(shards=(pattern,)), expected[:1]) == 20
-        keys = [s["__key__"] for s in wds.WebDataset(expected, shardshuffle=False, empty_check=False)]
+        keys = [
+            s["__key__"] for s in wds.WebDataset(expected, shardshuffle=False, empty_check=False)
+        ]
     assert len(keys) == len(set(keys)) == 20
 
 

@@ -27,10 +27,20 @@ def make_export(folder: Path, name: str) -> tuple[torch.nn.Module, Path]:
     model = create_model(name).eval()
     export_encoder(model, folder)
     checkpoint = {
-        "model_name": name, "step": 5, "world_size": 1, "counters": {"images": 80},
-        "config": {"data": {"shards": ["/local/only/shard-000000.tar"], "batch_size": 16},
-                   "optim": {"accum_steps": 1, "beta1": 0.9, "beta2": 0.95,
-                             "weight_decay": 0.05, "blr": 1.5e-4}},
+        "model_name": name,
+        "step": 5,
+        "world_size": 1,
+        "counters": {"images": 80},
+        "config": {
+            "data": {"shards": ["/local/only/shard-000000.tar"], "batch_size": 16},
+            "optim": {
+                "accum_steps": 1,
+                "beta1": 0.9,
+                "beta2": 0.95,
+                "weight_decay": 0.05,
+                "blr": 1.5e-4,
+            },
+        },
         "model_config": {"name": name},
     }
     (folder / "README.md").write_text(export_card(checkpoint, "model.safetensors"))
@@ -57,8 +67,11 @@ def digests(folder: Path) -> dict[str, str]:
 def test_staged_hierarchical_encoder_loads_with_timm(exported, tmp_path):
     model, export = exported
     stage = tmp_path / "hub"
-    summary = publish_model(ModelPublishConfig(export_dir=export, repo="lab/dugi-tiny",
-                                               dataset_repo="lab/inf590k", dry_run=stage))
+    summary = publish_model(
+        ModelPublishConfig(
+            export_dir=export, repo="lab/dugi-tiny", dataset_repo="lab/inf590k", dry_run=stage
+        )
+    )
     assert {p.name for p in stage.iterdir()} == {"README.md", "config.json", "model.safetensors"}
     assert summary.parameters == sum(p.numel() for p in model.encoder.parameters()) > 0
     assert str(summary).startswith("publish-model (dry run): dugi_mae_tiny encoder")
@@ -68,8 +81,9 @@ def test_staged_hierarchical_encoder_loads_with_timm(exported, tmp_path):
     with torch.no_grad():
         maps = backbone(images)
         plain = timm.create_model(f"local-dir:{stage}", pretrained=True).eval()
-        torch.testing.assert_close(plain.forward_features(images),
-                                   model.encoder.forward_features(images))
+        torch.testing.assert_close(
+            plain.forward_features(images), model.encoder.forward_features(images)
+        )
     assert [m.shape[1] for m in maps] == [32, 48, 64, 64]
 
 
@@ -82,8 +96,9 @@ def test_staged_vit_encoder_loads_into_timm_vision_transformer(tmp_path):
     images = torch.randn(1, 1, 64, 64)
     all_visible = mask_from_visible(torch.arange(16).expand(1, -1), 16)
     with torch.no_grad():  # timm's tokens after the class token = our encoder's tokens
-        torch.testing.assert_close(encoder.forward_features(images)[:, 1:],
-                                   model.encoder(images, all_visible))  # [N, L, D]
+        torch.testing.assert_close(
+            encoder.forward_features(images)[:, 1:], model.encoder(images, all_visible)
+        )  # [N, L, D]
     card = (stage / "README.md").read_text()
     assert 'timm.create_model("hf-hub:lab/mae-vit-tiny", pretrained=True)' in card
     assert "import pretrain" not in card  # a plain ViT needs only timm
@@ -97,8 +112,11 @@ def test_model_card_parses_and_holds_architecture_data_recipe(exported, tmp_path
 
     _, export = exported
     stage = tmp_path / "hub"
-    publish_model(ModelPublishConfig(export_dir=export, repo="lab/dugi-tiny",
-                                     dataset_repo="lab/inf590k", dry_run=stage))
+    publish_model(
+        ModelPublishConfig(
+            export_dir=export, repo="lab/dugi-tiny", dataset_repo="lab/inf590k", dry_run=stage
+        )
+    )
     card = ModelCard.load(stage / "README.md")
     data = card.data.to_dict()
     assert data["library_name"] == "timm" and data["license"] == "apache-2.0"
@@ -106,17 +124,25 @@ def test_model_card_parses_and_holds_architecture_data_recipe(exported, tmp_path
     assert data["pipeline_tag"] == "image-feature-extraction"
     assert {"infrared", "thermal"} <= set(data["tags"])
     text = card.text
-    for needle in ("`dugi_mae_tiny`", "embedding dims [32, 48, 64]",
-                   "(https://huggingface.co/datasets/lab/inf590k)", "masking: entropy, mask ratio 0.75",
-                   "dual-domain guidance (DDG): True", "- steps: 5", "weight decay 0.05",
-                   'timm.create_model("hf-hub:lab/dugi-tiny", pretrained=True, features_only=True)',
-                   "import pretrain", "AAAI 2026"):
+    for needle in (
+        "`dugi_mae_tiny`",
+        "embedding dims [32, 48, 64]",
+        "(https://huggingface.co/datasets/lab/inf590k)",
+        "masking: entropy, mask ratio 0.75",
+        "dual-domain guidance (DDG): True",
+        "- steps: 5",
+        "weight decay 0.05",
+        'timm.create_model("hf-hub:lab/dugi-tiny", pretrained=True, features_only=True)',
+        "import pretrain",
+        "AAAI 2026",
+    ):
         assert needle in text, needle
     assert "/local/only" not in card.content  # the export's local shard paths stay private
     config = json.loads((stage / "config.json").read_text())
     assert config["architecture"] == "dugi_mae_tiny"
     assert count_parameters(stage / "model.safetensors") == count_parameters(
-        export / "model.safetensors")
+        export / "model.safetensors"
+    )
 
 
 def test_bad_input_is_one_clear_line(exported, tmp_path):
@@ -126,8 +152,11 @@ def test_bad_input_is_one_clear_line(exported, tmp_path):
     with pytest.raises(PublishError, match="--repo 'nobody': write OWNER/NAME"):
         publish_model(ModelPublishConfig(export_dir=export, repo="nobody", dry_run=tmp_path / "b"))
     with pytest.raises(PublishError, match="--dataset-repo"):
-        publish_model(ModelPublishConfig(export_dir=export, repo="lab/x", dataset_repo="a/b/c",
-                                         dry_run=tmp_path / "c"))
+        publish_model(
+            ModelPublishConfig(
+                export_dir=export, repo="lab/x", dataset_repo="a/b/c", dry_run=tmp_path / "c"
+            )
+        )
     with pytest.raises(PublishError, match="overlaps the export"):
         publish_model(ModelPublishConfig(export_dir=export, repo="lab/x", dry_run=export))
     broken = tmp_path / "broken"
@@ -138,8 +167,9 @@ def test_bad_input_is_one_clear_line(exported, tmp_path):
         publish_model(ModelPublishConfig(export_dir=broken, repo="lab/x", dry_run=tmp_path / "d"))
 
 
-def test_offline_and_unreachable_fail_fast_and_keep_the_stage(exported, tmp_path, hub_env,
-                                                              monkeypatch, capsys):
+def test_offline_and_unreachable_fail_fast_and_keep_the_stage(
+    exported, tmp_path, hub_env, monkeypatch, capsys
+):
     _, export = exported
     stage = tmp_path / "hub"
     publish_model(ModelPublishConfig(export_dir=export, repo="lab/x", dry_run=stage))
@@ -156,8 +186,9 @@ def test_offline_and_unreachable_fail_fast_and_keep_the_stage(exported, tmp_path
     endpoint = f"http://127.0.0.1:{closed_port()}"
     started = time.perf_counter()
     with pytest.raises(PublishError) as error:
-        publish_model(ModelPublishConfig(export_dir=export, repo="lab/x", stage=stage,
-                                         endpoint=endpoint))
+        publish_model(
+            ModelPublishConfig(export_dir=export, repo="lab/x", stage=stage, endpoint=endpoint)
+        )
     assert time.perf_counter() - started < 10
     message = str(error.value)
     assert f"cannot reach {endpoint}" in message and str(stage) in message and "\n" not in message
@@ -165,8 +196,9 @@ def test_offline_and_unreachable_fail_fast_and_keep_the_stage(exported, tmp_path
     assert digests(stage) == before
 
 
-def test_upload_creates_a_model_repo_and_uploads_the_three_files(exported, tmp_path, hub_env,
-                                                                 fake_hub, monkeypatch):
+def test_upload_creates_a_model_repo_and_uploads_the_three_files(
+    exported, tmp_path, hub_env, fake_hub, monkeypatch
+):
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoUrl
 
@@ -183,8 +215,11 @@ def test_upload_creates_a_model_repo_and_uploads_the_three_files(exported, tmp_p
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     stage = tmp_path / "hub"
-    summary = publish_model(ModelPublishConfig(export_dir=export, repo="lab/dugi", private=True,
-                                               stage=stage, endpoint=fake_hub))
+    summary = publish_model(
+        ModelPublishConfig(
+            export_dir=export, repo="lab/dugi", private=True, stage=stage, endpoint=fake_hub
+        )
+    )
     (_, repo, created), (_, uploaded_to, upload) = calls
     assert repo == uploaded_to == "lab/dugi"
     assert created["repo_type"] == "model" and created["private"] is True and created["exist_ok"]
@@ -196,6 +231,7 @@ def test_upload_creates_a_model_repo_and_uploads_the_three_files(exported, tmp_p
     monkeypatch.setenv("HF_TOKEN", "hf_not_this_one")
     calls.clear()
     with pytest.raises(PublishError, match="HTTP 401, the token was rejected"):
-        publish_model(ModelPublishConfig(export_dir=export, repo="lab/dugi", stage=stage,
-                                         endpoint=fake_hub))
+        publish_model(
+            ModelPublishConfig(export_dir=export, repo="lab/dugi", stage=stage, endpoint=fake_hub)
+        )
     assert calls == []  # nothing created or uploaded with a rejected token
