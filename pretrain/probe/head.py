@@ -93,6 +93,7 @@ def build_backbone(spec: EncoderSpec) -> nn.Module:
     depth = kwargs.get("depth")
     if isinstance(depth, int):  # a plain ViT: four evenly spaced blocks, as UPerNet on ViT
         kwargs["out_indices"] = sorted({max(0, depth * (i + 1) // 4 - 1) for i in range(4)})
+        kwargs["dynamic_img_size"] = True  # position embeddings resampled to the probe's size
     if spec.weights is not None:
         # input_size tells timm the weights' channel count (a 3-channel default would warn)
         size = kwargs.get("img_size", 224)
