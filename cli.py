@@ -65,8 +65,8 @@ def main() -> None:
     """Build the Inf-590K infrared pretraining corpus and pretrain DuGI-MAE on it.
 
     \b
-    Dataset:   sources, synth, ingest, dedupe, bin, shard, build, verify, report
-    Model:     model-info, pretrain, visualize, export
+    Dataset:   sources, synth, ingest, dedupe, bin, shard, build, verify, report, publish
+    Model:     model-info, pretrain, visualize, export, publish-model
     """
 
 
@@ -377,6 +377,66 @@ def report(dataset: Path, out: Path | None, grid_samples: int, seed: int) -> Non
     from inf590k.report import report as run_report
 
     click.echo(str(run_stage(run_report, ReportConfig(dataset=dataset, out=out, grid_samples=grid_samples, seed=seed))))
+
+
+# ----------------------------------------------------------------------------- publish
+
+
+HUB_ENDPOINT = ("--endpoint", dict(default=None, help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co)."))
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face dataset repo to create or update.")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--dry-run", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Stage the Hub layout (card, data/, metadata/) into DIR and stop.")
+@click.option("--stage", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Staging folder of the upload, kept for re-runs (default: DATASET-hub beside DATASET).")
+@click.option("--build", "build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Build folder: publish its whole catalog (rejected rows too) and its source facts.")
+@click.option("--pretty-name", default=None, help="Title on the Hub (default: the name in _info.json).")
+@apply_options([HUB_ENDPOINT])
+def publish(dataset, repo, private, dry_run, stage, build_dir, pretty_name, endpoint) -> None:
+    """Publish a dataset folder to the Hugging Face Hub: card, shards, index, catalog.
+
+    The token comes from HF_TOKEN or the cached login and is never printed; a re-run resumes.
+    """
+    from inf590k.publish import PublishConfig, PublishError
+    from inf590k.publish import publish as run_publish
+
+    config = PublishConfig(dataset=dataset, repo=repo, private=private, dry_run=dry_run, stage=stage,
+                           build=build_dir, pretty_name=pretty_name, endpoint=endpoint)
+    try:
+        summary = run_publish(config)
+    except (PublishError, FileNotFoundError) as err:
+        raise CliError(str(err)) from err
+    click.echo(str(summary))
+
+
+@main.command("publish-model")
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face model repo to create or update.")
+@click.option("--dataset-repo", default=None, metavar="OWNER/NAME",
+              help="Dataset repo it was pretrained on (linked from the card).")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--dry-run", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Stage weights, config and card into DIR and stop.")
+@click.option("--stage", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Staging folder (default: EXPORT_DIR-hub beside it).")
+@apply_options([HUB_ENDPOINT])
+def publish_model(export_dir, repo, dataset_repo, private, dry_run, stage, endpoint) -> None:
+    """Publish an exported encoder (safetensors + timm config) with a model card."""
+    from pretrain.hub import ModelPublishConfig, PublishError
+    from pretrain.hub import publish_model as run_publish_model
+
+    config = ModelPublishConfig(export_dir=export_dir, repo=repo, dataset_repo=dataset_repo, private=private,
+                                dry_run=dry_run, stage=stage, endpoint=endpoint)
+    try:
+        summary = run_publish_model(config)
+    except PublishError as err:
+        raise CliError(str(err)) from err
+    click.echo(str(summary))
 
 
 # ----------------------------------------------------------------------------- synth
