@@ -177,7 +177,7 @@ def probe_loss(logits: Tensor, masks: Tensor) -> Tensor:
 
 def random_flips(images: Tensor, masks: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Horizontal and vertical flips per sample (the usual IRSTD augmentation)."""
-    flips = torch.rand(2, images.shape[0], generator=generator) < 0.5  # [2, N]
+    flips = (torch.rand(2, images.shape[0], generator=generator) < 0.5).to(images.device)  # [2, N]
     for axis, chosen in ((-1, flips[0]), (-2, flips[1])):
         images = torch.where(chosen[:, None, None, None], images.flip(axis), images)
         masks = torch.where(chosen[:, None, None], masks.flip(axis), masks)
@@ -193,17 +193,21 @@ def train_probe(model: SegmentationProbe, data: LoadedSplit, config: ProbeConfig
     scheduler = CosineLRScheduler(optimizer, t_initial=config.steps,
                                   warmup_t=max(1, config.steps // 20), warmup_lr_init=config.lr / 100,
                                   t_in_epochs=False)
-    losses = torch.zeros(config.steps)
+    # The set is small: it moves to the device once, and losses stay there until the end
+    # (no host synchronisation per step).
+    all_images, all_masks = data.images.to(device), data.masks.to(device)
+    losses = torch.zeros(config.steps, device=device)
     model.train()
     for step in tqdm(range(config.steps), desc="probe", unit="step", disable=None):
         index = torch.randint(len(data.names), (config.batch_size,), generator=generator)
-        images, masks = random_flips(data.images[index], data.masks[index], generator)
-        loss = probe_loss(model(images.to(device)), masks.to(device))
+        index = index.to(device)
+        images, masks = random_flips(all_images[index], all_masks[index], generator)
+        loss = probe_loss(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step_update(step + 1)
-        losses[step] = loss.detach().cpu()
+        losses[step] = loss.detach()
     return losses.tolist()
 
 
