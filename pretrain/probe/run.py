@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from pretrain.probe.datasets import (
     IGNORE_INDEX,
+    LayoutSamples,
     LoadedSplit,
     canonical_layout,
     load_split,
@@ -266,18 +267,35 @@ def save_predictions_png(path: Path, data: LoadedSplit, predictions: np.ndarray,
     return path
 
 
-def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, out: Path) -> ProbeSummary:
-    start = time.perf_counter()
-    torch.manual_seed(config.seed)
+@dataclass(frozen=True)
+class ProbeData:
+    """A data set read and decoded once (both rows of a comparison train on it)."""
+
+    samples: LayoutSamples
+    train: LoadedSplit
+    test: LoadedSplit
+
+    @property
+    def binary(self) -> bool:
+        return self.samples.num_classes == 2
+
+
+def load_probe_data(config: ProbeConfig) -> ProbeData:
     samples = read_layout(config.layout, config.data, seed=config.seed)
     binary = samples.num_classes == 2
-    train = load_split(samples.train, config.img_size, binary)
-    test = load_split(samples.test, config.img_size, binary)
+    return ProbeData(samples, load_split(samples.train, config.img_size, binary),
+                     load_split(samples.test, config.img_size, binary))
+
+
+def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, data: ProbeData,
+                        out: Path) -> ProbeSummary:
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     in_chans = int(dict(spec.model_args).get("in_chans", 1))
-    if in_chans != 1:
-        train, test = (replace(s, images=s.images.expand(-1, in_chans, -1, -1)) for s in (train, test))
-    model = SegmentationProbe(build_backbone(spec), 1 if binary else samples.num_classes,
+    train, test = (replace(s, images=s.images.expand(-1, in_chans, -1, -1))  # grey replicated
+                   for s in (data.train, data.test))
+    model = SegmentationProbe(build_backbone(spec), 1 if data.binary else data.samples.num_classes,
                               in_chans=in_chans, head_dim=config.head_dim)
     if config.freeze:
         model.freeze_backbone()
@@ -287,7 +305,7 @@ def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, out: Path) -> Pr
         raise ProbeError(f"the loss diverged (non-finite) in {spec.label} training: "
                          f"lower --lr (now {config.lr})")
     predictions = predict(model, test.images, config.batch_size, config.threshold, device)
-    metrics = evaluate(predictions, test.masks.numpy(), samples.num_classes, config.distance)
+    metrics = evaluate(predictions, test.masks.numpy(), data.samples.num_classes, config.distance)
     out.mkdir(parents=True, exist_ok=True)
     summary = ProbeSummary(
         label=spec.label, architecture=spec.architecture, layout=config.layout,
@@ -295,24 +313,32 @@ def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, out: Path) -> Pr
         metrics=metrics, seconds=time.perf_counter() - start, out=out,
     )
     save_predictions_png(out / PREDICTIONS_FILE, test, predictions, str(summary.scores()))
+    _write_record(out / METRICS_FILE, summary, spec, config, data, losses, device)
+    return summary
+
+
+def _write_record(path: Path, summary: ProbeSummary, spec: EncoderSpec, config: ProbeConfig,
+                  data: ProbeData, losses: list[float], device: torch.device) -> None:
+    """metrics.json: the summary, options, encoder, split, metrics and a thinned loss curve."""
     stride = max(1, len(losses) // LOSS_POINTS)
+    samples = data.samples
     record = dict(
         summary=str(summary), label=spec.label, architecture=spec.architecture,
         model_args=dict(spec.model_args), weights=str(spec.weights) if spec.weights else None,
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        data=dict(root=str(samples.root), split=samples.split_source, train=len(train.names),
-                  test=len(test.names), without_mask=samples.without_mask,
-                  test_names=list(test.names)),
-        metrics=metrics, seconds=summary.seconds, device=str(device),
+        data=dict(root=str(samples.root), split=samples.split_source, train=len(samples.train),
+                  test=len(samples.test), without_mask=samples.without_mask,
+                  test_names=list(data.test.names)),
+        metrics=summary.metrics, seconds=summary.seconds, device=str(device),
         loss=dict(every=stride, values=losses[::stride], final=losses[-1]),
     )
-    (out / METRICS_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return summary
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def run_probe(config: ProbeConfig) -> ProbeSummary:
     """Fine-tune the encoder of `config.encoder` (an export folder, or scratch) and evaluate."""
-    return _train_and_evaluate(config, encoder_spec(config.encoder, config.arch), config.out)
+    spec = encoder_spec(config.encoder, config.arch)
+    return _train_and_evaluate(config, spec, load_probe_data(config), config.out)
 
 
 def run_probe_pair(config: ProbeConfig) -> ProbeComparison:
@@ -322,9 +348,10 @@ def run_probe_pair(config: ProbeConfig) -> ProbeComparison:
         raise ProbeError("pretrained vs. scratch needs --encoder EXPORT_DIR (an `inf590k "
                          "export` folder)")
     pretrained = encoder_spec(config.encoder, config.arch)
+    data = load_probe_data(config)
     rows = (
-        _train_and_evaluate(config, pretrained, config.out / "pretrained"),
-        _train_and_evaluate(config, scratch_like(pretrained), config.out / "scratch"),
+        _train_and_evaluate(config, pretrained, data, config.out / "pretrained"),
+        _train_and_evaluate(config, scratch_like(pretrained), data, config.out / "scratch"),
     )
     comparison = ProbeComparison(rows, config.out)
     record = {row.label: dict(metrics=row.metrics, seconds=row.seconds, out=str(row.out))
