@@ -184,3 +184,15 @@ def test_plain_vit_export_probes_from_four_blocks(tmp_path: Path) -> None:
                                exported["patch_embed.proj.weight"])
     model = SegmentationProbe(backbone, 1, head_dim=16)
     assert model(torch.randn(2, 1, 64, 96)).shape == (2, 1, 64, 96)
+
+
+def test_head_without_detail_branch_decides_from_encoder_maps(small_targets: Path,
+                                                              tmp_path: Path) -> None:
+    backbone = build_backbone(encoder_spec("scratch", "dugi_mae_tiny"))
+    model = SegmentationProbe(backbone, 1, head_dim=16, detail=False)
+    assert model.detail is None
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+    summary = run_probe(ProbeConfig(encoder="scratch", data=small_targets, layout="irstd1k",
+                                    out=tmp_path, steps=2, detail=False, **TINY))
+    record = check_outputs(summary, binary=True)
+    assert record["config"]["detail"] is False

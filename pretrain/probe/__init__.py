@@ -5,8 +5,11 @@
 
 Small-target sets (SIRST, IRSTD-1k, NUDT-SIRST) report IoU, nIoU, Pd and Fa; MSRS reports
 mIoU and mAcc. With an export folder the same architecture is also trained from scratch.
+Every error is a ValueError whose message says what to change.
 """
 
+from pretrain.probe.datasets import LAYOUTS, ProbeDataError
+from pretrain.probe.head import ProbeModelError
 from pretrain.probe.run import (
     ProbeComparison,
     ProbeConfig,
@@ -18,9 +21,12 @@ from pretrain.probe.run import (
 )
 
 __all__ = [
+    "LAYOUTS",
     "ProbeComparison",
     "ProbeConfig",
+    "ProbeDataError",
     "ProbeError",
+    "ProbeModelError",
     "ProbeSummary",
     "probe",
     "run_probe",

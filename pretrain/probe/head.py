@@ -8,7 +8,8 @@ The head: torchvision's FeaturePyramidNetwork on the encoder's maps (H/4..H/32, 
 of maps timm's `features_only` gives), UPerNet's fusion (every level upsampled to the finest,
 concatenated, one 3x3 conv), and a full-resolution detail branch of two 3x3 convs on the
 input. Small infrared targets are 1-10 px: the /4 maps alone cannot place their edges, and
-the detail branch gives the classifier the pixel grid back.
+the detail branch gives the classifier the pixel grid back. It also lets a head on weak
+features do well, so `detail=False` is the stricter comparison of encoders.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class SegmentationProbe(nn.Module):
     """Encoder maps -> fused features -> + full-resolution detail -> per-pixel logits."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, in_chans: int = 1,
-                 head_dim: int = 64, detail_dim: int = 16) -> None:
+                 head_dim: int = 64, detail_dim: int = 16, detail: bool = True) -> None:
         super().__init__()
         if num_classes < 1:
             raise ProbeModelError(f"num_classes={num_classes}: use 1 (binary) or the class count")
@@ -138,9 +139,11 @@ class SegmentationProbe(nn.Module):
         self.head = FusionHead(list(backbone.feature_info.channels()), head_dim)
         # Projected before upsampling: the full-resolution layers stay detail_dim wide.
         self.project = nn.Conv2d(head_dim, detail_dim, 1)
+        # Without the detail branch every pixel decision comes from the encoder's maps: a
+        # stricter test of the features (a frozen random encoder gets further with it).
         self.detail = nn.Sequential(
             ConvNormAct(in_chans, detail_dim, 3), ConvNormAct(detail_dim, detail_dim, 3)
-        )
+        ) if detail else None
         self.classifier = nn.Sequential(
             ConvNormAct(detail_dim, detail_dim, 3), nn.Conv2d(detail_dim, num_classes, 1)
         )
@@ -164,5 +167,6 @@ class SegmentationProbe(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         fused = self.project(self.head(self.backbone(images)))  # [N, detail_dim, H/r, W/r]
         fused = F.interpolate(fused, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        detail = self.detail(images)  # [N, detail_dim, H, W]
-        return self.classifier(fused + detail)  # [N, num_classes, H, W]
+        if self.detail is not None:
+            fused = fused + self.detail(images)  # [N, detail_dim, H, W]
+        return self.classifier(fused)  # [N, num_classes, H, W]

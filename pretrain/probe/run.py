@@ -72,6 +72,7 @@ class ProbeConfig:
     lr: float = 1e-3
     weight_decay: float = 0.01
     head_dim: int = 64
+    detail: bool = True  # the head's full-resolution branch on the input image
     threshold: float = 0.5  # target probability above which a pixel is a target
     distance: float = 3.0  # px between centroids for a detected target (Pd)
     seed: int = 0
@@ -296,7 +297,7 @@ def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, data: ProbeData,
     train, test = (replace(s, images=s.images.expand(-1, in_chans, -1, -1))  # grey replicated
                    for s in (data.train, data.test))
     model = SegmentationProbe(build_backbone(spec), 1 if data.binary else data.samples.num_classes,
-                              in_chans=in_chans, head_dim=config.head_dim)
+                              in_chans=in_chans, head_dim=config.head_dim, detail=config.detail)
     if config.freeze:
         model.freeze_backbone()
     model.to(device)
