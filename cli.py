@@ -66,7 +66,7 @@ def main() -> None:
 
     \b
     Dataset:   sources, synth, ingest, dedupe, bin, shard, build, verify, report, publish
-    Model:     model-info, pretrain, visualize, export, publish-model
+    Model:     model-info, pretrain, visualize, export, publish-model, probe
     """
 
 
@@ -613,6 +613,43 @@ def export(checkpoint: Path, out: Path) -> None:
     click.echo(f"export: wrote {export_checkpoint(checkpoint, out)}")
 
 
+@main.command()
+@click.option("--encoder", required=True, help="An `inf590k export` folder, or `scratch`.")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The dataset folder in its own layout (SIRST, IRSTD-1k, NUDT-SIRST or MSRS).")
+@click.option("--layout", required=True, type=click.Choice(["sirst", "irstd1k", "nudt", "msrs"]))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
+@click.option("--steps", default=500, show_default=True, help="Fine-tuning steps.")
+@click.option("--freeze/--no-freeze", default=False, show_default=True, help="Train the head only.")
+@click.option("--arch", default="dugi_mae_base", show_default=True, help="Architecture of --encoder scratch.")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="With an export: also train the same architecture from scratch, and print both rows.")
+@click.option("--img-size", default=256, show_default=True, help="Images are resized to this (multiple of 32).")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--weight-decay", default=0.01, show_default=True)
+@click.option("--head-dim", default=64, show_default=True, help="Width of the FPN/UPerNet head.")
+@click.option("--detail/--no-detail", default=True, show_default=True,
+              help="The head's full-resolution branch on the input (stricter comparisons: --no-detail).")
+@click.option("--threshold", default=0.5, show_default=True, help="Target probability of a target pixel.")
+@click.option("--distance", default=3.0, show_default=True, help="Centroid distance (px) of a detected target.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def probe(**options) -> None:
+    """Fine-tune an encoder on IR small-target (or MSRS) segmentation: IoU, nIoU, Pd, Fa / mIoU, mAcc.
+
+    With an export folder, the same architecture is also trained from scratch and both rows printed.
+    """
+    from pretrain.probe import ProbeConfig
+    from pretrain.probe import probe as run_probe
+
+    try:
+        result = run_probe(ProbeConfig(**options))
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    click.echo(str(result))
+
+
 # ----------------------------------------------------------------------------- demo
 
 DEMO_LAYOUTS = (("sirst", 0.5), ("llvip", 0.25), ("flir_adas_v2", 0.5), ("kaist", 0.5))
@@ -626,9 +663,10 @@ DEMO_LAYOUTS = (("sirst", 0.5), ("llvip", 0.25), ("flir_adas_v2", 0.5), ("kaist"
 @click.option("--frames", default=48, show_default=True, help="Synthetic infrared frames per layout.")
 @click.option("--steps", default=60, show_default=True, help="Pretraining steps of the tiny model.")
 @click.option("--model", default="dugi_mae_tiny", show_default=True, help="Model to pretrain.")
-def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, model: str) -> None:
+@click.option("--probe-steps", default=100, show_default=True, help="Fine-tuning steps of the small-target probe.")
+def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, model: str, probe_steps: int) -> None:
     """The whole chain on synthetic data, no downloads: synth -> build -> verify -> report ->
-    pretrain over local HTTP -> export -> reconstruction PNG."""
+    pretrain over local HTTP -> export -> reconstruction PNG -> small-target probe."""
     from inf590k.ingest import IngestConfig
     from inf590k.pipeline import BuildConfig, run_build
     from inf590k.report import ReportConfig
@@ -675,6 +713,13 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     exported = export_checkpoint(result.checkpoint, out / "export")
     image = sorted((out / "sources" / "sirst" / "images").glob("*.png"))[0]
     grid = visualize_checkpoint(result.checkpoint, image, out / "reconstruction.png")
+    from pretrain.probe import ProbeConfig
+    from pretrain.probe import probe as run_probe
+
+    probed = run_probe(ProbeConfig(encoder=str(out / "export"), data=out / "sources" / "sirst", layout="sirst",
+                                   out=out / "probe", arch=model, steps=probe_steps, img_size=128, batch_size=4,
+                                   head_dim=32, lr=3e-3, device="cpu"))
+    click.echo(str(probed))
 
     click.echo("\ndemo results:")
     for label, path in (
@@ -682,8 +727,9 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
         ("dedupe report", out / "build" / "dedupe"), ("dataset (WebDataset shards)", dataset),
         ("report + dataset card", reported.out), ("training run (metrics, checkpoints)", run_dir),
         ("exported encoder (timm)", exported), ("reconstruction grid", grid),
+        ("small-target probe (pretrained vs scratch)", out / "probe"),
     ):
-        click.echo(f"  {label:<38} {path}")
+        click.echo(f"  {label:<44} {path}")
 
 
 if __name__ == "__main__":

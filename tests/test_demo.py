@@ -18,7 +18,7 @@ def test_demo_chain_end_to_end(tmp_path, ir_samples):
     out = tmp_path / "demo"
     result = CliRunner().invoke(
         main,
-        ["demo", "--out", str(out), "--frames", "8", "--steps", "4",
+        ["demo", "--out", str(out), "--frames", "8", "--steps", "4", "--probe-steps", "3",
          "--extra", f"hit_uav={ir_samples / 'hit-uav'}"],
         catch_exceptions=False,
     )
@@ -31,6 +31,8 @@ def test_demo_chain_end_to_end(tmp_path, ir_samples):
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 4
     assert (out / "reconstruction.png").stat().st_size > 0
+    assert "pretrained" in result.output and "scratch" in result.output
+    assert (out / "probe" / "comparison.json").exists()
     exported = next((out / "export").rglob("*.safetensors"))
     model = timm.create_model("dugi_mae_tiny", pretrained=True, features_only=True,
                               pretrained_cfg_overlay=dict(file=str(exported)))
