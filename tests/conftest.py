@@ -22,3 +22,14 @@ def ir_samples() -> Path:
     if not root.is_dir():
         pytest.skip(f"real IR samples not found at {root}; set INF590K_SHARED to the shared/ folder")
     return root
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Small models run fastest on one thread; extra threads only contend on shared runners."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

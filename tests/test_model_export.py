@@ -14,14 +14,7 @@ import pretrain  # noqa: F401  (registers the timm models)
 from pretrain.models import create_model, export_encoder
 from pretrain.models.masking import mask_from_visible
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run fastest on one thread; extra threads only contend on shared runners."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def all_visible(batch: int, num_patches: int):

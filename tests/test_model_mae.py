@@ -17,13 +17,7 @@ COMBINATIONS = list(
 COMBINATION_IDS = [f"{enc}-{mask}-{'ddg' if ddg else 'noddg'}" for enc, mask, ddg in COMBINATIONS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models run fastest on one thread; extra threads only contend on shared runners."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def smooth_images(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -37,13 +37,7 @@ from pretrain.probe.run import train_probe
 TINY = dict(arch="dugi_mae_tiny", head_dim=16, batch_size=2, img_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small models run fastest on one thread; extra threads only contend on shared runners."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
