@@ -275,7 +275,7 @@ BUILD_DIR = click.option("--build", "build_dir", required=True, type=click.Path(
 def run_stage(func, config):
     try:
         return func(config)
-    except (ManifestError, KeyError, ValueError, FileNotFoundError) as err:
+    except (ManifestError, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         raise CliError(str(err).strip("'\"")) from err
 
 

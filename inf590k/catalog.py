@@ -113,7 +113,10 @@ def write_catalog(build: Path, table: pa.Table) -> None:
     ingest's resume markers (the part files) survive later stages.
     """
     table = table.cast(CATALOG_SCHEMA)
-    index_of = {uid: i for i, uid in enumerate(table.column("uid").to_pylist())}
+    uids = table.column("uid").to_pylist()
+    index_of = {uid: i for i, uid in enumerate(uids)}
+    if len(index_of) != len(uids):
+        raise ValueError("write_catalog: the catalog holds a uid twice; re-run `inf590k ingest`")
     parts = part_paths(build)
     seen = 0
     for path in parts:

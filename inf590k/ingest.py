@@ -16,6 +16,7 @@ import posixpath
 import re
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -72,6 +73,7 @@ class Task:
     status: str = cat.STATUS_OK
     reason: str = ""
     data: bytes | None = None
+    occurrence: int = 0  # a repeated archive member name (see sources.flag_name_problems)
 
 
 @dataclass(frozen=True)
@@ -123,11 +125,12 @@ class IngestSummary:
 # ----------------------------------------------------------------------------- planning
 
 
-def make_uid(source: str, relpath: str, frame: int = -1) -> str:
+def make_uid(source: str, relpath: str, frame: int = -1, occurrence: int = 0) -> str:
     """Stable sample key: readable slug of the path + a digest for uniqueness; no dots."""
     stem = posixpath.splitext(relpath)[0]
     slug = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")[-60:]
-    digest = hashlib.sha1(relpath.encode()).hexdigest()[:8]
+    named = relpath if not occurrence else f"{relpath}\0{occurrence}"
+    digest = hashlib.sha1(named.encode("utf-8", "backslashreplace")).hexdigest()[:8]
     uid = f"{source}-{slug}-{digest}"
     return f"{uid}-f{frame:06d}" if frame >= 0 else uid
 
@@ -143,7 +146,7 @@ def split_of(relpath: str) -> str:
 def classify(manifest: Manifest, entry: SourceEntry) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
     if entry.problem:
-        return Task(entry.relpath, entry.size, "", cat.STATUS_REJECTED, entry.problem)
+        return Task(entry.relpath, entry.size, "", cat.STATUS_REJECTED, entry.problem, occurrence=entry.occurrence)
     rule = manifest.excluded_by(entry.relpath)
     if rule:
         return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, rule)
@@ -178,9 +181,14 @@ def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
     return out
 
 
-def plan_source(manifest: Manifest, root: Path) -> list[Task]:
-    tasks = [classify(manifest, entry) for entry in list_entries(root)]
-    return subsample_sequences(manifest, tasks)
+def plan_source(manifest: Manifest, root: Path) -> tuple[list[Task], str]:
+    """The source's tasks, and a digest of its file list (names, sizes, times)."""
+    entries = list_entries(root)
+    listing = hashlib.sha256()
+    for entry in entries:
+        listing.update(f"{entry.relpath}\0{entry.size}\0{entry.mtime}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
+    tasks = [classify(manifest, entry) for entry in entries]
+    return subsample_sequences(manifest, tasks), listing.hexdigest()
 
 
 def chunked(tasks: list[Task], size: int = CHUNK_FILES) -> list[list[Task]]:
@@ -191,13 +199,13 @@ def part_path(build: Path, source: str, chunk: int) -> Path:
     return cat.catalog_dir(build) / f"part-{source}-{chunk:06d}.parquet"
 
 
-def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, n_files: int) -> str:
+def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, listing: str) -> str:
     """Digest of everything a chunk's rows depend on; a change invalidates finished chunks."""
     described = {
         "manifest": {k: v for k, v in asdict(manifest).items() if k != "path"},
         "root": str(Path(root).resolve()),
         "policy": asdict(policy),
-        "files": n_files,
+        "files": listing,
         "chunk": CHUNK_FILES,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
@@ -209,7 +217,7 @@ def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, n_file
 def base_row(manifest: Manifest, task: Task, frame: int = -1) -> dict:
     row = cat.empty_row()
     row.update(
-        uid=make_uid(manifest.id, task.relpath, frame),
+        uid=make_uid(manifest.id, task.relpath, frame, task.occurrence),
         source=manifest.id,
         relpath=task.relpath,
         frame=frame,
@@ -375,6 +383,21 @@ def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Ta
         yield [replace(t, data=buffered.pop(t.relpath)) if t.decision else t for t in chunk]
 
 
+def bounded_map(pool: ProcessPoolExecutor, work: Iterator, window: int) -> Iterator[list[dict]]:
+    """pool.map in order, with at most `window` chunks in flight.
+
+    Executor.map submits everything at once, which would read a whole tar archive into memory
+    before the first part is written.
+    """
+    pending: deque = deque()
+    for item in work:
+        pending.append(pool.submit(_process_chunk_star, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
     cat.write_parquet_atomic(cat.rows_to_table(rows), part_path(build, source, chunk))
 
@@ -402,8 +425,8 @@ def summarize_parts(build: Path, manifest: Manifest) -> SourceSummary:
 
 def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorded: dict) -> tuple[SourceJob, list[list[Task]], list[int]]:
     """Plan a source and find which chunks still need doing (stale parts are removed)."""
-    tasks = plan_source(manifest, root)
-    signature = source_signature(manifest, root, config.policy, len(tasks))
+    tasks, listing = plan_source(manifest, root)
+    signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         for stale in cat.catalog_dir(config.build).glob(f"part-{manifest.id}-*.parquet"):
             stale.unlink()
@@ -452,7 +475,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
     try:
         with tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
             for job, chunks, todo in plans:
-                decoded += run_source(job, chunks, todo, pool, bar)
+                decoded += run_source(job, chunks, todo, pool, bar, window=2 * workers)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -463,12 +486,14 @@ def ingest(config: IngestConfig) -> IngestSummary:
     return IngestSummary(summaries, seconds, decoded)
 
 
-def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], pool: ProcessPoolExecutor | None, bar: tqdm) -> int:
+def run_source(
+    job: SourceJob, chunks: list[list[Task]], todo: list[int], pool: ProcessPoolExecutor | None, bar: tqdm, window: int
+) -> int:
     todo_chunks = [chunks[i] for i in todo]
     if job.kind == "tar":
         todo_chunks = with_tar_bytes(job, todo_chunks)
     work = ((job, chunk) for chunk in todo_chunks)
-    results = map(_process_chunk_star, work) if pool is None else pool.map(_process_chunk_star, work)
+    results = map(_process_chunk_star, work) if pool is None else bounded_map(pool, work, window)
     decoded = 0
     for chunk_index, rows in zip(todo, results, strict=False):
         write_chunk(job.build, job.manifest.id, chunk_index, rows)

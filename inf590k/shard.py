@@ -436,11 +436,14 @@ def _remove_stale(out: Path, jobs: list[ShardJob]) -> None:
         match = SHARD_NAME.match(path.name)
         if path.name.endswith(".tmp"):
             path.unlink()  # a half-written file of a killed run
-        elif match and path.parent / f"{match['bin']}-{match['index']}" not in planned:
+        elif (
+            match
+            and path.parent.name == match["bin"]  # only shard files inside their bin's folder
+            and path.parent / f"{match['bin']}-{match['index']}" not in planned
+        ):
             path.unlink()
-    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
-        if not any(folder.iterdir()):
-            folder.rmdir()
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -517,6 +520,8 @@ def shard(config: ShardConfig) -> ShardSummary:
     if not jobs:
         raise ValueError(f"no kept images in {config.build}: check `inf590k report` counts")
     out.mkdir(parents=True, exist_ok=True)
+    if (out / cat.CATALOG_DIRNAME).exists() or out.resolve() == Path(config.build).resolve():
+        raise ValueError(f"--out {out} is a build folder (it holds a catalog): write the dataset to a folder of its own")
     _remove_stale(out, jobs)
     stats: dict[str, dict] = {}
     todo = []

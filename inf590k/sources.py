@@ -14,7 +14,7 @@ import stat
 import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -25,6 +25,8 @@ class SourceEntry:
     relpath: str  # posix path inside the root or archive
     size: int
     problem: str = ""  # non-empty: the entry cannot be read, and why
+    mtime: int = 0  # modification time (ns for folders, s for archive members): resume checks
+    occurrence: int = 0  # > 0: a later archive member with the same name (its own row)
 
 
 def root_kind(root: Path) -> str:
@@ -86,8 +88,8 @@ def _folder_entry(full: str, rel: str) -> SourceEntry:
     if not stat.S_ISREG(info.st_mode):
         return SourceEntry(rel, 0, "not a regular file")
     if not os.access(full, os.R_OK):
-        return SourceEntry(rel, info.st_size, "unreadable (permission denied)")
-    return SourceEntry(rel, info.st_size)
+        return SourceEntry(rel, info.st_size, "unreadable (permission denied)", info.st_mtime_ns)
+    return SourceEntry(rel, info.st_size, mtime=info.st_mtime_ns)
 
 
 def _list_zip(root: Path) -> Iterator[SourceEntry]:
@@ -98,7 +100,8 @@ def _list_zip(root: Path) -> Iterator[SourceEntry]:
             problem = unsafe_member_path(info.filename)
             if not problem and info.flag_bits & 0x1:
                 problem = "encrypted archive member"
-            yield SourceEntry(info.filename, info.file_size, problem)
+            stamp = int("".join(f"{part:02d}" for part in info.date_time))
+            yield SourceEntry(info.filename, info.file_size, problem, stamp)
 
 
 def _tar_member_problem(member: tarfile.TarInfo) -> str:
@@ -117,7 +120,7 @@ def _list_tar(root: Path) -> Iterator[SourceEntry]:
         for member in archive:
             if member.isdir():
                 continue
-            yield SourceEntry(member.name, member.size, _tar_member_problem(member))
+            yield SourceEntry(member.name, member.size, _tar_member_problem(member), int(member.mtime))
 
 
 def list_entries(root: Path) -> list[SourceEntry]:
@@ -129,7 +132,31 @@ def list_entries(root: Path) -> list[SourceEntry]:
         entries = _list_zip(Path(root))
     else:
         entries = _list_tar(Path(root))
-    return sorted(entries, key=lambda entry: entry.relpath)
+    return flag_name_problems(sorted(entries, key=lambda entry: entry.relpath))
+
+
+def flag_name_problems(entries: list[SourceEntry]) -> list[SourceEntry]:
+    """Names that cannot be used as they are keep a row, with the reason.
+
+    Non-UTF-8 names (surrogate escapes from the file system or a tar) become readable text;
+    a member name an archive holds twice gets its own row (occurrence 1, 2, ...), since only
+    one copy can be read back by name.
+    """
+    flagged: list[SourceEntry] = []
+    seen: dict[str, int] = {}
+    for entry in entries:
+        try:
+            entry.relpath.encode("utf-8")
+        except UnicodeEncodeError:
+            text = entry.relpath.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            entry = replace(entry, relpath=text, problem="file name is not valid UTF-8 (rename it)")
+        count = seen.get(entry.relpath, 0)
+        seen[entry.relpath] = count + 1
+        if count:
+            entry = replace(entry, occurrence=count,
+                            problem="duplicate member name in the archive (only one copy can be read)")
+        flagged.append(entry)
+    return flagged
 
 
 class SourceReader:

@@ -145,7 +145,11 @@ def check_shard(check: _ShardCheck) -> tuple[int, list[str]]:
         problems.append(f"{check.relpath}: sha256 mismatch (changed, truncated or corrupt)")
     stats_path = path.with_name(path.name[: -len(".tar")] + STATS_SUFFIX)
     if stats_path.exists():
-        stats = json.loads(stats_path.read_text())
+        try:
+            stats = json.loads(stats_path.read_text())
+        except ValueError:
+            stats = {"bytes": "unreadable"}
+            problems.append(f"{stats_path.name}: not valid JSON")
         if stats.get("bytes") != path.stat().st_size:
             problems.append(
                 f"{check.relpath}: {path.stat().st_size} bytes, its stats say {stats.get('bytes')} (truncated?)"
@@ -227,9 +231,13 @@ def verify(config: VerifyConfig) -> VerifyReport:
             )
     if report.problems:
         return report
-    info = json.loads((dataset / INFO_FILENAME).read_text())
-    sums = read_sums(dataset / SUMS_FILENAME)
-    shards, report.problems = _index_problems(dataset, info, sums)
+    try:
+        info = json.loads((dataset / INFO_FILENAME).read_text())
+        sums = read_sums(dataset / SUMS_FILENAME)
+        shards, report.problems = _index_problems(dataset, info, sums)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
+        report.problems.append(f"index files unreadable ({type(err).__name__}: {err})")
+        return report
     checks = [
         _ShardCheck(dataset, name, sums.get(name), count, config.decode) for name, count in shards
     ]

@@ -128,3 +128,30 @@ def test_build_verify_report_chain_and_verify_failure(tmp_path, ir_samples):
 def test_bin_rejects_decreasing_edges(tmp_path):
     result = invoke("bin", "--build", tmp_path, "--short-edges", "512,256")
     assert result.exit_code == 2 and "increase" in result.output
+
+
+def test_shard_refuses_to_write_into_the_build_folder(tmp_path, ir_samples):
+    built = invoke("build", "--build", tmp_path / "b", "--out", tmp_path / "ds", "--workers", 1,
+                   "--source", f"sirst={ir_samples / 'sirst'}")
+    assert built.exit_code == 0, built.output
+    result = invoke("shard", "--build", tmp_path / "b", "--out", tmp_path / "b", "--workers", 1)
+    assert result.exit_code == 1 and "build folder" in result.output
+    assert list((tmp_path / "b" / "catalog").glob("part-*.parquet"))
+
+
+def test_verify_reports_a_damaged_index_in_one_line(tmp_path):
+    (tmp_path / "_info.json").write_text("{bad")
+    (tmp_path / "SHA256SUMS").write_text("")
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and "index files unreadable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_build_names_sources_kept_from_earlier_runs(tmp_path):
+    for layout in ("sirst", "roadscene"):
+        assert invoke("synth", "--layout", layout, "--out", tmp_path / layout, "--count", 6, "--scale", 0.4).exit_code == 0
+    common = ["build", "--build", tmp_path / "b", "--out", tmp_path / "ds", "--workers", 1]
+    assert invoke(*common, "--source", f"sirst={tmp_path / 'sirst'}",
+                  "--source", f"roadscene={tmp_path / 'roadscene'}").exit_code == 0
+    again = invoke(*common, "--source", f"sirst={tmp_path / 'sirst'}")
+    assert again.exit_code == 0 and "includes sources of earlier runs: roadscene" in again.output

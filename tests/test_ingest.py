@@ -300,3 +300,78 @@ def test_changed_policy_redoes_a_source(tmp_path):
     summary = run(tmp_path / "b", ("folder", tmp_path / "src"), min_side=100)
     assert summary.sources[0].reused_chunks == 0
     assert Counter(cat.read_catalog(tmp_path / "b").column("status").to_pylist()) == {"rejected": 5}
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def test_repeated_archive_member_names_get_their_own_rows(tmp_path):
+    archive = tmp_path / "twice.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/img1.png", encode(thermal_frame(seed=1)))
+        with pytest.warns(UserWarning):  # zipfile warns about the duplicate name
+            zf.writestr("a/img1.png", encode(thermal_frame(seed=2)))
+        zf.writestr("a/img2.png", encode(thermal_frame(seed=3)))
+    summary = run(tmp_path / "b", ("folder", archive))
+    table = cat.read_catalog(tmp_path / "b")
+    rows = table.to_pylist()
+    assert summary.sources[0].found == 3 == len({r["uid"] for r in rows})
+    assert sorted(r["status"] for r in rows) == ["ok", "ok", "rejected"]
+    assert any("duplicate member name" in r["reason"] for r in rows)
+
+
+def test_non_utf8_file_names_are_rejected_not_fatal(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "good.png").write_bytes(encode(thermal_frame()))
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.png"), "wb") as handle:
+        handle.write(encode(thermal_frame(seed=2)))
+    run(tmp_path / "b", ("folder", root))
+    rows = {r["relpath"]: r for r in cat.read_catalog(tmp_path / "b").to_pylist()}
+    assert rows["good.png"]["status"] == "ok"
+    assert rows["caf\\xe9.png"]["status"] == "rejected"
+    assert "UTF-8" in rows["caf\\xe9.png"]["reason"]
+
+
+def test_changed_source_files_are_re_ingested(tmp_path):
+    root = tmp_path / "src"
+    make_frames(root, 3)
+    bad = root / "cam0" / "broken.png"
+    bad.write_bytes(b"not a png")
+    run(tmp_path / "b", ("folder", root))
+    bad.unlink()
+    (root / "cam1" / "new.png").write_bytes(encode(thermal_frame(48, 64, seed=99)))
+    summary = run(tmp_path / "b", ("folder", root))
+    relpaths = set(cat.read_catalog(tmp_path / "b").column("relpath").to_pylist())
+    assert "cam1/new.png" in relpaths and "cam0/broken.png" not in relpaths
+    assert summary.sources[0].reused_chunks == 0
+
+
+def test_a_parallel_tar_ingest_keeps_few_chunks_in_flight(tmp_path, monkeypatch):
+    """Members are read as chunks are consumed, not all before the first part is written."""
+    import inf590k.ingest as ingest_module
+
+    archive = tmp_path / "frames.tar"
+    with tarfile.open(archive, "w") as tf:
+        for i in range(64 * 6):
+            data = encode(thermal_frame(24, 32, seed=i))
+            info = tarfile.TarInfo(f"seq/{i:05d}.png")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    events: list[str] = []
+    original_bytes, original_write = ingest_module.with_tar_bytes, ingest_module.write_chunk
+
+    def tracked_bytes(job, chunks):
+        for chunk in original_bytes(job, chunks):
+            events.append("read")
+            yield chunk
+
+    def tracked_write(*args):
+        events.append("write")
+        return original_write(*args)
+
+    monkeypatch.setattr(ingest_module, "with_tar_bytes", tracked_bytes)
+    monkeypatch.setattr(ingest_module, "write_chunk", tracked_write)
+    run(tmp_path / "b", ("folder", archive), workers=2)
+    assert events.count("read") == events.count("write") == 6
+    assert events.index("write") <= 4  # window of 2 x workers chunks
