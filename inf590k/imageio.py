@@ -223,13 +223,20 @@ def process_image_bytes(data: bytes, policy: ImagePolicy) -> ProcessedImage:
     return process_array(decode(data, policy), policy)
 
 
+def supported_dtype(array: np.ndarray) -> np.ndarray:
+    """uint8, uint16 and float32 stay; other depths (int16, float64, ...) become float32,
+    which OpenCV's colour conversion and the percentile stretch both take."""
+    if array.dtype in (np.uint8, np.uint16, np.float32):
+        return array
+    return array.astype(np.float32)
+
+
 def process_array(array: np.ndarray, policy: ImagePolicy) -> ProcessedImage:
     """A decoded frame ([H, W] or [H, W, C], OpenCV channel order) to its stored form."""
     orig_height, orig_width = array.shape[:2]
     channels = 1 if array.ndim == 2 else array.shape[2]
     dtype = array.dtype
-    if dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        array = array.astype(np.float64)
+    array = supported_dtype(array)
     grey, spread = to_grey(array, policy)
     cropped, crop_box = crop_borders(grey, policy)
     height, width = cropped.shape
@@ -244,7 +251,7 @@ def process_array(array: np.ndarray, policy: ImagePolicy) -> ProcessedImage:
         orig_height=int(orig_height),
         orig_channels=int(channels),
         orig_dtype=str(dtype),
-        bit_depth=16 if dtype == np.uint16 else (8 if dtype == np.uint8 else 32),
+        bit_depth=int(np.dtype(dtype).itemsize * 8),
         grey_diff=float(spread),
         normalisation=normalisation,
         crop_box=crop_box,

@@ -37,6 +37,7 @@ from inf590k.imageio import (
     process_array,
     process_image_bytes,
     stretch_to_8bit,
+    supported_dtype,
     to_grey,
 )
 from inf590k.manifest import (
@@ -553,7 +554,7 @@ def _read_video_frame(build: Path, root: Path, row: Mapping, data: bytes | None)
 
 def stored_form(array: np.ndarray, row: Mapping, policy: ImagePolicy, keep_16bit: bool) -> np.ndarray:
     """Apply the row's recorded crop, the grey conversion and the 16-bit stretch."""
-    grey, _ = to_grey(array, replace(policy, allow_colour=True))
+    grey, _ = to_grey(supported_dtype(array), replace(policy, allow_colour=True))
     x0, y0, x1, y1 = row["crop_box"]
     cropped = np.ascontiguousarray(grey[y0:y1, x0:x1])
     if cropped.dtype == np.uint8 or (keep_16bit and cropped.dtype == np.uint16):

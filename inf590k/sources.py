@@ -101,7 +101,8 @@ def _list_zip(root: Path) -> Iterator[SourceEntry]:
             if not problem and info.flag_bits & 0x1:
                 problem = "encrypted archive member"
             stamp = int("".join(f"{part:02d}" for part in info.date_time))
-            yield SourceEntry(info.filename, info.file_size, problem, stamp)
+            # Zips made on Windows may use backslashes: match manifests on the posix form.
+            yield SourceEntry(info.filename.replace("\\", "/"), info.file_size, problem, stamp)
 
 
 def _tar_member_problem(member: tarfile.TarInfo) -> str:
@@ -170,6 +171,7 @@ class SourceReader:
         self.root = Path(root)
         self.kind = root_kind(self.root)
         self._zip: zipfile.ZipFile | None = None
+        self._zip_names: dict[str, str] = {}  # posix relpath -> member name as stored
 
     def __enter__(self) -> SourceReader:
         return self
@@ -196,7 +198,8 @@ class SourceReader:
         if self.kind == "zip":
             if self._zip is None:
                 self._zip = zipfile.ZipFile(self.root)
-            return {rel: self._zip.read(rel) for rel in wanted}
+                self._zip_names = {name.replace("\\", "/"): name for name in self._zip.namelist()}
+            return {rel: self._zip.read(self._zip_names.get(rel, rel)) for rel in wanted}
         return dict(self._iter_tar(set(wanted)))
 
     def _iter_tar(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:

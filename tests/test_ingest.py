@@ -375,3 +375,25 @@ def test_a_parallel_tar_ingest_keeps_few_chunks_in_flight(tmp_path, monkeypatch)
     run(tmp_path / "b", ("folder", archive), workers=2)
     assert events.count("read") == events.count("write") == 6
     assert events.index("write") <= 4  # window of 2 x workers chunks
+
+
+def test_zip_members_with_backslashes_match_manifest_globs(tmp_path):
+    archive = tmp_path / "windows.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("data\\ir\\a.png", encode(thermal_frame(seed=1)))
+        zf.writestr("data\\visible\\a.png", encode(thermal_frame(seed=1)))
+    run(tmp_path / "b", ("folder", archive))
+    rows = rows_by_relpath(tmp_path / "b")
+    assert rows["data/ir/a.png"]["status"] == "ok"
+    assert rows["data/visible/a.png"]["status"] == "excluded"
+    np.testing.assert_array_equal(load_stored_pixels(tmp_path / "b", rows["data/ir/a.png"]), thermal_frame(seed=1))
+
+
+def test_signed_and_double_frames_are_kept(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    signed = (thermal_frame(seed=4).astype(np.int16) - 100) * 20
+    (root / "signed.tiff").write_bytes(encode(signed, ".tiff"))
+    run(tmp_path / "b", ("folder", root))
+    row = rows_by_relpath(tmp_path / "b")["signed.tiff"]
+    assert row["status"] == "ok" and row["bit_depth"] == 16 and row["orig_dtype"] == "int16"
