@@ -19,6 +19,7 @@ from pretrain.models import create_model, export_encoder
 from pretrain.models.masking import mask_from_visible
 from tests.test_publish import GOOD_TOKEN, closed_port
 from tests.test_publish import fake_hub as fake_hub  # noqa: F401  (a fixture used below)
+from tests.test_publish import hub_env as hub_env  # noqa: F401  (a fixture used below)
 
 
 def make_export(folder: Path, name: str) -> tuple[torch.nn.Module, Path]:
@@ -51,13 +52,6 @@ def make_export(folder: Path, name: str) -> tuple[torch.nn.Module, Path]:
 def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
     return make_export(tmp_path_factory.mktemp("export") / "dugi_mae_tiny", "dugi_mae_tiny")
 
-
-@pytest.fixture
-def hub_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
 
 
 def digests(folder: Path) -> dict[str, str]:
