@@ -14,7 +14,6 @@ Bins decide the shard folders: one folder per bin, so a trainer can pick resolut
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from inf590k import catalog as cat
+from inf590k.fsutil import write_text_atomic
 
 BINS_FILENAME = "bins.json"
 DEFAULT_SHORT_EDGES = (256, 384, 512, 768)
@@ -108,8 +108,5 @@ def bin_catalog(config: BinConfig) -> BinSummary:
         "counts": counts,
         "unbinned": summary.unbinned,
     }
-    path = Path(config.build) / BINS_FILENAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(Path(config.build) / BINS_FILENAME, json.dumps(record, indent=1))
     return summary

@@ -19,6 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from inf590k.fsutil import write_text_atomic
+
 CATALOG_DIRNAME = "catalog"
 SOURCES_FILENAME = "sources.json"
 
@@ -150,8 +152,4 @@ def read_sources(build: Path) -> dict[str, dict]:
 
 
 def write_sources(build: Path, sources: dict[str, dict]) -> None:
-    path = Path(build) / SOURCES_FILENAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(sources, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(Path(build) / SOURCES_FILENAME, json.dumps(sources, indent=2, sort_keys=True))

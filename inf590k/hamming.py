@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+
+from inf590k.fsutil import available_cores
 
 CODE_BITS = 64
 MAX_BLOCK_BITS = 24  # bucket tables have 2**bits entries; 24 bits = 16M int64 = 128 MB
@@ -213,7 +214,7 @@ def _search(
 
 
 def default_threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return available_cores()
 
 
 def _as_codes(codes: np.ndarray) -> np.ndarray:

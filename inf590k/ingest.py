@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import posixpath
 import re
 import tempfile
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from inf590k import catalog as cat
+from inf590k.fsutil import available_cores
 from inf590k.imageio import (
     ImagePolicy,
     ProcessedImage,
@@ -366,10 +366,6 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
 
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Task]]:
     """Attach member bytes to tar chunks in one forward pass over the archive."""
     wanted = {t.relpath for chunk in chunks for t in chunk if t.decision}
@@ -468,7 +464,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
         info["index"] = index.index(source_id)
     cat.write_sources(build, recorded)
 
-    workers = config.workers or default_workers()
+    workers = config.workers or available_cores()
     total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
     started = time.perf_counter()
     decoded = 0

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from inf590k import catalog as cat
+from inf590k.fsutil import write_text_atomic
 from inf590k.report import REPORT_DIRNAME, gather_numbers
 from inf590k.shard import (
     COUNTS_FILENAME,
@@ -233,10 +234,7 @@ def _link_or_copy(source: Path, target: Path) -> bool:
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _relative_to_metadata(relpath: str) -> str:

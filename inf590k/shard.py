@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from inf590k import catalog as cat
+from inf590k.fsutil import available_cores, write_text_atomic
 
 FORMAT_VERSION = 1  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
@@ -403,10 +404,7 @@ def write_shard(job: ShardJob) -> dict:
         "plan": job.plan,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    stats_path = stats_path_of(tar_path)
-    tmp_stats = stats_path.with_name(stats_path.name + ".tmp")
-    tmp_stats.write_text(json.dumps(stats, indent=1))
-    os.replace(tmp_stats, stats_path)
+    write_text_atomic(stats_path_of(tar_path), json.dumps(stats, indent=1))
     return stats
 
 
@@ -446,15 +444,6 @@ def _remove_stale(out: Path, jobs: list[ShardJob]) -> None:
                 path.parent.rmdir()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def write_index(config: ShardConfig, jobs: list[ShardJob], stats: dict[str, dict]) -> None:
     """_info.json (timm's format), sizes.json and SHA256SUMS, from the shards' stats."""
     out = Path(config.out)
@@ -471,17 +460,18 @@ def write_index(config: ShardConfig, jobs: list[ShardJob], stats: dict[str, dict
             }
         },
     }
-    _write_atomic(out / INFO_FILENAME, json.dumps(info, indent=1) + "\n")
-    _write_atomic(
+    write_text_atomic(out / INFO_FILENAME, json.dumps(info, indent=1) + "\n", fsync=True)
+    write_text_atomic(
         out / SIZES_FILENAME,
         json.dumps(dict(zip(filenames, lengths, strict=True)), indent=1) + "\n",
+        fsync=True,
     )
     sums = []
     for name in filenames:
         sums.append((name, stats[name]["sha256"]))
         sums.append((str(Path(name).with_suffix(".parquet")), stats[name]["parquet_sha256"]))
-    _write_atomic(
-        out / SUMS_FILENAME, "".join(f"{digest}  {path}\n" for path, digest in sorted(sums))
+    write_text_atomic(
+        out / SUMS_FILENAME, "".join(f"{digest}  {path}\n" for path, digest in sorted(sums)), fsync=True
     )
 
 
@@ -506,12 +496,6 @@ def catalog_counts(build: Path) -> dict[str, dict]:
     return dict(sorted(counts.items()))
 
 
-def default_workers() -> int:
-    return max(
-        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
-
-
 def shard(config: ShardConfig) -> ShardSummary:
     """Write (or finish) the dataset folder of a build; byte-identical for any worker count."""
     started = time.perf_counter()
@@ -531,7 +515,7 @@ def shard(config: ShardConfig) -> ShardSummary:
             todo.append(job)
         else:
             stats[job.relpath] = done
-    workers = min(config.workers or default_workers(), max(1, len(todo)))
+    workers = min(config.workers or available_cores(), max(1, len(todo)))
     total = sum(len(j.rows) for j in todo)
     with tqdm(total=total, unit="img", desc="shard", disable=not config.progress) as bar:
         if workers == 1:
@@ -552,7 +536,7 @@ def shard(config: ShardConfig) -> ShardSummary:
                     bar.update(result["count"])
     write_index(config, jobs, stats)
     counts = catalog_counts(Path(config.build))
-    _write_atomic(out / COUNTS_FILENAME, json.dumps(counts, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(out / COUNTS_FILENAME, json.dumps(counts, indent=1, sort_keys=True) + "\n", fsync=True)
     return ShardSummary(
         shards=len(jobs),
         written=len(todo),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 import types
 import zlib
@@ -31,6 +30,8 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 from PIL import Image
+
+from inf590k.fsutil import available_cores
 
 SYNTH_LAYOUTS = (
     "sirst",
@@ -926,7 +927,7 @@ def _render_chunk(config: SynthConfig, plans: list[FramePlan],
 
 
 def _worker_count(config: SynthConfig, frames: int) -> int:
-    wanted = config.workers or os.cpu_count() or 1
+    wanted = config.workers or available_cores()
     return max(1, min(wanted, frames // PARALLEL_MIN_FRAMES))
 
 

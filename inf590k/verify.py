@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from inf590k.fsutil import available_cores
 from inf590k.shard import INFO_FILENAME, SIZES_FILENAME, STATS_SUFFIX, SUMS_FILENAME
 
 SAMPLE_MEMBERS = ("cls", "json", "png")
@@ -242,7 +242,7 @@ def verify(config: VerifyConfig) -> VerifyReport:
         _ShardCheck(dataset, name, sums.get(name), count, config.decode) for name, count in shards
     ]
     report.shards = len(checks)
-    workers = min(config.workers or os.cpu_count() or 1, max(1, len(checks)))
+    workers = min(config.workers or available_cores(), max(1, len(checks)))
     with tqdm(total=len(checks), unit="shard", desc="verify", disable=not config.progress) as bar:
         if workers == 1:
             results = map(check_shard, checks)
