@@ -124,24 +124,36 @@ def _load_manifests(manifest_files, resolve):
 # ----------------------------------------------------------------------------- ingest
 
 
-def policy_options(func):
-    """Options of ImagePolicy, shared by ingest and build."""
-    defaults = ImagePolicy()
-    options = [
-        click.option("--min-side", default=defaults.min_side, show_default=True,
-                     help="Reject images whose both sides are shorter (px)."),
-        click.option("--max-pixels", default=defaults.max_pixels, show_default=True,
-                     help="Reject files with more pixels (decompression bombs)."),
-        click.option("--grey-tolerance", default=defaults.grey_tolerance, show_default=True,
-                     help="Mean channel spread (8-bit levels) up to which a 3-channel file counts as grey IR."),
-        click.option("--allow-colour", is_flag=True, help="Keep true-colour files (converted to grey) instead of rejecting them."),
-        click.option("--stretch", default=f"{defaults.stretch_low:g},{defaults.stretch_high:g}", show_default=True,
-                     help="Percentiles LOW,HIGH of the 16-bit -> 8-bit stretch."),
-        click.option("--no-border-crop", is_flag=True, help="Keep zero-valued black borders."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def apply_options(specs: list[tuple[str, dict]]):
+    """Declare options from (flag, click.option keyword arguments) specs."""
+    def decorate(func):
+        for flag, kwargs in reversed(specs):
+            func = click.option(flag, **kwargs)(func)
+        return func
+
+    return decorate
+
+
+def pick(options: dict, specs: list[tuple[str, dict]]) -> dict:
+    """The values of the options that `specs` declares."""
+    names = [flag.lstrip("-").replace("-", "_") for flag, _ in specs]
+    return {name: options[name] for name in names}
+
+
+_POLICY = ImagePolicy()
+POLICY_OPTIONS = [
+    ("--min-side", dict(default=_POLICY.min_side, show_default=True,
+                        help="Reject images whose both sides are shorter (px).")),
+    ("--max-pixels", dict(default=_POLICY.max_pixels, show_default=True,
+                          help="Reject files with more pixels (decompression bombs).")),
+    ("--grey-tolerance", dict(default=_POLICY.grey_tolerance, show_default=True,
+                              help="Mean channel spread (8-bit levels) up to which a 3-channel file counts as grey IR.")),
+    ("--allow-colour", dict(is_flag=True, help="Keep true-colour files (converted to grey) instead of rejecting them.")),
+    ("--stretch", dict(default=f"{_POLICY.stretch_low:g},{_POLICY.stretch_high:g}", show_default=True,
+                       help="Percentiles LOW,HIGH of the 16-bit -> 8-bit stretch.")),
+    ("--no-border-crop", dict(is_flag=True, help="Keep zero-valued black borders.")),
+]
+policy_options = apply_options(POLICY_OPTIONS)  # shared by ingest and build
 
 
 def make_policy(min_side, max_pixels, grey_tolerance, allow_colour, stretch, no_border_crop) -> ImagePolicy:
@@ -185,22 +197,6 @@ def ingest(source_values, manifest_files, build_dir, workers, **policy_values) -
 
 
 # ----------------------------------------------------------------------------- dedupe, bin, shard
-
-
-def apply_options(specs: list[tuple[str, dict]]):
-    """Declare options from (flag, click.option keyword arguments) specs."""
-    def decorate(func):
-        for flag, kwargs in reversed(specs):
-            func = click.option(flag, **kwargs)(func)
-        return func
-
-    return decorate
-
-
-def pick(options: dict, specs: list[tuple[str, dict]]) -> dict:
-    """The values of the options that `specs` declares."""
-    names = [flag.lstrip("-").replace("-", "_") for flag, _ in specs]
-    return {name: options[name] for name in names}
 
 
 def parse_edges(value: str, kind: type, name: str) -> tuple:
@@ -328,11 +324,10 @@ def build(source_values, manifest_files, build_dir, out, workers, **options) -> 
     from inf590k.ingest import IngestConfig
     from inf590k.pipeline import BuildConfig, run_build
 
-    policy_keys = ("min_side", "max_pixels", "grey_tolerance", "allow_colour", "stretch", "no_border_crop")
     config = BuildConfig(
         ingest=IngestConfig(sources=tuple(parse_source(v) for v in source_values), build=build_dir,
                             manifests=tuple(manifest_files), workers=workers,
-                            policy=make_policy(**{k: options[k] for k in policy_keys}),
+                            policy=make_policy(**pick(options, POLICY_OPTIONS)),
                             progress=sys.stderr.isatty()),
         out=out,
         dedupe=dedupe_config(build_dir, **pick(options, DEDUPE_OPTIONS)),
