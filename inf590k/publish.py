@@ -26,6 +26,7 @@ from inf590k.shard import (
     DATA_DIRNAME,
     INFO_PATH,
     info_shards,
+    read_info,
     read_owned,
     stats_path,
     tar_path,
@@ -100,7 +101,10 @@ def read_shards(dataset: Path) -> tuple[str, list[DatasetShard]]:
     info_path = dataset / INFO_PATH
     if not info_path.is_file():
         raise PublishError(f"{info_path} is missing: publish takes the folder `inf590k shard --out` wrote")
-    splits = json.loads(info_path.read_text()).get("splits", {})
+    try:
+        splits = read_info(dataset).get("splits", {})
+    except ValueError as err:
+        raise PublishError(str(err)) from err
     if len(splits) != 1:
         raise PublishError(
             f"{info_path} has splits {sorted(splits)}; publish takes a dataset with exactly one "

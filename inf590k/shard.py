@@ -203,7 +203,14 @@ def read_info(dataset: Path) -> dict:
             f"{path} is missing: {dataset} is not a dataset folder; write one with "
             "`inf590k shard --build BUILD --out FOLDER`"
         )
-    return json.loads(path.read_text())
+    return _read_json(path, "re-run `inf590k shard` for it, or download it again")
+
+
+def _read_json(path: Path, fix: str) -> object:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): {fix}") from error
 
 
 def info_shards(info: dict) -> list[tuple[str, int]]:
@@ -217,7 +224,12 @@ def info_shards(info: dict) -> list[tuple[str, int]]:
 
 def read_sources_table(dataset: Path) -> list[dict]:
     path = Path(dataset) / SOURCES_PATH
-    return json.loads(path.read_text()) if path.is_file() else []
+    if not path.is_file():
+        return []
+    table = _read_json(path, "re-run `inf590k shard` for this folder, or download it again")
+    if not isinstance(table, list) or not all(isinstance(e, dict) and "class_id" in e for e in table):
+        raise ValueError(f"{path} is not a sources table: re-run `inf590k shard` for this folder")
+    return table
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -24,6 +24,9 @@ from inf590k import catalog as cat
 from inf590k import progress
 from inf590k.fsutil import available_cores
 from inf590k.shard import (
+    CARD_FILENAME,
+    COUNTS_PATH,
+    FILES_PATH,
     INFO_PATH,
     SIZES_PATH,
     SOURCES_PATH,
@@ -42,6 +45,7 @@ from inf590k.shard import (
 )
 
 BASE_MEMBERS = ("cls", "json", "png")
+REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
 sha256_file = file_sha256  # the name other modules used
 
 
@@ -130,7 +134,7 @@ def sample_problem(
         return f"sample {key} has no row in its sidecar"
     if members["json"] != sample_json(row):
         return f"sample {key}: its JSON disagrees with its sidecar row (edited?)"
-    if members["cls"] != str(classes.get(row["source"], "?")).encode():
+    if classes and members["cls"] != str(classes.get(row["source"], "?")).encode():
         return f"sample {key}: class {members['cls']!r} is not the id of source {row['source']!r}"
     image = _decode(members["png"])
     if image is None or image.ndim != 2 or image.dtype != np.uint8:
@@ -236,6 +240,9 @@ def _index_problems(dataset: Path, info: dict, sums: dict[str, str]) -> tuple[li
         problems.append(f"{SIZES_PATH}: missing")
     elif json.loads(sizes_path.read_text()) != {f"data/{n}": c for n, c in shards}:
         problems.append(f"{SIZES_PATH}: does not match {INFO_PATH}")
+    for name in REQUIRED_FILES:
+        if not (dataset / name).is_file():
+            problems.append(f"{name}: missing (`inf590k shard` writes it)")
     tars = {f"data/{n}" for n, _ in shards}
     for name in sorted(sums):
         if name in tars:
@@ -256,7 +263,7 @@ def stray_files(dataset: Path, shards: list[tuple[str, int]]) -> list[str]:
 def _classes(dataset: Path, problems: list[str]) -> dict[str, int]:
     try:
         return {e["id"]: int(e["class_id"]) for e in read_sources_table(dataset)}
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError) as error:  # the class check is skipped then
         problems.append(f"{SOURCES_PATH}: unreadable ({error})")
         return {}
 

@@ -300,3 +300,48 @@ def test_card_snippets_run_as_written(dataset16, tmp_path, monkeypatch):
         exec(compile(code, "card", "exec"), namespace)  # noqa: S102 - the card's own snippets
     assert 'decode("l")' in card and 'input_img_mode="L"' in card
     assert "license_link: metadata/LICENSES.md" in card
+
+
+# ----------------------------------------------------------------------------- synthetic frames
+
+
+def test_synthetic_frames_are_never_presented_as_the_real_source(built, tmp_path):
+    """Rows whose catalog modality is `synthetic` (made by `inf590k synth` in KAIST's layout)
+    keep their own licence: the card and _info.json never show KAIST's name or licence."""
+    build = Path(shutil.copytree(built, tmp_path / "build"))
+    recorded = cat.read_sources(build)
+    recorded["beta"].update(name="KAIST Multispectral Pedestrian Dataset", license="CC BY-NC-SA",
+                            citation="Hwang, Park, Kim, Choi, Kweon. CVPR 2015.", modality="lwir")
+    cat.write_sources(build, recorded)
+    table = cat.read_catalog(build)
+    is_beta = [s == "beta" for s in table.column("source").to_pylist()]
+    for column, value in (("modality", "synthetic"), ("license", "CC0 1.0")):
+        values = [value if beta else v for beta, v in zip(is_beta, table.column(column).to_pylist(),
+                                                          strict=True)]
+        table = table.set_column(table.schema.get_field_index(column), column, [values])
+    cat.write_catalog(build, table)
+    out = tmp_path / "ds"
+    shard(ShardConfig(build=build, out=out, workers=1, progress=False))
+    beta = next(s for s in json.loads((out / "data" / "_info.json").read_text())["sources"]
+                if s["id"] == "beta")
+    assert beta["modality"] == "synthetic" and beta["license"] == "CC0 1.0"
+    assert "KAIST" not in beta["name"]
+    card = (out / "README.md").read_text()
+    assert "CC BY-NC-SA" not in card and "Hwang" not in card and "KAIST" not in card
+    assert "1 synthetic source" in card and "1 self-collected folder" in card
+    assert "public source:" not in card and "public sources" not in card
+
+
+def test_damaged_index_is_one_line_for_report_and_publish(dataset16, tmp_path):
+    from inf590k.publish import PublishConfig, PublishError, publish
+    from inf590k.report import ReportConfig, report
+
+    copy = Path(shutil.copytree(dataset16, tmp_path / "ds"))
+    (copy / "data" / "_info.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"_info.json is not valid JSON .*re-run `inf590k shard`"):
+        report(ReportConfig(dataset=copy))
+    with pytest.raises(PublishError, match="is not valid JSON"):
+        publish(PublishConfig(dataset=copy, repo="lab/x", dry_run=True))
+    (copy / "data" / "_info.json").write_text((dataset16 / "data" / "_info.json").read_text())
+    (copy / "metadata" / "sources.json").unlink()
+    assert "metadata/sources.json: missing (`inf590k shard` writes it)" in run_verify(copy).problems
