@@ -60,14 +60,21 @@ def read_report(dataset: Path) -> dict | None:
 def report_is_fresh(dataset: Path) -> bool:
     """metadata/report/ was written for the data/_info.json that is there now."""
     numbers = read_report(dataset)
-    return bool(numbers) and numbers.get("info_sha256") == info_sha256(dataset) and all(
-        (Path(dataset) / REPORT_DIR / name).is_file() for name in REPORT_FILES
+    return (
+        bool(numbers)
+        and numbers.get("info_sha256") == info_sha256(dataset)
+        and all((Path(dataset) / REPORT_DIR / name).is_file() for name in REPORT_FILES)
     )
 
 
 def size_category(samples: int) -> str:
-    for limit, label in ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"),
-                         (1e7, "1M<n<10M")):
+    for limit, label in (
+        (1e3, "n<1K"),
+        (1e4, "1K<n<10K"),
+        (1e5, "10K<n<100K"),
+        (1e6, "100K<n<1M"),
+        (1e7, "1M<n<10M"),
+    ):
         if samples < limit:
             return label
     return "10M<n<100M"
@@ -91,11 +98,20 @@ def split_of(info: dict) -> str:
 def card_configs(info: dict) -> list[dict]:
     """`all` (default) and one config per bin, each a glob over its tars under data/."""
     split = split_of(info)
-    configs = [{"config_name": ALL_CONFIG, "default": True,
-                "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/*/*.tar"}]}]
+    configs = [
+        {
+            "config_name": ALL_CONFIG,
+            "default": True,
+            "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/*/*.tar"}],
+        }
+    ]
     for bin_name in bins_of(info):
-        configs.append({"config_name": bin_name,
-                        "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/{bin_name}/*.tar"}]})
+        configs.append(
+            {
+                "config_name": bin_name,
+                "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/{bin_name}/*.tar"}],
+            }
+        )
     return configs
 
 
@@ -154,7 +170,7 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
 
 
 def _excluded_kinds(counts: dict) -> str:
-    """"visible half 12, frames skipped by the video stride 40" from the catalog reasons."""
+    """ "visible half 12, frames skipped by the video stride 40" from the catalog reasons."""
     kinds: dict[str, int] = {}
     for per_source in counts.values():
         for kind, n in per_source.get("reasons", {}).get("excluded", {}).items():
@@ -165,17 +181,23 @@ def _excluded_kinds(counts: dict) -> str:
 
 def _provenance(table: list[dict], counts: dict) -> list[str]:
     present = [e for e in table if e["samples"] > 0 or e["id"] in counts]
-    kinds = {k: sum(1 for e in present if e.get("kind") == k)
-             for k in ("public", "self-collected", "synthetic")}
+    kinds = {
+        k: sum(1 for e in present if e.get("kind") == k)
+        for k in ("public", "self-collected", "synthetic")
+    }
     parts = []
     if kinds["public"]:
         parts.append(plural(kinds["public"], "public source"))
     if kinds["self-collected"]:
         parts.append(plural(kinds["self-collected"], "self-collected folder"))
     if kinds["synthetic"]:
-        parts.append(plural(kinds["synthetic"], "synthetic source") + " (frames made by `inf590k synth`)")
-    total = {k: sum(c.get(k, 0) for c in counts.values())
-             for k in ("found", "ok", "duplicate", "rejected", "excluded")}
+        parts.append(
+            plural(kinds["synthetic"], "synthetic source") + " (frames made by `inf590k synth`)"
+        )
+    total = {
+        k: sum(c.get(k, 0) for c in counts.values())
+        for k in ("found", "ok", "duplicate", "rejected", "excluded")
+    }
     excluded = _excluded_kinds(counts)
     return [
         f"Built with the `inf590k` toolkit from {plural(total['found'], 'file')} of "
@@ -191,13 +213,44 @@ def _sources_section(table: list[dict], counts: dict) -> list[str]:
         if e["samples"] == 0 and e["id"] not in counts:
             continue
         c = counts.get(e["id"], {})
-        rows.append([e["id"], e["class_id"], e["name"], e.get("kind", ""), e["modality"], e["samples"],
-                     c.get("found", ""), c.get("duplicate", ""), c.get("rejected", ""),
-                     c.get("excluded", ""), e["license"]])
-    lines = ["## Sources", "", "`cls` is the class id below (`ClassLabel` names are the source ids);",
-             "ids never change when a later build adds sources.", ""]
-    lines += _table(["source", "class id", "name", "kind", "modality", "kept", "found", "duplicate",
-                     "rejected", "excluded", "license"], rows)
+        rows.append(
+            [
+                e["id"],
+                e["class_id"],
+                e["name"],
+                e.get("kind", ""),
+                e["modality"],
+                e["samples"],
+                c.get("found", ""),
+                c.get("duplicate", ""),
+                c.get("rejected", ""),
+                c.get("excluded", ""),
+                e["license"],
+            ]
+        )
+    lines = [
+        "## Sources",
+        "",
+        "`cls` is the class id below (`ClassLabel` names are the source ids);",
+        "ids never change when a later build adds sources.",
+        "",
+    ]
+    lines += _table(
+        [
+            "source",
+            "class id",
+            "name",
+            "kind",
+            "modality",
+            "kept",
+            "found",
+            "duplicate",
+            "rejected",
+            "excluded",
+            "license",
+        ],
+        rows,
+    )
     lines += ["", "### Citations", ""]
     for e in table:
         if e["samples"] == 0:
@@ -218,8 +271,11 @@ def _licenses_section(table: list[dict]) -> list[str]:
         "source before you redistribute or use the images commercially.",
     ]
     if any(e.get("kind") == "synthetic" and e["samples"] for e in table):
-        lines += ["", "Synthetic frames are procedural renders in a public source's folder layout; "
-                  "they are not that source's images and carry the synth licence, not its licence."]
+        lines += [
+            "",
+            "Synthetic frames are procedural renders in a public source's folder layout; "
+            "they are not that source's images and carry the synth licence, not its licence.",
+        ]
     return lines
 
 
@@ -236,9 +292,12 @@ def _statistics_section(numbers: dict | None) -> list[str]:
     depth = ", ".join(f"{k}-bit {v:,}" for k, v in numbers.get("bit_depth", {}).items())
     modality = ", ".join(f"{k} {v:,}" for k, v in numbers.get("modality", {}).items())
     lines += ["", f"Bit depth of the source files: {depth}; modality: {modality}.", ""]
-    lines += [f"![resolution]({REPORT_DIR}/resolution_hist.png)",
-              f"![entropy]({REPORT_DIR}/entropy_hist.png)", "",
-              f"![samples]({REPORT_DIR}/sample_grid.png)"]
+    lines += [
+        f"![resolution]({REPORT_DIR}/resolution_hist.png)",
+        f"![entropy]({REPORT_DIR}/entropy_hist.png)",
+        "",
+        f"![samples]({REPORT_DIR}/sample_grid.png)",
+    ]
     return lines
 
 
@@ -266,7 +325,7 @@ def _usage_section(info: dict) -> list[str]:
         'print(image.size, row["uid"], everything.features["cls"].int2str(source))',
         "```",
         "",
-        "With webdataset (`decode(\"l\")`: grey float images in [0, 1]; `\"l8\"` for uint8):",
+        'With webdataset (`decode("l")`: grey float images in [0, 1]; `"l8"` for uint8):',
         "",
         "```python",
         "import glob",
@@ -281,7 +340,7 @@ def _usage_section(info: dict) -> list[str]:
         "    break",
         "```",
         "",
-        "With timm (its `wds/` reader reads `data/_info.json`; pass `input_img_mode=\"L\"`, the "
+        'With timm (its `wds/` reader reads `data/_info.json`; pass `input_img_mode="L"`, the '
         "images have one channel):",
         "",
         "```python",
@@ -314,7 +373,7 @@ def _usage_section(info: dict) -> list[str]:
             "import numpy as np",
             "",
             'raw = np.asarray(sample["npy"], dtype=np.uint16)  # datasets: nested lists -> [H, W]',
-            'raw = np.load(io.BytesIO(npy_bytes))  # the member\'s bytes (webdataset without decode)',
+            "raw = np.load(io.BytesIO(npy_bytes))  # the member's bytes (webdataset without decode)",
             "```",
         ]
     return lines
@@ -363,21 +422,45 @@ def card_text(dataset: Path) -> str:
     ]
     rows = [[ALL_CONFIG, f"{samples:,}", len(shards), f"`{DATA_DIRNAME}/*/*.tar`"]]
     for bin_name, in_bin in bins_of(info).items():
-        rows.append([bin_name, f"{sum(n for _, n in in_bin):,}", len(in_bin),
-                     f"`{DATA_DIRNAME}/{bin_name}/*.tar`"])
+        rows.append(
+            [
+                bin_name,
+                f"{sum(n for _, n in in_bin):,}",
+                len(in_bin),
+                f"`{DATA_DIRNAME}/{bin_name}/*.tar`",
+            ]
+        )
     body += _table(["config", "samples", "shards", "files"], rows)
-    for section in (_sources_section(table, counts), _licenses_section(table),
-                    _statistics_section(numbers), _usage_section(info), _files_section()):
+    for section in (
+        _sources_section(table, counts),
+        _licenses_section(table),
+        _statistics_section(numbers),
+        _usage_section(info),
+        _files_section(),
+    ):
         body += ["", *section]
     return "---\n" + card_yaml(info, table, samples) + "---\n\n" + "\n".join(body) + "\n"
 
 
 def licenses_text(table: list[dict]) -> str:
-    lines = ["# Licences per source", "",
-             "Every image keeps the licence of its source. Check each one before you redistribute "
-             "the images or use them commercially.", ""]
-    rows = [[e["id"], e["name"], e.get("kind", ""), e["license"], e.get("license_link") or e.get("homepage") or ""]
-            for e in table if e["samples"] > 0]
+    lines = [
+        "# Licences per source",
+        "",
+        "Every image keeps the licence of its source. Check each one before you redistribute "
+        "the images or use them commercially.",
+        "",
+    ]
+    rows = [
+        [
+            e["id"],
+            e["name"],
+            e.get("kind", ""),
+            e["license"],
+            e.get("license_link") or e.get("homepage") or "",
+        ]
+        for e in table
+        if e["samples"] > 0
+    ]
     return "\n".join(lines + _table(["source", "name", "kind", "licence", "link"], rows)) + "\n"
 
 

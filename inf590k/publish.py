@@ -80,7 +80,11 @@ class PublishSummary:
 
     def __str__(self) -> str:
         if self.dry_run:
-            stale = "; the report is out of date and will be refreshed first" if self.report_refreshed else ""
+            stale = (
+                "; the report is out of date and will be refreshed first"
+                if self.report_refreshed
+                else ""
+            )
             return (
                 f"publish (dry run): {self.samples} samples in {self.shards} shards, {self.bins} bins "
                 f"+ card + metadata of {self.dataset} would go to {self.repo}{stale}"
@@ -100,7 +104,9 @@ def read_shards(dataset: Path) -> tuple[str, list[DatasetShard]]:
     dataset = Path(dataset)
     info_path = dataset / INFO_PATH
     if not info_path.is_file():
-        raise PublishError(f"{info_path} is missing: publish takes the folder `inf590k shard --out` wrote")
+        raise PublishError(
+            f"{info_path} is missing: publish takes the folder `inf590k shard --out` wrote"
+        )
     try:
         splits = read_info(dataset).get("splits", {})
     except ValueError as err:
@@ -126,7 +132,9 @@ def read_shards(dataset: Path) -> tuple[str, list[DatasetShard]]:
                 f"shard {relpath} does not match its stats ({size} bytes, stats say "
                 f"{stats['bytes']}): re-run `inf590k shard`, then `inf590k verify`"
             )
-        shards.append(DatasetShard(relpath.split("/", 1)[0], relpath, int(samples), size, stats["sha256"]))
+        shards.append(
+            DatasetShard(relpath.split("/", 1)[0], relpath, int(samples), size, stats["sha256"])
+        )
     if not shards:
         raise PublishError(f"{info_path} lists no shards: nothing to publish")
     return split, shards
@@ -313,7 +321,9 @@ def _refresh_report(dataset: Path) -> None:
     try:
         report(ReportConfig(dataset=dataset))
     except (OSError, ValueError) as err:
-        raise PublishError(f"refreshing the report failed ({err}); run `inf590k report {dataset}`") from err
+        raise PublishError(
+            f"refreshing the report failed ({err}); run `inf590k report {dataset}`"
+        ) from err
 
 
 def publish(config: PublishConfig) -> PublishSummary:
@@ -324,7 +334,9 @@ def publish(config: PublishConfig) -> PublishSummary:
     _, shards = read_shards(dataset)
     owned = owned_files(dataset)
     if CARD_FILENAME not in owned:
-        raise PublishError(f"{dataset}/{CARD_FILENAME} is missing: re-run `inf590k shard` to write the card")
+        raise PublishError(
+            f"{dataset}/{CARD_FILENAME} is missing: re-run `inf590k shard` to write the card"
+        )
     stale = not report_is_fresh(dataset)
     if config.dry_run:
         summary = _summary(config, shards, dry_run=True)

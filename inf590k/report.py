@@ -142,8 +142,13 @@ def _describe(values: np.ndarray) -> dict:
     if len(values) == 0:
         return {}
     q = np.percentile(values, [0, 5, 50, 95, 100])
-    return {"min": float(q[0]), "p5": float(q[1]), "median": float(q[2]), "p95": float(q[3]),
-            "max": float(q[4])}
+    return {
+        "min": float(q[0]),
+        "p5": float(q[1]),
+        "median": float(q[2]),
+        "p95": float(q[3]),
+        "max": float(q[4]),
+    }
 
 
 # ----------------------------------------------------------------------------- figures
@@ -164,8 +169,14 @@ def short_side_edges(bin_names: list[str]) -> list[int]:
     return sorted(e for e in edges if e > 0)
 
 
-def _histogram(path: Path, values_by_source: dict[str, np.ndarray], xlabel: str, title: str,
-               log_x: bool, edges_marked: list[int] = ()) -> None:
+def _histogram(
+    path: Path,
+    values_by_source: dict[str, np.ndarray],
+    xlabel: str,
+    title: str,
+    log_x: bool,
+    edges_marked: list[int] = (),
+) -> None:
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
     plt = _pyplot()
@@ -183,11 +194,26 @@ def _histogram(path: Path, values_by_source: dict[str, np.ndarray], xlabel: str,
         axis.hist([values_by_source[n] for n in names], bins=edges, stacked=True, label=names)
         for edge in edges_marked:
             axis.axvline(edge, color="0.3", linestyle="--", linewidth=1)
-            axis.annotate(f"{edge}", (edge, 1.0), xycoords=("data", "axes fraction"),
-                          xytext=(2, -10), textcoords="offset points", fontsize=7, color="0.3")
+            axis.annotate(
+                f"{edge}",
+                (edge, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.3",
+            )
         if log_x:  # plain numbers, not 10^2: the edges and a few round values
-            ticks = sorted({*edges_marked, *(t for t in (32, 64, 128, 256, 512, 1024, 2048, 4096)
-                                             if edges[0] <= t <= edges[-1])})
+            ticks = sorted(
+                {
+                    *edges_marked,
+                    *(
+                        t
+                        for t in (32, 64, 128, 256, 512, 1024, 2048, 4096)
+                        if edges[0] <= t <= edges[-1]
+                    ),
+                }
+            )
             axis.xaxis.set_major_locator(FixedLocator(ticks or [round(low), round(high)]))
             axis.xaxis.set_minor_locator(NullLocator())
             axis.xaxis.set_major_formatter(ScalarFormatter())
@@ -214,7 +240,9 @@ def pick_samples(dataset: Path, count: int, seed: int) -> dict[str, set[int]]:
     shards = info_shards(read_info(dataset))
     total = sum(n for _, n in shards)
     rng = np.random.default_rng(seed)
-    picks = sorted(rng.choice(total, size=min(count, total), replace=False).tolist()) if total else []
+    picks = (
+        sorted(rng.choice(total, size=min(count, total), replace=False).tolist()) if total else []
+    )
     wanted: dict[str, set[int]] = {}
     start = 0
     for name, length in shards:
@@ -268,7 +296,9 @@ def sample_grid(dataset: Path, path: Path, count: int, seed: int) -> int:
         axis.imshow(letterbox(image, *CELL), cmap="gray", vmin=0, vmax=255)
         caption = f"{meta['source']}  {meta['width']}x{meta['height']}\n{meta['res_bin']}"
         axis.text(0.5, -0.03, caption, transform=axis.transAxes, ha="center", va="top", fontsize=7)
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.1 / rows, top=0.99, wspace=0.06, hspace=0.3)
+    figure.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.1 / rows, top=0.99, wspace=0.06, hspace=0.3
+    )
     figure.savefig(path)
     plt.close(figure)
     return len(samples)
@@ -280,23 +310,37 @@ def sample_grid(dataset: Path, path: Path, count: int, seed: int) -> int:
 def _figures(dataset: Path, out: Path, numbers: dict, config: ReportConfig) -> None:
     kept = read_sidecars(dataset).to_pydict()
     sources = sorted(set(kept["source"]))
-    by_source = {s: np.array([i for i, src in enumerate(kept["source"]) if src == s]) for s in sources}
+    by_source = {
+        s: np.array([i for i, src in enumerate(kept["source"]) if src == s]) for s in sources
+    }
     short = np.minimum(np.array(kept["width"]), np.array(kept["height"]))
     entropy = np.array([e if e is not None else np.nan for e in kept["entropy"]], dtype=float)
-    _histogram(out / "resolution_hist.png", {s: short[i] for s, i in by_source.items()},
-               "short side (px); dashed: resolution bin edges", "Resolution of kept images", True,
-               short_side_edges([b["bin"] for b in numbers["bins"]]))
-    _histogram(out / "entropy_hist.png",
-               {s: entropy[i][~np.isnan(entropy[i])] for s, i in by_source.items()},
-               "entropy of the 8-bit view (bits)", "Entropy of kept images", False)
-    numbers["sample_grid_images"] = sample_grid(dataset, out / "sample_grid.png", config.grid_samples,
-                                                config.seed)
+    _histogram(
+        out / "resolution_hist.png",
+        {s: short[i] for s, i in by_source.items()},
+        "short side (px); dashed: resolution bin edges",
+        "Resolution of kept images",
+        True,
+        short_side_edges([b["bin"] for b in numbers["bins"]]),
+    )
+    _histogram(
+        out / "entropy_hist.png",
+        {s: entropy[i][~np.isnan(entropy[i])] for s, i in by_source.items()},
+        "entropy of the 8-bit view (bits)",
+        "Entropy of kept images",
+        False,
+    )
+    numbers["sample_grid_images"] = sample_grid(
+        dataset, out / "sample_grid.png", config.grid_samples, config.seed
+    )
 
 
 def report(config: ReportConfig) -> ReportSummary:
     dataset = Path(config.dataset)
     numbers = gather_numbers(dataset)
-    own_folder = config.out is None or Path(config.out).resolve() == (dataset / REPORT_DIR).resolve()
+    own_folder = (
+        config.out is None or Path(config.out).resolve() == (dataset / REPORT_DIR).resolve()
+    )
     if own_folder and read_owned(dataset) is None:
         raise FileNotFoundError(
             f"{dataset} was not written by `inf590k shard` (no metadata/files.json): pass --out "
@@ -310,5 +354,9 @@ def report(config: ReportConfig) -> ReportSummary:
         write_card(dataset)  # the card now shows these statistics and figures
     else:
         write_text_atomic(out / "dataset_card.md", card_text(dataset))
-    return ReportSummary(out=out, samples=numbers["samples"], sources=len(numbers["sources"]),
-                         bins=len(numbers["bins"]))
+    return ReportSummary(
+        out=out,
+        samples=numbers["samples"],
+        sources=len(numbers["sources"]),
+        bins=len(numbers["bins"]),
+    )

@@ -218,7 +218,9 @@ def info_shards(info: dict) -> list[tuple[str, int]]:
     return [
         (name, int(length))
         for split in info.get("splits", {}).values()
-        for name, length in zip(split.get("filenames", []), split.get("shard_lengths", []), strict=False)
+        for name, length in zip(
+            split.get("filenames", []), split.get("shard_lengths", []), strict=False
+        )
     ]
 
 
@@ -227,7 +229,9 @@ def read_sources_table(dataset: Path) -> list[dict]:
     if not path.is_file():
         return []
     table = _read_json(path, "re-run `inf590k shard` for this folder, or download it again")
-    if not isinstance(table, list) or not all(isinstance(e, dict) and "class_id" in e for e in table):
+    if not isinstance(table, list) or not all(
+        isinstance(e, dict) and "class_id" in e for e in table
+    ):
         raise ValueError(f"{path} is not a sources table: re-run `inf590k shard` for this folder")
     return table
 
@@ -320,7 +324,12 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
 
 
 def add_sample(
-    tar: tarfile.TarFile, uid: str, cls: int, json_bytes: bytes, png: bytes, raw: bytes | None = None
+    tar: tarfile.TarFile,
+    uid: str,
+    cls: int,
+    json_bytes: bytes,
+    png: bytes,
+    raw: bytes | None = None,
 ) -> None:
     """A sample's members, sorted by extension (cls, json, npy, png), next to each other."""
     members = [("cls", str(cls).encode()), ("json", json_bytes), ("npy", raw), ("png", png)]
@@ -376,7 +385,7 @@ def _most_common(values: Iterable[str | None]) -> str | None:
 
 
 def source_kind(source_id: str, recorded: Mapping, modality: str | None) -> str:
-    """"synthetic" (made by `inf590k synth`), "self-collected" (a folder source) or "public"."""
+    """ "synthetic" (made by `inf590k synth`), "self-collected" (a folder source) or "public"."""
     if modality == "synthetic":
         return "synthetic"
     if source_id == "folder" or recorded.get("license") == "user-provided":
@@ -819,7 +828,10 @@ def write_index(
     cat.write_parquet_atomic(catalog, out / CATALOG_PATH)
     _write_json(out / COUNTS_PATH, catalog_counts(catalog))
     _write_json(out / SOURCES_PATH, table)
-    _write_json(out / SIZES_PATH, {f"{DATA_DIRNAME}/{f}": n for f, n in zip(filenames, lengths, strict=True)})
+    _write_json(
+        out / SIZES_PATH,
+        {f"{DATA_DIRNAME}/{f}": n for f, n in zip(filenames, lengths, strict=True)},
+    )
     sums = {CATALOG_PATH: file_sha256(out / CATALOG_PATH)}
     for name in filenames:
         tar_rel, parquet_rel, _ = shard_files(name)

@@ -185,9 +185,13 @@ def _stats_problems(check: _ShardCheck) -> list[str]:
         return [f"{stats_file.name}: not valid JSON"]
     problems = []
     if stats.get("bytes") != path.stat().st_size:
-        problems.append(f"{name}: {path.stat().st_size} bytes, its stats say {stats.get('bytes')} (truncated?)")
+        problems.append(
+            f"{name}: {path.stat().st_size} bytes, its stats say {stats.get('bytes')} (truncated?)"
+        )
     if stats.get("count") != check.expected_count:
-        problems.append(f"{stats_file.name}: count {stats.get('count')} != {check.expected_count} in {INFO_PATH}")
+        problems.append(
+            f"{stats_file.name}: count {stats.get('count')} != {check.expected_count} in {INFO_PATH}"
+        )
     return problems
 
 
@@ -214,11 +218,15 @@ def check_shard(check: _ShardCheck) -> tuple[int, list[str]]:
     problems += sample_problems
     if rows is not None and not any("unreadable tar" in p for p in sample_problems):
         if [r["uid"] for r in rows] != uids:
-            problems.append(f"{parquet.name}: {len(rows)} rows do not match the tar's {len(uids)} samples")
+            problems.append(
+                f"{parquet.name}: {len(rows)} rows do not match the tar's {len(uids)} samples"
+            )
     return len(uids), problems
 
 
-def _index_problems(dataset: Path, info: dict, sums: dict[str, str]) -> tuple[list[tuple[str, int]], list[str]]:
+def _index_problems(
+    dataset: Path, info: dict, sums: dict[str, str]
+) -> tuple[list[tuple[str, int]], list[str]]:
     """Shards listed by _info.json (relpath, count) and problems of the index files themselves."""
     problems = []
     for split_name, split in sorted(info.get("splits", {}).items()):
@@ -268,7 +276,9 @@ def _classes(dataset: Path, problems: list[str]) -> dict[str, int]:
         return {}
 
 
-def _run_checks(checks: list[_ShardCheck], workers: int, enabled: bool, report: VerifyReport) -> None:
+def _run_checks(
+    checks: list[_ShardCheck], workers: int, enabled: bool, report: VerifyReport
+) -> None:
     total = sum(c.expected_count for c in checks)
     if workers == 1:
         with progress.SampleProgress(total, "verify", enabled, None):
@@ -291,7 +301,9 @@ def verify(config: VerifyConfig) -> VerifyReport:
     report = VerifyReport(dataset=dataset)
     for name in (INFO_PATH, SUMS_PATH):
         if not (dataset / name).exists():
-            report.problems.append(f"{name}: missing; is {dataset} a dataset written by `inf590k shard`?")
+            report.problems.append(
+                f"{name}: missing; is {dataset} a dataset written by `inf590k shard`?"
+            )
     if report.problems:
         return report
     try:

@@ -103,8 +103,9 @@ def test_dataset_folder_is_the_hub_layout(built):
     tars = sorted(str(p.relative_to(dataset)) for p in dataset.rglob("*.tar"))
     assert tars == sorted(f"data/{f}" for f in info["filenames"])
     assert info["num_samples"] == 20 == sum(info["shard_lengths"])
-    check = subprocess.run(["sha256sum", "-c", "metadata/SHA256SUMS"], cwd=dataset,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        ["sha256sum", "-c", "metadata/SHA256SUMS"], cwd=dataset, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     catalog = pq.read_table(dataset / "metadata" / "catalog.parquet")
     assert catalog.num_rows == cat.read_catalog(build).num_rows == 70  # rejected rows too
@@ -438,7 +439,10 @@ def test_timm_reads_the_index(built):
     import timm.data
 
     reader_set = timm.data.create_dataset(
-        "wds/inf590k", root=str(built[1] / "data"), split="train", is_training=False,
+        "wds/inf590k",
+        root=str(built[1] / "data"),
+        split="train",
+        is_training=False,
         input_img_mode="L",
     )
     assert len(reader_set) == 20

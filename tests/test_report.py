@@ -43,8 +43,12 @@ def test_report_numbers_match_the_catalog(built):
     bins = json.loads((build / "bins.json").read_text())["counts"]
     assert {b["bin"]: b["samples"] for b in numbers["bins"]} == bins
     assert numbers["sample_grid_images"] == 6
-    assert numbers["samples"] == json.loads((dataset / "data" / "_info.json").read_text())[
-        "splits"]["train"]["num_samples"]
+    assert (
+        numbers["samples"]
+        == json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"][
+            "num_samples"
+        ]
+    )
     grid = cv2.imread(str(summary.out / "sample_grid.png"), cv2.IMREAD_GRAYSCALE)
     assert grid.shape[1] == 1200 and grid.std() > 10
     for figure in ("resolution_hist.png", "entropy_hist.png"):

@@ -164,7 +164,9 @@ def test_pixels_round_trip_and_16bit(built, tmp_path):
             np.testing.assert_array_equal(image, load_stored_pixels(built, rows[uid]))
             if "npy" in sample:
                 raw = np.load(io.BytesIO(sample["npy"]))
-                np.testing.assert_array_equal(raw, load_stored_pixels(built, rows[uid], keep_16bit=True))
+                np.testing.assert_array_equal(
+                    raw, load_stored_pixels(built, rows[uid], keep_16bit=True)
+                )
                 raw_frames[rows[uid]["relpath"]] = raw.dtype
     assert raw_frames == {"deep_Misc_120.png": np.uint16, "deep_iraytek-54.png": np.uint16}
     info = json.loads((tmp_path / "ds16" / "data" / "_info.json").read_text())

@@ -39,7 +39,9 @@ def run_verify(dataset: Path):
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------- ownership
@@ -52,7 +54,9 @@ def test_foreign_folder_is_refused_untouched(built, tmp_path):
     (out / "backup").mkdir()
     (out / "backup" / "backup-000001.tar").write_bytes(b"my backup")
     before = tree(out)
-    with pytest.raises(ValueError, match=r"--out .* did not write \(e.g. backup/backup-000001.tar\)"):
+    with pytest.raises(
+        ValueError, match=r"--out .* did not write \(e.g. backup/backup-000001.tar\)"
+    ):
         shard(ShardConfig(build=built, out=out, workers=1, progress=False))
     assert tree(out) == before
 
@@ -103,9 +107,13 @@ def test_verify_reports_a_stray_parquet_and_unexpected_files(dataset16, tmp_path
     (copy / "metadata" / "old.json").write_text("{}")
     report = run_verify(copy)
     assert not report.ok
-    assert any(p.startswith(f"data/{bin_dir.name}/extra.parquet: a file that does not belong")
-               for p in report.problems)
-    assert any(p.startswith("metadata/old.json: a file that does not belong") for p in report.problems)
+    assert any(
+        p.startswith(f"data/{bin_dir.name}/extra.parquet: a file that does not belong")
+        for p in report.problems
+    )
+    assert any(
+        p.startswith("metadata/old.json: a file that does not belong") for p in report.problems
+    )
 
 
 def test_verify_reports_json_edited_inside_a_tar_with_redone_checksums(dataset16, tmp_path):
@@ -127,8 +135,14 @@ def test_verify_reports_json_edited_inside_a_tar_with_redone_checksums(dataset16
 
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     sums = copy / "metadata" / "SHA256SUMS"
-    sums.write_text(re.sub(rf"^\w+  data/{re.escape(name)}$", f"{digest}  data/{name}",
-                           sums.read_text(), flags=re.M))
+    sums.write_text(
+        re.sub(
+            rf"^\w+  data/{re.escape(name)}$",
+            f"{digest}  data/{name}",
+            sums.read_text(),
+            flags=re.M,
+        )
+    )
     stats_path = (copy / "metadata" / "shards" / name).with_name(Path(name).stem + "_stats.json")
     stats = json.loads(stats_path.read_text())
     stats.update(bytes=path.stat().st_size, sha256=digest)
@@ -170,9 +184,18 @@ def test_class_ids_stay_when_a_build_adds_a_source(built, tmp_path):
     from inf590k.bins import BinConfig, bin_catalog
     from inf590k.dedupe import DedupeConfig, dedupe
 
-    ingest(IngestConfig(sources=(("folder:aardvark", aardvark), ("folder:alpha", built.parent / "alpha"),
-                                 ("folder:beta", built.parent / "beta")),
-                        build=grown, workers=1, progress=False))
+    ingest(
+        IngestConfig(
+            sources=(
+                ("folder:aardvark", aardvark),
+                ("folder:alpha", built.parent / "alpha"),
+                ("folder:beta", built.parent / "beta"),
+            ),
+            build=grown,
+            workers=1,
+            progress=False,
+        )
+    )
     table = cat.read_catalog(grown)  # keep the copy apart from dedupe: a sample of its own
     dedupe(DedupeConfig(build=grown, contact_groups=0, priority=("aardvark",)))
     bin_catalog(BinConfig(build=grown))
@@ -184,8 +207,11 @@ def test_class_ids_stay_when_a_build_adds_a_source(built, tmp_path):
     card = (out / "README.md").read_text()
     assert "'0': alpha" in card and "'1': beta" in card and "'2': aardvark" in card
     for tar_path in out.glob("data/*/*.tar"):
-        rows = pq.read_table((out / "metadata" / "shards" / tar_path.relative_to(out / "data"))
-                             .with_suffix(".parquet")).to_pylist()
+        rows = pq.read_table(
+            (out / "metadata" / "shards" / tar_path.relative_to(out / "data")).with_suffix(
+                ".parquet"
+            )
+        ).to_pylist()
         with tarfile.open(tar_path) as tar:
             classes = [int(tar.extractfile(m).read()) for m in tar if m.name.endswith(".cls")]
         assert classes == [ids[r["source"]] for r in rows]
@@ -227,9 +253,16 @@ def test_16bit_dataset_reads_as_the_8bit_view_in_every_client(dataset16, tmp_pat
     for example in loaded:
         np.testing.assert_array_equal(np.asarray(example["png"]), views[example["__key__"]])
         if example["npy"] is not None:
-            assert np.asarray(example["npy"], dtype=np.uint16).shape == views[example["__key__"]].shape
-    reader = timm.data.create_dataset("wds/inf590k", root=str(dataset16 / "data"), split="train",
-                                      is_training=False, input_img_mode="L")
+            assert (
+                np.asarray(example["npy"], dtype=np.uint16).shape == views[example["__key__"]].shape
+            )
+    reader = timm.data.create_dataset(
+        "wds/inf590k",
+        root=str(dataset16 / "data"),
+        split="train",
+        is_training=False,
+        input_img_mode="L",
+    )
     images = sorted(np.asarray(image).tobytes() for image, _ in reader)
     assert images == sorted(v.tobytes() for v in views.values())
 
@@ -270,8 +303,9 @@ def test_shard_counts_balance_lengths_and_honour_the_multiple():
 
 
 def test_shard_multiple_in_a_real_build(built, tmp_path):
-    summary = shard(ShardConfig(build=built, out=tmp_path / "ds", workers=1, shard_multiple=4,
-                                progress=False))
+    summary = shard(
+        ShardConfig(build=built, out=tmp_path / "ds", workers=1, shard_multiple=4, progress=False)
+    )
     assert summary.shards % 4 == 0 and run_verify(tmp_path / "ds").ok
 
 
@@ -310,20 +344,29 @@ def test_synthetic_frames_are_never_presented_as_the_real_source(built, tmp_path
     keep their own licence: the card and _info.json never show KAIST's name or licence."""
     build = Path(shutil.copytree(built, tmp_path / "build"))
     recorded = cat.read_sources(build)
-    recorded["beta"].update(name="KAIST Multispectral Pedestrian Dataset", license="CC BY-NC-SA",
-                            citation="Hwang, Park, Kim, Choi, Kweon. CVPR 2015.", modality="lwir")
+    recorded["beta"].update(
+        name="KAIST Multispectral Pedestrian Dataset",
+        license="CC BY-NC-SA",
+        citation="Hwang, Park, Kim, Choi, Kweon. CVPR 2015.",
+        modality="lwir",
+    )
     cat.write_sources(build, recorded)
     table = cat.read_catalog(build)
     is_beta = [s == "beta" for s in table.column("source").to_pylist()]
     for column, value in (("modality", "synthetic"), ("license", "CC0 1.0")):
-        values = [value if beta else v for beta, v in zip(is_beta, table.column(column).to_pylist(),
-                                                          strict=True)]
+        values = [
+            value if beta else v
+            for beta, v in zip(is_beta, table.column(column).to_pylist(), strict=True)
+        ]
         table = table.set_column(table.schema.get_field_index(column), column, [values])
     cat.write_catalog(build, table)
     out = tmp_path / "ds"
     shard(ShardConfig(build=build, out=out, workers=1, progress=False))
-    beta = next(s for s in json.loads((out / "data" / "_info.json").read_text())["sources"]
-                if s["id"] == "beta")
+    beta = next(
+        s
+        for s in json.loads((out / "data" / "_info.json").read_text())["sources"]
+        if s["id"] == "beta"
+    )
     assert beta["modality"] == "synthetic" and beta["license"] == "CC0 1.0"
     assert "KAIST" not in beta["name"]
     card = (out / "README.md").read_text()

@@ -30,7 +30,9 @@ def dataset(clean_dataset, tmp_path) -> Path:
 
 
 def first_tar(dataset: Path) -> tuple[Path, str]:
-    name = json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"]["filenames"][0]
+    name = json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"][
+        "filenames"
+    ][0]
     return dataset / "data" / name, f"data/{name}"
 
 
