@@ -388,3 +388,37 @@ def test_damaged_index_is_one_line_for_report_and_publish(dataset16, tmp_path):
     (copy / "data" / "_info.json").write_text((dataset16 / "data" / "_info.json").read_text())
     (copy / "metadata" / "sources.json").unlink()
     assert "metadata/sources.json: missing (`inf590k shard` writes it)" in run_verify(copy).problems
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class RecordingBar:
+    """Stands in for tqdm: records every update the bar receives."""
+
+    made: list[RecordingBar] = []
+
+    def __init__(self, total: int, **kwargs) -> None:
+        self.total, self.updates = total, []
+        RecordingBar.made.append(self)
+
+    def update(self, n: int) -> None:
+        self.updates.append(n)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shard_and_verify_bars_move_per_sample(built, tmp_path, monkeypatch, workers):
+    import inf590k.progress
+
+    monkeypatch.setattr(inf590k.progress, "tqdm", RecordingBar)
+    RecordingBar.made.clear()
+    out = tmp_path / "ds"
+    summary = shard(ShardConfig(build=built, out=out, workers=workers, max_count=4, progress=False))
+    verify(VerifyConfig(dataset=out, workers=workers, progress=False))
+    shard_bar, verify_bar = RecordingBar.made
+    for bar in (shard_bar, verify_bar):
+        assert bar.total == summary.samples == 9
+        assert bar.updates == [1] * 9  # one step per sample, not one per shard
