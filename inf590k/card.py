@@ -8,6 +8,7 @@ id) and `datasets.load_dataset(FOLDER)` reads exactly those files.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -138,9 +139,7 @@ def card_features(info: dict, table: list[dict]) -> list[dict]:
     return features
 
 
-class _NoAliases(yaml.SafeDumper):
-    def ignore_aliases(self, data: object) -> bool:
-        return True
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: ~10x faster on big cards
 
 
 def card_yaml(info: dict, table: list[dict], samples: int) -> str:
@@ -155,9 +154,12 @@ def card_yaml(info: dict, table: list[dict], samples: int) -> str:
         "size_categories": [size_category(samples)],
         "tags": TAGS,
         "configs": configs,
-        "dataset_info": [{"config_name": c["config_name"], "features": features} for c in configs],
+        # one copy per config: shared objects would become YAML anchors and aliases
+        "dataset_info": [
+            {"config_name": c["config_name"], "features": copy.deepcopy(features)} for c in configs
+        ],
     }
-    return yaml.dump(header, Dumper=_NoAliases, sort_keys=False, allow_unicode=True)
+    return yaml.dump(header, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
 
 
 # ----------------------------------------------------------------------------- body

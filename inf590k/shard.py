@@ -800,8 +800,8 @@ def sample_members(jobs: list[ShardJob]) -> list[str]:
     return ["cls", "json", *(["npy"] if raw else []), "png"]
 
 
-def _write_json(path: Path, data: object) -> None:
-    write_text_atomic(path, json.dumps(data, indent=1) + "\n", fsync=True)
+def _write_json(path: Path, data: object, fsync: bool = False) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n", fsync=fsync)
 
 
 def write_index(
@@ -837,10 +837,8 @@ def write_index(
         tar_rel, parquet_rel, _ = shard_files(name)
         sums[tar_rel] = stats[name]["sha256"]
         sums[parquet_rel] = stats[name]["parquet_sha256"]
-    write_text_atomic(
-        out / SUMS_PATH, "".join(f"{sums[p]}  {p}\n" for p in sorted(sums)), fsync=True
-    )
-    _write_json(out / INFO_PATH, info)  # last: the index names only finished shards
+    write_text_atomic(out / SUMS_PATH, "".join(f"{sums[p]}  {p}\n" for p in sorted(sums)))
+    _write_json(out / INFO_PATH, info, fsync=True)  # last: it names only finished shards
     return info
 
 
