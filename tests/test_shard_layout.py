@@ -422,3 +422,19 @@ def test_shard_and_verify_bars_move_per_sample(built, tmp_path, monkeypatch, wor
     for bar in (shard_bar, verify_bar):
         assert bar.total == summary.samples == 9
         assert bar.updates == [1] * 9  # one step per sample, not one per shard
+
+
+def test_a_changed_plan_drops_the_stale_report_an_unchanged_one_keeps_it(built, tmp_path):
+    from inf590k.report import ReportConfig, report
+
+    out = tmp_path / "ds"
+    shard(ShardConfig(build=built, out=out, workers=1, progress=False))
+    report(ReportConfig(dataset=out, grid_samples=4))
+    shard(ShardConfig(build=built, out=out, workers=1, progress=False))
+    assert (out / "metadata" / "report" / "report.json").exists()
+    assert "metadata/report/sample_grid.png" in (out / "README.md").read_text()
+    shard(ShardConfig(build=built, out=out, workers=1, max_count=2, progress=False))
+    assert not list((out / "metadata" / "report").glob("*"))
+    card = (out / "README.md").read_text()
+    assert "sample_grid.png" not in card and "Run `inf590k report FOLDER`" in card
+    assert run_verify(out).ok
