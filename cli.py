@@ -231,8 +231,14 @@ BIN_OPTIONS = [
 ]
 SHARD_OPTIONS = [
     ("--max-count", dict(default=10_000, show_default=True, help="Samples per shard at most.")),
-    ("--max-size", dict(default=1_000_000_000, show_default=True, help="Bytes per shard at most (estimate).")),
-    ("--keep-16bit", dict(is_flag=True, help="Write 16-bit PNGs for sources that had 16-bit frames.")),
+    ("--max-size", dict(default=1_000_000_000, show_default=True,
+                   help="Bytes per shard at most (raw pixels + overhead: an upper bound of the tar).")),
+    ("--shard-multiple", dict(default=1, show_default=True,
+                   help="Make the shard count a multiple of this (GPUs x loader workers), shards "
+                        "split evenly so every rank and worker gets the same share.")),
+    ("--keep-16bit", dict(is_flag=True,
+                   help="Also store the raw 16-bit frame of 16-bit files as a `.npy` member (the `.png` "
+                        "stays the 8-bit view every client reads).")),
     ("--png-level", dict(default=1, show_default=True, help="PNG zlib level (0-9): encoding dominates the build.")),
     ("--seed", dict(default=0, show_default=True, help="Seed of the sample order inside each bin.")),
     ("--split", dict(default="train", show_default=True, help="Split name in _info.json.")),
@@ -256,11 +262,12 @@ def bin_config(build, short_edges, aspect_edges):
                      aspect_edges=parse_edges(aspect_edges, float, "aspect-edges"))
 
 
-def shard_config(build, out, workers, max_count, max_size, keep_16bit, png_level, seed, split, name):
+def shard_config(build, out, workers, max_count, max_size, shard_multiple, keep_16bit, png_level, seed, split,
+                 name):
     from inf590k.shard import ShardConfig
 
-    return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size, keep_16bit=keep_16bit,
-                       png_level=png_level, seed=seed, split=split, name=name, workers=workers,
+    return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size,
+                       shard_multiple=shard_multiple, keep_16bit=keep_16bit, png_level=png_level, seed=seed, split=split, name=name, workers=workers,
                        progress=sys.stderr.isatty())
 
 
@@ -297,11 +304,13 @@ def bin_command(build_dir, **options) -> None:
 
 @main.command()
 @BUILD_DIR
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
-@click.option("--workers", default=0, show_default="one per core")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Dataset folder to write: new, empty, or one this command wrote before.")
+@click.option("--workers", default=0, show_default="one per core", help="Processes writing shards (0: one per core).")
 @apply_options(SHARD_OPTIONS)
 def shard(build_dir, out, workers, **options) -> None:
-    """Write deterministic WebDataset tar shards, one folder per bin, with index files."""
+    """Write the dataset folder: the Hugging Face repo layout (card, data/<bin>/*.tar, data/_info.json,
+    metadata/), deterministic WebDataset shards, resumable."""
     from inf590k.shard import shard as run_shard
 
     click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options))))
@@ -345,9 +354,10 @@ def build(source_values, manifest_files, build_dir, out, workers, **options) -> 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--hashes-only", is_flag=True, help="Only re-hash the shards; do not re-read every sample.")
-@click.option("--workers", default=0, show_default="one per core")
+@click.option("--workers", default=0, show_default="one per core", help="Processes checking shards (0: one per core).")
 def verify(dataset: Path, hashes_only: bool, workers: int) -> None:
-    """Check a dataset: shard hashes, counts, sidecars, every sample readable. Exit 1 on damage."""
+    """Check a dataset folder (or a downloaded copy): hashes, counts, sidecars, stray files, every
+    sample against its row. Exit 1 on damage."""
     from inf590k.verify import VerifyConfig
     from inf590k.verify import verify as run_verify
 
@@ -363,11 +373,11 @@ def verify(dataset: Path, hashes_only: bool, workers: int) -> None:
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Report folder (default: DATASET/report).")
-@click.option("--grid-samples", default=32, show_default=True, help="Images in the sample grid.")
-@click.option("--seed", default=0, show_default=True)
+              help="Report folder (default: DATASET/metadata/report, and the card README.md is rewritten).")
+@click.option("--grid-samples", default=24, show_default=True, help="Images in the sample grid.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sample grid's picks.")
 def report(dataset: Path, out: Path | None, grid_samples: int, seed: int) -> None:
-    """Counts per source and reason, histograms, bins table, sample grid, dataset card draft."""
+    """Counts per source and reason, histograms, bins table, captioned sample grid; updates the card."""
     from inf590k.report import ReportConfig
     from inf590k.report import report as run_report
 
@@ -384,24 +394,17 @@ HUB_ENDPOINT = ("--endpoint", dict(default=None, help="Hub URL (default: HF_ENDP
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo", required=True, metavar="OWNER/NAME", help="Hugging Face dataset repo to create or update.")
 @click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
-@click.option("--dry-run", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
-              help="Stage the Hub layout (card, data/, metadata/) into DIR and stop.")
-@click.option("--stage", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Staging folder of the upload, kept for re-runs (default: DATASET-hub beside DATASET).")
-@click.option("--build", "build_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Build folder: publish its whole catalog (rejected rows too) and its source facts.")
-@click.option("--pretty-name", default=None, help="Title on the Hub (default: the name in _info.json).")
+@click.option("--dry-run", is_flag=True, help="Check the folder and say what would be uploaded; change nothing.")
 @apply_options([HUB_ENDPOINT])
-def publish(dataset, repo, private, dry_run, stage, build_dir, pretty_name, endpoint) -> None:
-    """Publish a dataset folder to the Hugging Face Hub: card, shards, index, catalog.
+def publish(dataset, repo, private, dry_run, endpoint) -> None:
+    """Upload a dataset folder, as it is, to the Hugging Face Hub (it already is the repo layout).
 
     The token comes from HF_TOKEN or the cached login and is never printed; a re-run resumes.
     """
     from inf590k.publish import PublishConfig, PublishError
     from inf590k.publish import publish as run_publish
 
-    config = PublishConfig(dataset=dataset, repo=repo, private=private, dry_run=dry_run, stage=stage,
-                           build=build_dir, pretty_name=pretty_name, endpoint=endpoint)
+    config = PublishConfig(dataset=dataset, repo=repo, private=private, dry_run=dry_run, endpoint=endpoint)
     try:
         summary = run_publish(config)
     except (PublishError, FileNotFoundError) as err:
@@ -486,6 +489,7 @@ PRETRAIN_HELP = {
     "retry_wait": "Seconds between attempts (doubling).",
     "timeout": "Network timeout per request, seconds.",
     "samples_per_epoch": "Epoch length in samples (default: num_samples of _info.json).",
+    "raw16": "Read the raw 16-bit `.npy` member of samples that have one (shard --keep-16bit), losslessly.",
     "epochs": "Training length in epochs (the paper: 400).",
     "warmup_epochs": "Linear warm-up length in epochs (the paper: 40).",
     "steps": "Training length in optimiser steps (overrides --epochs).",
@@ -697,8 +701,8 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
 
     run_dir = out / "run"
     with serve_folder(dataset) as base_url:
-        click.echo(f"pretrain: streaming the shards from {base_url}/_info.json")
-        options = dict(shards=[f"{base_url}/_info.json"], model=model, out=str(run_dir), steps=steps,
+        click.echo(f"pretrain: streaming the shards from {base_url}/data/_info.json")
+        options = dict(shards=[f"{base_url}/data/_info.json"], model=model, out=str(run_dir), steps=steps,
                        batch_size=16, workers=1, lr=1.5e-3, warmup_epochs=0.5, epochs=50,
                        log_every=10, ckpt_every=steps, vis_every=steps, keep_last=1, device="cpu",
                        progress=False, resume="auto")

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -154,10 +153,10 @@ def load_outside_set(path: Path) -> OutsideSet:
     if cat.part_paths(path):
         rows = _ok_rows(cat.read_catalog(path))
         return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
-    sidecars = sorted(p for p in path.rglob("*.parquet") if (p.with_suffix(".tar")).exists())
-    if sidecars:
-        rows = pa.concat_tables(pq.read_table(p, schema=cat.CATALOG_SCHEMA) for p in sidecars)
-        return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
+    if (path / "data" / "_info.json").is_file():  # a dataset folder: its shards' sidecar rows
+        from inf590k.shard import read_sidecars
+
+        return OutsideSet(fingerprints_of_rows(read_sidecars(path)), f"already in {path.name or path}")
     if path.is_dir():
         prints, skipped = _fingerprints_of_folder(path)
         if not prints.labels:

@@ -1,18 +1,20 @@
-"""Report: counts, histograms, bins table, a sample grid and a dataset-card draft.
+"""Report: counts, histograms, bins table and a captioned sample grid of a dataset folder.
 
-Reads only the dataset folder: shard sidecars (the kept rows), `_counts.json` (per-source
-catalog counts written by `inf590k shard`) and `_info.json`. Writes into DATASET/report/:
+Reads only the dataset folder (so it works on a downloaded copy too): the sidecar rows of the
+shards data/_info.json lists (the kept rows), metadata/counts.json (per-source catalog counts)
+and metadata/sources.json. Writes into DATASET/metadata/report/ and then rewrites the card
+(README.md) with the statistics and figures:
 
-    report.json          every number below
-    resolution_hist.png  short side of kept images, per source
+    report.json          every number below, and the digest of the _info.json it describes
+    resolution_hist.png  short side of kept images per source, with the resolution bins' edges
     entropy_hist.png     8-bit-view entropy of kept images, per source
-    sample_grid.png      a seeded sample of images across shards
-    dataset_card.md      a Markdown dataset card draft (YAML header for the Hugging Face Hub)
+    sample_grid.png      a seeded sample of images, each captioned with source, bin and size
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass
@@ -21,9 +23,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inf590k.shard import COUNTS_FILENAME, INFO_FILENAME, read_sidecars
+from inf590k.card import card_text, info_sha256, write_card
+from inf590k.fsutil import write_text_atomic
+from inf590k.shard import (
+    COUNTS_PATH,
+    REPORT_DIR,
+    info_shards,
+    read_info,
+    read_owned,
+    read_sidecars,
+    read_sources_table,
+    tar_path,
+)
 
-REPORT_DIRNAME = "report"
+REPORT_DIRNAME = REPORT_DIR  # relative to the dataset folder
+GRID_COLUMNS = 6
+CELL = (192, 154)  # grid cell, width x height (5:4, the common IR sensor shape)
 
 
 @dataclass(frozen=True)
@@ -31,8 +46,8 @@ class ReportConfig:
     """One field per `inf590k report` option."""
 
     dataset: Path
-    out: Path | None = None  # default: DATASET/report
-    grid_samples: int = 32
+    out: Path | None = None  # default: DATASET/metadata/report (and the card is rewritten)
+    grid_samples: int = 24
     seed: int = 0
 
 
@@ -51,7 +66,7 @@ class ReportSummary:
 
 
 def _load_counts(dataset: Path) -> dict[str, dict]:
-    path = dataset / COUNTS_FILENAME
+    path = dataset / COUNTS_PATH
     if not path.exists():
         raise FileNotFoundError(
             f"{path} is missing: re-run `inf590k shard` for this dataset (it writes the counts)"
@@ -62,9 +77,10 @@ def _load_counts(dataset: Path) -> dict[str, dict]:
 def gather_numbers(dataset: Path) -> dict:
     """Every number of the report, from the dataset folder alone."""
     dataset = Path(dataset)
+    info = read_info(dataset)
     kept = read_sidecars(dataset).to_pydict()
     counts = _load_counts(dataset)
-    info = json.loads((dataset / INFO_FILENAME).read_text())
+    table = {e["id"]: e for e in read_sources_table(dataset)}
     sources = sorted(set(kept["source"]) | set(counts))
     per_source = {}
     for source in sources:
@@ -78,6 +94,10 @@ def gather_numbers(dataset: Path) -> dict:
             "duplicate": recorded.get("duplicate", 0),
             "reasons": recorded.get("reasons", {}),
             "catalog_ok": recorded.get("ok", in_shards),
+            "kind": table.get(source, {}).get("kind", "public"),
+            "class_id": table.get(source, {}).get("class_id"),
+            "license": table.get(source, {}).get("license"),
+            "modality": table.get(source, {}).get("modality"),
         }
     bins = Counter(kept["res_bin"])
     bin_rows = []
@@ -100,8 +120,9 @@ def gather_numbers(dataset: Path) -> dict:
     splits = info.get("splits", {})
     return {
         "name": info.get("name", dataset.name),
+        "info_sha256": info_sha256(dataset),
         "samples": len(kept["uid"]),
-        "shards": sum(len(s.get("filenames", [])) for s in splits.values()),
+        "shards": len(info_shards(info)),
         "splits": {k: v.get("num_samples") for k, v in splits.items()},
         "sources": per_source,
         "totals": {
@@ -114,16 +135,6 @@ def gather_numbers(dataset: Path) -> dict:
         "entropy_bits": _describe(entropy[~np.isnan(entropy)]),
         "bit_depth": dict(Counter(str(b) for b in kept["bit_depth"])),
         "modality": dict(Counter(str(m) for m in kept["modality"])),
-        "licenses": {
-            s: sorted(
-                {
-                    lic
-                    for lic, src in zip(kept["license"], kept["source"], strict=True)
-                    if src == s and lic
-                }
-            )
-            for s in sources
-        },
     }
 
 
@@ -143,29 +154,69 @@ def _describe(values: np.ndarray) -> dict:
 # ----------------------------------------------------------------------------- figures
 
 
-def _histogram(
-    path: Path, values_by_source: dict[str, np.ndarray], xlabel: str, title: str, log_x: bool
-) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def short_side_edges(bin_names: list[str]) -> list[int]:
+    """The short-side class edges the bins use: `s512-767_r...` -> 512 (0 left out)."""
+    edges = {int(m.group(1)) for name in bin_names if (m := re.match(r"^s(\d+)-", name))}
+    return sorted(e for e in edges if e > 0)
+
+
+def _histogram(
+    path: Path,
+    values_by_source: dict[str, np.ndarray],
+    xlabel: str,
+    title: str,
+    log_x: bool,
+    edges_marked: list[int] = (),
+) -> None:
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
-    everything = (
-        np.concatenate([v for v in values_by_source.values() if len(v)])
-        if values_by_source
-        else np.array([])
-    )
+    values = [v for v in values_by_source.values() if len(v)]
+    everything = np.concatenate(values) if values else np.array([])
     if len(everything):
         low, high = float(everything.min()), float(everything.max())
         if log_x:
-            edges = np.geomspace(max(low, 1.0), max(high, low + 1.0) * 1.01, 30)
+            edges = np.geomspace(max(low * 0.95, 1.0), max(high * 1.05, low + 1.0), 30)
             axis.set_xscale("log")
         else:
             edges = np.linspace(low, high + 1e-6, 30)
         names = sorted(values_by_source)
         axis.hist([values_by_source[n] for n in names], bins=edges, stacked=True, label=names)
+        for edge in edges_marked:
+            axis.axvline(edge, color="0.3", linestyle="--", linewidth=1)
+            axis.annotate(
+                f"{edge}",
+                (edge, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(2, -10),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.3",
+            )
+        if log_x:  # plain numbers, not 10^2: the edges and a few round values
+            ticks = sorted(
+                {
+                    *edges_marked,
+                    *(
+                        t
+                        for t in (32, 64, 128, 256, 512, 1024, 2048, 4096)
+                        if edges[0] <= t <= edges[-1]
+                    ),
+                }
+            )
+            axis.xaxis.set_major_locator(FixedLocator(ticks or [round(low), round(high)]))
+            axis.xaxis.set_minor_locator(NullLocator())
+            axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.legend(fontsize=7, ncol=2)
     axis.set_xlabel(xlabel)
     axis.set_ylabel("images")
@@ -184,146 +235,79 @@ def _display_8bit(image: np.ndarray) -> np.ndarray:
     )
 
 
-def sample_grid(dataset: Path, path: Path, count: int, seed: int, tile: int = 128) -> int:
-    """A grid of `count` samples: seeded picks of (shard, position) from the index."""
-    info = json.loads((dataset / INFO_FILENAME).read_text())
-    shards = [
-        (f, n)
-        for split in info["splits"].values()
-        for f, n in zip(split["filenames"], split["shard_lengths"], strict=True)
-    ]
-    rng = np.random.default_rng(seed)
+def pick_samples(dataset: Path, count: int, seed: int) -> dict[str, set[int]]:
+    """Seeded picks: shard relpath -> positions in it."""
+    shards = info_shards(read_info(dataset))
     total = sum(n for _, n in shards)
-    picks = sorted(rng.choice(total, size=min(count, total), replace=False).tolist())
+    rng = np.random.default_rng(seed)
+    picks = (
+        sorted(rng.choice(total, size=min(count, total), replace=False).tolist()) if total else []
+    )
     wanted: dict[str, set[int]] = {}
     start = 0
-    for filename, length in shards:
+    for name, length in shards:
         chosen = {p - start for p in picks if start <= p < start + length}
         if chosen:
-            wanted[filename] = chosen
+            wanted[name] = chosen
         start += length
-    tiles = []
-    for filename, positions in wanted.items():
-        tiles += _tiles_from_shard(dataset / filename, positions, tile)
-    columns = 8
-    rows = max(1, -(-len(tiles) // columns))
-    grid = np.full((rows * (tile + 2), columns * (tile + 2)), 255, dtype=np.uint8)
-    for i, small in enumerate(tiles):
-        y, x = (i // columns) * (tile + 2), (i % columns) * (tile + 2)
-        grid[y : y + small.shape[0], x : x + small.shape[1]] = small
-    cv2.imwrite(str(path), grid)
-    return len(tiles)
+    return wanted
 
 
-def _tiles_from_shard(tar_path: Path, positions: set[int], tile: int) -> list[np.ndarray]:
-    tiles = []
+def _samples_from_shard(path: Path, positions: set[int]) -> list[tuple[np.ndarray, dict]]:
+    found = []
     position = -1
-    with tarfile.open(tar_path) as tar:
+    with tarfile.open(path) as tar:
+        meta = None
         for member in tar:
-            if not member.name.endswith(".png"):
-                continue
-            position += 1
-            if position not in positions:
-                continue
-            data = tar.extractfile(member).read()
-            image = _display_8bit(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED))
-            scale = tile / max(image.shape)
-            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-            tiles.append(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-    return tiles
+            if member.name.endswith(".json"):
+                position += 1
+                meta = json.loads(tar.extractfile(member).read()) if position in positions else None
+            elif member.name.endswith(".png") and meta is not None:
+                data = tar.extractfile(member).read()
+                image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+                found.append((_display_8bit(image), meta))
+    return found
 
 
-# ----------------------------------------------------------------------------- card
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`image` scaled to fit [height, width], centred on white: every grid cell the same size."""
+    scale = min(width / image.shape[1], height / image.shape[0])
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    cell = np.full((height, width), 255, dtype=np.uint8)
+    y, x = (height - size[1]) // 2, (width - size[0]) // 2
+    cell[y : y + size[1], x : x + size[0]] = small
+    return cell
 
 
-def dataset_card(numbers: dict) -> str:
-    """A Markdown card draft: YAML header, summary, per-source table, bins, figures."""
-    total = numbers["totals"]
-    size_category = next(
-        (
-            label
-            for limit, label in (
-                (1e3, "n<1K"),
-                (1e4, "1K<n<10K"),
-                (1e5, "10K<n<100K"),
-                (1e6, "100K<n<1M"),
-            )
-            if numbers["samples"] < limit
-        ),
-        "1M<n<10M",
+def sample_grid(dataset: Path, path: Path, count: int, seed: int) -> int:
+    """A grid of `count` seeded samples in equal cells, each captioned source / bin / size."""
+    samples = []
+    for name, positions in pick_samples(dataset, count, seed).items():
+        samples += _samples_from_shard(tar_path(dataset, name), positions)
+    plt = _pyplot()
+    rows = max(1, -(-len(samples) // GRID_COLUMNS))
+    figure, axes = plt.subplots(
+        rows, GRID_COLUMNS, figsize=(GRID_COLUMNS * 2.0, rows * 2.1), dpi=100, squeeze=False
     )
-    lines = [
-        "---",
-        "license: other",
-        "task_categories:",
-        "- image-feature-extraction",
-        "tags:",
-        "- infrared",
-        "- thermal",
-        "- webdataset",
-        "- self-supervised-pretraining",
-        "size_categories:",
-        f"- {size_category}",
-        "---",
-        "",
-        f"# {numbers['name']}",
-        "",
-        f"{numbers['samples']:,} single-channel infrared images in {numbers['shards']} WebDataset "
-        f"shards, one folder per resolution bin. Each sample holds `{{uid}}.png` (lossless, "
-        "1 channel), `{uid}.json` (its catalog row) and `{uid}.cls` (the source index).",
-        "",
-        f"Built from {total['found']:,} files of {len(numbers['sources'])} sources: "
-        f"{total['kept']:,} kept, {total['duplicate']:,} duplicates removed, "
-        f"{total['rejected']:,} rejected, {total['excluded']:,} excluded (not IR images).",
-        "",
-        "## Sources",
-        "",
-        "| source | found | kept | duplicate | rejected | excluded | licence |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for source, row in numbers["sources"].items():
-        licence = ", ".join(numbers["licenses"].get(source, [])) or "see source"
-        lines.append(
-            f"| {source} | {row['found']} | {row['kept']} | {row['duplicate']} | {row['rejected']} "
-            f"| {row['excluded']} | {licence} |"
-        )
-    lines += ["", "## Resolution bins", "", "| bin | samples | median size |", "|---|---|---|"]
-    for row in numbers["bins"]:
-        lines.append(
-            f"| {row['bin']} | {row['samples']} | {row['median_size'][0]}x{row['median_size'][1]} |"
-        )
-    lines += [
-        "",
-        "## Figures",
-        "",
-        "![resolution](resolution_hist.png) ![entropy](entropy_hist.png)",
-        "",
-        "![samples](sample_grid.png)",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "import webdataset as wds",
-        'dataset = wds.WebDataset("https://.../{bin}/{bin}-{000000..000009}.tar").decode()',
-        "```",
-        "",
-        '`_info.json` follows timm\'s webdataset format (`timm.data.create_dataset("wds/...")`);',
-        "`SHA256SUMS` checks every shard (`sha256sum -c SHA256SUMS`).",
-        "",
-        "## Licences",
-        "",
-        "Each image keeps the licence of its source (the `license` field of its JSON); several",
-        "sources state none. Check every source's terms before redistribution.",
-        "",
-    ]
-    return "\n".join(lines)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, (image, meta) in zip(axes.flat, samples, strict=False):
+        axis.imshow(letterbox(image, *CELL), cmap="gray", vmin=0, vmax=255)
+        caption = f"{meta['source']}  {meta['width']}x{meta['height']}\n{meta['res_bin']}"
+        axis.text(0.5, -0.03, caption, transform=axis.transAxes, ha="center", va="top", fontsize=7)
+    figure.subplots_adjust(
+        left=0.01, right=0.99, bottom=0.1 / rows, top=0.99, wspace=0.06, hspace=0.3
+    )
+    figure.savefig(path)
+    plt.close(figure)
+    return len(samples)
 
 
-def report(config: ReportConfig) -> ReportSummary:
-    dataset = Path(config.dataset)
-    out = Path(config.out) if config.out else dataset / REPORT_DIRNAME
-    out.mkdir(parents=True, exist_ok=True)
-    numbers = gather_numbers(dataset)
+# ----------------------------------------------------------------------------- the report
+
+
+def _figures(dataset: Path, out: Path, numbers: dict, config: ReportConfig) -> None:
     kept = read_sidecars(dataset).to_pydict()
     sources = sorted(set(kept["source"]))
     by_source = {
@@ -334,9 +318,10 @@ def report(config: ReportConfig) -> ReportSummary:
     _histogram(
         out / "resolution_hist.png",
         {s: short[i] for s, i in by_source.items()},
-        "short side (px)",
+        "short side (px); dashed: resolution bin edges",
         "Resolution of kept images",
         True,
+        short_side_edges([b["bin"] for b in numbers["bins"]]),
     )
     _histogram(
         out / "entropy_hist.png",
@@ -348,8 +333,27 @@ def report(config: ReportConfig) -> ReportSummary:
     numbers["sample_grid_images"] = sample_grid(
         dataset, out / "sample_grid.png", config.grid_samples, config.seed
     )
-    (out / "report.json").write_text(json.dumps(numbers, indent=1, sort_keys=True) + "\n")
-    (out / "dataset_card.md").write_text(dataset_card(numbers))
+
+
+def report(config: ReportConfig) -> ReportSummary:
+    dataset = Path(config.dataset)
+    numbers = gather_numbers(dataset)
+    own_folder = (
+        config.out is None or Path(config.out).resolve() == (dataset / REPORT_DIR).resolve()
+    )
+    if own_folder and read_owned(dataset) is None:
+        raise FileNotFoundError(
+            f"{dataset} was not written by `inf590k shard` (no metadata/files.json): pass --out "
+            "to write the report elsewhere"
+        )
+    out = dataset / REPORT_DIR if own_folder else Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _figures(dataset, out, numbers, config)
+    write_text_atomic(out / "report.json", json.dumps(numbers, indent=1, sort_keys=True) + "\n")
+    if own_folder:
+        write_card(dataset)  # the card now shows these statistics and figures
+    else:
+        write_text_atomic(out / "dataset_card.md", card_text(dataset))
     return ReportSummary(
         out=out,
         samples=numbers["samples"],

@@ -1,24 +1,40 @@
-"""Shard: kept catalog rows -> deterministic WebDataset tars, one folder per resolution bin.
+"""Shard: kept catalog rows -> a dataset folder that is the Hugging Face dataset repo itself.
 
-Layout of a dataset folder (DESIGN.md "Shard format")::
+Layout (DESIGN.md "Shard format"); `hf upload`/`inf590k publish` send it as it is, and
+`datasets.load_dataset(FOLDER)`, timm, webdataset and `inf590k verify` read it locally and as
+downloaded::
 
-    DATASET/<bin>/<bin>-000000.tar          {uid}.cls, {uid}.json, {uid}.png per sample
-    DATASET/<bin>/<bin>-000000.parquet      the catalog rows of that shard, in tar order
-    DATASET/<bin>/<bin>-000000_stats.json   count, bytes, sha256, duration: the done marker
-    DATASET/_info.json                      timm's index: splits.<split>.{name, num_samples,
-                                            filenames, shard_lengths}
-    DATASET/sizes.json                      shard path -> sample count (webdataset/wids style)
-    DATASET/SHA256SUMS                      `sha256sum -c` of every tar and sidecar parquet
+    README.md                                    the card: a config per bin + `all`, features
+    data/_info.json                              timm's index (names relative to data/) + sources
+    data/<bin>/<bin>-000000.tar                  {uid}.cls, {uid}.json, [{uid}.npy], {uid}.png
+    metadata/shards/<bin>/<bin>-000000.parquet   the sidecar rows of that shard, in tar order
+    metadata/shards/<bin>/<bin>-000000_stats.json  count, bytes, sha256, plan: the done marker
+    metadata/sizes.json                          data/<bin>/<shard>.tar -> samples
+    metadata/SHA256SUMS                          `sha256sum -c metadata/SHA256SUMS` in the folder
+    metadata/sources.json                        the sources table: stable class ids, licences
+    metadata/counts.json                         per-source catalog counts and reasons
+    metadata/catalog.parquet                     the whole catalog (rejected rows too)
+    metadata/LICENSES.md                         per-source licence terms (the card's license_link)
+    metadata/files.json                          every file `inf590k` writes here: ownership
+    metadata/report/                             `inf590k report`: numbers and figures
+
+Members: `.png` is always the 8-bit view (every client decodes it alike); with --keep-16bit a
+16-bit frame also gets `.npy`, its raw pixels as a NumPy array (webdataset and datasets both
+decode `.npy`). `.cls` is the source's class id from the sources table: ids stay fixed when a
+later build adds sources. `.json` holds the per-sample catalog fields (not status, reason and
+split, which are the same for every sample).
 
 Determinism: the shard plan (which uid goes to which shard, in which order) is computed up
 front from the catalog alone: uids of a bin sorted, then shuffled by a generator seeded from
-(seed, bin); shards are cut by count and by a pixel-byte budget, never by what a worker did.
-Tar members have a fixed mtime, uid/gid 0, empty owner names and mode 0644; a sample's
-members are sorted (.cls, .json, .png). So any worker count, and a second run from scratch,
-writes byte-identical tars.
+(seed, bin); each bin is cut into shards of near-equal length, their count balanced across bins
+(and a multiple of --shard-multiple), never by what a worker did. Tar members have a fixed
+mtime, uid/gid 0, empty owner names and mode 0644, sorted per sample; so any worker count, and
+a second run from scratch, writes byte-identical tars.
 
-Resume: a shard is done when its `_stats.json` exists, names the same plan digest and its tar
-has the recorded size; anything else is rewritten (tar.tmp, fsync, rename, then sidecars).
+Resume and ownership: a shard is done when its `_stats.json` names the same plan digest and its
+tar has the recorded size; anything else is rewritten (tar.tmp, fsync, rename, then sidecars).
+`metadata/files.json` is written before anything else: a non-empty folder without it is not
+ours and is refused; only files it names are ever replaced or removed.
 """
 
 from __future__ import annotations
@@ -26,12 +42,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import multiprocessing
 import os
 import re
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,24 +58,40 @@ import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from inf590k import catalog as cat
+from inf590k import progress
 from inf590k.fsutil import available_cores, write_text_atomic
 
-FORMAT_VERSION = 1  # bump when the bytes of a sample change for the same catalog row
+FORMAT_VERSION = 2  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
-INFO_FILENAME = "_info.json"
-SIZES_FILENAME = "sizes.json"
-SUMS_FILENAME = "SHA256SUMS"
-COUNTS_FILENAME = "_counts.json"  # per-source catalog counts, for the report and dataset card
-STATS_SUFFIX = "_stats.json"
 SAMPLE_OVERHEAD_BYTES = 4096  # 3 tar headers + JSON + PNG headers, per sample (estimate)
 FLUSH_EVERY = 32 << 20  # bytes between background fdatasync calls while a tar is written
 READ_BATCH = 256  # files read at once from folder and zip sources (bounds memory)
-SHARD_NAME = re.compile(
-    r"^(?P<bin>.+)-(?P<index>\d{6})(?:\.tar|\.tar\.tmp|\.parquet|_stats\.json)$"
-)
+
+# The layout, as paths relative to the dataset folder (POSIX, as on the Hub).
+CARD_FILENAME = "README.md"
+DATA_DIRNAME = "data"
+METADATA_DIRNAME = "metadata"
+INFO_FILENAME = "_info.json"
+INFO_PATH = f"{DATA_DIRNAME}/{INFO_FILENAME}"
+SIDECAR_DIR = f"{METADATA_DIRNAME}/shards"
+SIZES_PATH = f"{METADATA_DIRNAME}/sizes.json"
+SUMS_PATH = f"{METADATA_DIRNAME}/SHA256SUMS"
+SOURCES_PATH = f"{METADATA_DIRNAME}/sources.json"
+COUNTS_PATH = f"{METADATA_DIRNAME}/counts.json"
+CATALOG_PATH = f"{METADATA_DIRNAME}/catalog.parquet"
+LICENSES_PATH = f"{METADATA_DIRNAME}/LICENSES.md"
+FILES_PATH = f"{METADATA_DIRNAME}/files.json"
+REPORT_DIR = f"{METADATA_DIRNAME}/report"
+REPORT_FILES = ("report.json", "resolution_hist.png", "entropy_hist.png", "sample_grid.png")
+STATS_SUFFIX = "_stats.json"
+WRITTEN_BY = "inf590k shard"
+# What a copy made by `hf download --local-dir` (or a git clone of the repo) adds beside ours.
+HUB_EXTRAS = (".gitattributes", ".cache/", ".git/", ".huggingface/")
+
+DATASET_WIDE_FIELDS = ("status", "reason", "split")  # same for every sample: not in .json
+SAMPLE_FIELDS = tuple(n for n in cat.COLUMN_NAMES if n not in DATASET_WIDE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -68,7 +102,8 @@ class ShardConfig:
     out: Path
     max_count: int = 10_000  # samples per shard
     max_size: int = 1_000_000_000  # bytes per shard, counted as raw pixels + overhead: a bound
-    keep_16bit: bool = False  # 16-bit PNGs for rows whose file was 16-bit
+    shard_multiple: int = 1  # shard count a multiple of this (ranks x loader workers)
+    keep_16bit: bool = False  # add the raw 16-bit frame (.npy) to rows whose file was 16-bit
     png_level: int = 1  # zlib level of cv2.imencode: encoding dominates the build
     seed: int = 0  # sample order inside each bin
     split: str = "train"
@@ -83,9 +118,9 @@ class ShardJob:
 
     build: Path
     out: Path
-    relpath: str  # "<bin>/<bin>-000000.tar", relative to out
+    relpath: str  # "<bin>/<bin>-000000.tar", relative to data/ (as _info.json names it)
     rows: tuple[dict, ...]  # catalog rows in tar order
-    classes: tuple[int, ...]  # source index per row (the .cls member)
+    classes: tuple[int, ...]  # class id per row (the .cls member)
     jsons: tuple[bytes, ...]  # the .json member per row
     keep_16bit: bool
     png_level: int
@@ -101,14 +136,112 @@ class ShardSummary:
     bytes: int
     seconds: float
     out: Path
+    lengths: tuple[int, int] = (0, 0)  # shortest and longest shard, samples
 
     def __str__(self) -> str:
         rate = self.samples / self.seconds if self.written and self.seconds > 0 else 0.0
         return (
-            f"shard: {self.samples} samples in {self.shards} shards ({self.bytes / 1e6:.1f} MB), "
-            f"{self.written} written + {self.reused} already done, {self.seconds:.1f} s "
-            f"({rate:.0f} img/s) -> {self.out}"
+            f"shard: {self.samples} samples in {self.shards} shards of {self.lengths[0]}-"
+            f"{self.lengths[1]} ({self.bytes / 1e6:.1f} MB), {self.written} written + "
+            f"{self.reused} already done, {self.seconds:.1f} s ({rate:.0f} img/s) -> {self.out}"
         )
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def tar_path(out: Path, relpath: str) -> Path:
+    return Path(out) / DATA_DIRNAME / relpath
+
+
+def sidecar_path(out: Path, relpath: str) -> Path:
+    """metadata/shards/<bin>/<bin>-000000.parquet of data/<bin>/<bin>-000000.tar."""
+    return (Path(out) / SIDECAR_DIR / relpath).with_suffix(".parquet")
+
+
+def stats_path(out: Path, relpath: str) -> Path:
+    return Path(out) / SIDECAR_DIR / (relpath[: -len(".tar")] + STATS_SUFFIX)
+
+
+def shard_files(relpath: str) -> list[str]:
+    """The dataset-relative paths one shard writes: tar, sidecar rows, stats."""
+    stem = relpath[: -len(".tar")]
+    return [
+        f"{DATA_DIRNAME}/{relpath}",
+        f"{SIDECAR_DIR}/{stem}.parquet",
+        f"{SIDECAR_DIR}/{stem}{STATS_SUFFIX}",
+    ]
+
+
+def index_files() -> list[str]:
+    """The dataset-relative paths every dataset folder has besides its shards."""
+    return [
+        CARD_FILENAME,
+        INFO_PATH,
+        SIZES_PATH,
+        SUMS_PATH,
+        SOURCES_PATH,
+        COUNTS_PATH,
+        CATALOG_PATH,
+        LICENSES_PATH,
+        FILES_PATH,
+        *(f"{REPORT_DIR}/{name}" for name in REPORT_FILES),
+    ]
+
+
+def is_hub_extra(relpath: str) -> bool:
+    return any(relpath == e or relpath.startswith(e) for e in HUB_EXTRAS if e.endswith("/")) or (
+        relpath in HUB_EXTRAS
+    )
+
+
+def read_info(dataset: Path) -> dict:
+    """data/_info.json of a dataset folder, with a one-line error when it is not one."""
+    path = Path(dataset) / INFO_PATH
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: {dataset} is not a dataset folder; write one with "
+            "`inf590k shard --build BUILD --out FOLDER`"
+        )
+    return _read_json(path, "re-run `inf590k shard` for it, or download it again")
+
+
+def _read_json(path: Path, fix: str) -> object:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): {fix}") from error
+
+
+def info_shards(info: dict) -> list[tuple[str, int]]:
+    """(relpath under data/, samples) of every shard _info.json lists, all splits."""
+    return [
+        (name, int(length))
+        for split in info.get("splits", {}).values()
+        for name, length in zip(
+            split.get("filenames", []), split.get("shard_lengths", []), strict=False
+        )
+    ]
+
+
+def read_sources_table(dataset: Path) -> list[dict]:
+    path = Path(dataset) / SOURCES_PATH
+    if not path.is_file():
+        return []
+    table = _read_json(path, "re-run `inf590k shard` for this folder, or download it again")
+    if not isinstance(table, list) or not all(
+        isinstance(e, dict) and "class_id" in e for e in table
+    ):
+        raise ValueError(f"{path} is not a sources table: re-run `inf590k shard` for this folder")
+    return table
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- sample form
@@ -127,21 +260,49 @@ def _json_default(field: pa.Field) -> object:
     raise TypeError(f"no JSON default for catalog column {field.name} ({field.type})")
 
 
+def _is_string_list(field: pa.Field) -> bool:
+    return pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type)
+
+
 def sample_json(row: Mapping) -> bytes:
-    """The catalog row as the sample's JSON: every column, sorted keys, stable JSON types.
+    """The per-sample catalog fields as the sample's JSON: sorted keys, stable JSON types.
 
     Nulls become "", -1, -1.0 or [] by column type, and string lists (`tags`) are joined with
-    commas into one string: readers that infer a schema from the first samples (the Hugging
-    Face webdataset loader reads five) would otherwise type an all-empty list as null and fail
-    on a later sample that has tags. The sidecar parquet keeps the list.
+    commas into one string, so every sample has the same keys and types (readers that infer a
+    schema from the first samples would otherwise fail on a later one). The sidecar parquet
+    keeps the list and the dataset-wide fields.
     """
     record = {}
     for field in cat.CATALOG_SCHEMA:
+        if field.name in DATASET_WIDE_FIELDS:
+            continue
         value = row.get(field.name)
-        if pa.types.is_list(field.type) and pa.types.is_string(field.type.value_type):
+        if _is_string_list(field):
             value = ",".join(value or [])
         record[field.name] = _json_default(field) if value is None else value
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def json_feature_types() -> dict[str, str]:
+    """The `datasets` dtype of every .json field ("list<int32>" for crop_box)."""
+    types = {}
+    for field in cat.CATALOG_SCHEMA:
+        if field.name in DATASET_WIDE_FIELDS:
+            continue
+        if _is_string_list(field):
+            types[field.name] = "string"
+        elif pa.types.is_list(field.type) or pa.types.is_fixed_size_list(field.type):
+            types[field.name] = f"list<{field.type.value_type}>"
+        else:
+            types[field.name] = str(field.type)
+    return dict(sorted(types.items()))
+
+
+def raw_npy(pixels: np.ndarray) -> bytes:
+    """The raw frame as a .npy file: `numpy.load(io.BytesIO(data))` gives it back exactly."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(pixels), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def encode_png(pixels: np.ndarray, level: int) -> bytes:
@@ -162,10 +323,19 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def add_sample(tar: tarfile.TarFile, uid: str, cls: int, json_bytes: bytes, png: bytes) -> None:
-    """A sample's members, sorted by extension, next to each other."""
-    for extension, payload in (("cls", str(cls).encode()), ("json", json_bytes), ("png", png)):
-        tar.addfile(_tar_member(f"{uid}.{extension}", len(payload)), io.BytesIO(payload))
+def add_sample(
+    tar: tarfile.TarFile,
+    uid: str,
+    cls: int,
+    json_bytes: bytes,
+    png: bytes,
+    raw: bytes | None = None,
+) -> None:
+    """A sample's members, sorted by extension (cls, json, npy, png), next to each other."""
+    members = [("cls", str(cls).encode()), ("json", json_bytes), ("npy", raw), ("png", png)]
+    for extension, payload in members:
+        if payload is not None:
+            tar.addfile(_tar_member(f"{uid}.{extension}", len(payload)), io.BytesIO(payload))
 
 
 class _HashingFile:
@@ -206,6 +376,85 @@ class _HashingFile:
         os.fsync(self.handle.fileno())
 
 
+# ----------------------------------------------------------------------------- sources table
+
+
+def _most_common(values: Iterable[str | None]) -> str | None:
+    counted = Counter(v for v in values if v)
+    return counted.most_common(1)[0][0] if counted else None
+
+
+def source_kind(source_id: str, recorded: Mapping, modality: str | None) -> str:
+    """ "synthetic" (made by `inf590k synth`), "self-collected" (a folder source) or "public"."""
+    if modality == "synthetic":
+        return "synthetic"
+    if source_id == "folder" or recorded.get("license") == "user-provided":
+        return "self-collected"
+    return "public"
+
+
+def known_license_link(license_text: str | None) -> str | None:
+    """A URL for the licences whose text names them exactly; None otherwise."""
+    links = {
+        "CC BY 4.0": "https://creativecommons.org/licenses/by/4.0/",
+        "CC BY-SA 4.0": "https://creativecommons.org/licenses/by-sa/4.0/",
+        "CC BY-NC 4.0": "https://creativecommons.org/licenses/by-nc/4.0/",
+        "CC BY-NC-SA 4.0": "https://creativecommons.org/licenses/by-nc-sa/4.0/",
+        "CC0 1.0": "https://creativecommons.org/publicdomain/zero/1.0/",
+        "MIT": "https://opensource.org/license/mit",
+    }
+    return links.get((license_text or "").strip())
+
+
+def sources_table(
+    kept: Mapping[str, list[dict]], recorded: Mapping[str, dict], previous: list[dict]
+) -> list[dict]:
+    """The sources table: class ids of `previous` kept, new sources numbered after them.
+
+    Licence and modality come from the kept rows themselves (frames made by `synth` say
+    `synthetic` and carry the synth licence), names and citations from the build's record of
+    the manifest unless the frames are synthetic. Sources of `previous` without samples now
+    keep their row (samples 0) so that their id is never given to another source.
+    """
+    by_id = {entry["id"]: dict(entry, samples=0) for entry in previous}
+    next_id = max((int(e["class_id"]) for e in previous), default=-1) + 1
+    for source in sorted(kept):
+        rows = kept[source]
+        facts = recorded.get(source, {})
+        modality = _most_common(r.get("modality") for r in rows) or facts.get("modality")
+        kind = source_kind(source, facts, modality)
+        license_text = _most_common(r.get("license") for r in rows) or facts.get("license")
+        if kind == "synthetic":
+            name = f"Synthetic infrared frames in the {source} folder layout"
+            citation = "Rendered by `inf590k synth`: procedural frames, no real recording."
+            homepage = ""
+        else:
+            name = facts.get("name") or source
+            citation = facts.get("citation") or ""
+            homepage = facts.get("homepage") or ""
+        entry = by_id.get(source) or {"id": source, "class_id": next_id}
+        if source not in by_id:
+            next_id += 1
+        entry.update(
+            name=name,
+            kind=kind,
+            license=license_text or "unknown",
+            license_link=facts.get("license_link") or known_license_link(license_text),
+            modality=modality or "unknown",
+            citation=citation,
+            homepage=homepage,
+            samples=len(rows),
+        )
+        by_id[source] = entry
+    return sorted(by_id.values(), key=lambda e: int(e["class_id"]))
+
+
+def info_sources(table: list[dict]) -> list[dict]:
+    """The `sources` list of _info.json: the sources that have samples, contract fields only."""
+    keys = ("id", "class_id", "name", "license", "license_link", "modality", "samples")
+    return [{k: entry.get(k) for k in keys} for entry in table if entry["samples"] > 0]
+
+
 # ----------------------------------------------------------------------------- planning
 
 
@@ -215,27 +464,51 @@ def _bin_rng(seed: int, bin_name: str) -> np.random.Generator:
 
 
 def _pixel_bytes(row: Mapping, keep_16bit: bool) -> int:
-    depth = 2 if keep_16bit and row.get("bit_depth") == 16 else 1
-    return int(row["width"]) * int(row["height"]) * depth + SAMPLE_OVERHEAD_BYTES
+    pixels = int(row["width"]) * int(row["height"])
+    raw = 2 * pixels if keep_16bit and row.get("bit_depth") == 16 else 0  # the .npy member
+    return pixels + raw + SAMPLE_OVERHEAD_BYTES
 
 
-def cut_shards(
-    rows: list[dict], max_count: int, max_size: int, keep_16bit: bool
-) -> list[list[dict]]:
-    """Consecutive runs of rows: at most max_count samples and max_size estimated bytes each."""
-    shards: list[list[dict]] = []
-    current: list[dict] = []
-    size = 0
-    for row in rows:
-        row_bytes = _pixel_bytes(row, keep_16bit)
-        if current and (len(current) >= max_count or size + row_bytes > max_size):
-            shards.append(current)
-            current, size = [], 0
-        current.append(row)
-        size += row_bytes
-    if current:
-        shards.append(current)
-    return shards
+def even_runs(rows: list[dict], count: int) -> list[list[dict]]:
+    """`count` consecutive runs whose lengths differ by at most one."""
+    base, extra = divmod(len(rows), count)
+    runs, start = [], 0
+    for index in range(count):
+        length = base + (index < extra)
+        runs.append(rows[start : start + length])
+        start += length
+    return runs
+
+
+def shard_counts(
+    by_bin: Mapping[str, list[dict]], max_count: int, max_size: int, keep_16bit: bool, multiple: int
+) -> dict[str, int]:
+    """Shards per bin: within the count and size limits, total a multiple of `multiple`.
+
+    Extra shards go one at a time to the bin whose shards are longest now, so shard lengths
+    stay as even as the bins allow (a bin of 3 images still makes one shard of 3).
+    """
+    counts = {}
+    for bin_name, rows in by_bin.items():
+        count = max(1, math.ceil(len(rows) / max_count))
+        while count < len(rows) and any(
+            sum(_pixel_bytes(r, keep_16bit) for r in run) > max_size
+            for run in even_runs(rows, count)
+        ):
+            count += 1
+        counts[bin_name] = count
+    samples = sum(len(rows) for rows in by_bin.values())
+    target = math.ceil(sum(counts.values()) / multiple) * multiple
+    if target > samples:
+        raise ValueError(
+            f"--shard-multiple {multiple} needs {target} shards but there are only {samples} "
+            "samples: lower --shard-multiple"
+        )
+    while sum(counts.values()) < target:
+        splittable = [b for b in sorted(by_bin) if counts[b] < len(by_bin[b])]
+        longest = max(splittable, key=lambda b: len(by_bin[b]) / counts[b])
+        counts[longest] += 1
+    return counts
 
 
 def _kept_rows(build: Path) -> dict[str, list[dict]]:
@@ -254,35 +527,36 @@ def _kept_rows(build: Path) -> dict[str, list[dict]]:
     return by_bin
 
 
-def _source_classes(build: Path, sources: set[str]) -> dict[str, int]:
-    recorded = cat.read_sources(build)
-    missing = sorted(s for s in sources if "index" not in recorded.get(s, {}))
-    if missing:
-        raise ValueError(
-            f"source {missing[0]!r} has no class index in {Path(build) / cat.SOURCES_FILENAME}: "
-            "re-run `inf590k ingest` for it"
-        )
-    return {s: int(recorded[s]["index"]) for s in sources}
-
-
-def plan_shards(config: ShardConfig) -> list[ShardJob]:
-    """The full, deterministic shard plan of a build (independent of workers and of `out`)."""
+def _check_options(config: ShardConfig) -> None:
     if config.max_count < 1 or config.max_size < 1:
         raise ValueError("--max-count and --max-size must be positive")
+    if config.shard_multiple < 1:
+        raise ValueError(f"--shard-multiple must be 1 or more, got {config.shard_multiple}")
     if not 0 <= config.png_level <= 9:
         raise ValueError(f"--png-level must be 0..9, got {config.png_level}")
+
+
+def plan_shards(config: ShardConfig, classes: Mapping[str, int] | None = None) -> list[ShardJob]:
+    """The full, deterministic shard plan of a build (independent of workers and of `out`).
+
+    `classes`: class id per source (the sources table); default: ids in sorted source order.
+    """
+    _check_options(config)
     by_bin = _kept_rows(Path(config.build))
-    classes = _source_classes(
-        Path(config.build), {r["source"] for rows in by_bin.values() for r in rows}
-    )
-    jobs = []
+    if classes is None:
+        sources = sorted({r["source"] for rows in by_bin.values() for r in rows})
+        classes = {s: i for i, s in enumerate(sources)}
+    shuffled = {}
     for bin_name in sorted(by_bin):
         rows = by_bin[bin_name]
         order = _bin_rng(config.seed, bin_name).permutation(len(rows))
-        shuffled = [rows[i] for i in order]
-        for index, shard_rows in enumerate(
-            cut_shards(shuffled, config.max_count, config.max_size, config.keep_16bit)
-        ):
+        shuffled[bin_name] = [rows[i] for i in order]
+    counts = shard_counts(
+        shuffled, config.max_count, config.max_size, config.keep_16bit, config.shard_multiple
+    )
+    jobs = []
+    for bin_name in sorted(shuffled):
+        for index, shard_rows in enumerate(even_runs(shuffled[bin_name], counts[bin_name])):
             relpath = f"{bin_name}/{bin_name}-{index:06d}.tar"
             shard_classes = tuple(classes[r["source"]] for r in shard_rows)
             jsons = tuple(sample_json(r) for r in shard_rows)
@@ -339,8 +613,8 @@ def _read_files(build: Path, rows: tuple[dict, ...]) -> Iterator[tuple[dict, byt
 class _PixelLoader:
     """`ingest.load_stored_pixels`, with each source's policy read once per shard, not per row.
 
-    Still images take the same decode + `stored_form` steps as ingest's function, without
-    re-reading sources.json for every sample (~0.8 ms per image); video frames go through it.
+    Returns (8-bit view, raw 16-bit frame or None): the raw frame only with keep_16bit and a
+    16-bit file. Still images are decoded once for both; video frames go through ingest.
     """
 
     def __init__(self, build: Path, keep_16bit: bool) -> None:
@@ -351,14 +625,18 @@ class _PixelLoader:
         recorded = cat.read_sources(build)
         self.policies = {s: ImagePolicy(**info["policy"]) for s, info in recorded.items()}
 
-    def __call__(self, row: dict, data: bytes) -> np.ndarray:
-        from inf590k.imageio import decode
+    def __call__(self, row: dict, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+        from inf590k.imageio import decode, stretch_to_8bit
         from inf590k.ingest import load_stored_pixels, stored_form
 
-        if row["frame"] is not None and row["frame"] >= 0:
-            return load_stored_pixels(self.build, row, keep_16bit=self.keep_16bit, data=data)
         policy = self.policies[row["source"]]
-        return stored_form(decode(data, policy), row, policy, self.keep_16bit)
+        if row["frame"] is not None and row["frame"] >= 0:
+            stored = load_stored_pixels(self.build, row, keep_16bit=self.keep_16bit, data=data)
+        else:
+            stored = stored_form(decode(data, policy), row, policy, self.keep_16bit)
+        if stored.dtype == np.uint16:  # only with keep_16bit: the 8-bit view from the same pixels
+            return stretch_to_8bit(stored, policy)[0], stored
+        return stored, None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -373,106 +651,127 @@ def write_shard(job: ShardJob) -> dict:
     """Write one tar atomically, then its parquet sidecar, then its stats marker."""
     started = time.perf_counter()
     load = _PixelLoader(job.build, job.keep_16bit)
-    tar_path = job.out / job.relpath
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = tar_path.with_name(tar_path.name + ".tmp")
+    target = tar_path(job.out, job.relpath)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = target.with_name(target.name + ".tmp")
     with open(tmp_path, "wb") as handle:
         hashing = _HashingFile(handle)
         with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:
             files = _read_files(job.build, job.rows)
             for (row, data), cls, meta in zip(files, job.classes, job.jsons, strict=True):
                 try:
-                    pixels = load(row, data)
+                    view8, raw = load(row, data)
                 except Exception as error:
                     raise RuntimeError(
                         f"{job.relpath}: cannot re-read {row['uid']} ({row['source']}/{row['relpath']}): "
                         f"{error}; restore the source files or re-run `inf590k ingest`"
                     ) from error
-                add_sample(tar, row["uid"], cls, meta, encode_png(pixels, job.png_level))
+                png = encode_png(view8, job.png_level)
+                add_sample(tar, row["uid"], cls, meta, png, None if raw is None else raw_npy(raw))
+                progress.tick()
         hashing.sync()
-    os.replace(tmp_path, tar_path)
-    _fsync_dir(tar_path.parent)
-    parquet_path = tar_path.with_suffix(".parquet")
-    cat.write_parquet_atomic(cat.rows_to_table(list(job.rows)), parquet_path)
+    os.replace(tmp_path, target)
+    _fsync_dir(target.parent)
+    parquet = sidecar_path(job.out, job.relpath)
+    cat.write_parquet_atomic(cat.rows_to_table(list(job.rows)), parquet)
     stats = {
         "shard": job.relpath,
         "count": len(job.rows),
         "bytes": hashing.size,
         "sha256": hashing.digest.hexdigest(),
-        "parquet": parquet_path.name,
-        "parquet_sha256": hashlib.sha256(parquet_path.read_bytes()).hexdigest(),
+        "parquet_sha256": file_sha256(parquet),
         "plan": job.plan,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_text_atomic(stats_path_of(tar_path), json.dumps(stats, indent=1))
+    write_text_atomic(stats_path(job.out, job.relpath), json.dumps(stats, indent=1))
     return stats
-
-
-def stats_path_of(tar_path: Path) -> Path:
-    return tar_path.with_name(tar_path.name[: -len(".tar")] + STATS_SUFFIX)
 
 
 def finished_stats(job: ShardJob) -> dict | None:
     """The recorded stats when this exact shard is already complete, else None."""
-    tar_path = job.out / job.relpath
     try:
-        stats = json.loads(stats_path_of(tar_path).read_text())
+        stats = json.loads(stats_path(job.out, job.relpath).read_text())
         complete = (
             stats.get("plan") == job.plan
-            and tar_path.stat().st_size == stats["bytes"]
-            and tar_path.with_suffix(".parquet").exists()
+            and tar_path(job.out, job.relpath).stat().st_size == stats["bytes"]
+            and sidecar_path(job.out, job.relpath).exists()
         )
     except (OSError, ValueError, KeyError):
         return None
     return stats if complete else None
 
 
-def _remove_stale(out: Path, jobs: list[ShardJob]) -> None:
-    """Delete shard files of an earlier, different plan (other bins or shard counts)."""
-    planned = {(out / j.relpath).with_suffix("") for j in jobs}
-    for path in sorted(out.glob("*/*")):
-        match = SHARD_NAME.match(path.name)
-        if path.name.endswith(".tmp"):
-            path.unlink()  # a half-written file of a killed run
-        elif (
-            match
-            and path.parent.name == match["bin"]  # only shard files inside their bin's folder
-            and path.parent / f"{match['bin']}-{match['index']}" not in planned
-        ):
+# ----------------------------------------------------------------------------- ownership
+
+
+def read_owned(dataset: Path) -> set[str] | None:
+    """The files metadata/files.json says `inf590k` wrote here; None when there is no such index."""
+    try:
+        index = json.loads((Path(dataset) / FILES_PATH).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("written_by") != WRITTEN_BY:
+        return None
+    return set(index.get("files", []))
+
+
+def _write_owned(out: Path, files: Iterable[str]) -> None:
+    index = {"written_by": WRITTEN_BY, "files": sorted(set(files))}
+    write_text_atomic(out / FILES_PATH, json.dumps(index, indent=1) + "\n", fsync=True)
+
+
+def folder_files(folder: Path) -> list[str]:
+    """Every file under `folder`, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir())
+
+
+def claim_folder(out: Path, planned: set[str]) -> set[str]:
+    """Refuse a folder that holds files we did not write; record `planned` as ours first.
+
+    Returns the files the previous index named (empty for a new folder). The index written
+    here names old and new files, so a run killed at any point leaves nothing unaccounted.
+    """
+    previous = read_owned(out)
+    present = folder_files(out) if out.is_dir() else []
+    if previous is None:
+        foreign = [p for p in present if not is_hub_extra(p)]
+        if foreign:
+            raise ValueError(
+                f"--out {out} already holds files that `inf590k shard` did not write (e.g. "
+                f"{foreign[0]}): pick a new or empty folder"
+            )
+        previous = set()
+    clashes = sorted(p for p in planned if p not in previous and (out / p).exists())
+    if clashes:
+        raise ValueError(
+            f"--out {out}: {clashes[0]} exists but `inf590k shard` did not write it: move it "
+            "away or pick another folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    _write_owned(out, previous | planned)
+    return previous
+
+
+def remove_stale(out: Path, previous: set[str], planned: set[str]) -> int:
+    """Delete files of our previous index that this plan does not write, and our temp files."""
+    removed = 0
+    for relpath in sorted(previous | planned):
+        tmp = out / (relpath + ".tmp")
+        if tmp.is_file():
+            tmp.unlink()  # a half-written file of a killed run
+    for relpath in sorted(previous - planned):
+        path = out / relpath
+        if path.is_file():
             path.unlink()
-            if not any(path.parent.iterdir()):
-                path.parent.rmdir()
+            removed += 1
+        parent = path.parent
+        while parent != out and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    return removed
 
 
-def write_index(config: ShardConfig, jobs: list[ShardJob], stats: dict[str, dict]) -> None:
-    """_info.json (timm's format), sizes.json and SHA256SUMS, from the shards' stats."""
-    out = Path(config.out)
-    filenames = [j.relpath for j in jobs]
-    lengths = [stats[f]["count"] for f in filenames]
-    info = {
-        "name": config.name,
-        "splits": {
-            config.split: {
-                "name": config.split,
-                "num_samples": sum(lengths),
-                "filenames": filenames,
-                "shard_lengths": lengths,
-            }
-        },
-    }
-    write_text_atomic(out / INFO_FILENAME, json.dumps(info, indent=1) + "\n", fsync=True)
-    write_text_atomic(
-        out / SIZES_FILENAME,
-        json.dumps(dict(zip(filenames, lengths, strict=True)), indent=1) + "\n",
-        fsync=True,
-    )
-    sums = []
-    for name in filenames:
-        sums.append((name, stats[name]["sha256"]))
-        sums.append((str(Path(name).with_suffix(".parquet")), stats[name]["parquet_sha256"]))
-    write_text_atomic(
-        out / SUMS_FILENAME, "".join(f"{digest}  {path}\n" for path, digest in sorted(sums)), fsync=True
-    )
+# ----------------------------------------------------------------------------- index files
 
 
 def reason_class(reason: str) -> str:
@@ -480,9 +779,8 @@ def reason_class(reason: str) -> str:
     return re.split(r"[(:/]| of | with ", reason or "", maxsplit=1)[0].strip() or "unspecified"
 
 
-def catalog_counts(build: Path) -> dict[str, dict]:
+def catalog_counts(table: pa.Table) -> dict[str, dict]:
     """{source: {found, ok, excluded, rejected, duplicate, reasons: {status: {kind: n}}}}."""
-    table = cat.read_catalog(build)
     counts = cat.status_counts(table)
     for source, status, reason in zip(
         *(table.column(c).to_pylist() for c in ("source", "status", "reason")), strict=True
@@ -496,17 +794,114 @@ def catalog_counts(build: Path) -> dict[str, dict]:
     return dict(sorted(counts.items()))
 
 
+def sample_members(jobs: list[ShardJob]) -> list[str]:
+    """The member extensions of the dataset's samples (npy only where raw frames were kept)."""
+    raw = any(j.keep_16bit and r.get("bit_depth") == 16 for j in jobs for r in j.rows)
+    return ["cls", "json", *(["npy"] if raw else []), "png"]
+
+
+def _write_json(path: Path, data: object, fsync: bool = False) -> None:
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n", fsync=fsync)
+
+
+def write_index(
+    config: ShardConfig, jobs: list[ShardJob], stats: dict[str, dict], table: list[dict]
+) -> dict:
+    """data/_info.json (timm's format + sources), sizes.json, SHA256SUMS, catalog, counts."""
+    out = Path(config.out)
+    filenames = [j.relpath for j in jobs]
+    lengths = [stats[f]["count"] for f in filenames]
+    info = {
+        "name": config.name,
+        "splits": {
+            config.split: {
+                "name": config.split,
+                "num_samples": sum(lengths),
+                "filenames": filenames,
+                "shard_lengths": lengths,
+            }
+        },
+        "sources": info_sources(table),
+        "members": sample_members(jobs),
+    }
+    catalog = cat.read_catalog(Path(config.build))
+    cat.write_parquet_atomic(catalog, out / CATALOG_PATH)
+    _write_json(out / COUNTS_PATH, catalog_counts(catalog))
+    _write_json(out / SOURCES_PATH, table)
+    _write_json(
+        out / SIZES_PATH,
+        {f"{DATA_DIRNAME}/{f}": n for f, n in zip(filenames, lengths, strict=True)},
+    )
+    sums = {CATALOG_PATH: file_sha256(out / CATALOG_PATH)}
+    for name in filenames:
+        tar_rel, parquet_rel, _ = shard_files(name)
+        sums[tar_rel] = stats[name]["sha256"]
+        sums[parquet_rel] = stats[name]["parquet_sha256"]
+    write_text_atomic(out / SUMS_PATH, "".join(f"{sums[p]}  {p}\n" for p in sorted(sums)))
+    _write_json(out / INFO_PATH, info, fsync=True)  # last: it names only finished shards
+    return info
+
+
+def _drop_stale_report(out: Path) -> None:
+    """The report describes an earlier _info.json: remove it (its files are ours)."""
+    from inf590k.card import report_is_fresh
+
+    if (out / REPORT_DIR / REPORT_FILES[0]).exists() and not report_is_fresh(out):
+        for name in REPORT_FILES:
+            (out / REPORT_DIR / name).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _class_ids(config: ShardConfig, out: Path) -> tuple[list[dict], dict[str, int]]:
+    """The sources table of this build (ids of the folder's earlier table kept) and its ids."""
+    by_bin = _kept_rows(Path(config.build))
+    kept: dict[str, list[dict]] = {}
+    for rows in by_bin.values():
+        for row in rows:
+            kept.setdefault(row["source"], []).append(row)
+    previous = read_sources_table(out) if read_owned(out) is not None else []
+    table = sources_table(kept, cat.read_sources(config.build), previous)
+    return table, {e["id"]: int(e["class_id"]) for e in table}
+
+
+def _write_all(todo: list[ShardJob], workers: int, enabled: bool) -> Iterator[dict]:
+    """Write the shards (largest first in a pool); the bar moves per sample."""
+    total = sum(len(j.rows) for j in todo)
+    if workers == 1:
+        with progress.SampleProgress(total, "shard", enabled, None):
+            yield from map(write_shard, todo)
+        return
+    context = multiprocessing.get_context("spawn")
+    # largest shards first, so the workers finish together (the files do not depend on
+    # the order in which shards are written)
+    largest_first = sorted(todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows))
+    with progress.SampleProgress(total, "shard", enabled, context) as bar:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=bar.initializer, initargs=bar.initargs
+        ) as pool:
+            yield from pool.map(write_shard, largest_first)
+
+
 def shard(config: ShardConfig) -> ShardSummary:
     """Write (or finish) the dataset folder of a build; byte-identical for any worker count."""
+    from inf590k.card import write_card
+
     started = time.perf_counter()
     out = Path(config.out)
-    jobs = plan_shards(config)
+    _check_options(config)
+    if (out / cat.CATALOG_DIRNAME).exists() or out.resolve() == Path(config.build).resolve():
+        raise ValueError(
+            f"--out {out} is a build folder (it holds a catalog): write the dataset to a folder of its own"
+        )
+    table, classes = _class_ids(config, out)
+    jobs = plan_shards(config, classes)
     if not jobs:
         raise ValueError(f"no kept images in {config.build}: check `inf590k report` counts")
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / cat.CATALOG_DIRNAME).exists() or out.resolve() == Path(config.build).resolve():
-        raise ValueError(f"--out {out} is a build folder (it holds a catalog): write the dataset to a folder of its own")
-    _remove_stale(out, jobs)
+    planned = set(index_files()) | {p for j in jobs for p in shard_files(j.relpath)}
+    previous = claim_folder(out, planned)
+    remove_stale(out, previous, planned)
     stats: dict[str, dict] = {}
     todo = []
     for job in jobs:
@@ -516,41 +911,29 @@ def shard(config: ShardConfig) -> ShardSummary:
         else:
             stats[job.relpath] = done
     workers = min(config.workers or available_cores(), max(1, len(todo)))
-    total = sum(len(j.rows) for j in todo)
-    with tqdm(total=total, unit="img", desc="shard", disable=not config.progress) as bar:
-        if workers == 1:
-            results: Iterator[dict] = map(write_shard, todo)
-            for result in results:
-                stats[result["shard"]] = result
-                bar.update(result["count"])
-        else:
-            context = multiprocessing.get_context("spawn")
-            # largest shards first, so the workers finish together (the files do not
-            # depend on the order in which shards are written)
-            largest_first = sorted(
-                todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows)
-            )
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                for result in pool.map(write_shard, largest_first):
-                    stats[result["shard"]] = result
-                    bar.update(result["count"])
-    write_index(config, jobs, stats)
-    counts = catalog_counts(Path(config.build))
-    write_text_atomic(out / COUNTS_FILENAME, json.dumps(counts, indent=1, sort_keys=True) + "\n", fsync=True)
+    for result in _write_all(todo, workers, config.progress):
+        stats[result["shard"]] = result
+    write_index(config, jobs, stats, table)
+    _drop_stale_report(out)
+    write_card(out)
+    _write_owned(out, planned)
+    lengths = [len(j.rows) for j in jobs]
     return ShardSummary(
         shards=len(jobs),
         written=len(todo),
         reused=len(jobs) - len(todo),
-        samples=sum(s["count"] for s in stats.values()),
+        samples=sum(lengths),
         bytes=sum(s["bytes"] for s in stats.values()),
         seconds=time.perf_counter() - started,
         out=out,
+        lengths=(min(lengths), max(lengths)),
     )
 
 
 def read_sidecars(dataset: Path) -> pa.Table:
-    """All shard sidecar rows of a dataset folder (catalog schema)."""
-    paths = sorted(Path(dataset).glob("*/*.parquet"))
+    """The sidecar rows of every shard data/_info.json lists (catalog schema), in its order."""
+    info = read_info(dataset)
+    paths = [sidecar_path(dataset, name) for name, _ in info_shards(info)]
     if not paths:
-        raise FileNotFoundError(f"no shard sidecars in {dataset}: run `inf590k shard` first")
+        raise FileNotFoundError(f"{Path(dataset) / INFO_PATH} lists no shards: run `inf590k shard`")
     return pa.concat_tables(pq.read_table(p, schema=cat.CATALOG_SCHEMA) for p in paths)

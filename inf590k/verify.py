@@ -1,12 +1,14 @@
-"""Verify a dataset folder: hashes, index files, sidecars, and every sample re-read.
+"""Verify a dataset folder: hashes, index files, sidecars, stray files, every sample re-read.
 
-Each problem is one line naming the file. `VerifyReport.ok` is False when there is any; the
-CLI exits non-zero then.
+Works on the folder `inf590k shard` wrote and on a copy as `hf download --repo-type dataset
+--local-dir` leaves it (`.gitattributes` and `.cache/` are the Hub's, not strays). Each
+problem is one line naming the file. `VerifyReport.ok` is False when there is any; the CLI
+exits non-zero then.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import multiprocessing
 import tarfile
@@ -17,12 +19,34 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
+from inf590k import catalog as cat
+from inf590k import progress
 from inf590k.fsutil import available_cores
-from inf590k.shard import INFO_FILENAME, SIZES_FILENAME, STATS_SUFFIX, SUMS_FILENAME
+from inf590k.shard import (
+    CARD_FILENAME,
+    COUNTS_PATH,
+    FILES_PATH,
+    INFO_PATH,
+    SIZES_PATH,
+    SOURCES_PATH,
+    SUMS_PATH,
+    file_sha256,
+    folder_files,
+    index_files,
+    info_shards,
+    is_hub_extra,
+    read_sources_table,
+    sample_json,
+    shard_files,
+    sidecar_path,
+    stats_path,
+    tar_path,
+)
 
-SAMPLE_MEMBERS = ("cls", "json", "png")
+BASE_MEMBERS = ("cls", "json", "png")
+REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
+sha256_file = file_sha256  # the name other modules used
 
 
 @dataclass(frozen=True)
@@ -57,18 +81,12 @@ class VerifyReport:
 @dataclass(frozen=True)
 class _ShardCheck:
     dataset: Path
-    relpath: str
+    relpath: str  # under data/, as _info.json names it
     expected_sha256: str | None  # from SHA256SUMS
     expected_count: int  # from _info.json
+    classes: dict[str, int]  # source -> class id (the sources table)
+    raw: bool  # samples of 16-bit files have an npy member
     decode: bool
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_sums(path: Path) -> dict[str, str]:
@@ -82,149 +100,206 @@ def read_sums(path: Path) -> dict[str, str]:
     return sums
 
 
-def _check_samples(
-    path: Path, relpath: str, expected_count: int, decode: bool
-) -> tuple[int, list[str], list[str]]:
-    """Re-read a tar: members per sample, JSON/uid, class, PNG size. -> (count, uids, problems)."""
-    problems: list[str] = []
+def _read_tar(path: Path) -> tuple[list[str], dict[str, dict[str, bytes]]]:
+    """Sample keys in tar order and their members (extension -> bytes)."""
     samples: dict[str, dict[str, bytes]] = {}
     order: list[str] = []
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, _, extension = member.name.partition(".")
-                if key not in samples:
-                    samples[key] = {}
-                    order.append(key)
-                handle = tar.extractfile(member)
-                samples[key][extension] = handle.read() if handle else b""
-    except (tarfile.TarError, OSError, EOFError) as error:
-        return (
-            len(order),
-            order,
-            [f"{relpath}: unreadable tar ({error}): the shard is truncated or corrupt"],
-        )
-    for key in order:
-        members = samples[key]
-        if tuple(sorted(members)) != SAMPLE_MEMBERS:
-            problems.append(
-                f"{relpath}: sample {key} has members {sorted(members)}, expected {list(SAMPLE_MEMBERS)}"
-            )
-            continue
-        if not decode:
-            continue
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, extension = member.name.partition(".")
+            if key not in samples:
+                samples[key] = {}
+                order.append(key)
+            handle = tar.extractfile(member)
+            samples[key][extension] = handle.read() if handle else b""
+    return order, samples
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def sample_problem(
+    key: str, members: dict[str, bytes], row: dict | None, classes: dict[str, int], raw: bool
+) -> str | None:
+    """What is wrong with one sample against its sidecar row, or None.
+
+    `raw`: the dataset keeps raw 16-bit frames (`npy` member of every 16-bit row).
+    """
+    raw_expected = raw and (row or {}).get("bit_depth") == 16
+    expected = sorted((*BASE_MEMBERS, "npy") if raw_expected else BASE_MEMBERS)
+    if sorted(members) != expected:
+        return f"sample {key} has members {sorted(members)}, expected {expected}"
+    if row is None:
+        return f"sample {key} has no row in its sidecar"
+    if members["json"] != sample_json(row):
+        return f"sample {key}: its JSON disagrees with its sidecar row (edited?)"
+    if classes and members["cls"] != str(classes.get(row["source"], "?")).encode():
+        return f"sample {key}: class {members['cls']!r} is not the id of source {row['source']!r}"
+    image = _decode(members["png"])
+    if image is None or image.ndim != 2 or image.dtype != np.uint8:
+        return f"sample {key}: the PNG does not decode to a 1-channel 8-bit image"
+    if image.shape != (row["height"], row["width"]):
+        return f"sample {key}: PNG {image.shape[1]}x{image.shape[0]}, its row says {row['width']}x{row['height']}"
+    if "npy" in members:
         try:
-            meta = json.loads(members["json"])
-            int(members["cls"])
+            raw = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
         except ValueError as error:
-            problems.append(f"{relpath}: sample {key} has a bad json or cls member ({error})")
-            continue
-        image = cv2.imdecode(np.frombuffer(members["png"], np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None or image.ndim != 2:
-            problems.append(
-                f"{relpath}: sample {key}: the PNG does not decode to a 1-channel image"
-            )
-        elif meta.get("uid") != key or image.shape != (meta.get("height"), meta.get("width")):
-            problems.append(f"{relpath}: sample {key}: JSON uid/size does not match the PNG")
-    if len(order) != expected_count:
+            return f"sample {key}: unreadable npy member ({error})"
+        if raw.dtype != np.uint16 or raw.shape != image.shape:
+            return f"sample {key}: npy member is {raw.dtype} {raw.shape}, expected uint16 {image.shape}"
+    return None
+
+
+def _check_samples(check: _ShardCheck, rows: list[dict] | None) -> tuple[list[str], list[str]]:
+    """Re-read a tar: members, JSON vs sidecar, class, PNG and npy. -> (uids, problems)."""
+    name = f"data/{check.relpath}"
+    try:
+        order, samples = _read_tar(tar_path(check.dataset, check.relpath))
+    except (tarfile.TarError, OSError, EOFError) as error:
+        return [], [f"{name}: unreadable tar ({error}): the shard is truncated or corrupt"]
+    problems = []
+    by_uid = {r["uid"]: r for r in rows or []}
+    for key in order:
+        if check.decode and rows is not None:
+            problem = sample_problem(key, samples[key], by_uid.get(key), check.classes, check.raw)
+            if problem:
+                problems.append(f"{name}: {problem}")
+        progress.tick()
+    if len(order) != check.expected_count:
         problems.append(
-            f"{relpath}: count mismatch: {len(order)} samples, {INFO_FILENAME} says {expected_count}"
+            f"{name}: count mismatch: {len(order)} samples, {INFO_PATH} says {check.expected_count}"
         )
-    return len(order), order, problems
+    return order, problems
+
+
+def _stats_problems(check: _ShardCheck) -> list[str]:
+    path = tar_path(check.dataset, check.relpath)
+    stats_file = stats_path(check.dataset, check.relpath)
+    name = f"data/{check.relpath}"
+    if not stats_file.exists():
+        return [f"{name}: missing sidecar {stats_file.name}"]
+    try:
+        stats = json.loads(stats_file.read_text())
+    except ValueError:
+        return [f"{stats_file.name}: not valid JSON"]
+    problems = []
+    if stats.get("bytes") != path.stat().st_size:
+        problems.append(
+            f"{name}: {path.stat().st_size} bytes, its stats say {stats.get('bytes')} (truncated?)"
+        )
+    if stats.get("count") != check.expected_count:
+        problems.append(
+            f"{stats_file.name}: count {stats.get('count')} != {check.expected_count} in {INFO_PATH}"
+        )
+    return problems
 
 
 def check_shard(check: _ShardCheck) -> tuple[int, list[str]]:
     """All checks of one shard: (samples read, problems)."""
-    path = check.dataset / check.relpath
+    path = tar_path(check.dataset, check.relpath)
+    name = f"data/{check.relpath}"
     if not path.exists():
-        return 0, [f"{check.relpath}: missing shard"]
+        progress.tick(check.expected_count)
+        return 0, [f"{name}: missing shard"]
     problems = []
     if check.expected_sha256 is None:
-        problems.append(f"{check.relpath}: not listed in {SUMS_FILENAME}")
-    elif sha256_file(path) != check.expected_sha256:
-        problems.append(f"{check.relpath}: sha256 mismatch (changed, truncated or corrupt)")
-    stats_path = path.with_name(path.name[: -len(".tar")] + STATS_SUFFIX)
-    if stats_path.exists():
-        try:
-            stats = json.loads(stats_path.read_text())
-        except ValueError:
-            stats = {"bytes": "unreadable"}
-            problems.append(f"{stats_path.name}: not valid JSON")
-        if stats.get("bytes") != path.stat().st_size:
-            problems.append(
-                f"{check.relpath}: {path.stat().st_size} bytes, its stats say {stats.get('bytes')} (truncated?)"
-            )
-        if stats.get("count") != check.expected_count:
-            problems.append(
-                f"{stats_path.name}: count {stats.get('count')} != {check.expected_count} in {INFO_FILENAME}"
-            )
+        problems.append(f"{name}: not listed in {SUMS_PATH}")
+    elif file_sha256(path) != check.expected_sha256:
+        problems.append(f"{name}: sha256 mismatch (changed, truncated or corrupt)")
+    problems += _stats_problems(check)
+    parquet = sidecar_path(check.dataset, check.relpath)
+    rows = None
+    if not parquet.exists():
+        problems.append(f"{name}: missing sidecar {parquet.name}")
     else:
-        problems.append(f"{check.relpath}: missing sidecar {stats_path.name}")
-    count, uids, sample_problems = _check_samples(
-        path, check.relpath, check.expected_count, check.decode
-    )
+        rows = pq.read_table(parquet, schema=cat.CATALOG_SCHEMA).to_pylist()
+    uids, sample_problems = _check_samples(check, rows)
     problems += sample_problems
-    parquet_path = path.with_suffix(".parquet")
-    if not parquet_path.exists():
-        problems.append(f"{check.relpath}: missing sidecar {parquet_path.name}")
-    else:
-        sidecar = pq.read_table(parquet_path, columns=["uid"]).column("uid").to_pylist()
-        if sidecar != uids and not sample_problems:
+    if rows is not None and not any("unreadable tar" in p for p in sample_problems):
+        if [r["uid"] for r in rows] != uids:
             problems.append(
-                f"{parquet_path.name}: {len(sidecar)} rows do not match the tar's {count} samples"
+                f"{parquet.name}: {len(rows)} rows do not match the tar's {len(uids)} samples"
             )
-        elif len(sidecar) != check.expected_count:
-            problems.append(
-                f"{parquet_path.name}: count mismatch: {len(sidecar)} rows, {INFO_FILENAME} says {check.expected_count}"
-            )
-    return count, problems
+    return len(uids), problems
 
 
 def _index_problems(
     dataset: Path, info: dict, sums: dict[str, str]
 ) -> tuple[list[tuple[str, int]], list[str]]:
-    """Shards listed by _info.json (path, count) and problems of the index files themselves."""
-    problems, shards = [], []
+    """Shards listed by _info.json (relpath, count) and problems of the index files themselves."""
+    problems = []
     for split_name, split in sorted(info.get("splits", {}).items()):
         filenames, lengths = split.get("filenames", []), split.get("shard_lengths", [])
         if len(filenames) != len(lengths):
             problems.append(
-                f"{INFO_FILENAME}: split {split_name} has {len(filenames)} filenames, {len(lengths)} shard_lengths"
+                f"{INFO_PATH}: split {split_name} has {len(filenames)} filenames, {len(lengths)} shard_lengths"
             )
         if split.get("num_samples") != sum(lengths):
             problems.append(
-                f"{INFO_FILENAME}: split {split_name} num_samples {split.get('num_samples')} != sum of shard_lengths {sum(lengths)}"
+                f"{INFO_PATH}: split {split_name} num_samples {split.get('num_samples')} != sum of "
+                f"shard_lengths {sum(lengths)}"
             )
-        shards += list(zip(filenames, lengths, strict=False))
+    shards = info_shards(info)
     if not shards:
-        problems.append(f"{INFO_FILENAME}: lists no shards")
-    sizes_path = dataset / SIZES_FILENAME
+        problems.append(f"{INFO_PATH}: lists no shards")
+    sizes_path = dataset / SIZES_PATH
     if not sizes_path.exists():
-        problems.append(f"{SIZES_FILENAME}: missing")
-    elif json.loads(sizes_path.read_text()) != dict(shards):
-        problems.append(f"{SIZES_FILENAME}: does not match {INFO_FILENAME}")
-    listed = {name for name, _ in shards}
+        problems.append(f"{SIZES_PATH}: missing")
+    elif json.loads(sizes_path.read_text()) != {f"data/{n}": c for n, c in shards}:
+        problems.append(f"{SIZES_PATH}: does not match {INFO_PATH}")
+    for name in REQUIRED_FILES:
+        if not (dataset / name).is_file():
+            problems.append(f"{name}: missing (`inf590k shard` writes it)")
+    tars = {f"data/{n}" for n, _ in shards}
     for name in sorted(sums):
-        if not (dataset / name).exists() and name not in listed:
-            problems.append(f"{name}: listed in {SUMS_FILENAME} but missing")
-        elif (
-            name.endswith(".parquet")
-            and (dataset / name).exists()
-            and sha256_file(dataset / name) != sums[name]
-        ):
+        if name in tars:
+            continue  # hashed with its shard
+        if not (dataset / name).is_file():
+            problems.append(f"{name}: listed in {SUMS_PATH} but missing")
+        elif file_sha256(dataset / name) != sums[name]:
             problems.append(f"{name}: sha256 mismatch")
-    for path in sorted(dataset.glob("*/*.tar")):
-        if path.relative_to(dataset).as_posix() not in listed:
-            problems.append(
-                f"{path.relative_to(dataset).as_posix()}: a tar that {INFO_FILENAME} does not list"
-            )
     return shards, problems
+
+
+def stray_files(dataset: Path, shards: list[tuple[str, int]]) -> list[str]:
+    """Files that do not belong: neither index files nor files of a listed shard."""
+    allowed = set(index_files()) | {p for name, _ in shards for p in shard_files(name)}
+    return [p for p in folder_files(dataset) if p not in allowed and not is_hub_extra(p)]
+
+
+def _classes(dataset: Path, problems: list[str]) -> dict[str, int]:
+    try:
+        return {e["id"]: int(e["class_id"]) for e in read_sources_table(dataset)}
+    except (ValueError, KeyError, TypeError) as error:  # the class check is skipped then
+        problems.append(f"{SOURCES_PATH}: unreadable ({error})")
+        return {}
+
+
+def _run_checks(
+    checks: list[_ShardCheck], workers: int, enabled: bool, report: VerifyReport
+) -> None:
+    total = sum(c.expected_count for c in checks)
+    if workers == 1:
+        with progress.SampleProgress(total, "verify", enabled, None):
+            for count, problems in map(check_shard, checks):
+                report.samples += count
+                report.problems += problems
+        return
+    context = multiprocessing.get_context("spawn")
+    with progress.SampleProgress(total, "verify", enabled, context) as bar:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=bar.initializer, initargs=bar.initargs
+        ) as pool:
+            for count, problems in pool.map(check_shard, checks):
+                report.samples += count
+                report.problems += problems
 
 
 def verify(config: VerifyConfig) -> VerifyReport:
     dataset = Path(config.dataset)
     report = VerifyReport(dataset=dataset)
-    for name in (INFO_FILENAME, SUMS_FILENAME):
+    for name in (INFO_PATH, SUMS_PATH):
         if not (dataset / name).exists():
             report.problems.append(
                 f"{name}: missing; is {dataset} a dataset written by `inf590k shard`?"
@@ -232,27 +307,23 @@ def verify(config: VerifyConfig) -> VerifyReport:
     if report.problems:
         return report
     try:
-        info = json.loads((dataset / INFO_FILENAME).read_text())
-        sums = read_sums(dataset / SUMS_FILENAME)
+        info = json.loads((dataset / INFO_PATH).read_text())
+        sums = read_sums(dataset / SUMS_PATH)
         shards, report.problems = _index_problems(dataset, info, sums)
     except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
         report.problems.append(f"index files unreadable ({type(err).__name__}: {err})")
         return report
+    report.problems += [
+        f"{p}: a file that does not belong to the dataset (not in {INFO_PATH} or the layout)"
+        for p in stray_files(dataset, shards)
+    ]
+    classes = _classes(dataset, report.problems)
+    raw = "npy" in info.get("members", [])
     checks = [
-        _ShardCheck(dataset, name, sums.get(name), count, config.decode) for name, count in shards
+        _ShardCheck(dataset, name, sums.get(f"data/{name}"), count, classes, raw, config.decode)
+        for name, count in shards
     ]
     report.shards = len(checks)
     workers = min(config.workers or available_cores(), max(1, len(checks)))
-    with tqdm(total=len(checks), unit="shard", desc="verify", disable=not config.progress) as bar:
-        if workers == 1:
-            results = map(check_shard, checks)
-        else:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            results = pool.map(check_shard, checks)
-        for count, problems in results:
-            report.samples += count
-            report.problems += problems
-            bar.update(1)
-        if workers > 1:
-            pool.shutdown()
+    _run_checks(checks, workers, config.progress, report)
     return report

@@ -10,6 +10,7 @@ bytes (without decoding) to reach the saved offset.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import os
@@ -63,6 +64,7 @@ class DataConfig:
     retry_wait: float = 1.0  # seconds before the first retry; doubles each time
     timeout: float = 60.0  # seconds per network read
     samples_per_epoch: int | None = None  # overrides _info.json's num_samples
+    raw16: bool = False  # read a sample's raw 16-bit `.npy` member where it has one (lossless)
 
 
 @dataclass
@@ -136,8 +138,8 @@ def expand_shard_urls(specs: str | Sequence[str], split: str = "train") -> list[
                 urls.extend(read_info(part, split).filenames)
                 continue
             if "://" not in part and not part.startswith("pipe:"):
-                local_info = posixpath.join(part, INFO_NAME)
-                if _local_exists(local_info):
+                local_info = folder_info(part)
+                if local_info:
                     urls.extend(read_info(local_info, split).filenames)
                     continue
             for url in braceexpand.braceexpand(part):
@@ -159,6 +161,15 @@ def _local_glob(url: str) -> list[str]:
 
 def _local_exists(path: str) -> bool:
     return os.path.isfile(path)
+
+
+def folder_info(folder: str) -> str | None:
+    """The index of a local dataset folder: FOLDER/data/_info.json (the Hub layout) or
+    FOLDER/_info.json (a folder of bin folders); None when it holds neither."""
+    for candidate in (posixpath.join(folder, "data", INFO_NAME), posixpath.join(folder, INFO_NAME)):
+        if _local_exists(candidate):
+            return candidate
+    return None
 
 
 def find_info_url(shard_urls: Sequence[str]) -> str | None:
@@ -280,6 +291,16 @@ def decode_ir_png(data: bytes, max_pixels: int) -> np.ndarray:
         image = cv2.cvtColor(image, code)
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"unsupported PNG dtype {image.dtype}")
+    return image
+
+
+def decode_raw_npy(data: bytes, max_pixels: int) -> np.ndarray:
+    """A `.npy` member (the raw frame kept by `shard --keep-16bit`) -> [H, W] uint16, exactly."""
+    image = np.load(io.BytesIO(data), allow_pickle=False)
+    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"npy member holds {image.dtype} {image.shape}, not a [H, W] frame")
+    if image.size > max_pixels:
+        raise ValueError(f"{image.shape[1]}x{image.shape[0]} exceeds the {max_pixels}-pixel cap")
     return image
 
 
@@ -468,6 +489,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         return enumerate(shuffled)
 
     def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+        if self.config.raw16 and "npy" in sample:
+            raw = decode_raw_npy(sample["npy"], self.config.max_pixels)
+            return crop_flip(raw, self.image_size, rng, self.config)
         if "png" not in sample:
             raise ValueError(f"sample {sample.get('__key__')} has no .png member")
         return crop_flip(

@@ -116,7 +116,7 @@ def test_build_verify_report_chain_and_verify_failure(tmp_path, ir_samples):
     assert "build: " in result.output and "samples in" in result.output
     assert invoke("verify", tmp_path / "ds").exit_code == 0
     reported = invoke("report", tmp_path / "ds")
-    assert reported.exit_code == 0 and (tmp_path / "ds" / "report" / "dataset_card.md").exists()
+    assert reported.exit_code == 0 and (tmp_path / "ds" / "metadata" / "report" / "report.json").exists()
     tar = sorted((tmp_path / "ds").rglob("*.tar"))[0]
     data = bytearray(tar.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -140,8 +140,10 @@ def test_shard_refuses_to_write_into_the_build_folder(tmp_path, ir_samples):
 
 
 def test_verify_reports_a_damaged_index_in_one_line(tmp_path):
-    (tmp_path / "_info.json").write_text("{bad")
-    (tmp_path / "SHA256SUMS").write_text("")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "metadata").mkdir()
+    (tmp_path / "data" / "_info.json").write_text("{bad")
+    (tmp_path / "metadata" / "SHA256SUMS").write_text("")
     result = CliRunner().invoke(main, ["verify", str(tmp_path)])
     assert result.exit_code == 1 and "index files unreadable" in result.output
     assert "Traceback" not in result.output

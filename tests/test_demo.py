@@ -26,7 +26,7 @@ def test_demo_chain_end_to_end(tmp_path, ir_samples):
     assert "verify: OK" in result.output
     catalog = pq.read_table(out / "build" / "catalog")
     assert set(catalog.column("source").to_pylist()) == {"sirst", "llvip", "flir_adas_v2", "kaist", "hit_uav"}
-    info = json.loads((out / "dataset" / "_info.json").read_text())
+    info = json.loads((out / "dataset" / "data" / "_info.json").read_text())
     assert info["splits"]["train"]["num_samples"] > 60
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 4

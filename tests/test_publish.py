@@ -1,13 +1,15 @@
-"""`inf590k publish`: the staged Hub layout, read by the real `datasets` client; the card;
-fast one-line failures offline, unreachable or unauthorised; uploads (against a fake Hub
-API) that resume where an interrupted run stopped. Nothing here reaches huggingface.co."""
+"""`inf590k publish`: the dataset folder is uploaded as it is (it already is the Hub layout),
+read by the real `datasets` client; the card; fast one-line failures offline, unreachable or
+unauthorised; uploads (against a fake Hub API) that resume where an interrupted run stopped.
+Nothing here reaches huggingface.co."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,14 +21,7 @@ import pytest
 from inf590k import catalog as cat
 from inf590k.ingest import IngestConfig
 from inf590k.pipeline import BuildConfig, run_build
-from inf590k.publish import (
-    PublishConfig,
-    PublishError,
-    card_configs,
-    publish,
-    read_shards,
-    stage_dataset,
-)
+from inf590k.publish import PublishConfig, PublishError, owned_files, publish, read_shards
 from inf590k.report import ReportConfig, report
 from inf590k.shard import ShardConfig
 from inf590k.synth import SynthConfig, synthesize
@@ -59,31 +54,10 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     return build, dataset
 
 
-def same_as_staged(built, folder: Path, **options) -> PublishConfig:
-    """The configuration the `staged` fixture used, for a real upload from that folder."""
-    build, dataset = built
-    return PublishConfig(
-        dataset=dataset, repo="lab/inf590k-mini", build=build, stage=folder, **options
-    )
-
-
-@pytest.fixture(scope="module")
-def staged(built, tmp_path_factory) -> Path:
-    build, dataset = built
-    folder = tmp_path_factory.mktemp("staged") / "hub"
-    summary = publish(
-        PublishConfig(dataset=dataset, repo="lab/inf590k-mini", dry_run=folder, build=build)
-    )
-    assert summary.dry_run and str(summary).startswith("publish (dry run): 20 samples")
-    return folder
-
-
 @pytest.fixture
-def own_stage(staged, tmp_path) -> Path:
-    """A copy of the staged folder that a test may re-stage (with another endpoint, ...)."""
-    import shutil
-
-    return Path(shutil.copytree(staged, tmp_path / "hub"))
+def own_copy(built, tmp_path) -> Path:
+    """A copy of the dataset folder that a test may publish (and so refresh) on its own."""
+    return Path(shutil.copytree(built[1], tmp_path / "ds"))
 
 
 @pytest.fixture
@@ -119,115 +93,78 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-# ----------------------------------------------------------------------------- staging
+# ----------------------------------------------------------------------------- the folder
 
 
-def test_staged_layout_index_and_checksums(built, staged):
+def test_dataset_folder_is_the_hub_layout(built):
     build, dataset = built
-    tars = sorted(str(p.relative_to(staged)) for p in staged.rglob("*.tar"))
-    info = json.loads((dataset / "_info.json").read_text())["splits"]["train"]
+    assert {p.name for p in dataset.iterdir()} == {"README.md", "data", "metadata"}
+    info = json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"]
+    tars = sorted(str(p.relative_to(dataset)) for p in dataset.rglob("*.tar"))
     assert tars == sorted(f"data/{f}" for f in info["filenames"])
-    assert (staged / "data" / "_info.json").read_text() == (dataset / "_info.json").read_text()
-    for tar in tars:  # hard links, not copies
-        assert os.path.samefile(staged / tar, dataset / tar.removeprefix("data/"))
-    assert {p.name for p in staged.iterdir()} == {"README.md", "data", "metadata"}
-
-    metadata = staged / "metadata"
-    staged_info = json.loads((metadata / "_info.json").read_text())["splits"]["train"]
-    assert staged_info["num_samples"] == 20 == sum(staged_info["shard_lengths"])
-    for name in staged_info["filenames"]:  # relative to metadata/, as pretrain and timm join them
-        assert (metadata / name).resolve().is_file()
-    sizes = json.loads((metadata / "sizes.json").read_text())
-    assert sizes == dict(zip(staged_info["filenames"], staged_info["shard_lengths"], strict=True))
-
-    lines = (metadata / "SHA256SUMS").read_text().splitlines()
-    assert len(lines) == 2 * len(tars)  # every tar and its rows parquet
-    for line in lines:
-        digest, path = line.split("  ")
-        assert hashlib.sha256((metadata / path).read_bytes()).hexdigest() == digest, path
-
-    catalog = pq.read_table(metadata / "catalog.parquet")
+    assert info["num_samples"] == 20 == sum(info["shard_lengths"])
+    check = subprocess.run(
+        ["sha256sum", "-c", "metadata/SHA256SUMS"], cwd=dataset, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    catalog = pq.read_table(dataset / "metadata" / "catalog.parquet")
     assert catalog.num_rows == cat.read_catalog(build).num_rows == 70  # rejected rows too
-    sources = json.loads((metadata / "sources.json").read_text())
-    recorded = cat.read_sources(build)
-    assert set(sources) == {"sirst", "roadscene"}
-    for source, fact in sources.items():
-        assert "root" not in fact and "signature" not in fact  # no local paths published
-        assert fact["index"] == recorded[source]["index"]
-        assert fact["citation"] == recorded[source]["citation"] != ""
+    sources = json.loads((dataset / "metadata" / "sources.json").read_text())
+    assert {s["id"] for s in sources} == {"sirst", "roadscene"}
+    for entry in sources:
+        assert "root" not in entry and "signature" not in entry  # no local paths published
     for name in ("report.json", "resolution_hist.png", "entropy_hist.png", "sample_grid.png"):
-        assert (metadata / "report" / name).stat().st_size > 0
-
-
-def test_without_build_publishes_kept_rows_and_manifest_facts(built, tmp_path):
-    _, dataset = built
-    folder = tmp_path / "hub"
-    publish(PublishConfig(dataset=dataset, repo="lab/x", dry_run=folder))
-    catalog = pq.read_table(folder / "metadata" / "catalog.parquet")
-    assert catalog.num_rows == 20 and set(catalog.column("status").to_pylist()) == {"ok"}
-    sources = json.loads((folder / "metadata" / "sources.json").read_text())
-    assert sources["sirst"]["citation"].startswith("Dai, Wu, Zhou, Barnard")
-    assert isinstance(sources["roadscene"]["index"], int)  # read back from the shards
-
-
-def test_restaging_is_idempotent_and_drops_stale_files(built, tmp_path):
-    build, dataset = built
-    folder = tmp_path / "hub"
-    config = PublishConfig(dataset=dataset, repo="lab/x", dry_run=folder, build=build)
-    first = stage_dataset(config, folder)
-    assert first.linked == 6 and first.copied == 0
-    stale = folder / "data" / "s0-old" / "s0-old-000000.tar"
-    stale.parent.mkdir()
-    stale.write_bytes(b"old")
-    tars_before = {p: p.stat().st_ino for p in folder.rglob("*.tar") if p != stale}
-    again = stage_dataset(config, folder)
-    assert again.linked == 0  # nothing re-linked
-    assert not stale.exists() and not stale.parent.exists()
-    assert {p: p.stat().st_ino for p in folder.rglob("*.tar")} == tars_before
+        assert (dataset / "metadata" / "report" / name).stat().st_size > 0
 
 
 def test_bad_input_is_one_clear_line(built, tmp_path):
-    build, dataset = built
-    with pytest.raises(PublishError, match="OWNER/NAME"):
-        publish(PublishConfig(dataset=dataset, repo="no-owner", dry_run=tmp_path / "a"))
-    with pytest.raises(PublishError, match="_info.json is missing"):
-        publish(PublishConfig(dataset=tmp_path, repo="lab/x", dry_run=tmp_path / "b"))
-    with pytest.raises(PublishError, match="overlaps the dataset"):
-        publish(PublishConfig(dataset=dataset, repo="lab/x", dry_run=dataset / "hub"))
-    foreign = tmp_path / "busy"
-    foreign.mkdir()
-    (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(PublishError, match="notes.txt"):
-        publish(PublishConfig(dataset=dataset, repo="lab/x", dry_run=foreign))
-    assert (foreign / "notes.txt").read_text() == "mine"
-
-
-def test_damaged_shard_is_refused(built, tmp_path):
-    import shutil
-
     _, dataset = built
-    copy = tmp_path / "ds"
-    shutil.copytree(dataset, copy)
-    tar = next(copy.glob("*/*.tar"))
+    with pytest.raises(PublishError, match="OWNER/NAME"):
+        publish(PublishConfig(dataset=dataset, repo="no-owner", dry_run=True))
+    with pytest.raises(PublishError, match="_info.json is missing"):
+        publish(PublishConfig(dataset=tmp_path, repo="lab/x", dry_run=True))
+    foreign = tmp_path / "foreign"
+    shutil.copytree(dataset, foreign)
+    (foreign / "metadata" / "files.json").unlink()
+    with pytest.raises(PublishError, match="metadata/files.json"):
+        publish(PublishConfig(dataset=foreign, repo="lab/x", dry_run=True))
+
+
+def test_dry_run_changes_nothing(built, own_copy):
+    before = snapshot(own_copy)
+    (own_copy / "data" / "_info.json").write_text(
+        (own_copy / "data" / "_info.json").read_text() + " "
+    )  # the report is now older than the index
+    before = snapshot(own_copy)
+    summary = publish(PublishConfig(dataset=own_copy, repo="lab/x", dry_run=True))
+    assert summary.dry_run and str(summary).startswith("publish (dry run): 20 samples")
+    assert "refreshed" in str(summary)
+    assert snapshot(own_copy) == before
+
+
+def test_damaged_shard_is_refused(own_copy):
+    tar = next(own_copy.glob("data/*/*.tar"))
     with open(tar, "ab") as handle:
         handle.write(b"\0" * 512)
     with pytest.raises(PublishError, match="inf590k verify"):
-        read_shards(copy)
+        read_shards(own_copy)
 
 
 # ----------------------------------------------------------------------------- the card
 
 
-def test_card_metadata_parses_with_huggingface_hub_and_datasets(built, staged):
+def test_card_metadata_parses_with_huggingface_hub_and_datasets(built):
     """DatasetCard.validate() posts to the Hub; offline, the same YAML goes through the
     client-side parsers: huggingface_hub's DatasetCard/DatasetCardData and datasets' configs."""
     from datasets.utils.metadata import MetadataConfigs
     from huggingface_hub import DatasetCard
 
-    build, _ = built
-    card = DatasetCard.load(staged / "README.md")
+    build, dataset = built
+    card = DatasetCard.load(dataset / "README.md")
     data = card.data.to_dict()
     assert data["license"] == "other" and data["pretty_name"] == "inf590k"
+    assert data["license_link"] == "metadata/LICENSES.md"
+    assert (dataset / data["license_link"]).is_file()
     assert {"infrared", "thermal"} <= set(data["tags"])
     assert data["task_categories"] == ["image-feature-extraction"]
     assert data["size_categories"] == ["n<1K"]
@@ -236,54 +173,44 @@ def test_card_metadata_parses_with_huggingface_hub_and_datasets(built, staged):
     assert sorted(configs) == sorted(["all", *bins])
     assert configs["all"]["default"] is True
     assert configs[bins[0]]["data_files"] == [{"split": "train", "path": f"data/{bins[0]}/*.tar"}]
-    for source, citation in (("sirst", "WACV 2021"), ("roadscene", "AAAI 2020")):
-        assert source in card.text and citation in card.text
+    for source in ("sirst", "roadscene"):
+        assert f"| {source} |" in card.text
     for needle in (
-        "| source | found | kept",
         "| config | samples |",
         "metadata/report/sample_grid.png",
         "streaming=True",
-        "inf590k pretrain --shards https://huggingface.co/datasets/"
-        "lab/inf590k-mini/resolve/main/data/_info.json",
-        "none stated",
+        "inf590k pretrain --shards https://huggingface.co/datasets/OWNER/NAME/resolve/main/"
+        "data/_info.json",
     ):
         assert needle in card.text, needle
-
-
-def test_card_configs_cover_every_bin_once(built):
-    _, dataset = built
-    split, shards = read_shards(dataset)
-    from inf590k.publish import StagedDataset
-
-    configs = card_configs(StagedDataset(folder=Path("x"), split=split, shards=shards))
-    assert [c["config_name"] for c in configs][0] == "all"
-    assert len(configs) == 1 + len({s.bin for s in shards})
 
 
 # ----------------------------------------------------------------------------- datasets reads it
 
 
-def test_load_dataset_reads_every_config(built, staged, tmp_path, monkeypatch):
+def test_load_dataset_reads_every_config(built, tmp_path, monkeypatch):
     import datasets
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    build, _ = built
+    build, dataset = built
     expected = kept_per_bin(build)
     expected["all"] = sum(expected.values())
     kept = {r["uid"]: r for r in cat.read_catalog(build).to_pylist() if r["status"] == "ok"}
     for name, count in expected.items():
         loaded = datasets.load_dataset(
-            str(staged), name=name, split="train", cache_dir=str(tmp_path / "cache")
+            str(dataset), name=name, split="train", cache_dir=str(tmp_path / "cache")
         )
         assert loaded.num_rows == count, name
         assert isinstance(loaded.features["png"], datasets.Image)
+        assert isinstance(loaded.features["cls"], datasets.ClassLabel)
         for example in loaded:
             row = kept[example["__key__"]]
             assert example["png"].size == (row["width"], row["height"])
             assert example["json"]["uid"] == row["uid"]
+            assert loaded.features["cls"].int2str(example["cls"]) == row["source"]
             assert name == "all" or row["res_bin"] == name
-        streamed = datasets.load_dataset(str(staged), name=name, split="train", streaming=True)
+        streamed = datasets.load_dataset(str(dataset), name=name, split="train", streaming=True)
         seen = 0
         for example in streamed:
             row = kept[example["__key__"]]
@@ -295,44 +222,36 @@ def test_load_dataset_reads_every_config(built, staged, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- failures
 
 
-def test_offline_fails_fast_and_keeps_the_stage(built, own_stage, hub_env, monkeypatch):
-    _, dataset = built
+def test_offline_fails_fast_and_changes_nothing(own_copy, hub_env, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    before = snapshot(own_stage)
+    before = snapshot(own_copy)
     started = time.perf_counter()
     with pytest.raises(PublishError) as error:
-        publish(same_as_staged(built, own_stage))
+        publish(PublishConfig(dataset=own_copy, repo="lab/inf590k-mini"))
     assert time.perf_counter() - started < 10
     message = str(error.value)
     assert "HF_HUB_OFFLINE" in message and "--dry-run" in message and "\n" not in message
-    assert snapshot(own_stage) == before
+    assert snapshot(own_copy) == before
 
 
-def test_unreachable_endpoint_fails_fast(built, own_stage, hub_env, capsys):
-    _, dataset = built
+def test_unreachable_endpoint_fails_fast(own_copy, hub_env, capsys):
     endpoint = f"http://127.0.0.1:{closed_port()}"
-    before = snapshot(own_stage)
+    before = snapshot(own_copy)
     started = time.perf_counter()
     with pytest.raises(PublishError) as error:
-        publish(same_as_staged(built, own_stage, endpoint=endpoint))
+        publish(PublishConfig(dataset=own_copy, repo="lab/inf590k-mini", endpoint=endpoint))
     assert time.perf_counter() - started < 10
     message = str(error.value)
     assert f"cannot reach {endpoint}" in message and "re-run" in message and "\n" not in message
     assert GOOD_TOKEN not in message + "".join(capsys.readouterr())
-    after = snapshot(own_stage)
-    assert after.pop("README.md") != before.pop("README.md")  # its URLs name the endpoint
-    assert after == before
-    assert (
-        f"{endpoint}/datasets/lab/inf590k-mini/resolve/main"
-        in (own_stage / "README.md").read_text()
-    )
+    assert snapshot(own_copy) == before
 
 
-def test_missing_token_says_how_to_log_in(built, own_stage, hub_env, monkeypatch):
-    _, dataset = built
+def test_missing_token_says_how_to_log_in(own_copy, hub_env, monkeypatch):
     monkeypatch.delenv("HF_TOKEN")
+    endpoint = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(PublishError, match="set HF_TOKEN .* or run `hf auth login`"):
-        publish(same_as_staged(built, own_stage, endpoint=f"http://127.0.0.1:{closed_port()}"))
+        publish(PublishConfig(dataset=own_copy, repo="lab/inf590k-mini", endpoint=endpoint))
 
 
 class FakeHub(BaseHTTPRequestHandler):
@@ -372,11 +291,10 @@ def fake_hub():
     server.server_close()
 
 
-def test_rejected_token_is_one_line(built, own_stage, hub_env, fake_hub, monkeypatch):
-    _, dataset = built
+def test_rejected_token_is_one_line(own_copy, hub_env, fake_hub, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong_token_for_tests")
     with pytest.raises(PublishError) as error:
-        publish(same_as_staged(built, own_stage, endpoint=fake_hub))
+        publish(PublishConfig(dataset=own_copy, repo="lab/inf590k-mini", endpoint=fake_hub))
     message = str(error.value)
     assert "HTTP 401" in message and "token was rejected" in message and "\n" not in message
     assert "hf_wrong_token_for_tests" not in message
@@ -443,8 +361,9 @@ class RecordingHub:
             monkeypatch.setattr(HfApi, name, lambda api, *a, _m=method, **k: _m(api, *a, **k))
 
 
-def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkeypatch, tmp_path):
-    build, dataset = built
+def test_upload_resumes_after_a_rejected_commit(built, own_copy, hub_env, fake_hub, monkeypatch):
+    build, dataset = built[0], own_copy
+    (dataset / "notes.txt").write_text("mine, not the dataset's")  # never uploaded
     hub = RecordingHub(fake_hub)
     hub.install(monkeypatch)
     bins = sorted(kept_per_bin(build))
@@ -453,8 +372,6 @@ def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkey
         dataset=dataset,
         repo="lab/inf",
         private=True,
-        build=build,
-        stage=tmp_path / "stage",
         endpoint=fake_hub,
     )
 
@@ -468,7 +385,6 @@ def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkey
     assert created["private"] is True and created["exist_ok"] is True
     first_bin = {p for p in hub.files}
     assert first_bin and all(p.startswith(f"data/{bins[0]}/") for p in first_bin)
-    assert not (tmp_path / "stage" / "README.md").read_text() == ""  # stage kept
 
     hub.calls.clear()
     summary = publish(config)
@@ -477,16 +393,12 @@ def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkey
     assert [c["message"].split(" (")[0] for c in uploads[:-1]] == [
         f"Add {n} shards of bin {b}"
         for b in bins[1:]
-        for n in [len(list((dataset / b).glob("*.tar")))]
+        for n in [len(list((dataset / "data" / b).glob("*.tar")))]
     ]
     assert uploads[-1]["message"] == "Dataset card and metadata"
     assert summary.skipped == len(first_bin) and summary.uploaded == 6 - len(first_bin)
-    staged_files = {
-        str(p.relative_to(tmp_path / "stage"))
-        for p in (tmp_path / "stage").rglob("*")
-        if p.is_file()
-    }
-    assert set(hub.files) == staged_files  # every staged file is in the repo
+    assert set(hub.files) == set(owned_files(dataset))  # the folder's own files, nothing else
+    assert "notes.txt" not in hub.files and "README.md" in hub.files
     assert "lab/inf" in str(summary) and "\n" not in str(summary)
 
     hub.calls.clear()
@@ -500,19 +412,20 @@ def test_upload_resumes_after_a_rejected_commit(built, hub_env, fake_hub, monkey
 # ----------------------------------------------------------------------------- streaming clients
 
 
-def test_pretrain_streams_the_staged_layout_over_http(staged):
-    """`inf590k pretrain --shards .../data/_info.json` (or .../metadata/_info.json, or a shard
-    pattern): every shard, and the epoch length from the index beside the shards."""
+def test_pretrain_streams_the_folder_over_http_and_locally(built):
+    """`inf590k pretrain --shards .../data/_info.json`, the folder itself, or a shard pattern:
+    every shard, and the epoch length from the index beside the shards."""
     import webdataset as wds
 
     from inf590k.serve import serve_folder
     from pretrain.data import DataConfig, epoch_samples, expand_shard_urls
 
-    info = json.loads((staged / "data" / "_info.json").read_text())["splits"]["train"]
-    with serve_folder(staged) as base:  # the repo root, as .../resolve/main/ serves it
+    _, dataset = built
+    info = json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"]
+    assert expand_shard_urls([str(dataset)]) == [f"{dataset}/data/{n}" for n in info["filenames"]]
+    with serve_folder(dataset) as base:  # the repo root, as .../resolve/main/ serves it
         expected = [f"{base}/data/{name}" for name in info["filenames"]]
-        for index in (f"{base}/data/_info.json", f"{base}/metadata/_info.json"):
-            assert expand_shard_urls([index]) == expected
+        assert expand_shard_urls([f"{base}/data/_info.json"]) == expected
         pattern = expected[0].replace("000000.tar", "{000000..000000}.tar")
         assert expand_shard_urls([pattern]) == expected[:1]
         assert epoch_samples(DataConfig(shards=(pattern,)), expected[:1]) == 20
@@ -522,12 +435,15 @@ def test_pretrain_streams_the_staged_layout_over_http(staged):
     assert len(keys) == len(set(keys)) == 20
 
 
-@pytest.mark.parametrize("root", ["data", "metadata"])
-def test_timm_reads_the_staged_index(staged, root):
+def test_timm_reads_the_index(built):
     import timm.data
 
     reader_set = timm.data.create_dataset(
-        "wds/inf590k", root=str(staged / root), split="train", is_training=False
+        "wds/inf590k",
+        root=str(built[1] / "data"),
+        split="train",
+        is_training=False,
+        input_img_mode="L",
     )
     assert len(reader_set) == 20
-    assert sum(1 for image, _ in reader_set if image.size[0] > 0) == 20
+    assert sum(1 for image, _ in reader_set if image.size[0] > 0 and image.mode == "L") == 20

@@ -43,17 +43,36 @@ def test_report_numbers_match_the_catalog(built):
     bins = json.loads((build / "bins.json").read_text())["counts"]
     assert {b["bin"]: b["samples"] for b in numbers["bins"]} == bins
     assert numbers["sample_grid_images"] == 6
+    assert (
+        numbers["samples"]
+        == json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"][
+            "num_samples"
+        ]
+    )
     grid = cv2.imread(str(summary.out / "sample_grid.png"), cv2.IMREAD_GRAYSCALE)
-    assert grid.shape == (130, 8 * 130) and grid.std() > 10
+    assert grid.shape[1] == 1200 and grid.std() > 10
     for figure in ("resolution_hist.png", "entropy_hist.png"):
         image = cv2.imread(str(summary.out / figure))
         assert image.shape == (450, 800, 3) and image.std() > 5
-    card = (summary.out / "dataset_card.md").read_text()
-    assert card.startswith("---\nlicense: other") and "| alpha |" in card and "| beta |" in card
-    assert "9 single-channel infrared images" in card
+    assert summary.out == dataset / "metadata" / "report"
+    card = (dataset / "README.md").read_text()
+    assert card.startswith("---\nlicense: other") and "license_link: metadata/LICENSES.md" in card
+    assert "| alpha |" in card and "| beta |" in card
+    assert "9 single-channel infrared (thermal) images" in card
+    assert "1 duplicate removed" in card and "1 duplicates" not in card
+    assert "2 self-collected folders" in card and "public source" not in card
+    assert "metadata/report/sample_grid.png" in card and 'input_img_mode="L"' in card
+    assert 'decode("l")' in card and "OWNER/NAME" in card
     for row in numbers["bins"]:
         assert f"| {row['bin']} | {row['samples']} |" in card
     assert str(summary) == f"report: 9 samples from 2 sources in {len(bins)} bins -> {summary.out}"
+
+
+def test_resolution_ticks_and_bin_edges():
+    from inf590k.report import short_side_edges
+
+    names = ["s0-255_r100-114", "s512-767_r115-149", "s768-up_r115-149"]
+    assert short_side_edges(names) == [512, 768]
 
 
 def test_report_needs_a_dataset(tmp_path):

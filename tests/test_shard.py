@@ -86,18 +86,20 @@ def test_shard_format(built, tmp_path):
     summary = shard(ShardConfig(build=built, out=out, workers=1, progress=False))
     kept = [r for r in cat.read_catalog(built).to_pylist() if r["status"] == "ok"]
     assert summary.samples == len(kept) == 9 and summary.written == summary.shards
-    info = json.loads((out / "_info.json").read_text())
+    info = json.loads((out / "data" / "_info.json").read_text())
     split = info["splits"]["train"]
-    assert set(info) == {"name", "splits"} and split["name"] == "train"
+    assert set(info) == {"name", "splits", "sources", "members"} and split["name"] == "train"
     assert split["num_samples"] == len(kept) == sum(split["shard_lengths"])
     assert {Path(f).parent.name for f in split["filenames"]} == {r["res_bin"] for r in kept}
-    assert json.loads((out / "sizes.json").read_text()) == dict(
-        zip(split["filenames"], split["shard_lengths"], strict=True)
-    )
-    sources = cat.read_sources(built)
+    assert json.loads((out / "metadata" / "sizes.json").read_text()) == {
+        f"data/{f}": n for f, n in zip(split["filenames"], split["shard_lengths"], strict=True)
+    }
+    classes = {s["id"]: s["class_id"] for s in info["sources"]}
+    assert classes == {"alpha": 0, "beta": 1}
     json_types = None
     for filename, length in zip(split["filenames"], split["shard_lengths"], strict=True):
-        tar_path = out / filename
+        tar_path = out / "data" / filename
+        sidecar_path = (out / "metadata" / "shards" / filename).with_suffix(".parquet")
         members = tar_members(tar_path)
         assert len(members) == 3 * length
         for member in members:
@@ -120,30 +122,32 @@ def test_shard_format(built, tmp_path):
         for i in range(0, len(names), 3):  # a sample's members sit together, sorted
             uid = names[i].rsplit(".", 1)[0]
             assert names[i : i + 3] == [f"{uid}.cls", f"{uid}.json", f"{uid}.png"]
-        sidecar = pq.read_table(tar_path.with_suffix(".parquet")).to_pylist()
+        sidecar = pq.read_table(sidecar_path).to_pylist()
         assert [r["uid"] for r in sidecar] == [n.rsplit(".", 1)[0] for n in names[::3]]
         for sample, row in zip(read_samples(tar_path), sidecar, strict=True):
             meta = json.loads(sample["json"])
             assert meta["uid"] == row["uid"] and "." not in "".join(meta)
+            assert not {"status", "reason", "split"} & set(meta)  # same for every sample
             types = {k: type(v).__name__ for k, v in meta.items()}
             json_types = json_types or types
             assert types == json_types  # same keys, same JSON types in every sample
-            assert int(sample["cls"]) == sources[row["source"]]["index"]
+            assert int(sample["cls"]) == classes[row["source"]]
             image = cv2.imdecode(np.frombuffer(sample["png"], np.uint8), cv2.IMREAD_UNCHANGED)
             assert image.ndim == 2 and image.dtype == np.uint8
             assert image.shape == (row["height"], row["width"])
-        stats = json.loads(tar_path.with_name(tar_path.stem + "_stats.json").read_text())
+        stats = json.loads(sidecar_path.with_name(tar_path.stem + "_stats.json").read_text())
         assert stats["sha256"] == hashlib.sha256(tar_path.read_bytes()).hexdigest()
     if shutil.which("sha256sum"):
         check = subprocess.run(
-            ["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True
+            ["sha256sum", "-c", "metadata/SHA256SUMS"], cwd=out, capture_output=True, text=True
         )
         assert check.returncode == 0, check.stdout + check.stderr
-    lines = (out / "SHA256SUMS").read_text().splitlines()
-    assert len(lines) == 2 * len(split["filenames"])
+    lines = (out / "metadata" / "SHA256SUMS").read_text().splitlines()
+    assert len(lines) == 2 * len(split["filenames"]) + 1  # tars, sidecars, the catalog
 
 
 def test_pixels_round_trip_and_16bit(built, tmp_path):
+    """`.png` is always the 8-bit view; --keep-16bit adds the raw frame as `.npy`, exactly."""
     from inf590k.ingest import load_stored_pixels
 
     rows = {r["uid"]: r for r in cat.read_catalog(built).to_pylist()}
@@ -151,25 +155,29 @@ def test_pixels_round_trip_and_16bit(built, tmp_path):
     shard(
         ShardConfig(build=built, out=tmp_path / "ds16", workers=1, keep_16bit=True, progress=False)
     )
-    depths = {}
-    for tar_path in sorted((tmp_path / "ds16").glob("*/*.tar")):
+    raw_frames = {}
+    for tar_path in sorted((tmp_path / "ds16").glob("data/*/*.tar")):
         for sample in read_samples(tar_path):
             uid = json.loads(sample["json"])["uid"]
             image = cv2.imdecode(np.frombuffer(sample["png"], np.uint8), cv2.IMREAD_UNCHANGED)
-            np.testing.assert_array_equal(
-                image, load_stored_pixels(built, rows[uid], keep_16bit=True)
-            )
-            depths[rows[uid]["relpath"]] = image.dtype
-    assert depths["deep_Misc_120.png"] == np.uint16 and depths["deep_iraytek-54.png"] == np.uint16
-    assert sum(d == np.uint8 for d in depths.values()) == 7
-    for tar_path in sorted((tmp_path / "ds8").glob("*/*.tar")):
-        for sample in read_samples(tar_path):
-            image = cv2.imdecode(np.frombuffer(sample["png"], np.uint8), cv2.IMREAD_UNCHANGED)
             assert image.dtype == np.uint8
+            np.testing.assert_array_equal(image, load_stored_pixels(built, rows[uid]))
+            if "npy" in sample:
+                raw = np.load(io.BytesIO(sample["npy"]))
+                np.testing.assert_array_equal(
+                    raw, load_stored_pixels(built, rows[uid], keep_16bit=True)
+                )
+                raw_frames[rows[uid]["relpath"]] = raw.dtype
+    assert raw_frames == {"deep_Misc_120.png": np.uint16, "deep_iraytek-54.png": np.uint16}
+    info = json.loads((tmp_path / "ds16" / "data" / "_info.json").read_text())
+    assert info["members"] == ["cls", "json", "npy", "png"]
+    for tar_path in sorted((tmp_path / "ds8").glob("data/*/*.tar")):
+        for sample in read_samples(tar_path):
+            assert set(sample) == {"cls", "json", "png"}
 
 
 def sums(out: Path) -> str:
-    return (out / "SHA256SUMS").read_text()
+    return (out / "metadata" / "SHA256SUMS").read_text()
 
 
 def test_byte_identical_for_any_worker_count(built, tmp_path):
@@ -181,13 +189,13 @@ def test_byte_identical_for_any_worker_count(built, tmp_path):
     )
     assert one.shards == two.shards >= 3
     assert sums(tmp_path / "a") == sums(tmp_path / "b")
-    for tar_path in sorted((tmp_path / "a").glob("*/*.tar")):
+    for tar_path in sorted((tmp_path / "a").glob("data/*/*.tar")):
         assert (
             tar_path.read_bytes()
             == (tmp_path / "b" / tar_path.relative_to(tmp_path / "a")).read_bytes()
         )
-    assert (tmp_path / "a" / "_info.json").read_text() == (
-        tmp_path / "b" / "_info.json"
+    assert (tmp_path / "a" / "data" / "_info.json").read_text() == (
+        tmp_path / "b" / "data" / "_info.json"
     ).read_text()
 
 
@@ -195,26 +203,27 @@ def test_resume_redoes_only_unfinished_shards(built, tmp_path):
     config = ShardConfig(build=built, out=tmp_path / "ds", workers=1, max_count=2, progress=False)
     first = shard(config)
     reference = sums(config.out)
-    tars = sorted(config.out.glob("*/*.tar"))
-    tars[0].with_name(tars[0].stem + "_stats.json").unlink()  # killed before its marker
+    tars = sorted(config.out.glob("data/*/*.tar"))
+    stats = sorted(config.out.glob("metadata/shards/*/*_stats.json"))
+    stats[0].unlink()  # killed before its marker
     tars[1].write_bytes(tars[1].read_bytes()[:1000])  # truncated, marker left behind
     (tars[2].parent / (tars[2].name + ".tmp")).write_bytes(b"half")  # a killed run's temp file
     again = shard(config)
     assert (again.written, again.reused) == (2, first.shards - 2)
     assert sums(config.out) == reference
-    assert not list(config.out.glob("*/*.tmp"))
+    assert not list(config.out.rglob("*.tmp"))
 
 
 def test_changed_plan_replaces_stale_shards(built, tmp_path):
     out = tmp_path / "ds"
     shard(ShardConfig(build=built, out=out, workers=1, max_count=1, progress=False))
-    many = len(list(out.glob("*/*.tar")))
+    many = len(list(out.glob("data/*/*.tar")))
     summary = shard(
         ShardConfig(build=built, out=out, workers=1, max_count=100, seed=5, progress=False)
     )
-    assert len(list(out.glob("*/*.tar"))) == summary.shards < many
-    assert len(list(out.glob("*/*_stats.json"))) == summary.shards
-    assert len(list(out.glob("*/*.parquet"))) == summary.shards
+    assert len(list(out.glob("data/*/*.tar"))) == summary.shards < many
+    assert len(list(out.glob("metadata/shards/*/*_stats.json"))) == summary.shards
+    assert len(list(out.glob("metadata/shards/*/*.parquet"))) == summary.shards
 
 
 def test_max_size_cuts_shards(built, tmp_path):
@@ -223,7 +232,7 @@ def test_max_size_cuts_shards(built, tmp_path):
     )
     big = shard(ShardConfig(build=built, out=tmp_path / "b", workers=1, progress=False))
     assert small.shards > big.shards and small.samples == big.samples
-    for tar_path in (tmp_path / "s").glob("*/*.tar"):
+    for tar_path in (tmp_path / "s").glob("data/*/*.tar"):
         assert tar_path.stat().st_size <= 700_000 or len(read_samples(tar_path)) == 1
 
 
@@ -256,7 +265,8 @@ def test_sample_json_fills_nulls_by_type():
     row.update(uid="u", source="s", relpath="r", status="ok")
     meta = json.loads(sample_json(row))
     assert meta["license"] == "" and meta["width"] == -1 and meta["entropy"] == -1.0
-    assert meta["crop_box"] == [] and meta["tags"] == "" and set(meta) == set(cat.COLUMN_NAMES)
+    assert meta["crop_box"] == [] and meta["tags"] == ""
+    assert set(meta) == set(cat.COLUMN_NAMES) - {"status", "reason", "split"}
     assert io.BytesIO(sample_json(row)).read() == sample_json(row)
 
 

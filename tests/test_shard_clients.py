@@ -28,7 +28,12 @@ def dataset(tmp_path_factory, ir_samples) -> tuple[Path, Path]:
 
 
 def split_info(out: Path) -> dict:
-    return json.loads((out / "_info.json").read_text())["splits"]["train"]
+    return json.loads((out / "data" / "_info.json").read_text())["splits"]["train"]
+
+
+def class_ids(out: Path) -> dict[str, int]:
+    info = json.loads((out / "data" / "_info.json").read_text())
+    return {s["id"]: s["class_id"] for s in info["sources"]}
 
 
 def expected_samples(build: Path) -> dict[str, dict]:
@@ -39,14 +44,14 @@ def test_webdataset_reads_every_sample(dataset):
     import webdataset as wds
 
     build, out = dataset
-    urls = [str(out / f) for f in split_info(out)["filenames"]]
-    expected, classes = expected_samples(build), cat.read_sources(build)
+    urls = [str(out / "data" / f) for f in split_info(out)["filenames"]]
+    expected, classes = expected_samples(build), class_ids(out)
     seen = []
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         assert set(sample) >= {"__key__", "cls", "json", "png"}
         row = expected[sample["__key__"]]
         assert json.loads(sample["json"])["uid"] == row["uid"]
-        assert int(sample["cls"]) == classes[row["source"]]["index"]
+        assert int(sample["cls"]) == classes[row["source"]]
         image = cv2.imdecode(np.frombuffer(sample["png"], np.uint8), cv2.IMREAD_UNCHANGED)
         assert image.shape == (row["height"], row["width"])
         seen.append(sample["__key__"])
@@ -58,7 +63,7 @@ def test_hugging_face_datasets_loads_the_tars(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     build, out = dataset
-    files = [str(out / f) for f in split_info(out)["filenames"]]
+    files = [str(out / "data" / f) for f in split_info(out)["filenames"]]
     loaded = datasets.load_dataset(
         "webdataset", data_files={"train": files}, split="train", cache_dir=str(tmp_path / "cache")
     )
@@ -80,12 +85,10 @@ def test_timm_reads_the_index(dataset):
 
     build, out = dataset
     reader_set = timm.data.create_dataset(
-        "wds/inf590k", root=str(out), split="train", is_training=False
+        "wds/inf590k", root=str(out / "data"), split="train", is_training=False
     )
     assert len(reader_set) == split_info(out)["num_samples"]
-    classes = sorted(
-        cat.read_sources(build)[r["source"]]["index"] for r in expected_samples(build).values()
-    )
+    classes = sorted(class_ids(out)[r["source"]] for r in expected_samples(build).values())
     targets = []
     for image, target in reader_set:
         assert image.size[0] > 0 and image.mode == "RGB"

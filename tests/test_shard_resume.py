@@ -38,7 +38,7 @@ def test_kill_mid_shard_then_resume(tmp_path, ir_samples):
         build=build, out=tmp_path / "reference", workers=1, max_count=3, progress=False
     )
     shard(config)
-    reference = (config.out / "SHA256SUMS").read_text()
+    reference = (config.out / "metadata" / "SHA256SUMS").read_text()
 
     out = tmp_path / "killed"
     process = subprocess.Popen(
@@ -47,17 +47,17 @@ def test_kill_mid_shard_then_resume(tmp_path, ir_samples):
         start_new_session=True,
     )
     deadline = time.monotonic() + 60
-    while not list(out.glob("*/*_stats.json")) and time.monotonic() < deadline:
+    while not list(out.glob("metadata/shards/*/*_stats.json")) and time.monotonic() < deadline:
         assert process.poll() is None, "the shard run ended before it could be killed"
         time.sleep(0.02)
     time.sleep(0.2)  # into the next shard's samples
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert list(out.glob("*/*.tar.tmp")), "the kill should land inside a tar"
-    assert not (out / "SHA256SUMS").exists()
+    assert list(out.glob("data/*/*.tar.tmp")), "the kill should land inside a tar"
+    assert not (out / "metadata" / "SHA256SUMS").exists()
 
     resumed = shard(ShardConfig(build=build, out=out, workers=2, max_count=3, progress=False))
     assert resumed.reused >= 1 and resumed.written >= 1
-    assert (out / "SHA256SUMS").read_text() == reference
-    assert not list(out.glob("*/*.tmp"))
+    assert (out / "metadata" / "SHA256SUMS").read_text() == reference
+    assert not list(out.rglob("*.tmp"))
     assert verify(VerifyConfig(dataset=out, workers=1, progress=False)).ok

@@ -30,8 +30,10 @@ def dataset(clean_dataset, tmp_path) -> Path:
 
 
 def first_tar(dataset: Path) -> tuple[Path, str]:
-    name = json.loads((dataset / "_info.json").read_text())["splits"]["train"]["filenames"][0]
-    return dataset / name, name
+    name = json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"][
+        "filenames"
+    ][0]
+    return dataset / "data" / name, f"data/{name}"
 
 
 def run(dataset: Path, workers: int = 1):
@@ -72,26 +74,27 @@ def test_truncated_shard(dataset):
 
 def test_missing_sidecars(dataset):
     path, name = first_tar(dataset)
-    path.with_suffix(".parquet").unlink()
-    path.with_name(path.stem + "_stats.json").unlink()
+    sidecars = dataset / "metadata" / "shards" / path.parent.name
+    (sidecars / f"{path.stem}.parquet").unlink()
+    (sidecars / f"{path.stem}_stats.json").unlink()
     report = run(dataset)
     assert f"{name}: missing sidecar {path.stem}.parquet" in report.problems
     assert f"{name}: missing sidecar {path.stem}_stats.json" in report.problems
 
 
 def test_count_mismatch(dataset):
-    info_path = dataset / "_info.json"
+    info_path = dataset / "data" / "_info.json"
     info = json.loads(info_path.read_text())
     split = info["splits"]["train"]
     split["shard_lengths"][0] += 1
     split["num_samples"] += 1
     info_path.write_text(json.dumps(info))
     report = run(dataset)
-    name = split["filenames"][0]
+    name = "data/" + split["filenames"][0]
     assert any(p.startswith(f"{name}: count mismatch") for p in report.problems)
-    assert any(p.startswith("sizes.json") for p in report.problems)
+    assert any(p.startswith("metadata/sizes.json") for p in report.problems)
 
 
 def test_not_a_dataset(tmp_path):
     report = run(tmp_path)
-    assert not report.ok and "_info.json: missing" in report.problems[0]
+    assert not report.ok and "data/_info.json: missing" in report.problems[0]

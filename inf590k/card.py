@@ -1,0 +1,474 @@
+"""The dataset card (README.md) and licence list of a dataset folder, from its own files.
+
+Written by `inf590k shard` and again by `inf590k report` (which adds the statistics and
+figures), so the card always describes the shards beside it: the Hub reads its YAML (a config
+per bin and a default `all`, `dataset_info.features` with `cls` a ClassLabel named by source
+id) and `datasets.load_dataset(FOLDER)` reads exactly those files.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from inf590k.fsutil import write_text_atomic
+from inf590k.shard import (
+    CARD_FILENAME,
+    COUNTS_PATH,
+    DATA_DIRNAME,
+    INFO_PATH,
+    LICENSES_PATH,
+    REPORT_DIR,
+    REPORT_FILES,
+    SOURCES_PATH,
+    SUMS_PATH,
+    info_shards,
+    json_feature_types,
+    read_info,
+    read_sources_table,
+)
+
+ALL_CONFIG = "all"
+REPO_PLACEHOLDER = "OWNER/NAME"
+COPY_PLACEHOLDER = "PATH/TO/COPY"
+TAGS = ["infrared", "thermal", "webdataset", "self-supervised-pretraining", "inf590k"]
+EXCLUDED_MEANING = {  # catalog reason kinds of excluded rows, as a reader would say them
+    "video stride": "frames skipped by the video stride",
+}
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 duplicate`, `2 duplicates` (thousands separated)."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"
+
+
+def info_sha256(dataset: Path) -> str:
+    return hashlib.sha256((Path(dataset) / INFO_PATH).read_bytes()).hexdigest()
+
+
+def read_report(dataset: Path) -> dict | None:
+    path = Path(dataset) / REPORT_DIR / REPORT_FILES[0]
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def report_is_fresh(dataset: Path) -> bool:
+    """metadata/report/ was written for the data/_info.json that is there now."""
+    numbers = read_report(dataset)
+    return (
+        bool(numbers)
+        and numbers.get("info_sha256") == info_sha256(dataset)
+        and all((Path(dataset) / REPORT_DIR / name).is_file() for name in REPORT_FILES)
+    )
+
+
+def size_category(samples: int) -> str:
+    for limit, label in (
+        (1e3, "n<1K"),
+        (1e4, "1K<n<10K"),
+        (1e5, "10K<n<100K"),
+        (1e6, "100K<n<1M"),
+        (1e7, "1M<n<10M"),
+    ):
+        if samples < limit:
+            return label
+    return "10M<n<100M"
+
+
+# ----------------------------------------------------------------------------- YAML
+
+
+def bins_of(info: dict) -> dict[str, list[tuple[str, int]]]:
+    """bin -> [(shard relpath under data/, samples)], sorted."""
+    bins: dict[str, list[tuple[str, int]]] = {}
+    for name, length in info_shards(info):
+        bins.setdefault(name.split("/", 1)[0], []).append((name, length))
+    return dict(sorted(bins.items()))
+
+
+def split_of(info: dict) -> str:
+    return next(iter(info.get("splits", {"train": {}})))
+
+
+def card_configs(info: dict) -> list[dict]:
+    """`all` (default) and one config per bin, each a glob over its tars under data/."""
+    split = split_of(info)
+    configs = [
+        {
+            "config_name": ALL_CONFIG,
+            "default": True,
+            "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/*/*.tar"}],
+        }
+    ]
+    for bin_name in bins_of(info):
+        configs.append(
+            {
+                "config_name": bin_name,
+                "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/{bin_name}/*.tar"}],
+            }
+        )
+    return configs
+
+
+def _feature(name: str, dtype: str) -> dict:
+    if dtype.startswith("list<"):
+        return {"name": name, "list": dtype[5:-1]}
+    return {"name": name, "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype)}
+
+
+def card_features(info: dict, table: list[dict]) -> list[dict]:
+    """`dataset_info.features` in the Hub's YAML form: what `datasets` gives per sample."""
+    names = {str(int(e["class_id"])): e["id"] for e in table}
+    features = [
+        {"name": "cls", "dtype": {"class_label": {"names": names}}},
+        {"name": "json", "struct": [_feature(k, v) for k, v in json_feature_types().items()]},
+    ]
+    if "npy" in info.get("members", []):
+        features.append({"name": "npy", "list": {"list": "uint16"}})
+    features += [
+        {"name": "png", "dtype": "image"},
+        {"name": "__key__", "dtype": "string"},
+        {"name": "__url__", "dtype": "string"},
+    ]
+    return features
+
+
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: ~10x faster on big cards
+
+
+def card_yaml(info: dict, table: list[dict], samples: int) -> str:
+    configs = card_configs(info)
+    features = card_features(info, table)
+    header = {
+        "license": "other",
+        "license_name": "per-source",
+        "license_link": LICENSES_PATH,
+        "pretty_name": info.get("name", "inf590k"),
+        "task_categories": ["image-feature-extraction"],
+        "size_categories": [size_category(samples)],
+        "tags": TAGS,
+        "configs": configs,
+        # one copy per config: shared objects would become YAML anchors and aliases
+        "dataset_info": [
+            {"config_name": c["config_name"], "features": copy.deepcopy(features)} for c in configs
+        ],
+    }
+    return yaml.dump(header, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------- body
+
+
+def _table(header: list[str], rows: list[list[object]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    return lines
+
+
+def _excluded_kinds(counts: dict) -> str:
+    """ "visible half 12, frames skipped by the video stride 40" from the catalog reasons."""
+    kinds: dict[str, int] = {}
+    for per_source in counts.values():
+        for kind, n in per_source.get("reasons", {}).get("excluded", {}).items():
+            label = EXCLUDED_MEANING.get(kind, kind)
+            kinds[label] = kinds.get(label, 0) + n
+    return ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items(), key=lambda x: -x[1]))
+
+
+def _provenance(table: list[dict], counts: dict) -> list[str]:
+    present = [e for e in table if e["samples"] > 0 or e["id"] in counts]
+    kinds = {
+        k: sum(1 for e in present if e.get("kind") == k)
+        for k in ("public", "self-collected", "synthetic")
+    }
+    parts = []
+    if kinds["public"]:
+        parts.append(plural(kinds["public"], "public source"))
+    if kinds["self-collected"]:
+        parts.append(plural(kinds["self-collected"], "self-collected folder"))
+    if kinds["synthetic"]:
+        parts.append(
+            plural(kinds["synthetic"], "synthetic source") + " (frames made by `inf590k synth`)"
+        )
+    total = {
+        k: sum(c.get(k, 0) for c in counts.values())
+        for k in ("found", "ok", "duplicate", "rejected", "excluded")
+    }
+    excluded = _excluded_kinds(counts)
+    return [
+        f"Built with the `inf590k` toolkit from {plural(total['found'], 'file')} of "
+        f"{', '.join(parts) or 'no sources'}: {total['ok']:,} kept, "
+        f"{plural(total['duplicate'], 'duplicate')} removed, {total['rejected']:,} rejected, "
+        f"{total['excluded']:,} excluded" + (f" ({excluded})." if excluded else "."),
+    ]
+
+
+def _sources_section(table: list[dict], counts: dict) -> list[str]:
+    rows = []
+    for e in table:
+        if e["samples"] == 0 and e["id"] not in counts:
+            continue
+        c = counts.get(e["id"], {})
+        rows.append(
+            [
+                e["id"],
+                e["class_id"],
+                e["name"],
+                e.get("kind", ""),
+                e["modality"],
+                e["samples"],
+                c.get("found", ""),
+                c.get("duplicate", ""),
+                c.get("rejected", ""),
+                c.get("excluded", ""),
+                e["license"],
+            ]
+        )
+    lines = [
+        "## Sources",
+        "",
+        "`cls` is the class id below (`ClassLabel` names are the source ids);",
+        "ids never change when a later build adds sources.",
+        "",
+    ]
+    lines += _table(
+        [
+            "source",
+            "class id",
+            "name",
+            "kind",
+            "modality",
+            "kept",
+            "found",
+            "duplicate",
+            "rejected",
+            "excluded",
+            "license",
+        ],
+        rows,
+    )
+    lines += ["", "### Citations", ""]
+    for e in table:
+        if e["samples"] == 0:
+            continue
+        link = f" ({e['homepage']})" if e.get("homepage") else ""
+        citation = e.get("citation") or "no citation recorded"
+        lines.append(f"- **{e['id']}**: {e['name']}{link}. {citation}")
+    return lines
+
+
+def _licenses_section(table: list[dict]) -> list[str]:
+    lines = [
+        "## Licenses",
+        "",
+        f"`license: other`: every image keeps the licence of its source, listed per source in "
+        f"[{LICENSES_PATH}]({LICENSES_PATH}), above, and in the `license` field of its JSON. "
+        "Several sources state none, and some restrict use to research. Check the terms of every "
+        "source before you redistribute or use the images commercially.",
+    ]
+    if any(e.get("kind") == "synthetic" and e["samples"] for e in table):
+        lines += [
+            "",
+            "Synthetic frames are procedural renders in a public source's folder layout; "
+            "they are not that source's images and carry the synth licence, not its licence.",
+        ]
+    return lines
+
+
+def _statistics_section(numbers: dict | None) -> list[str]:
+    if not numbers:
+        return ["## Statistics", "", "Run `inf590k report FOLDER` for the statistics and figures."]
+    lines = ["## Statistics", ""]
+    rows = []
+    for label, key in (("short side (px)", "short_side"), ("entropy (bits)", "entropy_bits")):
+        d = numbers.get(key) or {}
+        if d:
+            rows.append([label, *(f"{d[k]:.1f}" for k in ("min", "p5", "median", "p95", "max"))])
+    lines += _table(["", "min", "p5", "median", "p95", "max"], rows)
+    depth = ", ".join(f"{k}-bit {v:,}" for k, v in numbers.get("bit_depth", {}).items())
+    modality = ", ".join(f"{k} {v:,}" for k, v in numbers.get("modality", {}).items())
+    lines += ["", f"Bit depth of the source files: {depth}; modality: {modality}.", ""]
+    lines += [
+        f"![resolution]({REPORT_DIR}/resolution_hist.png)",
+        f"![entropy]({REPORT_DIR}/entropy_hist.png)",
+        "",
+        f"![samples]({REPORT_DIR}/sample_grid.png)",
+    ]
+    return lines
+
+
+def _usage_section(info: dict) -> list[str]:
+    split = split_of(info)
+    bins = bins_of(info)
+    example_bin = next(iter(bins))
+    last = len(bins[example_bin]) - 1
+    hub = f"https://huggingface.co/datasets/{REPO_PLACEHOLDER}/resolve/main"
+    lines = [
+        "## Load and stream",
+        "",
+        f"`{REPO_PLACEHOLDER}` and `{COPY_PLACEHOLDER}` below are placeholders: put this dataset's "
+        "repo id and the folder of a local copy "
+        f"(`hf download {REPO_PLACEHOLDER} --repo-type dataset --local-dir {COPY_PLACEHOLDER}`).",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'repo_id = "{REPO_PLACEHOLDER}"  # placeholder: the repo id, or the folder of a local copy',
+        f'everything = load_dataset(repo_id, split="{split}")  # the default config, `{ALL_CONFIG}`',
+        f'one_bin = load_dataset(repo_id, "{example_bin}", split="{split}", streaming=True)',
+        "sample = next(iter(one_bin))",
+        'image, row, source = sample["png"], sample["json"], sample["cls"]  # PIL "L", dict, class id',
+        'print(image.size, row["uid"], everything.features["cls"].int2str(source))',
+        "```",
+        "",
+        'With webdataset (`decode("l")`: grey float images in [0, 1]; `"l8"` for uint8):',
+        "",
+        "```python",
+        "import glob",
+        "",
+        "import webdataset as wds",
+        "",
+        f'folder = "{COPY_PLACEHOLDER}"  # placeholder: the folder of a local copy',
+        'shards = sorted(glob.glob(f"{folder}/data/*/*.tar"))',
+        f'# or over HTTP: "{hub}/data/{example_bin}/{example_bin}-{{000000..{last:06d}}}.tar"',
+        'for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode("l"):',
+        '    image, row, source = sample["png"], sample["json"], sample["cls"]  # [H, W] float, dict, int',
+        "    break",
+        "```",
+        "",
+        'With timm (its `wds/` reader reads `data/_info.json`; pass `input_img_mode="L"`, the '
+        "images have one channel):",
+        "",
+        "```python",
+        "import timm.data",
+        "",
+        f'folder = "{COPY_PLACEHOLDER}"  # placeholder; or root="{hub}/data"',
+        f'dataset = timm.data.create_dataset("wds/inf590k", root=f"{{folder}}/data", split="{split}", '
+        'input_img_mode="L")',
+        "```",
+        "",
+        "Pretraining with the `inf590k` toolkit streams every shard `data/_info.json` lists (it "
+        "also gives the epoch length): pass the folder or the index URL (set `HF_TOKEN` for a "
+        "private repo):",
+        "",
+        "```",
+        f"inf590k pretrain --shards {hub}/data/_info.json \\",
+        "    --model dugi_mae_base --batch-size 256 --out runs/dugi",
+        "```",
+    ]
+    if "npy" in info.get("members", []):
+        lines += [
+            "",
+            "16-bit frames: `png` is always the 8-bit view; the raw 16-bit pixels of frames whose "
+            "file was 16-bit are in the `npy` member (None for the others), read losslessly with "
+            "numpy:",
+            "",
+            "```python",
+            "import io",
+            "",
+            "import numpy as np",
+            "",
+            'raw = np.asarray(sample["npy"], dtype=np.uint16)  # datasets: nested lists -> [H, W]',
+            "raw = np.load(io.BytesIO(npy_bytes))  # the member's bytes (webdataset without decode)",
+            "```",
+        ]
+    return lines
+
+
+def _files_section() -> list[str]:
+    return [
+        "## Files",
+        "",
+        "- `data/<bin>/<bin>-NNNNNN.tar`: the shards; `data/_info.json`: timm's index (shard "
+        "names relative to `data/`, sample counts) and the sources with their class ids and licences",
+        "- `metadata/shards/<bin>/`: the catalog rows of each shard, in tar order, and its stats",
+        f"- `{SUMS_PATH}`: `sha256sum -c {SUMS_PATH}` in the dataset folder, or `inf590k verify "
+        "FOLDER` (also re-reads every sample)",
+        f"- `metadata/catalog.parquet`: every file found, kept or not, with its reason; `{SOURCES_PATH}`: "
+        f"the sources table; `{COUNTS_PATH}`: per-source counts; `metadata/sizes.json`: samples per shard",
+        f"- `{REPORT_DIR}/`: the report's numbers and figures",
+    ]
+
+
+def card_text(dataset: Path) -> str:
+    dataset = Path(dataset)
+    info = read_info(dataset)
+    table = read_sources_table(dataset)
+    counts = json.loads((dataset / COUNTS_PATH).read_text())
+    numbers = read_report(dataset) if report_is_fresh(dataset) else None
+    shards = info_shards(info)
+    samples = sum(n for _, n in shards)
+    members = ", ".join(f"`{{uid}}.{m}`" for m in info.get("members", ["cls", "json", "png"]))
+    body = [
+        f"# {info.get('name', 'inf590k')}",
+        "",
+        f"{plural(samples, 'single-channel infrared (thermal) image')} in "
+        f"{plural(len(shards), 'WebDataset shard')}, one folder per resolution bin under `data/`. "
+        f"Each sample holds {members}: `png` the lossless 8-bit image, `json` its catalog row, "
+        "`cls` the class id of its source"
+        + (", `npy` the raw 16-bit frame where the file was 16-bit." if "npy" in members else "."),
+        "",
+        *_provenance(table, counts),
+        "",
+        "## Configurations",
+        "",
+        f"`{ALL_CONFIG}` (the default) reads every shard; each resolution bin is a config of its "
+        "own (`s<short side range>_r<aspect ratio x100 range>`).",
+        "",
+    ]
+    rows = [[ALL_CONFIG, f"{samples:,}", len(shards), f"`{DATA_DIRNAME}/*/*.tar`"]]
+    for bin_name, in_bin in bins_of(info).items():
+        rows.append(
+            [
+                bin_name,
+                f"{sum(n for _, n in in_bin):,}",
+                len(in_bin),
+                f"`{DATA_DIRNAME}/{bin_name}/*.tar`",
+            ]
+        )
+    body += _table(["config", "samples", "shards", "files"], rows)
+    for section in (
+        _sources_section(table, counts),
+        _licenses_section(table),
+        _statistics_section(numbers),
+        _usage_section(info),
+        _files_section(),
+    ):
+        body += ["", *section]
+    return "---\n" + card_yaml(info, table, samples) + "---\n\n" + "\n".join(body) + "\n"
+
+
+def licenses_text(table: list[dict]) -> str:
+    lines = [
+        "# Licences per source",
+        "",
+        "Every image keeps the licence of its source. Check each one before you redistribute "
+        "the images or use them commercially.",
+        "",
+    ]
+    rows = [
+        [
+            e["id"],
+            e["name"],
+            e.get("kind", ""),
+            e["license"],
+            e.get("license_link") or e.get("homepage") or "",
+        ]
+        for e in table
+        if e["samples"] > 0
+    ]
+    return "\n".join(lines + _table(["source", "name", "kind", "licence", "link"], rows)) + "\n"
+
+
+def write_card(dataset: Path) -> Path:
+    """README.md and metadata/LICENSES.md of a dataset folder, from its index files."""
+    dataset = Path(dataset)
+    write_text_atomic(dataset / LICENSES_PATH, licenses_text(read_sources_table(dataset)))
+    write_text_atomic(dataset / CARD_FILENAME, card_text(dataset))
+    return dataset / CARD_FILENAME

@@ -1,0 +1,68 @@
+"""A progress bar that moves per sample while worker processes do the work.
+
+Workers call `tick()` after each sample; in a pool they send the ticks through a queue that
+`SampleProgress` hands to each worker at start (`SampleProgress.initializer`), and a thread in
+the parent moves the bar. In the parent itself (one worker) `tick()` moves the bar directly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from multiprocessing.context import BaseContext
+
+from tqdm import tqdm
+
+_sink: Callable[[int], None] | None = None  # where tick() reports, in this process
+
+
+def connect(sink: Callable[[int], None] | None) -> None:
+    """Route this process's ticks to `sink` (a queue's put in a worker, a bar in the parent)."""
+    global _sink
+    _sink = sink
+
+
+def _connect_queue(queue) -> None:  # pool initializer: runs once in every worker
+    connect(queue.put)
+
+
+def tick(samples: int = 1) -> None:
+    if _sink is not None:
+        _sink(samples)
+
+
+class SampleProgress:
+    """`with SampleProgress(total, desc, enabled, context) as progress:` then pass
+    `progress.initializer`/`progress.initargs` to the pool (context: the pool's)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, context: BaseContext | None) -> None:
+        self.bar = tqdm(total=total, unit="img", desc=desc, disable=not enabled)
+        self.queue = context.SimpleQueue() if context is not None else None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def initializer(self) -> Callable | None:
+        return _connect_queue if self.queue is not None else None
+
+    @property
+    def initargs(self) -> tuple:
+        return (self.queue,) if self.queue is not None else ()
+
+    def _drain(self) -> None:
+        while (samples := self.queue.get()) is not None:
+            self.bar.update(samples)
+
+    def __enter__(self) -> SampleProgress:
+        if self.queue is not None:
+            self._thread = threading.Thread(target=self._drain, daemon=True)
+            self._thread.start()
+        connect(self.bar.update)  # work done in this process moves the bar directly
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        connect(None)
+        if self.queue is not None:
+            self.queue.put(None)
+            self._thread.join(timeout=5)
+            self.queue.close()
+        self.bar.close()
