@@ -145,6 +145,24 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def weights_licence(timm_config: dict[str, Any]) -> dict[str, Any]:
+    """The licence `inf590k export` derived from the training data's sources; "unknown" when
+    the export does not record one (weights are never assumed to be under the code's licence)."""
+    recorded = (timm_config.get("pretraining_data") or {}).get("license") or {}
+    if recorded.get("id"):
+        return {
+            "id": recorded["id"],
+            "name": recorded.get("name"),
+            "summary": recorded.get("summary") or "",
+        }
+    return {
+        "id": "unknown",
+        "name": None,
+        "summary": "Unknown: the export does not record the training data's licences; check "
+        "them before using or sharing these weights.",
+    }
+
+
 def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], parameters: int) -> str:
     """README.md of the model repo: metadata for the Hub, then what it is and how to load it."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -155,9 +173,11 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     pretrained = timm_config.get("pretrained_cfg", {})
     hierarchical = recipe.get("encoder", "hierarchical") == "hierarchical"
     endpoint = hub_endpoint(config.endpoint)
+    licence = weights_licence(timm_config)
     data = ModelCardData(
         library_name="timm",
-        license=pretrained.get("license", "apache-2.0"),
+        license=licence["id"],
+        license_name=licence.get("name"),
         pipeline_tag="image-feature-extraction",
         tags=[
             "infrared",
@@ -191,6 +211,7 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     ]
     if hierarchical:
         body.append("- features: four maps at strides 4, 8, 16, 32 (`features_only=True`)")
+    body += ["", "## Licence of the weights", "", licence["summary"]]
     body += ["", "## Pretraining data", ""]
     if config.dataset_repo:
         body.append(
@@ -199,6 +220,17 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
         )
     else:
         body.append("Not recorded (publish with `--dataset-repo OWNER/NAME` to link it).")
+    recorded = (timm_config.get("pretraining_data") or {}).get("data") or {}
+    if recorded.get("name"):
+        sources = ", ".join(
+            str(s.get("name") or s.get("id")) for s in recorded.get("sources") or []
+        )
+        body += [
+            "",
+            f"As the export records it: {recorded['name']}"
+            + (f", {recorded['samples']} samples" if recorded.get("samples") else "")
+            + (f"; sources: {sources}." if sources else "."),
+        ]
     body += [
         "",
         "## Recipe",
