@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +82,15 @@ def load(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a ckpt-*.pt file of a run")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises pickle, zip, EOF and runtime errors alike
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        # torch's own text suggests weights_only=False, which would run code from the file
         raise CheckpointError(
-            f"{path} is not a readable training checkpoint ({type(err).__name__}: "
-            f"{first.strip()[:120]}): pass a ckpt-*.pt file from a run's checkpoints/ folder"
+            f"{path} is not a readable training checkpoint (damaged, cut short or another "
+            f"kind of file: {type(err).__name__}): pass a ckpt-*.pt file from a run's "
+            "checkpoints/ folder"
         ) from err
     if not isinstance(state, dict) or not {"model", "step"} <= set(state):
         raise CheckpointError(

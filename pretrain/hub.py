@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ CARD_FILE = "README.md"
 STAGE_ENTRIES = frozenset({CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, ".gitattributes"})
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 15.0  # the Hub client has no timeout of its own: the access check has one
+HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 PAPER = "DuGI-MAE: Improving Infrared Mask Autoencoders via Dual-Domain Guidance (AAAI 2026)"
 
 
@@ -106,7 +108,7 @@ def count_parameters(weights: Path) -> int:
 
 
 def training_lines(export_dir: Path) -> list[str]:
-    """The export card's "## Training" bullet lines, minus the local shard URLs."""
+    """The export card's "## Training" bullet lines, minus the data line (local paths)."""
     card = Path(export_dir) / CARD_FILE
     if not card.is_file():
         return []
@@ -115,7 +117,7 @@ def training_lines(export_dir: Path) -> list[str]:
         if line.startswith("## "):
             inside = line.strip() == "## Training"
             continue
-        if inside and line.startswith("- ") and not line.startswith("- shards:"):
+        if inside and line.startswith("- ") and not line.startswith(("- shards:", "- data:")):
             lines.append(line)
     return lines
 
@@ -221,14 +223,14 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     else:
         body.append("Not recorded (publish with `--dataset-repo OWNER/NAME` to link it).")
     recorded = (timm_config.get("pretraining_data") or {}).get("data") or {}
-    if recorded.get("name"):
-        sources = ", ".join(
-            str(s.get("name") or s.get("id")) for s in recorded.get("sources") or []
-        )
-        body += [
+    sources = ", ".join(str(s.get("name") or s.get("id")) for s in recorded.get("sources") or [])
+    name = str(recorded.get("name") or "")
+    if HUB_REPO_ID.match(name) or recorded.get("samples") or sources:
+        body += [  # a local path stays private; a Hub repo id is worth naming
             "",
-            f"As the export records it: {recorded['name']}"
-            + (f", {recorded['samples']} samples" if recorded.get("samples") else "")
+            "As the export records it: "
+            + (f"{name}, " if HUB_REPO_ID.match(name) else "")
+            + (f"{recorded['samples']} samples" if recorded.get("samples") else "samples n/a")
             + (f"; sources: {sources}." if sources else "."),
         ]
     body += [

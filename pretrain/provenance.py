@@ -34,7 +34,10 @@ def is_loopback(url: str) -> bool:
     """True for http(s) URLs on this machine only (127.0.0.0/8, ::1, localhost)."""
     if "://" not in url:
         return False
-    host = (urllib.parse.urlparse(url).hostname or "").lower()
+    try:
+        host = (urllib.parse.urlparse(url).hostname or "").lower()
+    except ValueError:  # a malformed URL (e.g. an unclosed IPv6 bracket)
+        return False
     if host in LOCAL_HOSTS:
         return True
     try:
@@ -45,7 +48,10 @@ def is_loopback(url: str) -> bool:
 
 def hub_repo_id(url: str) -> str | None:
     """OWNER/NAME of a Hugging Face dataset URL (resolve URL or hf://), else None."""
-    parsed = urllib.parse.urlparse(url)
+    try:
+        parsed = urllib.parse.urlparse(url)
+    except ValueError:
+        return None
     if parsed.scheme == "hf":
         path = f"{parsed.netloc}{parsed.path}"
     elif parsed.scheme in ("http", "https") and (parsed.hostname or "").endswith("huggingface.co"):
