@@ -472,8 +472,7 @@ class Trainer:
                 if self.config.run.resume != "auto":
                     raise
                 damaged.append(path.name)
-                if self.env.is_main:
-                    log.warning("%s; trying the checkpoint before it", err)
+                log.debug("%s", err)
                 continue
             if damaged and self.env.is_main:
                 log.warning(

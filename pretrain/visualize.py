@@ -111,10 +111,16 @@ def grid_image(parts: dict[str, np.ndarray]) -> np.ndarray:
 def save_grid(model: nn.Module, images: torch.Tensor, path: Path) -> Path:
     """Write the reconstruction grid of uint8 images [N, 1, H, W] as a PNG."""
     path = Path(path)
+    _check_png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), grid_image(reconstruct(model, images))):
         raise OSError(f"could not write {path}; give a writable .png path")
     return path
+
+
+def _check_png_path(path: Path) -> None:
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise VisualizeError(f"--out {path}: give the path of a .png file to write")
 
 
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
@@ -174,6 +180,7 @@ def visualize_checkpoint(
     image (a folder gives its first images)."""
     paths = [image] if isinstance(image, (str, Path)) else list(image)
     files = image_files(paths)
+    _check_png_path(Path(out))
     model, _ = model_from_checkpoint(checkpoint_file)
     images = torch.cat([load_image(f, model.config.image_hw) for f in files])  # [N, 1, H, W]
     return save_grid(model, images, Path(out))
