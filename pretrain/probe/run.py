@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -275,7 +276,10 @@ def save_predictions_png(path: Path, data: LoadedSplit, predictions: Sequence[np
     labels = max(1, max(int(m[m != IGNORE_INDEX].max(initial=0)) for m in masks[:rows]),
                  max(int(p.max(initial=0)) for p in predictions[:rows]))
     for row in range(rows):
-        panels = (data.images[row, 0].numpy(), masks[row], predictions[row])
+        height, width = masks[row].shape  # the image back at its own size and aspect
+        image = cv2.resize(data.images[row, 0].numpy(), (width, height),
+                           interpolation=cv2.INTER_LINEAR)
+        panels = (image, masks[row], predictions[row])
         for column, (panel, name) in enumerate(zip(panels, ("infrared", "truth", "prediction"),
                                                    strict=True)):
             ax = axes[row, column]
@@ -283,7 +287,9 @@ def save_predictions_png(path: Path, data: LoadedSplit, predictions: Sequence[np
                 ax.imshow(panel, cmap="gray")
             else:
                 ax.imshow(np.where(panel == IGNORE_INDEX, 0, panel), cmap="magma", vmin=0,
-                          vmax=labels, interpolation="nearest")
+                          vmax=labels,
+                          # area-averaged when shrunk, so a target of a few pixels still shows
+                          interpolation="antialiased" if labels == 1 else "nearest")
             ax.set_axis_off()
             ax.set_title(f"{data.names[row]} {name}" if column == 0 else name, fontsize=7)
     figure.suptitle(title, fontsize=8)
