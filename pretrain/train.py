@@ -356,13 +356,13 @@ def selected_samples(info: DatasetInfo | None, urls: list[str]) -> int | None:
 def describe_data(config: PretrainConfig, urls: list[str], info: DatasetInfo | None) -> DataRecord:
     """The data as records name it, with the sources listed in its _info.json."""
     sources: tuple[dict[str, Any], ...] = ()
-    info_url = config.data.info or find_info_url(urls)
-    if info_url:
-        try:
+    try:
+        info_url = config.data.info or find_info_url(urls)
+        if info_url:
             with open_url(info_url, config.data) as stream:
                 sources = info_sources(stream.read())
-        except (ShardUnreachableError, OSError) as err:
-            log.warning("could not read the data's sources from _info.json: %s", err)
+    except (ShardUnreachableError, OSError, ValueError) as err:  # the record says "not recorded"
+        log.warning("could not read the data's sources from _info.json: %s", err)
     return data_record(
         config.data.shards, urls, selected_samples(info, urls), sources, config.run.data_name
     )
@@ -502,7 +502,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, KeyError, ValueError) as err:
+            counters, ranks = state["counters"], state["ranks"]
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
             raise ckpt.CheckpointError(
                 f"{path} does not fit this run ({str(err).splitlines()[0][:120]}): resume with "
                 f"the options it was trained with (--model {state.get('model_name')}), or "
@@ -510,9 +511,8 @@ class Trainer:
             ) from err
         self.step = int(state["step"])
         self.resumed_from = path
-        self.images_seen = int(state["counters"]["images"])
-        self.nan_skips.fill_(float(state["counters"]["nan_skips"]))
-        ranks = state["ranks"]
+        self.images_seen = int(counters["images"])
+        self.nan_skips.fill_(float(counters["nan_skips"]))
         if len(ranks) == self.env.world_size:
             ckpt.restore_rng(ranks[self.env.rank]["rng"])
             data_state = ranks[self.env.rank]["data"]
