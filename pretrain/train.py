@@ -386,15 +386,15 @@ class Trainer:
     def __init__(self, config: PretrainConfig, model: nn.Module | None = None) -> None:
         self.config = config
         run = config.run
-        self.env = distributed.setup(run.device, run.dist_backend)
-        self.device = self.env.device
         self.run_dir = Path(run.out)
-        earlier = holds_run(self.run_dir)
+        earlier = holds_run(self.run_dir)  # before anything starts: never touch another run
         if earlier and not run.resume:
             raise RunExistsError(
                 f"--out {self.run_dir} holds a run ({earlier}): continue it with --resume auto, "
                 "or choose another --out"
             )
+        self.env = distributed.setup(run.device, run.dist_backend)
+        self.device = self.env.device
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if run.deterministic:
