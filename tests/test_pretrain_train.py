@@ -623,3 +623,12 @@ def test_export_and_visualize_refuse_wrong_input_in_one_line(dataset, tmp_path):
         assert "Traceback" not in result.output and "weights_only" not in result.output, args
     assert "export" in runner.invoke(cli_main, cases[3]).output  # says it is an export folder
     assert not (tmp_path / "e1").exists() and not (tmp_path / "v.png").exists()
+
+
+def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["export", str(junk), "--out", str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a readable training checkpoint" in err[0]
+    assert not (tmp_path / "export").exists()
