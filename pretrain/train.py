@@ -37,6 +37,7 @@ from pretrain.data import (
     expand_shard_urls,
     expected_lengths,
     find_info_url,
+    is_info_url,
     loader_for,
     open_url,
     shard_key,
@@ -353,11 +354,31 @@ def selected_samples(info: DatasetInfo | None, urls: list[str]) -> int | None:
     return info.num_samples
 
 
+INFO_LOCATIONS = ("data/_info.json", "_info.json")  # a dataset folder's, newer layout first
+
+
+def info_location(config: DataConfig, urls: list[str]) -> str | None:
+    """The _info.json that lists the data's sources: --info, an _info.json given as --shards,
+    a dataset folder's data/_info.json (or its root _info.json), else the one by the shards."""
+    if config.info:
+        return config.info
+    for spec in config.shards:
+        for part in (p.strip() for p in spec.split("::")):
+            if is_info_url(part):
+                return part
+            if "://" not in part and os.path.isdir(part):
+                found = [os.path.join(part, n) for n in INFO_LOCATIONS]
+                local = [f for f in found if os.path.isfile(f)]
+                if local:
+                    return local[0]
+    return find_info_url(urls) if urls else None
+
+
 def describe_data(config: PretrainConfig, urls: list[str], info: DatasetInfo | None) -> DataRecord:
     """The data as records name it, with the sources listed in its _info.json."""
     sources: tuple[dict[str, Any], ...] = ()
     try:
-        info_url = config.data.info or find_info_url(urls)
+        info_url = info_location(config.data, urls)
         if info_url:
             with open_url(info_url, config.data) as stream:
                 sources = info_sources(stream.read())

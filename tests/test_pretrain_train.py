@@ -632,3 +632,22 @@ def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a readable training checkpoint" in err[0]
     assert not (tmp_path / "export").exists()
+
+
+def test_sources_come_from_data_info_json_or_the_older_root_one(tmp_path):
+    from pretrain.data import DataConfig
+    from pretrain.train import describe_data, info_location
+
+    folder = tmp_path / "dataset"
+    (folder / "data").mkdir(parents=True)
+    root_info = {"splits": {}, "sources": [{"id": "old", "license": "CC BY 4.0"}]}
+    (folder / "_info.json").write_text(json.dumps(root_info))
+    config = config_from_options({"shards": [str(folder)]})
+    assert info_location(config.data, []) == str(folder / "_info.json")  # older layout
+    (folder / "data" / "_info.json").write_text(json.dumps({"splits": {}, "sources": NC_SOURCES}))
+    assert info_location(config.data, []) == str(folder / "data" / "_info.json")
+    record = describe_data(config, [str(folder / "data" / "a" / "a-000000.tar")], None)
+    assert [s["id"] for s in record.sources] == ["sirst", "llvip"]
+    assert record.name == str(folder) and record.samples is None
+    explicit = DataConfig(shards=("http://127.0.0.1:9/x/data/_info.json",))
+    assert info_location(explicit, []) == "http://127.0.0.1:9/x/data/_info.json"
