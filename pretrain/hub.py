@@ -228,10 +228,10 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     if HUB_REPO_ID.match(name) or recorded.get("samples") or sources:
         body += [  # a local path stays private; a Hub repo id is worth naming
             "",
-            "As the export records it: "
+            "Trained on "
             + (f"{name}, " if HUB_REPO_ID.match(name) else "")
             + (f"{recorded['samples']} samples" if recorded.get("samples") else "samples n/a")
-            + (f"; sources: {sources}." if sources else "."),
+            + f"; sources: {sources or 'not recorded'}.",
         ]
     body += [
         "",

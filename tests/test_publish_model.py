@@ -160,7 +160,7 @@ def test_hub_card_carries_the_licence_the_export_derived(tmp_path):
     data = card.data.to_dict()
     assert data["license"] == "other" and data["license_name"] == "non-commercial"
     assert "Non-commercial use only" in card.text and "apache" not in card.content
-    assert "lab/inf590k, 32 samples; sources: SIRST." in card.text
+    assert "Trained on lab/inf590k, 32 samples; sources: SIRST." in card.text
 
 
 def test_bad_input_is_one_clear_line(exported, tmp_path):
