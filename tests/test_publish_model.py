@@ -53,7 +53,6 @@ def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
     return make_export(tmp_path_factory.mktemp("export") / "dugi_mae_tiny", "dugi_mae_tiny")
 
 
-
 def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
