@@ -292,6 +292,13 @@ class TrainResult:
     shard_errors: int = 0
     finished_before: bool = False  # --resume auto found the run already finished
     is_main: bool = True  # the rank that prints and writes
+    resumed_from: Path | None = None
+    passed_over: tuple[str, ...] = ()  # damaged checkpoints skipped by --resume auto
+
+    def _resume_note(self) -> str:
+        if not self.passed_over or self.resumed_from is None:
+            return ""
+        return f" (resumed from {self.resumed_from.name}: {', '.join(self.passed_over)} damaged)"
 
     def __str__(self) -> str:
         """The run's one closing line."""
@@ -305,7 +312,7 @@ class TrainResult:
             f"pretrain: step {self.step}/{self.total_steps}, loss {loss}, {self.images_seen} "
             f"images, {self.nan_skips} NaN/inf steps skipped, {self.bad_samples} bad samples "
             f"and {self.shard_errors} shard errors skipped; run in {self.run_dir}, last "
-            f"checkpoint {self.checkpoint}"
+            f"checkpoint {self.checkpoint}{self._resume_note()}"
         )
 
 
@@ -452,6 +459,7 @@ class Trainer:
         self.images_seen = 0
         self.nan_skips = torch.zeros((), device=self.device)
         self.resumed_from: Path | None = None
+        self.passed_over: list[str] = []  # damaged checkpoints --resume auto did not use
         data_state = self._maybe_resume()
         if run.resume and self.env.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
@@ -495,6 +503,7 @@ class Trainer:
                 damaged.append(path.name)
                 log.debug("%s", err)
                 continue
+            self.passed_over = damaged
             if damaged and self.env.is_main:
                 log.warning(
                     "--resume auto: %s damaged, resuming from the previous checkpoint %s",
@@ -716,6 +725,8 @@ class Trainer:
             shard_errors=totals["shard_errors"],
             finished_before=finished_before,
             is_main=self.env.is_main,
+            resumed_from=self.resumed_from,
+            passed_over=tuple(self.passed_over),
         )
 
     def _finished_result(self) -> TrainResult:

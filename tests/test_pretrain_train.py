@@ -449,6 +449,7 @@ def test_resume_skips_a_damaged_checkpoint_and_logs_each_step_once(dataset, tmp_
         resumed = pretrain(config_from_options(options(run_dir, shards, resume="auto", **common)))
     assert "ckpt-00000006.pt damaged" in caplog.text and "ckpt-00000003.pt" in caplog.text
     assert resumed.step == 6 and not resumed.finished_before
+    assert "(resumed from ckpt-00000003.pt: ckpt-00000006.pt damaged)" in str(resumed)
     assert ckpt.load(resumed.checkpoint)["step"] == 6  # rewritten whole
     assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
 
