@@ -93,8 +93,8 @@ class RunConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     keep_last: int = 3
-    vis_every: int = 0  # reconstruction grid PNG every N steps (0: never)
-    resume: str | None = None  # "auto" (latest in --out, if any) or a checkpoint path
+    vis_every: int = 0  # reconstruction grid PNG every N steps and at the end (0: never)
+    resume: str | None = None  # "auto" (newest readable in --out, if any) or a checkpoint path
     data_name: str | None = None  # how records name the data (default: --shards as given)
     stop_step: int | None = None  # leave after this step (checkpointed); the schedule is kept
     max_nan_skips: int = 20  # stop once this many steps had a NaN/inf loss or gradient
