@@ -512,8 +512,11 @@ PRETRAIN_HELP = {
     "log_every": "Steps between log lines (the only host syncs).",
     "ckpt_every": "Steps between checkpoints.",
     "keep_last": "Checkpoints kept.",
-    "vis_every": "Steps between reconstruction grid PNGs (0: off).",
-    "resume": "'auto' (latest checkpoint in --out) or a checkpoint path.",
+    "vis_every": "Steps between reconstruction grid PNGs in RUN/vis/, plus one at the end (0: off).",
+    "resume": "'auto' (latest readable checkpoint in --out; a finished run just reports) or a "
+              "checkpoint path. Without it, an --out holding a run is refused.",
+    "data_name": "How the checkpoint and model card name the data (default: --shards as given; "
+                 "Hub URLs as their repo id).",
     "stop_step": "Stop (after checkpointing) at this step, as if killed: for tests and preemption.",
     "max_nan_skips": "Stop after this many skipped NaN/inf steps.",
     "peak_tflops": "Accelerator peak TFLOP/s for MFU (default: known cards).",
@@ -553,9 +556,8 @@ def build_pretrain_command() -> click.Command:
             result = pretrain(config_from_options(chosen))
         except (ShardUnreachableError, TrainingDiverged, ValueError, FileNotFoundError) as err:
             raise CliError(str(err)) from err
-        loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
-        click.echo(f"pretrain: step {result.step}, loss {loss}, run in {result.run_dir}, "
-                   f"last checkpoint {result.checkpoint}")
+        if result.is_main:
+            click.echo(str(result))  # the run's one closing line
 
     return click.Command(
         "pretrain",
@@ -591,25 +593,34 @@ def model_info(name: str, image_size: int) -> None:
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="An infrared image (any format ingest reads).")
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.option("--image", "images", required=True, multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="An infrared image (any format ingest reads), or a folder of them. Repeatable: one row each.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PNG to write.")
-def visualize(checkpoint: Path, image: Path, out: Path) -> None:
-    """Reconstruction grid of one image: input, masked input, prediction."""
+def visualize(checkpoint: Path, images: tuple[Path, ...], out: Path) -> None:
+    """Reconstruction grid of a training checkpoint, one row per image: input | masked |
+    reconstruction | reconstruction with the visible patches pasted."""
     from pretrain.visualize import visualize_checkpoint
 
-    click.echo(f"visualize: wrote {visualize_checkpoint(checkpoint, image, out)}")
+    try:
+        written = visualize_checkpoint(checkpoint, images, out)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from err
+    click.echo(f"visualize: wrote {written}")
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Export folder.")
 def export(checkpoint: Path, out: Path) -> None:
     """Export a checkpoint's encoder: safetensors + timm config + model card."""
     from pretrain.checkpoint import export_checkpoint
 
-    click.echo(f"export: wrote {export_checkpoint(checkpoint, out)}")
+    try:
+        written = export_checkpoint(checkpoint, out)
+    except (ValueError, OSError) as err:
+        raise CliError(str(err)) from err
+    click.echo(f"export: wrote {written}")
 
 
 @main.command()
@@ -702,16 +713,18 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     run_dir = out / "run"
     with serve_folder(dataset) as base_url:
         click.echo(f"pretrain: streaming the shards from {base_url}/data/_info.json")
-        options = dict(shards=[f"{base_url}/data/_info.json"], model=model, out=str(run_dir), steps=steps,
-                       batch_size=16, workers=1, lr=1.5e-3, warmup_epochs=0.5, epochs=50,
+        options = dict(shards=[f"{base_url}/data/_info.json"], model=model, out=str(run_dir),
+                       steps=steps, batch_size=16, workers=1, lr=1.5e-3, warmup_epochs=0.5, epochs=50,
                        log_every=10, ckpt_every=steps, vis_every=steps, keep_last=1, device="cpu",
-                       progress=False, resume="auto")
-        result = pretrain(config_from_options(options))
-    loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
-    click.echo(f"pretrain: {result.step} steps of {model}, last loss {loss}")
+                       progress=False, resume="auto", data_name=str(dataset))
+        try:
+            result = pretrain(config_from_options(options))
+        except ValueError as err:
+            raise CliError(str(err)) from err
+    click.echo(str(result))
     exported = export_checkpoint(result.checkpoint, out / "export")
-    image = sorted((out / "sources" / "sirst" / "images").glob("*.png"))[0]
-    grid = visualize_checkpoint(result.checkpoint, image, out / "reconstruction.png")
+    images = sorted((out / "sources" / "sirst" / "images").glob("*.png"))[:4]
+    grid = visualize_checkpoint(result.checkpoint, images, out / "reconstruction.png")
     from pretrain.probe import ProbeConfig
     from pretrain.probe import probe as run_probe
 

@@ -55,7 +55,7 @@ def _checkpoint_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"python -m pretrain {command}")
     parser.add_argument("checkpoint")
     if command == "visualize":
-        parser.add_argument("--image", required=True)
+        parser.add_argument("--image", required=True, nargs="+")
     parser.add_argument("--out", required=True)
     return parser
 
@@ -63,6 +63,14 @@ def _checkpoint_parser(command: str) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(argv)
+    except (ValueError, FileNotFoundError, OSError) as err:  # bad input: one line, status 1
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] == "visualize":
         from pretrain.visualize import visualize_checkpoint
 
@@ -83,9 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {k: v for k, v in vars(args).items() if v is not None}
     if not options.get("shards"):
         build_parser().error("--shards is required (paths, brace patterns or URLs)")
-    pretrain(config_from_options(options))
+    result = pretrain(config_from_options(options))
+    if result.is_main:
+        print(result)  # the run's one closing line
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

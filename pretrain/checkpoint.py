@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,46 @@ def prune(run_dir: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
+class CheckpointError(ValueError):
+    """A file that is not (or no longer) a readable training checkpoint; one line."""
+
+
+EXPORT_MARKERS = ("model.safetensors", "config.json")
+
+
 def load(path: Path | str) -> dict[str, Any]:
-    """Load a checkpoint safely (tensors and plain containers only)."""
+    """Load a checkpoint safely (tensors and plain containers only).
+
+    Anything but a readable training checkpoint (a damaged file, another pickle, an export
+    folder) raises CheckpointError with one line that says what to pass instead.
+    """
     path = Path(path)
+    if path.is_dir():
+        if all((path / name).is_file() for name in EXPORT_MARKERS):
+            raise CheckpointError(
+                f"{path} is an `inf590k export` folder (encoder only, no decoder): pass the "
+                "run's training checkpoint, RUN/checkpoints/ckpt-*.pt"
+            )
+        raise CheckpointError(f"{path} is a folder: pass a ckpt-*.pt file of a run")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass a ckpt-*.pt file of a run")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise here
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip, EOF and runtime errors alike
+        # torch's own text suggests weights_only=False, which would run code from the file
+        raise CheckpointError(
+            f"{path} is not a readable training checkpoint (damaged, cut short or another "
+            f"kind of file: {type(err).__name__}): pass a ckpt-*.pt file from a run's "
+            "checkpoints/ folder"
+        ) from err
+    if not isinstance(state, dict) or not {"model", "step"} <= set(state):
+        raise CheckpointError(
+            f"{path} holds no training checkpoint (no model weights and step): pass a "
+            "ckpt-*.pt file from a run's checkpoints/ folder"
+        )
+    return state
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -70,7 +105,9 @@ def parameter_digest(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, param in sorted(model.named_parameters()):
         digest.update(name.encode())
-        digest.update(param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
@@ -123,31 +160,88 @@ def model_from_state(state: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
-    """A short README for an exported encoder: what it is, how it was trained, how to load it."""
+def run_record(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What the run did: the checkpoint's "record", or what older checkpoints' config tells."""
+    record = checkpoint.get("record")
+    if record:
+        return record
     config = checkpoint.get("config", {})
     data, optim = config.get("data", {}), config.get("optim", {})
+    batch = data.get("batch_size")
+    world, accum = checkpoint.get("world_size") or 1, optim.get("accum_steps") or 1
+    global_batch = batch * world * accum if batch else None
+    blr = optim.get("blr")
+    lr = optim.get("lr") or (blr * global_batch / 256 if blr and global_batch else None)
+    if optim.get("lr") and global_batch:
+        blr = optim["lr"] * 256 / global_batch
+    from pretrain.provenance import describe_shards
+
+    return {
+        "lr": lr,
+        "blr": blr,
+        "steps": checkpoint.get("step"),
+        "images_seen": checkpoint.get("counters", {}).get("images"),
+        "batch": {
+            "per_process": batch,
+            "world_size": world,
+            "accum_steps": accum,
+            "global": global_batch,
+        },
+        "data": {"name": describe_shards(data.get("shards", [])), "samples": None, "sources": []},
+        "license": None,
+    }
+
+
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    optim = checkpoint.get("config", {}).get("optim", {})
+    batch, data = record.get("batch", {}), record.get("data", {})
+    sources = data.get("sources") or []
+    source_names = ", ".join(str(s.get("name") or s.get("id")) for s in sources)
+    samples = data.get("samples")
+    return [
+        f"- steps: {record.get('steps')}",
+        f"- images seen: {record.get('images_seen')}",
+        f"- data: {data.get('name', 'n/a')}"
+        + (f", {samples} samples" if samples is not None else "")
+        + (f"; sources: {source_names}" if source_names else "; sources: not recorded"),
+        f"- batch: {batch.get('per_process')} per process x {batch.get('world_size')} "
+        f"process(es) x {batch.get('accum_steps')} accumulation = {batch.get('global')} global",
+        f"- learning rate: {_number(record.get('lr'))} peak (base lr {_number(record.get('blr'))}"
+        f" x global batch / 256), min lr {_number(optim.get('min_lr'))}",
+        f"- AdamW betas ({optim.get('beta1')}, {optim.get('beta2')}), weight decay "
+        f"{optim.get('weight_decay')}",
+    ]
+
+
+def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
+    """A short README for an exported encoder: what it is, how it was trained, its licence."""
+    from pretrain.provenance import WeightsLicence
+
+    record = run_record(checkpoint)
+    licence = WeightsLicence.from_dict(record.get("license"))
     model_config = checkpoint.get("model_config", {})
     return "\n".join(
         [
             "---",
             "library_name: timm",
             "tags: [infrared, thermal, masked-autoencoder, dugi-mae, inf590k]",
-            "license: apache-2.0",
+            f"license: {licence.id}",
+            *([f"license_name: {licence.name}"] if licence.name else []),
             "---",
             f"# {checkpoint.get('model_name', 'model')} encoder (Inf-590K pretraining)",
             "",
             "Encoder of a DuGI-MAE-family masked autoencoder pretrained on single-channel",
             "infrared images with the `inf590k` toolkit. The decoder is not included.",
             "",
+            "## Licence of the weights",
+            licence.summary,
+            "",
             "## Training",
-            f"- steps: {checkpoint.get('step')}",
-            f"- images seen: {checkpoint.get('counters', {}).get('images')}",
-            f"- shards: {', '.join(data.get('shards', [])) or 'n/a'}",
-            f"- batch per process: {data.get('batch_size')}, world size: "
-            f"{checkpoint.get('world_size')}, accumulation: {optim.get('accum_steps')}",
-            f"- AdamW betas ({optim.get('beta1')}, {optim.get('beta2')}), weight decay "
-            f"{optim.get('weight_decay')}, base lr {optim.get('blr')}",
+            *_training_lines(checkpoint, record),
             "",
             "## Model config",
             "```json",
@@ -167,14 +261,25 @@ def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
 
 def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str) -> Path:
     """Export a training checkpoint's encoder for timm (safetensors + config) with a model card."""
-    from pretrain.models.export import export_encoder
+    from pretrain.models.export import CONFIG_FILE, WEIGHTS_FILE, export_encoder
+    from pretrain.provenance import WeightsLicence
 
     checkpoint = load(checkpoint_file)
     model = model_from_state(checkpoint)
-    out = Path(export_encoder(model, Path(out_dir)))
-    folder = out if out.is_dir() else out.parent
-    weights = next(iter(sorted(folder.glob("*.safetensors"))), None)
-    card = folder / "README.md"
-    if not card.exists():
-        card.write_text(model_card(checkpoint, weights.name if weights else "model.safetensors"))
+    record = run_record(checkpoint)
+    licence = WeightsLicence.from_dict(record.get("license"))
+    folder = Path(out_dir)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"--out {folder} is a file: pass a folder for the export")
+    export_encoder(model, folder, license=licence.short)
+    config_path = folder / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config["pretraining_data"] = {
+        "license": licence.as_dict(),
+        "data": record.get("data"),
+        "steps": record.get("steps"),
+        "images_seen": record.get("images_seen"),
+    }
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "README.md").write_text(model_card(checkpoint, WEIGHTS_FILE))
     return folder

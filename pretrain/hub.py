@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ CARD_FILE = "README.md"
 STAGE_ENTRIES = frozenset({CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, ".gitattributes"})
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 15.0  # the Hub client has no timeout of its own: the access check has one
+HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 PAPER = "DuGI-MAE: Improving Infrared Mask Autoencoders via Dual-Domain Guidance (AAAI 2026)"
 
 
@@ -106,7 +108,7 @@ def count_parameters(weights: Path) -> int:
 
 
 def training_lines(export_dir: Path) -> list[str]:
-    """The export card's "## Training" bullet lines, minus the local shard URLs."""
+    """The export card's "## Training" bullet lines, minus the data line (local paths)."""
     card = Path(export_dir) / CARD_FILE
     if not card.is_file():
         return []
@@ -115,7 +117,7 @@ def training_lines(export_dir: Path) -> list[str]:
         if line.startswith("## "):
             inside = line.strip() == "## Training"
             continue
-        if inside and line.startswith("- ") and not line.startswith("- shards:"):
+        if inside and line.startswith("- ") and not line.startswith(("- shards:", "- data:")):
             lines.append(line)
     return lines
 
@@ -145,6 +147,24 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def weights_licence(timm_config: dict[str, Any]) -> dict[str, Any]:
+    """The licence `inf590k export` derived from the training data's sources; "unknown" when
+    the export does not record one (weights are never assumed to be under the code's licence)."""
+    recorded = (timm_config.get("pretraining_data") or {}).get("license") or {}
+    if recorded.get("id"):
+        return {
+            "id": recorded["id"],
+            "name": recorded.get("name"),
+            "summary": recorded.get("summary") or "",
+        }
+    return {
+        "id": "unknown",
+        "name": None,
+        "summary": "Unknown: the export does not record the training data's licences; check "
+        "them before using or sharing these weights.",
+    }
+
+
 def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], parameters: int) -> str:
     """README.md of the model repo: metadata for the Hub, then what it is and how to load it."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -155,9 +175,11 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     pretrained = timm_config.get("pretrained_cfg", {})
     hierarchical = recipe.get("encoder", "hierarchical") == "hierarchical"
     endpoint = hub_endpoint(config.endpoint)
+    licence = weights_licence(timm_config)
     data = ModelCardData(
         library_name="timm",
-        license=pretrained.get("license", "apache-2.0"),
+        license=licence["id"],
+        license_name=licence.get("name"),
         pipeline_tag="image-feature-extraction",
         tags=[
             "infrared",
@@ -191,6 +213,7 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     ]
     if hierarchical:
         body.append("- features: four maps at strides 4, 8, 16, 32 (`features_only=True`)")
+    body += ["", "## Licence of the weights", "", licence["summary"]]
     body += ["", "## Pretraining data", ""]
     if config.dataset_repo:
         body.append(
@@ -199,6 +222,17 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
         )
     else:
         body.append("Not recorded (publish with `--dataset-repo OWNER/NAME` to link it).")
+    recorded = (timm_config.get("pretraining_data") or {}).get("data") or {}
+    sources = ", ".join(str(s.get("name") or s.get("id")) for s in recorded.get("sources") or [])
+    name = str(recorded.get("name") or "")
+    if HUB_REPO_ID.match(name) or recorded.get("samples") or sources:
+        body += [  # a local path stays private; a Hub repo id is worth naming
+            "",
+            "Trained on "
+            + (f"{name}, " if HUB_REPO_ID.match(name) else "")
+            + (f"{recorded['samples']} samples" if recorded.get("samples") else "samples n/a")
+            + f"; sources: {sources or 'not recorded'}.",
+        ]
     body += [
         "",
         "## Recipe",

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -28,7 +29,26 @@ from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
-from pretrain.data import DataConfig, dataset_info, expand_shard_urls, loader_for
+from pretrain.data import (
+    DataConfig,
+    DatasetInfo,
+    ShardUnreachableError,
+    dataset_info,
+    expand_shard_urls,
+    expected_lengths,
+    find_info_url,
+    is_info_url,
+    loader_for,
+    open_url,
+    shard_key,
+)
+from pretrain.provenance import (
+    DataRecord,
+    data_record,
+    info_sources,
+    safe_shard_specs,
+    weights_licence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +93,9 @@ class RunConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     keep_last: int = 3
-    vis_every: int = 0  # reconstruction grid PNG every N steps (0: never)
-    resume: str | None = None  # "auto" (latest in --out, if any) or a checkpoint path
+    vis_every: int = 0  # reconstruction grid PNG every N steps and at the end (0: never)
+    resume: str | None = None  # "auto" (newest readable in --out, if any) or a checkpoint path
+    data_name: str | None = None  # how records name the data (default: --shards as given)
     stop_step: int | None = None  # leave after this step (checkpointed); the schedule is kept
     max_nan_skips: int = 20  # stop once this many steps had a NaN/inf loss or gradient
     peak_tflops: float | None = None  # per-GPU peak for MFU; default: known-card table
@@ -254,12 +275,125 @@ class TrainingDiverged(RuntimeError):
     """Too many steps with a NaN/inf loss or gradient."""
 
 
+class RunExistsError(ValueError):
+    """--out already holds a run and --resume was not given."""
+
+
 @dataclass
 class TrainResult:
     step: int
     loss: float | None
     checkpoint: Path | None
     run_dir: Path
+    total_steps: int | None = None
+    images_seen: int = 0
+    nan_skips: int = 0
+    bad_samples: int = 0
+    shard_errors: int = 0
+    finished_before: bool = False  # --resume auto found the run already finished
+    is_main: bool = True  # the rank that prints and writes
+    resumed_from: Path | None = None
+    passed_over: tuple[str, ...] = ()  # damaged checkpoints skipped by --resume auto
+
+    def _resume_note(self) -> str:
+        if not self.passed_over or self.resumed_from is None:
+            return ""
+        return f" (resumed from {self.resumed_from.name}: {', '.join(self.passed_over)} damaged)"
+
+    def __str__(self) -> str:
+        """The run's one closing line."""
+        if self.finished_before:
+            return (
+                f"pretrain: the run in {self.run_dir} finished at step {self.step}; nothing to "
+                f"do (last checkpoint {self.checkpoint}). Raise --steps or --epochs to train on"
+            )
+        loss = "n/a" if self.loss is None else f"{self.loss:.4f}"
+        return (
+            f"pretrain: step {self.step}/{self.total_steps}, loss {loss}, {self.images_seen} "
+            f"images, {self.nan_skips} NaN/inf steps skipped, {self.bad_samples} bad samples "
+            f"and {self.shard_errors} shard errors skipped; run in {self.run_dir}, last "
+            f"checkpoint {self.checkpoint}{self._resume_note()}"
+        )
+
+
+def holds_run(run_dir: Path) -> str | None:
+    """What in `run_dir` belongs to an earlier run (a checkpoint or metrics), if anything."""
+    checkpoints = ckpt.list_checkpoints(run_dir)
+    if checkpoints:
+        return f"{len(checkpoints)} checkpoint(s), the latest {checkpoints[-1].name}"
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        return "metrics.jsonl"
+    return None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl; a line cut short by a kill is dropped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the records up to `step`: a resumed run logs the later steps again."""
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if isinstance(r.get("step"), int) and r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    os.replace(tmp, path)
+
+
+def selected_samples(info: DatasetInfo | None, urls: list[str]) -> int | None:
+    """Samples in the selected shards (their shard_lengths), else _info.json's num_samples."""
+    if info is None:
+        return None
+    lengths = expected_lengths(info)
+    keys = [shard_key(u) for u in urls]
+    if lengths and all(k in lengths for k in keys):
+        return sum(lengths[k] for k in keys)
+    return info.num_samples
+
+
+INFO_LOCATIONS = ("data/_info.json", "_info.json")  # a dataset folder's, newer layout first
+
+
+def info_location(config: DataConfig, urls: list[str]) -> str | None:
+    """The _info.json that lists the data's sources: --info, an _info.json given as --shards,
+    a dataset folder's data/_info.json (or its root _info.json), else the one by the shards."""
+    if config.info:
+        return config.info
+    for spec in config.shards:
+        for part in (p.strip() for p in spec.split("::")):
+            if is_info_url(part):
+                return part
+            if "://" not in part and os.path.isdir(part):
+                found = [os.path.join(part, n) for n in INFO_LOCATIONS]
+                local = [f for f in found if os.path.isfile(f)]
+                if local:
+                    return local[0]
+    return find_info_url(urls) if urls else None
+
+
+def describe_data(config: PretrainConfig, urls: list[str], info: DatasetInfo | None) -> DataRecord:
+    """The data as records name it, with the sources listed in its _info.json."""
+    sources: tuple[dict[str, Any], ...] = ()
+    try:
+        info_url = info_location(config.data, urls)
+        if info_url:
+            with open_url(info_url, config.data) as stream:
+                sources = info_sources(stream.read())
+    except (ShardUnreachableError, OSError, ValueError) as err:  # the record says "not recorded"
+        log.warning("could not read the data's sources from _info.json: %s", err)
+    return data_record(
+        config.data.shards, urls, selected_samples(info, urls), sources, config.run.data_name
+    )
 
 
 @dataclass
@@ -280,9 +414,15 @@ class Trainer:
     def __init__(self, config: PretrainConfig, model: nn.Module | None = None) -> None:
         self.config = config
         run = config.run
+        self.run_dir = Path(run.out)
+        earlier = holds_run(self.run_dir)  # before anything starts: never touch another run
+        if earlier and not run.resume:
+            raise RunExistsError(
+                f"--out {self.run_dir} holds a run ({earlier}): continue it with --resume auto, "
+                "or choose another --out"
+            )
         self.env = distributed.setup(run.device, run.dist_backend)
         self.device = self.env.device
-        self.run_dir = Path(run.out)
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if run.deterministic:
@@ -318,7 +458,12 @@ class Trainer:
         self.step = 0
         self.images_seen = 0
         self.nan_skips = torch.zeros((), device=self.device)
+        self.resumed_from: Path | None = None
+        self.passed_over: list[str] = []  # damaged checkpoints --resume auto did not use
         data_state = self._maybe_resume()
+        if run.resume and self.env.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        self.data = describe_data(config, self.urls, self.info) if self.env.is_main else None
         self.loader, self.tracker = loader_for(
             config.data,
             self.image_hw,
@@ -339,24 +484,65 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, run.tensorboard, self.env.is_main)
 
     # ------------------------------------------------------------------ checkpoints
-    def _maybe_resume(self) -> dict[str, Any] | None:
+    def _resume_candidates(self) -> list[Path]:
         resume = self.config.run.resume
-        if not resume:
+        if resume == "auto":
+            return list(reversed(ckpt.list_checkpoints(self.run_dir)))
+        return [Path(resume)]
+
+    def _load_resume_state(self) -> tuple[Path, dict[str, Any]] | None:
+        """The newest readable checkpoint; with --resume auto a damaged one is passed over."""
+        candidates = self._resume_candidates()
+        damaged: list[str] = []
+        for path in candidates:
+            try:
+                state = ckpt.load(path)
+            except ckpt.CheckpointError as err:
+                if self.config.run.resume != "auto":
+                    raise
+                damaged.append(path.name)
+                log.debug("%s", err)
+                continue
+            self.passed_over = damaged
+            if damaged and self.env.is_main:
+                log.warning(
+                    "--resume auto: %s damaged, resuming from the previous checkpoint %s",
+                    ", ".join(damaged),
+                    path.name,
+                )
+            return path, state
+        if damaged:
+            raise ckpt.CheckpointError(
+                f"--resume auto: no readable checkpoint in {self.run_dir / ckpt.CHECKPOINT_DIR} "
+                f"({', '.join(damaged)} damaged): remove them to start anew, or choose another --out"
+            )
+        return None
+
+    def _maybe_resume(self) -> dict[str, Any] | None:
+        if not self.config.run.resume:
             return None
-        path = ckpt.latest_checkpoint(self.run_dir) if resume == "auto" else Path(resume)
-        if path is None:
+        found = self._load_resume_state()
+        if found is None:
             if self.env.is_main:
                 log.info("--resume auto: no checkpoint in %s, starting a new run", self.run_dir)
             return None
-        state = ckpt.load(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        path, state = found
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            counters, ranks = state["counters"], state["ranks"]
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            raise ckpt.CheckpointError(
+                f"{path} does not fit this run ({str(err).splitlines()[0][:120]}): resume with "
+                f"the options it was trained with (--model {state.get('model_name')}), or "
+                "choose another --out"
+            ) from err
         self.step = int(state["step"])
-        self.images_seen = int(state["counters"]["images"])
-        self.nan_skips.fill_(float(state["counters"]["nan_skips"]))
-        ranks = state["ranks"]
+        self.resumed_from = path
+        self.images_seen = int(counters["images"])
+        self.nan_skips.fill_(float(counters["nan_skips"]))
         if len(ranks) == self.env.world_size:
             ckpt.restore_rng(ranks[self.env.rank]["rng"])
             data_state = ranks[self.env.rank]["data"]
@@ -370,6 +556,29 @@ class Trainer:
         if self.env.is_main:
             log.info("resumed %s at step %d", path, self.step)
         return data_state
+
+    def record(self) -> dict[str, Any]:
+        """What the run did so far, for the checkpoint and the model card."""
+        schedule, optim = self.schedule, self.config.optim
+        data = self.data.as_dict() if self.data else None
+        licence = weights_licence(self.data.sources if self.data else None)
+        return {
+            "lr": schedule.lr,
+            "blr": schedule.lr * 256 / schedule.global_batch,
+            "lr_given_as": "lr" if optim.lr is not None else "blr",
+            "steps": self.step,
+            "total_steps": schedule.total_steps,
+            "warmup_steps": schedule.warmup_steps,
+            "images_seen": self.images_seen,
+            "batch": {
+                "per_process": self.config.data.batch_size,
+                "world_size": self.env.world_size,
+                "accum_steps": optim.accum_steps,
+                "global": schedule.global_batch,
+            },
+            "data": data,
+            "license": licence.as_dict(),
+        }
 
     def save(self) -> Path | None:
         rank_state = {
@@ -385,7 +594,8 @@ class Trainer:
                 "step": self.step,
                 "model_name": self.config.run.model,
                 "model_config": dataclasses.asdict(self.model_config) if self.model_config else {},
-                "config": _plain(self.config.as_dict()),
+                "config": self._saved_config(),
+                "record": self.record(),
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -398,6 +608,14 @@ class Trainer:
             ckpt.prune(self.run_dir, self.config.run.keep_last)
         distributed.barrier(self.env)
         return path
+
+    def _saved_config(self) -> dict[str, Any]:
+        """The config as run, with throw-away loopback URLs replaced by what they were."""
+        config = _plain(self.config.as_dict())
+        config["data"]["shards"] = safe_shard_specs(config["data"]["shards"])
+        if config["data"].get("info"):
+            config["data"]["info"] = safe_shard_specs([config["data"]["info"]])[0]
+        return config
 
     # ------------------------------------------------------------------ steps
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -491,11 +709,40 @@ class Trainer:
         path = self.run_dir / "vis" / f"step-{self.step:08d}.png"
         save_grid(self.model, images[:8].to(self.device), path)
 
+    def _result(
+        self, loss: float | None, checkpoint: Path | None, finished_before: bool = False
+    ) -> TrainResult:
+        totals = self.tracker.totals()
+        return TrainResult(
+            step=self.step,
+            loss=loss,
+            checkpoint=checkpoint,
+            run_dir=self.run_dir,
+            total_steps=self.schedule.total_steps,
+            images_seen=self.images_seen,
+            nan_skips=int(self.nan_skips.item()),
+            bad_samples=totals["bad_samples"],
+            shard_errors=totals["shard_errors"],
+            finished_before=finished_before,
+            is_main=self.env.is_main,
+            resumed_from=self.resumed_from,
+            passed_over=tuple(self.passed_over),
+        )
+
+    def _finished_result(self) -> TrainResult:
+        """The run was over before this call: its last checkpoint and logged loss."""
+        records = read_metrics(self.run_dir / "metrics.jsonl")
+        loss = records[-1].get("loss") if records else None
+        return self._result(loss, self.resumed_from, finished_before=True)
+
     def fit(self) -> TrainResult:
         run, optim = self.config.run, self.config.optim
         end = self.schedule.total_steps
         if run.stop_step is not None:
             end = min(end, run.stop_step)
+        if self.resumed_from is not None and self.step >= end:
+            self.metrics.close()
+            return self._finished_result()
         new_interval = lambda: _Interval(  # noqa: E731
             torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         )
@@ -527,7 +774,8 @@ class Trainer:
                 if self.step % run.log_every == 0 or self.step == end:
                     last_record = self._log(interval, bar)
                     interval = new_interval()
-                if run.vis_every and self.step % run.vis_every == 0 and self.env.is_main:
+                vis_step = run.vis_every and (self.step % run.vis_every == 0 or self.step == end)
+                if vis_step and self.env.is_main:
                     self._visualize(images)
                 if self.step % run.ckpt_every == 0 or self.step == end:
                     last_path = self.save() or last_path
@@ -535,19 +783,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             self.metrics.close()
-        if self.env.is_main:
-            loss_text = (
-                f"{last_record['loss']:.4f}" if last_record and last_record["loss"] else "n/a"
-            )
-            print(
-                f"pretrain: step {self.step}/{self.schedule.total_steps}, loss {loss_text}, "
-                f"{self.images_seen} images, {int(self.nan_skips.item())} NaN/inf steps skipped, "
-                f"{self.tracker.totals()['bad_samples']} bad samples and "
-                f"{self.tracker.totals()['shard_errors']} shard errors skipped; run in {self.run_dir}"
-            )
-        return TrainResult(
-            self.step, last_record["loss"] if last_record else None, last_path, self.run_dir
-        )
+        return self._result(last_record["loss"] if last_record else None, last_path)
 
 
 def _plain(value: Any) -> Any:

@@ -1,7 +1,14 @@
-"""Reconstruction grids: input | masked input | prediction (visible patches pasted back)."""
+"""Reconstruction grids: one row per image, labelled columns input | masked input |
+reconstruction | reconstruction with the visible patches pasted back.
+
+Panels are drawn at least MIN_PANEL px on their short side (a tiny model's 64-px crops are
+upsampled by whole factors, nearest neighbour, so patches stay visible as patches).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -13,6 +20,16 @@ from pretrain import checkpoint as ckpt
 from pretrain.data import decode_ir_png, stretch_range, to_uint8
 
 MASK_GREY = 96  # 8-bit value painted over masked patches
+MIN_PANEL = 224  # px, short side of each panel in a grid
+MAX_ROWS = 8  # images per grid
+HEADER = 32  # px of the label band above the columns
+GAP = 4  # px between panels
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+COLUMNS = ("input", "masked", "reconstruction", "reconstruction + visible")
+
+
+class VisualizeError(ValueError):
+    """An input visualize cannot use; the message says what to pass instead."""
 
 
 def _to_u8(x: torch.Tensor) -> np.ndarray:
@@ -50,39 +67,77 @@ def reconstruct(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]
     pasted = x * (1 - mask_map) + prediction * mask_map
     masked = _to_u8(x)
     masked[mask_map[:, 0].cpu().numpy() > 0.5] = MASK_GREY
-    return {"input": _to_u8(x), "masked": masked, "prediction": _to_u8(pasted)}
+    return {
+        "input": _to_u8(x),
+        "masked": masked,
+        "reconstruction": _to_u8(prediction),
+        "pasted": _to_u8(pasted),
+        "mask_ratio": np.asarray(float(mask.float().mean())),
+    }
 
 
-def grid_image(parts: dict[str, np.ndarray], gap: int = 2) -> np.ndarray:
-    """One row per image, columns input | masked | prediction, white gaps -> [rows, cols] uint8."""
-    columns = [parts["input"], parts["masked"], parts["prediction"]]
+def _label(band: np.ndarray, text: str, left: int, width: int) -> None:
+    """Centre `text` in band[:, left:left+width], shrinking the font until it fits."""
+    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.7, 1
+    (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
+    while text_w > width - 8 and scale > 0.3:
+        scale -= 0.05
+        (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
+    origin = (left + max(0, (width - text_w) // 2), (band.shape[0] + text_h) // 2)
+    cv2.putText(band, text, origin, font, scale, 0, thickness, cv2.LINE_AA)
+
+
+def grid_image(parts: dict[str, np.ndarray]) -> np.ndarray:
+    """Rows of images, labelled columns input | masked | reconstruction | + visible -> uint8."""
+    columns = [parts["input"], parts["masked"], parts["reconstruction"], parts["pasted"]]
     n, height, width = columns[0].shape
-    out = np.full((n * (height + gap) - gap, 3 * (width + gap) - gap), 255, np.uint8)
-    for row in range(n):
-        for col, images in enumerate(columns):
-            top, left = row * (height + gap), col * (width + gap)
-            out[top : top + height, left : left + width] = images[row]
+    factor = max(1, math.ceil(MIN_PANEL / min(height, width)))
+    panel_h, panel_w = height * factor, width * factor
+    rows_h = n * (panel_h + GAP) - GAP
+    out = np.full((HEADER + rows_h, len(columns) * (panel_w + GAP) - GAP), 255, np.uint8)
+    ratio = float(parts.get("mask_ratio", np.asarray(0.0)))
+    labels = list(COLUMNS)
+    labels[1] = f"masked ({100 * ratio:.0f}%)" if ratio else "masked"
+    for col, (images, label) in enumerate(zip(columns, labels, strict=True)):
+        left = col * (panel_w + GAP)
+        _label(out[:HEADER], label, left, panel_w)
+        for row in range(n):
+            top = HEADER + row * (panel_h + GAP)
+            panel = cv2.resize(images[row], (panel_w, panel_h), interpolation=cv2.INTER_NEAREST)
+            out[top : top + panel_h, left : left + panel_w] = panel
     return out
 
 
 def save_grid(model: nn.Module, images: torch.Tensor, path: Path) -> Path:
     """Write the reconstruction grid of uint8 images [N, 1, H, W] as a PNG."""
     path = Path(path)
+    _check_png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), grid_image(reconstruct(model, images))):
-        raise OSError(f"could not write {path}; check the folder is writable")
+        raise OSError(f"could not write {path}; give a writable .png path")
     return path
+
+
+def _check_png_path(path: Path) -> None:
+    if path.suffix.lower() != ".png" or path.is_dir():
+        raise VisualizeError(f"--out {path}: give the path of a .png file to write")
 
 
 def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """Any 8/16-bit grey or colour image -> [1, 1, H, W] uint8: resize short side, centre crop."""
-    data = Path(path).read_bytes()
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        image = decode_ir_png(data, max_pixels=200_000_000)
-    else:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise ValueError(f"cannot decode {path}; give a PNG, JPEG or TIFF image")
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            image = decode_ir_png(data, max_pixels=200_000_000)
+        else:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except Exception as err:  # a damaged PNG fails inside the decoder
+        raise VisualizeError(
+            f"cannot decode {path} ({err}); give a PNG, JPEG or TIFF image"
+        ) from err
+    if image is None or image.size == 0:
+        raise VisualizeError(f"cannot decode {path}; give a PNG, JPEG or TIFF image")
     if image.dtype == np.uint16:
         image = to_uint8(image, *stretch_range(image))
     out_h, out_w = size
@@ -97,14 +152,35 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(crop)[None, None]
 
 
+def image_files(paths: Sequence[Path | str]) -> list[Path]:
+    """The images to draw: files as given, folders as their first images (MAX_ROWS in all)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise VisualizeError(f"no image at {path}; give image files or a folder of images")
+    if not files:
+        raise VisualizeError(f"no image in {', '.join(map(str, paths))}; give PNG/JPEG/TIFF files")
+    return files[:MAX_ROWS]
+
+
 def model_from_checkpoint(checkpoint_file: Path | str) -> tuple[nn.Module, dict]:
     """Rebuild the model a training checkpoint holds (weights_only loading)."""
     state = ckpt.load(checkpoint_file)
     return ckpt.model_from_state(state).eval(), state
 
 
-def visualize_checkpoint(checkpoint_file: Path | str, image: Path | str, out: Path | str) -> Path:
-    """`inf590k visualize CKPT --image PATH --out PNG`: one image's reconstruction grid."""
+def visualize_checkpoint(
+    checkpoint_file: Path | str, image: Path | str | Sequence[Path | str], out: Path | str
+) -> Path:
+    """`inf590k visualize CKPT --image PATH [--image PATH ...] --out PNG`: a grid, one row per
+    image (a folder gives its first images)."""
+    paths = [image] if isinstance(image, (str, Path)) else list(image)
+    files = image_files(paths)
+    _check_png_path(Path(out))
     model, _ = model_from_checkpoint(checkpoint_file)
-    images = load_image(Path(image), model.config.image_hw)
+    images = torch.cat([load_image(f, model.config.image_hw) for f in files])  # [N, 1, H, W]
     return save_grid(model, images, Path(out))

@@ -14,14 +14,11 @@ from cli import main
 
 
 @pytest.mark.slow
-def test_demo_chain_end_to_end(tmp_path, ir_samples):
+def test_demo_chain_end_to_end_twice_on_one_folder(tmp_path, ir_samples):
     out = tmp_path / "demo"
-    result = CliRunner().invoke(
-        main,
-        ["demo", "--out", str(out), "--frames", "8", "--steps", "4", "--probe-steps", "3",
-         "--extra", f"hit_uav={ir_samples / 'hit-uav'}"],
-        catch_exceptions=False,
-    )
+    args = ["demo", "--out", str(out), "--frames", "8", "--steps", "4", "--probe-steps", "3",
+            "--extra", f"hit_uav={ir_samples / 'hit-uav'}"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "verify: OK" in result.output
     catalog = pq.read_table(out / "build" / "catalog")
@@ -37,3 +34,15 @@ def test_demo_chain_end_to_end(tmp_path, ir_samples):
     model = timm.create_model("dugi_mae_tiny", pretrained=True, features_only=True,
                               pretrained_cfg_overlay=dict(file=str(exported)))
     assert len(model.feature_info.channels()) == 4
+    card = (out / "export" / "README.md").read_text()
+    assert "127.0.0.1" not in card and "apache-2.0" not in card
+    assert f"- data: {out / 'dataset'}" in card and "- learning rate: 0.0015 peak" in card
+    weights = (out / "export" / "model.safetensors").read_bytes()
+
+    again = CliRunner().invoke(main, args, catch_exceptions=False)  # the same folder again
+    assert again.exit_code == 0, again.output
+    assert f"the run in {out / 'run'} finished at step 4" in again.output
+    rerun = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rerun == metrics  # each step once: nothing was trained or logged twice
+    assert (out / "export" / "model.safetensors").read_bytes() == weights
+    assert "demo results:" in again.output

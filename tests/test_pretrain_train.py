@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from pretrain.data import ShardUnreachableError
 from pretrain.models import create_model
 from pretrain.train import (
     OptimConfig,
+    RunExistsError,
     TrainingDiverged,
     build_optimizer,
     config_from_options,
@@ -24,6 +26,7 @@ from pretrain.train import (
     plan_schedule,
     pretrain,
 )
+from pretrain.visualize import GAP, HEADER
 from tests.shardkit import closed_port, corrupt_copy, make_dataset, serve_folder
 
 
@@ -287,8 +290,8 @@ def test_visualize_and_export_a_checkpoint(dataset, tmp_path, ir_samples):
     import cv2
 
     grid = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
-    assert grid.shape == (64, 3 * 64 + 2 * 2)  # input | masked | prediction, 2-px gaps
-    assert grid[:, :64].std() > 1  # the real image, not a blank tile
+    assert grid.shape == (HEADER + 256, 4 * 256 + 3 * GAP)  # 64-px crops drawn 4x, 4 columns
+    assert grid[HEADER:, :256].std() > 1  # the real image, not a blank tile
 
     folder = export_checkpoint(run.checkpoint, tmp_path / "export")
     from safetensors.torch import load_file
@@ -364,3 +367,288 @@ def test_tensorboard_without_the_package_says_what_to_install(dataset, tmp_path)
             )
     else:
         pytest.skip("tensorboard is installed")
+
+
+# ---------------------------------------------------------------- runs you can trust
+
+
+def _digests(run_dir: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_out_holding_a_run_is_refused_without_resume(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    pretrain(config_from_options(options(run_dir, [str(dataset.root)], steps=2)))
+    before = _digests(run_dir)
+    with pytest.raises(RunExistsError, match=r"holds a run .*--resume auto.*another --out"):
+        pretrain(config_from_options(options(run_dir, [str(dataset.root)], steps=2)))
+    assert _digests(run_dir) == before  # nothing of the earlier run was touched
+
+    from click.testing import CliRunner
+
+    from cli import main as cli_main
+
+    args = ["pretrain", "--shards", str(dataset.root), "--model", "mae_vit_tiny", "--out"]
+    result = CliRunner().invoke(cli_main, [*args, str(run_dir), "--steps", "2", "--workers", "0"])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--resume auto" in result.output and "Traceback" not in result.output
+    assert _digests(run_dir) == before
+
+
+def test_resume_auto_on_a_finished_run_reports_it_and_returns_its_checkpoint(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    shards = [str(dataset.root)]
+    first = pretrain(config_from_options(options(run_dir, shards, steps=2)))
+    before = _digests(run_dir)
+    again = pretrain(config_from_options(options(run_dir, shards, steps=2, resume="auto")))
+    assert again.step == 2 and again.checkpoint == first.checkpoint and again.finished_before
+    assert "finished at step 2" in str(again) and again.loss == first.loss
+    assert _digests(run_dir) == before
+
+    from click.testing import CliRunner
+
+    from cli import main as cli_main
+
+    result = CliRunner().invoke(
+        cli_main,
+        [
+            "pretrain",
+            "--shards",
+            str(dataset.root),
+            "--model",
+            "mae_vit_tiny",
+            "--out",
+            str(run_dir),
+            "--steps",
+            "2",
+            "--workers",
+            "0",
+            "--resume",
+            "auto",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "finished at step 2" in result.output and str(first.checkpoint) in result.output
+
+
+def test_resume_skips_a_damaged_checkpoint_and_logs_each_step_once(dataset, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    shards = [str(dataset.root)]
+    common = dict(steps=6, ckpt_every=3, keep_last=3)
+    pretrain(config_from_options(options(run_dir, shards, **common)))
+    newest = ckpt.checkpoint_path(run_dir, 6)
+    newest.write_bytes(newest.read_bytes()[:1000])  # cut short, as by a full disk
+    with caplog.at_level("WARNING", logger="pretrain.train"):
+        resumed = pretrain(config_from_options(options(run_dir, shards, resume="auto", **common)))
+    assert "ckpt-00000006.pt damaged" in caplog.text and "ckpt-00000003.pt" in caplog.text
+    assert resumed.step == 6 and not resumed.finished_before
+    assert "(resumed from ckpt-00000003.pt: ckpt-00000006.pt damaged)" in str(resumed)
+    assert ckpt.load(resumed.checkpoint)["step"] == 6  # rewritten whole
+    assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+
+    for path in ckpt.list_checkpoints(run_dir):
+        path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="no readable checkpoint"):
+        pretrain(config_from_options(options(run_dir, shards, resume="auto", **common)))
+    with pytest.raises(ckpt.CheckpointError, match="not a readable training checkpoint"):
+        pretrain(config_from_options(options(run_dir, shards, resume=str(newest), **common)))
+
+
+def test_the_run_ends_with_one_closing_line(dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main as cli_main
+
+    result = CliRunner().invoke(
+        cli_main,
+        [
+            "pretrain",
+            "--shards",
+            str(dataset.root),
+            "--model",
+            "mae_vit_tiny",
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "2",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--batch-size",
+            "4",
+            "--shuffle-buffer",
+            "8",
+            "--lr",
+            "1e-3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    closing = [line for line in result.output.splitlines() if line.startswith("pretrain:")]
+    assert len(closing) == 1 and closing[0].startswith("pretrain: step 2/2, loss ")
+    assert "last checkpoint" in closing[0]
+
+
+NC_SOURCES = [
+    {
+        "id": "sirst",
+        "class_id": 0,
+        "name": "SIRST",
+        "license": "CC BY-NC-SA",
+        "license_link": None,
+        "modality": "mwir",
+        "samples": 20,
+    },
+    {
+        "id": "llvip",
+        "class_id": 1,
+        "name": "LLVIP",
+        "license": "CC BY 4.0",
+        "license_link": None,
+        "modality": "lwir",
+        "samples": 12,
+    },
+]
+
+
+def _with_sources(root: Path, sources: list[dict] | None) -> Path:
+    """A copy of a small dataset whose _info.json lists `sources` (None: no such key)."""
+    ds = make_dataset(root, num_shards=2, per_shard=16)
+    info = json.loads(ds.info_path.read_text())
+    if sources is not None:
+        info["sources"] = sources
+    ds.info_path.write_text(json.dumps(info))
+    return ds.root
+
+
+def test_checkpoint_and_card_record_what_ran(tmp_path):
+    from pretrain.checkpoint import export_checkpoint
+
+    root = _with_sources(tmp_path / "ds", NC_SOURCES)
+    with serve_folder(root) as base:
+        run = pretrain(
+            config_from_options(
+                options(tmp_path / "run", [f"{base}/_info.json"], steps=2, lr=1.5e-3, batch_size=8)
+            )
+        )
+    state = ckpt.load(run.checkpoint)
+    record = state["record"]
+    assert record["lr"] == pytest.approx(1.5e-3) and record["blr"] == pytest.approx(1.5e-3 * 32)
+    assert record["steps"] == 2 and record["images_seen"] == 16
+    assert record["batch"] == {"per_process": 8, "world_size": 1, "accum_steps": 1, "global": 8}
+    assert record["data"]["samples"] == 32 and record["data"]["shards"] == 2
+    assert [s["id"] for s in record["data"]["sources"]] == ["sirst", "llvip"]
+    assert record["license"]["id"] == "other" and record["license"]["name"] == "non-commercial"
+    assert "127.0.0.1" not in json.dumps(state["config"]) + json.dumps(record)
+
+    folder = export_checkpoint(run.checkpoint, tmp_path / "export")
+    card = (folder / "README.md").read_text()
+    assert "license: other" in card and "license_name: non-commercial" in card
+    assert "Non-commercial use only" in card and "SIRST: CC BY-NC-SA" in card
+    assert "apache-2.0" not in card and "127.0.0.1" not in card
+    assert "learning rate: 0.0015 peak (base lr 0.048" in card
+    assert "- batch: 8 per process" in card and "32 samples; sources: SIRST, LLVIP" in card
+    config = json.loads((folder / "config.json").read_text())
+    assert config["pretrained_cfg"]["license"] == "non-commercial"
+    assert (folder / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_unknown_source_licences_give_unknown_weights(tmp_path):
+    from pretrain.checkpoint import export_checkpoint
+
+    root = _with_sources(tmp_path / "ds", None)
+    run = pretrain(config_from_options(options(tmp_path / "run", [str(root)], steps=1)))
+    card = (export_checkpoint(run.checkpoint, tmp_path / "export") / "README.md").read_text()
+    assert "license: unknown" in card and "apache" not in card
+    assert f"- data: {root}, 32 samples; sources: not recorded" in card
+
+
+def test_grids_are_labelled_and_large_at_each_vis_step_and_the_end(dataset, tmp_path):
+    import cv2
+
+    run_dir = tmp_path / "run"
+    pretrain(config_from_options(options(run_dir, [str(dataset.root)], steps=5, vis_every=2)))
+    names = sorted(p.name for p in (run_dir / "vis").iterdir())
+    assert names == ["step-00000002.png", "step-00000004.png", "step-00000005.png"]
+    grid = cv2.imread(str(run_dir / "vis" / names[-1]), cv2.IMREAD_UNCHANGED)
+    panel = 256  # mae_vit_tiny's 64-px crops, drawn 4x
+    assert grid.shape == (HEADER + 8 * panel + 7 * GAP, 4 * panel + 3 * GAP)
+    for column in range(4):  # a dark label over every column, on white
+        band = grid[:HEADER, column * (panel + GAP) : column * (panel + GAP) + panel]
+        assert band.min() < 128 and np.median(band) == 255
+
+
+def test_export_and_visualize_refuse_wrong_input_in_one_line(dataset, tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main as cli_main
+
+    run = pretrain(config_from_options(options(tmp_path / "r", [str(dataset.root)], steps=1)))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x80\x04not a checkpoint at all")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2), "why": OptimConfig()}, foreign)  # not weights-only
+    text = tmp_path / "notes.png"
+    text.write_text("no image here")
+    runner = CliRunner()
+    exported = tmp_path / "export"
+    assert (
+        runner.invoke(cli_main, ["export", str(run.checkpoint), "--out", str(exported)]).exit_code
+        == 0
+    )
+    cases = [
+        ["export", str(junk), "--out", str(tmp_path / "e1")],
+        ["export", str(foreign), "--out", str(tmp_path / "e2")],
+        ["visualize", str(run.checkpoint), "--image", str(text), "--out", str(tmp_path / "v.png")],
+        ["visualize", str(exported), "--image", str(text), "--out", str(tmp_path / "v.png")],
+        ["visualize", str(junk), "--image", str(text), "--out", str(tmp_path / "v.png")],
+    ]
+    for args in cases:
+        result = runner.invoke(cli_main, args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1, (args, result.output)
+        assert "Traceback" not in result.output and "weights_only" not in result.output, args
+    assert "export" in runner.invoke(cli_main, cases[3]).output  # says it is an export folder
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "v.png").exists()
+
+
+def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["export", str(junk), "--out", str(tmp_path / "export")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a readable training checkpoint" in err[0]
+    assert not (tmp_path / "export").exists()
+
+
+def test_sources_come_from_data_info_json_or_the_older_root_one(tmp_path):
+    from pretrain.data import DataConfig
+    from pretrain.train import describe_data, info_location
+
+    folder = tmp_path / "dataset"
+    (folder / "data").mkdir(parents=True)
+    root_info = {"splits": {}, "sources": [{"id": "old", "license": "CC BY 4.0"}]}
+    (folder / "_info.json").write_text(json.dumps(root_info))
+    config = config_from_options({"shards": [str(folder)]})
+    assert info_location(config.data, []) == str(folder / "_info.json")  # older layout
+    (folder / "data" / "_info.json").write_text(json.dumps({"splits": {}, "sources": NC_SOURCES}))
+    assert info_location(config.data, []) == str(folder / "data" / "_info.json")
+    record = describe_data(config, [str(folder / "data" / "a" / "a-000000.tar")], None)
+    assert [s["id"] for s in record.sources] == ["sirst", "llvip"]
+    assert record.name == str(folder) and record.samples is None
+    explicit = DataConfig(shards=("http://127.0.0.1:9/x/data/_info.json",))
+    assert info_location(explicit, []) == "http://127.0.0.1:9/x/data/_info.json"

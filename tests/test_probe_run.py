@@ -88,6 +88,36 @@ def test_real_sirst_sample_end_to_end(ir_samples: Path, tmp_path: Path) -> None:
     assert record["data"]["without_mask"] == 88
     text = str(summary)
     assert text.startswith("probe sirst scratch dugi_mae_tiny: IoU ") and "Fa " in text
+    targets = summary.metrics["targets"]
+    assert f"{summary.test_images} test images, {targets} test targets" in text
+    assert "88 images without a mask left out" in text
+
+
+class PredictsNothing(torch.nn.Module):
+    """A probe whose every pixel is background, with any confidence."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(images[:, :1], -30.0)  # [N, 1, S, S] logits
+
+
+def test_a_model_predicting_nothing_scores_zero_at_the_masks_resolution(ir_samples: Path) -> None:
+    """Small targets must survive evaluation: no mask is resized, so none vanishes."""
+    from skimage.measure import label
+
+    from pretrain.probe.run import evaluate, predict
+
+    samples = read_layout("sirst", ir_samples / "sirst")
+    data = load_split(samples.train + samples.test, 128)  # every image holds a target
+    truths = data.full_masks
+    assert all(t.any() for t in truths)
+    resized_away = [n for n, m in zip(data.names, data.masks, strict=True) if not m.any()]
+    assert "Misc_35" in resized_away  # 5 px at 256 x 256; nearest-neighbour to 128 loses it
+    predictions = predict(PredictsNothing(), data.images, 4, 0.5, torch.device("cpu"),
+                          sizes=[t.shape for t in truths])
+    assert [p.shape for p in predictions] == [t.shape for t in truths]
+    metrics = evaluate(predictions, truths, num_classes=2, distance=3.0)
+    assert metrics["iou"] == 0.0 and metrics["niou"] == 0.0 and metrics["pd"] == 0.0
+    assert metrics["targets"] == sum(int(label(t, connectivity=2).max()) for t in truths)
 
 
 def test_msrs_trains_a_class_map(tmp_path: Path) -> None:

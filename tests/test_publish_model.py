@@ -53,7 +53,6 @@ def exported(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
     return make_export(tmp_path_factory.mktemp("export") / "dugi_mae_tiny", "dugi_mae_tiny")
 
 
-
 def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -113,7 +112,7 @@ def test_model_card_parses_and_holds_architecture_data_recipe(exported, tmp_path
     )
     card = ModelCard.load(stage / "README.md")
     data = card.data.to_dict()
-    assert data["library_name"] == "timm" and data["license"] == "apache-2.0"
+    assert data["library_name"] == "timm" and data["license"] == "unknown"  # none recorded
     assert data["datasets"] == ["lab/inf590k"]
     assert data["pipeline_tag"] == "image-feature-extraction"
     assert {"infrared", "thermal"} <= set(data["tags"])
@@ -137,6 +136,30 @@ def test_model_card_parses_and_holds_architecture_data_recipe(exported, tmp_path
     assert count_parameters(stage / "model.safetensors") == count_parameters(
         export / "model.safetensors"
     )
+
+
+def test_hub_card_carries_the_licence_the_export_derived(tmp_path):
+    """Weights trained on non-commercial sources are published as non-commercial."""
+    from huggingface_hub import ModelCard
+
+    _, export = make_export(tmp_path / "nc", "dugi_mae_tiny")
+    config = json.loads((export / "config.json").read_text())
+    config["pretraining_data"] = {
+        "license": {
+            "id": "other",
+            "name": "non-commercial",
+            "summary": "Non-commercial use only: trained on SIRST (CC BY-NC-SA).",
+        },
+        "data": {"name": "lab/inf590k", "samples": 32, "sources": [{"name": "SIRST"}]},
+    }
+    (export / "config.json").write_text(json.dumps(config))
+    stage = tmp_path / "hub"
+    publish_model(ModelPublishConfig(export_dir=export, repo="lab/nc", dry_run=stage))
+    card = ModelCard.load(stage / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "other" and data["license_name"] == "non-commercial"
+    assert "Non-commercial use only" in card.text and "apache" not in card.content
+    assert "Trained on lab/inf590k, 32 samples; sources: SIRST." in card.text
 
 
 def test_bad_input_is_one_clear_line(exported, tmp_path):

@@ -18,6 +18,7 @@ The export folder (model.safetensors + config.json) also loads with
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
@@ -52,7 +53,7 @@ def _pretrained_cfg(in_chans: int = 1, img_size: int = 224) -> dict[str, Any]:
         std=(IR_STD,) * in_chans,
         first_conv="patch_embed1.proj",
         classifier="head",
-        license="apache-2.0",
+        license="unknown",  # no weights ship with the architectures themselves
     )
 
 
@@ -143,8 +144,10 @@ def timm_architecture(config: ModelConfig) -> tuple[str, dict[str, Any]]:
     )
 
 
-def timm_config(config: ModelConfig) -> dict[str, Any]:
-    """config.json in the layout timm reads for `hf-hub:` and `local-dir:` models."""
+def timm_config(config: ModelConfig, license: str = "unknown") -> dict[str, Any]:
+    """config.json in the layout timm reads for `hf-hub:` and `local-dir:` models.
+
+    `license` is the weights' licence, derived from the training data (never assumed)."""
     architecture, model_args = timm_architecture(config)
     height, width = config.image_hw
     first_conv = "patch_embed.proj" if config.encoder == "vit" else "patch_embed1.proj"
@@ -162,7 +165,7 @@ def timm_config(config: ModelConfig) -> dict[str, Any]:
             num_classes=0,
             first_conv=first_conv,
             classifier="head",
-            license="apache-2.0",
+            license=license,
         ),
         pretraining_config=asdict(config),
     )
@@ -181,7 +184,7 @@ def unwrap_model(model: nn.Module) -> MaskedAutoencoder:
     return model
 
 
-def export_encoder(model: nn.Module, out_dir: str | Path) -> Path:
+def export_encoder(model: nn.Module, out_dir: str | Path, license: str = "unknown") -> Path:
     """Write the encoder weights (model.safetensors) and timm's config.json; returns the weights."""
     mae = unwrap_model(model)
     out = Path(out_dir)
@@ -190,9 +193,12 @@ def export_encoder(model: nn.Module, out_dir: str | Path) -> Path:
         name: tensor.detach().to("cpu").contiguous()
         for name, tensor in mae.encoder.state_dict().items()
     }
-    config = timm_config(mae.config)
+    config = timm_config(mae.config, license)
     weights = out / WEIGHTS_FILE
     metadata = {"format": "pt", "architecture": config["architecture"]}
     save_file(state, str(weights), metadata=metadata)
+    umask = os.umask(0)  # safetensors writes 0600: give it the mode of every other output
+    os.umask(umask)
+    os.chmod(weights, 0o666 & ~umask)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return weights

@@ -232,16 +232,20 @@ def read_mask(path: Path, binary: bool) -> np.ndarray:
 class LoadedSplit:
     names: tuple[str, ...]
     images: torch.Tensor  # [N, 1, S, S] float32, normalised with IR_MEAN / IR_STD
-    masks: torch.Tensor  # [N, S, S] int64: 0/1, or class ids with IGNORE_INDEX
+    masks: torch.Tensor  # [N, S, S] int64: 0/1, or class ids with IGNORE_INDEX (for training)
+    # The masks as read, [H_i, W_i] uint8 each: metrics are taken on these, never on resized
+    # masks (nearest-neighbour resizing can erase a target of a few pixels).
+    full_masks: tuple[np.ndarray, ...] = ()
 
 
 def load_split(samples: Sequence[Sample], size: int, binary: bool = True) -> LoadedSplit:
-    """Decode every sample once and resize it to size x size (image bilinear, mask nearest).
+    """Decode every sample once and resize it to size x size (image bilinear, mask nearest);
+    the masks at their own resolution are kept too, for the metrics.
 
     Small-target sets are a few hundred to ~1,300 frames: held in memory they cost
     ~260 KB each at 256 px and are decoded once instead of once per epoch.
     """
-    images, masks = [], []
+    images, masks, full_masks = [], [], []
     for sample in samples:
         grey = read_grey(sample.image)
         mask = read_mask(sample.mask, binary)
@@ -252,9 +256,11 @@ def load_split(samples: Sequence[Sample], size: int, binary: bool = True) -> Loa
             )
         images.append(cv2.resize(grey, (size, size), interpolation=cv2.INTER_LINEAR))
         masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+        full_masks.append(mask)
     image_tensor = (torch.from_numpy(np.stack(images))[:, None] - IR_MEAN) / IR_STD
     return LoadedSplit(
         names=tuple(s.name for s in samples),
         images=image_tensor,  # [N, 1, S, S]
         masks=torch.from_numpy(np.stack(masks)).long(),  # [N, S, S]
+        full_masks=tuple(full_masks),
     )

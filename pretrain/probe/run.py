@@ -13,17 +13,19 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from timm.scheduler import CosineLRScheduler
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from pretrain.probe.datasets import (
@@ -111,6 +113,14 @@ class ProbeSummary:
     metrics: dict[str, Any] = field(hash=False)
     seconds: float
     out: Path
+    without_mask: int = 0  # images of the data set left out for lack of a mask
+
+    def counts(self) -> str:
+        """Train/test images, targets and images dropped, as the console lines give them."""
+        targets = self.metrics.get("targets")
+        return (f"{self.train_images} train / {self.test_images} test images"
+                + (f", {targets} test targets" if targets is not None else "")
+                + f"; {self.without_mask} images without a mask left out")
 
     @property
     def binary(self) -> bool:
@@ -125,8 +135,7 @@ class ProbeSummary:
 
     def __str__(self) -> str:
         return (f"probe {self.layout} {self.label} {self.architecture}: {self.scores()} "
-                f"({self.steps} steps, {self.train_images} train / {self.test_images} test, "
-                f"{self.seconds:.1f} s) -> {self.out}")
+                f"({self.steps} steps, {self.counts()}, {self.seconds:.1f} s) -> {self.out}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +150,7 @@ class ProbeComparison:
         columns = ["IoU", "nIoU", "Pd", "Fa(1e-6)"] if first.binary else ["mIoU", "mAcc"]
         lines = [
             f"probe {first.layout} {first.architecture}: {first.steps} steps, "
-            f"{first.train_images} train / {first.test_images} test -> {self.out}",
+            f"{first.counts()} -> {self.out}",
             f"{'encoder':<12}" + "".join(f"{c:>10}" for c in columns) + f"{'seconds':>10}",
         ]
         for row in self.rows:
@@ -213,22 +222,36 @@ def train_probe(model: SegmentationProbe, data: LoadedSplit, config: ProbeConfig
     return losses.tolist()
 
 
+def _decide(logits: Tensor, threshold: float) -> np.ndarray:
+    """[1, C, H, W] logits -> [H, W] uint8: 0/1 targets, or class ids."""
+    if logits.shape[1] == 1:
+        return (logits[0, 0].sigmoid() > threshold).to(torch.uint8).cpu().numpy()
+    return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
 @torch.no_grad()
-def predict(model: SegmentationProbe, images: Tensor, batch_size: int, threshold: float,
-            device: torch.device) -> np.ndarray:
-    """[N, S, S] uint8 predictions: 0/1 targets, or class ids."""
+def predict(model: nn.Module, images: Tensor, batch_size: int, threshold: float,
+            device: torch.device, sizes: Sequence[tuple[int, int]] | None = None
+            ) -> list[np.ndarray]:
+    """One uint8 prediction per image (0/1 targets, or class ids).
+
+    With `sizes`, each image's logits are resized (bilinear) to its original [H, W] before
+    the decision, so the metrics compare against the masks as read; else [S, S]."""
     model.eval()
-    outputs = []
+    outputs: list[np.ndarray] = []
     for start in range(0, len(images), batch_size):
-        logits = model(images[start : start + batch_size].to(device))  # [B, C, S, S]
-        if logits.shape[1] == 1:
-            outputs.append((logits[:, 0].sigmoid() > threshold).to(torch.uint8).cpu())
-        else:
-            outputs.append(logits.argmax(1).to(torch.uint8).cpu())
-    return torch.cat(outputs).numpy()
+        logits = model(images[start : start + batch_size].to(device)).float()  # [B, C, S, S]
+        for offset in range(logits.shape[0]):
+            one = logits[offset : offset + 1]  # [1, C, S, S]
+            if sizes is not None:
+                size = tuple(sizes[start + offset])
+                if size != tuple(one.shape[-2:]):
+                    one = F.interpolate(one, size=size, mode="bilinear", align_corners=False)
+            outputs.append(_decide(one, threshold))
+    return outputs
 
 
-def evaluate(predictions: np.ndarray, masks: np.ndarray, num_classes: int,
+def evaluate(predictions: Sequence[np.ndarray], masks: Sequence[np.ndarray], num_classes: int,
              distance: float) -> dict[str, Any]:
     """Small-target metrics (two classes) or mIoU/mAcc, image by image."""
     metrics: SmallTargetMetrics | SegmentationMetrics
@@ -241,17 +264,22 @@ def evaluate(predictions: np.ndarray, masks: np.ndarray, num_classes: int,
     return metrics.compute()
 
 
-def save_predictions_png(path: Path, data: LoadedSplit, predictions: np.ndarray,
+def save_predictions_png(path: Path, data: LoadedSplit, predictions: Sequence[np.ndarray],
                          title: str) -> Path:
-    """A grid of test images: infrared | truth | prediction (one row per image)."""
+    """A grid of test images: infrared | truth | prediction (one row per image); truth and
+    prediction at the masks' own resolution."""
     rows = min(PREVIEW_IMAGES, len(data.names))
     figure = Figure(figsize=(6, 2 * rows + 0.4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, 3, squeeze=False)
-    masks = data.masks.numpy()
-    labels = max(1, int(max(masks[masks != IGNORE_INDEX].max(initial=0), predictions.max())))
+    masks = data.full_masks or tuple(data.masks.numpy())
+    labels = max(1, max(int(m[m != IGNORE_INDEX].max(initial=0)) for m in masks[:rows]),
+                 max(int(p.max(initial=0)) for p in predictions[:rows]))
     for row in range(rows):
-        panels = (data.images[row, 0].numpy(), masks[row], predictions[row])
+        height, width = masks[row].shape  # the image back at its own size and aspect
+        image = cv2.resize(data.images[row, 0].numpy(), (width, height),
+                           interpolation=cv2.INTER_LINEAR)
+        panels = (image, masks[row], predictions[row])
         for column, (panel, name) in enumerate(zip(panels, ("infrared", "truth", "prediction"),
                                                    strict=True)):
             ax = axes[row, column]
@@ -259,7 +287,9 @@ def save_predictions_png(path: Path, data: LoadedSplit, predictions: np.ndarray,
                 ax.imshow(panel, cmap="gray")
             else:
                 ax.imshow(np.where(panel == IGNORE_INDEX, 0, panel), cmap="magma", vmin=0,
-                          vmax=labels, interpolation="nearest")
+                          vmax=labels,
+                          # area-averaged when shrunk, so a target of a few pixels still shows
+                          interpolation="antialiased" if labels == 1 else "nearest")
             ax.set_axis_off()
             ax.set_title(f"{data.names[row]} {name}" if column == 0 else name, fontsize=7)
     figure.suptitle(title, fontsize=8)
@@ -305,13 +335,16 @@ def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, data: ProbeData,
     if not all(math.isfinite(v) for v in losses):
         raise ProbeError(f"the loss diverged (non-finite) in {spec.label} training: "
                          f"lower --lr (now {config.lr})")
-    predictions = predict(model, test.images, config.batch_size, config.threshold, device)
-    metrics = evaluate(predictions, test.masks.numpy(), data.samples.num_classes, config.distance)
+    truths = test.full_masks or tuple(test.masks.numpy())  # the masks as read
+    predictions = predict(model, test.images, config.batch_size, config.threshold, device,
+                          sizes=[truth.shape for truth in truths])
+    metrics = evaluate(predictions, truths, data.samples.num_classes, config.distance)
     out.mkdir(parents=True, exist_ok=True)
     summary = ProbeSummary(
         label=spec.label, architecture=spec.architecture, layout=config.layout,
         steps=config.steps, train_images=len(train.names), test_images=len(test.names),
         metrics=metrics, seconds=time.perf_counter() - start, out=out,
+        without_mask=data.samples.without_mask,
     )
     save_predictions_png(out / PREDICTIONS_FILE, test, predictions, str(summary.scores()))
     _write_record(out / METRICS_FILE, summary, spec, config, data, losses, device)
