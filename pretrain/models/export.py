@@ -195,8 +195,9 @@ def export_encoder(model: nn.Module, out_dir: str | Path, license: str = "unknow
     }
     config = timm_config(mae.config, license)
     weights = out / WEIGHTS_FILE
-    metadata = {"format": "pt", "architecture": config["architecture"]}
-    save_file(state, str(weights), metadata=metadata)
+    # One metadata key: safetensors writes its metadata map in a random order, and the
+    # architecture is in config.json anyway; so a re-export is byte-identical.
+    save_file(state, str(weights), metadata={"format": "pt"})
     umask = os.umask(0)  # safetensors writes 0600: give it the mode of every other output
     os.umask(umask)
     os.chmod(weights, 0o666 & ~umask)
