@@ -77,6 +77,14 @@ class DataConfig:
     max_shard_failures: float = 0.5  # share of a pass's shards that may fail before the run stops
     samples_per_epoch: int | None = None  # overrides the selected shards' sample count
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_shard_failures <= 1:
+            raise ValueError(
+                f"--max-shard-failures must be a share in 0..1, got {self.max_shard_failures}"
+            )
+        if self.read_deadline <= 0 or self.timeout <= 0:
+            raise ValueError("--read-deadline and --timeout must be positive seconds")
+
 
 @dataclass
 class WorkerPosition:
@@ -588,7 +596,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 raise ShardUnreachableError(
                     f"{len(failed)} of the {distinct} shards of a pass failed (more than "
                     f"--max-shard-failures {self.config.max_shard_failures:g}): {names}{more}; "
-                    f"last: {reason}; check them with `inf590k verify` or the network"
+                    f"last: {reason.split('; ')[0]}; check them with `inf590k verify` or the network"
                 )
 
         def skip_corrupt(exn: Exception) -> bool:
