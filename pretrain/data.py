@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import torch
 import webdataset as wds
+from torchvision.transforms.v2 import functional as tv_functional
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -476,21 +477,32 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[h, w] uint8 -> [H, W] uint8, bicubic with antialiasing: torchvision's resize with
+    interpolation=3 (BICUBIC), as MAE, InfMAE and DuGI-MAE crop (PIL bicubic is the same
+    filter). OpenCV's INTER_CUBIC would alias on downscaling, changing the crops' entropy."""
+    tensor = torch.from_numpy(image)[None]  # [1, h, w] view, no copy
+    resized = tv_functional.resize(
+        tensor, list(size), interpolation=tv_functional.InterpolationMode.BICUBIC, antialias=True
+    )
+    return resized[0].numpy()
+
+
 def crop_flip(
     image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, config: DataConfig
 ) -> np.ndarray:
-    """RandomResizedCrop + horizontal flip, resizing only the crop -> [H, W] uint8."""
-    out_h, out_w = size
+    """RandomResizedCrop (bicubic) + horizontal flip, resizing only the crop -> [H, W] uint8.
+
+    16-bit frames are stretched to 8 bits (range of the whole frame) before the resize."""
     top, left, h, w = random_resized_crop_box(
         image.shape[0], image.shape[1], rng, (config.scale_min, config.scale_max)
     )
     crop = image[top : top + h, left : left + w]
-    interpolation = cv2.INTER_AREA if h > out_h and w > out_w else cv2.INTER_LINEAR
-    out = cv2.resize(crop, (out_w, out_h), interpolation=interpolation)
+    if crop.dtype == np.uint16:
+        crop = to_uint8(crop, *stretch_range(image))
+    out = resize_bicubic(crop, size)
     if rng.random() < config.hflip:
         out = out[:, ::-1]
-    if out.dtype == np.uint16:
-        out = to_uint8(out, *stretch_range(image))
     return np.ascontiguousarray(out)
 
 

@@ -343,11 +343,15 @@ def test_local_glob_patterns_expand_sorted(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     urls = expand_shard_urls(str(tmp_path / "*" / "*.tar"))
-    assert urls == [str(tmp_path / n) for n in ("a/x-000000.tar", "b/x-000000.tar", "b/x-000001.tar")]
+    assert urls == [
+        str(tmp_path / n) for n in ("a/x-000000.tar", "b/x-000000.tar", "b/x-000001.tar")
+    ]
     with pytest.raises(ValueError, match="matches no file"):
         expand_shard_urls(str(tmp_path / "nothing-*.tar"))
     assert expand_shard_urls("https://host/ds/x-{000000..000001}.tar") == [
-        "https://host/ds/x-000000.tar", "https://host/ds/x-000001.tar"]
+        "https://host/ds/x-000000.tar",
+        "https://host/ds/x-000001.tar",
+    ]
 
 
 # ---------------------------------------------------------------- epoch length, sampling, start
@@ -408,3 +412,20 @@ def test_first_sample_does_not_wait_for_a_buffer_larger_than_the_data(dataset):
     stream._raw_samples = counting
     next(stream._pass(0, WorkerPosition()))
     assert len(read) < dataset.num_samples  # the first sample leaves before the pass is read
+
+
+@pytest.mark.parametrize("shape", [(512, 640), (40, 50)])  # downscaled and upscaled crops
+def test_crop_is_torchvision_bicubic_resized_crop(shape):
+    from torchvision.transforms.v2 import functional as tvf
+
+    rng = np.random.default_rng(1)
+    frame = (rng.normal(120, 30, shape)).clip(0, 255).astype(np.uint8)
+    config = DataConfig(hflip=0.0)
+    for seed in range(5):
+        out = crop_flip(frame, (64, 64), np.random.default_rng(seed), config)
+        top, left, h, w = random_resized_crop_box(*shape, np.random.default_rng(seed), (0.2, 1.0))
+        expected = tvf.resized_crop(
+            torch.from_numpy(frame)[None], top, left, h, w, [64, 64],
+            interpolation=tvf.InterpolationMode.BICUBIC, antialias=True,
+        )[0].numpy()  # fmt: skip
+        np.testing.assert_array_equal(out, expected)  # MAE's interpolation=3, antialiased
