@@ -31,7 +31,6 @@ import cv2
 import numpy as np
 import torch
 import webdataset as wds
-from torchvision.transforms.v2 import functional as tv_functional
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -480,12 +479,13 @@ def random_resized_crop_box(
 def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[h, w] uint8 -> [H, W] uint8, bicubic with antialiasing: torchvision's resize with
     interpolation=3 (BICUBIC), as MAE, InfMAE and DuGI-MAE crop (PIL bicubic is the same
-    filter). OpenCV's INTER_CUBIC would alias on downscaling, changing the crops' entropy."""
-    tensor = torch.from_numpy(image)[None]  # [1, h, w] view, no copy
-    resized = tv_functional.resize(
-        tensor, list(size), interpolation=tv_functional.InterpolationMode.BICUBIC, antialias=True
+    filter). OpenCV's INTER_CUBIC would alias on downscaling, changing the crops' entropy.
+    torch's kernel is called directly: torchvision's wrapper adds ~30% here, same pixels."""
+    tensor = torch.from_numpy(image)[None, None]  # [1, 1, h, w] view, no copy
+    resized = torch.nn.functional.interpolate(
+        tensor, size=size, mode="bicubic", antialias=True, align_corners=False
     )
-    return resized[0].numpy()
+    return resized[0, 0].numpy()
 
 
 def crop_flip(
