@@ -585,6 +585,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         lengths = [self.shard_lengths.get(shard_key(url)) for url in urls]
         return None if any(n is None for n in lengths) else sum(lengths)  # type: ignore[arg-type]
 
+    # Tar members the stream reads; the others (.json, .cls) are skipped unread (profiled:
+    # reading and grouping them cost ~10% of a sample's time besides the PNG decode).
+    members: tuple[str, ...] = (".png",)
+
+    def _wanted(self, name: str) -> bool:
+        return name.endswith(self.members)
+
     def _raw_samples(
         self, urls: list[str], worker_id: int, stats: WorkerPosition
     ) -> Iterator[dict[str, Any]]:
@@ -658,7 +665,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                     current["count"] += 1
                 yield sample
 
-        files = tar_file_expander(opened(), handler=skip_corrupt)
+        files = tar_file_expander(opened(), handler=skip_corrupt, select_files=self._wanted)
         return counted(group_by_keys(files, handler=skip_corrupt))
 
     def _pass(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[int, dict[str, Any]]]:
