@@ -1,18 +1,32 @@
-"""Loader throughput per worker: our stream vs webdataset `.decode("l")` + torchvision.
+"""Loader throughput per core: our stream vs stock webdataset + torchvision vs a bare decode loop.
 
-Both read the same 640x512 8-bit PNG shards in one process with one thread, crop to 224
-with RandomResizedCrop(scale 0.2-1) + horizontal flip and batch; the ratio is ours / stock.
+In one run, interleaved, --reps times each (medians), one thread, 640x512 8-bit frames (the real
+frames of ../shared/ir-samples, else synthetic ones) cropped to 224 with RandomResizedCrop
+(scale 0.2-1, bicubic) + horizontal flip, batches of 64:
 
-    python bench/loader.py [--images 600] [--shards 'dir/640x512/shard-{000000..000003}.tar']
+  (a) ours:  PNGs written by the shard writer (`encode_png`), read by `pretrain.data.ShardStream`;
+  (b) stock: the same frames written with OpenCV's default PNG parameters, read by webdataset
+             `.decode("l")` + torchvision v2 RandomResizedCrop + RandomHorizontalFlip;
+  (c) bare:  a loop that only decodes our PNGs (`cv2.imdecode`), already in memory.
+
+It prints images/s per core of each, `ratio: X.XXx` (a / b, target >= 2.0x), `codec bound:
+Y.YYx` (a / c, target >= 0.85x) and the memory of one loader worker.
+
+    python bench/loader.py [--images 1280] [--reps 3] [--samples DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
+import multiprocessing
+import statistics
+import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -21,59 +35,81 @@ import torch
 import webdataset as wds
 from torchvision.transforms import v2
 
-from pretrain.data import DataConfig, ShardStream, expand_shard_urls
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from png import real_frames, thermal_frame  # noqa: E402  (sibling script in bench/)
+
+from inf590k.shard import encode_png  # noqa: E402
+from pretrain.data import DataConfig, ShardStream, loader_for  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
+SIZE = 224
+SHUFFLE = dict(shuffle_buffer=256, shuffle_initial=64)
 
 
-def thermal_frame(rng: np.random.Generator, height: int = 512, width: int = 640) -> np.ndarray:
-    """Smooth background, hot blobs, sensor noise: compresses like a real 8-bit IR frame."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    frame = 0.35 + 0.15 * xx / width + 0.1 * yy / height
-    for _ in range(4):
-        cy, cx, sigma = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(15, 80)
-        frame += rng.uniform(0.1, 0.4) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2))
-    frame += rng.normal(0, 0.015, frame.shape).astype(np.float32)
-    return (np.clip(frame, 0, 1) * 255).astype(np.uint8)
+def frames_for(samples: Path | None, count: int) -> list[np.ndarray]:
+    """Real 640x512 frames if the folder has them, else synthetic thermal frames."""
+    frames = real_frames(samples, 10**6) if samples and samples.is_dir() else []
+    if not frames:
+        rng = np.random.default_rng(0)
+        frames = [thermal_frame(rng, 512, 640) for _ in range(min(count, 64))]
+    return [frames[i % len(frames)] for i in range(count)]
 
 
-def write_shards(folder: Path, shards: int, per_shard: int) -> list[str]:
-    rng = np.random.default_rng(0)
+def write_tar(path: Path, pngs: list[bytes], prefix: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for i, png in enumerate(pngs):
+            uid = f"{prefix}_{i:05d}"
+            for name, payload in (
+                (f"{uid}.cls", b"0"),
+                (f"{uid}.json", b'{"uid": "%s"}' % uid.encode()),
+                (f"{uid}.png", png),
+            ):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+
+
+def write_shards(
+    folder: Path, shards: int, per_shard: int, encode: Callable[[np.ndarray], bytes] | None = None
+) -> list[str]:
+    """`shards` tars of `per_shard` 640x512 frames under folder/640x512/ (bench/train.py too)."""
+    encode = encode or (lambda frame: encode_png(frame, 1))
+    frames = frames_for(REPO_ROOT.parent / "shared" / "ir-samples", shards * per_shard)
     urls = []
     for index in range(shards):
         path = folder / "640x512" / f"shard-{index:06d}.tar"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(path, "w") as tar:
-            for i in range(per_shard):
-                uid = f"bench{index:03d}_{i:05d}"
-                png = cv2.imencode(".png", thermal_frame(rng), [cv2.IMWRITE_PNG_COMPRESSION, 3])[1]
-                for name, payload in (
-                    (f"{uid}.cls", b"0"),
-                    (f"{uid}.json", b'{"uid": "%s"}' % uid.encode()),
-                    (f"{uid}.png", png.tobytes()),
-                ):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
+        chunk = frames[index * per_shard : (index + 1) * per_shard]
+        write_tar(path, [encode(f) for f in chunk], f"bench{index:03d}")
         urls.append(str(path))
     return urls
 
 
+def opencv_default_png(frame: np.ndarray) -> bytes:
+    return cv2.imencode(".png", frame)[1].tobytes()
+
+
 def ours(urls: list[str], images: int) -> float:
-    config = DataConfig(batch_size=BATCH, workers=0, resampled=False, shuffle_buffer=200,
-                        shuffle_initial=50)  # fmt: skip
-    stream = iter(ShardStream(urls=urls, config=config, image_size=224))
+    config = DataConfig(batch_size=BATCH, workers=0, resampled=False, **SHUFFLE)
+    stream = iter(ShardStream(urls=urls, config=config, image_size=SIZE))
     next(stream)  # warm-up: first shard open, buffers filled
     start = time.perf_counter()
     for _ in range(images // BATCH):
         batch, _ = next(stream)
-    assert batch.shape == (BATCH, 1, 224, 224)
+    assert batch.shape == (BATCH, 1, SIZE, SIZE)
     return (images // BATCH) * BATCH / (time.perf_counter() - start)
 
 
 def stock(urls: list[str], images: int) -> float:
     transform = v2.Compose(
-        [v2.RandomResizedCrop(224, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        [
+            v2.RandomResizedCrop(
+                SIZE, scale=(0.2, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True
+            ),
+            v2.RandomHorizontalFlip(),
+        ]
     )
 
     def to_tensor(gray: np.ndarray) -> torch.Tensor:
@@ -82,7 +118,7 @@ def stock(urls: list[str], images: int) -> float:
     dataset = (
         wds.WebDataset(urls, shardshuffle=False, empty_check=False)
         .repeat()
-        .shuffle(200, initial=50)
+        .shuffle(SHUFFLE["shuffle_buffer"], initial=SHUFFLE["shuffle_initial"])
         .decode("l")
         .to_tuple("png")
         .map_tuple(to_tensor)
@@ -93,29 +129,83 @@ def stock(urls: list[str], images: int) -> float:
     start = time.perf_counter()
     for _ in range(images // BATCH):
         (batch,) = next(stream)
-    assert tuple(batch.shape) == (BATCH, 1, 224, 224)
+    assert tuple(batch.shape) == (BATCH, 1, SIZE, SIZE)
     return (images // BATCH) * BATCH / (time.perf_counter() - start)
+
+
+def bare(pngs: list[bytes], images: int) -> float:
+    buffers = [np.frombuffer(p, np.uint8) for p in pngs]
+    start = time.perf_counter()
+    for data in itertools.islice(itertools.cycle(buffers), images):
+        cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return images / (time.perf_counter() - start)
+
+
+def png_members(url: str) -> list[bytes]:
+    with tarfile.open(url) as tar:
+        return [tar.extractfile(m).read() for m in tar if m.name.endswith(".png")]
+
+
+def _smaps(pid: int) -> dict[str, int]:
+    """Rss/Pss/Private of a process in kB (Linux)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0])
+    return fields
+
+
+def worker_memory(urls: list[str], workers: int = 2) -> str:
+    """RSS and private memory of each DataLoader worker after it delivered a few batches."""
+    config = DataConfig(batch_size=BATCH, workers=workers, resampled=False, **SHUFFLE)
+    loader, _ = loader_for(config, SIZE, seed=0, rank=0, world_size=1, pin_memory=False, urls=urls)
+    iterator = iter(loader)
+    for _ in range(4 * workers):
+        next(iterator)
+    pids = [child.pid for child in multiprocessing.active_children()]
+    if not pids or not Path(f"/proc/{pids[0]}/smaps_rollup").exists():
+        return "n/a (needs Linux /proc)"
+    stats = [_smaps(pid) for pid in pids]
+    rss = statistics.median(s["Rss"] for s in stats) / 1024
+    private = statistics.median(s["Private_Clean"] + s["Private_Dirty"] for s in stats) / 1024
+    iterator.close()
+    return f"{rss:.0f} MiB RSS, {private:.0f} MiB private (median of {workers} workers)"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=640)
-    parser.add_argument("--shards", default=None, help="existing 640x512 shards (default: synth)")
+    parser.add_argument("--images", type=int, default=1280, help="images per timed run")
+    parser.add_argument("--reps", type=int, default=3, help="runs of each, interleaved")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--per-shard", type=int, default=160)
     args = parser.parse_args()
+    if args.reps < 1 or args.images < BATCH:
+        raise SystemExit(f"--reps >= 1 and --images >= {BATCH}")
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    with tempfile.TemporaryDirectory() as tmp:
-        urls = expand_shard_urls(args.shards) if args.shards else write_shards(Path(tmp), 4, 200)
-        # Alternate and repeat so background load on a shared machine hits both alike.
-        ours_runs, stock_runs = [], []
-        for _ in range(2):
-            ours_runs.append(ours(urls, args.images))
-            stock_runs.append(stock(urls, args.images))
-    ours_rate, stock_rate = max(ours_runs), max(stock_runs)
-    print(f"images: {args.images} per run, 640x512 8-bit PNG -> 224x224, batch {BATCH}, 1 thread")
-    print(f"pretrain.data stream : {ours_rate:7.1f} images/s per worker")
-    print(f"wds decode('l') + tv : {stock_rate:7.1f} images/s per worker")
-    print(f"ratio: {ours_rate / stock_rate:.2f}x (target >= 1.5x)")
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        ours_urls = write_shards(Path(tmp) / "ours", args.shards, args.per_shard)
+        stock_urls = write_shards(
+            Path(tmp) / "stock", args.shards, args.per_shard, opencv_default_png
+        )
+        pngs = [png for url in ours_urls for png in png_members(url)]
+        runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+        for _ in range(args.reps):  # interleaved: background load hits all three alike
+            runs["a"].append(ours(ours_urls, args.images))
+            runs["b"].append(stock(stock_urls, args.images))
+            runs["c"].append(bare(pngs, args.images))
+        memory = worker_memory(ours_urls)
+    a, b, c = (statistics.median(runs[k]) for k in "abc")
+    print(
+        f"{args.images} images per run, {args.reps} runs each (medians), 640x512 8-bit PNG -> "
+        f"{SIZE}x{SIZE} bicubic RandomResizedCrop + flip, batch {BATCH}, 1 thread"
+    )
+    print(f"(a) ours  (shard writer PNGs, pretrain.data): {a:7.1f} images/s per core")
+    print(f"(b) stock (OpenCV default PNGs, wds + tv)   : {b:7.1f} images/s per core")
+    print(f"(c) bare cv2.imdecode of our PNGs           : {c:7.1f} images/s per core")
+    print(f"ratio: {a / b:.2f}x (a / b, target >= 2.0x)")
+    print(f"codec bound: {a / c:.2f}x (a / c, target >= 0.85x)")
+    print(f"loader memory per worker: {memory}")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@
     python bench/shard.py --samples DIR --repeat 3
 
 Baseline: a bare single-process loop that reads each kept file, decodes it with OpenCV,
-converts it to grey, encodes a PNG with cv2.imencode (same level) and appends it to a tar
-with tarfile. `inf590k shard` (one worker, to compare like with like) does the same work plus
-what the format needs: the stored-pixel re-read (crop, stretch), the sample JSON and class,
-fixed tar headers, sha256, fsync + rename, sidecar parquet and stats. Target: >= 0.85x.
+converts it to grey, encodes a PNG with cv2.imencode (the shard writer's PNG parameters) and
+appends it to a tar with tarfile. `inf590k shard` (one worker, to compare like with like) does
+the same work plus what the format needs: the stored-pixel re-read (crop, stretch), the sample
+JSON and class, fixed tar headers, sha256, fsync + rename, sidecar parquet and stats.
+Target: >= 0.85x.
 The best of --repeat runs is reported for each (the machine may be shared).
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 from inf590k import catalog as cat
 from inf590k.bins import BinConfig, bin_catalog
 from inf590k.ingest import IngestConfig, ingest
-from inf590k.shard import ShardConfig, shard
+from inf590k.shard import ShardConfig, png_params, shard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def bare_loop(build: Path, rows: list[dict], out: Path, level: int) -> float:
                 image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
                 if image.ndim == 3:
                     image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2GRAY)
-                png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, level])[1].tobytes()
+                png = cv2.imencode(".png", image, png_params(level))[1].tobytes()
                 info = tarfile.TarInfo(f"{row['uid']}.png")
                 info.size = len(png)
                 tar.addfile(info, io.BytesIO(png))

@@ -2,16 +2,21 @@
 
 On a CUDA GPU: `dugi_mae_base`, batch 256, bf16, the loader's workers over 640x512 PNG shards
 (targets: MFU >= 40%, data wait < 5%). Without one it runs a CPU smoke test of the same path
-on a tiny model and says so (MFU n/a).
+on a tiny model and says so (MFU n/a). Both print the projection: CPU cores per GPU needed to
+feed `dugi_mae_base` at --target-img-s (default 5600: one H100 at 45% MFU) from the loader's
+measured rate per core (one thread, the real stream with its bicubic crop).
 
     python bench/train.py [--model dugi_mae_base] [--batch-size 256] [--steps 60] [--workers 12]
+                          [--target-img-s 5600]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loader import write_shards  # noqa: E402  (sibling script in bench/)
+from loader import ours, write_shards  # noqa: E402  (sibling script in bench/)
 
 from pretrain.train import config_from_options, pretrain  # noqa: E402
 
@@ -48,6 +53,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument(
+        "--target-img-s",
+        type=float,
+        default=5600.0,
+        help="images/s one GPU takes (dugi_mae_base, H100, 45%% MFU)",
+    )
+    parser.add_argument(
+        "--loader-images", type=int, default=640, help="images timed for the loader's per-core rate"
+    )
     args = parser.parse_args()
     log_every = max(1, args.steps // 6)
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,6 +77,7 @@ def main() -> None:
         )  # fmt: skip
         if not cuda:
             options["model_args"] = ["img_size=224"]
+        per_core = loader_rate(urls, args.loader_images)
         result = pretrain(config_from_options(options))
         records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
     steady = records[1:] or records  # the first interval holds start-up and compilation
@@ -76,6 +91,22 @@ def main() -> None:
     print(f"images/s: {images_per_s:.1f}")
     print(f"MFU: {100 * sum(mfus) / len(mfus):.1f}% (target >= 40%)" if mfus else "MFU: n/a")
     print(f"data wait: {100 * wait:.1f}% of step time (target < 5%)")
+    print(f"loader: {per_core:.1f} images/s per core (1 thread, bicubic crop, median of 3)")
+    print(
+        f"projection: {math.ceil(args.target_img_s / per_core)} cores per GPU to feed "
+        f"dugi_mae_base at {args.target_img_s:.0f} images/s "
+        f"({args.target_img_s / per_core:.1f} at 100% loader efficiency)"
+    )
+
+
+def loader_rate(urls: list[str], images: int) -> float:
+    """The stream's images/s on one core: median of 3 in-process runs (bench/loader.py's (a))."""
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return statistics.median(ours(urls, images) for _ in range(3))
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import posixpath
 import random
 import struct
@@ -43,7 +44,16 @@ TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 
 class ShardUnreachableError(RuntimeError):
-    """A shard URL could not be opened after all retries (or is wrong: 404, 403)."""
+    """The data cannot be read: a URL failed after its retries (or is wrong: 404, 403), too many
+    of a pass's shards failed, or a whole pass gave no usable sample. Its message is one line."""
+
+
+class NetworkDisabledError(ShardUnreachableError):
+    """HF_HUB_OFFLINE is set and a URL needs the network: fatal, never retried or skipped."""
+
+
+class ShardReadTimeout(TimeoutError):
+    """A whole shard took longer than --read-deadline to arrive (a dripping server)."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,18 @@ class DataConfig:
     retries: int = 5  # attempts to open an unreachable shard before failing
     retry_wait: float = 1.0  # seconds before the first retry; doubles each time
     timeout: float = 60.0  # seconds per network read
-    samples_per_epoch: int | None = None  # overrides _info.json's num_samples
+    read_deadline: float = 900.0  # seconds for reading one whole shard over the network
+    max_shard_failures: float = 0.5  # share of a pass's shards that may fail before the run stops
+    samples_per_epoch: int | None = None  # overrides the selected shards' sample count
     raw16: bool = False  # read a sample's raw 16-bit `.npy` member where it has one (lossless)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_shard_failures <= 1:
+            raise ValueError(
+                f"--max-shard-failures must be a share in 0..1, got {self.max_shard_failures}"
+            )
+        if self.read_deadline <= 0 or self.timeout <= 0:
+            raise ValueError("--read-deadline and --timeout must be positive seconds")
 
 
 @dataclass
@@ -90,6 +110,39 @@ class DatasetInfo:
     num_samples: int
     filenames: tuple[str, ...]  # absolute URLs
     shard_lengths: tuple[int, ...]
+    sources: tuple[dict[str, Any], ...] = ()  # top-level "sources" of _info.json, if any
+
+    def select(self, urls: Sequence[str]) -> DatasetInfo:
+        """The part of the dataset that `urls` read: their shards, lengths and sample count.
+
+        Shards are matched by `<bin>/<shard>.tar`, however they are reached. For shards without
+        a length in _info.json the count is estimated from the others (and a warning says so)."""
+        keys = [shard_key(url) for url in urls]
+        all_keys = [shard_key(name) for name in self.filenames]
+        if keys == all_keys:
+            return self
+        has_lengths = len(self.shard_lengths) == len(self.filenames)
+        lengths = dict(zip(all_keys, self.shard_lengths, strict=True)) if has_lengths else {}
+        listed = [
+            (url, lengths[key]) for url, key in zip(urls, keys, strict=True) if key in lengths
+        ]
+        total = sum(n for _, n in listed)
+        missing = len(urls) - len(listed)
+        if missing:
+            per_shard = (
+                total / len(listed) if listed else self.num_samples / max(1, len(self.filenames))
+            )
+            total = round(total + per_shard * missing)
+            log.warning(
+                "_info.json gives no length for %d of the %d selected shards: epoch length "
+                "estimated at %d samples (--samples-per-epoch sets it)",
+                missing,
+                len(urls),
+                total,
+            )
+        return DatasetInfo(
+            total, tuple(u for u, _ in listed), tuple(n for _, n in listed), self.sources
+        )
 
 
 # ---------------------------------------------------------------------------- URLs and opening
@@ -110,17 +163,25 @@ def read_info(url: str, split: str = "train", config: DataConfig | None = None) 
     """Parse a timm-format `_info.json`; shard names become URLs relative to it."""
     config = config or DataConfig()
     with open_url(url, config) as stream:
-        info = json.loads(stream.read())
-    splits = info.get("splits", {})
+        try:
+            info = json.loads(stream.read())
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"{redact_url(url)} is not a readable _info.json ({exc})") from None
+    splits = info.get("splits", {}) if isinstance(info, dict) else {}
     if split not in splits:
-        raise ValueError(f"{url} has no split {split!r} (it has {sorted(splits)}); pick --split")
+        raise ValueError(
+            f"{redact_url(url)} has no split {split!r} (it has {sorted(splits)}); pick --split"
+        )
     entry = splits[split]
     filenames = tuple(_join(url, name) for name in entry["filenames"])
     lengths = tuple(int(n) for n in entry.get("shard_lengths", []))
-    return DatasetInfo(int(entry["num_samples"]), filenames, lengths)
+    sources = tuple(s for s in info.get("sources", []) if isinstance(s, dict))
+    return DatasetInfo(int(entry["num_samples"]), filenames, lengths, sources)
 
 
-def expand_shard_urls(specs: str | Sequence[str], split: str = "train") -> list[str]:
+def expand_shard_urls(
+    specs: str | Sequence[str], split: str = "train", config: DataConfig | None = None
+) -> list[str]:
     """URLs from brace patterns, `::` lists, `_info.json` files (or folders holding one).
 
     `"data/640x512/shard-{000000..000009}.tar"`, `"data/*/*.tar"` (local), `"a.tar::b.tar"`,
@@ -135,12 +196,12 @@ def expand_shard_urls(specs: str | Sequence[str], split: str = "train") -> list[
             if not part:
                 continue
             if is_info_url(part):
-                urls.extend(read_info(part, split).filenames)
+                urls.extend(read_info(part, split, config).filenames)
                 continue
             if "://" not in part and not part.startswith("pipe:"):
                 local_info = folder_info(part)
                 if local_info:
-                    urls.extend(read_info(local_info, split).filenames)
+                    urls.extend(read_info(local_info, split, config).filenames)
                     continue
             for url in braceexpand.braceexpand(part):
                 urls.extend(_local_glob(url))
@@ -150,8 +211,19 @@ def expand_shard_urls(specs: str | Sequence[str], split: str = "train") -> list[
 
 
 def _local_glob(url: str) -> list[str]:
-    """A local path with `*`, `?` or `[...]` becomes the sorted files it matches; URLs stay."""
-    if "://" in url or url.startswith("pipe:") or not any(c in url for c in "*?["):
+    """A local path with `*`, `?` or `[...]` becomes the sorted files it matches; URLs stay.
+
+    A local path that is not a file fails here, at once, rather than after retries."""
+    if "://" in url or url.startswith("pipe:"):
+        return [url]
+    if not any(c in url for c in "*?["):
+        if os.path.isdir(url):
+            raise ValueError(
+                f"--shards {url!r} is a folder without {INFO_NAME}: pass a built dataset "
+                f"folder or its shards, e.g. '{url.rstrip('/')}/*/*.tar'"
+            )
+        if not os.path.exists(url):
+            raise ValueError(f"--shards {url!r}: no such file; check the path")
         return [url]
     matches = sorted(glob.glob(url))
     if not matches:
@@ -172,7 +244,7 @@ def folder_info(folder: str) -> str | None:
     return None
 
 
-def find_info_url(shard_urls: Sequence[str]) -> str | None:
+def find_info_url(shard_urls: Sequence[str], config: DataConfig | None = None) -> str | None:
     """`_info.json` of a dataset laid out as `root/<bin>/<shard>.tar` (or `root/<shard>.tar`)."""
     first = shard_urls[0]
     if first.startswith("pipe:"):
@@ -180,8 +252,10 @@ def find_info_url(shard_urls: Sequence[str]) -> str | None:
     candidates = [_join(first, f"../{INFO_NAME}"), _join(first, INFO_NAME)]
     for candidate in candidates:
         try:
-            with open_url(candidate, DataConfig(retries=1)):
+            with open_url(candidate, config or DataConfig()):
                 return candidate
+        except NetworkDisabledError:
+            raise
         except ShardUnreachableError:
             continue
     return None
@@ -222,7 +296,58 @@ class _DropAuthOnRedirect(urllib.request.HTTPRedirectHandler):
         return new
 
 
-def _open_http(url: str, timeout: float) -> IO[bytes]:
+def redact_url(url: str) -> str:
+    """`url` fit for messages: query values (signed-URL signatures, tokens) and passwords hidden."""
+    if "://" not in url:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{key}=***" if sep else key
+        for key, sep, _ in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def network_disabled() -> bool:
+    """HF_HUB_OFFLINE set to a true value (as huggingface_hub reads it), checked at each call."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+class _DeadlineReader(io.RawIOBase):
+    """An HTTP body that fails with ShardReadTimeout once `deadline_s` have passed since the
+    request. Each read takes at most one socket read (`read1`), which the per-read timeout
+    bounds, so a server sending a byte every few seconds cannot hold the worker for longer
+    than deadline + timeout."""
+
+    def __init__(self, response: IO[bytes], url: str, deadline_s: float) -> None:
+        super().__init__()
+        self._response = response
+        self._url = url
+        self._deadline_s = deadline_s
+        self._deadline = time.monotonic() + deadline_s
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if time.monotonic() > self._deadline:
+            raise ShardReadTimeout(
+                f"{redact_url(self._url)} was still arriving after {self._deadline_s:.0f}s "
+                "(--read-deadline)"
+            )
+        chunk = self._response.read1(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self._response.close()
+        super().close()
+
+
+def _open_http(url: str, config: DataConfig) -> IO[bytes]:
     # Hand-written rather than webdataset's curl pipe: curl puts the token on its command line
     # (visible to other users) and webdataset's pipe errors print that command line.
     headers = {"User-Agent": "inf590k-pretrain"}
@@ -231,18 +356,41 @@ def _open_http(url: str, timeout: float) -> IO[bytes]:
         if token:
             headers["Authorization"] = f"Bearer {token}"
     opener = urllib.request.build_opener(_DropAuthOnRedirect)
-    return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
+    response = opener.open(urllib.request.Request(url, headers=headers), timeout=config.timeout)
+    return io.BufferedReader(_DeadlineReader(response, url, config.read_deadline), 1 << 20)
+
+
+def _local_path(url: str) -> str | None:
+    """The file a local URL names (plain path or file://), None for network and pipe URLs."""
+    if url.startswith("pipe:"):
+        return None
+    if url.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlparse(url).path)
+    return None if "://" in url else url
 
 
 def open_url(url: str, config: DataConfig) -> IO[bytes]:
-    """Open a shard or index for reading; retry transient failures, then name the URL."""
+    """Open a shard or index for reading; retry transient failures, then name the URL.
+
+    A local file that does not exist, a non-transient HTTP status (404, 403) and HF_HUB_OFFLINE
+    fail at once; network errors and 408/429/5xx are retried --retries times."""
+    shown = redact_url(url)
     scheme = urllib.parse.urlparse(url).scheme
+    local = _local_path(url)
+    if local is not None:
+        if not os.path.isfile(local):
+            raise ShardUnreachableError(f"{shown}: no such file; check the path")
+        return open(local, "rb")  # noqa: SIM115 - the caller closes it
+    if scheme in ("http", "https") and network_disabled():
+        raise NetworkDisabledError(
+            f"HF_HUB_OFFLINE is set: not fetching {shown}; use local shards or unset it"
+        )
     attempts = max(1, config.retries)
     last_reason = ""
     for attempt in range(attempts):
         try:
             if scheme in ("http", "https"):
-                return _open_http(url, config.timeout)
+                return _open_http(url, config)
             return wds.gopen(url, "rb")
         except urllib.error.HTTPError as exc:
             if exc.code not in TRANSIENT_HTTP:
@@ -251,18 +399,18 @@ def open_url(url: str, config: DataConfig) -> IO[bytes]:
                     if exc.code in (401, 403)
                     else "check the URL"
                 )
-                raise ShardUnreachableError(f"HTTP {exc.code} for {url}: {hint}") from None
+                raise ShardUnreachableError(f"HTTP {exc.code} for {shown}: {hint}") from None
             last_reason = f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError) as exc:
             last_reason = str(getattr(exc, "reason", exc))
         if attempt + 1 < attempts:
             wait = config.retry_wait * 2**attempt
             log.warning(
-                "cannot open %s (%s); retry %d in %.1fs", url, last_reason, attempt + 1, wait
+                "cannot open %s (%s); retry %d in %.1fs", shown, last_reason, attempt + 1, wait
             )
             time.sleep(wait)
     raise ShardUnreachableError(
-        f"cannot open {url} after {attempts} attempts ({last_reason}); "
+        f"cannot open {shown} after {attempts} attempts ({last_reason}); "
         "check the path/URL and the network, or remove it from --shards"
     )
 
@@ -348,21 +496,33 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[h, w] uint8 -> [H, W] uint8, bicubic with antialiasing: torchvision's resize with
+    interpolation=3 (BICUBIC), as MAE, InfMAE and DuGI-MAE crop (PIL bicubic is the same
+    filter). OpenCV's INTER_CUBIC would alias on downscaling, changing the crops' entropy.
+    torch's kernel is called directly: torchvision's wrapper adds ~30% here, same pixels."""
+    tensor = torch.from_numpy(image)[None, None]  # [1, 1, h, w] view, no copy
+    resized = torch.nn.functional.interpolate(
+        tensor, size=size, mode="bicubic", antialias=True, align_corners=False
+    )
+    return resized[0, 0].numpy()
+
+
 def crop_flip(
     image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, config: DataConfig
 ) -> np.ndarray:
-    """RandomResizedCrop + horizontal flip, resizing only the crop -> [H, W] uint8."""
-    out_h, out_w = size
+    """RandomResizedCrop (bicubic) + horizontal flip, resizing only the crop -> [H, W] uint8.
+
+    16-bit frames are stretched to 8 bits (range of the whole frame) before the resize."""
     top, left, h, w = random_resized_crop_box(
         image.shape[0], image.shape[1], rng, (config.scale_min, config.scale_max)
     )
     crop = image[top : top + h, left : left + w]
-    interpolation = cv2.INTER_AREA if h > out_h and w > out_w else cv2.INTER_LINEAR
-    out = cv2.resize(crop, (out_w, out_h), interpolation=interpolation)
+    if crop.dtype == np.uint16:
+        crop = to_uint8(crop, *stretch_range(image))
+    out = resize_bicubic(crop, size)
     if rng.random() < config.hflip:
         out = out[:, ::-1]
-    if out.dtype == np.uint16:
-        out = to_uint8(out, *stretch_range(image))
     return np.ascontiguousarray(out)
 
 
@@ -420,29 +580,70 @@ class ShardStream(torch.utils.data.IterableDataset):
 
         Hand-written instead of webdataset's ResampledShards / split_by_node / split_by_worker:
         those keep their epoch counter inside the object and read the worker id themselves,
-        so a saved position could not be replayed (and the round-robin not be continued)."""
+        so a saved position could not be replayed (and the round-robin not be continued).
+        Resampled draws are weighted by shard length (when _info.json gives them all), so
+        every sample is equally likely however unevenly the shards are filled."""
         shares = self.world_size * self.num_workers
         share = self.rank * self.num_workers + worker
         if self.config.resampled:
             rng = random.Random(_seed(self.seed, self.rank, worker, pass_index, 11))
-            count = max(1, len(self.urls) // shares)
-            return [rng.choice(self.urls) for _ in range(count)]
+            # at least a few draws per pass, so a pass's failure share means something
+            count = max(len(self.urls) // shares, min(len(self.urls), 8))
+            return rng.choices(self.urls, weights=self._draw_weights(), k=count)
         order = list(self.urls)
         random.Random(_seed(self.seed, pass_index, 13)).shuffle(order)  # same on every rank
         return order[share::shares]
 
+    def _draw_weights(self) -> list[int] | None:
+        lengths = [self.shard_lengths.get(shard_key(url)) for url in self.urls]
+        if any(n is None for n in lengths) or not any(lengths):
+            return None  # unknown lengths: uniform over shards
+        return lengths  # type: ignore[return-value]
+
+    def _pass_samples(self, urls: list[str]) -> int | None:
+        """Samples in a pass's shards, if _info.json gives every length."""
+        lengths = [self.shard_lengths.get(shard_key(url)) for url in urls]
+        return None if any(n is None for n in lengths) else sum(lengths)  # type: ignore[arg-type]
+
+    # Tar members the stream reads; the others (.json, .cls) are skipped unread (profiled:
+    # reading and grouping them cost ~10% of a sample's time besides the PNG decode).
+    members: tuple[str, ...] = (".png",)
+
+    def _wanted(self, name: str) -> bool:
+        return name.endswith(self.members) or (self.config.raw16 and name.endswith(".npy"))
+
     def _raw_samples(
         self, urls: list[str], worker_id: int, stats: WorkerPosition
     ) -> Iterator[dict[str, Any]]:
+        """Raw samples of a pass's shards. A shard that cannot be opened (after its retries),
+        is corrupt, ends early or stalls past --read-deadline is skipped and counted; when more
+        than --max-shard-failures of the pass's shards fail without giving a sample, the run
+        stops, naming them."""
         current = {"url": "", "failed": False, "count": 0}
+        distinct = len(set(urls))
+        failed: list[str] = []
+
+        def fail(url: str, reason: str) -> None:
+            stats.shard_errors += 1
+            log.warning("skipping shard %s: %s", redact_url(url), reason)
+            if current["count"]:
+                return  # it gave samples before failing: counted, but it is not lost
+            failed.append(url)
+            if len(failed) > self.config.max_shard_failures * distinct:
+                names = ", ".join(redact_url(u) for u in failed[:3])
+                more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+                raise ShardUnreachableError(
+                    f"{len(failed)} of the {distinct} shards of a pass failed (more than "
+                    f"--max-shard-failures {self.config.max_shard_failures:g}): {names}{more}; "
+                    f"last: {reason.split('; ')[0]}; check them with `inf590k verify` or the network"
+                )
 
         def skip_corrupt(exn: Exception) -> bool:
             if isinstance(exn, ShardUnreachableError):
                 raise exn
             if not current["failed"]:
-                stats.shard_errors += 1
-            current["failed"] = True
-            log.warning("skipping unreadable data in %s: %s", current["url"], repr(exn)[:300])
+                current["failed"] = True
+                fail(current["url"], _one_line(exn))
             return True
 
         def check_length(url: str) -> None:
@@ -450,20 +651,28 @@ class ShardStream(torch.utils.data.IterableDataset):
             # and padded with junk ends "cleanly"; _info.json's shard_lengths catch it.
             expected = self.shard_lengths.get(shard_key(url))
             if not current["failed"] and expected is not None and current["count"] < expected:
-                stats.shard_errors += 1
-                log.warning("%s ended after %d of %d samples", url, current["count"], expected)
+                fail(url, f"ended after {current['count']} of {expected} samples")
 
         def opened() -> Iterator[dict[str, Any]]:
             for url in urls:
+                if url in failed:  # drawn again in a resampled pass: not retried
+                    continue
                 log.info(
                     "rank %d worker %d pass %d reads %s",
                     self.rank,
                     worker_id,
                     stats.pass_index,
-                    url,
+                    redact_url(url),
                 )
-                stream = open_url(url, self.config)
                 current.update(url=url, failed=False, count=0)
+                try:
+                    stream = open_url(url, self.config)
+                except NetworkDisabledError:
+                    raise
+                except ShardUnreachableError as exc:
+                    current["failed"] = True
+                    fail(url, str(exc))
+                    continue
                 try:
                     yield {"url": url, "stream": stream}
                 finally:
@@ -476,16 +685,19 @@ class ShardStream(torch.utils.data.IterableDataset):
                     current["count"] += 1
                 yield sample
 
-        files = tar_file_expander(opened(), handler=skip_corrupt)
+        files = tar_file_expander(opened(), handler=skip_corrupt, select_files=self._wanted)
         return counted(group_by_keys(files, handler=skip_corrupt))
 
     def _pass(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[int, dict[str, Any]]]:
         """(offset, raw sample) of one shuffled pass."""
-        raw = self._raw_samples(self.pass_shards(worker, stats.pass_index), worker, stats)
+        urls = self.pass_shards(worker, stats.pass_index)
+        raw = self._raw_samples(urls, worker, stats)
         rng = random.Random(_seed(self.seed, self.rank, worker, stats.pass_index, 17))
-        shuffled = _shuffle(
-            iter(raw), self.config.shuffle_buffer, self.config.shuffle_initial, rng=rng
-        )
+        initial = self.config.shuffle_initial
+        pass_samples = self._pass_samples(urls)
+        if pass_samples is not None:  # never wait for a buffer larger than the pass's data
+            initial = max(1, min(initial, pass_samples // 2))
+        shuffled = _shuffle(iter(raw), self.config.shuffle_buffer, initial, rng=rng)
         return enumerate(shuffled)
 
     def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
@@ -518,7 +730,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 produced += 1
                 yield image
             if produced == 0 and start == 0:
-                raise RuntimeError(
+                raise ShardUnreachableError(
                     f"worker {worker} of rank {self.rank} read no usable sample in a whole pass "
                     f"over {len(self.pass_shards(worker, stats.pass_index))} shards; "
                     "check the shards with `inf590k verify`"
@@ -526,6 +738,16 @@ class ShardStream(torch.utils.data.IterableDataset):
             stats.pass_index, stats.offset = stats.pass_index + 1, 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if torch.utils.data.get_worker_info() is None:
+            yield from self._batches()
+            return
+        try:
+            yield from self._batches()
+        except Exception as exc:  # noqa: BLE001 - handed to the main process, raised there
+            log.debug("loader worker failed", exc_info=True)
+            yield WorkerFailure.of(exc)  # type: ignore[misc]
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cv2.setNumThreads(1)  # one decode thread per loader worker; workers give parallelism
         worker = self._logical_worker()
         saved = self.positions[worker] if worker < len(self.positions) else {}
@@ -552,9 +774,41 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield torch.from_numpy(batch), position
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line (webdataset appends the stream object and URL to its args)."""
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return " ".join(text.split())[:300]
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """An exception of a loader worker, sent as an item so the main process raises it as is:
+    the DataLoader would wrap it in a page of worker traceback instead."""
+
+    error: BaseException
+
+    @classmethod
+    def of(cls, exc: BaseException) -> WorkerFailure:
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:  # noqa: BLE001 - unpicklable exceptions travel as their text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return cls(exc)
+
+
+class StreamLoader(torch.utils.data.DataLoader):
+    """DataLoader whose workers' errors reach the caller as with `--workers 0`: one line."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for item in super().__iter__():
+            if isinstance(item, WorkerFailure):
+                raise item.error
+            yield item
+
+
 def make_loader(stream: ShardStream, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
     """DataLoader over already-batched items; workers take batches in round-robin order."""
-    return torch.utils.data.DataLoader(
+    return StreamLoader(
         stream,
         batch_size=None,
         # Its own generator: starting an iterator would otherwise draw from the global torch
@@ -616,9 +870,10 @@ def shard_key(url: str) -> str:
 
 
 def dataset_info(config: DataConfig, urls: Sequence[str]) -> DatasetInfo | None:
-    """The dataset's _info.json (--info, else found next to the shards), if there is one."""
-    info_url = config.info or find_info_url(urls)
-    return read_info(info_url, config.split, config) if info_url else None
+    """The dataset's _info.json (--info, else found next to the shards), if there is one,
+    narrowed to the shards `urls` select: num_samples is what one epoch of them reads."""
+    info_url = config.info or find_info_url(urls, config)
+    return read_info(info_url, config.split, config).select(urls) if info_url else None
 
 
 def expected_lengths(info: DatasetInfo | None) -> dict[str, int]:
@@ -628,7 +883,7 @@ def expected_lengths(info: DatasetInfo | None) -> dict[str, int]:
 
 
 def epoch_samples(config: DataConfig, urls: Sequence[str]) -> int | None:
-    """Samples per epoch: --samples-per-epoch, else num_samples of the dataset's _info.json."""
+    """Samples per epoch: --samples-per-epoch, else the selected shards' samples (_info.json)."""
     if config.samples_per_epoch:
         return config.samples_per_epoch
     info = dataset_info(config, urls)
@@ -648,7 +903,7 @@ def loader_for(
     info: DatasetInfo | None = None,
 ) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
     """The process's DataLoader and the tracker that must see each batch it consumes."""
-    urls = urls if urls is not None else expand_shard_urls(config.shards, config.split)
+    urls = urls if urls is not None else expand_shard_urls(config.shards, config.split, config)
     num_workers = max(1, config.workers)
     positions, batches = None, 0
     if resume_state and resume_state.get("num_workers") == num_workers:

@@ -438,7 +438,7 @@ class Trainer:
         self.image_hw = tuple(getattr(self.model_config, "image_hw", (224, 224)))
         seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
 
-        self.urls = expand_shard_urls(config.data.shards, config.data.split)
+        self.urls = expand_shard_urls(config.data.shards, config.data.split, config.data)
         self.info = dataset_info(config.data, self.urls)
         self.schedule = plan_schedule(
             config.optim,

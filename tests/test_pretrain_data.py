@@ -343,8 +343,89 @@ def test_local_glob_patterns_expand_sorted(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     urls = expand_shard_urls(str(tmp_path / "*" / "*.tar"))
-    assert urls == [str(tmp_path / n) for n in ("a/x-000000.tar", "b/x-000000.tar", "b/x-000001.tar")]
+    assert urls == [
+        str(tmp_path / n) for n in ("a/x-000000.tar", "b/x-000000.tar", "b/x-000001.tar")
+    ]
     with pytest.raises(ValueError, match="matches no file"):
         expand_shard_urls(str(tmp_path / "nothing-*.tar"))
     assert expand_shard_urls("https://host/ds/x-{000000..000001}.tar") == [
-        "https://host/ds/x-000000.tar", "https://host/ds/x-000001.tar"]
+        "https://host/ds/x-000000.tar",
+        "https://host/ds/x-000001.tar",
+    ]
+
+
+# ---------------------------------------------------------------- epoch length, sampling, start
+
+
+def test_epoch_length_is_the_selected_shards(dataset):
+    one = expand_shard_urls(f"{dataset.root}/640x512/shard-000002.tar")
+    assert epoch_samples(DataConfig(), one) == 6  # not the whole _info.json's 24
+    two = expand_shard_urls(f"{dataset.root}/640x512/shard-{{000000..000001}}.tar")
+    assert epoch_samples(DataConfig(), two) == 12
+    assert epoch_samples(DataConfig(), expand_shard_urls(str(dataset.root))) == 24
+    assert epoch_samples(DataConfig(samples_per_epoch=7), one) == 7
+    info = read_info(str(dataset.info_path))
+    unlisted = info.select([*one, "/elsewhere/640x512/other-000000.tar"])
+    assert unlisted.num_samples == 12 and unlisted.shard_lengths == (6,)  # estimated, warned
+
+
+def test_training_epochs_follow_the_selected_shards(tmp_path):
+    from pretrain.train import config_from_options, pretrain
+
+    data = make_dataset(tmp_path / "ds", num_shards=3, per_shard=20, height=32, width=32)
+    options = dict(
+        shards=[str(data.shards[1])], batch_size=4, workers=0, shuffle_buffer=8,
+        shuffle_initial=4, model="mae_vit_tiny", model_args=["img_size=32"],
+        out=str(tmp_path / "run"), steps=5, epochs=10, warmup_epochs=1, log_every=5,
+        ckpt_every=1000, progress=False,
+    )  # fmt: skip
+    pretrain(config_from_options(options))
+    import json
+
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["epoch"] == pytest.approx(1.0)  # 5 steps x 4 images = the shard's 20 samples
+
+
+def test_resampled_draws_weight_shards_by_length(tmp_path):
+    urls = [f"{tmp_path}/640x512/shard-00000{i}.tar" for i in range(2)]
+    stream = stream_for(urls, resampled=True)
+    stream.shard_lengths = {shard_key(urls[0]): 30, shard_key(urls[1]): 10}
+    draws = [url for p in range(300) for url in stream.pass_shards(0, p)]
+    ratio = draws.count(urls[0]) / draws.count(urls[1])
+    assert 2.4 < ratio < 3.8  # 30:10, so every sample is equally likely
+
+
+def test_first_sample_does_not_wait_for_a_buffer_larger_than_the_data(dataset):
+    from pretrain.data import WorkerPosition, expected_lengths
+
+    urls = [str(p) for p in dataset.shards]
+    stream = stream_for(urls, resampled=False, shuffle_buffer=5000, shuffle_initial=5000)
+    stream.shard_lengths = expected_lengths(read_info(str(dataset.info_path)))
+    read = []
+    original = stream._raw_samples
+
+    def counting(*args):
+        for sample in original(*args):
+            read.append(sample["__key__"])
+            yield sample
+
+    stream._raw_samples = counting
+    next(stream._pass(0, WorkerPosition()))
+    assert len(read) < dataset.num_samples  # the first sample leaves before the pass is read
+
+
+@pytest.mark.parametrize("shape", [(512, 640), (40, 50)])  # downscaled and upscaled crops
+def test_crop_is_torchvision_bicubic_resized_crop(shape):
+    from torchvision.transforms.v2 import functional as tvf
+
+    rng = np.random.default_rng(1)
+    frame = (rng.normal(120, 30, shape)).clip(0, 255).astype(np.uint8)
+    config = DataConfig(hflip=0.0)
+    for seed in range(5):
+        out = crop_flip(frame, (64, 64), np.random.default_rng(seed), config)
+        top, left, h, w = random_resized_crop_box(*shape, np.random.default_rng(seed), (0.2, 1.0))
+        expected = tvf.resized_crop(
+            torch.from_numpy(frame)[None], top, left, h, w, [64, 64],
+            interpolation=tvf.InterpolationMode.BICUBIC, antialias=True,
+        )[0].numpy()  # fmt: skip
+        np.testing.assert_array_equal(out, expected)  # MAE's interpolation=3, antialiased
