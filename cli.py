@@ -168,19 +168,28 @@ def make_policy(min_side, max_pixels, grey_tolerance, allow_colour, stretch, no_
                        crop_zero_borders=not no_border_crop)
 
 
+WAIT_OPTION = click.option("--wait", is_flag=True,
+                           help="If another command is using the build folder, wait for it instead of failing.")
+
+
 @main.command()
-@click.option("--source", "source_values", multiple=True, required=True, metavar="ID=PATH",
+@click.option("--source", "source_values", multiple=True, metavar="ID=PATH",
               help="A source id (see `sources list`; folder or folder:NAME for your own images) and its folder or archive. Repeatable.")
 @click.option("--manifest", "manifest_files", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Your own manifest YAML (adds or overrides a source id). Repeatable.")
 @click.option("--build", "build_dir", required=True, type=click.Path(path_type=Path), help="Build directory (catalog goes to BUILD/catalog).")
+@click.option("--drop-source", "drop_sources", multiple=True, metavar="ID",
+              help="Remove a source an earlier run put in the build (its rows; later stages must re-run). Repeatable.")
 @click.option("--workers", default=0, show_default="one per core", help="Worker processes.")
+@WAIT_OPTION
 @policy_options
-def ingest(source_values, manifest_files, build_dir, workers, **policy_values) -> None:
+def ingest(source_values, manifest_files, build_dir, drop_sources, workers, wait, **policy_values) -> None:
     """Scan sources and catalogue every file (kept, excluded or rejected, with a reason)."""
     from inf590k.ingest import IngestConfig
     from inf590k.ingest import ingest as run_ingest
 
+    if not source_values and not drop_sources:
+        raise click.UsageError("give --source ID=PATH (repeatable), or --drop-source ID to shrink a build")
     config = IngestConfig(
         sources=tuple(parse_source(v) for v in source_values),
         build=build_dir,
@@ -188,11 +197,9 @@ def ingest(source_values, manifest_files, build_dir, workers, **policy_values) -
         workers=workers,
         policy=make_policy(**policy_values),
         progress=sys.stderr.isatty(),
+        drop_sources=tuple(drop_sources),
     )
-    try:
-        summary = run_ingest(config)
-    except (ManifestError, KeyError, ValueError, FileNotFoundError) as err:
-        raise CliError(str(err).strip("'\"")) from err
+    summary = run_stage(run_ingest, config, wait)
     click.echo(str(summary))
 
 
@@ -268,43 +275,50 @@ BUILD_DIR = click.option("--build", "build_dir", required=True, type=click.Path(
                          help="Build directory (holds the catalog).")
 
 
-def run_stage(func, config):
+def run_stage(func, config, wait: bool = False):
+    from inf590k.lineage import lock_wait
+    from inf590k.workers import sigterm_as_interrupt
+
     try:
-        return func(config)
+        with lock_wait(wait), sigterm_as_interrupt():
+            return func(config)
     except (ManifestError, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         raise CliError(str(err).strip("'\"")) from err
 
 
 @main.command()
 @BUILD_DIR
+@WAIT_OPTION
 @apply_options(DEDUPE_OPTIONS)
-def dedupe(build_dir, **options) -> None:
+def dedupe(build_dir, wait, **options) -> None:
     """Mark exact (pixel sha256) and near (pHash radius) duplicates, within and across sources."""
     from inf590k.dedupe import dedupe as run_dedupe
 
-    click.echo(str(run_stage(run_dedupe, dedupe_config(build_dir, **options))))
+    click.echo(str(run_stage(run_dedupe, dedupe_config(build_dir, **options), wait)))
 
 
 @main.command("bin")
 @BUILD_DIR
+@WAIT_OPTION
 @apply_options(BIN_OPTIONS)
-def bin_command(build_dir, **options) -> None:
+def bin_command(build_dir, wait, **options) -> None:
     """Put every kept image in a resolution bin (short side x aspect ratio)."""
     from inf590k.bins import bin_catalog
 
-    click.echo(str(run_stage(bin_catalog, bin_config(build_dir, **options))))
+    click.echo(str(run_stage(bin_catalog, bin_config(build_dir, **options), wait)))
 
 
 @main.command()
 @BUILD_DIR
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
 @click.option("--workers", default=0, show_default="one per core")
+@WAIT_OPTION
 @apply_options(SHARD_OPTIONS)
-def shard(build_dir, out, workers, **options) -> None:
+def shard(build_dir, out, workers, wait, **options) -> None:
     """Write deterministic WebDataset tar shards, one folder per bin, with index files."""
     from inf590k.shard import shard as run_shard
 
-    click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options))))
+    click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options), wait)))
 
 
 @main.command()
@@ -314,13 +328,16 @@ def shard(build_dir, out, workers, **options) -> None:
               help="Your own manifest YAML. Repeatable.")
 @BUILD_DIR
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
-@click.option("--workers", default=0, show_default="one per core")
+@click.option("--workers", default=0, show_default="one per core",
+              help="Worker processes of ingest and shard (the result is the same for any count).")
+@WAIT_OPTION
 @policy_options
 @apply_options(DEDUPE_OPTIONS)
 @apply_options(BIN_OPTIONS)
 @apply_options(SHARD_OPTIONS)
-def build(source_values, manifest_files, build_dir, out, workers, **options) -> None:
-    """Ingest -> dedupe -> bin -> shard in one command (each stage resumable)."""
+def build(source_values, manifest_files, build_dir, out, workers, wait, **options) -> None:
+    """Ingest -> dedupe -> bin -> shard in one command (each stage resumable; stages that are
+    up to date are not re-run)."""
     from inf590k.ingest import IngestConfig
     from inf590k.pipeline import BuildConfig, run_build
 
@@ -334,7 +351,7 @@ def build(source_values, manifest_files, build_dir, out, workers, **options) -> 
         bins=bin_config(build_dir, **pick(options, BIN_OPTIONS)),
         shard=shard_config(build_dir, out, workers, **pick(options, SHARD_OPTIONS)),
     )
-    summary = run_stage(run_build, config)
+    summary = run_stage(run_build, config, wait)
     click.echo(str(summary.ingest))
     click.echo(str(summary.dedupe))
     click.echo(str(summary.bins))

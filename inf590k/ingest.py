@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import posixpath
 import re
 import tempfile
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,6 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from inf590k import catalog as cat
+from inf590k import lineage
 from inf590k.fsutil import available_cores
 from inf590k.imageio import (
     ImagePolicy,
@@ -49,6 +47,7 @@ from inf590k.manifest import (
     resolve_manifests,
 )
 from inf590k.sources import SourceEntry, SourceReader, list_entries, member_suffix, root_kind
+from inf590k.workers import Executor, make_executor, sigterm_as_interrupt
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
 SPLIT_PATTERN = re.compile(r"(?:^|[_/-])(train|trainval|val|validation|test)(?:[_/-]|imgr|img|$)", re.I)
@@ -62,6 +61,7 @@ class IngestConfig:
     workers: int = 0  # 0: one per core
     policy: ImagePolicy = field(default_factory=ImagePolicy)
     progress: bool = True
+    drop_sources: tuple[str, ...] = ()  # source ids whose rows and chunks are removed first
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class SourceJob:
 @dataclass
 class SourceSummary:
     source: str
+    root: str = ""
     found: int = 0
     ok: int = 0
     excluded: int = 0
@@ -108,18 +109,47 @@ class SourceSummary:
             line += f" [resumed: {self.reused_chunks} chunks already done]"
         return line
 
+    def warning(self) -> str:
+        """A line when the source yielded no image at all (a layout the manifest misses)."""
+        if self.ok:
+            return ""
+        return (
+            f"warning: source {self.source} kept 0 of {self.found} files in {self.root}: compare "
+            f"its layout with `inf590k sources show {self.source}` (or use --manifest FILE)"
+        )
+
 
 @dataclass
 class IngestSummary:
     sources: list[SourceSummary]
     seconds: float
     decoded: int
+    earlier_sources: tuple[str, ...] = ()  # in the build folder from earlier runs, not named now
+    dropped: tuple[str, ...] = ()
+    changed: bool = True  # catalog parts were written or removed (lineage: later stages stale)
+    lineage_options: dict = field(default_factory=dict)  # what the catalog was made from
+
+    @property
+    def lineage_counts(self) -> dict:
+        return {s.source: [s.found, s.ok, s.excluded, s.rejected] for s in self.sources}
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for w in (s.warning() for s in self.sources) if w]
 
     def __str__(self) -> str:
         lines = [str(s) for s in self.sources]
+        if self.dropped:
+            lines.append(f"dropped from the build: {', '.join(self.dropped)}")
+        if self.earlier_sources:
+            lines.append(
+                f"also in the build from earlier runs: {', '.join(self.earlier_sources)} "
+                "(remove one with --drop-source ID)"
+            )
         rate = self.decoded / self.seconds if self.seconds > 0 else 0.0
         total = sum(s.found for s in self.sources)
         lines.append(f"ingest: {total} files catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
+        lines.extend(self.warnings)
         return "\n".join(lines)
 
 
@@ -342,28 +372,11 @@ def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
     return rows
 
 
-def _process_chunk_star(args: tuple[SourceJob, list[Task]]) -> list[dict]:
-    return process_chunk(*args)
-
-
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
 
 
 # ----------------------------------------------------------------------------- driver
-
-
-def make_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes forked from a clean server process that has imported ingest once.
-
-    Plain fork would copy the caller's threads' locks (OpenCV's pool, torch, tqdm) and can
-    deadlock; spawn would re-import OpenCV/imagehash/pyarrow in every worker of every run.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["inf590k.ingest"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
 
 
 def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Task]]:
@@ -380,27 +393,12 @@ def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Ta
         yield [replace(t, data=buffered.pop(t.relpath)) if t.decision else t for t in chunk]
 
 
-def bounded_map(pool: ProcessPoolExecutor, work: Iterator, window: int) -> Iterator[list[dict]]:
-    """pool.map in order, with at most `window` chunks in flight.
-
-    Executor.map submits everything at once, which would read a whole tar archive into memory
-    before the first part is written.
-    """
-    pending: deque = deque()
-    for item in work:
-        pending.append(pool.submit(_process_chunk_star, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
     cat.write_parquet_atomic(cat.rows_to_table(rows), part_path(build, source, chunk))
 
 
-def summarize_parts(build: Path, manifest: Manifest) -> SourceSummary:
-    summary = SourceSummary(manifest.id, expected=manifest.expected_count)
+def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
+    summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
     candidates: set[str] = set()  # files the include globs matched (a video is one file)
     for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
         table = pq.read_table(path, columns=["status", "reason", "relpath"])
@@ -425,8 +423,7 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
     tasks, listing = plan_source(manifest, root)
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
-        for stale in cat.catalog_dir(config.build).glob(f"part-{manifest.id}-*.parquet"):
-            stale.unlink()
+        remove_parts(config.build, manifest.id)
     job = SourceJob(manifest, Path(root), root_kind(root), policy_for(manifest, config.policy), config.build)
     recorded[manifest.id] = {
         "root": str(Path(root).resolve()),
@@ -444,17 +441,57 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
     return job, chunks, todo
 
 
-def ingest(config: IngestConfig) -> IngestSummary:
-    """Catalogue every file of every source; resumable; identical for any worker count."""
-    build = Path(config.build)
-    cat.catalog_dir(build).mkdir(parents=True, exist_ok=True)
+def remove_parts(build: Path, source: str) -> None:
+    for stale in cat.catalog_dir(build).glob(f"part-{source}-*.parquet"):
+        stale.unlink()
+
+
+def chosen_manifests(config: IngestConfig) -> list[Manifest]:
+    """The manifest of each --source, after checking ids, roots and the build path."""
     manifests = resolve_manifests(config.manifests)
     chosen = [manifest_for_source(source_id, manifests) for source_id, _ in config.sources]
     ids = [m.id for m in chosen]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})[0]
         raise ValueError(f"source {twice!r} is given twice: use folder:NAME=PATH to name each folder")
+    both = sorted(set(ids) & set(config.drop_sources))
+    if both:
+        raise ValueError(f"source {both[0]!r} is both given and dropped: pass one of --source, --drop-source")
+    build = Path(config.build).resolve()
+    for manifest, (_, root) in zip(chosen, config.sources, strict=True):
+        if root_kind(Path(root)) == "folder" and build.is_relative_to(Path(root).resolve()):
+            raise ValueError(
+                f"--build {config.build} is inside the folder of source {manifest.id} ({root}): "
+                "it would catalogue itself; put the build folder elsewhere"
+            )
+    return chosen
+
+
+def drop_sources(build: Path, recorded: dict, drop: tuple[str, ...]) -> None:
+    """Remove the rows, chunks and record of sources an earlier run put in the build."""
+    for source in drop:
+        if source not in recorded:
+            held = ", ".join(sorted(recorded)) or "none"
+            raise ValueError(f"--drop-source {source}: not in {build} (it holds: {held})")
+    for source in drop:
+        remove_parts(build, source)
+        del recorded[source]
+
+
+def _parts_state(build: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in cat.part_paths(build)}
+
+
+@lineage.stage("ingest", validate=chosen_manifests)
+def ingest(config: IngestConfig) -> IngestSummary:
+    """Catalogue every file of every source; resumable; identical for any worker count."""
+    build = Path(config.build)
+    chosen = chosen_manifests(config)
     recorded = cat.read_sources(build)
+    before = (json.dumps(recorded, sort_keys=True), _parts_state(build))
+    drop_sources(build, {**recorded}, config.drop_sources)  # checks every id before any change
+    lineage.mark_running(build, "ingest")
+    drop_sources(build, recorded, config.drop_sources)
     plans = [
         prepare_source(config, manifest, Path(root), recorded)
         for manifest, (_, root) in zip(chosen, config.sources, strict=True)
@@ -468,29 +505,33 @@ def ingest(config: IngestConfig) -> IngestSummary:
     total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
     started = time.perf_counter()
     decoded = 0
-    pool = make_pool(workers) if workers > 1 and total else None
-    try:
-        with tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
-            for job, chunks, todo in plans:
-                decoded += run_source(job, chunks, todo, pool, bar, window=2 * workers)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    with sigterm_as_interrupt(), make_executor(
+        workers if total else 1, ("inf590k.ingest",), _init_worker
+    ) as executor, tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
+        for job, chunks, todo in plans:
+            decoded += run_source(job, chunks, todo, executor, bar)
     seconds = time.perf_counter() - started
-    summaries = [summarize_parts(build, job.manifest) for job, _, _ in plans]
+    summaries = [summarize_parts(build, job.manifest, job.root) for job, _, _ in plans]
     for summary, (_, chunks, todo) in zip(summaries, plans, strict=True):
         summary.reused_chunks = len(chunks) - len(todo)
-    return IngestSummary(summaries, seconds, decoded)
+    named = {job.manifest.id for job, _, _ in plans}
+    after = (json.dumps(recorded, sort_keys=True), _parts_state(build))
+    return IngestSummary(
+        summaries,
+        seconds,
+        decoded,
+        earlier_sources=tuple(sorted(set(recorded) - named)),
+        dropped=tuple(config.drop_sources),
+        changed=after != before,
+        lineage_options={s: info["signature"] for s, info in sorted(recorded.items())},
+    )
 
 
-def run_source(
-    job: SourceJob, chunks: list[list[Task]], todo: list[int], pool: ProcessPoolExecutor | None, bar: tqdm, window: int
-) -> int:
+def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], executor: Executor, bar: tqdm) -> int:
     todo_chunks = [chunks[i] for i in todo]
     if job.kind == "tar":
         todo_chunks = with_tar_bytes(job, todo_chunks)
-    work = ((job, chunk) for chunk in todo_chunks)
-    results = map(_process_chunk_star, work) if pool is None else bounded_map(pool, work, window)
+    results = executor.map(process_chunk, ((job, chunk) for chunk in todo_chunks))
     decoded = 0
     for chunk_index, rows in zip(todo, results, strict=False):
         write_chunk(job.build, job.manifest.id, chunk_index, rows)

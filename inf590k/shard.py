@@ -26,13 +26,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import re
 import tarfile
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from inf590k import catalog as cat
+from inf590k import lineage
 from inf590k.fsutil import available_cores, write_text_atomic
+from inf590k.workers import LocalExecutor, sigterm_as_interrupt
 
 FORMAT_VERSION = 1  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
@@ -496,6 +497,7 @@ def catalog_counts(build: Path) -> dict[str, dict]:
     return dict(sorted(counts.items()))
 
 
+@lineage.stage("shard", mark=True)  # refuses a missing/unfinished/stale bin; records the run
 def shard(config: ShardConfig) -> ShardSummary:
     """Write (or finish) the dataset folder of a build; byte-identical for any worker count."""
     started = time.perf_counter()
@@ -524,14 +526,14 @@ def shard(config: ShardConfig) -> ShardSummary:
                 stats[result["shard"]] = result
                 bar.update(result["count"])
         else:
-            context = multiprocessing.get_context("spawn")
             # largest shards first, so the workers finish together (the files do not
             # depend on the order in which shards are written)
             largest_first = sorted(
                 todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows)
             )
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                for result in pool.map(write_shard, largest_first):
+            # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
+            with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.shard",)) as pool:
+                for result in pool.map(write_shard, ((job,) for job in largest_first)):
                     stats[result["shard"]] = result
                     bar.update(result["count"])
     write_index(config, jobs, stats)
