@@ -14,6 +14,7 @@ import posixpath
 import re
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -128,10 +129,7 @@ class IngestSummary:
     dropped: tuple[str, ...] = ()
     changed: bool = True  # catalog parts were written or removed (lineage: later stages stale)
     lineage_options: dict = field(default_factory=dict)  # what the catalog was made from
-
-    @property
-    def lineage_counts(self) -> dict:
-        return {s.source: [s.found, s.ok, s.excluded, s.rejected] for s in self.sources}
+    lineage_counts: dict = field(default_factory=dict)  # {source: rows}, every source in the build
 
     @property
     def warnings(self) -> list[str]:
@@ -524,7 +522,16 @@ def ingest(config: IngestConfig) -> IngestSummary:
         dropped=tuple(config.drop_sources),
         changed=after != before,
         lineage_options={s: info["signature"] for s, info in sorted(recorded.items())},
+        lineage_counts=catalog_counts(build),
     )
+
+
+def catalog_counts(build: Path) -> dict[str, int]:
+    """Rows per source (later stages change statuses, never the rows)."""
+    if not cat.part_paths(build):
+        return {}
+    sources = pq.read_table(cat.catalog_dir(build), columns=["source"]).column("source")
+    return dict(sorted(Counter(sources.to_pylist()).items()))
 
 
 def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], executor: Executor, bar: tqdm) -> int:

@@ -234,12 +234,14 @@ def is_fresh(build: Path, stage: str, options: dict) -> bool:
 
 
 def stale_stages(build: Path) -> list[str]:
-    """Stages that have run on this build folder but are unfinished or stale now."""
-    return [
-        s
-        for s in STAGES
-        if (record_path(build, s).exists() or running_path(build, s).exists()) and problem(build, s)
-    ]
+    """Stages that have run on this build folder but are unfinished or stale now (a stage
+    after a stale one is stale too)."""
+    stale: list[str] = []
+    for stage in STAGES:
+        ran = record_path(build, stage).exists() or running_path(build, stage).exists()
+        if ran and (stale or problem(build, stage)):
+            stale.append(stage)
+    return stale
 
 
 # ----------------------------------------------------------------------------- the lock
