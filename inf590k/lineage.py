@@ -137,7 +137,9 @@ def mark_running(build: Path, stage: str) -> None:
     write_text_atomic(running_path(build, stage), json.dumps(described, indent=1))
 
 
-def finish(build: Path, stage: str, options: dict, summary: Any, changed: bool = False) -> StageRecord:
+def finish(
+    build: Path, stage: str, options: dict, summary: Any, changed: bool = False
+) -> StageRecord:
     """Write the stage's record (what it read, its options and counts); clear its marker."""
     build = Path(build)
     upstream_stage = UPSTREAM.get(stage)
@@ -195,7 +197,9 @@ def problem(build: Path, stage: str) -> str:
     build = Path(build)
     command = rerun_command(build, stage)
     if running_path(build, stage).exists():
-        return f"`inf590k {stage}` on {build} did not finish (killed or failed): run `{command}` first"
+        return (
+            f"`inf590k {stage}` on {build} did not finish (killed or failed): run `{command}` first"
+        )
     record = read_record(build, stage)
     if record is None:
         if stage == "ingest" and parts_digest(build) != parts_digest(build / "-"):
@@ -210,7 +214,9 @@ def problem(build: Path, stage: str) -> str:
                 f"run `{command}` first"
             )
     elif record.parts != parts_digest(build):
-        return f"the catalog of {build} lost or gained part files after ingest: run `{command}` first"
+        return (
+            f"the catalog of {build} lost or gained part files after ingest: run `{command}` first"
+        )
     return ""
 
 
@@ -220,7 +226,9 @@ def require(build: Path, stage: str) -> None:
     for before in chain:
         reason = problem(build, before)
         if reason:
-            missing = not running_path(build, before).exists() and read_record(build, before) is None
+            missing = (
+                not running_path(build, before).exists() and read_record(build, before) is None
+            )
             raise (StageMissing if missing else LineageError)(reason)
 
 
@@ -250,7 +258,9 @@ def stale_stages(build: Path) -> list[str]:
 def _holder(handle_path: Path) -> str:
     try:
         described = json.loads(handle_path.read_text())
-        return f"process {described['pid']} (`{described['command']}`, since {described['started']})"
+        return (
+            f"process {described['pid']} (`{described['command']}`, since {described['started']})"
+        )
     except (OSError, ValueError, KeyError):
         return "another process"
 
@@ -281,7 +291,12 @@ def build_lock(build: Path, stage: str) -> Iterator[None]:
                 f"build folder {build} is in use by {_holder(lock_path)}: wait for it to finish, "
                 "or pass --wait"
             ) from None
-        described = {"pid": os.getpid(), "command": command_line(), "stage": stage, "started": now()}
+        described = {
+            "pid": os.getpid(),
+            "command": command_line(),
+            "stage": stage,
+            "started": now(),
+        }
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(described).encode(), 0)
         _HELD[key] = (descriptor, 1)

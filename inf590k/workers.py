@@ -42,7 +42,9 @@ class Executor(Protocol):
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future: ...
 
-    def map(self, fn: Callable[..., Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]: ...
+    def map(
+        self, fn: Callable[..., Any], items: Iterable[Any], window: int = 0
+    ) -> Iterator[Any]: ...
 
     def close(self, cancel: bool = False) -> None: ...
 
@@ -175,7 +177,10 @@ class LocalExecutor:
         else:
             context = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(), initializer)
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(os.getpid(), initializer),
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:

@@ -29,8 +29,12 @@ def run_ingest(build: Path, *sources: tuple[str, Path], drop: tuple[str, ...] = 
 
     return ingest(
         IngestConfig(
-            sources=tuple(sources), build=build, workers=1, progress=False,
-            policy=ImagePolicy(**policy), drop_sources=drop,
+            sources=tuple(sources),
+            build=build,
+            workers=1,
+            progress=False,
+            policy=ImagePolicy(**policy),
+            drop_sources=drop,
         )
     )
 
@@ -66,7 +70,9 @@ def test_killed_ingest_blocks_the_later_stages_until_it_finishes(tmp_path, frame
     monkeypatch.setattr(ingest_module, "write_chunk", original)
     assert len(cat.part_paths(build)) == 1
     for stage in (lambda: run_dedupe(build), lambda: bin_catalog(BinConfig(build=build))):
-        with pytest.raises(ValueError, match=r"`inf590k ingest` on .* did not finish.*inf590k ingest --build"):
+        with pytest.raises(
+            ValueError, match=r"`inf590k ingest` on .* did not finish.*inf590k ingest --build"
+        ):
             stage()
     run_ingest(build, ("folder", frames))
     assert run_dedupe(build).candidates == 70
@@ -107,12 +113,19 @@ def test_a_second_command_on_a_busy_build_folder_fails_at_once_or_waits(tmp_path
     build.mkdir()
     other = os.open(build / lineage.LOCK_FILENAME, os.O_RDWR | os.O_CREAT)
     fcntl.flock(other, fcntl.LOCK_EX)
-    os.write(other, json.dumps({"pid": 4242, "command": "inf590k ingest", "started": "now"}).encode())
+    os.write(
+        other, json.dumps({"pid": 4242, "command": "inf590k ingest", "started": "now"}).encode()
+    )
     try:
-        result = CliRunner().invoke(main, ["ingest", "--build", str(build), "--source", f"folder={frames}"])
+        result = CliRunner().invoke(
+            main, ["ingest", "--build", str(build), "--source", f"folder={frames}"]
+        )
         assert result.exit_code == 1
         assert result.output.count("\n") == 1
-        assert "in use by process 4242 (`inf590k ingest`" in result.output and "--wait" in result.output
+        assert (
+            "in use by process 4242 (`inf590k ingest`" in result.output
+            and "--wait" in result.output
+        )
         assert not cat.part_paths(build)
 
         threading.Timer(0.5, lambda: fcntl.flock(other, fcntl.LOCK_UN)).start()
@@ -144,7 +157,9 @@ def test_a_failed_command_leaves_no_empty_folders(tmp_path, frames):
 def test_build_path_that_is_a_file_or_inside_a_source(tmp_path, frames):
     runner = CliRunner()
     (tmp_path / "file").write_text("x")
-    result = runner.invoke(main, ["ingest", "--build", str(tmp_path / "file"), "--source", f"folder={frames}"])
+    result = runner.invoke(
+        main, ["ingest", "--build", str(tmp_path / "file"), "--source", f"folder={frames}"]
+    )
     assert result.exit_code == 1 and "is a file" in result.output and result.output.count("\n") == 1
     inside = frames / "build"
     result = runner.invoke(main, ["ingest", "--build", str(inside), "--source", f"folder={frames}"])
@@ -180,7 +195,9 @@ def test_build_reruns_exactly_the_stale_stages(tmp_path, frames):
     def build_once(**bins):
         return run_build(
             BuildConfig(
-                ingest=IngestConfig(sources=(("folder", frames),), build=build, workers=1, progress=False),
+                ingest=IngestConfig(
+                    sources=(("folder", frames),), build=build, workers=1, progress=False
+                ),
                 out=out,
                 dedupe=DedupeConfig(build=build, radius=0, contact_groups=0),
                 bins=BinConfig(build=build, **bins),
