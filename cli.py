@@ -92,7 +92,12 @@ def sources_list(manifest_files: tuple[Path, ...]) -> None:
         rows.append((m.id, m.name, count, m.license, m.modality))
     widths = [min(max(len(r[i]) for r in rows), 42) for i in range(5)]
     for row in rows:
-        click.echo("  ".join(cell[: widths[i]].ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        click.echo("  ".join(fit(cell, widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def fit(cell: str, width: int) -> str:
+    """The cell padded to `width`; a longer one is cut and ends with an ellipsis."""
+    return cell.ljust(width) if len(cell) <= width else cell[: width - 1] + "…"
 
 
 @sources.command("show")
@@ -455,7 +460,9 @@ def publish_model(export_dir, repo, dataset_repo, private, dry_run, stage, endpo
 
 
 @main.command()
-@click.option("--layout", required=True, help="A source layout to imitate (see --help of `inf590k synth`).",
+@click.option("--layout", required=True,
+              help="The source whose folder layout is imitated (a manifest id; `inf590k sources show ID` "
+                   "describes it). 16-bit: PNG/TIFF layouts only.",
               type=click.Choice(sorted(__import__("inf590k.synth", fromlist=["SYNTH_LAYOUTS"]).SYNTH_LAYOUTS)))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the dataset tree into.")
 @click.option("--count", default=64, show_default=True, help="Infrared frames to render.")
@@ -478,7 +485,7 @@ def synth(layout, out, count, seed, bit_depth, scale, width, height, workers) ->
         summary = synthesize(SynthConfig(layout=layout, out=out, count=count, seed=seed, bit_depth=int(bit_depth),
                                          scale=scale, width=width, height=height, workers=workers))
     except SynthError as err:
-        raise click.UsageError(str(err)) from err
+        raise CliError(str(err)) from err
     click.echo(str(summary))
 
 

@@ -47,6 +47,7 @@ from inf590k.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
+from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
 from inf590k.sources import SourceEntry, SourceReader, list_entries, member_suffix, root_kind
 from inf590k.workers import Executor, make_executor, sigterm_as_interrupt
 
@@ -419,6 +420,9 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
 def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorded: dict) -> tuple[SourceJob, list[list[Task]], list[int]]:
     """Plan a source and find which chunks still need doing (stale parts are removed)."""
     tasks, listing = plan_source(manifest, root)
+    if any(t.relpath == SYNTH_MARKER for t in tasks):
+        manifest = as_synthetic(manifest)
+        tasks = [replace(t, reason=f"{t.reason} (the synthetic-data marker)") if t.relpath == SYNTH_MARKER else t for t in tasks]
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
@@ -442,6 +446,19 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
 def remove_parts(build: Path, source: str) -> None:
     for stale in cat.catalog_dir(build).glob(f"part-{source}-*.parquet"):
         stale.unlink()
+
+
+def as_synthetic(manifest: Manifest) -> Manifest:
+    """A tree written by `inf590k synth` imitates a source's layout, not its data: its frames
+    are synthetic, under the toolkit's license and citation."""
+    return replace(
+        manifest,
+        name=f"{manifest.name} (synthetic imitation)",
+        modality="synthetic",
+        license=SYNTH_LICENSE,
+        citation=SYNTH_CITATION,
+        homepage="",
+    )
 
 
 def chosen_manifests(config: IngestConfig) -> list[Manifest]:

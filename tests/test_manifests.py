@@ -254,3 +254,34 @@ def test_duplicate_ids_in_a_manifest_folder_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="used twice") as error:
         builtin_manifests(tmp_path)
     assert "b.yaml" in str(error.value) and "'id'" in str(error.value)
+
+
+def test_tno_keeps_the_ir_folder_of_the_common_copy_and_warns_on_zero_kept(tmp_path):
+    from inf590k.ingest import IngestConfig, ingest
+    from inf590k.synth import SynthConfig, synthesize
+
+    synthesize(SynthConfig(layout="tno", out=tmp_path / "tno", count=5, scale=0.1))
+    summary = ingest(
+        IngestConfig(sources=(("tno", tmp_path / "tno"),), build=tmp_path / "b", workers=1, progress=False)
+    )
+    assert summary.sources[0].ok == 5 and not summary.warnings
+    # the same frames under names no glob of the sirst manifest matches: 0 kept, and a warning
+    summary = ingest(
+        IngestConfig(sources=(("sirst", tmp_path / "tno"),), build=tmp_path / "c", workers=1, progress=False)
+    )
+    assert summary.sources[0].ok == 0
+    assert summary.warnings == [
+        f"warning: source sirst kept 0 of {summary.sources[0].found} files in {tmp_path / 'tno'}: "
+        "compare its layout with `inf590k sources show sirst` (or use --manifest FILE)"
+    ]
+    assert summary.warnings[0] in str(summary)
+
+
+def test_sources_list_marks_cut_cells_with_an_ellipsis():
+    from click.testing import CliRunner
+
+    from cli import main
+
+    output = CliRunner().invoke(main, ["sources", "list"]).output
+    birdsai = next(line for line in output.splitlines() if line.startswith("birdsai"))
+    assert "BIRDSAI: Benchmarking IR Dataset for Surv…" in birdsai
