@@ -47,8 +47,8 @@ from inf590k.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
-from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
 from inf590k.sources import SourceEntry, SourceReader, list_entries, member_suffix, root_kind
+from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
 from inf590k.workers import Executor, make_executor, sigterm_as_interrupt
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
