@@ -151,6 +151,8 @@ POLICY_OPTIONS = [
                         help="Reject images whose both sides are shorter (px).")),
     ("--max-pixels", dict(default=_POLICY.max_pixels, show_default=True,
                           help="Reject files with more pixels (decompression bombs).")),
+    ("--max-file-mb", dict(default=_POLICY.max_file_bytes >> 20, show_default=True,
+                           help="Reject files and archive members larger than this (MB) without reading them.")),
     ("--grey-tolerance", dict(default=_POLICY.grey_tolerance, show_default=True,
                               help="Mean channel spread (8-bit levels) up to which a 3-channel file counts as grey IR.")),
     ("--allow-colour", dict(is_flag=True, help="Keep true-colour files (converted to grey) instead of rejecting them.")),
@@ -161,15 +163,18 @@ POLICY_OPTIONS = [
 policy_options = apply_options(POLICY_OPTIONS)  # shared by ingest and build
 
 
-def make_policy(min_side, max_pixels, grey_tolerance, allow_colour, stretch, no_border_crop) -> ImagePolicy:
+def make_policy(min_side, max_pixels, max_file_mb, grey_tolerance, allow_colour, stretch,
+                no_border_crop) -> ImagePolicy:
     try:
         low, high = (float(x) for x in stretch.split(","))
     except ValueError as err:
         raise click.BadParameter(f"--stretch {stretch!r}: write two percentiles, e.g. 1,99") from err
     if not 0 <= low < high <= 100:
         raise click.BadParameter(f"--stretch {stretch!r}: need 0 <= LOW < HIGH <= 100")
+    if max_file_mb < 1:
+        raise click.BadParameter(f"--max-file-mb {max_file_mb}: give at least 1")
     return ImagePolicy(stretch_low=low, stretch_high=high, min_side=min_side, max_pixels=max_pixels,
-                       grey_tolerance=grey_tolerance, allow_colour=allow_colour,
+                       max_file_bytes=max_file_mb << 20, grey_tolerance=grey_tolerance, allow_colour=allow_colour,
                        crop_zero_borders=not no_border_crop)
 
 

@@ -37,6 +37,7 @@ class ImagePolicy:
     stretch_high: float = 99.0  # percentile mapped to 255
     min_side: int = 20  # reject when BOTH sides are shorter than this (after cropping)
     max_pixels: int = 100_000_000  # header check before decoding: decompression bombs
+    max_file_bytes: int = 256 << 20  # larger files and archive members are rejected unread
     grey_tolerance: float = 16.0  # mean per-pixel channel spread (8-bit levels) still "grey"
     allow_colour: bool = False  # keep true-colour files (converted to grey) instead of rejecting
     crop_zero_borders: bool = True

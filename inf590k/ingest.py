@@ -47,11 +47,19 @@ from inf590k.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
-from inf590k.sources import SourceEntry, SourceReader, list_entries, member_suffix, root_kind
+from inf590k.sources import (
+    DamagedMember,
+    SourceEntry,
+    SourceReader,
+    list_entries,
+    member_suffix,
+    root_kind,
+)
 from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
 from inf590k.workers import Executor, make_executor, sigterm_as_interrupt
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
+CHUNK_BYTES = 64 << 20  # and at most this many bytes to read per part (memory in flight)
 SPLIT_PATTERN = re.compile(r"(?:^|[_/-])(train|trainval|val|validation|test)(?:[_/-]|imgr|img|$)", re.I)
 
 
@@ -77,6 +85,7 @@ class Task:
     reason: str = ""
     data: bytes | None = None
     occurrence: int = 0  # a repeated archive member name (see sources.flag_name_problems)
+    order: int = 0  # position in the archive: tar sources are chunked in archive order
 
 
 @dataclass(frozen=True)
@@ -173,22 +182,30 @@ def split_of(relpath: str) -> str:
     return {"validation": "val"}.get(word, word)
 
 
-def classify(manifest: Manifest, entry: SourceEntry) -> Task:
+def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
+    task = Task(entry.relpath, entry.size, "", occurrence=entry.occurrence, order=entry.order)
     if entry.problem:
-        return Task(entry.relpath, entry.size, "", cat.STATUS_REJECTED, entry.problem, occurrence=entry.occurrence)
+        return replace(task, status=cat.STATUS_REJECTED, reason=entry.problem)
     rule = manifest.excluded_by(entry.relpath)
     if rule:
-        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, rule)
+        return replace(task, status=cat.STATUS_EXCLUDED, reason=rule)
     suffix = member_suffix(entry.relpath)
     if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
         reason = f"not an image file ({suffix or 'no extension'})"
-        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, reason)
+        return replace(task, status=cat.STATUS_EXCLUDED, reason=reason)
     if not manifest.included(entry.relpath):
-        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, "outside the manifest's include globs")
+        return replace(task, status=cat.STATUS_EXCLUDED, reason="outside the manifest's include globs")
     if entry.size == 0:
-        return Task(entry.relpath, 0, "", cat.STATUS_REJECTED, "empty file (0 bytes)")
-    return Task(entry.relpath, entry.size, "video" if suffix in VIDEO_EXTENSIONS else "decode")
+        return replace(task, status=cat.STATUS_REJECTED, reason="empty file (0 bytes)")
+    video = suffix in VIDEO_EXTENSIONS
+    if entry.size > max_bytes and (in_archive or not video):  # folder videos are streamed
+        reason = (
+            f"file too large ({entry.size / 2**20:.0f} MB > {max_bytes / 2**20:g} MB): not read "
+            "(raise --max-file-mb to allow)"
+        )
+        return replace(task, status=cat.STATUS_REJECTED, reason=reason)
+    return replace(task, decision="video" if video else "decode")
 
 
 def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
@@ -211,18 +228,40 @@ def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
     return out
 
 
-def plan_source(manifest: Manifest, root: Path) -> tuple[list[Task], str]:
-    """The source's tasks, and a digest of its file list (names, sizes, times)."""
+def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Task], str]:
+    """The source's tasks, and a digest of its file list (names, sizes, times).
+
+    Tasks are sorted by path, except in a tar archive: there they keep archive order, so one
+    forward pass reads each chunk's members without holding members of later chunks.
+    """
     entries = list_entries(root)
     listing = hashlib.sha256()
     for entry in entries:
         listing.update(f"{entry.relpath}\0{entry.size}\0{entry.mtime}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
-    tasks = [classify(manifest, entry) for entry in entries]
-    return subsample_sequences(manifest, tasks), listing.hexdigest()
+    kind = root_kind(root)
+    tasks = [classify(manifest, entry, max_bytes, kind != "folder") for entry in entries]
+    tasks = subsample_sequences(manifest, tasks)
+    if kind == "tar":
+        tasks.sort(key=lambda task: task.order)
+    return tasks, listing.hexdigest()
 
 
-def chunked(tasks: list[Task], size: int = CHUNK_FILES) -> list[list[Task]]:
-    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
+def chunked(tasks: list[Task], size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> list[list[Task]]:
+    """Consecutive runs of at most `size` files and `max_bytes` bytes to read (one file over
+    that gets a chunk of its own): the cut depends on the file list only."""
+    chunks: list[list[Task]] = []
+    current: list[Task] = []
+    held = 0
+    for task in tasks:
+        weight = task.size if task.decision else 0
+        if current and (len(current) >= size or held + weight > max_bytes):
+            chunks.append(current)
+            current, held = [], 0
+        current.append(task)
+        held += weight
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def part_path(build: Path, source: str, chunk: int) -> Path:
@@ -236,7 +275,7 @@ def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, listin
         "root": str(Path(root).resolve()),
         "policy": asdict(policy),
         "files": listing,
-        "chunk": CHUNK_FILES,
+        "chunk": [CHUNK_FILES, CHUNK_BYTES],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -303,6 +342,8 @@ def decode_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
     row = base_row(job.manifest, task)
     try:
         data = task.data if task.data is not None else reader.read(task.relpath)
+    except DamagedMember as err:
+        return [rejected(row, str(err))]
     except OSError as err:
         return [rejected(row, f"unreadable ({err.strerror or err})")]
     row["file_bytes"] = len(data)
@@ -321,6 +362,15 @@ def video_path(job: SourceJob, task: Task, reader: SourceReader, scratch: Path) 
     target = scratch / f"video{member_suffix(task.relpath)}"
     target.write_bytes(data)
     return target
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """sha256 of a file read in blocks (a video need not fit in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def iter_video_frames(path: Path, stride: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -346,9 +396,11 @@ def video_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
     with tempfile.TemporaryDirectory(dir=job.build) as scratch:
         try:
             path = video_path(job, task, reader, Path(scratch))
+        except DamagedMember as err:
+            return [rejected(base_row(job.manifest, task), str(err))]
         except OSError as err:
             return [rejected(base_row(job.manifest, task), f"unreadable ({err.strerror or err})")]
-        file_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        file_sha = file_sha256(path)
         for index, frame in iter_video_frames(path, job.manifest.video_stride):
             row = base_row(job.manifest, task, frame=index)
             try:
@@ -379,17 +431,29 @@ def _init_worker() -> None:
 
 
 def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Task]]:
-    """Attach member bytes to tar chunks in one forward pass over the archive."""
+    """Attach member bytes to tar chunks in one forward pass over the archive.
+
+    Chunks follow archive order, so only the current chunk's members are held. A member that
+    cannot be read (cut off, corrupt stream) becomes a rejected task with the reason.
+    """
     wanted = {t.relpath for chunk in chunks for t in chunk if t.decision}
-    reader = SourceReader(job.root)
-    stream = reader.iter_tar_bytes(wanted)
-    buffered: dict[str, bytes] = {}
+    stream = SourceReader(job.root).iter_tar_bytes(wanted)
+    buffered: dict[str, bytes | DamagedMember] = {}
     for chunk in chunks:
         needed = {t.relpath for t in chunk if t.decision}
         while not needed <= buffered.keys():
-            name, data = next(stream)
-            buffered[name] = data
-        yield [replace(t, data=buffered.pop(t.relpath)) if t.decision else t for t in chunk]
+            name, payload = next(stream, (None, None))
+            if name is None:  # the stream ended early: cannot happen unless the file changed
+                buffered.update({n: DamagedMember("archive member not found on re-read") for n in needed})
+                break
+            buffered[name] = payload
+        yield [attach(t, buffered.pop(t.relpath)) if t.decision else t for t in chunk]
+
+
+def attach(task: Task, payload: bytes | DamagedMember) -> Task:
+    if isinstance(payload, DamagedMember):
+        return replace(task, decision="", status=cat.STATUS_REJECTED, reason=str(payload))
+    return replace(task, data=payload)
 
 
 def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
@@ -419,7 +483,7 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
 
 def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorded: dict) -> tuple[SourceJob, list[list[Task]], list[int]]:
     """Plan a source and find which chunks still need doing (stale parts are removed)."""
-    tasks, listing = plan_source(manifest, root)
+    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)
     if any(t.relpath == SYNTH_MARKER for t in tasks):
         manifest = as_synthetic(manifest)
         tasks = [replace(t, reason=f"{t.reason} (the synthetic-data marker)") if t.relpath == SYNTH_MARKER else t for t in tasks]
