@@ -319,6 +319,7 @@ def image_row(row: dict, processed: ProcessedImage, file_sha256: str) -> dict:
         entropy=fp.entropy,
         phash=fp.phash,
         dhash=fp.dhash,
+        reason=processed.note,  # "" or a remark on a kept file (status stays ok)
     )
     return row
 
