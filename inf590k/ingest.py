@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import re
 import tempfile
@@ -28,6 +29,7 @@ from inf590k import catalog as cat
 from inf590k import lineage
 from inf590k.fsutil import available_cores
 from inf590k.imageio import (
+    OPENCV_PIXEL_LIMIT,
     ImagePolicy,
     ProcessedImage,
     RejectedImage,
@@ -424,6 +426,14 @@ def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
     return rows
 
 
+def raise_opencv_pixel_limit(max_pixels: int) -> None:
+    """OpenCV's backstop follows --max-pixels in worker processes started from now on (it is
+    read when cv2 is imported; this process keeps the limit it started with)."""
+    current = int(os.environ.get(OPENCV_PIXEL_LIMIT, "0") or 0)
+    if max_pixels > current:
+        os.environ[OPENCV_PIXEL_LIMIT] = str(max_pixels)
+
+
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
 
@@ -583,6 +593,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
 
     workers = config.workers or available_cores()
     total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
+    raise_opencv_pixel_limit(max((job.policy.max_pixels for job, _, _ in plans), default=0))
     started = time.perf_counter()
     decoded = 0
     with sigterm_as_interrupt(), make_executor(

@@ -285,3 +285,37 @@ def test_sources_list_marks_cut_cells_with_an_ellipsis():
     output = CliRunner().invoke(main, ["sources", "list"]).output
     birdsai = next(line for line in output.splitlines() if line.startswith("birdsai"))
     assert "BIRDSAI: Benchmarking IR Dataset for Surv…" in birdsai
+
+
+@pytest.mark.parametrize("glob", ["**/[z-a].png", "**/{ir,thermal/*.png"])
+def test_a_bad_glob_is_a_manifest_error_with_file_key_and_fix(tmp_path, glob):
+    from inf590k.manifest import ManifestError, load_manifest_file
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(f'id: mine\nname: Mine\ninclude: ["{glob}"]\n')
+    with pytest.raises(ManifestError, match=r"mine\.yaml: key 'include': glob .* is not valid .*Fix: "):
+        load_manifest_file(path)
+    path.write_text(f'id: mine\nname: Mine\nexclude: [{{rule: x, glob: "{glob}"}}]\n')
+    with pytest.raises(ManifestError, match="key 'exclude'"):
+        load_manifest_file(path)
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    from inf590k.manifest import ManifestError, load_manifest_file
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("id: mine\nname: Mine\ninclude: [\"**/*.png\"\nexclude: []\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not valid YAML at line ") and "unicode string" not in message
+    assert "\n" not in message
+
+
+def test_folder_names_accept_hyphens_and_a_manifest_id_gets_a_suggestion():
+    from inf590k.manifest import ManifestError, manifest_for_source, resolve_manifests
+
+    manifests = resolve_manifests()
+    assert manifest_for_source("folder:my-cam", manifests).id == "my_cam"
+    with pytest.raises(ManifestError, match="use `--source llvip=PATH`.*folder:llvip_own=PATH"):
+        manifest_for_source("folder:llvip", manifests)
