@@ -33,7 +33,10 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, REPO)
+# worker processes start from a fresh interpreter (forkserver): they find this checkout too
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 
 from inf590k.ingest import IngestConfig, ingest  # noqa: E402
 
