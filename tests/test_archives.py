@@ -65,7 +65,11 @@ def rows(build: Path) -> list[dict]:
 
 def run(build: Path, root: Path, **policy) -> None:
     config = IngestConfig(
-        sources=(("folder", root),), build=build, workers=1, progress=False, policy=ImagePolicy(**policy)
+        sources=(("folder", root),),
+        build=build,
+        workers=1,
+        progress=False,
+        policy=ImagePolicy(**policy),
     )
     ingest(config)
 
@@ -84,7 +88,16 @@ DAMAGED = {
 def test_damaged_archives_get_rows_with_reasons_and_reruns_do_not_crash(tmp_path, kind):
     archive = DAMAGED[kind](tmp_path)
     result = CliRunner().invoke(
-        main, ["ingest", "--build", str(tmp_path / "b"), "--source", f"folder={archive}", "--workers", "1"]
+        main,
+        [
+            "ingest",
+            "--build",
+            str(tmp_path / "b"),
+            "--source",
+            f"folder={archive}",
+            "--workers",
+            "1",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output and "Aborted" not in result.output
@@ -102,7 +115,16 @@ def test_damaged_archives_get_rows_with_reasons_and_reruns_do_not_crash(tmp_path
         assert len(ok) >= FRAMES // 3
         assert {r["relpath"] for r in rejected} >= {DAMAGED_INDEX}
     again = CliRunner().invoke(
-        main, ["ingest", "--build", str(tmp_path / "b"), "--source", f"folder={archive}", "--workers", "2"]
+        main,
+        [
+            "ingest",
+            "--build",
+            str(tmp_path / "b"),
+            "--source",
+            f"folder={archive}",
+            "--workers",
+            "2",
+        ],
     )
     assert again.exit_code == 0, again.output
     assert rows(tmp_path / "b") == catalogued
