@@ -97,3 +97,39 @@ def test_executors_return_results_in_order():
     assert list(inline.map(pow, [(2, 3), (3, 2)])) == [8, 9]
     with pytest.raises(ZeroDivisionError):
         inline.submit(divmod, 1, 0).result()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_of_ingest_is_like_ctrl_c_and_leaves_no_process(tmp_path):
+    from tests.test_ingest import make_frames
+
+    make_frames(tmp_path / "src", 3000)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    build = tmp_path / "b"
+    command = [
+        sys.executable,
+        "-c",
+        "from cli import main; main()",
+        "ingest",
+        "--build",
+        str(build),
+        "--source",
+        f"folder={tmp_path / 'src'}",
+        "--workers",
+        "2",
+    ]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((build / "catalog").glob("part-*.parquet")):
+        time.sleep(0.05)
+    below = descendants(proc.pid)
+    assert len(below) >= 3 and proc.poll() is None, "ingest should still be running"
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 1 and "Aborted!" in output
+    assert not wait_gone(below)
+    parts = {p.name: p.stat().st_mtime_ns for p in (build / "catalog").glob("*")}
+    time.sleep(1)
+    assert {p.name: p.stat().st_mtime_ns for p in (build / "catalog").glob("*")} == parts
+    assert (build / "lineage" / "ingest.running").exists()  # dedupe will refuse until re-run
