@@ -88,6 +88,7 @@ class Task:
     data: bytes | None = None
     occurrence: int = 0  # a repeated archive member name (see sources.flag_name_problems)
     order: int = 0  # position in the archive: tar sources are chunked in archive order
+    offset: int = -1  # data offset in an uncompressed tar: the worker reads the member itself
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ def split_of(relpath: str) -> str:
 
 def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
-    task = Task(entry.relpath, entry.size, "", occurrence=entry.occurrence, order=entry.order)
+    task = Task(entry.relpath, entry.size, "", occurrence=entry.occurrence, order=entry.order, offset=entry.offset)
     if entry.problem:
         return replace(task, status=cat.STATUS_REJECTED, reason=entry.problem)
     rule = manifest.excluded_by(entry.relpath)
@@ -341,10 +342,20 @@ def policy_for(manifest: Manifest, policy: ImagePolicy) -> ImagePolicy:
     )
 
 
+def read_task(task: Task, reader: SourceReader) -> bytes:
+    """The file's bytes: streamed in by the caller (compressed tar), read in place from an
+    uncompressed tar, or read by name."""
+    if task.data is not None:
+        return task.data
+    if task.offset >= 0:
+        return reader.read_at(task.offset, task.size)
+    return reader.read(task.relpath)
+
+
 def decode_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
     row = base_row(job.manifest, task)
     try:
-        data = task.data if task.data is not None else reader.read(task.relpath)
+        data = read_task(task, reader)
     except DamagedMember as err:
         return [rejected(row, str(err))]
     except OSError as err:
@@ -361,7 +372,7 @@ def video_path(job: SourceJob, task: Task, reader: SourceReader, scratch: Path) 
     """OpenCV reads videos from paths: archive members go to a scratch file in the build dir."""
     if job.kind == "folder":
         return job.root / task.relpath
-    data = task.data if task.data is not None else reader.read(task.relpath)
+    data = read_task(task, reader)
     target = scratch / f"video{member_suffix(task.relpath)}"
     target.write_bytes(data)
     return target
@@ -445,20 +456,24 @@ def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Ta
     """Attach member bytes to tar chunks in one forward pass over the archive.
 
     Chunks follow archive order, so only the current chunk's members are held. A member that
-    cannot be read (cut off, corrupt stream) becomes a rejected task with the reason.
+    cannot be read (cut off, corrupt stream) becomes a rejected task with the reason. Members
+    of an uncompressed tar are not streamed: the worker reads them at their offset.
     """
-    wanted = {t.relpath for chunk in chunks for t in chunk if t.decision}
+    wanted = {t.relpath for chunk in chunks for t in chunk if t.decision and t.offset < 0}
+    if not wanted:  # uncompressed: each worker reads its members in place (no copy held here)
+        yield from chunks
+        return
     stream = SourceReader(job.root).iter_tar_bytes(wanted)
     buffered: dict[str, bytes | DamagedMember] = {}
     for chunk in chunks:
-        needed = {t.relpath for t in chunk if t.decision}
+        needed = {t.relpath for t in chunk if t.decision and t.offset < 0}
         while not needed <= buffered.keys():
             name, payload = next(stream, (None, None))
             if name is None:  # the stream ended early: cannot happen unless the file changed
                 buffered.update({n: DamagedMember("archive member not found on re-read") for n in needed})
                 break
             buffered[name] = payload
-        yield [attach(t, buffered.pop(t.relpath)) if t.decision else t for t in chunk]
+        yield [attach(t, buffered.pop(t.relpath)) if t.relpath in needed else t for t in chunk]
 
 
 def attach(task: Task, payload: bytes | DamagedMember) -> Task:

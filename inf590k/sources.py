@@ -49,6 +49,7 @@ class SourceEntry:
     mtime: int = 0  # modification time (ns for folders, s for archive members): resume checks
     occurrence: int = 0  # > 0: a later archive member with the same name (its own row)
     order: int = 0  # position in the archive (tar members are read in this order)
+    offset: int = -1  # where the data starts in an uncompressed tar (read in place), else -1
 
 
 def root_kind(root: Path) -> str:
@@ -152,7 +153,8 @@ def _tar_member_problem(member: tarfile.TarInfo) -> str:
 def _check_tar_end(archive: tarfile.TarFile, root: Path) -> None:
     """An uncompressed tar cut at a member boundary reads as complete: tarfile stops at the
     end of the file quietly. A whole one ends with two zero blocks after its last member."""
-    if isinstance(archive.fileobj, io.BufferedReader) and archive.offset + 2 * tarfile.BLOCKSIZE > root.stat().st_size:
+    end = archive.offset + 2 * tarfile.BLOCKSIZE
+    if isinstance(archive.fileobj, io.BufferedReader) and end > root.stat().st_size:
         raise tarfile.ReadError("cut short: no end-of-archive marker")
 
 
@@ -161,11 +163,14 @@ def _list_tar(root: Path) -> Iterator[SourceEntry]:
     last = ""
     try:
         with tarfile.open(root, mode="r:*") as archive:
+            plain = isinstance(archive.fileobj, io.BufferedReader)
             for member in archive:
                 if member.isdir():
                     continue
                 last = member.name
-                yield SourceEntry(member.name, member.size, _tar_member_problem(member), int(member.mtime))
+                offset = member.offset_data if plain and member.isfile() else -1
+                problem = _tar_member_problem(member)
+                yield SourceEntry(member.name, member.size, problem, int(member.mtime), offset=offset)
             _check_tar_end(archive, root)
     except ARCHIVE_ERRORS as err:
         where = f"after member {last}" if last else "before its first member"
@@ -257,6 +262,15 @@ class SourceReader:
                 raise payload
             found[name] = payload
         return found
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` of an uncompressed tar: one member, read in place."""
+        with open(self.root, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(size)
+        if len(data) != size:
+            raise DamagedMember(f"damaged archive member (cut off: {len(data)} of {size} bytes)")
+        return data
 
     def _read_zip_member(self, relpath: str) -> bytes:
         if self._zip is None:
