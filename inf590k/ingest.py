@@ -235,9 +235,11 @@ def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Ta
     """The source's tasks, and a digest of its file list (names, sizes, times).
 
     Tasks are sorted by path, except in a tar archive: there they keep archive order, so one
-    forward pass reads each chunk's members without holding members of later chunks.
+    forward pass reads each chunk's members without holding members of later chunks. The
+    synth marker at the root is the toolkit's note about the tree, not a file of the source:
+    it gets no row (see `synthetic_marker`).
     """
-    entries = list_entries(root)
+    entries = [e for e in list_entries(root) if e.relpath != SYNTH_MARKER]
     listing = hashlib.sha256()
     for entry in entries:
         listing.update(f"{entry.relpath}\0{entry.size}\0{entry.mtime}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
@@ -509,10 +511,9 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
 
 def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorded: dict) -> tuple[SourceJob, list[list[Task]], list[int]]:
     """Plan a source and find which chunks still need doing (stale parts are removed)."""
-    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)
-    if any(t.relpath == SYNTH_MARKER for t in tasks):
+    if synthetic_marker(Path(root)):
         manifest = as_synthetic(manifest)
-        tasks = [replace(t, reason=f"{t.reason} (the synthetic-data marker)") if t.relpath == SYNTH_MARKER else t for t in tasks]
+    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
@@ -536,6 +537,11 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
 def remove_parts(build: Path, source: str) -> None:
     for stale in cat.catalog_dir(build).glob(f"part-{source}-*.parquet"):
         stale.unlink()
+
+
+def synthetic_marker(root: Path) -> bool:
+    """Whether `inf590k synth` wrote this tree (its marker file at the root of the folder)."""
+    return root.is_dir() and (root / SYNTH_MARKER).is_file()
 
 
 def as_synthetic(manifest: Manifest) -> Manifest:
