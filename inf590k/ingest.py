@@ -61,6 +61,7 @@ from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
 from inf590k.workers import Executor, make_executor, sigterm_as_interrupt
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
+SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"
 CHUNK_BYTES = 64 << 20  # and at most this many bytes to read per part (memory in flight)
 SPLIT_PATTERN = re.compile(r"(?:^|[_/-])(train|trainval|val|validation|test)(?:[_/-]|imgr|img|$)", re.I)
 
@@ -235,16 +236,15 @@ def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Ta
     """The source's tasks, and a digest of its file list (names, sizes, times).
 
     Tasks are sorted by path, except in a tar archive: there they keep archive order, so one
-    forward pass reads each chunk's members without holding members of later chunks. The
-    synth marker at the root is the toolkit's note about the tree, not a file of the source:
-    it gets no row (see `synthetic_marker`).
+    forward pass reads each chunk's members without holding members of later chunks.
     """
-    entries = [e for e in list_entries(root) if e.relpath != SYNTH_MARKER]
+    entries = list_entries(root)
     listing = hashlib.sha256()
     for entry in entries:
         listing.update(f"{entry.relpath}\0{entry.size}\0{entry.mtime}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
     kind = root_kind(root)
     tasks = [classify(manifest, entry, max_bytes, kind != "folder") for entry in entries]
+    tasks = [replace(t, reason=SYNTH_MARKER_REASON) if t.relpath == SYNTH_MARKER else t for t in tasks]
     tasks = subsample_sequences(manifest, tasks)
     if kind == "tar":
         tasks.sort(key=lambda task: task.order)

@@ -131,6 +131,13 @@ def summary_counts(summary: Any) -> dict:
     return plain(counts)
 
 
+def recorded_counts(summary: Any) -> dict:
+    """A summary's own `lineage_counts` (stable numbers only) when it has them, else its
+    integer fields."""
+    counts = getattr(summary, "lineage_counts", None)
+    return summary_counts(summary) if counts is None else counts
+
+
 def mark_running(build: Path, stage: str) -> None:
     """Called when a stage starts changing files: until it finishes, later stages refuse."""
     described = {"stage": stage, "pid": os.getpid(), "command": command_line(), "started": now()}
@@ -152,7 +159,7 @@ def finish(
         stage=stage,
         options=plain(options),
         upstream=upstream.digest if upstream else None,
-        counts=plain(getattr(summary, "lineage_counts", None) or summary_counts(summary)),
+        counts=plain(recorded_counts(summary)),
         summary=str(summary),
         parts=parts_digest(build),
         generation=generation,

@@ -147,7 +147,8 @@ def test_staged_layout_index_and_checksums(built, staged):
         assert hashlib.sha256((metadata / path).read_bytes()).hexdigest() == digest, path
 
     catalog = pq.read_table(metadata / "catalog.parquet")
-    assert catalog.num_rows == cat.read_catalog(build).num_rows == 70  # rejected rows too
+    assert catalog.num_rows == cat.read_catalog(build).num_rows == 72  # rejected rows too, and
+    # the marker file of each synthetic tree
     sources = json.loads((metadata / "sources.json").read_text())
     recorded = cat.read_sources(build)
     assert set(sources) == {"sirst", "roadscene"}
