@@ -92,7 +92,12 @@ def sources_list(manifest_files: tuple[Path, ...]) -> None:
         rows.append((m.id, m.name, count, m.license, m.modality))
     widths = [min(max(len(r[i]) for r in rows), 42) for i in range(5)]
     for row in rows:
-        click.echo("  ".join(cell[: widths[i]].ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        click.echo("  ".join(fit(cell, widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def fit(cell: str, width: int) -> str:
+    """The cell padded to `width`; a longer one is cut and ends with an ellipsis."""
+    return cell.ljust(width) if len(cell) <= width else cell[: width - 1] + "…"
 
 
 @sources.command("show")
@@ -146,6 +151,8 @@ POLICY_OPTIONS = [
                         help="Reject images whose both sides are shorter (px).")),
     ("--max-pixels", dict(default=_POLICY.max_pixels, show_default=True,
                           help="Reject files with more pixels (decompression bombs).")),
+    ("--max-file-mb", dict(default=_POLICY.max_file_bytes >> 20, show_default=True,
+                           help="Reject files and archive members larger than this (MB) without reading them.")),
     ("--grey-tolerance", dict(default=_POLICY.grey_tolerance, show_default=True,
                               help="Mean channel spread (8-bit levels) up to which a 3-channel file counts as grey IR.")),
     ("--allow-colour", dict(is_flag=True, help="Keep true-colour files (converted to grey) instead of rejecting them.")),
@@ -156,31 +163,43 @@ POLICY_OPTIONS = [
 policy_options = apply_options(POLICY_OPTIONS)  # shared by ingest and build
 
 
-def make_policy(min_side, max_pixels, grey_tolerance, allow_colour, stretch, no_border_crop) -> ImagePolicy:
+def make_policy(min_side, max_pixels, max_file_mb, grey_tolerance, allow_colour, stretch,
+                no_border_crop) -> ImagePolicy:
     try:
         low, high = (float(x) for x in stretch.split(","))
     except ValueError as err:
         raise click.BadParameter(f"--stretch {stretch!r}: write two percentiles, e.g. 1,99") from err
     if not 0 <= low < high <= 100:
         raise click.BadParameter(f"--stretch {stretch!r}: need 0 <= LOW < HIGH <= 100")
+    if max_file_mb < 1:
+        raise click.BadParameter(f"--max-file-mb {max_file_mb}: give at least 1")
     return ImagePolicy(stretch_low=low, stretch_high=high, min_side=min_side, max_pixels=max_pixels,
-                       grey_tolerance=grey_tolerance, allow_colour=allow_colour,
+                       max_file_bytes=max_file_mb << 20, grey_tolerance=grey_tolerance, allow_colour=allow_colour,
                        crop_zero_borders=not no_border_crop)
 
 
+WAIT_OPTION = click.option("--wait", is_flag=True,
+                           help="If another command is using the build folder, wait for it instead of failing.")
+
+
 @main.command()
-@click.option("--source", "source_values", multiple=True, required=True, metavar="ID=PATH",
+@click.option("--source", "source_values", multiple=True, metavar="ID=PATH",
               help="A source id (see `sources list`; folder or folder:NAME for your own images) and its folder or archive. Repeatable.")
 @click.option("--manifest", "manifest_files", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Your own manifest YAML (adds or overrides a source id). Repeatable.")
 @click.option("--build", "build_dir", required=True, type=click.Path(path_type=Path), help="Build directory (catalog goes to BUILD/catalog).")
+@click.option("--drop-source", "drop_sources", multiple=True, metavar="ID",
+              help="Remove a source an earlier run put in the build (its rows; later stages must re-run). Repeatable.")
 @click.option("--workers", default=0, show_default="one per core", help="Worker processes.")
+@WAIT_OPTION
 @policy_options
-def ingest(source_values, manifest_files, build_dir, workers, **policy_values) -> None:
+def ingest(source_values, manifest_files, build_dir, drop_sources, workers, wait, **policy_values) -> None:
     """Scan sources and catalogue every file (kept, excluded or rejected, with a reason)."""
     from inf590k.ingest import IngestConfig
     from inf590k.ingest import ingest as run_ingest
 
+    if not source_values and not drop_sources:
+        raise click.UsageError("give --source ID=PATH (repeatable), or --drop-source ID to shrink a build")
     config = IngestConfig(
         sources=tuple(parse_source(v) for v in source_values),
         build=build_dir,
@@ -188,11 +207,9 @@ def ingest(source_values, manifest_files, build_dir, workers, **policy_values) -
         workers=workers,
         policy=make_policy(**policy_values),
         progress=sys.stderr.isatty(),
+        drop_sources=tuple(drop_sources),
     )
-    try:
-        summary = run_ingest(config)
-    except (ManifestError, KeyError, ValueError, FileNotFoundError) as err:
-        raise CliError(str(err).strip("'\"")) from err
+    summary = run_stage(run_ingest, config, wait)
     click.echo(str(summary))
 
 
@@ -275,31 +292,37 @@ BUILD_DIR = click.option("--build", "build_dir", required=True, type=click.Path(
                          help="Build directory (holds the catalog).")
 
 
-def run_stage(func, config):
+def run_stage(func, config, wait: bool = False):
+    from inf590k.lineage import lock_wait
+    from inf590k.workers import sigterm_as_interrupt
+
     try:
-        return func(config)
+        with lock_wait(wait), sigterm_as_interrupt():
+            return func(config)
     except (ManifestError, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         raise CliError(str(err).strip("'\"")) from err
 
 
 @main.command()
 @BUILD_DIR
+@WAIT_OPTION
 @apply_options(DEDUPE_OPTIONS)
-def dedupe(build_dir, **options) -> None:
+def dedupe(build_dir, wait, **options) -> None:
     """Mark exact (pixel sha256) and near (pHash radius) duplicates, within and across sources."""
     from inf590k.dedupe import dedupe as run_dedupe
 
-    click.echo(str(run_stage(run_dedupe, dedupe_config(build_dir, **options))))
+    click.echo(str(run_stage(run_dedupe, dedupe_config(build_dir, **options), wait)))
 
 
 @main.command("bin")
 @BUILD_DIR
+@WAIT_OPTION
 @apply_options(BIN_OPTIONS)
-def bin_command(build_dir, **options) -> None:
+def bin_command(build_dir, wait, **options) -> None:
     """Put every kept image in a resolution bin (short side x aspect ratio)."""
     from inf590k.bins import bin_catalog
 
-    click.echo(str(run_stage(bin_catalog, bin_config(build_dir, **options))))
+    click.echo(str(run_stage(bin_catalog, bin_config(build_dir, **options), wait)))
 
 
 @main.command()
@@ -307,13 +330,14 @@ def bin_command(build_dir, **options) -> None:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Dataset folder to write: new, empty, or one this command wrote before.")
 @click.option("--workers", default=0, show_default="one per core", help="Processes writing shards (0: one per core).")
+@WAIT_OPTION
 @apply_options(SHARD_OPTIONS)
-def shard(build_dir, out, workers, **options) -> None:
+def shard(build_dir, out, workers, wait, **options) -> None:
     """Write the dataset folder: the Hugging Face repo layout (card, data/<bin>/*.tar, data/_info.json,
     metadata/), deterministic WebDataset shards, resumable."""
     from inf590k.shard import shard as run_shard
 
-    click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options))))
+    click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options), wait)))
 
 
 @main.command()
@@ -323,13 +347,16 @@ def shard(build_dir, out, workers, **options) -> None:
               help="Your own manifest YAML. Repeatable.")
 @BUILD_DIR
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write.")
-@click.option("--workers", default=0, show_default="one per core")
+@click.option("--workers", default=0, show_default="one per core",
+              help="Worker processes of ingest and shard (the result is the same for any count).")
+@WAIT_OPTION
 @policy_options
 @apply_options(DEDUPE_OPTIONS)
 @apply_options(BIN_OPTIONS)
 @apply_options(SHARD_OPTIONS)
-def build(source_values, manifest_files, build_dir, out, workers, **options) -> None:
-    """Ingest -> dedupe -> bin -> shard in one command (each stage resumable)."""
+def build(source_values, manifest_files, build_dir, out, workers, wait, **options) -> None:
+    """Ingest -> dedupe -> bin -> shard in one command (each stage resumable; stages that are
+    up to date are not re-run)."""
     from inf590k.ingest import IngestConfig
     from inf590k.pipeline import BuildConfig, run_build
 
@@ -343,7 +370,7 @@ def build(source_values, manifest_files, build_dir, out, workers, **options) -> 
         bins=bin_config(build_dir, **pick(options, BIN_OPTIONS)),
         shard=shard_config(build_dir, out, workers, **pick(options, SHARD_OPTIONS)),
     )
-    summary = run_stage(run_build, config)
+    summary = run_stage(run_build, config, wait)
     click.echo(str(summary.ingest))
     click.echo(str(summary.dedupe))
     click.echo(str(summary.bins))
@@ -441,7 +468,9 @@ def publish_model(export_dir, repo, dataset_repo, private, dry_run, stage, endpo
 
 
 @main.command()
-@click.option("--layout", required=True, help="A source layout to imitate (see --help of `inf590k synth`).",
+@click.option("--layout", required=True,
+              help="The source whose folder layout is imitated (a manifest id; `inf590k sources show ID` "
+                   "describes it). 16-bit: PNG/TIFF layouts only.",
               type=click.Choice(sorted(__import__("inf590k.synth", fromlist=["SYNTH_LAYOUTS"]).SYNTH_LAYOUTS)))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write the dataset tree into.")
 @click.option("--count", default=64, show_default=True, help="Infrared frames to render.")
@@ -464,7 +493,7 @@ def synth(layout, out, count, seed, bit_depth, scale, width, height, workers) ->
         summary = synthesize(SynthConfig(layout=layout, out=out, count=count, seed=seed, bit_depth=int(bit_depth),
                                          scale=scale, width=width, height=height, workers=workers))
     except SynthError as err:
-        raise click.UsageError(str(err)) from err
+        raise CliError(str(err)) from err
     click.echo(str(summary))
 
 

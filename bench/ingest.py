@@ -1,20 +1,31 @@
 """Ingest throughput against a bare decode + pHash + sha256 loop over the same files.
 
     python bench/ingest.py [--count 1500] [--workers 2]
+    python bench/ingest.py --hostile
 
 Prints images/s of: the bare loop (cv2.imdecode + imagehash.phash + hashlib.sha256),
 `inf590k ingest` with one worker, and with N workers; then the ratios against the targets
 (single-worker ingest >= 0.8x the bare loop; N workers >= 0.8 * N x one worker).
+
+`--hostile` instead writes four hostile sources and prints the peak RSS of
+`inf590k ingest --workers 1` on each (one process: the whole process tree), against the
+target of 1 GiB: an 11000x11000 Radiance HDR named .png, an 11000x11000 float32 deflate TIFF,
+a zip member inflating to 1.1 GB, and a 300 MB tar whose members are not in sorted order.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
+import os
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -22,7 +33,10 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, REPO)
+# worker processes start from a fresh interpreter (forkserver): they find this checkout too
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 
 from inf590k.ingest import IngestConfig, ingest  # noqa: E402
 
@@ -69,12 +83,123 @@ def ingest_rate(root: Path, build: Path, workers: int, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+# ----------------------------------------------------------------------------- hostile input
+
+BOMB_SIDE = 11000
+GIB = 1 << 30
+
+
+def radiance_hdr(path: Path, side: int = BOMB_SIDE) -> None:
+    """A valid run-length encoded Radiance HDR of side x side black pixels (~7.7 MB)."""
+    runs = bytearray()
+    left = side
+    while left:
+        count = min(127, left)
+        runs += bytes((128 + count, 0))
+        left -= count
+    scanline = bytes((2, 2, side >> 8, side & 0xFF)) + bytes(runs) * 4
+    with open(path, "wb") as handle:
+        handle.write(f"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {side} +X {side}\n".encode())
+        for _ in range(side):
+            handle.write(scanline)
+
+
+FLOAT_TIFF_SCRIPT = """
+import sys
+from PIL import Image
+side = int(sys.argv[2])
+Image.new("F", (side, side), 0.5).save(sys.argv[1], format="TIFF", compression="tiff_adobe_deflate")
+"""
+
+
+def float_tiff(path: Path, side: int = BOMB_SIDE) -> None:
+    """An 11000x11000 float32 deflate TIFF (~1.5 MB), written by a child process."""
+    subprocess.run([sys.executable, "-c", FLOAT_TIFF_SCRIPT, str(path), str(side)], check=True)
+
+
+def zip_bomb(path: Path, inflated: int = 1_100_000_000) -> None:
+    """A zip whose one PNG-named member inflates to 1.1 GB (written in blocks)."""
+    block = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("frames/big.png", "w", force_zip64=True) as member:
+            member.write(b"\x89PNG\r\n\x1a\n")
+            written = 8
+            while written < inflated:
+                member.write(block[: min(len(block), inflated - written)])
+                written += len(block)
+
+
+def shuffled_tar(path: Path, total: int = 300 << 20, member: int = 1 << 20) -> None:
+    """A ~300 MB tar of ~1 MB noise PNGs stored in shuffled (not sorted) member order."""
+    rng = np.random.default_rng(0)
+    images = [cv2.imencode(".png", rng.integers(0, 256, (1000, 1000), dtype=np.uint8))[1].tobytes() for _ in range(8)]
+    count = total // member
+    order = rng.permutation(count)
+    with tarfile.open(path, "w") as archive:
+        for index in order:
+            data = images[index % len(images)]
+            info = tarfile.TarInfo(f"frames/{index:05d}.png")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+HOSTILE = {
+    "11000x11000 Radiance HDR named .png": ("hdr", lambda d: radiance_hdr(d / "frame.png")),
+    "11000x11000 float32 deflate TIFF": ("tif", lambda d: float_tiff(d / "frame.tif")),
+    "zip member inflating to 1.1 GB": ("zip", lambda d: zip_bomb(d / "bomb.zip")),
+    "300 MB tar, shuffled member order": ("tar", lambda d: shuffled_tar(d / "shuffled.tar")),
+}
+
+
+def peak_rss_of_ingest(source: Path, build: Path) -> tuple[int, str]:
+    """Peak RSS (bytes) of `inf590k ingest --workers 1` on one source, and its summary line."""
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", "from cli import main; main()", "ingest", "--build", str(build),
+               "--source", f"folder={source}", "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, _, usage = os.wait4(proc.pid, 0)
+    return usage.ru_maxrss * 1024, output.strip().splitlines()[0] if output.strip() else ""
+
+
+def first_reasons(build: Path) -> str:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(build / "catalog", columns=["status", "reason"]).to_pylist()
+    except (OSError, ValueError):
+        return ""
+    return "; ".join(sorted({r["reason"] for r in rows if r["status"] == "rejected"}))[:160]
+
+
+def hostile(tmp: Path) -> None:
+    print("peak RSS of `inf590k ingest --workers 1` (target <= 1 GiB each):")
+    for label, (name, make) in HOSTILE.items():
+        folder = tmp / name
+        folder.mkdir()
+        make(folder)
+        source = next(folder.iterdir()) if name in ("zip", "tar") else folder
+        peak, line = peak_rss_of_ingest(source, tmp / f"build-{name}")
+        verdict = "ok" if peak <= GIB else "OVER"
+        print(f"  {label:38s} {peak / 2**20:7.0f} MiB  {verdict}   [{line}]")
+        reasons = first_reasons(tmp / f"build-{name}")
+        if reasons:
+            print(f"  {'':38s} {reasons}")
+        shutil.rmtree(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1500)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--hostile", action="store_true", help="peak memory on hostile input instead")
     args = parser.parse_args()
+    if args.hostile:
+        with tempfile.TemporaryDirectory(prefix="inf590k-hostile-") as tmp:
+            hostile(Path(tmp))
+        return
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory(prefix="inf590k-bench-") as tmp:
         root = Path(tmp) / "frames"

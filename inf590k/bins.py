@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from inf590k import catalog as cat
+from inf590k import lineage
 from inf590k.fsutil import write_text_atomic
 
 BINS_FILENAME = "bins.json"
@@ -88,6 +89,7 @@ def bin_names(
     ]
 
 
+@lineage.stage("bin")
 def bin_catalog(config: BinConfig) -> BinSummary:
     """Fill `res_bin` for ok rows ("" for the rest); write BUILD/bins.json with the counts."""
     table = cat.read_catalog(config.build)
@@ -99,6 +101,7 @@ def bin_catalog(config: BinConfig) -> BinSummary:
         names[ok] = bin_names(widths[ok], heights[ok], config.short_edges, config.aspect_edges)
     index = table.schema.get_field_index("res_bin")
     table = table.set_column(index, "res_bin", pa.array(names.tolist(), type=pa.string()))
+    lineage.mark_running(config.build, "bin")
     cat.write_catalog(config.build, table)
     counts = dict(sorted(Counter(names[ok].tolist()).items()))
     summary = BinSummary(counts=counts, unbinned=int((~ok).sum()))

@@ -30,6 +30,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from inf590k import catalog as cat
+from inf590k import lineage
 from inf590k.hamming import cross_radius_pairs, hex_to_codes, radius_pairs
 
 DEFAULT_RADIUS = 8
@@ -303,6 +304,7 @@ def _reset_previous_dedupe(table: pa.Table) -> pa.Table:
     return table.set_column(table.schema.get_field_index("dup_group"), "dup_group", dup_group)
 
 
+@lineage.stage("dedupe", ignore=("build", "contact_groups", "feature_device"))
 def dedupe(config: DedupeConfig) -> DedupeSummary:
     """Mark duplicate rows in the catalog of `config.build`; write the report."""
     if not 0 <= config.radius <= 32:
@@ -369,6 +371,7 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
             else:
                 reason[row] = f"near duplicate of {kept_uid} (pHash distance {distances[index]})"
     table = _with_columns(table, status=status, reason=reason, dup_group=dup_group)
+    lineage.mark_running(build, "dedupe")
     cat.write_catalog(build, table)
 
     report_dir = build / REPORT_DIRNAME

@@ -9,16 +9,27 @@ the same pHash).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import os
 import struct
+import sys
+import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import cv2
-import imagehash
-import numpy as np
-from PIL import Image
+DEFAULT_MAX_PIXELS = 100_000_000
+OPENCV_PIXEL_LIMIT = "OPENCV_IO_MAX_IMAGE_PIXELS"
+# OpenCV's own decoder limit, a backstop behind the header check; it is read when cv2 is
+# imported, so it must be in the environment first (ingest raises it for its workers when
+# --max-pixels is higher).
+os.environ.setdefault(OPENCV_PIXEL_LIMIT, str(DEFAULT_MAX_PIXELS))
+
+import cv2  # noqa: E402
+import imagehash  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 JPEG_SIGNATURE = b"\xff\xd8"
 JPEG_END = b"\xff\xd9"
@@ -36,7 +47,8 @@ class ImagePolicy:
     stretch_low: float = 1.0  # percentile mapped to 0 when a 16-bit frame becomes 8-bit
     stretch_high: float = 99.0  # percentile mapped to 255
     min_side: int = 20  # reject when BOTH sides are shorter than this (after cropping)
-    max_pixels: int = 100_000_000  # header check before decoding: decompression bombs
+    max_pixels: int = DEFAULT_MAX_PIXELS  # header check before decoding: decompression bombs
+    max_file_bytes: int = 256 << 20  # larger files and archive members are rejected unread
     grey_tolerance: float = 16.0  # mean per-pixel channel spread (8-bit levels) still "grey"
     allow_colour: bool = False  # keep true-colour files (converted to grey) instead of rejecting
     crop_zero_borders: bool = True
@@ -55,6 +67,7 @@ class ProcessedImage:
     grey_diff: float  # mean channel spread of 3-channel files, 0 for 1-channel ones
     normalisation: str
     crop_box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the original frame
+    note: str = ""  # kept with a remark (bytes after the end marker, more TIFF pages)
 
     @property
     def width(self) -> int:
@@ -101,54 +114,301 @@ def jpeg_header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None if unknown.
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What a file header says before any pixel is decoded."""
 
-    PNG and JPEG headers are parsed directly (microseconds); other formats through Pillow's
-    lazy open.
-    """
+    format: str
+    width: int
+    height: int
+    pages: int = 1  # images in the file (multi-page TIFF); the first one is used
+
+
+def _be(data: bytes, offset: int, size: int) -> int:
+    return int.from_bytes(data[offset : offset + size], "big")
+
+
+def _le(data: bytes, offset: int, size: int) -> int:
+    return int.from_bytes(data[offset : offset + size], "little")
+
+
+def tiff_header(data: bytes) -> HeaderInfo | None:
+    """Width and height of the first page (tags 256/257) and the page count (IFD chain);
+    classic and BigTIFF, either byte order, any compression, strips or tiles."""
+    order = "little" if data[:2] == b"II" else "big"
+    word = lambda offset, size: int.from_bytes(data[offset : offset + size], order)  # noqa: E731
+    big = word(2, 2) == 43
+    if big:
+        entry_size, count_size, offset_size, first = 20, 8, 8, word(8, 8)
+    else:
+        entry_size, count_size, offset_size, first = 12, 2, 4, word(4, 4)
+    value_offset = 4 + offset_size  # tag(2) + type(2) + count(4 or 8), then the value
+    width = height = 0
+    pages, offset, seen = 0, first, set()
+    while 0 < offset < len(data) and offset not in seen and pages < 100_000:
+        seen.add(offset)
+        entries = word(offset, count_size)
+        start = offset + count_size
+        if pages == 0:
+            for i in range(entries):
+                entry = start + i * entry_size
+                tag, kind = word(entry, 2), word(entry + 2, 2)
+                if tag in (256, 257):
+                    value = word(entry + value_offset, 2 if kind == 3 else (8 if kind == 16 else 4))
+                    width, height = (value, height) if tag == 256 else (width, value)
+        pages += 1
+        offset = word(start + entries * entry_size, offset_size)
+    if not (width and height):
+        return None
+    return HeaderInfo("TIFF", width, height, pages)
+
+
+def _tokens(text: bytes) -> list[bytes]:
+    """Whitespace-separated header fields with #-comments removed (PNM, PFM)."""
+    lines = [line.split(b"#", 1)[0] for line in text.split(b"\n")]
+    return b" ".join(lines).split()
+
+
+def netpbm_header(data: bytes) -> HeaderInfo | None:
+    """P1-P6 (PBM/PGM/PPM), P7 (PAM: WIDTH/HEIGHT lines), PF/Pf (PFM)."""
+    head = data[:1024]
+    if head[:2] == b"P7":
+        fields = _tokens(head.split(b"ENDHDR", 1)[0])
+        named = {fields[i]: fields[i + 1] for i in range(1, len(fields) - 1)}
+        try:
+            return HeaderInfo("PAM", int(named[b"WIDTH"]), int(named[b"HEIGHT"]))
+        except (KeyError, ValueError):
+            return None
+    fields = _tokens(head)
+    try:
+        return HeaderInfo(fields[0].decode(), int(fields[1]), int(fields[2]))
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def radiance_header(data: bytes) -> HeaderInfo | None:
+    """Radiance HDR: text lines up to an empty one, then e.g. `-Y 512 +X 640`."""
+    head = data[:65536]
+    end = head.find(b"\n\n")
+    if end < 0:
+        return None
+    fields = head[end + 2 :].split(b"\n", 1)[0].split()
+    if len(fields) != 4:
+        return None
+    try:
+        first, second = int(fields[1]), int(fields[3])
+    except ValueError:
+        return None
+    width, height = (second, first) if fields[0][1:] == b"Y" else (first, second)
+    return HeaderInfo("Radiance HDR", width, height)
+
+
+def exr_header(data: bytes) -> HeaderInfo | None:
+    """OpenEXR: attributes (name, type, size, value) up to an empty name; `dataWindow`."""
+    offset = 8
+    while offset < min(len(data), 1 << 20):
+        name_end = data.find(b"\0", offset)
+        if name_end <= offset:
+            return None
+        type_end = data.find(b"\0", name_end + 1)
+        size = _le(data, type_end + 1, 4)
+        value = type_end + 5
+        if data[offset:name_end] == b"dataWindow" and size == 16:
+            x0, y0, x1, y1 = struct.unpack("<iiii", data[value : value + 16])
+            return HeaderInfo("OpenEXR", x1 - x0 + 1, y1 - y0 + 1)
+        offset = value + size
+    return None
+
+
+def webp_header(data: bytes) -> HeaderInfo | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return HeaderInfo("WebP", _le(data, 24, 3) + 1, _le(data, 27, 3) + 1)
+    if chunk == b"VP8L":
+        bits = _le(data, 21, 4)
+        return HeaderInfo("WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+    if chunk == b"VP8 ":
+        return HeaderInfo("WebP", _le(data, 26, 2) & 0x3FFF, _le(data, 28, 2) & 0x3FFF)
+    return None
+
+
+def jpeg2000_header(data: bytes) -> HeaderInfo | None:
+    if data.startswith(b"\xff\x4f\xff\x51"):  # raw codestream: SIZ marker segment
+        width, height = _be(data, 8, 4) - _be(data, 16, 4), _be(data, 12, 4) - _be(data, 20, 4)
+        return HeaderInfo("JPEG 2000", width, height)
+    at = data.find(b"ihdr", 0, 4096)
+    if at < 0:
+        return None
+    return HeaderInfo("JPEG 2000", _be(data, at + 8, 4), _be(data, at + 4, 4))
+
+
+def header_info(data: bytes) -> HeaderInfo | None:
+    """Format and size from the header of every format OpenCV decodes; None if unknown."""
     if data.startswith(PNG_SIGNATURE):
-        return png_header_size(data)
+        size = png_header_size(data)
+        return HeaderInfo("PNG", *size) if size else None
     if data.startswith(JPEG_SIGNATURE):
         size = jpeg_header_size(data)
-        if size is not None:
-            return size
+        return HeaderInfo("JPEG", *size) if size else None
+    if data[:4] in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):
+        return tiff_header(data)
+    if data.startswith(b"BM") and len(data) >= 26:
+        return HeaderInfo("BMP", abs(struct.unpack("<i", data[18:22])[0]), abs(struct.unpack("<i", data[22:26])[0]))
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return webp_header(data)
+    if data[:1] == b"P" and data[1:2] in b"1234567Ff":
+        return netpbm_header(data)
+    if data.startswith((b"#?RADIANCE", b"#?RGBE")):
+        return radiance_header(data)
+    if data.startswith(b"\x76\x2f\x31\x01"):
+        return exr_header(data)
+    if data.startswith(b"\x00\x00\x00\x0cjP  ") or data.startswith(b"\xff\x4f\xff\x51"):
+        return jpeg2000_header(data)
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return HeaderInfo("GIF", _le(data, 6, 2), _le(data, 8, 2))
+    if data.startswith(b"\x59\xa6\x6a\x95"):
+        return HeaderInfo("Sun raster", _be(data, 4, 4), _be(data, 8, 4))
+    return _pillow_header(data)
+
+
+def _pillow_header(data: bytes) -> HeaderInfo | None:
+    """Formats parsed above are the ones OpenCV reads; Pillow's lazy open covers the rest."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                return image.size
+                return HeaderInfo(image.format or "image", *image.size, getattr(image, "n_frames", 1))
     except Image.DecompressionBombError as err:
         raise RejectedImage(f"decompression bomb ({err})") from err
-    except Exception:  # noqa: BLE001 - Pillow raises many types; OpenCV gets its own try
+    except Exception:  # noqa: BLE001 - Pillow raises many types for what it cannot read
         return None
 
 
-def check_complete(data: bytes) -> None:
-    """Reject files whose end is missing: OpenCV silently grey-fills truncated JPEGs."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding pixels; None if unknown."""
+    info = header_info(data)
+    return (info.width, info.height) if info else None
+
+
+def jpeg_end(data: bytes) -> int:
+    """Offset just past the end-of-image marker, or -1 if the file is cut before it.
+
+    The segments before the first scan are skipped by their lengths (an EXIF thumbnail holds
+    an end marker of its own); inside entropy-coded data 0xFFD9 can only be the real end.
+    """
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return -1
+        marker = data[offset + 1]
+        if marker == 0xFF:
+            offset += 1
+            continue
+        if marker == 0xDA:  # start of scan
+            end = data.find(JPEG_END, offset)
+            return end + 2 if end >= 0 else -1
+        offset += 2 + _be(data, offset + 2, 2)
+    return -1
+
+
+def png_end(data: bytes) -> int:
+    """Offset just past the IEND chunk, or -1 if the chunk chain runs off the end."""
+    offset = len(PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length, kind = _be(data, offset, 4), data[offset + 4 : offset + 8]
+        offset += 12 + length
+        if kind == b"IEND":
+            return offset if offset <= len(data) else -1
+    return -1
+
+
+def check_complete(data: bytes) -> str:
+    """Reject files whose end is missing (OpenCV silently grey-fills truncated JPEGs); bytes
+    after a complete JPEG/PNG are ignored, and the returned note says so ('' if none)."""
     if not data:
         raise RejectedImage("empty file (0 bytes)")
-    if data.startswith(JPEG_SIGNATURE) and JPEG_END not in data[-4096:]:
-        raise RejectedImage("truncated JPEG (no end-of-image marker)")
-    if data.startswith(PNG_SIGNATURE) and b"IEND" not in data[-64:]:
-        raise RejectedImage("truncated PNG (no IEND chunk)")
+    if data.startswith(JPEG_SIGNATURE):
+        end, name = jpeg_end(data), "JPEG end-of-image marker"
+        if end < 0:
+            raise RejectedImage("truncated JPEG (no end-of-image marker)")
+    elif data.startswith(PNG_SIGNATURE):
+        end, name = png_end(data), "PNG IEND chunk"
+        if end < 0:
+            raise RejectedImage("truncated PNG (no IEND chunk)")
+    else:
+        return ""
+    extra = len(data) - end
+    return f"note: {extra} bytes after the {name} ignored" if extra else ""
+
+
+@functools.lru_cache(maxsize=1)
+def _message_file() -> int:
+    """A file descriptor that receives what libjpeg writes to stderr while decoding."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("libjpeg-messages")
+    return os.dup(tempfile.TemporaryFile().fileno())
+
+
+def _imdecode_reporting(data: bytes) -> tuple[np.ndarray | None, str]:
+    """cv2.imdecode, and what the decoder library printed (libjpeg reports "Corrupt JPEG
+    data" for bit flips and cut scans, yet returns an image)."""
+    sink = _message_file()
+    os.lseek(sink, 0, os.SEEK_SET)
+    os.ftruncate(sink, 0)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink, 2)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    size = os.lseek(sink, 0, os.SEEK_CUR)
+    messages = os.pread(sink, min(size, 4096), 0).decode("utf-8", "replace") if size else ""
+    return array, messages
+
+
+def decode_with_note(data: bytes, policy: ImagePolicy) -> tuple[np.ndarray, str]:
+    """Decode with OpenCV, unchanged depth and channels: [H, W] or [H, W, C], and a note for
+    the catalog ('' if none). The size is read from the header and checked against the pixel
+    cap first, for every format; a format whose size cannot be read is not decoded."""
+    note = check_complete(data)
+    info = header_info(data) or _pillow_header(data)
+    if info is None:
+        raise RejectedImage(
+            "not a decodable image (unknown format: its size cannot be read before decoding)"
+        )
+    if info.width * info.height > policy.max_pixels:
+        raise RejectedImage(
+            f"decompression bomb: {info.format} header says {info.width}x{info.height} "
+            f"> {policy.max_pixels} pixels (raise --max-pixels to allow)"
+        )
+    if info.pages > 1:
+        pages = f"note: multi-page {info.format}, first of {info.pages} pages kept"
+        note = f"{note}; {pages}" if note else pages
+    if info.format == "JPEG":
+        array, messages = _imdecode_reporting(data)
+        corrupt = next((line for line in messages.splitlines() if "Corrupt JPEG data" in line), "")
+        if corrupt:
+            raise RejectedImage(f"corrupt JPEG ({corrupt.strip()})")
+    else:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if array is None or array.size == 0:
+        limit = int(os.environ.get(OPENCV_PIXEL_LIMIT, DEFAULT_MAX_PIXELS))
+        if info.width * info.height > limit:
+            raise RejectedImage(
+                f"{info.width}x{info.height} pixels exceed OpenCV's limit {OPENCV_PIXEL_LIMIT}={limit}: "
+                "set it in the environment"
+            )
+        raise RejectedImage("not a decodable image (corrupt, truncated or wrong format)")
+    if array.shape[0] * array.shape[1] > policy.max_pixels:
+        raise RejectedImage(f"decompression bomb: {array.shape[1]}x{array.shape[0]} pixels")
+    return array, note
 
 
 def decode(data: bytes, policy: ImagePolicy) -> np.ndarray:
     """Decode with OpenCV, unchanged depth and channels: [H, W] or [H, W, C]."""
-    check_complete(data)
-    size = header_size(data)
-    if size is not None and size[0] * size[1] > policy.max_pixels:
-        raise RejectedImage(
-            f"decompression bomb: header says {size[0]}x{size[1]} "
-            f"> {policy.max_pixels} pixels (raise --max-pixels to allow)"
-        )
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if array is None or array.size == 0:
-        raise RejectedImage("not a decodable image (corrupt, truncated or wrong format)")
-    if array.shape[0] * array.shape[1] > policy.max_pixels:
-        raise RejectedImage(f"decompression bomb: {array.shape[1]}x{array.shape[0]} pixels")
-    return array
+    return decode_with_note(data, policy)[0]
 
 
 def channel_spread(bgr: np.ndarray) -> float:
@@ -194,7 +454,7 @@ def crop_borders(grey: np.ndarray, policy: ImagePolicy) -> tuple[np.ndarray, tup
         rows = np.flatnonzero(inner.max(axis=1))
         cols = np.flatnonzero(inner.max(axis=0))
         if rows.size == 0:
-            raise RejectedImage("blank image (all pixels zero)")
+            raise RejectedImage("constant image (every pixel is 0: a blank image)")
         y0, y1 = y0 + int(rows[0]), y0 + int(rows[-1]) + 1
         x0, x1 = x0 + int(cols[0]), x0 + int(cols[-1]) + 1
     return grey[y0:y1, x0:x1], (x0, y0, x1, y1)
@@ -220,7 +480,9 @@ def stretch_to_8bit(grey: np.ndarray, policy: ImagePolicy) -> tuple[np.ndarray, 
 
 def process_image_bytes(data: bytes, policy: ImagePolicy) -> ProcessedImage:
     """One decode: grey check, border crop, 8-bit view; raises RejectedImage with a reason."""
-    return process_array(decode(data, policy), policy)
+    array, note = decode_with_note(data, policy)
+    processed = process_array(array, policy)
+    return replace(processed, note=note) if note else processed
 
 
 def supported_dtype(array: np.ndarray) -> np.ndarray:
@@ -236,12 +498,18 @@ def process_array(array: np.ndarray, policy: ImagePolicy) -> ProcessedImage:
     orig_height, orig_width = array.shape[:2]
     channels = 1 if array.ndim == 2 else array.shape[2]
     dtype = array.dtype
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise RejectedImage("non-finite pixel values (NaN or Inf)")
     array = supported_dtype(array)
     grey, spread = to_grey(array, policy)
     cropped, crop_box = crop_borders(grey, policy)
     height, width = cropped.shape
     if height < policy.min_side and width < policy.min_side:
         raise RejectedImage(f"too small ({width}x{height}: both sides < {policy.min_side} px)")
+    low, high, _, _ = cv2.minMaxLoc(cropped)
+    if low == high:  # stretched, it would be stored all black
+        blank = ": a blank image" if low == 0 else ""
+        raise RejectedImage(f"constant image (every pixel is {low:g}{blank})")
     view8, normalisation = stretch_to_8bit(cropped, policy)
     pixels = cropped if cropped.dtype == np.uint16 else view8
     return ProcessedImage(

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
+import os
 import posixpath
 import re
 import tempfile
 import time
-from collections import deque
+from collections import Counter
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -27,8 +26,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from inf590k import catalog as cat
+from inf590k import lineage
 from inf590k.fsutil import available_cores
 from inf590k.imageio import (
+    OPENCV_PIXEL_LIMIT,
     ImagePolicy,
     ProcessedImage,
     RejectedImage,
@@ -48,9 +49,20 @@ from inf590k.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
-from inf590k.sources import SourceEntry, SourceReader, list_entries, member_suffix, root_kind
+from inf590k.sources import (
+    DamagedMember,
+    SourceEntry,
+    SourceReader,
+    list_entries,
+    member_suffix,
+    root_kind,
+)
+from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
+from inf590k.workers import Executor, make_executor, sigterm_as_interrupt
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
+SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"
+CHUNK_BYTES = 64 << 20  # and at most this many bytes to read per part (memory in flight)
 SPLIT_PATTERN = re.compile(r"(?:^|[_/-])(train|trainval|val|validation|test)(?:[_/-]|imgr|img|$)", re.I)
 
 
@@ -62,6 +74,7 @@ class IngestConfig:
     workers: int = 0  # 0: one per core
     policy: ImagePolicy = field(default_factory=ImagePolicy)
     progress: bool = True
+    drop_sources: tuple[str, ...] = ()  # source ids whose rows and chunks are removed first
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,8 @@ class Task:
     reason: str = ""
     data: bytes | None = None
     occurrence: int = 0  # a repeated archive member name (see sources.flag_name_problems)
+    order: int = 0  # position in the archive: tar sources are chunked in archive order
+    offset: int = -1  # data offset in an uncompressed tar: the worker reads the member itself
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,7 @@ class SourceJob:
 @dataclass
 class SourceSummary:
     source: str
+    root: str = ""
     found: int = 0
     ok: int = 0
     excluded: int = 0
@@ -108,18 +124,44 @@ class SourceSummary:
             line += f" [resumed: {self.reused_chunks} chunks already done]"
         return line
 
+    def warning(self) -> str:
+        """A line when the source yielded no image at all (a layout the manifest misses)."""
+        if self.ok:
+            return ""
+        return (
+            f"warning: source {self.source} kept 0 of {self.found} files in {self.root}: compare "
+            f"its layout with `inf590k sources show {self.source}` (or use --manifest FILE)"
+        )
+
 
 @dataclass
 class IngestSummary:
     sources: list[SourceSummary]
     seconds: float
     decoded: int
+    earlier_sources: tuple[str, ...] = ()  # in the build folder from earlier runs, not named now
+    dropped: tuple[str, ...] = ()
+    changed: bool = True  # catalog parts were written or removed (lineage: later stages stale)
+    lineage_options: dict = field(default_factory=dict)  # what the catalog was made from
+    lineage_counts: dict = field(default_factory=dict)  # {source: rows}, every source in the build
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for w in (s.warning() for s in self.sources) if w]
 
     def __str__(self) -> str:
         lines = [str(s) for s in self.sources]
+        if self.dropped:
+            lines.append(f"dropped from the build: {', '.join(self.dropped)}")
+        if self.earlier_sources:
+            lines.append(
+                f"also in the build from earlier runs: {', '.join(self.earlier_sources)} "
+                "(remove one with --drop-source ID)"
+            )
         rate = self.decoded / self.seconds if self.seconds > 0 else 0.0
         total = sum(s.found for s in self.sources)
         lines.append(f"ingest: {total} files catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
+        lines.extend(self.warnings)
         return "\n".join(lines)
 
 
@@ -144,22 +186,30 @@ def split_of(relpath: str) -> str:
     return {"validation": "val"}.get(word, word)
 
 
-def classify(manifest: Manifest, entry: SourceEntry) -> Task:
+def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
+    task = Task(entry.relpath, entry.size, "", occurrence=entry.occurrence, order=entry.order, offset=entry.offset)
     if entry.problem:
-        return Task(entry.relpath, entry.size, "", cat.STATUS_REJECTED, entry.problem, occurrence=entry.occurrence)
+        return replace(task, status=cat.STATUS_REJECTED, reason=entry.problem)
     rule = manifest.excluded_by(entry.relpath)
     if rule:
-        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, rule)
+        return replace(task, status=cat.STATUS_EXCLUDED, reason=rule)
     suffix = member_suffix(entry.relpath)
     if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
         reason = f"not an image file ({suffix or 'no extension'})"
-        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, reason)
+        return replace(task, status=cat.STATUS_EXCLUDED, reason=reason)
     if not manifest.included(entry.relpath):
-        return Task(entry.relpath, entry.size, "", cat.STATUS_EXCLUDED, "outside the manifest's include globs")
+        return replace(task, status=cat.STATUS_EXCLUDED, reason="outside the manifest's include globs")
     if entry.size == 0:
-        return Task(entry.relpath, 0, "", cat.STATUS_REJECTED, "empty file (0 bytes)")
-    return Task(entry.relpath, entry.size, "video" if suffix in VIDEO_EXTENSIONS else "decode")
+        return replace(task, status=cat.STATUS_REJECTED, reason="empty file (0 bytes)")
+    video = suffix in VIDEO_EXTENSIONS
+    if entry.size > max_bytes and (in_archive or not video):  # folder videos are streamed
+        reason = (
+            f"file too large ({entry.size / 2**20:.0f} MB > {max_bytes / 2**20:g} MB): not read "
+            "(raise --max-file-mb to allow)"
+        )
+        return replace(task, status=cat.STATUS_REJECTED, reason=reason)
+    return replace(task, decision="video" if video else "decode")
 
 
 def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
@@ -182,18 +232,41 @@ def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
     return out
 
 
-def plan_source(manifest: Manifest, root: Path) -> tuple[list[Task], str]:
-    """The source's tasks, and a digest of its file list (names, sizes, times)."""
+def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Task], str]:
+    """The source's tasks, and a digest of its file list (names, sizes, times).
+
+    Tasks are sorted by path, except in a tar archive: there they keep archive order, so one
+    forward pass reads each chunk's members without holding members of later chunks.
+    """
     entries = list_entries(root)
     listing = hashlib.sha256()
     for entry in entries:
         listing.update(f"{entry.relpath}\0{entry.size}\0{entry.mtime}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
-    tasks = [classify(manifest, entry) for entry in entries]
-    return subsample_sequences(manifest, tasks), listing.hexdigest()
+    kind = root_kind(root)
+    tasks = [classify(manifest, entry, max_bytes, kind != "folder") for entry in entries]
+    tasks = [replace(t, reason=SYNTH_MARKER_REASON) if t.relpath == SYNTH_MARKER else t for t in tasks]
+    tasks = subsample_sequences(manifest, tasks)
+    if kind == "tar":
+        tasks.sort(key=lambda task: task.order)
+    return tasks, listing.hexdigest()
 
 
-def chunked(tasks: list[Task], size: int = CHUNK_FILES) -> list[list[Task]]:
-    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
+def chunked(tasks: list[Task], size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> list[list[Task]]:
+    """Consecutive runs of at most `size` files and `max_bytes` bytes to read (one file over
+    that gets a chunk of its own): the cut depends on the file list only."""
+    chunks: list[list[Task]] = []
+    current: list[Task] = []
+    held = 0
+    for task in tasks:
+        weight = task.size if task.decision else 0
+        if current and (len(current) >= size or held + weight > max_bytes):
+            chunks.append(current)
+            current, held = [], 0
+        current.append(task)
+        held += weight
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def part_path(build: Path, source: str, chunk: int) -> Path:
@@ -207,7 +280,7 @@ def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, listin
         "root": str(Path(root).resolve()),
         "policy": asdict(policy),
         "files": listing,
-        "chunk": CHUNK_FILES,
+        "chunk": [CHUNK_FILES, CHUNK_BYTES],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -251,6 +324,7 @@ def image_row(row: dict, processed: ProcessedImage, file_sha256: str) -> dict:
         entropy=fp.entropy,
         phash=fp.phash,
         dhash=fp.dhash,
+        reason=processed.note,  # "" or a remark on a kept file (status stays ok)
     )
     return row
 
@@ -270,10 +344,22 @@ def policy_for(manifest: Manifest, policy: ImagePolicy) -> ImagePolicy:
     )
 
 
+def read_task(task: Task, reader: SourceReader) -> bytes:
+    """The file's bytes: streamed in by the caller (compressed tar), read in place from an
+    uncompressed tar, or read by name."""
+    if task.data is not None:
+        return task.data
+    if task.offset >= 0:
+        return reader.read_at(task.offset, task.size)
+    return reader.read(task.relpath)
+
+
 def decode_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
     row = base_row(job.manifest, task)
     try:
-        data = task.data if task.data is not None else reader.read(task.relpath)
+        data = read_task(task, reader)
+    except DamagedMember as err:
+        return [rejected(row, str(err))]
     except OSError as err:
         return [rejected(row, f"unreadable ({err.strerror or err})")]
     row["file_bytes"] = len(data)
@@ -288,10 +374,19 @@ def video_path(job: SourceJob, task: Task, reader: SourceReader, scratch: Path) 
     """OpenCV reads videos from paths: archive members go to a scratch file in the build dir."""
     if job.kind == "folder":
         return job.root / task.relpath
-    data = task.data if task.data is not None else reader.read(task.relpath)
+    data = read_task(task, reader)
     target = scratch / f"video{member_suffix(task.relpath)}"
     target.write_bytes(data)
     return target
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """sha256 of a file read in blocks (a video need not fit in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def iter_video_frames(path: Path, stride: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -317,9 +412,11 @@ def video_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
     with tempfile.TemporaryDirectory(dir=job.build) as scratch:
         try:
             path = video_path(job, task, reader, Path(scratch))
+        except DamagedMember as err:
+            return [rejected(base_row(job.manifest, task), str(err))]
         except OSError as err:
             return [rejected(base_row(job.manifest, task), f"unreadable ({err.strerror or err})")]
-        file_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        file_sha = file_sha256(path)
         for index, frame in iter_video_frames(path, job.manifest.video_stride):
             row = base_row(job.manifest, task, frame=index)
             try:
@@ -342,8 +439,12 @@ def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
     return rows
 
 
-def _process_chunk_star(args: tuple[SourceJob, list[Task]]) -> list[dict]:
-    return process_chunk(*args)
+def raise_opencv_pixel_limit(max_pixels: int) -> None:
+    """OpenCV's backstop follows --max-pixels in worker processes started from now on (it is
+    read when cv2 is imported; this process keeps the limit it started with)."""
+    current = int(os.environ.get(OPENCV_PIXEL_LIMIT, "0") or 0)
+    if max_pixels > current:
+        os.environ[OPENCV_PIXEL_LIMIT] = str(max_pixels)
 
 
 def _init_worker() -> None:
@@ -353,54 +454,42 @@ def _init_worker() -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def make_pool(workers: int) -> ProcessPoolExecutor:
-    """Worker processes forked from a clean server process that has imported ingest once.
-
-    Plain fork would copy the caller's threads' locks (OpenCV's pool, torch, tqdm) and can
-    deadlock; spawn would re-import OpenCV/imagehash/pyarrow in every worker of every run.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["inf590k.ingest"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-
-
 def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Task]]:
-    """Attach member bytes to tar chunks in one forward pass over the archive."""
-    wanted = {t.relpath for chunk in chunks for t in chunk if t.decision}
-    reader = SourceReader(job.root)
-    stream = reader.iter_tar_bytes(wanted)
-    buffered: dict[str, bytes] = {}
-    for chunk in chunks:
-        needed = {t.relpath for t in chunk if t.decision}
-        while not needed <= buffered.keys():
-            name, data = next(stream)
-            buffered[name] = data
-        yield [replace(t, data=buffered.pop(t.relpath)) if t.decision else t for t in chunk]
+    """Attach member bytes to tar chunks in one forward pass over the archive.
 
-
-def bounded_map(pool: ProcessPoolExecutor, work: Iterator, window: int) -> Iterator[list[dict]]:
-    """pool.map in order, with at most `window` chunks in flight.
-
-    Executor.map submits everything at once, which would read a whole tar archive into memory
-    before the first part is written.
+    Chunks follow archive order, so only the current chunk's members are held. A member that
+    cannot be read (cut off, corrupt stream) becomes a rejected task with the reason. Members
+    of an uncompressed tar are not streamed: the worker reads them at their offset.
     """
-    pending: deque = deque()
-    for item in work:
-        pending.append(pool.submit(_process_chunk_star, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    wanted = {t.relpath for chunk in chunks for t in chunk if t.decision and t.offset < 0}
+    if not wanted:  # uncompressed: each worker reads its members in place (no copy held here)
+        yield from chunks
+        return
+    stream = SourceReader(job.root).iter_tar_bytes(wanted)
+    buffered: dict[str, bytes | DamagedMember] = {}
+    for chunk in chunks:
+        needed = {t.relpath for t in chunk if t.decision and t.offset < 0}
+        while not needed <= buffered.keys():
+            name, payload = next(stream, (None, None))
+            if name is None:  # the stream ended early: cannot happen unless the file changed
+                buffered.update({n: DamagedMember("archive member not found on re-read") for n in needed})
+                break
+            buffered[name] = payload
+        yield [attach(t, buffered.pop(t.relpath)) if t.relpath in needed else t for t in chunk]
+
+
+def attach(task: Task, payload: bytes | DamagedMember) -> Task:
+    if isinstance(payload, DamagedMember):
+        return replace(task, decision="", status=cat.STATUS_REJECTED, reason=str(payload))
+    return replace(task, data=payload)
 
 
 def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
     cat.write_parquet_atomic(cat.rows_to_table(rows), part_path(build, source, chunk))
 
 
-def summarize_parts(build: Path, manifest: Manifest) -> SourceSummary:
-    summary = SourceSummary(manifest.id, expected=manifest.expected_count)
+def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
+    summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
     candidates: set[str] = set()  # files the include globs matched (a video is one file)
     for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
         table = pq.read_table(path, columns=["status", "reason", "relpath"])
@@ -422,11 +511,12 @@ def summarize_parts(build: Path, manifest: Manifest) -> SourceSummary:
 
 def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorded: dict) -> tuple[SourceJob, list[list[Task]], list[int]]:
     """Plan a source and find which chunks still need doing (stale parts are removed)."""
-    tasks, listing = plan_source(manifest, root)
+    if synthetic_marker(Path(root)):
+        manifest = as_synthetic(manifest)
+    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
-        for stale in cat.catalog_dir(config.build).glob(f"part-{manifest.id}-*.parquet"):
-            stale.unlink()
+        remove_parts(config.build, manifest.id)
     job = SourceJob(manifest, Path(root), root_kind(root), policy_for(manifest, config.policy), config.build)
     recorded[manifest.id] = {
         "root": str(Path(root).resolve()),
@@ -444,17 +534,75 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
     return job, chunks, todo
 
 
-def ingest(config: IngestConfig) -> IngestSummary:
-    """Catalogue every file of every source; resumable; identical for any worker count."""
-    build = Path(config.build)
-    cat.catalog_dir(build).mkdir(parents=True, exist_ok=True)
+def remove_parts(build: Path, source: str) -> None:
+    for stale in cat.catalog_dir(build).glob(f"part-{source}-*.parquet"):
+        stale.unlink()
+
+
+def synthetic_marker(root: Path) -> bool:
+    """Whether `inf590k synth` wrote this tree (its marker file at the root of the folder)."""
+    return root.is_dir() and (root / SYNTH_MARKER).is_file()
+
+
+def as_synthetic(manifest: Manifest) -> Manifest:
+    """A tree written by `inf590k synth` imitates a source's layout, not its data: its frames
+    are synthetic, under the toolkit's license and citation."""
+    return replace(
+        manifest,
+        name=f"{manifest.name} (synthetic imitation)",
+        modality="synthetic",
+        license=SYNTH_LICENSE,
+        citation=SYNTH_CITATION,
+        homepage="",
+    )
+
+
+def chosen_manifests(config: IngestConfig) -> list[Manifest]:
+    """The manifest of each --source, after checking ids, roots and the build path."""
     manifests = resolve_manifests(config.manifests)
     chosen = [manifest_for_source(source_id, manifests) for source_id, _ in config.sources]
     ids = [m.id for m in chosen]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})[0]
         raise ValueError(f"source {twice!r} is given twice: use folder:NAME=PATH to name each folder")
+    both = sorted(set(ids) & set(config.drop_sources))
+    if both:
+        raise ValueError(f"source {both[0]!r} is both given and dropped: pass one of --source, --drop-source")
+    build = Path(config.build).resolve()
+    for manifest, (_, root) in zip(chosen, config.sources, strict=True):
+        if root_kind(Path(root)) == "folder" and build.is_relative_to(Path(root).resolve()):
+            raise ValueError(
+                f"--build {config.build} is inside the folder of source {manifest.id} ({root}): "
+                "it would catalogue itself; put the build folder elsewhere"
+            )
+    return chosen
+
+
+def drop_sources(build: Path, recorded: dict, drop: tuple[str, ...]) -> None:
+    """Remove the rows, chunks and record of sources an earlier run put in the build."""
+    for source in drop:
+        if source not in recorded:
+            held = ", ".join(sorted(recorded)) or "none"
+            raise ValueError(f"--drop-source {source}: not in {build} (it holds: {held})")
+    for source in drop:
+        remove_parts(build, source)
+        del recorded[source]
+
+
+def _parts_state(build: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in cat.part_paths(build)}
+
+
+@lineage.stage("ingest", validate=chosen_manifests)
+def ingest(config: IngestConfig) -> IngestSummary:
+    """Catalogue every file of every source; resumable; identical for any worker count."""
+    build = Path(config.build)
+    chosen = chosen_manifests(config)
     recorded = cat.read_sources(build)
+    before = (json.dumps(recorded, sort_keys=True), _parts_state(build))
+    drop_sources(build, {**recorded}, config.drop_sources)  # checks every id before any change
+    lineage.mark_running(build, "ingest")
+    drop_sources(build, recorded, config.drop_sources)
     plans = [
         prepare_source(config, manifest, Path(root), recorded)
         for manifest, (_, root) in zip(chosen, config.sources, strict=True)
@@ -466,31 +614,45 @@ def ingest(config: IngestConfig) -> IngestSummary:
 
     workers = config.workers or available_cores()
     total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
+    raise_opencv_pixel_limit(max((job.policy.max_pixels for job, _, _ in plans), default=0))
     started = time.perf_counter()
     decoded = 0
-    pool = make_pool(workers) if workers > 1 and total else None
-    try:
-        with tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
-            for job, chunks, todo in plans:
-                decoded += run_source(job, chunks, todo, pool, bar, window=2 * workers)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    with sigterm_as_interrupt(), make_executor(
+        workers if total else 1, ("inf590k.ingest",), _init_worker
+    ) as executor, tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
+        for job, chunks, todo in plans:
+            decoded += run_source(job, chunks, todo, executor, bar)
     seconds = time.perf_counter() - started
-    summaries = [summarize_parts(build, job.manifest) for job, _, _ in plans]
+    summaries = [summarize_parts(build, job.manifest, job.root) for job, _, _ in plans]
     for summary, (_, chunks, todo) in zip(summaries, plans, strict=True):
         summary.reused_chunks = len(chunks) - len(todo)
-    return IngestSummary(summaries, seconds, decoded)
+    named = {job.manifest.id for job, _, _ in plans}
+    after = (json.dumps(recorded, sort_keys=True), _parts_state(build))
+    return IngestSummary(
+        summaries,
+        seconds,
+        decoded,
+        earlier_sources=tuple(sorted(set(recorded) - named)),
+        dropped=tuple(config.drop_sources),
+        changed=after != before,
+        lineage_options={s: info["signature"] for s, info in sorted(recorded.items())},
+        lineage_counts=catalog_counts(build),
+    )
 
 
-def run_source(
-    job: SourceJob, chunks: list[list[Task]], todo: list[int], pool: ProcessPoolExecutor | None, bar: tqdm, window: int
-) -> int:
+def catalog_counts(build: Path) -> dict[str, int]:
+    """Rows per source (later stages change statuses, never the rows)."""
+    if not cat.part_paths(build):
+        return {}
+    sources = pq.read_table(cat.catalog_dir(build), columns=["source"]).column("source")
+    return dict(sorted(Counter(sources.to_pylist()).items()))
+
+
+def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], executor: Executor, bar: tqdm) -> int:
     todo_chunks = [chunks[i] for i in todo]
     if job.kind == "tar":
         todo_chunks = with_tar_bytes(job, todo_chunks)
-    work = ((job, chunk) for chunk in todo_chunks)
-    results = map(_process_chunk_star, work) if pool is None else bounded_map(pool, work, window)
+    results = executor.map(process_chunk, ((job, chunk) for chunk in todo_chunks))
     decoded = 0
     for chunk_index, rows in zip(todo, results, strict=False):
         write_chunk(job.build, job.manifest.id, chunk_index, rows)

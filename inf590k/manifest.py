@@ -143,6 +143,18 @@ def _fail(path: str, key: str, problem: str, fix: str) -> ManifestError:
     return ManifestError(f"{path}: key '{key}': {problem}. Fix: {fix}")
 
 
+def _check_globs(patterns: tuple[str, ...], path: str, key: str) -> tuple[str, ...]:
+    for pattern in patterns:
+        try:
+            _glob_regex(pattern)
+        except re.error as err:
+            raise _fail(
+                path, key, f"glob {pattern!r} is not valid ({err.msg})",
+                "ranges in [...] go low to high ([a-z]), and every { needs its }",
+            ) from None
+    return patterns
+
+
 def _parse_excludes(raw: Any, path: str) -> tuple[ExcludeRule, ...]:
     if raw is None:
         return ()
@@ -158,6 +170,7 @@ def _parse_excludes(raw: Any, path: str) -> tuple[ExcludeRule, ...]:
                 path, "exclude", f"entry {item!r} is not {{rule, glob}}",
                 "each entry needs exactly `rule:` (a name) and `glob:` (a pattern), or the word standard",
             )
+        _check_globs((str(item["glob"]),), path, "exclude")
         rules.append(ExcludeRule(str(item["rule"]), str(item["glob"])))
     return tuple(rules)
 
@@ -205,7 +218,7 @@ def manifest_from_dict(data: Any, path: str = "<manifest>") -> Manifest:
     expected = data.get("expected_count")
     if expected is not None and (not isinstance(expected, int) or expected < 0):
         raise _fail(path, "expected_count", f"{expected!r} is not a count", "write a number or `null`")
-    include = _as_str_tuple(data.get("include", ["**/*"]), path, "include")
+    include = _check_globs(_as_str_tuple(data.get("include", ["**/*"]), path, "include"), path, "include")
     if not include:
         raise _fail(path, "include", "is empty", "list at least one glob, e.g. `include: [\"**/*.png\"]`")
     return Manifest(
@@ -220,7 +233,9 @@ def manifest_from_dict(data: Any, path: str = "<manifest>") -> Manifest:
         exclude=_parse_excludes(data.get("exclude"), path),
         expected_count=expected,
         video_stride=stride,
-        sequence_globs=_as_str_tuple(data.get("sequence_globs"), path, "sequence_globs"),
+        sequence_globs=_check_globs(
+            _as_str_tuple(data.get("sequence_globs"), path, "sequence_globs"), path, "sequence_globs"
+        ),
         border=_parse_border(data.get("border"), path),
         crop_zero_borders=bool(data.get("crop_zero_borders", True)),
         channel_policy=policy,
@@ -234,7 +249,10 @@ def load_manifest_file(path: Path) -> Manifest:
     try:
         data = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as err:
-        raise ManifestError(f"{path}: not valid YAML ({err}). Fix the syntax at the line shown") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ManifestError(f"{path}: not valid YAML{where} ({problem}). Fix the syntax there") from None
     except OSError as err:
         raise ManifestError(f"{path}: cannot read the manifest ({err.strerror})") from err
     return manifest_from_dict(data, str(path))
@@ -280,11 +298,16 @@ def resolve_manifests(extra_files: tuple[Path, ...] = ()) -> dict[str, Manifest]
 def manifest_for_source(source_id: str, manifests: dict[str, Manifest]) -> Manifest:
     """The manifest of `--source ID=PATH`; `folder:NAME` is a folder source with its own id."""
     if source_id.startswith("folder:"):
-        name = source_id.split(":", 1)[1]
+        name = source_id.split(":", 1)[1].replace("-", "_")  # ids join file names with "-"
         if not ID_PATTERN.match(name):
-            raise ManifestError(f"source {source_id!r}: NAME must use lower-case letters, digits and _")
+            raise ManifestError(
+                f"source {source_id!r}: NAME must use lower-case letters, digits, - and _"
+            )
         if name in manifests:
-            raise ManifestError(f"source {source_id!r}: {name!r} is already a manifest id; pick another NAME")
+            raise ManifestError(
+                f"source {source_id!r}: {name!r} is already a manifest id: use `--source {name}=PATH` "
+                f"to ingest it with that manifest, or another NAME, e.g. folder:{name}_own=PATH"
+            )
         return replace(folder_manifest(), id=name, name=f"Self-collected folder {name}")
     if source_id not in manifests:
         raise ManifestError(

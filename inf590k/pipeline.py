@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from inf590k import catalog as cat
+from inf590k import lineage
 from inf590k.bins import BinConfig, BinSummary, bin_catalog
 from inf590k.dedupe import DedupeConfig, DedupeSummary, dedupe
 from inf590k.ingest import IngestConfig, IngestSummary, ingest
@@ -26,9 +28,9 @@ class BuildConfig:
 @dataclass
 class BuildSummary:
     ingest: IngestSummary
-    dedupe: DedupeSummary
-    bins: BinSummary
-    shard: ShardSummary
+    dedupe: DedupeSummary | lineage.Recorded  # Recorded: up to date, not re-run
+    bins: BinSummary | lineage.Recorded
+    shard: ShardSummary | lineage.Recorded
     found: int = 0  # catalog rows of every source in the build folder
     earlier_sources: tuple[str, ...] = ()  # in the build folder from earlier runs, not named now
 
@@ -43,14 +45,33 @@ class BuildSummary:
         return line
 
 
+    @property
+    def rerun(self) -> tuple[str, ...]:
+        """The stages after ingest that were stale and ran again."""
+        stages = {"dedupe": self.dedupe, "bin": self.bins, "shard": self.shard}
+        return tuple(s for s, done in stages.items() if not isinstance(done, lineage.Recorded))
+
+
+def run_stale(stage_function: Callable, name: str, config: object) -> object:
+    """Run a stage unless its record says it already ran on the same input with these options."""
+    build = Path(config.build)
+    out = getattr(config, "out", None)
+    written = out is None or Path(out).exists()
+    if written and lineage.is_fresh(build, name, lineage.options_for(stage_function, config)):
+        return lineage.Recorded(lineage.read_record(build, name))
+    return stage_function(config)
+
+
 def run_build(config: BuildConfig) -> BuildSummary:
-    """Run the four stages on one build folder; every stage reads the previous one's files."""
+    """Run the four stages on one build folder, under one lock; ingest always (it resumes and
+    keeps its record when nothing changed), the later stages only when stale."""
     build = Path(config.ingest.build)
-    ingested = ingest(config.ingest)
-    deduped = dedupe(replace(config.dedupe or DedupeConfig(build=build), build=build))
-    binned = bin_catalog(replace(config.bins or BinConfig(build=build), build=build))
-    shard_config = config.shard or ShardConfig(build=build, out=config.out)
-    sharded = shard(replace(shard_config, build=build, out=config.out))
+    with lineage.locked(build, "build"):
+        ingested = ingest(config.ingest)
+        deduped = run_stale(dedupe, "dedupe", replace(config.dedupe or DedupeConfig(build=build), build=build))
+        binned = run_stale(bin_catalog, "bin", replace(config.bins or BinConfig(build=build), build=build))
+        shard_config = config.shard or ShardConfig(build=build, out=config.out)
+        sharded = run_stale(shard, "shard", replace(shard_config, build=build, out=config.out))
     counts = cat.status_counts(cat.read_catalog(build))
     named = {s.source for s in ingested.sources}
     return BuildSummary(

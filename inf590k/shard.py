@@ -39,6 +39,7 @@ ours and is refused; only files it names are ever replaced or removed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -50,7 +51,7 @@ import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +61,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from inf590k import catalog as cat
-from inf590k import progress
+from inf590k import lineage, progress
 from inf590k.fsutil import available_cores, write_text_atomic
+from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
 FORMAT_VERSION = 2  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
@@ -886,17 +888,18 @@ def _write_all(todo: list[ShardJob], workers: int, enabled: bool) -> Iterator[di
         with progress.SampleProgress(total, "shard", enabled, None):
             yield from map(write_shard, todo)
         return
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(pool_start_method())
     # largest shards first, so the workers finish together (the files do not depend on
     # the order in which shards are written)
     largest_first = sorted(todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows))
     with progress.SampleProgress(total, "shard", enabled, context) as bar:
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=bar.initializer, initargs=bar.initargs
-        ) as pool:
-            yield from pool.map(write_shard, largest_first)
+        initializer = functools.partial(bar.initializer, *bar.initargs) if bar.initializer else None
+        # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
+        with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.shard",), initializer) as pool:
+            yield from pool.map(write_shard, ((job,) for job in largest_first))
 
 
+@lineage.stage("shard", mark=True)  # refuses a missing/unfinished/stale bin; records the run
 def shard(config: ShardConfig) -> ShardSummary:
     """Write (or finish) the dataset folder of a build; byte-identical for any worker count."""
     from inf590k.card import write_card

@@ -8,16 +8,37 @@ catalog accounts for every file.
 from __future__ import annotations
 
 import errno
+import io
+import lzma
 import os
 import posixpath
 import stat
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+# What the standard library raises on a damaged archive (cut short, bad CRC, corrupt stream).
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError)
+DAMAGED_INDEX = "[archive index]"  # relpath of the row that stands for an unreadable archive part
+
+
+class DamagedMember(OSError):
+    """An archive member that cannot be read back (bad CRC, cut off); the message is the reason."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "damaged archive member"
+
+
+def damage_reason(err: BaseException) -> str:
+    """One line for the catalog (tarfile's open error lists every method it tried)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if "could not be opened successfully" in text:
+        return "it cannot be opened: cut short, or not a tar archive"
+    return text[:200]
 
 
 @dataclass(frozen=True)
@@ -27,6 +48,8 @@ class SourceEntry:
     problem: str = ""  # non-empty: the entry cannot be read, and why
     mtime: int = 0  # modification time (ns for folders, s for archive members): resume checks
     occurrence: int = 0  # > 0: a later archive member with the same name (its own row)
+    order: int = 0  # position in the archive (tar members are read in this order)
+    offset: int = -1  # where the data starts in an uncompressed tar (read in place), else -1
 
 
 def root_kind(root: Path) -> str:
@@ -36,6 +59,8 @@ def root_kind(root: Path) -> str:
         return "folder"
     if not root.exists():
         raise FileNotFoundError(f"source path {root} does not exist: pass a folder or an archive")
+    if not stat.S_ISREG(root.stat().st_mode):  # a FIFO or a device would block or never end
+        raise ValueError(f"source path {root} is not a regular file or folder: pass a folder or an archive")
     name = root.name.lower()
     if name.endswith(".zip"):
         return "zip"
@@ -93,7 +118,16 @@ def _folder_entry(full: str, rel: str) -> SourceEntry:
 
 
 def _list_zip(root: Path) -> Iterator[SourceEntry]:
-    with zipfile.ZipFile(root) as archive:
+    try:
+        archive = zipfile.ZipFile(root)
+    except ARCHIVE_ERRORS as err:  # cut before its central directory, or not a zip at all
+        problem = (
+            f"damaged archive: the zip index (central directory) cannot be read ({damage_reason(err)}); "
+            "re-download the archive or repair it (zip -FF)"
+        )
+        yield SourceEntry(DAMAGED_INDEX, root.stat().st_size, problem)
+        return
+    with archive:
         for info in archive.infolist():
             if info.is_dir():
                 continue
@@ -116,12 +150,35 @@ def _tar_member_problem(member: tarfile.TarInfo) -> str:
     return ""
 
 
+def _check_tar_end(archive: tarfile.TarFile, root: Path) -> None:
+    """An uncompressed tar cut at a member boundary reads as complete: tarfile stops at the
+    end of the file quietly. A whole one ends with two zero blocks after its last member."""
+    end = archive.offset + 2 * tarfile.BLOCKSIZE
+    if isinstance(archive.fileobj, io.BufferedReader) and end > root.stat().st_size:
+        raise tarfile.ReadError("cut short: no end-of-archive marker")
+
+
 def _list_tar(root: Path) -> Iterator[SourceEntry]:
-    with tarfile.open(root, mode="r:*") as archive:
-        for member in archive:
-            if member.isdir():
-                continue
-            yield SourceEntry(member.name, member.size, _tar_member_problem(member), int(member.mtime))
+    """Members in archive order; a damaged stream ends the listing with one row that says so."""
+    last = ""
+    try:
+        with tarfile.open(root, mode="r:*") as archive:
+            plain = isinstance(archive.fileobj, io.BufferedReader)
+            for member in archive:
+                if member.isdir():
+                    continue
+                last = member.name
+                offset = member.offset_data if plain and member.isfile() else -1
+                problem = _tar_member_problem(member)
+                yield SourceEntry(member.name, member.size, problem, int(member.mtime), offset=offset)
+            _check_tar_end(archive, root)
+    except ARCHIVE_ERRORS as err:
+        where = f"after member {last}" if last else "before its first member"
+        problem = (
+            f"damaged archive ({damage_reason(err)}) {where}: any members after it are lost; "
+            "re-download the archive"
+        )
+        yield SourceEntry(DAMAGED_INDEX, 0, problem)
 
 
 def list_entries(root: Path) -> list[SourceEntry]:
@@ -133,7 +190,8 @@ def list_entries(root: Path) -> list[SourceEntry]:
         entries = _list_zip(Path(root))
     else:
         entries = _list_tar(Path(root))
-    return flag_name_problems(sorted(entries, key=lambda entry: entry.relpath))
+    in_order = [replace(entry, order=index) for index, entry in enumerate(entries)]
+    return flag_name_problems(sorted(in_order, key=lambda entry: (entry.relpath, entry.order)))
 
 
 def flag_name_problems(entries: list[SourceEntry]) -> list[SourceEntry]:
@@ -188,6 +246,7 @@ class SourceReader:
         return self.read_many([relpath])[relpath]
 
     def read_many(self, relpaths: Iterable[str]) -> dict[str, bytes]:
+        """Bytes of each file; DamagedMember for a member that cannot be read back."""
         wanted = list(dict.fromkeys(relpaths))
         for relpath in wanted:
             problem = unsafe_member_path(relpath)
@@ -196,28 +255,70 @@ class SourceReader:
         if self.kind == "folder":
             return {rel: (self.root / rel).read_bytes() for rel in wanted}
         if self.kind == "zip":
-            if self._zip is None:
-                self._zip = zipfile.ZipFile(self.root)
-                self._zip_names = {name.replace("\\", "/"): name for name in self._zip.namelist()}
-            return {rel: self._zip.read(self._zip_names.get(rel, rel)) for rel in wanted}
-        return dict(self._iter_tar(set(wanted)))
+            return {rel: self._read_zip_member(rel) for rel in wanted}
+        found = {}
+        for name, payload in self._iter_tar(set(wanted)):
+            if isinstance(payload, BaseException):
+                raise payload
+            found[name] = payload
+        return found
 
-    def _iter_tar(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
-        with tarfile.open(self.root, mode="r:*") as archive:
-            for member in archive:
-                if member.name in wanted and member.isfile():
-                    handle = archive.extractfile(member)
-                    assert handle is not None
-                    yield member.name, handle.read()
+    def read_at(self, offset: int, size: int) -> bytes:
+        """`size` bytes at `offset` of an uncompressed tar: one member, read in place."""
+        with open(self.root, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read(size)
+        if len(data) != size:
+            raise DamagedMember(f"damaged archive member (cut off: {len(data)} of {size} bytes)")
+        return data
+
+    def _read_zip_member(self, relpath: str) -> bytes:
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.root)
+            self._zip_names = {name.replace("\\", "/"): name for name in self._zip.namelist()}
+        try:
+            return self._zip.read(self._zip_names.get(relpath, relpath))
+        except KeyError:
+            raise
+        except ARCHIVE_ERRORS as err:
+            raise DamagedMember(f"damaged archive member ({damage_reason(err)})") from err
+
+    def _iter_tar(self, wanted: set[str]) -> Iterator[tuple[str, bytes | DamagedMember]]:
+        """(name, bytes) of the wanted members in archive order, one pass; (name,
+        DamagedMember) for a member whose data is cut or corrupt, and for every wanted member
+        the pass never reached because the archive is damaged before it."""
+        wanted = set(wanted)
+        try:
+            with tarfile.open(self.root, mode="r:*") as archive:
+                for member in archive:
+                    if member.name not in wanted or not member.isfile():
+                        continue
                     wanted.discard(member.name)
+                    yield member.name, _read_tar_member(archive, member)
                     if not wanted:
                         return
+        except ARCHIVE_ERRORS as err:
+            reason = f"damaged archive before this member ({damage_reason(err)})"
+            for name in sorted(wanted):
+                yield name, DamagedMember(reason)
+            return
         if wanted:
             raise FileNotFoundError(f"{self.root}: no member {sorted(wanted)[0]}")
 
-    def iter_tar_bytes(self, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+    def iter_tar_bytes(self, wanted: set[str]) -> Iterator[tuple[str, bytes | DamagedMember]]:
         """Stream the requested members of a tar archive in archive order (one pass)."""
         return self._iter_tar(set(wanted))
+
+
+def _read_tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | DamagedMember:
+    try:
+        handle = archive.extractfile(member)
+        data = handle.read() if handle is not None else b""
+    except ARCHIVE_ERRORS as err:
+        return DamagedMember(f"damaged archive member ({damage_reason(err)})")
+    if len(data) != member.size:
+        return DamagedMember(f"damaged archive member (cut off: {len(data)} of {member.size} bytes)")
+    return data
 
 
 def member_suffix(relpath: str) -> str:

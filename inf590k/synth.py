@@ -49,6 +49,7 @@ SYNTH_LAYOUTS = (
     "dronevehicle",
     "hit_uav",
     "anti_uav410",
+    "tno",
     "folder",
 )
 # Layouts whose IR files are PNG/TIFF and so can hold 16-bit data (JPEG cannot).
@@ -69,7 +70,15 @@ KIND_EXCLUDED_COPY = "excluded_copy"  # a copy of IR frames that the manifest ex
 KIND_VISIBLE = "visible"
 KIND_MASK = "mask"
 KIND_LABEL = "label"  # box annotations, split lists, json indexes
+KIND_MARKER = "marker"  # SYNTH_MARKER: tells ingest that the tree is synthetic
 INCLUDED_KINDS = (KIND_IR, KIND_IR_COPY, KIND_IR_BROKEN)
+
+
+# Written at the root of every synth tree: ingest labels its frames modality `synthetic`, with
+# the license and citation below instead of those of the imitated source.
+SYNTH_MARKER = "INF590K_SYNTHETIC.json"
+SYNTH_LICENSE = "Apache-2.0 (synthetic frames rendered by the Inf-590K toolkit)"
+SYNTH_CITATION = "Synthetic infrared frames rendered by `inf590k synth` (Inf-590K toolkit)"
 
 
 class SynthError(ValueError):
@@ -100,9 +109,10 @@ class SynthConfig:
         if self.bit_depth not in (8, 16):
             raise SynthError(f"bit depth must be 8 or 16, got {self.bit_depth}")
         if self.bit_depth == 16 and self.layout not in LAYOUTS_16BIT:
+            also = " (it writes 16-bit TIFF copies anyway)" if self.layout == "flir_adas_v1" else ""
             raise SynthError(
-                f"layout {self.layout!r} stores JPEG, which has no 16-bit form: use "
-                f"--bit-depth 8, or a layout with PNG/TIFF files ({', '.join(LAYOUTS_16BIT)})"
+                f"layout {self.layout!r} stores JPEG/BMP, which has no 16-bit form: use "
+                f"--bit-depth 8{also}, or a layout with PNG/TIFF files ({', '.join(LAYOUTS_16BIT)})"
             )
         if not 0.05 <= self.scale <= 4.0:
             raise SynthError(f"scale must be between 0.05 and 4, got {self.scale}")
@@ -673,6 +683,14 @@ def _plan_hit_uav(config: SynthConfig, rng: np.random.Generator) -> Iterator[Fra
         )
 
 
+def _plan_tno(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
+    """The TNO copy most fusion repositories ship: numbered BMP pairs in ir/ and vis/."""
+    size = _scaled((768, 576), config)
+    for i in range(config.count):
+        name = f"{i + 1}.bmp"
+        yield FramePlan(ir=f"TNO/ir/{name}", size=size, scene_id=i, visible=((f"TNO/vis/{name}", 1.0),))
+
+
 def _plan_folder(config: SynthConfig, rng: np.random.Generator) -> Iterator[FramePlan]:
     """A self-collected tree: sites and days, mixed formats, a visible folder and labels."""
     extensions = (".png", ".tif") if config.bit_depth == 16 else (".jpg", ".png", ".jpg", ".tif")
@@ -706,6 +724,7 @@ PLANNERS = types.MappingProxyType({
     "anti_uav410": _plan_anti_uav410,
     "dronevehicle": _plan_dronevehicle,
     "hit_uav": _plan_hit_uav,
+    "tno": _plan_tno,
     "folder": _plan_folder,
 })
 
@@ -931,6 +950,18 @@ def _worker_count(config: SynthConfig, frames: int) -> int:
     return max(1, min(wanted, frames // PARALLEL_MIN_FRAMES))
 
 
+def marker_bytes(config: SynthConfig) -> bytes:
+    described = {
+        "generator": "inf590k synth",
+        "layout": config.layout,
+        "seed": config.seed,
+        "modality": "synthetic",
+        "license": SYNTH_LICENSE,
+        "citation": SYNTH_CITATION,
+    }
+    return (json.dumps(described, indent=1) + "\n").encode()
+
+
 def synthesize(config: SynthConfig) -> SynthSummary:
     """Render `config.count` IR frames (plus their companions) into `config.out`."""
     start = time.perf_counter()
@@ -956,6 +987,7 @@ def synthesize(config: SynthConfig) -> SynthSummary:
         writer.write(relpath, data, KIND_LABEL)
     if config.layout == "folder":
         _write_broken(writer, config)
+    writer.write(SYNTH_MARKER, marker_bytes(config), KIND_MARKER)
     return SynthSummary(
         layout=config.layout, out=out, files=tuple(writer.files),
         bytes_written=writer.bytes_written, seconds=time.perf_counter() - start,

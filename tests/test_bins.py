@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from inf590k import catalog as cat
+from inf590k import lineage
 from inf590k.bins import BinConfig, bin_catalog, bin_names
 
 
@@ -65,6 +66,8 @@ def test_bin_stage_fills_the_column_for_kept_rows_only(tmp_path):
     cat.write_parquet_atomic(
         cat.rows_to_table(rows), cat.catalog_dir(tmp_path) / "part-s-0000.parquet"
     )
+    for stage in ("ingest", "dedupe"):  # a hand-made catalog: record the stages bin reads
+        lineage.finish(tmp_path, stage, {}, None)
     summary = bin_catalog(BinConfig(build=tmp_path))
     table = cat.read_catalog(tmp_path)
     assert table.column("res_bin").to_pylist() == [

@@ -165,3 +165,138 @@ def test_all_real_sirst_images_are_kept_as_grey(ir_samples):
         spreads.append(processed.grey_diff)
         assert processed.view8.ndim == 2
     assert len(spreads) == 100 and max(spreads) > 1.0
+
+
+# ----------------------------------------------------------------------------- bombs, every format
+
+
+def tiff_claiming(width: int, height: int) -> bytes:
+    """A small float32 deflate TIFF whose ImageWidth/ImageLength tags claim another size."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ones((8, 8), np.float32)).save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+    data = bytearray(buffer.getvalue())
+    ifd = struct.unpack("<I", data[4:8])[0]
+    for i in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        tag, kind = struct.unpack("<HH", data[entry : entry + 4])
+        if tag in (256, 257):
+            fmt = "<H" if kind == 3 else "<I"
+            struct.pack_into(fmt, data, entry + 8, width if tag == 256 else height)
+    return bytes(data)
+
+
+def exr_claiming(width: int, height: int) -> bytes:
+    window = struct.pack("<iiii", 0, 0, width - 1, height - 1)
+    attribute = b"dataWindow\0box2i\0" + struct.pack("<i", 16) + window
+    return b"\x76\x2f\x31\x01" + struct.pack("<I", 2) + attribute + b"\0" + bytes(64)
+
+
+BOMBS = {
+    "radiance-hdr-named-png": b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 11000 +X 11000\n" + bytes(4096),
+    "float-deflate-tiff": tiff_claiming(11000, 11000),
+    "bigtiff": b"II+\0\x08\0\0\0" + struct.pack("<Q", 16)
+    + struct.pack("<Q", 2)
+    + struct.pack("<HHQQ", 256, 16, 1, 11000)
+    + struct.pack("<HHQQ", 257, 16, 1, 11000)
+    + struct.pack("<Q", 0),
+    "webp-vp8x": b"RIFF\0\0\0\0WEBPVP8X" + struct.pack("<I", 10) + bytes(4)
+    + (10999).to_bytes(3, "little") + (10999).to_bytes(3, "little") + bytes(64),
+    "pfm": b"Pf\n11000 11000\n-1.0\n" + bytes(4096),
+    "pgm-with-comment": b"P5\n# a comment\n11000 11000\n65535\n" + bytes(4096),
+    "pam": b"P7\nWIDTH 11000\nHEIGHT 11000\nDEPTH 1\nMAXVAL 255\nTUPLTYPE GRAYSCALE\nENDHDR\n" + bytes(64),
+    "openexr": exr_claiming(11000, 11000),
+    "bmp": b"BM" + bytes(16) + struct.pack("<ii", 11000, -11000) + bytes(64),
+    "gif": b"GIF89a" + struct.pack("<HH", 11000, 11000) + bytes(64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_bombs_of_every_format_are_rejected_before_decoding(name, monkeypatch):
+    def no_decoding(*args):
+        raise AssertionError("decoded a bomb")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(RejectedImage, match="decompression bomb: .* header says 11000x11000"):
+        process_image_bytes(BOMBS[name], POLICY)
+
+
+def test_unknown_formats_are_not_decoded(monkeypatch):
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded an unknown format"))
+    with pytest.raises(RejectedImage, match="unknown format"):
+        process_image_bytes(b"\x00\x01\x02 some unknown container" + bytes(100), POLICY)
+
+
+def test_opencv_pixel_limit_is_set_to_the_cap():
+    import os
+    import subprocess
+    import sys
+
+    code = "import inf590k.imageio, os; print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
+    shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert shown.stdout.strip() == str(POLICY.max_pixels)
+
+
+# ----------------------------------------------------------------------------- decisions
+
+
+def tiff_bytes(pages: list[np.ndarray]) -> bytes:
+    ok, buffer = cv2.imencodemulti(".tiff", pages)
+    assert ok
+    return buffer.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (np.full((64, 64), np.nan, np.float32), "non-finite pixel values"),
+        (np.where(np.eye(64, dtype=bool), np.inf, 1.0).astype(np.float32), "non-finite pixel values"),
+        (np.zeros((64, 64), np.uint16), "constant image"),
+        (np.full((64, 64), 65535, np.uint16), "constant image"),
+        (np.full((64, 64), 0.25, np.float32), "constant image"),
+    ],
+    ids=["nan", "inf", "all-0", "all-65535", "constant-float"],
+)
+def test_non_finite_and_constant_frames_are_rejected(frame, reason):
+    for policy in (POLICY, ImagePolicy(crop_zero_borders=False)):
+        with pytest.raises(RejectedImage, match=reason):
+            process_image_bytes(tiff_bytes([frame]), policy)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_bytes_after_the_end_marker_are_kept_with_a_note(ext):
+    data = encode(thermal_frame(), ext) + b"trailing garbage " * 400  # more than 4 KB
+    processed = process_image_bytes(data, POLICY)
+    assert processed.note.startswith("note: 6800 bytes after the")
+    assert np.array_equal(processed.view8, process_image_bytes(encode(thermal_frame(), ext), POLICY).view8)
+
+
+def test_a_jpeg_exif_thumbnail_end_marker_is_not_the_end():
+    data = bytearray(encode(thermal_frame(), ".jpg"))
+    thumbnail = b"Exif\0\0" + b"\xff\xd8 fake thumbnail \xff\xd9"
+    app1 = b"\xff\xe1" + struct.pack(">H", len(thumbnail) + 2) + thumbnail
+    processed = process_image_bytes(bytes(data[:2]) + app1 + bytes(data[2:]), POLICY)
+    assert processed.note == ""
+
+
+def test_corrupt_jpeg_data_is_rejected():
+    smooth = cv2.GaussianBlur(thermal_frame(200, 300), (9, 9), 3)
+    good = encode(smooth, ".jpg")
+    flipped = bytearray(good)
+    scan = good.find(b"\xff\xda")
+    for offset in range(scan + 200, scan + 2000, 97):
+        flipped[offset] ^= 0x5A
+    cut_scan = good[: len(good) // 2] + b"\xff\xd9"
+    for data in (bytes(flipped), cut_scan):
+        with pytest.raises(RejectedImage, match="corrupt JPEG \\(Corrupt JPEG data"):
+            process_image_bytes(data, POLICY)
+    assert process_image_bytes(good, POLICY).note == ""
+
+
+def test_multi_page_tiff_keeps_the_first_page_with_a_note():
+    pages = [thermal_frame(seed=i) for i in range(3)]
+    processed = process_image_bytes(tiff_bytes(pages), POLICY)
+    assert processed.note == "note: multi-page TIFF, first of 3 pages kept"
+    assert np.array_equal(processed.view8, process_image_bytes(encode(pages[0]), POLICY).view8)

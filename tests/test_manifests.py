@@ -254,3 +254,68 @@ def test_duplicate_ids_in_a_manifest_folder_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="used twice") as error:
         builtin_manifests(tmp_path)
     assert "b.yaml" in str(error.value) and "'id'" in str(error.value)
+
+
+def test_tno_keeps_the_ir_folder_of_the_common_copy_and_warns_on_zero_kept(tmp_path):
+    from inf590k.ingest import IngestConfig, ingest
+    from inf590k.synth import SynthConfig, synthesize
+
+    synthesize(SynthConfig(layout="tno", out=tmp_path / "tno", count=5, scale=0.1))
+    summary = ingest(
+        IngestConfig(sources=(("tno", tmp_path / "tno"),), build=tmp_path / "b", workers=1, progress=False)
+    )
+    assert summary.sources[0].ok == 5 and not summary.warnings
+    # the same frames under names no glob of the sirst manifest matches: 0 kept, and a warning
+    summary = ingest(
+        IngestConfig(sources=(("sirst", tmp_path / "tno"),), build=tmp_path / "c", workers=1, progress=False)
+    )
+    assert summary.sources[0].ok == 0
+    assert summary.warnings == [
+        f"warning: source sirst kept 0 of {summary.sources[0].found} files in {tmp_path / 'tno'}: "
+        "compare its layout with `inf590k sources show sirst` (or use --manifest FILE)"
+    ]
+    assert summary.warnings[0] in str(summary)
+
+
+def test_sources_list_marks_cut_cells_with_an_ellipsis():
+    from click.testing import CliRunner
+
+    from cli import main
+
+    output = CliRunner().invoke(main, ["sources", "list"]).output
+    birdsai = next(line for line in output.splitlines() if line.startswith("birdsai"))
+    assert "BIRDSAI: Benchmarking IR Dataset for Surv…" in birdsai
+
+
+@pytest.mark.parametrize("glob", ["**/[z-a].png", "**/{ir,thermal/*.png"])
+def test_a_bad_glob_is_a_manifest_error_with_file_key_and_fix(tmp_path, glob):
+    from inf590k.manifest import ManifestError, load_manifest_file
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(f'id: mine\nname: Mine\ninclude: ["{glob}"]\n')
+    with pytest.raises(ManifestError, match=r"mine\.yaml: key 'include': glob .* is not valid .*Fix: "):
+        load_manifest_file(path)
+    path.write_text(f'id: mine\nname: Mine\nexclude: [{{rule: x, glob: "{glob}"}}]\n')
+    with pytest.raises(ManifestError, match="key 'exclude'"):
+        load_manifest_file(path)
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    from inf590k.manifest import ManifestError, load_manifest_file
+
+    path = tmp_path / "broken.yaml"
+    path.write_text("id: mine\nname: Mine\ninclude: [\"**/*.png\"\nexclude: []\n")
+    with pytest.raises(ManifestError) as caught:
+        load_manifest_file(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: not valid YAML at line ") and "unicode string" not in message
+    assert "\n" not in message
+
+
+def test_folder_names_accept_hyphens_and_a_manifest_id_gets_a_suggestion():
+    from inf590k.manifest import ManifestError, manifest_for_source, resolve_manifests
+
+    manifests = resolve_manifests()
+    assert manifest_for_source("folder:my-cam", manifests).id == "my_cam"
+    with pytest.raises(ManifestError, match="use `--source llvip=PATH`.*folder:llvip_own=PATH"):
+        manifest_for_source("folder:llvip", manifests)

@@ -108,7 +108,7 @@ def test_dataset_folder_is_the_hub_layout(built):
     )
     assert check.returncode == 0, check.stdout + check.stderr
     catalog = pq.read_table(dataset / "metadata" / "catalog.parquet")
-    assert catalog.num_rows == cat.read_catalog(build).num_rows == 70  # rejected rows too
+    assert catalog.num_rows == cat.read_catalog(build).num_rows == 72  # rejected rows, and the marker file of each synthetic tree
     sources = json.loads((dataset / "metadata" / "sources.json").read_text())
     assert {s["id"] for s in sources} == {"sirst", "roadscene"}
     for entry in sources:
@@ -173,8 +173,9 @@ def test_card_metadata_parses_with_huggingface_hub_and_datasets(built):
     assert sorted(configs) == sorted(["all", *bins])
     assert configs["all"]["default"] is True
     assert configs[bins[0]]["data_files"] == [{"split": "train", "path": f"data/{bins[0]}/*.tar"}]
-    for source in ("sirst", "roadscene"):
-        assert f"| {source} |" in card.text
+    for source in ("sirst", "roadscene"):  # synth trees: the toolkit's citation, not the source's
+        assert f"| {source} |" in card.text and "WACV 2021" not in card.text
+    assert "Rendered by `inf590k synth`" in card.text and "synthetic" in card.text
     for needle in (
         "| config | samples |",
         "metadata/report/sample_grid.png",

@@ -20,6 +20,7 @@ from inf590k.synth import (
     KIND_IR_BROKEN,
     KIND_IR_COPY,
     KIND_LABEL,
+    KIND_MARKER,
     KIND_MASK,
     KIND_VISIBLE,
     LAYOUTS_16BIT,
@@ -76,6 +77,8 @@ def test_every_written_file_is_sorted_right_by_the_manifest(synthesized, layout:
     assert summary.count(KIND_IR) == COUNT
     wrong = []
     for written in summary.files:
+        if written.kind == KIND_MARKER:  # not an image: ingest excludes it by its extension
+            continue
         rule = manifest.excluded_by(written.relpath)
         kept = manifest.included(written.relpath) and rule is None
         if kept != (written.kind in INCLUDED_KINDS):
@@ -326,3 +329,32 @@ def test_summary_is_one_line_with_the_counts(synthesized) -> None:
 def test_bad_options_say_what_to_change(tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(SynthError, match=message):
         SynthConfig(**{"layout": "sirst", "out": tmp_path, **options})
+
+
+def test_synthetic_frames_stay_synthetic_in_the_catalog(synthesized, tmp_path: Path) -> None:
+    """The marker at the root makes ingest label the frames synthetic, with synth's license."""
+    from inf590k import catalog as cat
+    from inf590k.ingest import IngestConfig, ingest
+    from inf590k.manifest import builtin_manifests
+    from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE
+
+    root = synthesized["kaist"].out
+    ingest(IngestConfig(sources=(("kaist", root),), build=tmp_path / "b", workers=1, progress=False))
+    rows = cat.read_catalog(tmp_path / "b").to_pylist()
+    assert {r["modality"] for r in rows} == {"synthetic"}
+    assert {r["license"] for r in rows} == {SYNTH_LICENSE} != {builtin_manifests()["kaist"].license}
+    recorded = cat.read_sources(tmp_path / "b")["kaist"]
+    assert recorded["citation"] == SYNTH_CITATION and recorded["modality"] == "synthetic"
+
+
+def test_a_16_bit_jpeg_layout_fails_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    args = ["synth", "--layout", "flir_adas_v1", "--out", str(tmp_path / "f"), "--bit-depth", "16"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "16-bit TIFF copies anyway" in result.output
+    help_text = CliRunner().invoke(main, ["synth", "--help"]).output
+    assert "--help of `inf590k synth`" not in help_text

@@ -1,0 +1,412 @@
+"""Build-stage lineage: what each stage of a build folder was built from, and one lock per folder.
+
+Layout inside a build folder::
+
+    BUILD/.lock                      flock'ed by the stage that runs; names its process
+    BUILD/lineage/<stage>.json       written when the stage has finished: its options, the
+                                     digest of the upstream record it read, its counts
+    BUILD/lineage/<stage>.running    written when the stage starts changing files; removed
+                                     when it finishes (left behind by a killed or failed run)
+
+Stages form a chain: ingest -> dedupe -> bin -> shard. A stage starts only when every stage
+before it has finished and is fresh: its record names the digest of the record upstream of it
+as that record is now. Re-running ingest with other files, or dropping a source, makes dedupe
+(and so bin and shard) stale; re-running it on unchanged sources keeps the same digest.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from inf590k.fsutil import write_text_atomic
+
+STAGES = ("ingest", "dedupe", "bin", "shard")
+UPSTREAM = {"dedupe": "ingest", "bin": "dedupe", "shard": "bin"}
+LINEAGE_DIRNAME = "lineage"
+LOCK_FILENAME = ".lock"
+# Folders a stage may create inside a build folder: removed again when a command fails and
+# leaves them empty.
+STAGE_DIRNAMES = ("catalog", LINEAGE_DIRNAME, "dedupe")
+
+# Whether a stage waits for the build folder's lock (`--wait`) instead of failing at once.
+WAIT_FOR_LOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("wait_for_lock", default=False)
+# Build folders this process holds the lock of (resolved path -> depth): `build` runs the
+# stages one after another under one lock.
+_HELD: dict[str, tuple[int, int]] = {}
+
+
+class LineageError(ValueError):
+    """A stage cannot start on this build folder; the message names what to run first."""
+
+
+class StageMissing(FileNotFoundError, LineageError):
+    """An earlier stage has never run on this build folder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecord:
+    stage: str
+    options: dict
+    upstream: str | None  # digest of the upstream stage's record when this stage read it
+    counts: dict
+    summary: str  # the stage's one-line summary
+    parts: str  # digest of the catalog part names (which sources/chunks it covered)
+    generation: int = 0  # bumped whenever the stage changed files without other visible cause
+    finished: str = ""
+
+    @property
+    def digest(self) -> str:
+        described = {
+            "stage": self.stage,
+            "options": self.options,
+            "upstream": self.upstream,
+            "counts": self.counts,
+            "parts": self.parts,
+            "generation": self.generation,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def lineage_dir(build: Path) -> Path:
+    return Path(build) / LINEAGE_DIRNAME
+
+
+def record_path(build: Path, stage: str) -> Path:
+    return lineage_dir(build) / f"{stage}.json"
+
+
+def running_path(build: Path, stage: str) -> Path:
+    return lineage_dir(build) / f"{stage}.running"
+
+
+def read_record(build: Path, stage: str) -> StageRecord | None:
+    try:
+        data = json.loads(record_path(build, stage).read_text())
+        data.pop("digest", None)
+        return StageRecord(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def parts_digest(build: Path) -> str:
+    names = sorted(p.name for p in (Path(build) / "catalog").glob("part-*.parquet"))
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def plain(value: Any) -> Any:
+    """Options as JSON values: paths and tuples become strings and lists."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def config_options(config: Any, ignore: tuple[str, ...]) -> dict:
+    """A stage config's fields that decide its output (not the build path, workers, progress)."""
+    return plain({k: v for k, v in dataclasses.asdict(config).items() if k not in ignore})
+
+
+def summary_counts(summary: Any) -> dict:
+    """The numbers of a stage summary (ints, and dicts of them), for the record."""
+    if not dataclasses.is_dataclass(summary):
+        return {}
+    counts = {}
+    for field in dataclasses.fields(summary):
+        value = getattr(summary, field.name)
+        if isinstance(value, (int, dict)) and not isinstance(value, bool):
+            counts[field.name] = value
+    return plain(counts)
+
+
+def recorded_counts(summary: Any) -> dict:
+    """A summary's own `lineage_counts` (stable numbers only) when it has them, else its
+    integer fields."""
+    counts = getattr(summary, "lineage_counts", None)
+    return summary_counts(summary) if counts is None else counts
+
+
+def mark_running(build: Path, stage: str) -> None:
+    """Called when a stage starts changing files: until it finishes, later stages refuse."""
+    described = {"stage": stage, "pid": os.getpid(), "command": command_line(), "started": now()}
+    write_text_atomic(running_path(build, stage), json.dumps(described, indent=1))
+
+
+def finish(
+    build: Path, stage: str, options: dict, summary: Any, changed: bool = False
+) -> StageRecord:
+    """Write the stage's record (what it read, its options and counts); clear its marker."""
+    build = Path(build)
+    upstream_stage = UPSTREAM.get(stage)
+    upstream = read_record(build, upstream_stage) if upstream_stage else None
+    previous = read_record(build, stage)
+    generation = previous.generation if previous else 0
+    if changed or previous is None:
+        generation += 1
+    record = StageRecord(
+        stage=stage,
+        options=plain(options),
+        upstream=upstream.digest if upstream else None,
+        counts=plain(recorded_counts(summary)),
+        summary=str(summary),
+        parts=parts_digest(build),
+        generation=generation,
+        finished=now(),
+    )
+    if previous is None or previous.digest != record.digest or running_path(build, stage).exists():
+        body = {**dataclasses.asdict(record), "digest": record.digest}
+        write_text_atomic(record_path(build, stage), json.dumps(body, indent=1), fsync=True)
+    running_path(build, stage).unlink(missing_ok=True)
+    return record
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def command_line() -> str:
+    return shlex.join(["inf590k", *sys.argv[1:]]) if sys.argv else "inf590k"
+
+
+# ----------------------------------------------------------------------------- refusal
+
+
+def rerun_command(build: Path, stage: str) -> str:
+    """The command that (re)makes a stage of this build folder."""
+    if stage != "ingest":
+        extra = " --out DATASET" if stage == "shard" else ""
+        return f"inf590k {stage} --build {shlex.quote(str(build))}{extra}"
+    try:
+        recorded = json.loads((Path(build) / "sources.json").read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    sources = " ".join(
+        "--source " + shlex.quote(f"{source}={info.get('root', 'PATH')}")
+        for source, info in sorted(recorded.items())
+    )
+    return f"inf590k ingest --build {shlex.quote(str(build))} {sources or '--source ID=PATH'}"
+
+
+def problem(build: Path, stage: str) -> str:
+    """Why `stage` is not finished and fresh ('' when it is)."""
+    build = Path(build)
+    command = rerun_command(build, stage)
+    if running_path(build, stage).exists():
+        return (
+            f"`inf590k {stage}` on {build} did not finish (killed or failed): run `{command}` first"
+        )
+    record = read_record(build, stage)
+    if record is None:
+        if stage == "ingest" and parts_digest(build) != parts_digest(build / "-"):
+            return ""  # a catalog made without the ingest stage (by hand, or by a tool)
+        return f"`inf590k {stage}` has not run on {build}: run `{command}` first"
+    upstream_stage = UPSTREAM.get(stage)
+    if upstream_stage:
+        upstream = read_record(build, upstream_stage)
+        if record.upstream != (upstream.digest if upstream else None):
+            return (
+                f"`inf590k {stage}` on {build} is stale (`inf590k {upstream_stage}` ran after it): "
+                f"run `{command}` first"
+            )
+    elif record.parts != parts_digest(build):
+        return (
+            f"the catalog of {build} lost or gained part files after ingest: run `{command}` first"
+        )
+    return ""
+
+
+def require(build: Path, stage: str) -> None:
+    """Refuse (LineageError, one line) unless every stage before `stage` is finished and fresh."""
+    chain = STAGES[: STAGES.index(stage)]
+    for before in chain:
+        reason = problem(build, before)
+        if reason:
+            missing = (
+                not running_path(build, before).exists() and read_record(build, before) is None
+            )
+            raise (StageMissing if missing else LineageError)(reason)
+
+
+def is_fresh(build: Path, stage: str, options: dict) -> bool:
+    """Whether `stage` finished with these options on the current upstream (nothing to redo)."""
+    chain = STAGES[: STAGES.index(stage) + 1]
+    if any(problem(build, s) for s in chain):
+        return False
+    record = read_record(build, stage)
+    return record is not None and record.options == plain(options)
+
+
+def stale_stages(build: Path) -> list[str]:
+    """Stages that have run on this build folder but are unfinished or stale now (a stage
+    after a stale one is stale too)."""
+    stale: list[str] = []
+    for stage in STAGES:
+        ran = record_path(build, stage).exists() or running_path(build, stage).exists()
+        if ran and (stale or problem(build, stage)):
+            stale.append(stage)
+    return stale
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+def _holder(handle_path: Path) -> str:
+    try:
+        described = json.loads(handle_path.read_text())
+        return (
+            f"process {described['pid']} (`{described['command']}`, since {described['started']})"
+        )
+    except (OSError, ValueError, KeyError):
+        return "another process"
+
+
+@contextmanager
+def build_lock(build: Path, stage: str) -> Iterator[None]:
+    """Exclusive lock of a build folder (re-entrant in one process); fails at once when busy,
+    or waits when WAIT_FOR_LOCK is set (`--wait`). The kernel drops it when the process dies."""
+    build = Path(build)
+    key = str(build.resolve())
+    if key in _HELD:
+        descriptor, depth = _HELD[key]
+        _HELD[key] = (descriptor, depth + 1)
+        try:
+            yield
+        finally:
+            descriptor, depth = _HELD[key]
+            _HELD[key] = (descriptor, depth - 1)
+        return
+    lock_path = build / LOCK_FILENAME
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        flags = fcntl.LOCK_EX if WAIT_FOR_LOCK.get() else fcntl.LOCK_EX | fcntl.LOCK_NB
+        try:
+            fcntl.flock(descriptor, flags)
+        except BlockingIOError:
+            raise LineageError(
+                f"build folder {build} is in use by {_holder(lock_path)}: wait for it to finish, "
+                "or pass --wait"
+            ) from None
+        described = {
+            "pid": os.getpid(),
+            "command": command_line(),
+            "stage": stage,
+            "started": now(),
+        }
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, json.dumps(described).encode(), 0)
+        _HELD[key] = (descriptor, 1)
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def lock_wait(wait: bool) -> Iterator[None]:
+    """Within the block, stages wait for a busy build folder instead of failing."""
+    token = WAIT_FOR_LOCK.set(wait)
+    try:
+        yield
+    finally:
+        WAIT_FOR_LOCK.reset(token)
+
+
+def check_build_path(build: Path) -> None:
+    build = Path(build)
+    if build.exists() and not build.is_dir():
+        raise LineageError(f"--build {build} is a file, not a folder: name a folder for the build")
+
+
+@contextmanager
+def locked(build: Path, stage: str) -> Iterator[None]:
+    """Create (if needed) and lock the build folder; if the block fails, remove what it created
+    and left empty (the stage folders, and the build folder itself)."""
+    build = Path(build)
+    check_build_path(build)
+    created_build = not build.exists()
+    existed = {name for name in STAGE_DIRNAMES if (build / name).exists()}
+    build.mkdir(parents=True, exist_ok=True)
+    try:
+        with build_lock(build, stage):
+            yield
+    except BaseException:
+        _remove_empty(build, existed, created_build)
+        raise
+
+
+def _remove_empty(build: Path, existed: set[str], created_build: bool) -> None:
+    for name in STAGE_DIRNAMES:
+        folder = build / name
+        if name not in existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    if created_build and str(build.resolve()) not in _HELD:
+        leftovers = [p for p in build.iterdir() if p.name != LOCK_FILENAME]
+        if not leftovers:
+            (build / LOCK_FILENAME).unlink(missing_ok=True)
+            build.rmdir()
+
+
+def stage(
+    name: str,
+    ignore: tuple[str, ...] = ("build", "workers", "progress"),
+    validate: Callable[[Any], None] | None = None,
+    mark: bool = False,
+) -> Callable:
+    """Decorator for a stage function `func(config) -> summary`: check the build path (and
+    `validate(config)`), lock the folder, refuse a missing/unfinished/stale upstream, run, then
+    record. `mark`: the stage counts as unfinished from its start (else from its own
+    `mark_running` call, made just before it first changes a file). A summary with `changed = True` (ingest that rewrote catalog parts) gets a new digest
+    even when its options and counts are the same, so the later stages become stale."""
+
+    def decorate(func: Callable) -> Callable:
+        @functools.wraps(func)
+        def run(config: Any, *args: Any, **kwargs: Any) -> Any:
+            build = Path(config.build)
+            check_build_path(build)
+            if validate is not None:
+                validate(config)
+            with locked(build, name):
+                require(build, name)
+                if mark:
+                    mark_running(build, name)
+                summary = func(config, *args, **kwargs)
+                options = getattr(summary, "lineage_options", None)
+                if options is None:
+                    options = config_options(config, ignore)
+                finish(build, name, options, summary, getattr(summary, "changed", False))
+            return summary
+
+        run.lineage_ignore = ignore  # type: ignore[attr-defined]
+        return run
+
+    return decorate
+
+
+def options_for(stage_function: Callable, config: Any) -> dict:
+    """The options a `@stage` function records for `config` (to compare with a record)."""
+    return config_options(config, stage_function.lineage_ignore)
+
+
+class Recorded:
+    """A stage that was up to date and not re-run: its recorded options, counts and summary."""
+
+    def __init__(self, record: StageRecord) -> None:
+        self.record = record
+        self.__dict__.update({**record.options, **record.counts})
+
+    def __str__(self) -> str:
+        return f"{self.record.summary.splitlines()[-1]} [up to date: not re-run]"
