@@ -44,7 +44,8 @@ from tqdm import tqdm
 from inf590k import catalog as cat
 from inf590k import lineage
 from inf590k.fsutil import available_cores, write_text_atomic
-from inf590k.workers import LocalExecutor, sigterm_as_interrupt
+from inf590k.ray_executor import open_executor
+from inf590k.workers import sigterm_as_interrupt
 
 FORMAT_VERSION = 1  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
@@ -76,6 +77,8 @@ class ShardConfig:
     name: str = "inf590k"  # the dataset name in _info.json
     workers: int = 0  # 0: one process per core
     progress: bool = True
+    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.ray_executor)
+    ray_address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else a Ray started here
 
 
 @dataclass(frozen=True)
@@ -497,7 +500,8 @@ def catalog_counts(build: Path) -> dict[str, dict]:
     return dict(sorted(counts.items()))
 
 
-@lineage.stage("shard", mark=True)  # refuses a missing/unfinished/stale bin; records the run
+# refuses a missing/unfinished/stale bin; records the run (the executor does not change a byte)
+@lineage.stage("shard", ignore=("build", "workers", "progress", "executor", "ray_address"), mark=True)
 def shard(config: ShardConfig) -> ShardSummary:
     """Write (or finish) the dataset folder of a build; byte-identical for any worker count."""
     started = time.perf_counter()
@@ -520,7 +524,7 @@ def shard(config: ShardConfig) -> ShardSummary:
     workers = min(config.workers or available_cores(), max(1, len(todo)))
     total = sum(len(j.rows) for j in todo)
     with tqdm(total=total, unit="img", desc="shard", disable=not config.progress) as bar:
-        if workers == 1:
+        if workers == 1 and config.executor == "local":
             results: Iterator[dict] = map(write_shard, todo)
             for result in results:
                 stats[result["shard"]] = result
@@ -532,7 +536,9 @@ def shard(config: ShardConfig) -> ShardSummary:
                 todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows)
             )
             # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
-            with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.shard",)) as pool:
+            with sigterm_as_interrupt(), open_executor(
+                config.executor, workers, ("inf590k.shard",), address=config.ray_address
+            ) as pool:
                 for result in pool.map(write_shard, ((job,) for job in largest_first)):
                     stats[result["shard"]] = result
                     bar.update(result["count"])

@@ -1,0 +1,179 @@
+"""The build stages on a Ray cluster: a second `Executor` with the same work units.
+
+`RayExecutor` runs each work unit (an ingest chunk, a shard job) as a Ray task instead of in a
+local process: the units, their results and the completion markers the stages write (catalog
+parts, finished shards) are the same, so a build is byte-identical with either executor and a
+killed run resumes with either. A task whose worker dies is run again (`max_retries`): units
+write their outputs atomically, so a second run of one gives the same bytes.
+
+Sources and outputs must sit on a filesystem every node sees at the same path (NFS, Lustre, a
+mounted bucket): tasks read sources and write shards themselves; the driver (the command)
+plans and writes catalog parts from rows, never holding an image.
+
+`ray` is an optional dependency (`pip install 'inf590k[ray]'`); it is imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import Any
+
+from inf590k.workers import InlineExecutor, LocalExecutor, make_executor
+
+EXECUTORS = ("local", "ray")
+TASK_RETRIES = 3  # reruns of a unit whose worker process or node died
+# read by the workers' OpenCV at import: the command's value must reach them on every node
+FORWARDED_ENV = ("OPENCV_IO_MAX_IMAGE_PIXELS",)
+INSTALL_HINT = "--executor ray needs Ray: pip install 'inf590k[ray]' (or `make install`)"
+
+_initialized: set[str] = set()  # initializers already run in this worker process
+
+
+class RayMissing(RuntimeError):
+    """Ray is not installed."""
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as err:
+        raise RayMissing(INSTALL_HINT) from err
+    return ray
+
+
+def run_unit(initializer: Callable[[], None] | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """In a Ray worker: the stage's per-process initializer once, then the unit."""
+    if initializer is not None:
+        name = f"{initializer.__module__}.{initializer.__qualname__}"
+        if name not in _initialized:
+            initializer()
+            _initialized.add(name)
+    return fn(*args)
+
+
+def stream_unit(fn: Callable[..., Iterator[Any]], *args: Any) -> Iterator[Any]:
+    """In a Ray worker: the items of a generator, each put in the object store as it comes."""
+    for item in fn(*args):  # noqa: UP028 - Ray calls send(): a plain iterator has none
+        yield item
+
+
+class RayExecutor:
+    """Work units as Ray tasks, on the cluster at `address` or on a Ray started here.
+
+    `workers`: CPUs of the Ray started here; on a cluster, the cluster's CPUs decide (the
+    number of units in flight follows them).
+    """
+
+    def __init__(
+        self,
+        workers: int,
+        address: str | None = None,
+        initializer: Callable[[], None] | None = None,
+    ) -> None:
+        ray = import_ray()
+        self._ray = ray
+        self._started_here = False
+        if not ray.is_initialized():
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address:
+                options["address"] = address
+            elif not os.environ.get("RAY_ADDRESS"):
+                options["num_cpus"] = max(1, workers)
+            try:
+                ray.init(**options)
+            except ConnectionError as err:
+                raise RuntimeError(
+                    f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
+                    "start it with `ray start --head`, or drop --ray-address to use a local Ray"
+                ) from err
+            self._started_here = True
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
+        self._initializer = initializer
+        env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+        runtime_env = {"env_vars": env} if env else None
+        self._unit = ray.remote(run_unit).options(
+            max_retries=TASK_RETRIES, retry_exceptions=False, runtime_env=runtime_env
+        )
+        self._stream = ray.remote(stream_unit).options(
+            num_returns="streaming",
+            max_retries=TASK_RETRIES,
+            runtime_env=runtime_env,
+            _generator_backpressure_num_objects=2 * self.workers,
+        )
+        self._in_flight: set[Any] = set()  # refs of submitted units not yet returned
+
+    def _submit_ref(self, fn: Callable[..., Any], args: Iterable[Any]) -> Any:
+        ref = self._unit.remote(self._initializer, fn, *args)
+        self._in_flight.add(ref)
+        return ref
+
+    def _result(self, ref: Any) -> Any:
+        try:
+            return self._ray.get(ref)
+        finally:
+            self._in_flight.discard(ref)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        ref = self._submit_ref(fn, args)
+        future = ref.future()
+        future.add_done_callback(lambda _: self._in_flight.discard(ref))
+        return future
+
+    def map(self, fn: Callable[..., Any], items: Iterable[Any], window: int = 0) -> Iterator[Any]:
+        """`fn(*item)` for each item as a task, results in order; at most `window` (default 2
+        per cluster CPU) in flight. An item may hold object refs (from `stream`): a task gets
+        their values, fetched by its own node."""
+        window = window or 2 * self.workers
+        pending: deque[Any] = deque()
+        for item in items:
+            pending.append(self._submit_ref(fn, item))
+            if len(pending) >= window:
+                yield self._result(pending.popleft())
+        while pending:
+            yield self._result(pending.popleft())
+
+    def stream(self, fn: Callable[..., Iterator[Any]], *args: Any) -> Iterator[Any]:
+        """Run the generator `fn(*args)` in a worker; yield a reference to each item, which
+        stays in the cluster's object store (the driver never holds it): hand them to `map`.
+        One pass over a compressed archive, read where the archive is."""
+        return iter(self._stream.remote(fn, *args))
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for submitted units; `cancel`: stop them. A Ray started here is shut down."""
+        in_flight = list(self._in_flight)
+        try:
+            if cancel:
+                for ref in in_flight:
+                    self._ray.cancel(ref, force=True)
+            elif in_flight:
+                self._ray.wait(in_flight, num_returns=len(in_flight))
+        finally:
+            self._in_flight.clear()
+            if self._started_here:
+                self._ray.shutdown()
+                self._started_here = False
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(cancel=exc_type is not None)
+
+
+def open_executor(
+    kind: str,
+    workers: int,
+    preload: tuple[str, ...] = (),
+    initializer: Callable[[], None] | None = None,
+    address: str | None = None,
+) -> InlineExecutor | LocalExecutor | RayExecutor:
+    """The executor a stage was asked for: `local` (a process pool, or the calling process for
+    one worker) or `ray` (`address`, else RAY_ADDRESS, else a Ray started for the command)."""
+    if kind == "local":
+        return make_executor(workers, preload, initializer)
+    if kind == "ray":
+        return RayExecutor(workers, address, initializer)
+    raise ValueError(f"--executor {kind!r}: choose one of {', '.join(EXECUTORS)}")
