@@ -16,6 +16,7 @@ plans and writes catalog parts from rows, never holding an image.
 from __future__ import annotations
 
 import os
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -30,6 +31,20 @@ FORWARDED_ENV = ("OPENCV_IO_MAX_IMAGE_PIXELS",)
 INSTALL_HINT = "--executor ray needs Ray: pip install 'inf590k[ray]' (or `make install`)"
 
 _initialized: set[str] = set()  # initializers already run in this worker process
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT address must accept a connection (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto", "local": Ray resolves them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise RuntimeError(
+            f"cannot reach the Ray cluster at {address} ({err.strerror or err}): start it with "
+            "`ray start --head`, or drop --ray-address and RAY_ADDRESS to use a local Ray"
+        ) from err
 
 
 class RayMissing(RuntimeError):
@@ -77,17 +92,18 @@ class RayExecutor:
         self._ray = ray
         self._started_here = False
         if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS") or None
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address:
+                check_reachable(address)
                 options["address"] = address
-            elif not os.environ.get("RAY_ADDRESS"):
+            else:
                 options["num_cpus"] = max(1, workers)
             try:
                 ray.init(**options)
-            except ConnectionError as err:
+            except (ConnectionError, SystemExit) as err:  # Ray exits when it gives up
                 raise RuntimeError(
-                    f"cannot reach the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
-                    "start it with `ray start --head`, or drop --ray-address to use a local Ray"
+                    f"cannot connect to the Ray cluster at {address}: check `ray status` there"
                 ) from err
             self._started_here = True
         self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))

@@ -17,7 +17,6 @@ from click.testing import CliRunner
 
 import cli
 from inf590k import ingest as ingest_module
-from inf590k import ray_executor
 from inf590k import shard as shard_module
 from inf590k.bins import BinConfig, bin_catalog
 from inf590k.dedupe import DedupeConfig, dedupe
@@ -25,6 +24,7 @@ from inf590k.ingest import IngestConfig, ingest
 from inf590k.ray_executor import INSTALL_HINT, RayExecutor, RayMissing, open_executor
 from inf590k.shard import ShardConfig, shard
 from inf590k.sources import SourceReader
+from tests.shardkit import closed_port
 
 ray = pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[1]
@@ -191,6 +191,16 @@ def test_local_executor_is_the_default(tmp_path: Path) -> None:
         assert executor.workers == 1
 
 
+def test_unreachable_cluster_is_one_line(monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        pytest.skip("a Ray is already connected in this process")
+    address = f"127.0.0.1:{closed_port()}"
+    with pytest.raises(RuntimeError, match=f"cannot reach the Ray cluster at {address}"):
+        RayExecutor(2, address)
+    assert not ray.is_initialized()
+
+
 # ----------------------------------------------------------------------------- on a local Ray
 
 
@@ -347,11 +357,3 @@ def test_cli_ray_address_option_and_env(monkeypatch) -> None:
         env={"RAY_ADDRESS": "10.0.0.2:6379"},
     )
     assert seen["config"].ray_address == "10.0.0.2:6379"
-
-
-def test_unreachable_cluster_is_one_line(monkeypatch) -> None:
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    if ray.is_initialized():
-        pytest.skip("a Ray is already connected in this process")
-    with pytest.raises(RuntimeError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
-        ray_executor.RayExecutor(2, "127.0.0.1:1")
