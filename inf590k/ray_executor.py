@@ -15,11 +15,15 @@ plans and writes catalog parts from rows, never holding an image.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any
 
 from inf590k.workers import InlineExecutor, LocalExecutor, make_executor
@@ -45,6 +49,20 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
             f"cannot reach the Ray cluster at {address} ({err.strerror or err}): start it with "
             "`ray start --head`, or drop --ray-address and RAY_ADDRESS to use a local Ray"
         ) from err
+
+
+@contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """ray.init replaces the SIGTERM handler (exit with a C++ stack dump): keep the command's,
+    where SIGTERM is Ctrl-C and the executor cancels its tasks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 class RayMissing(RuntimeError):
@@ -93,18 +111,23 @@ class RayExecutor:
         self._started_here = False
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": logging.WARNING,  # not "Started a local Ray instance"
+            }
             if address:
                 check_reachable(address)
                 options["address"] = address
             else:
                 options["num_cpus"] = max(1, workers)
-            try:
-                ray.init(**options)
-            except (ConnectionError, SystemExit) as err:  # Ray exits when it gives up
-                raise RuntimeError(
-                    f"cannot connect to the Ray cluster at {address}: check `ray status` there"
-                ) from err
+            with keep_sigterm_handler():
+                try:
+                    ray.init(**options)
+                except (ConnectionError, SystemExit) as err:  # Ray exits when it gives up
+                    raise RuntimeError(
+                        f"cannot connect to the Ray cluster at {address}: check `ray status` there"
+                    ) from err
             self._started_here = True
         self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
         self._initializer = initializer
