@@ -77,6 +77,21 @@ def import_ray() -> Any:
     return ray
 
 
+def unit_error(err: BaseException) -> BaseException:
+    """The error a unit raised, as the local pool raises it (not Ray's traceback text); a
+    worker that cannot import the toolkit gets a line saying what to install where."""
+    cause = err
+    while getattr(cause, "cause", None) is not None and cause is not cause.cause:
+        cause = cause.cause
+    missing = cause.args[0] if cause.args and isinstance(cause.args[0], ImportError) else cause
+    if isinstance(missing, ImportError):
+        return RuntimeError(
+            f"a Ray worker cannot import {missing.name or missing}: install inf590k "
+            "(pip install 'inf590k[ray]', the same version) on every node of the cluster"
+        )
+    return cause if isinstance(cause, Exception) else err
+
+
 def run_unit(initializer: Callable[[], None] | None, fn: Callable[..., Any], *args: Any) -> Any:
     """In a Ray worker: the stage's per-process initializer once, then the unit."""
     if initializer is not None:
@@ -152,6 +167,8 @@ class RayExecutor:
     def _result(self, ref: Any) -> Any:
         try:
             return self._ray.get(ref)
+        except self._ray.exceptions.RayTaskError as err:
+            raise unit_error(err) from None
         finally:
             self._in_flight.discard(ref)
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -300,9 +301,23 @@ def test_executor_interface(local_ray, units_by_value) -> None:
         ]
         refs = list(executor.stream(count_to, 3))
         assert list(executor.map(pow, ((ref, 3) for ref in refs))) == [0, 1, 8]
-        with pytest.raises(ZeroDivisionError):  # a unit's own error is not retried: it is raised
+        with pytest.raises(ZeroDivisionError) as raised:  # not retried; raised as a local pool does
             list(executor.map(divmod, [(1, 0)]))
+        assert type(raised.value) is ZeroDivisionError and "\n" not in str(raised.value)
     assert ray.is_initialized()  # a Ray the command did not start is left running
+
+
+@pytest.mark.slow
+def test_worker_without_the_code_is_one_line(local_ray, monkeypatch) -> None:
+    ghost = types.ModuleType("ghost_stage")  # importable here, not in the Ray workers
+    exec("def unit(x):\n    return x\n", ghost.__dict__)
+    monkeypatch.setitem(sys.modules, "ghost_stage", ghost)
+    with open_executor("ray", 2) as executor:
+        with pytest.raises(
+            RuntimeError, match="cannot import ghost_stage: install inf590k"
+        ) as raised:
+            list(executor.map(ghost.unit, [(1,)]))
+    assert "\n" not in str(raised.value)
 
 
 @pytest.mark.slow
