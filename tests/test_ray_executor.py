@@ -320,6 +320,21 @@ def test_worker_without_the_code_is_one_line(local_ray, monkeypatch) -> None:
     assert "\n" not in str(raised.value)
 
 
+def ray_daemons() -> set[int]:
+    """Pids of running Ray node processes (raylet, GCS server)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() in (
+                "raylet",
+                "gcs_server",
+            ):
+                pids.add(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
 @pytest.mark.slow
 def test_cli_starts_and_stops_its_own_ray(tmp_path: Path, sources, local_catalog) -> None:
     """Without --ray-address or RAY_ADDRESS the command starts a local Ray and stops it."""
@@ -337,10 +352,12 @@ def test_cli_starts_and_stops_its_own_ray(tmp_path: Path, sources, local_catalog
     ]
     for source, root in sources.items():
         command += ["--source", f"{source}={root}"]
+    before = ray_daemons()
     done = subprocess.run(
         [*command, "--executor", "ray"], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
+    assert ray_daemons() <= before  # the command's own Ray is gone with it
     assert catalog_bytes(tmp_path / "build") == local_catalog
     assert "Traceback" not in done.stderr
 
