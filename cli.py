@@ -182,6 +182,29 @@ WAIT_OPTION = click.option("--wait", is_flag=True,
                            help="If another command is using the build folder, wait for it instead of failing.")
 
 
+def check_executor(ctx, param, value: str) -> str:
+    """--executor ray without Ray installed: one line saying how to install it, before any work."""
+    if value == "ray":
+        from inf590k.ray_executor import RayMissing, import_ray
+
+        try:
+            import_ray()
+        except RayMissing as err:
+            raise CliError(str(err)) from err
+    return value
+
+
+def executor_options(command):
+    """--executor and --ray-address (ingest, shard, build): the same results with either."""
+    command = click.option("--ray-address", envvar="RAY_ADDRESS", default=None, metavar="ADDRESS",
+                           help="Ray cluster of --executor ray (env RAY_ADDRESS); default: a Ray "
+                                "started for this command.")(command)
+    return click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                        callback=check_executor,
+                        help="Where work units run: a local process pool, or Ray (a cluster; "
+                             "sources and outputs on a filesystem every node sees).")(command)
+
+
 @main.command()
 @click.option("--source", "source_values", multiple=True, metavar="ID=PATH",
               help="A source id (see `sources list`; folder or folder:NAME for your own images) and its folder or archive. Repeatable.")
@@ -192,8 +215,10 @@ WAIT_OPTION = click.option("--wait", is_flag=True,
               help="Remove a source an earlier run put in the build (its rows; later stages must re-run). Repeatable.")
 @click.option("--workers", default=0, show_default="one per core", help="Worker processes.")
 @WAIT_OPTION
+@executor_options
 @policy_options
-def ingest(source_values, manifest_files, build_dir, drop_sources, workers, wait, **policy_values) -> None:
+def ingest(source_values, manifest_files, build_dir, drop_sources, workers, wait, executor, ray_address,
+           **policy_values) -> None:
     """Scan sources and catalogue every file (kept, excluded or rejected, with a reason)."""
     from inf590k.ingest import IngestConfig
     from inf590k.ingest import ingest as run_ingest
@@ -208,6 +233,8 @@ def ingest(source_values, manifest_files, build_dir, drop_sources, workers, wait
         policy=make_policy(**policy_values),
         progress=sys.stderr.isatty(),
         drop_sources=tuple(drop_sources),
+        executor=executor,
+        ray_address=ray_address,
     )
     summary = run_stage(run_ingest, config, wait)
     click.echo(str(summary))
@@ -280,12 +307,13 @@ def bin_config(build, short_edges, aspect_edges):
 
 
 def shard_config(build, out, workers, max_count, max_size, shard_multiple, keep_16bit, png_level, seed, split,
-                 name):
+                 name, executor="local", ray_address=None):
     from inf590k.shard import ShardConfig
 
     return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size,
-                       shard_multiple=shard_multiple, keep_16bit=keep_16bit, png_level=png_level, seed=seed, split=split, name=name, workers=workers,
-                       progress=sys.stderr.isatty())
+                       shard_multiple=shard_multiple, keep_16bit=keep_16bit, png_level=png_level, seed=seed,
+                       split=split, name=name, workers=workers, progress=sys.stderr.isatty(),
+                       executor=executor, ray_address=ray_address)
 
 
 BUILD_DIR = click.option("--build", "build_dir", required=True, type=click.Path(path_type=Path),
@@ -331,6 +359,7 @@ def bin_command(build_dir, wait, **options) -> None:
               help="Dataset folder to write: new, empty, or one this command wrote before.")
 @click.option("--workers", default=0, show_default="one per core", help="Processes writing shards (0: one per core).")
 @WAIT_OPTION
+@executor_options
 @apply_options(SHARD_OPTIONS)
 def shard(build_dir, out, workers, wait, **options) -> None:
     """Write the dataset folder: the Hugging Face repo layout (card, data/<bin>/*.tar, data/_info.json,
@@ -350,11 +379,13 @@ def shard(build_dir, out, workers, wait, **options) -> None:
 @click.option("--workers", default=0, show_default="one per core",
               help="Worker processes of ingest and shard (the result is the same for any count).")
 @WAIT_OPTION
+@executor_options
 @policy_options
 @apply_options(DEDUPE_OPTIONS)
 @apply_options(BIN_OPTIONS)
 @apply_options(SHARD_OPTIONS)
-def build(source_values, manifest_files, build_dir, out, workers, wait, **options) -> None:
+def build(source_values, manifest_files, build_dir, out, workers, wait, executor, ray_address,
+          **options) -> None:
     """Ingest -> dedupe -> bin -> shard in one command (each stage resumable; stages that are
     up to date are not re-run)."""
     from inf590k.ingest import IngestConfig
@@ -364,11 +395,12 @@ def build(source_values, manifest_files, build_dir, out, workers, wait, **option
         ingest=IngestConfig(sources=tuple(parse_source(v) for v in source_values), build=build_dir,
                             manifests=tuple(manifest_files), workers=workers,
                             policy=make_policy(**pick(options, POLICY_OPTIONS)),
-                            progress=sys.stderr.isatty()),
+                            progress=sys.stderr.isatty(), executor=executor, ray_address=ray_address),
         out=out,
         dedupe=dedupe_config(build_dir, **pick(options, DEDUPE_OPTIONS)),
         bins=bin_config(build_dir, **pick(options, BIN_OPTIONS)),
-        shard=shard_config(build_dir, out, workers, **pick(options, SHARD_OPTIONS)),
+        shard=shard_config(build_dir, out, workers, **pick(options, SHARD_OPTIONS),
+                           executor=executor, ray_address=ray_address),
     )
     summary = run_stage(run_build, config, wait)
     click.echo(str(summary.ingest))

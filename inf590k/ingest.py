@@ -49,6 +49,7 @@ from inf590k.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
+from inf590k.ray_executor import open_executor
 from inf590k.sources import (
     DamagedMember,
     SourceEntry,
@@ -58,7 +59,7 @@ from inf590k.sources import (
     root_kind,
 )
 from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
-from inf590k.workers import Executor, make_executor, sigterm_as_interrupt
+from inf590k.workers import Executor, sigterm_as_interrupt
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
 SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"
@@ -75,6 +76,8 @@ class IngestConfig:
     policy: ImagePolicy = field(default_factory=ImagePolicy)
     progress: bool = True
     drop_sources: tuple[str, ...] = ()  # source ids whose rows and chunks are removed first
+    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.ray_executor)
+    ray_address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else a Ray started here
 
 
 @dataclass(frozen=True)
@@ -617,8 +620,9 @@ def ingest(config: IngestConfig) -> IngestSummary:
     raise_opencv_pixel_limit(max((job.policy.max_pixels for job, _, _ in plans), default=0))
     started = time.perf_counter()
     decoded = 0
-    with sigterm_as_interrupt(), make_executor(
-        workers if total else 1, ("inf590k.ingest",), _init_worker
+    with sigterm_as_interrupt(), open_executor(
+        config.executor if total else "local", workers if total else 1, ("inf590k.ingest",),
+        _init_worker, config.ray_address,
     ) as executor, tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
         for job, chunks, todo in plans:
             decoded += run_source(job, chunks, todo, executor, bar)
@@ -650,8 +654,9 @@ def catalog_counts(build: Path) -> dict[str, int]:
 
 def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], executor: Executor, bar: tqdm) -> int:
     todo_chunks = [chunks[i] for i in todo]
-    if job.kind == "tar":
-        todo_chunks = with_tar_bytes(job, todo_chunks)
+    if job.kind == "tar":  # on a cluster, a worker streams the archive: no bytes held here
+        stream = getattr(executor, "stream", None)
+        todo_chunks = stream(with_tar_bytes, job, todo_chunks) if stream else with_tar_bytes(job, todo_chunks)
     results = executor.map(process_chunk, ((job, chunk) for chunk in todo_chunks))
     decoded = 0
     for chunk_index, rows in zip(todo, results, strict=False):

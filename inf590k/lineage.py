@@ -362,7 +362,8 @@ def _remove_empty(build: Path, existed: set[str], created_build: bool) -> None:
 
 def stage(
     name: str,
-    ignore: tuple[str, ...] = ("build", "workers", "progress"),
+    # options that do not change a byte of the output (the executor neither)
+    ignore: tuple[str, ...] = ("build", "workers", "progress", "executor", "ray_address"),
     validate: Callable[[Any], None] | None = None,
     mark: bool = False,
 ) -> Callable:

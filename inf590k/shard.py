@@ -63,6 +63,7 @@ import pyarrow.parquet as pq
 from inf590k import catalog as cat
 from inf590k import lineage, progress
 from inf590k.fsutil import available_cores, write_text_atomic
+from inf590k.ray_executor import open_executor
 from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
 FORMAT_VERSION = 2  # bump when the bytes of a sample change for the same catalog row
@@ -112,6 +113,8 @@ class ShardConfig:
     name: str = "inf590k"  # the dataset name in _info.json
     workers: int = 0  # 0: one process per core
     progress: bool = True
+    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.ray_executor)
+    ray_address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else a Ray started here
 
 
 @dataclass(frozen=True)
@@ -881,17 +884,26 @@ def _class_ids(config: ShardConfig, out: Path) -> tuple[list[dict], dict[str, in
     return table, {e["id"]: int(e["class_id"]) for e in table}
 
 
-def _write_all(todo: list[ShardJob], workers: int, enabled: bool) -> Iterator[dict]:
-    """Write the shards (largest first in a pool); the bar moves per sample."""
-    total = sum(len(j.rows) for j in todo)
-    if workers == 1:
+def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Iterator[dict]:
+    """Write the shards (largest first in a pool); the bar moves per sample (per shard on Ray)."""
+    total, enabled = sum(len(j.rows) for j in todo), config.progress
+    if workers == 1 and config.executor == "local":
         with progress.SampleProgress(total, "shard", enabled, None):
             yield from map(write_shard, todo)
         return
-    context = multiprocessing.get_context(pool_start_method())
     # largest shards first, so the workers finish together (the files do not depend on
     # the order in which shards are written)
     largest_first = sorted(todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows))
+    if config.executor != "local":  # cluster workers cannot reach a local queue
+        with progress.SampleProgress(total, "shard", enabled, None) as bar, sigterm_as_interrupt():
+            with open_executor(
+                config.executor, workers, ("inf590k.shard",), address=config.ray_address
+            ) as pool:
+                for result in pool.map(write_shard, ((job,) for job in largest_first)):
+                    bar.bar.update(result["count"])
+                    yield result
+        return
+    context = multiprocessing.get_context(pool_start_method())
     with progress.SampleProgress(total, "shard", enabled, context) as bar:
         initializer = functools.partial(bar.initializer, *bar.initargs) if bar.initializer else None
         # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
@@ -927,7 +939,7 @@ def shard(config: ShardConfig) -> ShardSummary:
         else:
             stats[job.relpath] = done
     workers = min(config.workers or available_cores(), max(1, len(todo)))
-    for result in _write_all(todo, workers, config.progress):
+    for result in _write_all(todo, workers, config):
         stats[result["shard"]] = result
     write_index(config, jobs, stats, table)
     _drop_stale_report(out)
