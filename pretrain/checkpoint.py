@@ -123,8 +123,10 @@ def model_from_state(state: dict[str, Any]) -> torch.nn.Module:
     return model
 
 
-def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
+def model_card(checkpoint: dict[str, Any], weights_name: str, stage3: str = "fused") -> str:
     """A short README for an exported encoder: what it is, how it was trained, how to load it."""
+    from pretrain.models.export import feature_lines
+
     config = checkpoint.get("config", {})
     data, optim = config.get("data", {}), config.get("optim", {})
     model_config = checkpoint.get("model_config", {})
@@ -157,6 +159,9 @@ def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
             "## Input",
             "One channel, `(pixel / 255 - 0.425) / 0.200` (8-bit view of the infrared frame).",
             "",
+            "## Features",
+            *feature_lines(model_config, stage3),
+            "",
             "## Files",
             f"- `{weights_name}`: encoder weights (safetensors)",
             "- `config.json`: timm model configuration",
@@ -165,16 +170,16 @@ def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
     )
 
 
-def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str) -> Path:
+def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str, stage3: str = "fused") -> Path:
     """Export a training checkpoint's encoder for timm (safetensors + config) with a model card."""
     from pretrain.models.export import export_encoder
 
     checkpoint = load(checkpoint_file)
     model = model_from_state(checkpoint)
-    out = Path(export_encoder(model, Path(out_dir)))
+    out = Path(export_encoder(model, Path(out_dir), stage3))
     folder = out if out.is_dir() else out.parent
     weights = next(iter(sorted(folder.glob("*.safetensors"))), None)
     card = folder / "README.md"
     if not card.exists():
-        card.write_text(model_card(checkpoint, weights.name if weights else "model.safetensors"))
+        card.write_text(model_card(checkpoint, weights.name if weights else "model.safetensors", stage3))
     return folder
