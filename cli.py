@@ -6,6 +6,7 @@ one-line summary. This is the only module that knows both `inf590k` and `pretrai
 
 from __future__ import annotations
 
+import pickle
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -646,6 +647,9 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
             folder = export_checkpoint(checkpoint, out, stage3)
     except ValueError as err:
         raise CliError(str(err)) from err
+    except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CliError(f"cannot read {checkpoint} ({type(err).__name__}: {str(err).splitlines()[0]}); pass a checkpoint of "
+                       "`inf590k pretrain` or a released InfMAE/ConvMAE/MAE .pth") from err
     click.echo(f"export: wrote {folder}")
 
 

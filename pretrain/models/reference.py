@@ -145,7 +145,7 @@ def infer_config(
     found = reference_kind(state)
     if found != kind:
         raise ReferenceCheckpointError(
-            f"this is a {found} checkpoint (by its keys), not {kind}: pass kind {found!r}"
+            f"by its keys this is an {found} checkpoint, not {kind}: pass kind {found!r}"
         )
     if kind == "mae":
         dim, _, patch, _ = _shape(state, "patch_embed.proj.weight")
@@ -343,7 +343,7 @@ def export_reference(
         *feature_lines(model.config, stage3),
         "",
     ]
-    (folder / "README.md").write_text("\n".join(card))
+    (folder / "README.md").write_text("\n".join(card) + "\n")
     return folder
 
 
