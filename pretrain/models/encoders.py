@@ -155,6 +155,57 @@ class ConvBlock(nn.Module):
         x = x + self.drop_path(self.conv2(self.dwconv(y)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def forward_cells(self, x: Tensor, cells: VisibleCells) -> Tensor:
+        """The same block on the visible cells only: x [N*Lv, C, k, k] -> [N*Lv, C, k, k].
+
+        Every operation but the depthwise conv is pointwise, so it runs on the gathered cells;
+        the depthwise conv runs on the map with zeros at masked positions, as in `forward`.
+        """
+        y = self.conv1(self.norm1(x))
+        y = cells.gather(self.dwconv(cells.scatter(y)))
+        x = x + cells.drop_per_image(self.drop_path, self.conv2(y))
+        return x + cells.drop_per_image(self.drop_path, self.mlp(self.norm2(x)))
+
+
+class VisibleCells:
+    """The k x k cells of a stage's map under the visible tokens, and the way back.
+
+    A token of the final grid covers a k x k cell of stage 1 (k = 4) and of stage 2 (k = 2);
+    a masked pretraining step only needs the cells of the Lv visible tokens. Shapes are fixed
+    for a fixed mask ratio and nothing loops in Python, so torch.compile traces it once.
+    """
+
+    def __init__(self, ids_keep: Tensor, grid: tuple[int, int]) -> None:
+        self.ids_keep = ids_keep  # [N, Lv]
+        self.grid = grid  # (rows, cols) of the token grid
+
+    def gather(self, x: Tensor) -> Tensor:
+        """[N, C, rows*k, cols*k] -> the visible cells [N*Lv, C, k, k]."""
+        n, chans, height, width = x.shape
+        rows, cols = self.grid
+        k = height // rows
+        cells = x.reshape(n, chans, rows, k, cols, k).permute(0, 2, 4, 1, 3, 5)
+        cells = gather_tokens(cells.reshape(n, rows * cols, -1), self.ids_keep)  # [N, Lv, C*k*k]
+        return cells.reshape(-1, chans, k, k)
+
+    def scatter(self, cells: Tensor) -> Tensor:
+        """Visible cells [N*Lv, C, k, k] -> map [N, C, rows*k, cols*k], zeros at masked cells."""
+        n, visible = self.ids_keep.shape
+        _, chans, k, _ = cells.shape
+        rows, cols = self.grid
+        flat = cells.new_zeros(n, rows * cols, chans * k * k)
+        index = self.ids_keep.unsqueeze(-1).expand(-1, -1, chans * k * k)
+        flat = flat.scatter(1, index, cells.reshape(n, visible, -1))  # [N, L, C*k*k]
+        flat = flat.reshape(n, rows, cols, chans, k, k).permute(0, 3, 1, 4, 2, 5)
+        return flat.reshape(n, chans, rows * k, cols * k)
+
+    def drop_per_image(self, drop_path: nn.Module, branch: Tensor) -> Tensor:
+        """Stochastic depth per image (not per cell): DropPath on an [N, Lv, ...] view."""
+        if isinstance(drop_path, nn.Identity):
+            return branch
+        n = self.ids_keep.shape[0]
+        return drop_path(branch.reshape(n, -1, *branch.shape[1:])).reshape(branch.shape)
+
 
 class HierarchicalEncoder(nn.Module):
     """InfMAE's encoder: two masked conv stages (H/4, H/8), a ViT stage on visible tokens (H/16),
@@ -195,6 +246,8 @@ class HierarchicalEncoder(nn.Module):
         dim1, dim2, dim3 = embed_dims
         patch1, patch2, patch3 = patch_sizes
         self.stage3 = stage3
+        # Pretraining computes the conv stages at visible positions only; False: densely.
+        self.sparse = True
         self.patch_sizes = tuple(patch_sizes)
         self.grid_size = (img_size[0] // (patch1 * patch2 * patch3),
                           img_size[1] // (patch1 * patch2 * patch3))
@@ -290,15 +343,40 @@ class HierarchicalEncoder(nn.Module):
         cells = gather_tokens(cells.reshape(n, rows * cols, -1), ids_keep)  # [N, Lv, C*k*k]
         return cells.reshape(-1, chans, window, window)
 
-    def forward_masked(self, imgs: Tensor, patch_mask: PatchMask) -> Tensor:
-        """[N, C, H, W] -> visible-token latent [N, Lv, C3] after fusion and the final norm."""
-        ids_keep = patch_mask.ids_keep  # [N, Lv]
-        n, num_visible = ids_keep.shape
+    def _sparse_stage(
+        self, cells: Tensor, embed: StageEmbed, blocks: nn.ModuleList, visible: VisibleCells
+    ) -> Tensor:
+        """A conv stage on the visible cells only: [N*Lv, C_in, K, K] -> [N*Lv, C, K/p, K/p].
+
+        The embedding's kernel equals its stride and stays inside a token's cell, so it runs
+        on the cells; the blocks see, at every visible position, what the dense stage sees."""
+        x = embed(cells)
+        for block in blocks:
+            x = block.forward_cells(x, visible)
+        return x
+
+    def _visible_cells(self, imgs: Tensor, patch_mask: PatchMask) -> tuple[Tensor, Tensor]:
+        """Stage-1 and stage-2 cells of the visible tokens: [N*Lv, C1, 4, 4], [N*Lv, C2, 2, 2]."""
         _, patch2, patch3 = self.patch_sizes
         grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
-        stage1, stage2 = self._conv_stages(imgs, visible_grid(patch_mask, grid))
-        cells2 = self._visible_windows(stage2, patch3, ids_keep)  # [N*Lv, C2, p3, p3]
-        cells1 = self._visible_windows(stage1, patch2 * patch3, ids_keep)
+        if not self.sparse:  # dense conv stages, masked positions zeroed (InfMAE's computation)
+            stage1, stage2 = self._conv_stages(imgs, visible_grid(patch_mask, grid))
+            cells2 = self._visible_windows(stage2, patch3, patch_mask.ids_keep)
+            return self._visible_windows(stage1, patch2 * patch3, patch_mask.ids_keep), cells2
+        visible = VisibleCells(patch_mask.ids_keep, grid)
+        pixels = visible.gather(imgs)  # [N*Lv, C, 16, 16]
+        cells1 = self._sparse_stage(pixels, self.patch_embed1, self.blocks1, visible)
+        return cells1, self._sparse_stage(cells1, self.patch_embed2, self.blocks2, visible)
+
+    def forward_masked(self, imgs: Tensor, patch_mask: PatchMask) -> Tensor:
+        """[N, C, H, W] -> visible-token latent [N, Lv, C3] after fusion and the final norm.
+
+        With `sparse` (default) the conv stages compute only at the visible tokens' cells; the
+        result equals the dense masked computation (`sparse = False`)."""
+        ids_keep = patch_mask.ids_keep  # [N, Lv]
+        n, num_visible = ids_keep.shape
+        grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
+        cells1, cells2 = self._visible_cells(imgs, patch_mask)  # [N*Lv, C1|C2, k, k]
         tokens = self._embed_tokens(cells2).reshape(n, num_visible, -1)  # [N, Lv, C3]
         pos_embed = self._pos_embed(grid, tokens).expand(n, -1, -1)
         x = self.blocks3(tokens + gather_tokens(pos_embed, ids_keep).to(tokens.dtype))
