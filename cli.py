@@ -6,6 +6,7 @@ one-line summary. This is the only module that knows both `inf590k` and `pretrai
 
 from __future__ import annotations
 
+import pickle
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -264,8 +265,9 @@ DEDUPE_OPTIONS = [
     ("--priority", dict(multiple=True, metavar="SOURCE",
                  help="Source ids kept first when resolutions tie, best first. Repeatable.")),
     ("--contact-groups", dict(default=12, show_default=True, help="Largest groups in the contact sheet (0: none).")),
-    ("--feature-model", dict(type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-                 help="Also dedupe by embedding cosine similarity, with this exported encoder (off by default).")),
+    ("--feature-model", dict(type=click.Path(exists=True, path_type=Path), default=None,
+                 help="Also dedupe by embedding cosine similarity, with this exported encoder or released "
+                      "InfMAE/ConvMAE/MAE checkpoint (off by default).")),
     ("--feature-threshold", dict(default=0.85, show_default=True, help="Cosine similarity of feature duplicates.")),
     ("--feature-device", dict(default="cpu", show_default=True, help="Device for --feature-model.")),
 ]
@@ -316,6 +318,19 @@ def shard_config(build, out, workers, max_count, max_size, shard_multiple, keep_
                        executor=executor, ray_address=ray_address)
 
 
+def feature_model_folder(model: Path, build_dir: Path) -> Path:
+    """--feature-model as a timm folder: registers our encoders with timm (the dataset package
+    does not import the model package) and converts a released checkpoint into an export."""
+    try:
+        from pretrain.models.reference import encoder_folder
+    except ImportError as err:
+        raise CliError(f"--feature-model needs the pretraining extras ({err}); install them") from err
+    try:
+        return Path(encoder_folder(model, build_dir / "feature-model"))
+    except ValueError as err:
+        raise CliError(str(err)) from err
+
+
 BUILD_DIR = click.option("--build", "build_dir", required=True, type=click.Path(path_type=Path),
                          help="Build directory (holds the catalog).")
 
@@ -338,6 +353,9 @@ def run_stage(func, config, wait: bool = False):
 def dedupe(build_dir, wait, **options) -> None:
     """Mark exact (pixel sha256) and near (pHash radius) duplicates, within and across sources."""
     from inf590k.dedupe import dedupe as run_dedupe
+
+    if options["feature_model"] is not None:
+        options["feature_model"] = feature_model_folder(options["feature_model"], build_dir)
 
     click.echo(str(run_stage(run_dedupe, dedupe_config(build_dir, **options), wait)))
 
@@ -580,6 +598,9 @@ PRETRAIN_HELP = {
               "checkpoint path. Without it, an --out holding a run is refused.",
     "data_name": "How the checkpoint and model card name the data (default: --shards as given; "
                  "Hub URLs as their repo id).",
+    "init": "Start from a released InfMAE / ConvMAE / MAE pretraining checkpoint (.pth): its weights "
+            "fill --model's encoder and decoder (DDG starts fresh), its shapes set the widths.",
+    "init_kind": "infmae, convmae or mae: the kind of --init (default: found from its keys).",
     "stop_step": "Stop (after checkpointing) at this step, as if killed: for tests and preemption.",
     "max_nan_skips": "Stop after this many skipped NaN/inf steps.",
     "peak_tflops": "Accelerator peak TFLOP/s for MFU (default: known cards).",
@@ -639,7 +660,9 @@ LazyGroup.lazy_short_help["pretrain"] = "Pretrain from shard URLs (1 GPU, many, 
 @main.command("model-info")
 @click.argument("name")
 @click.option("--image-size", default=224, show_default=True, help="Square input size.")
-def model_info(name: str, image_size: int) -> None:
+@click.option("--in-chans", default=1, show_default=True, type=click.Choice(["1", "3"]),
+              help="Input channels (3: grey replicated, as the reference checkpoints).")
+def model_info(name: str, image_size: int, in_chans: str) -> None:
     """Parameters and forward GFLOPs per image of a named model, per part.
 
     Names: mae_vit_base, infmae_base, dugi_mae_base, their _large and _tiny variants.
@@ -650,7 +673,7 @@ def model_info(name: str, image_size: int) -> None:
     if name not in MODEL_NAMES:
         raise CliError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODEL_NAMES))}")
     try:
-        click.echo(format_model_info(describe(name, image_size)))
+        click.echo(format_model_info(describe(name, image_size, int(in_chans))))
     except ValueError as err:
         raise CliError(str(err)) from err
 
@@ -675,19 +698,38 @@ def visualize(checkpoint: Path, images: tuple[Path, ...], out: Path) -> None:
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Export folder.")
-def export(checkpoint: Path, out: Path) -> None:
-    """Export a checkpoint's encoder: safetensors + timm config + model card."""
+@click.option("--kind", type=click.Choice(["auto", "infmae", "convmae", "mae"]), default="auto", show_default=True,
+              help="A released checkpoint's kind (auto: a training checkpoint of ours, or found from the keys).")
+@click.option("--stage3", type=click.Choice(["fused", "raw"]), default="fused", show_default=True,
+              help="F3 of hierarchical encoders: fused with stages 1-2 + final norm (as pretrained), or "
+                   "raw stage-3 blocks output (ConvMAE's downstream form).")
+@click.option("--in-chans", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="Input channels of a released (3-channel) checkpoint's export.")
+def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -> None:
+    """Export a checkpoint's encoder: safetensors + timm config + model card.
+
+    CHECKPOINT is a training checkpoint of `inf590k pretrain`, or a released InfMAE, ConvMAE or
+    MAE pretraining checkpoint (.pth)."""
     from pretrain.checkpoint import export_checkpoint
+    from pretrain.models.reference import export_reference, is_reference_checkpoint
 
     try:
-        written = export_checkpoint(checkpoint, out)
+        if kind != "auto" or is_reference_checkpoint(checkpoint):
+            folder = export_reference(checkpoint, out, None if kind == "auto" else kind,
+                                      in_chans=int(in_chans), stage3=stage3)
+        else:
+            folder = export_checkpoint(checkpoint, out, stage3)
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
-    click.echo(f"export: wrote {written}")
+    except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CliError(f"cannot read {checkpoint} ({type(err).__name__}: {str(err).splitlines()[0]}); pass a checkpoint of "
+                       "`inf590k pretrain` or a released InfMAE/ConvMAE/MAE .pth") from err
+    click.echo(f"export: wrote {folder}")
 
 
 @main.command()
-@click.option("--encoder", required=True, help="An `inf590k export` folder, or `scratch`.")
+@click.option("--encoder", required=True,
+              help="An `inf590k export` folder, a released InfMAE/ConvMAE/MAE checkpoint (.pth), or `scratch`.")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The dataset folder in its own layout (SIRST, IRSTD-1k, NUDT-SIRST or MSRS).")
 @click.option("--layout", required=True, type=click.Choice(["sirst", "irstd1k", "nudt", "msrs"]))

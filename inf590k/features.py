@@ -3,7 +3,9 @@
 The Inf-590K paper also removed images whose encoder embeddings had cosine similarity
 > 0.85. Any timm-loadable model folder works (`config.json` + weights, e.g. an encoder written
 by `inf590k export`); it is loaded through timm's `local-dir:` scheme, never through the
-`pretrain` package. The search is exact (all pairs, in blocks of `chunk` rows with torch
+`pretrain` package (the `inf590k dedupe` command imports it, which registers the toolkit's
+encoders with timm, and converts a released InfMAE / ConvMAE / MAE checkpoint into such a
+folder first). The search is exact (all pairs, in blocks of `chunk` rows with torch
 matmuls), so its cost is quadratic: fine for up to ~10^5 images on a CPU, use a GPU beyond.
 """
 
@@ -38,7 +40,17 @@ def load_encoder(model_dir: Path, device: str):
             f"--feature-model {model_dir}: no config.json; pass a folder written by `inf590k export` "
             "or timm's save_for_hf"
         )
-    model = timm.create_model(f"local-dir:{model_dir}", pretrained=True, num_classes=0)
+    try:
+        model = timm.create_model(f"local-dir:{model_dir}", pretrained=True, num_classes=0)
+    except RuntimeError as error:
+        if "Unknown model" not in str(error):
+            raise
+        # The toolkit's encoders are registered with timm by the model package, which this
+        # package does not import: `inf590k dedupe` (cli.py) does before it calls the stage.
+        raise RuntimeError(
+            f"--feature-model {model_dir}: {error}; import pretrain.models first (the "
+            "`inf590k dedupe` command does) so timm knows the toolkit's encoders"
+        ) from error
     model.eval().to(device)
     channels, height, width = model.pretrained_cfg.get("input_size", (1, 224, 224))
     return model, int(channels), (int(height), int(width))

@@ -217,8 +217,9 @@ def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[
     ]
 
 
-def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
+def model_card(checkpoint: dict[str, Any], weights_name: str, stage3: str = "fused") -> str:
     """A short README for an exported encoder: what it is, how it was trained, its licence."""
+    from pretrain.models.export import feature_lines
     from pretrain.provenance import WeightsLicence
 
     record = run_record(checkpoint)
@@ -251,6 +252,9 @@ def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
             "## Input",
             "One channel, `(pixel / 255 - 0.425) / 0.200` (8-bit view of the infrared frame).",
             "",
+            "## Features",
+            *feature_lines(model_config, stage3),
+            "",
             "## Files",
             f"- `{weights_name}`: encoder weights (safetensors)",
             "- `config.json`: timm model configuration",
@@ -259,7 +263,7 @@ def model_card(checkpoint: dict[str, Any], weights_name: str) -> str:
     )
 
 
-def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str) -> Path:
+def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str, stage3: str = "fused") -> Path:
     """Export a training checkpoint's encoder for timm (safetensors + config) with a model card."""
     from pretrain.models.export import CONFIG_FILE, WEIGHTS_FILE, export_encoder
     from pretrain.provenance import WeightsLicence
@@ -271,7 +275,7 @@ def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str) -> Path:
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
         raise CheckpointError(f"--out {folder} is a file: pass a folder for the export")
-    export_encoder(model, folder, license=licence.short)
+    export_encoder(model, folder, stage3, license=licence.short)
     config_path = folder / CONFIG_FILE
     config = json.loads(config_path.read_text())
     config["pretraining_data"] = {
@@ -281,5 +285,5 @@ def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str) -> Path:
         "images_seen": record.get("images_seen"),
     }
     config_path.write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "README.md").write_text(model_card(checkpoint, WEIGHTS_FILE))
+    (folder / "README.md").write_text(model_card(checkpoint, WEIGHTS_FILE, stage3))
     return folder

@@ -96,6 +96,8 @@ class RunConfig:
     vis_every: int = 0  # reconstruction grid PNG every N steps and at the end (0: never)
     resume: str | None = None  # "auto" (newest readable in --out, if any) or a checkpoint path
     data_name: str | None = None  # how records name the data (default: --shards as given)
+    init: str | None = None  # a released InfMAE / ConvMAE / MAE .pth to start from
+    init_kind: str | None = None  # infmae | convmae | mae (default: found from its keys)
     stop_step: int | None = None  # leave after this step (checkpointed); the schedule is kept
     max_nan_skips: int = 20  # stop once this many steps had a NaN/inf loss or gradient
     peak_tflops: float | None = None  # per-GPU peak for MFU; default: known-card table
@@ -432,6 +434,10 @@ class Trainer:
             from pretrain.models import create_model
 
             model = create_model(run.model, **parse_model_args(run.model_args))
+            if run.init:
+                from pretrain.models.reference import init_from_reference
+
+                model = init_from_reference(run.init, run.init_kind, model.config)
         self.model = model.to(self.device)
         self.model_config = getattr(model, "config", None)
         self.in_chans = getattr(self.model_config, "in_chans", 1)
@@ -622,7 +628,8 @@ class Trainer:
         yield from self.loader
 
     def _micro_step(self, images: torch.Tensor, sync: bool, interval: _Interval) -> None:
-        x = normalise(images.to(self.device, non_blocking=True), self.in_chans)
+        pixels = images.to(self.device, non_blocking=True)  # uint8 crops: masking reads them
+        x = normalise(pixels, self.in_chans)
         no_sync = (
             self.forward_model.no_sync
             if isinstance(self.forward_model, DistributedDataParallel) and not sync
@@ -635,7 +642,7 @@ class Trainer:
         )
         with no_sync():
             with autocast:
-                loss, _, _ = self.forward_model(x)
+                loss, _, _ = self.forward_model(x, pixels)
             self.scaler.scale(loss / self.config.optim.accum_steps).backward()
         finite = torch.isfinite(loss.detach())
         interval.loss_sum += torch.where(finite, loss.detach().float(), 0.0)

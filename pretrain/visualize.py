@@ -49,12 +49,13 @@ def reconstruct(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]
 
     config = model.config
     device = next(model.parameters()).device
-    x = normalise(images.to(device), config.in_chans)  # [N, C, H, W]
+    pixels = images.to(device)  # uint8 [N, 1, H, W]: entropy and grey masking read them
+    x = normalise(pixels, config.in_chans)  # [N, C, H, W]
     was_training = model.training
     model.eval()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        _, pred, mask = model(x)  # [N, L, p*p*C], [N, L] (1 = masked)
+        _, pred, mask = model(x, pixels)  # [N, L, p*p*C], [N, L] (1 = masked)
     model.train(was_training)
     pred = pred.float()
     if config.norm_pix_loss:  # the decoder predicts per-patch normalised pixels

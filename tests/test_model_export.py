@@ -83,8 +83,8 @@ def test_vit_export_loads_into_timm_vision_transformer(tmp_path: Path) -> None:
     ).eval()
     imgs = torch.randn(2, 1, 64, 64)
     with torch.no_grad():
-        ours = model.encoder(imgs, all_visible(2, 16))  # [N, L, D], class token dropped
-        theirs = vit.forward_features(imgs)[:, 1:]
+        ours = model.encoder(imgs, all_visible(2, 16))  # [N, 1 + L, D], class token first
+        theirs = vit.forward_features(imgs)
     torch.testing.assert_close(theirs, ours)
 
 
@@ -99,7 +99,7 @@ def test_mae_vit_base_export_loads_into_vit_base_patch16_224(tmp_path: Path) -> 
     imgs = torch.randn(1, 1, 224, 224)
     with torch.no_grad():
         ours = model.encoder(imgs, all_visible(1, 196))
-        theirs = vit.forward_features(imgs)[:, 1:]
+        theirs = vit.forward_features(imgs)
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
 
 

@@ -50,3 +50,9 @@ def test_bad_names_and_sizes() -> None:
         model_info("mae_vit_base", image_size=100)
     with pytest.raises(ValueError, match="positive"):
         model_info("mae_vit_base", image_size=0)
+
+
+def test_mae_vit_base_at_three_channels_is_the_analytic_19_6_gflops() -> None:
+    """METHOD.md: 9.8 GMACs = 19.6 GFLOPs forward, with the class token through the decoder."""
+    total = model_info("mae_vit_base", in_chans=3)["flops"]["total"] / 1e9
+    assert abs(total - 19.6) / 19.6 < 0.005, total

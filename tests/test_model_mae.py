@@ -20,14 +20,29 @@ COMBINATION_IDS = [f"{enc}-{mask}-{'ddg' if ddg else 'noddg'}" for enc, mask, dd
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def smooth_images(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
-    """Normalised images with 8-bit intensities and smooth structure (learnable, varied entropy)."""
+def smooth_pixels(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """8-bit crops [N, 1, S, S] with smooth structure (learnable, varied entropy)."""
     generator = torch.Generator().manual_seed(seed)
     coarse = torch.rand(batch, 1, 4, 4, generator=generator)
     fine = torch.rand(batch, 1, size, size, generator=generator) * 0.1
     image = torch.nn.functional.interpolate(coarse, size=size, mode="bilinear") * 0.9 + fine
-    levels = (image.clamp(0, 1) * 255).round() / 255
-    return (levels - 0.425) / 0.2
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def normalised(pixels: torch.Tensor) -> torch.Tensor:
+    """The network input of 8-bit crops, as the training loop makes it."""
+    return (pixels.float() / 255 - 0.425) / 0.2
+
+
+def smooth_images(batch: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Normalised images of `smooth_pixels`."""
+    return normalised(smooth_pixels(batch, size, seed))
+
+
+def smooth_batch(batch: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised images, their 8-bit crops): what `model(imgs, pixels)` takes."""
+    pixels = smooth_pixels(batch, size, seed)
+    return normalised(pixels), pixels
 
 
 def tiny(encoder: str, masking: str, ddg: bool, **overrides) -> torch.nn.Module:
@@ -65,14 +80,15 @@ def test_named_configs_follow_the_paper() -> None:
 def test_overrides_switch_encoder_consistently() -> None:
     model = create_model("dugi_mae_tiny", encoder="vit", masking="random", ddg=False)
     assert model.config.embed_dims == (64,) and model.config.patch_sizes == (16,)
-    loss, pred, mask = model(smooth_images())
+    loss, pred, mask = model(*smooth_batch())
     assert pred.shape == (2, 16, 256) and mask.shape == (2, 16) and torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("encoder", ["vit", "hierarchical"])
 def test_non_square_images(encoder: str) -> None:
     model = tiny(encoder, "entropy", True, img_size=(48, 80))
-    loss, pred, mask = model(smooth_images(size=80)[..., 16:64, :])
+    imgs, pixels = smooth_batch(size=80)
+    loss, pred, mask = model(imgs[..., 16:64, :], pixels[..., 16:64, :])
     assert pred.shape == (2, 15, 256) and mask.shape == (2, 15)
     assert (mask.sum(1) == 15 - 4).all() and torch.isfinite(loss)  # keep 15 - floor(11.25)
 
@@ -82,10 +98,10 @@ def test_ddg_blocks_chain_with_encoder_tokens_as_query() -> None:
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for block in model.ddg.blocks:
         block.register_forward_hook(lambda _m, args, out: seen.append((args[0], args[1], out)))
-    imgs = smooth_images()
+    imgs, pixels = smooth_batch()
     with torch.no_grad():
-        model.encode(imgs)
-        patch_mask = model.mask_patches(imgs)
+        model.encode(imgs, pixels)
+        patch_mask = model.mask_patches(imgs, pixels)
         latent = model.encoder(imgs, patch_mask)
         freq_tokens = model.ddg.frequency_tokens(imgs, patch_mask)
     assert len(seen) == 3
@@ -114,20 +130,22 @@ def test_bad_configurations_say_what_to_do() -> None:
     model = create_model("dugi_mae_tiny")
     with pytest.raises(ValueError, match="expected images"):
         model(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="needs the 8-bit crops"):
+        model(smooth_images())
 
 
 @pytest.mark.parametrize("encoder", ["vit", "hierarchical"])
 def test_three_channel_models_predict_three_channels(encoder: str) -> None:
     model = tiny(encoder, "entropy", True, in_chans=3)
-    imgs = smooth_images().expand(-1, 3, -1, -1).contiguous()
-    loss, pred, _ = model(imgs)
+    imgs, pixels = smooth_batch()
+    loss, pred, _ = model(imgs.expand(-1, 3, -1, -1).contiguous(), pixels)
     assert pred.shape == (2, 16, 16 * 16 * 3) and torch.isfinite(loss)
 
 
 def test_loss_ignores_visible_patches() -> None:
     model = tiny("hierarchical", "entropy", True)
-    imgs = smooth_images()
-    loss, pred, mask = model(imgs)
+    imgs, pixels = smooth_batch()
+    loss, pred, mask = model(imgs, pixels)
     visible = (mask == 0).unsqueeze(-1)
     changed = pred.detach() + visible * torch.randn_like(pred) * 10
     assert torch.equal(model.forward_loss(imgs, changed, mask), loss.detach())
@@ -152,8 +170,9 @@ def test_norm_pix_loss_normalises_each_target_patch() -> None:
 @pytest.mark.parametrize(("encoder", "masking", "ddg"), COMBINATIONS, ids=COMBINATION_IDS)
 def test_no_masked_pixel_reaches_the_decoder(encoder: str, masking: str, ddg: bool) -> None:
     model = tiny(encoder, masking, ddg)
-    imgs = smooth_images().requires_grad_(True)
-    latent, patch_mask = model.encode(imgs)  # the decoder input
+    imgs, pixels = smooth_batch()
+    imgs.requires_grad_(True)
+    latent, patch_mask = model.encode(imgs, pixels)  # the decoder input
     (latent * torch.randn_like(latent)).sum().backward()
     masked_pixels = upsample_visible(visible_grid(patch_mask, model.grid_size), 16) == 0
     assert masked_pixels.float().mean() == 0.75
@@ -163,8 +182,9 @@ def test_no_masked_pixel_reaches_the_decoder(encoder: str, masking: str, ddg: bo
 
 def test_frequency_branch_sees_only_visible_pixels() -> None:
     model = tiny("hierarchical", "entropy", True)
-    imgs = smooth_images().requires_grad_(True)
-    patch_mask = model.mask_patches(imgs)
+    imgs, pixels = smooth_batch()
+    imgs.requires_grad_(True)
+    patch_mask = model.mask_patches(imgs, pixels)
     tokens = model.ddg.frequency_tokens(imgs, patch_mask)  # [N, Lv, D]
     tokens.sum().backward()
     masked_pixels = upsample_visible(visible_grid(patch_mask, model.grid_size), 16) == 0
@@ -200,7 +220,7 @@ def test_filter_parameters_are_trained() -> None:
             "ddg.frequency_filter.radius_logit"} <= names
     before = {key: p.detach().clone() for key, p in params.items()}
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    loss, _, _ = model(smooth_images())
+    loss, _, _ = model(*smooth_batch())
     loss.backward()
     for key, param in params.items():
         assert param.grad is not None and param.grad.abs() > 0, f"{key} got no gradient"
@@ -211,11 +231,11 @@ def test_filter_parameters_are_trained() -> None:
 
 def test_fft_runs_in_float32_under_bf16_autocast() -> None:
     model = tiny("hierarchical", "entropy", True)
-    imgs = smooth_images()
+    imgs, pixels = smooth_batch()
     freq = model.ddg.frequency_filter
     with torch.autocast("cpu", dtype=torch.bfloat16):
         filtered = freq(imgs.bfloat16())
-        loss, pred, _ = model(imgs)
+        loss, pred, _ = model(imgs, pixels)
     assert filtered.dtype == torch.float32
     torch.testing.assert_close(filtered, freq(imgs.bfloat16().float()))
     assert pred.dtype == torch.bfloat16 and loss.dtype == torch.float32
@@ -245,14 +265,49 @@ def test_flops_per_image_is_cached_and_sums_the_parts() -> None:
 @pytest.mark.parametrize(("encoder", "masking", "ddg"), COMBINATIONS, ids=COMBINATION_IDS)
 def test_tiny_model_overfits_one_batch(encoder: str, masking: str, ddg: bool) -> None:
     model = tiny(encoder, masking, ddg)
-    imgs = smooth_images(batch=2)
+    imgs, pixels = smooth_batch(batch=2)
     optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
     for _ in range(50):
         torch.manual_seed(0)  # one batch: random masking draws the same mask each step
-        loss, _, _ = model(imgs)
+        loss, _, _ = model(imgs, pixels)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
     assert min(losses[-5:]) <= 0.5 * losses[0], f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+def test_mae_class_token_passes_through_the_decoder() -> None:
+    """facebookresearch/mae: the decoder sees the class token (1 + L tokens), the head drops it."""
+    model = tiny("vit", "random", False)
+    seen = []
+    model.decoder.blocks[0].register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+    with torch.no_grad():
+        latent, _ = model.encode(smooth_images())
+        _, pred, _ = model(smooth_images())
+    assert latent.shape == (2, 1 + 4, 64)  # class token + 4 visible of 16 patches
+    assert seen[-1].shape == (2, 1 + 16, 64) and pred.shape == (2, 16, 256)
+    assert model.decoder.pos_embed.shape == (1, 17, 64)
+    assert torch.equal(model.decoder.pos_embed[0, 0], torch.zeros(64))
+    # The class token changes the prediction: it is attended to, not dropped before the blocks.
+    with torch.no_grad():
+        ids_restore = torch.arange(16).expand(2, -1)
+        altered = latent.clone()
+        altered[:, 0] += 1.0
+        assert not torch.allclose(model.decoder(latent, ids_restore),
+                                  model.decoder(altered, ids_restore))
+
+
+@pytest.mark.parametrize("encoder", ["vit", "hierarchical"])
+def test_forward_encoder_gives_the_visible_latent_before_ddg(encoder: str) -> None:
+    model = tiny(encoder, "entropy", True).eval()
+    imgs, pixels = smooth_batch()
+    with torch.no_grad():
+        patch_mask = model.mask_patches(imgs, pixels)
+        latent = model.forward_encoder(imgs, patch_mask.ids_keep)
+        full = model.encoder(imgs, patch_mask)
+    assert latent.shape == (2, 4, 64)
+    torch.testing.assert_close(latent, full[:, model.encoder.num_prefix_tokens :])
+    with pytest.raises(ValueError, match="ids_keep"):
+        model.forward_encoder(imgs, patch_mask.ids_keep[0])

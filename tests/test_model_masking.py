@@ -14,7 +14,6 @@ from pretrain.models import IR_MEAN, IR_STD, create_model
 from pretrain.models.masking import (
     entropy_masking,
     gray_masking,
-    intensity_levels,
     make_mask,
     num_visible,
     patch_entropy,
@@ -22,6 +21,11 @@ from pretrain.models.masking import (
 )
 
 PATCH = 16
+
+
+def crops(uint8_images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W] -> the 8-bit crops [N, 1, H, W] that masking reads."""
+    return torch.from_numpy(uint8_images).unsqueeze(1)
 
 
 def normalise(uint8_images: np.ndarray) -> torch.Tensor:
@@ -79,18 +83,13 @@ def test_patchify_rejects_bad_sizes() -> None:
         model.unpatchify(torch.randn(1, 15, 256))
 
 
-def test_intensity_levels_are_exact_for_uint8_input() -> None:
-    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
-    assert torch.equal(intensity_levels(normalise(levels)), torch.from_numpy(levels).long())
-
-
 def test_entropy_matches_skimage_on_random_patches() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(3, 64, 96), dtype=np.uint8)
     # Low-entropy content too: few levels, constant patches.
     images[1] = rng.integers(0, 3, size=(64, 96), dtype=np.uint8) * 100
     images[2, :32] = 7
-    ours = patch_entropy(intensity_levels(normalise(images)), PATCH).numpy()
+    ours = patch_entropy(torch.from_numpy(images).long(), PATCH).numpy()
     for image, row in zip(images, ours, strict=True):
         np.testing.assert_allclose(row, skimage_patch_entropy(image), atol=1e-5)
     assert ours[2, :12].max() == 0.0  # constant patches have zero entropy
@@ -98,20 +97,21 @@ def test_entropy_matches_skimage_on_random_patches() -> None:
 
 def test_entropy_matches_skimage_on_real_infrared(ir_samples: Path) -> None:
     images = real_ir_images(ir_samples)
-    ours = patch_entropy(intensity_levels(normalise(images)), PATCH).numpy()
+    ours = patch_entropy(torch.from_numpy(images).long(), PATCH).numpy()
     assert ours.shape == (len(images), 196)
     for image, row in zip(images, ours, strict=True):
         np.testing.assert_allclose(row, skimage_patch_entropy(image), atol=1e-5)
 
 
 def test_entropy_mask_keeps_top_quarter_deterministically(ir_samples: Path) -> None:
-    imgs = normalise(real_ir_images(ir_samples))
+    images = real_ir_images(ir_samples)
+    imgs = crops(images)
     first = entropy_masking(imgs, PATCH, 0.75)
     second = entropy_masking(imgs.clone(), PATCH, 0.75)
     assert torch.equal(first.mask, second.mask)
     assert torch.equal(first.ids_keep, second.ids_keep)
     assert (first.mask == 0).sum(1).tolist() == [49] * len(imgs)
-    entropy = patch_entropy(intensity_levels(imgs), PATCH)
+    entropy = patch_entropy(torch.from_numpy(images).long(), PATCH)
     visible = first.mask == 0
     # The highest entropy is always visible (some samples are blank: all ties), and no
     # masked patch beats a visible one.
@@ -122,7 +122,7 @@ def test_entropy_mask_keeps_top_quarter_deterministically(ir_samples: Path) -> N
 
 
 def test_entropy_ties_break_by_patch_index() -> None:
-    imgs = normalise(np.zeros((1, 64, 64), dtype=np.uint8))  # every patch has entropy 0
+    imgs = crops(np.zeros((1, 64, 64), dtype=np.uint8))  # every patch has entropy 0
     patch_mask = entropy_masking(imgs, PATCH, 0.75)
     # Ascending stable sort, keep the last 4: the highest patch indices.
     assert patch_mask.ids_keep.tolist() == [[12, 13, 14, 15]]
@@ -133,7 +133,7 @@ def test_gray_mask_keeps_every_fourth_patch_by_brightness() -> None:
     # Each patch gets a distinct constant grey value, in a shuffled layout.
     values = rng.permutation(196).astype(np.uint8)
     image = np.kron(values.reshape(14, 14), np.ones((PATCH, PATCH), dtype=np.uint8))
-    patch_mask = gray_masking(normalise(image[None]), PATCH, 0.75)
+    patch_mask = gray_masking(crops(image[None]), PATCH, 0.75)
     kept_values = sorted(values[patch_mask.ids_keep[0].numpy()].tolist())
     assert kept_values == sorted(values)[::4]
     assert int((patch_mask.mask == 0).sum()) == 49
@@ -162,13 +162,57 @@ def test_bad_masking_input() -> None:
         make_mask("checkerboard", torch.randn(1, 1, 32, 32), PATCH, 0.75)
     with pytest.raises(ValueError, match="multiples of 16"):
         make_mask("entropy", torch.randn(1, 1, 30, 32), PATCH, 0.75)
+    imgs = torch.randn(1, 1, 32, 32)
+    with pytest.raises(ValueError, match="needs the 8-bit crops"):
+        make_mask("entropy", imgs, PATCH, 0.75)
+    with pytest.raises(ValueError, match="do not match"):
+        make_mask("gray", imgs, PATCH, 0.75, torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\[N, 1, H, W\] or \[N, H, W\]"):
+        entropy_masking(torch.zeros(32, 32, dtype=torch.uint8), PATCH, 0.75)
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "gray"])
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.int32, torch.float32])
+def test_masking_refuses_anything_but_8_bit_crops(strategy: str, dtype: torch.dtype) -> None:
+    """A 16-bit (or float) crop would be quantised silently: it is refused with a message."""
+    pixels = torch.full((1, 1, 32, 32), 1000).to(dtype)
+    with pytest.raises(ValueError, match="8-bit crop.*reduce 16-bit frames"):
+        make_mask(strategy, pixels.float(), PATCH, 0.75, pixels)
+
+
+def test_entropy_mask_reads_the_crop_not_the_normalised_input() -> None:
+    """The crop decides: a normalised tensor from other pixels does not change the mask."""
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(1, 64, 64), dtype=np.uint8)
+    images[0, :32] = 9  # the top half is flat: zero entropy
+    pixels = crops(images)
+    expected = entropy_masking(pixels, PATCH, 0.75).ids_keep
+    unrelated = torch.zeros(1, 1, 64, 64)
+    assert torch.equal(make_mask("entropy", unrelated, PATCH, 0.75, pixels).ids_keep, expected)
+    assert (expected >= 8).all()  # the visible patches are in the textured bottom half
+
+
+def test_gray_ties_break_by_patch_index_on_integer_sums() -> None:
+    """Patches of equal pixel sum tie exactly; the stable sort keeps patch order among them.
+
+    The normalised means of such patches differ in the last float bit depending on the
+    arrangement of their pixels, which used to decide among them.
+    """
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randint(0, 256, (256,), generator=generator)
+    # Every patch holds the same pixels in a different order: equal sums, equal means.
+    patches = [base[torch.randperm(256, generator=generator)].reshape(16, 16) for _ in range(16)]
+    grid = torch.stack(patches).reshape(4, 4, 16, 16).permute(0, 2, 1, 3).reshape(64, 64)
+    patch_mask = gray_masking(grid.to(torch.uint8)[None, None], PATCH, 0.75)
+    # All tie: the order is the patch index, and every 4th along it stays visible.
+    assert patch_mask.ids_keep.tolist() == [[0, 4, 8, 12]]
 
 
 def test_three_channel_input_uses_first_channel() -> None:
     rng = np.random.default_rng(2)
-    grey = normalise(rng.integers(0, 256, size=(2, 64, 64), dtype=np.uint8))
+    grey = crops(rng.integers(0, 256, size=(2, 64, 64), dtype=np.uint8))
     rgb = grey.expand(-1, 3, -1, -1).clone()
-    rgb[:, 1:] = 0.0  # other channels must not matter
+    rgb[:, 1:] = 0  # other channels must not matter
     assert torch.equal(entropy_masking(grey, PATCH, 0.75).mask, entropy_masking(rgb, PATCH, 0.75).mask)
 
 
@@ -191,5 +235,5 @@ def test_equal_entropy_patches_tie_break_by_index():
         patches.append(values[torch.randperm(256, generator=generator)].reshape(16, 16))
     grid = torch.stack(patches).reshape(4, 4, 16, 16).permute(0, 2, 1, 3).reshape(64, 64)  # [64, 64]
     assert torch.unique(patch_entropy(grid[None], 16)).numel() == 1
-    imgs = ((grid.float() / 255 - 0.425) / 0.2)[None, None]  # [1, 1, 64, 64] normalised
-    assert entropy_masking(imgs, 16, 0.75).ids_keep.tolist() == [[12, 13, 14, 15]]
+    pixels = grid.to(torch.uint8)[None, None]  # [1, 1, 64, 64]
+    assert entropy_masking(pixels, 16, 0.75).ids_keep.tolist() == [[12, 13, 14, 15]]

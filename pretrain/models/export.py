@@ -29,7 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 from pretrain.models.configs import IR_MEAN, IR_STD, ModelConfig, encoder_preset
-from pretrain.models.encoders import HierarchicalEncoder
+from pretrain.models.encoders import STAGE3_FORMS, HierarchicalEncoder
 from pretrain.models.mae import MaskedAutoencoder
 
 WEIGHTS_FILE = "model.safetensors"
@@ -116,6 +116,27 @@ def infmae_large(pretrained: bool = False, **kwargs: Any) -> HierarchicalEncoder
     return _create_hierarchical("infmae_large", pretrained, **kwargs)
 
 
+def feature_lines(config: ModelConfig | dict[str, Any], stage3: str = "fused") -> list[str]:
+    """What the exported encoder's outputs hold, for the export's model card."""
+    encoder = config.encoder if isinstance(config, ModelConfig) else config.get("encoder")
+    if encoder == "vit":
+        return [
+            "`forward_features`: the class token and the patch tokens after the final norm "
+            "(timm VisionTransformer).",
+        ]
+    f3 = (
+        "F3 (H/16) is the stage-3 token map fused with stages 1 and 2 (strided convs, summed) "
+        "and then the final LayerNorm: the latent pretraining trained."
+        if stage3 == "fused"
+        else "F3 (H/16) is the raw output of the stage-3 transformer blocks, without the fusion "
+        "of stages 1-2 and without the final norm (ConvMAE's downstream form)."
+    )
+    return [
+        "`features_only=True`: F1 (H/4) and F2 (H/8) are the conv stages' outputs; " + f3,
+        "F4 (H/32) is F3 max-pooled by 2. `forward_features` returns F3's tokens [N, L, C].",
+    ]
+
+
 def timm_architecture(config: ModelConfig) -> tuple[str, dict[str, Any]]:
     """The timm model name an encoder export loads into, and the arguments that fit it."""
     height, width = config.image_hw
@@ -144,11 +165,15 @@ def timm_architecture(config: ModelConfig) -> tuple[str, dict[str, Any]]:
     )
 
 
-def timm_config(config: ModelConfig, license: str = "unknown") -> dict[str, Any]:
+def timm_config(
+    config: ModelConfig, stage3: str = "fused", license: str = "unknown"
+) -> dict[str, Any]:
     """config.json in the layout timm reads for `hf-hub:` and `local-dir:` models.
 
     `license` is the weights' licence, derived from the training data (never assumed)."""
     architecture, model_args = timm_architecture(config)
+    if config.encoder != "vit":
+        model_args["stage3"] = stage3
     height, width = config.image_hw
     first_conv = "patch_embed.proj" if config.encoder == "vit" else "patch_embed1.proj"
     return dict(
@@ -184,8 +209,16 @@ def unwrap_model(model: nn.Module) -> MaskedAutoencoder:
     return model
 
 
-def export_encoder(model: nn.Module, out_dir: str | Path, license: str = "unknown") -> Path:
-    """Write the encoder weights (model.safetensors) and timm's config.json; returns the weights."""
+def export_encoder(
+    model: nn.Module, out_dir: str | Path, stage3: str = "fused", license: str = "unknown"
+) -> Path:
+    """Write the encoder weights (model.safetensors) and timm's config.json; returns the weights.
+
+    `stage3` (hierarchical encoders): "fused" (default, F3 as in pretraining) or "raw"
+    (ConvMAE's downstream form: stage-3 blocks' output, no fusion, no final norm). `license`:
+    the weights' licence, derived from the training data (never assumed)."""
+    if stage3 not in STAGE3_FORMS:
+        raise ValueError(f"stage3={stage3!r} is not one of {STAGE3_FORMS}")
     mae = unwrap_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +226,7 @@ def export_encoder(model: nn.Module, out_dir: str | Path, license: str = "unknow
         name: tensor.detach().to("cpu").contiguous()
         for name, tensor in mae.encoder.state_dict().items()
     }
-    config = timm_config(mae.config, license)
+    config = timm_config(mae.config, stage3, license)
     weights = out / WEIGHTS_FILE
     # One metadata key: safetensors writes its metadata map in a random order, and the
     # architecture is in config.json anyway; so a re-export is byte-identical.

@@ -10,8 +10,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 
-def count_flops_by_part(model: nn.Module, imgs: Tensor, parts: Iterable[str]) -> dict[str, int]:
-    """Forward FLOPs (2 per multiply-add) of `model(imgs)` for each named child module.
+def count_flops_by_part(
+    model: nn.Module, inputs: Tensor | tuple[Tensor, ...], parts: Iterable[str]
+) -> dict[str, int]:
+    """Forward FLOPs (2 per multiply-add) of `model(*inputs)` for each named child module.
 
     Attention runs through the math backend while counting: the counter has formulas for the
     matmuls it decomposes into, but none for the fused CPU attention kernel.
@@ -19,7 +21,7 @@ def count_flops_by_part(model: nn.Module, imgs: Tensor, parts: Iterable[str]) ->
     """
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        model(imgs)
+        model(*(inputs if isinstance(inputs, tuple) else (inputs,)))
     by_module = counter.get_flop_counts()
     root = type(model).__name__
     flops = {part: sum(by_module.get(f"{root}.{part}", {}).values()) for part in parts}

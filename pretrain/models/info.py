@@ -10,14 +10,16 @@ from pretrain.models.configs import build_config
 from pretrain.models.mae import MODEL_PARTS, MaskedAutoencoder
 
 
-def model_info(name: str, image_size: int = 224) -> dict[str, Any]:
+def model_info(name: str, image_size: int = 224, in_chans: int = 1) -> dict[str, Any]:
     """Parameters and forward FLOPs of one image, per part (encoder, ddg, decoder) and in total.
 
-    Built on the meta device: nothing is allocated, so large models are cheap to inspect.
+    The FLOPs are those a pretraining step executes (masked input: the encoder computes only
+    what the loss can see). Built on the meta device: nothing is allocated, so large models are
+    cheap to inspect.
     """
     if image_size <= 0:
         raise ValueError(f"image_size={image_size} must be a positive multiple of 16")
-    config = build_config(name, img_size=image_size)
+    config = build_config(name, img_size=image_size, in_chans=in_chans)
     with torch.device("meta"):
         model = MaskedAutoencoder(config)
     params = {
@@ -29,14 +31,15 @@ def model_info(name: str, image_size: int = 224) -> dict[str, Any]:
     params["total"] = sum(p.numel() for p in model.parameters())
     flops = model.flops_by_part()
     flops["total"] = sum(flops.values())
-    return dict(name=name, image_size=image_size, params=params, flops=flops)
+    return dict(name=name, image_size=image_size, in_chans=in_chans, params=params, flops=flops)
 
 
 def format_model_info(info: dict[str, Any]) -> str:
     """A plain-text table of `model_info`'s result."""
     size = info["image_size"]
+    chans = info.get("in_chans", 1)
     lines = [
-        f"{info['name']} at {size}x{size}, forward pass of one image",
+        f"{info['name']} at {size}x{size}x{chans}, masked pretraining forward pass of one image",
         f"{'part':<10}{'params (M)':>12}{'GFLOPs':>10}{'GMACs':>9}",
     ]
     for part in (*MODEL_PARTS, "other", "total"):

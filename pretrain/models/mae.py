@@ -16,14 +16,16 @@ from pretrain.models.ddg import DualDomainGuidance
 from pretrain.models.decoder import MAEDecoder
 from pretrain.models.encoders import build_encoder
 from pretrain.models.flops import count_flops_by_part
-from pretrain.models.masking import PatchMask, make_mask
+from pretrain.models.masking import PatchMask, make_mask, mask_from_visible
 
 MODEL_PARTS = ("encoder", "ddg", "decoder")
 NO_WEIGHT_DECAY_NAMES = frozenset({"cls_token", "mask_token", "pos_embed"})
 
 
 class MaskedAutoencoder(nn.Module):
-    """`loss, pred, mask = model(imgs)` on normalised images [N, C, H, W]."""
+    """`loss, pred, mask = model(imgs, pixels)`: imgs normalised [N, C, H, W]; pixels the uint8
+    crops [N, 1, H, W] they were normalised from (read by entropy and grey masking; random
+    masking needs none)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -72,18 +74,35 @@ class MaskedAutoencoder(nn.Module):
                 f"{tuple(imgs.shape)}; build the model with matching img_size / in_chans"
             )
 
-    def mask_patches(self, imgs: Tensor) -> PatchMask:
+    def mask_patches(self, imgs: Tensor, pixels: Tensor | None = None) -> PatchMask:
         """The configured masking strategy (no gradient flows through the choice)."""
         with torch.no_grad():
-            return make_mask(self.config.masking, imgs, self.patch_size, self.config.mask_ratio)
+            return make_mask(
+                self.config.masking, imgs, self.patch_size, self.config.mask_ratio, pixels
+            )
 
-    def encode(self, imgs: Tensor) -> tuple[Tensor, PatchMask]:
-        """Mask, encode the visible patches and apply DDG: the decoder input [N, Lv, D]."""
+    def forward_encoder(self, imgs: Tensor, ids_keep: Tensor) -> Tensor:
+        """Encoder output [N, Lv, D] for the visible patches `ids_keep` [N, Lv] (ascending):
+        after stage fusion and the final norm, before DDG (class token dropped for the ViT)."""
         self._check_input(imgs)
-        patch_mask = self.mask_patches(imgs)
-        latent = self.encoder(imgs, patch_mask)  # [N, Lv, D]
+        if ids_keep.ndim != 2 or ids_keep.shape[0] != imgs.shape[0]:
+            raise ValueError(
+                f"ids_keep must be [N, Lv] visible patch indices, got {tuple(ids_keep.shape)}"
+            )
+        patch_mask = mask_from_visible(ids_keep.to(imgs.device).long(), self.config.num_patches)
+        latent = self.encoder(imgs, patch_mask)  # [N, prefix + Lv, D]
+        return latent[:, self.encoder.num_prefix_tokens :]
+
+    def encode(self, imgs: Tensor, pixels: Tensor | None = None) -> tuple[Tensor, PatchMask]:
+        """Mask, encode the visible patches and apply DDG: the decoder input [N, prefix + Lv, D]
+        (prefix: the ViT's class token, which DDG leaves as it is)."""
+        self._check_input(imgs)
+        patch_mask = self.mask_patches(imgs, pixels)
+        latent = self.encoder(imgs, patch_mask)  # [N, prefix + Lv, D]
         if self.ddg is not None:
-            latent = self.ddg(imgs, patch_mask, latent)
+            prefix = self.encoder.num_prefix_tokens
+            guided = self.ddg(imgs, patch_mask, latent[:, prefix:])  # [N, Lv, D]
+            latent = torch.cat([latent[:, :prefix], guided], dim=1)
         return latent, patch_mask
 
     def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
@@ -96,8 +115,8 @@ class MaskedAutoencoder(nn.Module):
         per_patch = ((pred.float() - target) ** 2).mean(dim=-1)  # [N, L]
         return (per_patch * mask).sum() / mask.sum()
 
-    def forward(self, imgs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        latent, patch_mask = self.encode(imgs)
+    def forward(self, imgs: Tensor, pixels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        latent, patch_mask = self.encode(imgs, pixels)
         pred = self.decoder(latent, patch_mask.ids_restore)  # [N, L, p*p*C]
         return self.forward_loss(imgs, pred, patch_mask.mask), pred, patch_mask.mask
 
@@ -114,7 +133,8 @@ class MaskedAutoencoder(nn.Module):
         with torch.device("meta"):
             twin = MaskedAutoencoder(self.config)
             imgs = torch.zeros(1, self.config.in_chans, *self.config.image_hw)
-        return count_flops_by_part(twin, imgs, MODEL_PARTS)
+            pixels = torch.zeros(1, 1, *self.config.image_hw, dtype=torch.uint8)
+        return count_flops_by_part(twin, (imgs, pixels), MODEL_PARTS)
 
     def flops_per_image(self) -> float:
         """Forward FLOPs per image (2 per multiply-add), for MFU logging; computed once."""

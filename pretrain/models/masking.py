@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from pretrain.models.configs import IR_MEAN, IR_STD, MASKINGS
+from pretrain.models.configs import MASKINGS
 
 INTENSITY_LEVELS = 256  # J of Eq. 1: the levels of the 8-bit input
 
@@ -34,15 +34,23 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return num_patches - math.floor(mask_ratio * num_patches)
 
 
-def intensity_levels(imgs: Tensor) -> Tensor:
-    """8-bit intensities [N, H, W] (int64) recovered from normalised images [N, C, H, W].
+def eight_bit_plane(pixels: Tensor, strategy: str) -> Tensor:
+    """The 8-bit crop [N, H, W] (uint8) that entropy and grey masking read.
 
-    Exact for images that came from uint8 / 255 and were normalised with IR_MEAN / IR_STD;
-    3-channel input is grey replicated, so the first channel carries the intensities.
+    Accepts [N, H, W] or [N, C, H, W] (grey replicated: the first channel is used). Anything
+    but uint8 is refused: a 16-bit or float crop would be quantised silently otherwise.
     """
-    grey = imgs[:, 0].float()  # [N, H, W]
-    levels = torch.round((grey * IR_STD + IR_MEAN) * (INTENSITY_LEVELS - 1))
-    return levels.clamp_(0, INTENSITY_LEVELS - 1).long()
+    if not isinstance(pixels, Tensor) or pixels.dtype != torch.uint8:
+        dtype = getattr(pixels, "dtype", type(pixels).__name__)
+        raise ValueError(
+            f"masking={strategy!r} reads the 8-bit crop (uint8 [N, 1, H, W]), got {dtype}; "
+            "reduce 16-bit frames to 8 bits first (the pretraining stream yields uint8 crops)"
+        )
+    if pixels.ndim == 4:
+        return pixels[:, 0]
+    if pixels.ndim == 3:
+        return pixels
+    raise ValueError(f"8-bit crops must be [N, 1, H, W] or [N, H, W], got {tuple(pixels.shape)}")
 
 
 def patch_values(plane: Tensor, patch_size: int) -> Tensor:
@@ -80,28 +88,33 @@ def mask_from_visible(visible_ids: Tensor, num_patches: int) -> PatchMask:
     return PatchMask(ids_shuffle[:, : visible_ids.shape[1]], ids_restore, mask)
 
 
-def entropy_masking(imgs: Tensor, patch_size: int, mask_ratio: float) -> PatchMask:
+def entropy_masking(pixels: Tensor, patch_size: int, mask_ratio: float) -> PatchMask:
     """DuGI-MAE Eq. 2: sort patches by entropy ascending, keep the highest-entropy ones visible.
 
+    `pixels`: the 8-bit crop (uint8 [N, 1, H, W]) the network input was normalised from.
     Deterministic: ties are broken by patch index (stable sort), no randomness.
     """
-    entropy = patch_entropy(intensity_levels(imgs), patch_size)  # [N, L]
+    levels = eight_bit_plane(pixels, "entropy").long()  # [N, H, W]
+    entropy = patch_entropy(levels, patch_size)  # [N, L]
     num_patches = entropy.shape[1]
     order = torch.argsort(entropy, dim=1, stable=True)  # [N, L] ascending entropy
     keep = num_visible(num_patches, mask_ratio)
     return mask_from_visible(order[:, num_patches - keep :], num_patches)
 
 
-def gray_masking(imgs: Tensor, patch_size: int, mask_ratio: float) -> PatchMask:
+def gray_masking(pixels: Tensor, patch_size: int, mask_ratio: float) -> PatchMask:
     """InfMAE: sort patches by mean grey value and keep evenly spaced ones along that order.
 
     At mask ratio 0.75 that is every 4th patch, so the visible set spans the intensity range.
+    The order is taken on integer pixel sums of the 8-bit crop (uint8 [N, 1, H, W]), so patches
+    of equal brightness tie exactly and the stable sort breaks the tie by patch index.
     """
-    mean_grey = patch_values(imgs[:, 0].float(), patch_size).mean(-1)  # [N, L]
-    num_patches = mean_grey.shape[1]
-    order = torch.argsort(mean_grey, dim=1, stable=True)  # [N, L]
+    plane = eight_bit_plane(pixels, "gray").long()  # [N, H, W]
+    brightness = patch_values(plane, patch_size).sum(-1)  # [N, L] integer sums
+    num_patches = brightness.shape[1]
+    order = torch.argsort(brightness, dim=1, stable=True)  # [N, L]
     keep = num_visible(num_patches, mask_ratio)
-    picks = torch.arange(keep, device=imgs.device) * num_patches // keep  # [Lv]
+    picks = torch.arange(keep, device=pixels.device) * num_patches // keep  # [Lv]
     return mask_from_visible(order[:, picks], num_patches)
 
 
@@ -116,17 +129,34 @@ def random_masking(
     return mask_from_visible(torch.argsort(noise, dim=1)[:, :keep], num_patches)
 
 
-def make_mask(strategy: str, imgs: Tensor, patch_size: int, mask_ratio: float) -> PatchMask:
-    """Dispatch to one masking strategy by name."""
+PIXEL_MASKINGS = ("entropy", "gray")  # strategies that read the 8-bit crop
+
+
+def make_mask(
+    strategy: str, imgs: Tensor, patch_size: int, mask_ratio: float, pixels: Tensor | None = None
+) -> PatchMask:
+    """Dispatch to one masking strategy by name; entropy and gray read `pixels`, the 8-bit crop
+    (uint8 [N, 1, H, W]) that `imgs` was normalised from."""
     if imgs.ndim != 4 or imgs.shape[-2] % patch_size or imgs.shape[-1] % patch_size:
         raise ValueError(
             f"images must be [N, C, H, W] with H and W multiples of {patch_size}; "
             f"got {tuple(imgs.shape)}"
         )
+    if strategy in PIXEL_MASKINGS:
+        if pixels is None:
+            raise ValueError(
+                f"masking={strategy!r} needs the 8-bit crops: call model(imgs, pixels) with "
+                "pixels the uint8 [N, 1, H, W] images that imgs was normalised from"
+            )
+        if pixels.shape[0] != imgs.shape[0] or pixels.shape[-2:] != imgs.shape[-2:]:
+            raise ValueError(
+                f"pixels {tuple(pixels.shape)} do not match images {tuple(imgs.shape)}: pass "
+                "the 8-bit crops of the same batch"
+            )
     if strategy == "entropy":
-        return entropy_masking(imgs, patch_size, mask_ratio)
+        return entropy_masking(pixels, patch_size, mask_ratio)
     if strategy == "gray":
-        return gray_masking(imgs, patch_size, mask_ratio)
+        return gray_masking(pixels, patch_size, mask_ratio)
     if strategy == "random":
         return random_masking(imgs, patch_size, mask_ratio)
     raise ValueError(f"masking={strategy!r} is not one of {MASKINGS}")

@@ -371,6 +371,7 @@ def _write_record(path: Path, summary: ProbeSummary, spec: EncoderSpec, config: 
 
 def run_probe(config: ProbeConfig) -> ProbeSummary:
     """Fine-tune the encoder of `config.encoder` (an export folder, or scratch) and evaluate."""
+    config = with_reference_encoder(config)
     spec = encoder_spec(config.encoder, config.arch)
     return _train_and_evaluate(config, spec, load_probe_data(config), config.out)
 
@@ -395,8 +396,18 @@ def run_probe_pair(config: ProbeConfig) -> ProbeComparison:
     return comparison
 
 
+def with_reference_encoder(config: ProbeConfig) -> ProbeConfig:
+    """A released InfMAE / ConvMAE / MAE checkpoint as --encoder: converted to an export first."""
+    from pretrain.models.reference import encoder_folder
+
+    if config.encoder == SCRATCH:
+        return config
+    return replace(config, encoder=encoder_folder(config.encoder, config.out))
+
+
 def probe(config: ProbeConfig) -> ProbeSummary | ProbeComparison:
     """What `inf590k probe` runs: both rows for an export (unless --no-baseline), else one."""
+    config = with_reference_encoder(config)
     if config.encoder != SCRATCH and config.baseline:
         return run_probe_pair(config)
     return run_probe(config)
