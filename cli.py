@@ -236,6 +236,9 @@ SHARD_OPTIONS = [
     ("--shard-multiple", dict(default=1, show_default=True,
                    help="Make the shard count a multiple of this (GPUs x loader workers), shards "
                         "split evenly so every rank and worker gets the same share.")),
+    ("--min-shard-length", dict(default=16, show_default=True,
+                   help="Shortest shard the balance may cut to: shards are kept within 2x of the "
+                        "smallest bin's unless that means shards under this length.")),
     ("--keep-16bit", dict(is_flag=True,
                    help="Also store the raw 16-bit frame of 16-bit files as a `.npy` member (the `.png` "
                         "stays the 8-bit view every client reads).")),
@@ -262,12 +265,12 @@ def bin_config(build, short_edges, aspect_edges):
                      aspect_edges=parse_edges(aspect_edges, float, "aspect-edges"))
 
 
-def shard_config(build, out, workers, max_count, max_size, shard_multiple, keep_16bit, png_level, seed, split,
-                 name):
+def shard_config(build, out, workers, max_count, max_size, shard_multiple, min_shard_length, keep_16bit, png_level,
+                 seed, split, name):
     from inf590k.shard import ShardConfig
 
     return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size,
-                       shard_multiple=shard_multiple, keep_16bit=keep_16bit, png_level=png_level, seed=seed, split=split, name=name, workers=workers,
+                       shard_multiple=shard_multiple, min_shard_length=min_shard_length, keep_16bit=keep_16bit, png_level=png_level, seed=seed, split=split, name=name, workers=workers,
                        progress=sys.stderr.isatty())
 
 
