@@ -563,8 +563,7 @@ def short_bins(lengths_by_bin: Mapping[str, list[int]]) -> str:
     bins = "bin is" if len(short) == 1 else f"{len(short)} bins are"
     return (
         f"note: shards not within 2x: {bins} under half the longest shard ({longest}): {names}; "
-        f"--min-shard-length {shortest} shortens every shard to within 2x of them "
-        "(the loader weights shards by length either way)"
+        f"--min-shard-length {shortest} shortens every shard to within 2x of them"
     )
 
 
