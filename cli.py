@@ -740,7 +740,8 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     for label, path in (
         ("synthetic sources", out / "sources"), ("catalog (Parquet)", out / "build" / "catalog"),
         ("dedupe report", out / "build" / "dedupe"), ("dataset (WebDataset shards)", dataset),
-        ("report + dataset card", reported.out), ("training run (metrics, checkpoints)", run_dir),
+        ("dataset card", dataset / "README.md"), ("dataset report", reported.out),
+        ("training run (metrics, checkpoints)", run_dir),
         ("exported encoder (timm)", exported), ("reconstruction grid", grid),
         ("small-target probe (pretrained vs scratch)", out / "probe"),
     ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -46,3 +47,6 @@ def test_demo_chain_end_to_end_twice_on_one_folder(tmp_path, ir_samples):
     assert rerun == metrics  # each step once: nothing was trained or logged twice
     assert (out / "export" / "model.safetensors").read_bytes() == weights
     assert "demo results:" in again.output
+    results = again.output.split("demo results:")[1]
+    card_line = re.search(r"dataset card +(\S+)", results)
+    assert card_line and card_line.group(1) == str(out / "dataset" / "README.md")
