@@ -25,6 +25,7 @@ from inf590k.shard import (
     CARD_FILENAME,
     DATA_DIRNAME,
     INFO_PATH,
+    file_sha256,
     info_shards,
     read_info,
     read_owned,
@@ -256,6 +257,17 @@ def _remote_sha256(api, repo: str, repo_type: str) -> dict[str, str]:
     }
 
 
+def check_unchanged(dataset: Path, shards: list[DatasetShard]) -> None:
+    """Refuse shards whose bytes are not the ones their stats recorded (an edit of equal size
+    passes the size check): the repo would hold a shard that fails `verify`."""
+    for shard in shards:
+        if file_sha256(tar_path(dataset, shard.relpath)) != shard.sha256:
+            raise PublishError(
+                f"shard {shard.relpath} changed after it was written (sha256 differs from its "
+                "stats): re-run `inf590k shard`, then `inf590k verify`; nothing of it was uploaded"
+            )
+
+
 def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str) -> PublishSummary:
     """create_repo + one upload_folder per bin still missing + card and metadata last."""
     from huggingface_hub import HfApi
@@ -278,6 +290,7 @@ def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str
         summary.skipped += len(in_bin) - len(missing)
         if not missing:
             continue
+        check_unchanged(dataset, missing)
         message = f"Add {len(missing)} shards of bin {bin_name} ({sum(s.samples for s in missing):,} samples)"
         with hub_errors(f"uploading bin {bin_name}", endpoint, token, dataset):
             api.upload_folder(
