@@ -3,7 +3,8 @@
 The folder `inf590k shard` writes is already the repo's layout (README.md card, data/, metadata/;
 see inf590k/shard.py), so nothing is staged or copied: `create_repo` (exist_ok), then one
 `upload_folder` per bin with the shards the repo does not hold yet (same path and sha256:
-skipped, so a re-run after an interrupted upload continues where it stopped), then the card,
+skipped, so a re-run after an interrupted upload continues where it stopped; a shard to send is
+hashed first and refused if it is not the one `shard` recorded), then the card,
 data/_info.json and metadata/ last, so the repo only describes shards that are there. Only
 files the folder's own index (metadata/files.json) names are sent: anything else a user keeps
 in the folder stays local. A report older than the shards is refreshed first (its files and
