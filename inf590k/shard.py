@@ -26,8 +26,9 @@ split, which are the same for every sample).
 
 Determinism: the shard plan (which uid goes to which shard, in which order) is computed up
 front from the catalog alone: uids of a bin sorted, then shuffled by a generator seeded from
-(seed, bin); each bin is cut into shards of near-equal length, their count balanced across bins
-(and a multiple of --shard-multiple), never by what a worker did. Tar members have a fixed
+(seed, bin); each bin is cut into shards of near-equal length, all within 2x of the shortest
+(unless that one is under --min-shard-length) and their count a multiple of --shard-multiple,
+never by what a worker did. Tar members have a fixed
 mtime, uid/gid 0, empty owner names and mode 0644, sorted per sample; so any worker count, and
 a second run from scratch, writes byte-identical tars.
 
