@@ -685,6 +685,7 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     from inf590k.report import ReportConfig
     from inf590k.report import report as run_report
     from inf590k.serve import serve_folder
+    from inf590k.shard import ShardConfig
     from inf590k.synth import SynthConfig, synthesize
     from inf590k.verify import VerifyConfig
     from inf590k.verify import verify as run_verify
@@ -702,8 +703,11 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     sources.extend(parse_source(value) for value in extra_sources)
 
     dataset = out / "dataset"
+    # a small dataset: shards of a few samples, all within 2x of the smallest bin's
+    balanced = ShardConfig(build=out / "build", out=dataset, min_shard_length=1, progress=False)
     built = run_stage(run_build, BuildConfig(
-        ingest=IngestConfig(sources=tuple(sources), build=out / "build", progress=False), out=dataset))
+        ingest=IngestConfig(sources=tuple(sources), build=out / "build", progress=False), out=dataset,
+        shard=balanced))
     for part in (built.ingest, built.dedupe, built.bins, built.shard, built):
         click.echo(str(part))
     checked = run_verify(VerifyConfig(dataset=dataset, progress=False))
