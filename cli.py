@@ -282,6 +282,9 @@ SHARD_OPTIONS = [
     ("--shard-multiple", dict(default=1, show_default=True,
                    help="Make the shard count a multiple of this (GPUs x loader workers), shards "
                         "split evenly so every rank and worker gets the same share.")),
+    ("--min-shard-length", dict(default=16, show_default=True,
+                   help="Shortest shard the balance may cut to: shards are kept within 2x of the "
+                        "smallest bin's unless that means shards under this length.")),
     ("--keep-16bit", dict(is_flag=True,
                    help="Also store the raw 16-bit frame of 16-bit files as a `.npy` member (the `.png` "
                         "stays the 8-bit view every client reads).")),
@@ -308,12 +311,12 @@ def bin_config(build, short_edges, aspect_edges):
                      aspect_edges=parse_edges(aspect_edges, float, "aspect-edges"))
 
 
-def shard_config(build, out, workers, max_count, max_size, shard_multiple, keep_16bit, png_level, seed, split,
-                 name, executor="local", ray_address=None):
+def shard_config(build, out, workers, max_count, max_size, shard_multiple, min_shard_length, keep_16bit, png_level,
+                 seed, split, name, executor="local", ray_address=None):
     from inf590k.shard import ShardConfig
 
     return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size,
-                       shard_multiple=shard_multiple, keep_16bit=keep_16bit, png_level=png_level, seed=seed,
+                       shard_multiple=shard_multiple, min_shard_length=min_shard_length, keep_16bit=keep_16bit, png_level=png_level, seed=seed,
                        split=split, name=name, workers=workers, progress=sys.stderr.isatty(),
                        executor=executor, ray_address=ray_address)
 
@@ -787,6 +790,7 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     from inf590k.report import ReportConfig
     from inf590k.report import report as run_report
     from inf590k.serve import serve_folder
+    from inf590k.shard import ShardConfig
     from inf590k.synth import SynthConfig, synthesize
     from inf590k.verify import VerifyConfig
     from inf590k.verify import verify as run_verify
@@ -804,8 +808,11 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     sources.extend(parse_source(value) for value in extra_sources)
 
     dataset = out / "dataset"
+    # a small dataset: shards of a few samples, all within 2x of the smallest bin's
+    balanced = ShardConfig(build=out / "build", out=dataset, min_shard_length=1, progress=False)
     built = run_stage(run_build, BuildConfig(
-        ingest=IngestConfig(sources=tuple(sources), build=out / "build", progress=False), out=dataset))
+        ingest=IngestConfig(sources=tuple(sources), build=out / "build", progress=False), out=dataset,
+        shard=balanced))
     for part in (built.ingest, built.dedupe, built.bins, built.shard, built):
         click.echo(str(part))
     checked = run_verify(VerifyConfig(dataset=dataset, progress=False))
@@ -842,7 +849,8 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     for label, path in (
         ("synthetic sources", out / "sources"), ("catalog (Parquet)", out / "build" / "catalog"),
         ("dedupe report", out / "build" / "dedupe"), ("dataset (WebDataset shards)", dataset),
-        ("report + dataset card", reported.out), ("training run (metrics, checkpoints)", run_dir),
+        ("dataset card", dataset / "README.md"), ("dataset report", reported.out),
+        ("training run (metrics, checkpoints)", run_dir),
         ("exported encoder (timm)", exported), ("reconstruction grid", grid),
         ("small-target probe (pretrained vs scratch)", out / "probe"),
     ):

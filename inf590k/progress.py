@@ -36,7 +36,8 @@ class SampleProgress:
     `progress.initializer`/`progress.initargs` to the pool (context: the pool's)."""
 
     def __init__(self, total: int, desc: str, enabled: bool, context: BaseContext | None) -> None:
-        self.bar = tqdm(total=total, unit="img", desc=desc, disable=not enabled)
+        # nothing to do (a finished folder): no "0img" bar
+        self.bar = tqdm(total=total, unit="img", desc=desc, disable=not enabled or total == 0)
         self.queue = context.SimpleQueue() if context is not None else None
         self._thread: threading.Thread | None = None
 

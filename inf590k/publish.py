@@ -3,7 +3,8 @@
 The folder `inf590k shard` writes is already the repo's layout (README.md card, data/, metadata/;
 see inf590k/shard.py), so nothing is staged or copied: `create_repo` (exist_ok), then one
 `upload_folder` per bin with the shards the repo does not hold yet (same path and sha256:
-skipped, so a re-run after an interrupted upload continues where it stopped), then the card,
+skipped, so a re-run after an interrupted upload continues where it stopped; a shard to send is
+hashed first and refused if it is not the one `shard` recorded), then the card,
 data/_info.json and metadata/ last, so the repo only describes shards that are there. Only
 files the folder's own index (metadata/files.json) names are sent: anything else a user keeps
 in the folder stays local. A report older than the shards is refreshed first (its files and
@@ -25,6 +26,7 @@ from inf590k.shard import (
     CARD_FILENAME,
     DATA_DIRNAME,
     INFO_PATH,
+    file_sha256,
     info_shards,
     read_info,
     read_owned,
@@ -256,6 +258,17 @@ def _remote_sha256(api, repo: str, repo_type: str) -> dict[str, str]:
     }
 
 
+def check_unchanged(dataset: Path, shards: list[DatasetShard]) -> None:
+    """Refuse shards whose bytes are not the ones their stats recorded (an edit of equal size
+    passes the size check): the repo would hold a shard that fails `verify`."""
+    for shard in shards:
+        if file_sha256(tar_path(dataset, shard.relpath)) != shard.sha256:
+            raise PublishError(
+                f"shard {shard.relpath} changed after it was written (sha256 differs from its "
+                "stats): re-run `inf590k shard`, then `inf590k verify`; nothing of it was uploaded"
+            )
+
+
 def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str) -> PublishSummary:
     """create_repo + one upload_folder per bin still missing + card and metadata last."""
     from huggingface_hub import HfApi
@@ -278,6 +291,7 @@ def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str
         summary.skipped += len(in_bin) - len(missing)
         if not missing:
             continue
+        check_unchanged(dataset, missing)
         message = f"Add {len(missing)} shards of bin {bin_name} ({sum(s.samples for s in missing):,} samples)"
         with hub_errors(f"uploading bin {bin_name}", endpoint, token, dataset):
             api.upload_folder(

@@ -26,8 +26,9 @@ split, which are the same for every sample).
 
 Determinism: the shard plan (which uid goes to which shard, in which order) is computed up
 front from the catalog alone: uids of a bin sorted, then shuffled by a generator seeded from
-(seed, bin); each bin is cut into shards of near-equal length, their count balanced across bins
-(and a multiple of --shard-multiple), never by what a worker did. Tar members have a fixed
+(seed, bin); each bin is cut into shards of near-equal length, all within 2x of the shortest
+(unless that one is under --min-shard-length) and their count a multiple of --shard-multiple,
+never by what a worker did. Tar members have a fixed
 mtime, uid/gid 0, empty owner names and mode 0644, sorted per sample; so any worker count, and
 a second run from scratch, writes byte-identical tars.
 
@@ -68,6 +69,7 @@ from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interru
 
 FORMAT_VERSION = 2  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
+MIN_SHARD_LENGTH = 16  # samples: balancing never cuts every shard below this for one small bin
 SAMPLE_OVERHEAD_BYTES = 4096  # 3 tar headers + JSON + PNG headers, per sample (estimate)
 FLUSH_EVERY = 32 << 20  # bytes between background fdatasync calls while a tar is written
 READ_BATCH = 256  # files read at once from folder and zip sources (bounds memory)
@@ -106,6 +108,7 @@ class ShardConfig:
     max_count: int = 10_000  # samples per shard
     max_size: int = 1_000_000_000  # bytes per shard, counted as raw pixels + overhead: a bound
     shard_multiple: int = 1  # shard count a multiple of this (ranks x loader workers)
+    min_shard_length: int = MIN_SHARD_LENGTH  # shortest shard the 2x balance may cut to
     keep_16bit: bool = False  # add the raw 16-bit frame (.npy) to rows whose file was 16-bit
     png_level: int = 1  # zlib level of cv2.imencode: encoding dominates the build
     seed: int = 0  # sample order inside each bin
@@ -142,14 +145,16 @@ class ShardSummary:
     seconds: float
     out: Path
     lengths: tuple[int, int] = (0, 0)  # shortest and longest shard, samples
+    short_bins: str = ""  # a line naming bins too small for the 2x balance
 
     def __str__(self) -> str:
         rate = self.samples / self.seconds if self.written and self.seconds > 0 else 0.0
-        return (
+        line = (
             f"shard: {self.samples} samples in {self.shards} shards of {self.lengths[0]}-"
             f"{self.lengths[1]} ({self.bytes / 1e6:.1f} MB), {self.written} written + "
             f"{self.reused} already done, {self.seconds:.1f} s ({rate:.0f} img/s) -> {self.out}"
         )
+        return "\n".join(filter(None, [line, self.short_bins]))
 
 
 # ----------------------------------------------------------------------------- paths
@@ -498,23 +503,37 @@ def even_runs(rows: list[dict], count: int) -> list[list[dict]]:
     return runs
 
 
-def shard_counts(
-    by_bin: Mapping[str, list[dict]], max_count: int, max_size: int, keep_16bit: bool, multiple: int
-) -> dict[str, int]:
-    """Shards per bin: within the count and size limits, total a multiple of `multiple`.
+def _limit_count(rows: list[dict], max_count: int, max_size: int, keep_16bit: bool) -> int:
+    """The fewest shards that keep every shard of a bin within the count and size limits."""
+    count = max(1, math.ceil(len(rows) / max_count))
+    while count < len(rows) and any(
+        sum(_pixel_bytes(r, keep_16bit) for r in run) > max_size for run in even_runs(rows, count)
+    ):
+        count += 1
+    return count
 
-    Extra shards go one at a time to the bin whose shards are longest now, so shard lengths
-    stay as even as the bins allow (a bin of 3 images still makes one shard of 3).
+
+def _shortest(by_bin: Mapping[str, list[dict]], counts: Mapping[str, int]) -> int:
+    return min(len(rows) // counts[b] for b, rows in by_bin.items())
+
+
+def _cap_lengths(by_bin: Mapping[str, list[dict]], counts: dict[str, int], min_length: int) -> None:
+    """Split bins until no shard is over twice the shortest one (if that one holds min_length+).
+
+    A bin of n split into the fewest shards of at most 2m holds more than m per shard, so the
+    shortest shard stays the shortest and every length lands within 2x of it.
     """
-    counts = {}
+    shortest = _shortest(by_bin, counts)
+    if shortest < min_length:
+        return  # shrinking every shard to fit that bin would make them all tiny
     for bin_name, rows in by_bin.items():
-        count = max(1, math.ceil(len(rows) / max_count))
-        while count < len(rows) and any(
-            sum(_pixel_bytes(r, keep_16bit) for r in run) > max_size
-            for run in even_runs(rows, count)
-        ):
-            count += 1
-        counts[bin_name] = count
+        counts[bin_name] = max(counts[bin_name], math.ceil(len(rows) / (2 * shortest)))
+
+
+def _round_to_multiple(
+    by_bin: Mapping[str, list[dict]], counts: dict[str, int], multiple: int
+) -> None:
+    """Extra shards, one at a time, to the bin whose shards are longest now."""
     samples = sum(len(rows) for rows in by_bin.values())
     target = math.ceil(sum(counts.values()) / multiple) * multiple
     if target > samples:
@@ -526,7 +545,45 @@ def shard_counts(
         splittable = [b for b in sorted(by_bin) if counts[b] < len(by_bin[b])]
         longest = max(splittable, key=lambda b: len(by_bin[b]) / counts[b])
         counts[longest] += 1
-    return counts
+
+
+def shard_counts(
+    by_bin: Mapping[str, list[dict]],
+    max_count: int,
+    max_size: int,
+    keep_16bit: bool,
+    multiple: int,
+    min_length: int = MIN_SHARD_LENGTH,
+) -> dict[str, int]:
+    """Shards per bin: within the limits, lengths within 2x, total a multiple of `multiple`.
+
+    Shards are shortened to within twice the shortest bin's shard, unless that shard holds
+    fewer than `min_length` samples: then that bin stays one short shard (see `short_bins`).
+    """
+    counts = {b: _limit_count(rows, max_count, max_size, keep_16bit) for b, rows in by_bin.items()}
+    while True:
+        before = dict(counts)
+        _cap_lengths(by_bin, counts, min_length)
+        _round_to_multiple(by_bin, counts, multiple)
+        if counts == before:
+            return counts
+
+
+def short_bins(lengths_by_bin: Mapping[str, list[int]]) -> str:
+    """One summary line naming the bins whose shards stay under half the longest, else ""."""
+    longest = max(max(lengths) for lengths in lengths_by_bin.values())
+    short = {
+        b: lengths for b, lengths in sorted(lengths_by_bin.items()) if 2 * min(lengths) < longest
+    }
+    if not short:
+        return ""
+    shortest = min(min(lengths) for lengths in short.values())
+    names = ", ".join(f"{b} ({sum(lengths)})" for b, lengths in short.items())
+    bins = "bin is" if len(short) == 1 else f"{len(short)} bins are"
+    return (
+        f"note: shards not within 2x: {bins} under half the longest shard ({longest}): {names}; "
+        f"--min-shard-length {shortest} shortens every shard to within 2x of them"
+    )
 
 
 def _kept_rows(build: Path) -> dict[str, list[dict]]:
@@ -550,6 +607,8 @@ def _check_options(config: ShardConfig) -> None:
         raise ValueError("--max-count and --max-size must be positive")
     if config.shard_multiple < 1:
         raise ValueError(f"--shard-multiple must be 1 or more, got {config.shard_multiple}")
+    if config.min_shard_length < 1:
+        raise ValueError(f"--min-shard-length must be 1 or more, got {config.min_shard_length}")
     if not 0 <= config.png_level <= 9:
         raise ValueError(f"--png-level must be 0..9, got {config.png_level}")
 
@@ -570,7 +629,12 @@ def plan_shards(config: ShardConfig, classes: Mapping[str, int] | None = None) -
         order = _bin_rng(config.seed, bin_name).permutation(len(rows))
         shuffled[bin_name] = [rows[i] for i in order]
     counts = shard_counts(
-        shuffled, config.max_count, config.max_size, config.keep_16bit, config.shard_multiple
+        shuffled,
+        config.max_count,
+        config.max_size,
+        config.keep_16bit,
+        config.shard_multiple,
+        config.min_shard_length,
     )
     jobs = []
     for bin_name in sorted(shuffled):
@@ -946,6 +1010,9 @@ def shard(config: ShardConfig) -> ShardSummary:
     write_card(out)
     _write_owned(out, planned)
     lengths = [len(j.rows) for j in jobs]
+    by_bin: dict[str, list[int]] = {}
+    for job in jobs:
+        by_bin.setdefault(job.relpath.split("/")[0], []).append(len(job.rows))
     return ShardSummary(
         shards=len(jobs),
         written=len(todo),
@@ -955,6 +1022,7 @@ def shard(config: ShardConfig) -> ShardSummary:
         seconds=time.perf_counter() - started,
         out=out,
         lengths=(min(lengths), max(lengths)),
+        short_bins=short_bins(by_bin),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,6 +26,8 @@ def test_demo_chain_end_to_end_twice_on_one_folder(tmp_path, ir_samples):
     assert set(catalog.column("source").to_pylist()) == {"sirst", "llvip", "flir_adas_v2", "kaist", "hit_uav"}
     info = json.loads((out / "dataset" / "data" / "_info.json").read_text())
     assert info["splits"]["train"]["num_samples"] > 60
+    lengths = info["splits"]["train"]["shard_lengths"]
+    assert max(lengths) <= 2 * min(lengths) and "note: shards not within 2x" not in result.output
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 4
     assert (out / "reconstruction.png").stat().st_size > 0
@@ -46,3 +49,6 @@ def test_demo_chain_end_to_end_twice_on_one_folder(tmp_path, ir_samples):
     assert rerun == metrics  # each step once: nothing was trained or logged twice
     assert (out / "export" / "model.safetensors").read_bytes() == weights
     assert "demo results:" in again.output
+    results = again.output.split("demo results:")[1]
+    card_line = re.search(r"dataset card +(\S+)", results)
+    assert card_line and card_line.group(1) == str(out / "dataset" / "README.md")

@@ -450,3 +450,18 @@ def test_timm_reads_the_index(built):
     )
     assert len(reader_set) == 20
     assert sum(1 for image, _ in reader_set if image.size[0] > 0 and image.mode == "L") == 20
+
+
+def test_a_shard_edited_in_place_is_not_uploaded(own_copy, hub_env, fake_hub, monkeypatch):
+    tar = sorted(own_copy.glob("data/*/*.tar"))[-1]
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF  # same size: the stats' size check alone passes it
+    tar.write_bytes(bytes(data))
+    read_shards(own_copy)
+    hub = RecordingHub(fake_hub)
+    hub.install(monkeypatch)
+    config = PublishConfig(dataset=own_copy, repo="lab/inf", endpoint=fake_hub)
+    with pytest.raises(PublishError, match="changed after it was written.*inf590k shard"):
+        publish(config)
+    assert f"data/{tar.parent.name}/{tar.name}" not in hub.files
+    assert "README.md" not in hub.files  # the card never describes a repo missing shards

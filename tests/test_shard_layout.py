@@ -17,7 +17,7 @@ import pytest
 
 from inf590k import catalog as cat
 from inf590k.ingest import IngestConfig, ingest
-from inf590k.shard import ShardConfig, shard, shard_counts
+from inf590k.shard import ShardConfig, even_runs, shard, shard_counts, short_bins
 from inf590k.verify import VerifyConfig, verify
 from tests.test_shard import make_build
 
@@ -300,6 +300,64 @@ def test_shard_counts_balance_lengths_and_honour_the_multiple():
     assert counts["one"] == 1
     with pytest.raises(ValueError, match="--shard-multiple"):
         shard_counts(by_bin, max_count=40, max_size=10**9, keep_16bit=False, multiple=200)
+
+
+def shard_lengths(by_bin: dict[str, list[dict]], counts: dict[str, int]) -> list[int]:
+    return [len(run) for b in by_bin for run in even_runs(by_bin[b], counts[b])]
+
+
+@pytest.mark.parametrize("multiple", [1, 3, 8])
+@pytest.mark.parametrize("sizes", [(3, 59, 40), (20, 500, 35, 1200), (16, 17, 10_000), (50,)])
+def test_a_small_bin_shortens_every_shard_to_within_2x(sizes, multiple):
+    by_bin = {f"b{i}": rows(n, f"b{i}") for i, n in enumerate(sizes)}
+    counts = shard_counts(
+        by_bin, max_count=1000, max_size=10**9, keep_16bit=False, multiple=multiple, min_length=3
+    )
+    lengths = shard_lengths(by_bin, counts)
+    assert sum(counts.values()) % multiple == 0
+    assert max(lengths) <= 2 * min(lengths), lengths
+    assert max(lengths) <= 1000
+
+
+def test_a_bin_under_the_floor_stays_one_short_shard_and_is_named():
+    by_bin = {"big": rows(400, "big"), "tiny": rows(3, "tiny")}
+    counts = shard_counts(by_bin, max_count=100, max_size=10**9, keep_16bit=False, multiple=1)
+    assert counts == {"big": 4, "tiny": 1}  # not 200 shards of 2 for one bin of 3
+    lengths = {b: [len(r) for r in even_runs(by_bin[b], counts[b])] for b in by_bin}
+    line = short_bins(lengths)
+    assert "bin is under half the longest shard (100): tiny (3)" in line
+    assert "--min-shard-length 3 shortens every shard" in line
+    assert short_bins({"a": [10, 10], "b": [5]}) == ""
+
+
+def test_shard_summary_names_a_short_bin(built, tmp_path):
+    summary = shard(
+        ShardConfig(
+            build=built,
+            out=tmp_path / "ds",
+            workers=1,
+            progress=False,
+            max_count=7,
+            min_shard_length=10_000,
+        )
+    )
+    assert 2 * summary.lengths[0] < summary.lengths[1]
+    assert summary.short_bins and str(summary).splitlines()[-1] == summary.short_bins
+    info = json.loads((tmp_path / "ds" / "data" / "_info.json").read_text())
+    balanced = shard(
+        ShardConfig(
+            build=built,
+            out=tmp_path / "ds2",
+            workers=1,
+            progress=False,
+            max_count=7,
+            min_shard_length=1,
+        )
+    )
+    lengths = json.loads((tmp_path / "ds2" / "data" / "_info.json").read_text())
+    lengths = lengths["splits"]["train"]["shard_lengths"]
+    assert max(lengths) <= 2 * min(lengths) and not balanced.short_bins
+    assert info["splits"]["train"]["num_samples"] == sum(lengths)
 
 
 def test_shard_multiple_in_a_real_build(built, tmp_path):
