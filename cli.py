@@ -596,7 +596,8 @@ PRETRAIN_HELP = {
     "log_every": "Steps between log lines (the only host syncs).",
     "ckpt_every": "Steps between checkpoints.",
     "keep_last": "Checkpoints kept.",
-    "vis_every": "Steps between reconstruction grid PNGs in RUN/vis/, plus one at the end (0: off).",
+    "vis_every": "Steps between reconstruction grid PNGs in RUN/vis/; one of the last step is always "
+                 "written (0: only that one).",
     "resume": "'auto' (latest readable checkpoint in --out; a finished run just reports) or a "
               "checkpoint path. Without it, an --out holding a run is refused.",
     "data_name": "How the checkpoint and model card name the data (default: --shards as given; "

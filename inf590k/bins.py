@@ -49,7 +49,8 @@ class BinSummary:
             f"{name} {count}"
             for name, count in sorted(self.counts.items(), key=lambda x: -x[1])[:4]
         )
-        return f"bin: {sum(self.counts.values())} images in {len(self.counts)} bins ({top})"
+        more = f", {len(self.counts) - 4} more" if len(self.counts) > 4 else ""
+        return f"bin: {sum(self.counts.values())} images in {len(self.counts)} bins ({top}{more})"
 
 
 def _check_edges(short_edges: tuple[int, ...], aspect_edges: tuple[float, ...]) -> None:

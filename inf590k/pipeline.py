@@ -9,6 +9,7 @@ from pathlib import Path
 from inf590k import catalog as cat
 from inf590k import lineage
 from inf590k.bins import BinConfig, BinSummary, bin_catalog
+from inf590k.card import plural
 from inf590k.dedupe import DedupeConfig, DedupeSummary, dedupe
 from inf590k.ingest import IngestConfig, IngestSummary, ingest
 from inf590k.shard import ShardConfig, ShardSummary, shard
@@ -36,9 +37,10 @@ class BuildSummary:
 
     def __str__(self) -> str:
         line = (
-            f"build: {self.found} files -> {self.dedupe.kept} kept ({self.dedupe.candidates - self.dedupe.kept} "
-            f"duplicates) -> {self.shard.samples} samples in {len(self.bins.counts)} bins, "
-            f"{self.shard.shards} shards -> {self.shard.out}"
+            f"build: {self.found} files -> {self.dedupe.kept} kept "
+            f"({plural(self.dedupe.candidates - self.dedupe.kept, 'duplicate')}) -> "
+            f"{plural(self.shard.samples, 'sample')} in {plural(len(self.bins.counts), 'bin')}, "
+            f"{plural(self.shard.shards, 'shard')} -> {self.shard.out}"
         )
         if self.earlier_sources:
             line += f" (includes sources of earlier runs: {', '.join(self.earlier_sources)})"

@@ -93,7 +93,7 @@ class RunConfig:
     log_every: int = 50
     ckpt_every: int = 1000
     keep_last: int = 3
-    vis_every: int = 0  # reconstruction grid PNG every N steps and at the end (0: never)
+    vis_every: int = 0  # reconstruction grid PNG every N steps (0: only the one at the end)
     resume: str | None = None  # "auto" (newest readable in --out, if any) or a checkpoint path
     data_name: str | None = None  # how records name the data (default: --shards as given)
     init: str | None = None  # a released InfMAE / ConvMAE / MAE .pth to start from
@@ -781,7 +781,8 @@ class Trainer:
                 if self.step % run.log_every == 0 or self.step == end:
                     last_record = self._log(interval, bar)
                     interval = new_interval()
-                vis_step = run.vis_every and (self.step % run.vis_every == 0 or self.step == end)
+                # a grid every --vis-every steps, and always one of the last step
+                vis_step = self.step == end or (run.vis_every and self.step % run.vis_every == 0)
                 if vis_step and self.env.is_main:
                     self._visualize(images)
                 if self.step % run.ckpt_every == 0 or self.step == end:

@@ -81,3 +81,10 @@ def test_bin_stage_fills_the_column_for_kept_rows_only(tmp_path):
     assert summary.unbinned == 2 and table.num_rows == 5
     assert json.loads((tmp_path / "bins.json").read_text())["counts"] == summary.counts
     assert str(summary).startswith("bin: 3 images in 3 bins")
+
+
+def test_summary_names_the_bins_it_leaves_out():
+    from inf590k.bins import BinSummary
+
+    summary = BinSummary(counts={f"b{i}": 10 - i for i in range(6)}, unbinned=0)
+    assert str(summary).endswith("(b0 10, b1 9, b2 8, b3 7, 2 more)")

@@ -585,6 +585,9 @@ def test_grids_are_labelled_and_large_at_each_vis_step_and_the_end(dataset, tmp_
     pretrain(config_from_options(options(run_dir, [str(dataset.root)], steps=5, vis_every=2)))
     names = sorted(p.name for p in (run_dir / "vis").iterdir())
     assert names == ["step-00000002.png", "step-00000004.png", "step-00000005.png"]
+    default_dir = tmp_path / "default"  # --vis-every left at 0: the last step's grid all the same
+    pretrain(config_from_options(options(default_dir, [str(dataset.root)], steps=3)))
+    assert sorted(p.name for p in (default_dir / "vis").iterdir()) == ["step-00000003.png"]
     grid = cv2.imread(str(run_dir / "vis" / names[-1]), cv2.IMREAD_UNCHANGED)
     panel = 256  # mae_vit_tiny's 64-px crops, drawn 4x
     assert grid.shape == (HEADER + 8 * panel + 7 * GAP, 4 * panel + 3 * GAP)

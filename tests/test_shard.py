@@ -292,7 +292,7 @@ def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
     shard(ShardConfig(build=built, out=tmp_path / "stagewise", workers=1, progress=False))
     assert sums(tmp_path / "ds") == sums(tmp_path / "stagewise")
     assert summary.shard.samples == 9 and summary.dedupe.kept == 9
-    assert str(summary).startswith("build: 10 files -> 9 kept (1 duplicates) -> 9 samples")
+    assert str(summary).startswith("build: 10 files -> 9 kept (1 duplicate) -> 9 samples")
     assert verify(VerifyConfig(dataset=tmp_path / "ds", workers=1, progress=False)).ok
 
 
