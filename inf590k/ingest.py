@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from inf590k import catalog as cat
 from inf590k import lineage
-from inf590k.fsutil import available_cores
+from inf590k.fsutil import available_cores, file_sha256
 from inf590k.imageio import (
     OPENCV_PIXEL_LIMIT,
     ImagePolicy,
@@ -381,15 +381,6 @@ def video_path(job: SourceJob, task: Task, reader: SourceReader, scratch: Path) 
     target = scratch / f"video{member_suffix(task.relpath)}"
     target.write_bytes(data)
     return target
-
-
-def file_sha256(path: Path, block: int = 1 << 20) -> str:
-    """sha256 of a file read in blocks (a video need not fit in memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def iter_video_frames(path: Path, stride: int) -> Iterator[tuple[int, np.ndarray]]:

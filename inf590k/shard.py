@@ -63,7 +63,7 @@ import pyarrow.parquet as pq
 
 from inf590k import catalog as cat
 from inf590k import lineage, progress
-from inf590k.fsutil import available_cores, write_text_atomic
+from inf590k.fsutil import available_cores, file_sha256, write_text_atomic
 from inf590k.ray_executor import open_executor
 from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
@@ -244,14 +244,6 @@ def read_sources_table(dataset: Path) -> list[dict]:
     ):
         raise ValueError(f"{path} is not a sources table: re-run `inf590k shard` for this folder")
     return table
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- sample form
