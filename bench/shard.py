@@ -27,8 +27,10 @@ import numpy as np
 
 from inf590k import catalog as cat
 from inf590k.bins import BinConfig, bin_catalog
+from inf590k.dedupe import DedupeConfig, dedupe
 from inf590k.ingest import IngestConfig, ingest
 from inf590k.shard import ShardConfig, png_params, shard
+from inf590k.synth import SynthConfig, synthesize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +63,7 @@ def main() -> None:
     )
     parser.add_argument("--samples", type=Path, default=REPO_ROOT.parent / "shared" / "ir-samples")
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--copies", type=int, default=3, help="ingest the folder this many times")
+    parser.add_argument("--synth", type=int, default=400, help="synthetic 640x512 frames added to the real ones")
     parser.add_argument("--png-level", type=int, default=1)
     parser.add_argument("--max-count", type=int, default=10_000, help="samples per shard")
     args = parser.parse_args()
@@ -70,9 +72,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-shard-") as scratch:
         build = Path(scratch) / "build"
-        # the same folder as --copies sources: more images to time (no dedupe on purpose)
-        sources = tuple((f"folder:bench{i}", args.samples) for i in range(args.copies))
+        # the real frames plus distinct synthetic ones (copies would be deduplicated away)
+        synth_root = Path(scratch) / "synth"
+        synthesize(SynthConfig(layout="hit_uav", out=synth_root, count=args.synth))
+        sources = (("folder:real", args.samples), ("folder:synth", synth_root))
         ingest(IngestConfig(sources=sources, build=build, progress=False))
+        dedupe(DedupeConfig(build=build))
         bin_catalog(BinConfig(build=build))
         table = cat.read_catalog(build)
         rows = [r for r in table.to_pylist() if r["status"] == "ok"]
