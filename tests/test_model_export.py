@@ -110,3 +110,21 @@ def test_export_unwraps_wrappers_and_rejects_other_modules(tmp_path: Path) -> No
     assert export_encoder(wrapper, tmp_path).is_file()
     with pytest.raises(TypeError, match="MaskedAutoencoder"):
         export_encoder(torch.nn.Linear(2, 2), tmp_path)
+
+
+def test_export_never_overwrites_files_it_did_not_write(tmp_path):
+    model = create_model("dugi_mae_tiny")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "README.md").write_text("my notes\n")
+    with pytest.raises(ValueError, match="not an export"):
+        export_encoder(model, folder)
+    assert (folder / "README.md").read_text() == "my notes\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md"]
+
+    export = tmp_path / "export"
+    first = export_encoder(model, export).read_bytes()
+    assert export_encoder(model, export).read_bytes() == first  # an earlier export: replaced alike
+    (export / "notes.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match="notes.txt"):
+        export_encoder(model, export)

@@ -196,6 +196,32 @@ def timm_config(
     )
 
 
+EXPORT_FILES = (WEIGHTS_FILE, CONFIG_FILE, "README.md")
+
+
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds an export written by this toolkit (its config.json says so)."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "pretraining_config" in config
+
+
+def check_export_folder(out: Path) -> None:
+    """Refuse an --out that holds anything but an earlier export: never overwrite a user's files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: pass a folder for the export")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not present or (is_export(out) and set(present) <= set(EXPORT_FILES)):
+        return
+    foreign = [name for name in present if name not in EXPORT_FILES] or present
+    raise ValueError(
+        f"--out {out} holds files that are not an export of this toolkit (e.g. {foreign[0]}): "
+        "choose a new or empty folder"
+    )
+
+
 def unwrap_model(model: nn.Module) -> MaskedAutoencoder:
     """The MaskedAutoencoder inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while not isinstance(model, MaskedAutoencoder):
@@ -221,6 +247,7 @@ def export_encoder(
         raise ValueError(f"stage3={stage3!r} is not one of {STAGE3_FORMS}")
     mae = unwrap_model(model)
     out = Path(out_dir)
+    check_export_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {
         name: tensor.detach().to("cpu").contiguous()
