@@ -162,3 +162,13 @@ def test_bad_checkpoints_say_what_is_wrong(checkpoints: Path, tmp_path: Path) ->
     torch.save({"model": state, "args": object()}, pickled)  # not weights-only loadable
     with pytest.raises(ReferenceCheckpointError, match="weights-only"):
         load_reference_checkpoint(pickled, "infmae", num_heads=4)
+
+
+def test_an_encoder_only_export_is_named_as_such(tmp_path):
+    from pretrain.models import create_model, export_encoder
+    from pretrain.models.reference import ReferenceCheckpointError, load_reference_checkpoint
+
+    weights = export_encoder(create_model("dugi_mae_tiny"), tmp_path / "export")
+    for kind in ("infmae", "convmae", "mae"):
+        with pytest.raises(ReferenceCheckpointError, match="encoder only"):
+            load_reference_checkpoint(weights, kind)

@@ -142,10 +142,16 @@ def infer_config(
 ) -> ModelConfig:
     """The ModelConfig the checkpoint's tensor shapes describe, with `overrides` applied."""
     _check_kind(kind)
-    found = reference_kind(state)
-    if found != kind:
+    found = reference_kind(state)  # not a reference checkpoint at all: says so
+    if not any(key.startswith(("decoder", "mask_token")) for key in state):
         raise ReferenceCheckpointError(
-            f"by its keys this is an {found} checkpoint, not {kind}: pass kind {found!r}"
+            "this holds an encoder only (an `inf590k export` or a timm model), not a released "
+            "InfMAE/ConvMAE/MAE pretraining checkpoint: pass the .pth of the pretraining model"
+        )
+    if found != kind:
+        article = "an" if found[0] in "aeiou" else "a"
+        raise ReferenceCheckpointError(
+            f"by its keys this is {article} {found} checkpoint, not {kind}: pass kind {found!r}"
         )
     if kind == "mae":
         dim, _, patch, _ = _shape(state, "patch_embed.proj.weight")
