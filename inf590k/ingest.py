@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from inf590k import catalog as cat
 from inf590k import lineage
-from inf590k.fsutil import available_cores, file_sha256
+from inf590k.fsutil import available_cores, file_sha256, plural
 from inf590k.imageio import (
     OPENCV_PIXEL_LIMIT,
     ImagePolicy,
@@ -129,7 +129,7 @@ class SourceSummary:
         if self.expected is not None and self.expected != self.matched:
             line += f" (the manifest expects {self.expected} files matching its globs, found {self.matched})"
         if self.reused_chunks:
-            line += f" [resumed: {self.reused_chunks} chunks already done]"
+            line += f" [resumed: {plural(self.reused_chunks, 'chunk')} already done]"
         return line
 
     def warning(self) -> str:
@@ -175,7 +175,7 @@ class IngestSummary:
             )
         rate = self.decoded / self.seconds if self.seconds > 0 else 0.0
         total = sum(s.found for s in self.sources)
-        lines.append(f"ingest: {total} files catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
+        lines.append(f"ingest: {plural(total, 'file')} catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
         lines.extend(self.warnings)
         return "\n".join(lines)
 
