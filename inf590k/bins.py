@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from inf590k import catalog as cat
 from inf590k import lineage
-from inf590k.fsutil import write_text_atomic
+from inf590k.fsutil import plural, write_text_atomic
 
 BINS_FILENAME = "bins.json"
 DEFAULT_SHORT_EDGES = (256, 384, 512, 768)
@@ -50,7 +50,10 @@ class BinSummary:
             for name, count in sorted(self.counts.items(), key=lambda x: -x[1])[:4]
         )
         more = f", {len(self.counts) - 4} more" if len(self.counts) > 4 else ""
-        return f"bin: {sum(self.counts.values())} images in {len(self.counts)} bins ({top}{more})"
+        return (
+            f"bin: {plural(sum(self.counts.values()), 'image')} in "
+            f"{plural(len(self.counts), 'bin')} ({top}{more})"
+        )
 
 
 def _check_edges(short_edges: tuple[int, ...], aspect_edges: tuple[float, ...]) -> None:

@@ -31,6 +31,7 @@ from scipy.sparse.csgraph import connected_components
 
 from inf590k import catalog as cat
 from inf590k import lineage
+from inf590k.fsutil import plural
 from inf590k.hamming import cross_radius_pairs, hex_to_codes, radius_pairs
 
 DEFAULT_RADIUS = 8
@@ -63,13 +64,34 @@ class DedupeSummary:
     kept: int
     seconds: float
     report: Path | None = None
+    feature_duplicates: int | None = None  # with --feature-model: joined by encoder features only
+    feature_threshold: float = 0.0
+
+    @property
+    def warnings(self) -> list[str]:
+        """A line when encoder features fold most images together (they do not tell them apart)."""
+        if not self.feature_duplicates or self.feature_duplicates * 2 <= self.candidates:
+            return []
+        return [
+            f"warning: feature similarity alone folded {self.feature_duplicates} of {self.candidates} "
+            "images into duplicates: the encoder's features do not separate the images (an untrained "
+            "or collapsed model); pass a pretrained export to --feature-model, or raise "
+            f"--feature-threshold (now {self.feature_threshold})"
+        ]
 
     def __str__(self) -> str:
-        return (
-            f"dedupe: {self.candidates} images -> {self.kept} kept; {self.groups} groups, "
-            f"{self.exact_duplicates} exact + {self.near_duplicates} near duplicates, "
+        features = (
+            f" + {self.feature_duplicates} similar by encoder features"
+            if self.feature_duplicates is not None
+            else ""
+        )
+        line = (
+            f"dedupe: {plural(self.candidates, 'image')} -> {self.kept} kept; "
+            f"{plural(self.groups, 'group')}, {self.exact_duplicates} exact + "
+            f"{self.near_duplicates} near{features} duplicates, "
             f"{self.outside_matches} matched --against data ({self.seconds:.1f} s)"
         )
+        return "\n".join([line, *self.warnings])
 
 
 @dataclass(frozen=True)
@@ -339,7 +361,7 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
     dup_group = np.full(len(table), -1, dtype=np.int64)
     group_ids = _number_groups(groups, prints.labels)
     distances = np.bitwise_count(prints.phash ^ prints.phash[groups.kept]).astype(int)
-    exact_count = near_count = 0
+    exact_count = near_count = feature_count = 0
     for index in range(len(candidates)):
         row = int(ok_index[index])
         label = int(groups.labels[index])
@@ -362,14 +384,14 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         if groups.exact[index]:
             exact_count += 1
             reason[row] = f"duplicate of {kept_uid} (exact pixels)"
+        elif feature_edges is not None and distances[index] > config.radius:
+            feature_count += 1
+            reason[row] = (
+                f"similar to {kept_uid} (encoder features; pHash distance {distances[index]})"
+            )
         else:
             near_count += 1
-            if feature_edges is not None and distances[index] > config.radius:
-                reason[row] = (
-                    f"similar to {kept_uid} (encoder features; pHash distance {distances[index]})"
-                )
-            else:
-                reason[row] = f"near duplicate of {kept_uid} (pHash distance {distances[index]})"
+            reason[row] = f"near duplicate of {kept_uid} (pHash distance {distances[index]})"
     table = _with_columns(table, status=status, reason=reason, dup_group=dup_group)
     lineage.mark_running(build, "dedupe")
     cat.write_catalog(build, table)
@@ -392,6 +414,8 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         kept=kept_total,
         seconds=time.perf_counter() - started,
         report=report_dir / "report.json",
+        feature_duplicates=feature_count if config.feature_model else None,
+        feature_threshold=config.feature_threshold,
     )
 
 

@@ -34,3 +34,8 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 duplicate`, `2 duplicates` (thousands separated); card.plural without its imports."""
+    return f"{count:,} {word if count == 1 else (words or word + 's')}"

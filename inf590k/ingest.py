@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from inf590k import catalog as cat
 from inf590k import lineage
-from inf590k.fsutil import available_cores, file_sha256
+from inf590k.fsutil import available_cores, file_sha256, plural
 from inf590k.imageio import (
     OPENCV_PIXEL_LIMIT,
     ImagePolicy,
@@ -46,11 +46,13 @@ from inf590k.manifest import (
     VIDEO_EXTENSIONS,
     Manifest,
     SourceIndex,
+    folder_manifest,
     manifest_for_source,
     resolve_manifests,
 )
 from inf590k.ray_executor import open_executor
 from inf590k.sources import (
+    DAMAGED_INDEX,
     DamagedMember,
     SourceEntry,
     SourceReader,
@@ -115,6 +117,9 @@ class SourceSummary:
     matched: int = 0  # distinct files the include globs matched, before the video stride
     expected: int | None = None
     reused_chunks: int = 0
+    folder: bool = False  # a `folder:NAME` (or `folder`) source: no layout to compare
+    damaged: str = ""  # the reason of the row that stands for an unreadable archive
+    catalog: str = ""  # the build's catalog folder
 
     def __str__(self) -> str:
         line = (
@@ -124,16 +129,23 @@ class SourceSummary:
         if self.expected is not None and self.expected != self.matched:
             line += f" (the manifest expects {self.expected} files matching its globs, found {self.matched})"
         if self.reused_chunks:
-            line += f" [resumed: {self.reused_chunks} chunks already done]"
+            line += f" [resumed: {plural(self.reused_chunks, 'chunk')} already done]"
         return line
 
     def warning(self) -> str:
-        """A line when the source yielded no image at all (a layout the manifest misses)."""
+        """A line when the source yielded no image at all, with the next step for its case."""
         if self.ok:
             return ""
-        return (
-            f"warning: source {self.source} kept 0 of {self.found} files in {self.root}: compare "
-            f"its layout with `inf590k sources show {self.source}` (or use --manifest FILE)"
+        head = f"warning: source {self.source} kept 0 of {self.found} files in {self.root}: "
+        if self.damaged:  # the archive's index (or everything after its start) cannot be read
+            return head + self.damaged
+        if self.folder:  # `folder:NAME` sources have no manifest that `sources show` knows
+            return head + (
+                "check that the path holds infrared images, and read why each file was left out "
+                f"in the catalog's reason column (pyarrow.parquet.read_table('{self.catalog}'))"
+            )
+        return head + (
+            f"compare its layout with `inf590k sources show {self.source}` (or use --manifest FILE)"
         )
 
 
@@ -163,7 +175,7 @@ class IngestSummary:
             )
         rate = self.decoded / self.seconds if self.seconds > 0 else 0.0
         total = sum(s.found for s in self.sources)
-        lines.append(f"ingest: {total} files catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
+        lines.append(f"ingest: {plural(total, 'file')} catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
         lines.extend(self.warnings)
         return "\n".join(lines)
 
@@ -484,11 +496,15 @@ def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
 
 def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
+    summary.folder = manifest.name.startswith(folder_manifest().name)
+    summary.catalog = str(cat.catalog_dir(build))
     candidates: set[str] = set()  # files the include globs matched (a video is one file)
     for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
         table = pq.read_table(path, columns=["status", "reason", "relpath"])
         for status, reason, relpath in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
             summary.found += 1
+            if relpath == DAMAGED_INDEX and status == cat.STATUS_REJECTED:
+                summary.damaged = reason
             if status == cat.STATUS_EXCLUDED:
                 summary.excluded += 1
                 if reason.startswith("video subsampling"):

@@ -44,7 +44,8 @@ class BuildSummary:
         )
         if self.earlier_sources:
             line += f" (includes sources of earlier runs: {', '.join(self.earlier_sources)})"
-        return line
+        warnings = self.dedupe.warnings if isinstance(self.dedupe, DedupeSummary) else []
+        return "\n".join([line, *warnings])
 
 
     @property

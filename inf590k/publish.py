@@ -353,6 +353,7 @@ def publish(config: PublishConfig) -> PublishSummary:
         )
     stale = not report_is_fresh(dataset)
     if config.dry_run:
+        check_unchanged(dataset, shards)  # what the upload would refuse, the dry run refuses too
         summary = _summary(config, shards, dry_run=True)
         summary.report_refreshed = stale
         return summary

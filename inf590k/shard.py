@@ -63,7 +63,7 @@ import pyarrow.parquet as pq
 
 from inf590k import catalog as cat
 from inf590k import lineage, progress
-from inf590k.fsutil import available_cores, file_sha256, write_text_atomic
+from inf590k.fsutil import available_cores, file_sha256, plural, write_text_atomic
 from inf590k.ray_executor import open_executor
 from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
@@ -150,7 +150,7 @@ class ShardSummary:
     def __str__(self) -> str:
         rate = self.samples / self.seconds if self.written and self.seconds > 0 else 0.0
         line = (
-            f"shard: {self.samples} samples in {self.shards} shards of {self.lengths[0]}-"
+            f"shard: {plural(self.samples, 'sample')} in {plural(self.shards, 'shard')} of {self.lengths[0]}-"
             f"{self.lengths[1]} ({self.bytes / 1e6:.1f} MB), {self.written} written + "
             f"{self.reused} already done, {self.seconds:.1f} s ({rate:.0f} img/s) -> {self.out}"
         )

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from inf590k import catalog as cat
 from inf590k import progress
-from inf590k.fsutil import available_cores
+from inf590k.fsutil import available_cores, plural
 from inf590k.shard import (
     CARD_FILENAME,
     COUNTS_PATH,
@@ -72,10 +72,13 @@ class VerifyReport:
 
     def __str__(self) -> str:
         if self.ok:
-            return f"verify: OK, {self.shards} shards, {self.samples} samples in {self.dataset}"
+            return (
+                f"verify: OK, {plural(self.shards, 'shard')}, "
+                f"{plural(self.samples, 'sample')} in {self.dataset}"
+            )
         first = "; ".join(self.problems[:3])
         more = f" (+{len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
-        return f"verify: {len(self.problems)} problems in {self.dataset}: {first}{more}"
+        return f"verify: {plural(len(self.problems), 'problem')} in {self.dataset}: {first}{more}"
 
 
 @dataclass(frozen=True)

@@ -166,3 +166,23 @@ def test_special_files_as_source_root_do_not_hang(tmp_path):
             main, ["ingest", "--build", str(tmp_path / "b"), "--source", f"folder={root}"]
         )
         assert result.exit_code == 1 and "not a regular file or folder" in result.output
+
+
+def test_zero_kept_warning_names_the_next_step_for_archives_and_folders(tmp_path):
+    archive = cut_in_half(write_zip(tmp_path / "a.zip", frames()))
+    summary = ingest(
+        IngestConfig(sources=(("folder", archive),), build=tmp_path / "b", workers=1, progress=False)
+    )
+    [warning] = summary.warnings
+    assert "damaged archive" in warning and "re-download" in warning
+    assert "sources show" not in warning and "layout" not in warning
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    summary = ingest(
+        IngestConfig(
+            sources=(("folder:mine", tmp_path / "empty"),), build=tmp_path / "c", workers=1, progress=False
+        )
+    )
+    [warning] = summary.warnings
+    assert "sources show" not in warning
+    assert "check that the path holds infrared images" in warning and str(tmp_path / "c" / "catalog") in warning

@@ -88,3 +88,9 @@ def test_summary_names_the_bins_it_leaves_out():
 
     summary = BinSummary(counts={f"b{i}": 10 - i for i in range(6)}, unbinned=0)
     assert str(summary).endswith("(b0 10, b1 9, b2 8, b3 7, 2 more)")
+
+
+def test_summary_lines_say_1_bin_not_1_bins():
+    from inf590k.bins import BinSummary
+
+    assert str(BinSummary(counts={"640x512": 1}, unbinned=0)).startswith("bin: 1 image in 1 bin (")

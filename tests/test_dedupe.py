@@ -232,3 +232,11 @@ def test_rows_without_hashes_never_join_a_group(tmp_path):
     summary = dedupe(DedupeConfig(build=tmp_path, contact_groups=0))
     assert summary.kept == 4 and summary.groups == 0
     assert {r["dup_group"] for r in by_uid(tmp_path).values()} == {-1}
+
+
+def test_summary_line_says_1_group():
+    from inf590k.dedupe import DedupeSummary
+
+    line = str(DedupeSummary(candidates=2, groups=1, exact_duplicates=1, near_duplicates=0,
+                             outside_matches=0, kept=1, seconds=0.0))
+    assert line.startswith("dedupe: 2 images -> 1 kept; 1 group, 1 exact + 0 near duplicates")

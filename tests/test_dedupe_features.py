@@ -110,3 +110,26 @@ def test_missing_model_folder_says_what_to_pass(tmp_path, ir_samples):
         dedupe(
             DedupeConfig(build=tmp_path / "b", feature_model=tmp_path / "nothing", contact_groups=0)
         )
+
+
+def test_collapsed_encoder_is_counted_apart_and_warned(tmp_path, ir_samples, encoder_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    for rel in FRAMES:
+        shutil.copy(ir_samples / rel, src / Path(rel).name)
+    build = tmp_path / "build"
+    ingest(IngestConfig(sources=(("folder:src", src),), build=build, workers=1, progress=False))
+    assert not dedupe(DedupeConfig(build=build, contact_groups=0)).groups
+    summary = dedupe(
+        DedupeConfig(build=build, contact_groups=0, feature_model=encoder_dir, feature_threshold=-1.0)
+    )  # every pair is "similar": what an untrained or collapsed encoder gives
+    assert summary.near_duplicates == 0 and summary.feature_duplicates == len(FRAMES) - 1
+    assert f"0 near + {len(FRAMES) - 1} similar by encoder features duplicates" in str(summary)
+    assert "1 group," in str(summary)
+    [warning] = summary.warnings
+    assert "do not separate the images" in warning and "--feature-threshold" in warning
+    assert warning in str(summary)
+    strict = dedupe(
+        DedupeConfig(build=build, contact_groups=0, feature_model=encoder_dir, feature_threshold=0.9999)
+    )
+    assert not strict.warnings

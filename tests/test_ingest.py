@@ -397,3 +397,11 @@ def test_signed_and_double_frames_are_kept(tmp_path):
     run(tmp_path / "b", ("folder", root))
     row = rows_by_relpath(tmp_path / "b")["signed.tiff"]
     assert row["status"] == "ok" and row["bit_depth"] == 16 and row["orig_dtype"] == "int16"
+
+
+def test_summary_lines_say_1_file_and_1_chunk():
+    from inf590k.ingest import IngestSummary, SourceSummary
+
+    source = SourceSummary("sirst", "/x", found=1, ok=1, matched=1, reused_chunks=1)
+    assert str(source).endswith("[resumed: 1 chunk already done]")
+    assert "ingest: 1 file catalogued, " in str(IngestSummary([source], seconds=1.0, decoded=1))

@@ -142,6 +142,15 @@ def test_dry_run_changes_nothing(built, own_copy):
     assert snapshot(own_copy) == before
 
 
+def test_dry_run_refuses_a_shard_edited_after_shard(own_copy):
+    tar = sorted(own_copy.glob("data/*/*.tar"))[-1]
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF  # same size: the stats' size check alone passes it
+    tar.write_bytes(bytes(data))
+    with pytest.raises(PublishError, match="changed after it was written.*inf590k shard"):
+        publish(PublishConfig(dataset=own_copy, repo="lab/x", dry_run=True))
+
+
 def test_damaged_shard_is_refused(own_copy):
     tar = next(own_copy.glob("data/*/*.tar"))
     with open(tar, "ab") as handle:

@@ -316,3 +316,10 @@ def test_dedupe_against_a_built_dataset(built, tmp_path):
     assert all(
         r["status"] == "duplicate" and r["reason"].startswith("already in published/") for r in rows
     )
+
+
+def test_summary_line_says_1_shard(tmp_path):
+    from inf590k.shard import ShardSummary
+
+    line = str(ShardSummary(shards=1, written=1, reused=0, samples=1, bytes=0, seconds=1.0, out=tmp_path))
+    assert line.startswith("shard: 1 sample in 1 shard of ")

@@ -98,3 +98,10 @@ def test_count_mismatch(dataset):
 def test_not_a_dataset(tmp_path):
     report = run(tmp_path)
     assert not report.ok and "data/_info.json: missing" in report.problems[0]
+
+
+def test_summary_lines_say_1_shard_and_1_problem(tmp_path):
+    from inf590k.verify import VerifyReport
+
+    assert str(VerifyReport(tmp_path, shards=1, samples=1)) == f"verify: OK, 1 shard, 1 sample in {tmp_path}"
+    assert str(VerifyReport(tmp_path, problems=["x"])).startswith("verify: 1 problem in ")
