@@ -81,14 +81,14 @@ class DedupeSummary:
 
     def __str__(self) -> str:
         features = (
-            f" + {self.feature_duplicates} similar by encoder features"
+            f" + {self.feature_duplicates} by encoder features"
             if self.feature_duplicates is not None
             else ""
         )
         line = (
             f"dedupe: {plural(self.candidates, 'image')} -> {self.kept} kept; "
             f"{plural(self.groups, 'group')}, {self.exact_duplicates} exact + "
-            f"{self.near_duplicates} near{features} duplicates, "
+            f"{self.near_duplicates} near (pHash){features} duplicates, "
             f"{self.outside_matches} matched --against data ({self.seconds:.1f} s)"
         )
         return "\n".join([line, *self.warnings])

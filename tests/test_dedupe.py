@@ -239,4 +239,4 @@ def test_summary_line_says_1_group():
 
     line = str(DedupeSummary(candidates=2, groups=1, exact_duplicates=1, near_duplicates=0,
                              outside_matches=0, kept=1, seconds=0.0))
-    assert line.startswith("dedupe: 2 images -> 1 kept; 1 group, 1 exact + 0 near duplicates")
+    assert line.startswith("dedupe: 2 images -> 1 kept; 1 group, 1 exact + 0 near (pHash) duplicates")

@@ -124,7 +124,7 @@ def test_collapsed_encoder_is_counted_apart_and_warned(tmp_path, ir_samples, enc
         DedupeConfig(build=build, contact_groups=0, feature_model=encoder_dir, feature_threshold=-1.0)
     )  # every pair is "similar": what an untrained or collapsed encoder gives
     assert summary.near_duplicates == 0 and summary.feature_duplicates == len(FRAMES) - 1
-    assert f"0 near + {len(FRAMES) - 1} similar by encoder features duplicates" in str(summary)
+    assert f"0 near (pHash) + {len(FRAMES) - 1} by encoder features duplicates" in str(summary)
     assert "1 group," in str(summary)
     [warning] = summary.warnings
     assert "do not separate the images" in warning and "--feature-threshold" in warning
