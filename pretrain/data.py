@@ -249,7 +249,7 @@ def find_info_url(shard_urls: Sequence[str], config: DataConfig | None = None) -
     first = shard_urls[0]
     if first.startswith("pipe:"):
         return None
-    candidates = [_join(first, f"../{INFO_NAME}"), _join(first, INFO_NAME)]
+    candidates = list(dict.fromkeys([_join(first, f"../{INFO_NAME}"), _join(first, INFO_NAME)]))
     for candidate in candidates:
         try:
             with open_url(candidate, config or DataConfig()):
@@ -560,6 +560,8 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     def __post_init__(self) -> None:
         super().__init__()
+        self._failed: dict[int, list[str]] = {}  # worker -> shards that failed (resampled)
+        self._opened: dict[int, list[int]] = {}  # worker -> [shards opened so far]
         self.image_size = as_hw(self.image_size)
         shares = self.world_size * self.num_workers
         if not self.config.resampled and len(self.urls) < shares:
@@ -600,6 +602,11 @@ class ShardStream(torch.utils.data.IterableDataset):
             return None  # unknown lengths: uniform over shards
         return lengths  # type: ignore[return-value]
 
+    def _drawable(self) -> set[str]:
+        """Shards a resampled pass can draw (a weight of 0 is never drawn)."""
+        weights = self._draw_weights() or [1] * len(self.urls)
+        return {url for url, weight in zip(self.urls, weights, strict=True) if weight}
+
     def _pass_samples(self, urls: list[str]) -> int | None:
         """Samples in a pass's shards, if _info.json gives every length."""
         lengths = [self.shard_lengths.get(shard_key(url)) for url in urls]
@@ -620,8 +627,13 @@ class ShardStream(torch.utils.data.IterableDataset):
         than --max-shard-failures of the pass's shards fail without giving a sample, the run
         stops, naming them."""
         current = {"url": "", "failed": False, "count": 0}
-        distinct = len(set(urls))
-        failed: list[str] = []
+        # A resampled pass draws from the whole list (the same shard maybe twice, another not
+        # at all): its share counts against every shard it may draw, and a failed shard stays
+        # failed for the worker's later passes, so each one is tried before the run stops.
+        resampled = self.config.resampled
+        distinct = len(set(self.urls)) if resampled else len(set(urls))
+        failed = self._failed.setdefault(worker_id, []) if resampled else []
+        stats_opened = self._opened.setdefault(worker_id, [0])
 
         def fail(url: str, reason: str) -> None:
             stats.shard_errors += 1
@@ -673,6 +685,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                     current["failed"] = True
                     fail(url, str(exc))
                     continue
+                stats_opened[0] += 1
                 try:
                     yield {"url": url, "stream": stream}
                 finally:
@@ -714,6 +727,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         """Decoded crops forever, advancing `stats` (position and counters) as it goes."""
         while True:
             start, produced = stats.offset, 0
+            opened_before = self._opened.get(worker, [0])[0]
             for offset, sample in self._pass(worker, stats):
                 if offset < start:  # resume: replay bytes up to the saved offset, no decoding
                     continue
@@ -729,7 +743,12 @@ class ShardStream(torch.utils.data.IterableDataset):
                     continue
                 produced += 1
                 yield image
-            if produced == 0 and start == 0:
+            drawn_failed_only = (
+                self.config.resampled
+                and self._opened.get(worker, [0])[0] == opened_before
+                and bool(self._drawable() - set(self._failed.get(worker, [])))
+            )
+            if produced == 0 and start == 0 and not drawn_failed_only:
                 raise ShardUnreachableError(
                     f"worker {worker} of rank {self.rank} read no usable sample in a whole pass "
                     f"over {len(self.pass_shards(worker, stats.pass_index))} shards; "
@@ -869,10 +888,14 @@ def shard_key(url: str) -> str:
     return "/".join(path.rstrip("/").split("/")[-2:])
 
 
-def dataset_info(config: DataConfig, urls: Sequence[str]) -> DatasetInfo | None:
+def dataset_info(
+    config: DataConfig, urls: Sequence[str], info_url: str | None | bool = False
+) -> DatasetInfo | None:
     """The dataset's _info.json (--info, else found next to the shards), if there is one,
-    narrowed to the shards `urls` select: num_samples is what one epoch of them reads."""
-    info_url = config.info or find_info_url(urls, config)
+    narrowed to the shards `urls` select: num_samples is what one epoch of them reads.
+    `info_url`: where the caller already found it (None: not found), not looked for again."""
+    if info_url is False:
+        info_url = config.info or find_info_url(urls, config)
     return read_info(info_url, config.split, config).select(urls) if info_url else None
 
 

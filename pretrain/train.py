@@ -366,9 +366,12 @@ def selected_samples(info: DatasetInfo | None, urls: list[str]) -> int | None:
 INFO_LOCATIONS = ("data/_info.json", "_info.json")  # a dataset folder's, newer layout first
 
 
-def info_location(config: DataConfig, urls: list[str]) -> str | None:
+def info_location(
+    config: DataConfig, urls: list[str], by_shards: str | None | bool = False
+) -> str | None:
     """The _info.json that lists the data's sources: --info, an _info.json given as --shards,
-    a dataset folder's data/_info.json (or its root _info.json), else the one by the shards."""
+    a dataset folder's data/_info.json (or its root _info.json), else the one by the shards
+    (`by_shards` when the caller already looked for it, so it is not fetched again)."""
     if config.info:
         return config.info
     for spec in config.shards:
@@ -380,15 +383,27 @@ def info_location(config: DataConfig, urls: list[str]) -> str | None:
                 local = [f for f in found if os.path.isfile(f)]
                 if local:
                     return local[0]
-    return find_info_url(urls) if urls else None
+    if by_shards is not False:
+        return by_shards  # type: ignore[return-value]
+    return find_info_url(urls, config) if urls else None
 
 
-def describe_data(config: PretrainConfig, urls: list[str], info: DatasetInfo | None) -> DataRecord:
-    """The data as records name it, with the sources listed in its _info.json."""
+def describe_data(
+    config: PretrainConfig,
+    urls: list[str],
+    info: DatasetInfo | None,
+    info_url_read: str | None | bool = False,
+) -> DataRecord:
+    """The data as records name it, with the sources listed in its _info.json.
+
+    `info_url_read`: the _info.json `info` was read from (None: none was found), so the index
+    is not fetched again when it is also the one that lists the sources."""
     sources: tuple[dict[str, Any], ...] = ()
     try:
-        info_url = info_location(config.data, urls)
-        if info_url:
+        info_url = info_location(config.data, urls, info_url_read)
+        if info_url and info is not None and info_url == info_url_read:
+            sources = info.sources
+        elif info_url:
             with open_url(info_url, config.data) as stream:
                 sources = info_sources(stream.read())
     except (ShardUnreachableError, OSError, ValueError) as err:  # the record says "not recorded"
@@ -396,6 +411,22 @@ def describe_data(config: PretrainConfig, urls: list[str], info: DatasetInfo | N
     return data_record(
         config.data.shards, urls, selected_samples(info, urls), sources, config.run.data_name
     )
+
+
+# Options a resumed run must keep: they shape the optimisation or the model.
+RESUME_FIXED = (
+    ("optim", "lr"),
+    ("optim", "blr"),
+    ("optim", "weight_decay"),
+    ("optim", "beta1"),
+    ("optim", "beta2"),
+    ("optim", "warmup_epochs"),
+    ("optim", "min_lr"),
+    ("optim", "accum_steps"),
+    ("data", "batch_size"),
+    ("run", "model"),
+    ("run", "model_args"),
+)
 
 
 @dataclass
@@ -445,7 +476,8 @@ class Trainer:
         seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
 
         self.urls = expand_shard_urls(config.data.shards, config.data.split, config.data)
-        self.info = dataset_info(config.data, self.urls)
+        self.info_url = config.data.info or find_info_url(self.urls, config.data)  # once a run
+        self.info = dataset_info(config.data, self.urls, self.info_url)
         self.schedule = plan_schedule(
             config.optim,
             config.data.batch_size,
@@ -469,7 +501,9 @@ class Trainer:
         data_state = self._maybe_resume()
         if run.resume and self.env.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-        self.data = describe_data(config, self.urls, self.info) if self.env.is_main else None
+        self.data = (
+            describe_data(config, self.urls, self.info, self.info_url) if self.env.is_main else None
+        )
         self.loader, self.tracker = loader_for(
             config.data,
             self.image_hw,
@@ -533,6 +567,11 @@ class Trainer:
                 log.info("--resume auto: no checkpoint in %s, starting a new run", self.run_dir)
             return None
         path, state = found
+        end = self.schedule.total_steps
+        if self.config.run.stop_step is not None:
+            end = min(end, self.config.run.stop_step)
+        if int(state.get("step", 0)) < end:  # a finished run trains no more: nothing to change
+            self._check_resume_options(path, state)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -562,6 +601,27 @@ class Trainer:
         if self.env.is_main:
             log.info("resumed %s at step %d", path, self.step)
         return data_state
+
+    def _check_resume_options(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse to resume with other optimisation options or another model than the
+        checkpoint was trained with (a longer --steps/--epochs is fine)."""
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            return  # an older checkpoint without its config: nothing to compare
+        now = _plain(self.config.as_dict())
+        differing = []
+        for group, name in RESUME_FIXED:
+            if name not in saved.get(group, {}):
+                continue
+            recorded, given = saved[group][name], now[group][name]
+            if recorded != given:
+                shown = "not set" if recorded in (None, []) else recorded
+                differing.append(f"--{name.replace('_', '-')} {shown}")
+        if differing:
+            raise ckpt.CheckpointError(
+                f"{path} was trained with other options; resume with its "
+                f"{', '.join(differing)} (as recorded), or choose another --out"
+            )
 
     def record(self) -> dict[str, Any]:
         """What the run did so far, for the checkpoint and the model card."""
@@ -805,8 +865,16 @@ def _plain(value: Any) -> Any:
 
 def pretrain(config: PretrainConfig, model: nn.Module | None = None) -> TrainResult:
     """Run (or resume) pretraining; under torchrun every rank calls this."""
-    trainer = Trainer(config, model)
+    out = Path(config.run.out)
+    created = not out.exists()
     try:
-        return trainer.fit()
-    finally:
-        distributed.cleanup(trainer.env)
+        trainer = Trainer(config, model)
+        try:
+            return trainer.fit()
+        finally:
+            distributed.cleanup(trainer.env)
+    except BaseException:
+        with contextlib.suppress(OSError):  # another rank may have removed it already
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # a failed run leaves no empty --out behind
+        raise

@@ -278,6 +278,58 @@ def test_corrupt_shard_is_skipped_and_missing_url_is_named(dataset, tmp_path):
         )
 
 
+def test_info_json_is_fetched_with_the_run_settings_and_not_twice(dataset, tmp_path, monkeypatch):
+    import pretrain.data as data
+    import pretrain.train as train
+
+    opened: list[int] = []
+    real = data.open_url
+
+    def counting(url, config):
+        if url.endswith("_info.json"):
+            opened.append(config.retries)
+        return real(url, config)
+
+    monkeypatch.setattr(data, "open_url", counting)
+    monkeypatch.setattr(train, "open_url", counting)
+    shards = [f"{dataset.root}/*/*.tar"]
+    result = pretrain(config_from_options(options(tmp_path / "run", shards, steps=1, retries=3)))
+    assert result.step == 1
+    assert opened and set(opened) == {3}, opened  # the run's --retries, every time
+    assert len(opened) <= 2, opened  # found once (probe + read), not looked for again
+
+
+def test_resume_with_other_optimisation_options_is_refused(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    shards = [str(dataset.root)]
+    pretrain(config_from_options(options(run_dir, shards, steps=2, lr=1.5e-3)))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        pretrain(
+            config_from_options(
+                options(run_dir, shards, steps=4, lr=None, batch_size=4, resume="auto")
+            )
+        )
+    message = str(info.value)
+    assert "\n" not in message and "--lr 0.0015" in message and "--batch-size 8" in message
+    assert "--steps" not in message and "--blr" not in message
+    longer = pretrain(
+        config_from_options(options(run_dir, shards, steps=4, lr=1.5e-3, resume="auto"))
+    )
+    assert longer.step == 4  # a longer run with the same options goes on
+
+
+def test_a_failed_run_leaves_no_empty_out_behind(tmp_path):
+    dead = [f"http://127.0.0.1:{closed_port()}/x-{i:06d}.tar" for i in range(2)]
+    out = tmp_path / "new"
+    with pytest.raises(ShardUnreachableError):
+        pretrain(config_from_options(options(out, dead, steps=2, retries=1)))
+    assert not out.exists()
+    out.mkdir()  # a folder the user made stays
+    with pytest.raises(ShardUnreachableError):
+        pretrain(config_from_options(options(out, dead, steps=2, retries=1)))
+    assert out.is_dir()
+
+
 # ---------------------------------------------------------------- outputs
 
 

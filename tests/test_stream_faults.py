@@ -131,6 +131,18 @@ def test_the_failure_share_is_a_setting(dataset):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
+def test_resampled_failures_count_against_every_shard_and_name_them(dataset, workers):
+    dead = [f"http://127.0.0.1:{closed_port()}/x-{i:06d}.tar" for i in range(2)]
+    for seed_urls in (dead, dead[::-1]):  # whichever a pass draws twice, both get tried
+        message = one_line_error(seed_urls, workers, resampled=True)
+        assert "2 of the 2 shards" in message, message
+        assert all(url in message for url in dead), message
+    good = str(dataset.shards[0])  # 1 dead of 2 is not more than 0.5: the run goes on
+    for urls in ([good, dead[0]], [dead[0], good]):
+        assert consume(urls, 12, workers, resampled=True)["shard_errors"] >= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
 def test_a_dripping_server_cannot_hang_training(dataset, workers):
     with faulty_server(dataset.root) as base:
         urls = [f"{base}/drip/640x512/shard-000000.tar", f"{base}/drip/640x512/shard-000001.tar"]
