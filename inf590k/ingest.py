@@ -46,7 +46,7 @@ from inf590k.manifest import (
     VIDEO_EXTENSIONS,
     Manifest,
     SourceIndex,
-    folder_manifest,
+    is_folder_source,
     manifest_for_source,
     resolve_manifests,
 )
@@ -496,7 +496,7 @@ def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
 
 def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
-    summary.folder = manifest.name.startswith(folder_manifest().name)
+    summary.folder = is_folder_source(manifest.name)
     summary.catalog = str(cat.catalog_dir(build))
     candidates: set[str] = set()  # files the include globs matched (a video is one file)
     for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):

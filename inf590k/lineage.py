@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from inf590k.fsutil import write_text_atomic
+from inf590k.manifest import source_option
 
 STAGES = ("ingest", "dedupe", "bin", "shard")
 UPSTREAM = {"dedupe": "ingest", "bin": "dedupe", "shard": "bin"}
@@ -193,7 +194,7 @@ def rerun_command(build: Path, stage: str) -> str:
     except (OSError, ValueError):
         recorded = {}
     sources = " ".join(
-        "--source " + shlex.quote(f"{source}={info.get('root', 'PATH')}")
+        "--source " + shlex.quote(source_option(source, info.get("name", ""), info.get("root", "PATH")))
         for source, info in sorted(recorded.items())
     )
     return f"inf590k ingest --build {shlex.quote(str(build))} {sources or '--source ID=PATH'}"

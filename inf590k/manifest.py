@@ -258,11 +258,26 @@ def load_manifest_file(path: Path) -> Manifest:
     return manifest_from_dict(data, str(path))
 
 
+FOLDER_SOURCE_NAME = "Self-collected folder"  # `folder` and every `folder:NAME` source
+
+
+def is_folder_source(name: str) -> bool:
+    """Whether a source, by its manifest (or recorded) name, is `folder` or `folder:NAME`."""
+    return name.startswith(FOLDER_SOURCE_NAME)
+
+
+def source_option(source_id: str, name: str, root: str) -> str:
+    """The `--source` value that ingests a recorded source again (`folder:NAME=` for folders)."""
+    if is_folder_source(name) and source_id != "folder":
+        return f"folder:{source_id}={root}"
+    return f"{source_id}={root}"
+
+
 def folder_manifest() -> Manifest:
     """The built-in `folder` source: every image under the root, standard exclusions."""
     return Manifest(
         id="folder",
-        name="Self-collected folder",
+        name=FOLDER_SOURCE_NAME,
         license="user-provided",
         include=tuple(f"**/*{ext}" for ext in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS),
         exclude=tuple(ExcludeRule(name, pattern) for name, pattern in STANDARD_EXCLUDES),
@@ -308,7 +323,7 @@ def manifest_for_source(source_id: str, manifests: dict[str, Manifest]) -> Manif
                 f"source {source_id!r}: {name!r} is already a manifest id: use `--source {name}=PATH` "
                 f"to ingest it with that manifest, or another NAME, e.g. folder:{name}_own=PATH"
             )
-        return replace(folder_manifest(), id=name, name=f"Self-collected folder {name}")
+        return replace(folder_manifest(), id=name, name=f"{FOLDER_SOURCE_NAME} {name}")
     if source_id not in manifests:
         raise ManifestError(
             f"unknown source id {source_id!r}: see `inf590k sources list`, use folder=PATH or "

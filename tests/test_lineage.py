@@ -213,3 +213,13 @@ def test_build_reruns_exactly_the_stale_stages(tmp_path, frames):
     assert str(again).startswith("build: 70 files -> 70 kept")
     changed = build_once(short_edges=(100,))
     assert changed.rerun == ("bin", "shard")
+
+
+def test_the_ingest_command_to_rerun_names_folder_sources_as_given(tmp_path, frames):
+    from inf590k.lineage import rerun_command
+
+    build = tmp_path / "build"
+    run_ingest(build, ("folder", frames), ("folder:copies", frames))
+    command = rerun_command(build, "ingest")
+    assert f"--source folder={frames}" in command  # runnable as printed
+    assert f"--source folder:copies={frames}" in command and " copies=" not in command

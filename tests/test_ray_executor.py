@@ -26,21 +26,12 @@ from inf590k.ray_executor import INSTALL_HINT, RayExecutor, RayMissing, open_exe
 from inf590k.shard import ShardConfig, shard
 from inf590k.sources import SourceReader
 from tests.shardkit import closed_port
+from tests.test_shard import ALPHA, BETA
 
 ray = pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[1]
 
-FRAMES = [
-    "hit-uav/normal_xml/JPEGImages/0_60_30_0_01609.jpg",
-    "hit-uav/normal_xml/JPEGImages/1_90_40_0_04880.jpg",
-    "hit-uav/normal_xml/JPEGImages/1_130_80_0_04043.jpg",
-    "sirst-v2/mixed/iraytek-54.png",
-    "sirst-v2/mixed/S20210527_S7_74.png",
-    "sirst-v2/mixed/211_HD_1.png",
-    "sirst/images/Misc_120.png",
-    "roadscene/cropinfrared/FLIR_04208.jpg",
-    "roadscene/cropinfrared/FLIR_07583.jpg",
-]
+FRAMES = [*ALPHA, *BETA]  # the real frames of the shard tests
 
 
 @pytest.fixture(scope="module")
