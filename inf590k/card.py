@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from inf590k.fsutil import write_text_atomic
+from inf590k.fsutil import plural, write_text_atomic
 from inf590k.shard import (
     CARD_FILENAME,
     COUNTS_PATH,
@@ -39,11 +39,6 @@ TAGS = ["infrared", "thermal", "webdataset", "self-supervised-pretraining", "inf
 EXCLUDED_MEANING = {  # catalog reason kinds of excluded rows, as a reader would say them
     "video stride": "frames skipped by the video stride",
 }
-
-
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """`1 duplicate`, `2 duplicates` (thousands separated)."""
-    return f"{count:,} {word if count == 1 else (words or word + 's')}"
 
 
 def info_sha256(dataset: Path) -> str:

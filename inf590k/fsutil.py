@@ -37,5 +37,5 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def plural(count: int, word: str, words: str | None = None) -> str:
-    """`1 duplicate`, `2 duplicates` (thousands separated); card.plural without its imports."""
+    """`1 duplicate`, `2 duplicates` (thousands separated)."""
     return f"{count:,} {word if count == 1 else (words or word + 's')}"

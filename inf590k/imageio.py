@@ -268,7 +268,7 @@ def header_info(data: bytes) -> HeaderInfo | None:
         return HeaderInfo("GIF", _le(data, 6, 2), _le(data, 8, 2))
     if data.startswith(b"\x59\xa6\x6a\x95"):
         return HeaderInfo("Sun raster", _be(data, 4, 4), _be(data, 8, 4))
-    return _pillow_header(data)
+    return None  # the caller asks Pillow once (also for headers the parsers above cannot read)
 
 
 def _pillow_header(data: bytes) -> HeaderInfo | None:
@@ -282,12 +282,6 @@ def _pillow_header(data: bytes) -> HeaderInfo | None:
         raise RejectedImage(f"decompression bomb ({err})") from err
     except Exception:  # noqa: BLE001 - Pillow raises many types for what it cannot read
         return None
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None if unknown."""
-    info = header_info(data)
-    return (info.width, info.height) if info else None
 
 
 def jpeg_end(data: bytes) -> int:

@@ -9,8 +9,8 @@ from pathlib import Path
 from inf590k import catalog as cat
 from inf590k import lineage
 from inf590k.bins import BinConfig, BinSummary, bin_catalog
-from inf590k.card import plural
 from inf590k.dedupe import DedupeConfig, DedupeSummary, dedupe
+from inf590k.fsutil import plural
 from inf590k.ingest import IngestConfig, IngestSummary, ingest
 from inf590k.shard import ShardConfig, ShardSummary, shard
 

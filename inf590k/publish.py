@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from inf590k.card import report_is_fresh
+from inf590k.fsutil import file_sha256
 from inf590k.shard import (
     CARD_FILENAME,
     DATA_DIRNAME,
     INFO_PATH,
-    file_sha256,
     info_shards,
     read_info,
     read_owned,

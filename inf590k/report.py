@@ -36,7 +36,6 @@ from inf590k.shard import (
     tar_path,
 )
 
-REPORT_DIRNAME = REPORT_DIR  # relative to the dataset folder
 GRID_COLUMNS = 6
 CELL = (192, 154)  # grid cell, width x height (5:4, the common IR sensor shape)
 

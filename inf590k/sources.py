@@ -278,8 +278,6 @@ class SourceReader:
             self._zip_names = {name.replace("\\", "/"): name for name in self._zip.namelist()}
         try:
             return self._zip.read(self._zip_names.get(relpath, relpath))
-        except KeyError:
-            raise
         except ARCHIVE_ERRORS as err:
             raise DamagedMember(f"damaged archive member ({damage_reason(err)})") from err
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from inf590k import catalog as cat
 from inf590k import progress
-from inf590k.fsutil import available_cores, plural
+from inf590k.fsutil import available_cores, file_sha256, plural
 from inf590k.shard import (
     CARD_FILENAME,
     COUNTS_PATH,
@@ -31,7 +31,6 @@ from inf590k.shard import (
     SIZES_PATH,
     SOURCES_PATH,
     SUMS_PATH,
-    file_sha256,
     folder_files,
     index_files,
     info_shards,
@@ -46,7 +45,6 @@ from inf590k.shard import (
 
 BASE_MEMBERS = ("cls", "json", "png")
 REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
-sha256_file = file_sha256  # the name other modules used
 
 
 @dataclass(frozen=True)
