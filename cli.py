@@ -6,7 +6,6 @@ one-line summary. This is the only module that knows both `inf590k` and `pretrai
 
 from __future__ import annotations
 
-import pickle
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -725,7 +724,7 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
             folder = export_checkpoint(checkpoint, out, stage3)
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
-    except (KeyError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+    except (KeyError, RuntimeError) as err:  # a state dict that does not fit the model
         raise CliError(f"cannot read {checkpoint} ({type(err).__name__}: {str(err).splitlines()[0]}); pass a checkpoint of "
                        "`inf590k pretrain` or a released InfMAE/ConvMAE/MAE .pth") from err
     click.echo(f"export: wrote {folder}")

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from inf590k import catalog as cat
 from inf590k.fsutil import write_text_atomic
 from inf590k.manifest import source_option
 
@@ -106,7 +107,7 @@ def read_record(build: Path, stage: str) -> StageRecord | None:
 
 
 def parts_digest(build: Path) -> str:
-    names = sorted(p.name for p in (Path(build) / "catalog").glob("part-*.parquet"))
+    names = [p.name for p in cat.part_paths(build)]
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
@@ -190,7 +191,7 @@ def rerun_command(build: Path, stage: str) -> str:
         extra = " --out DATASET" if stage == "shard" else ""
         return f"inf590k {stage} --build {shlex.quote(str(build))}{extra}"
     try:
-        recorded = json.loads((Path(build) / "sources.json").read_text())
+        recorded = cat.read_sources(build)
     except (OSError, ValueError):
         recorded = {}
     sources = " ".join(
@@ -210,7 +211,7 @@ def problem(build: Path, stage: str) -> str:
         )
     record = read_record(build, stage)
     if record is None:
-        if stage == "ingest" and parts_digest(build) != parts_digest(build / "-"):
+        if stage == "ingest" and cat.part_paths(build):
             return ""  # a catalog made without the ingest stage (by hand, or by a tool)
         return f"`inf590k {stage}` has not run on {build}: run `{command}` first"
     upstream_stage = UPSTREAM.get(stage)

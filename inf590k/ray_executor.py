@@ -20,13 +20,12 @@ import os
 import signal
 import socket
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from inf590k.workers import InlineExecutor, LocalExecutor, make_executor
+from inf590k.workers import InlineExecutor, LocalExecutor, bounded_results, make_executor
 
 EXECUTORS = ("local", "ray")
 TASK_RETRIES = 3  # reruns of a unit whose worker process or node died
@@ -183,13 +182,7 @@ class RayExecutor:
         per cluster CPU) in flight. An item may hold object refs (from `stream`): a task gets
         their values, fetched by its own node."""
         window = window or 2 * self.workers
-        pending: deque[Any] = deque()
-        for item in items:
-            pending.append(self._submit_ref(fn, item))
-            if len(pending) >= window:
-                yield self._result(pending.popleft())
-        while pending:
-            yield self._result(pending.popleft())
+        return bounded_results(lambda item: self._submit_ref(fn, item), items, window, self._result)
 
     def stream(self, fn: Callable[..., Iterator[Any]], *args: Any) -> Iterator[Any]:
         """Run the generator `fn(*args)` in a worker; yield a reference to each item, which

@@ -119,16 +119,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _bounded(submit: Callable[[Any], Future], items: Iterable[Any], window: int) -> Iterator[Any]:
+def bounded_results(
+    submit: Callable[[Any], Any],
+    items: Iterable[Any],
+    window: int,
+    result: Callable[[Any], Any] = Future.result,
+) -> Iterator[Any]:
     """Results in item order, with at most `window` units submitted and not yet returned
-    (Executor.map submits everything at once: a whole tar archive would sit in memory)."""
-    pending: deque[Future] = deque()
+    (Executor.map submits everything at once: a whole tar archive would sit in memory).
+    `submit` returns a handle (a Future by default) and `result` waits for its value."""
+    pending: deque[Any] = deque()
     for item in items:
         pending.append(submit(item))
         if len(pending) >= window:
-            yield pending.popleft().result()
+            yield result(pending.popleft())
     while pending:
-        yield pending.popleft().result()
+        yield result(pending.popleft())
 
 
 class InlineExecutor:
@@ -193,7 +199,7 @@ class LocalExecutor:
         """`fn(*item)` for each item, results in order; at most `window` (default 2 per
         worker) submitted ahead of the one being returned."""
         window = window or 2 * self.workers
-        return _bounded(lambda item: self._pool.submit(fn, *item), items, window)
+        return bounded_results(lambda item: self._pool.submit(fn, *item), items, window)
 
     def close(self, cancel: bool = False) -> None:
         """Wait for the workers to finish; `cancel`: drop queued units and kill the workers."""

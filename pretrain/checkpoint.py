@@ -273,8 +273,6 @@ def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str, stage3: 
     record = run_record(checkpoint)
     licence = WeightsLicence.from_dict(record.get("license"))
     folder = Path(out_dir)
-    if folder.exists() and not folder.is_dir():
-        raise CheckpointError(f"--out {folder} is a file: pass a folder for the export")
     export_encoder(model, folder, stage3, license=licence.short)
     config_path = folder / CONFIG_FILE
     config = json.loads(config_path.read_text())
