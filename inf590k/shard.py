@@ -578,8 +578,9 @@ def short_bins(lengths_by_bin: Mapping[str, list[int]]) -> str:
     )
 
 
-def _kept_rows(build: Path) -> dict[str, list[dict]]:
-    table = cat.read_catalog(build)
+def _kept_rows(build: Path, catalog: pa.Table | None = None) -> dict[str, list[dict]]:
+    """Kept rows by resolution bin, from `catalog` (the build's, read when not given)."""
+    table = cat.read_catalog(build) if catalog is None else catalog
     table = table.filter(pa.compute.equal(table.column("status"), cat.STATUS_OK))
     rows = table.to_pylist()  # sorted by uid (read_catalog)
     unbinned = [r["uid"] for r in rows if not r["res_bin"]]
@@ -605,13 +606,19 @@ def _check_options(config: ShardConfig) -> None:
         raise ValueError(f"--png-level must be 0..9, got {config.png_level}")
 
 
-def plan_shards(config: ShardConfig, classes: Mapping[str, int] | None = None) -> list[ShardJob]:
+def plan_shards(
+    config: ShardConfig,
+    classes: Mapping[str, int] | None = None,
+    by_bin: dict[str, list[dict]] | None = None,
+) -> list[ShardJob]:
     """The full, deterministic shard plan of a build (independent of workers and of `out`).
 
     `classes`: class id per source (the sources table); default: ids in sorted source order.
+    `by_bin`: the kept rows by bin, when the caller has read them already. The options are
+    checked by the caller (`shard`).
     """
-    _check_options(config)
-    by_bin = _kept_rows(Path(config.build))
+    if by_bin is None:
+        by_bin = _kept_rows(Path(config.build))
     if classes is None:
         sources = sorted({r["source"] for rows in by_bin.values() for r in rows})
         classes = {s: i for i, s in enumerate(sources)}
@@ -879,7 +886,11 @@ def _write_json(path: Path, data: object, fsync: bool = False) -> None:
 
 
 def write_index(
-    config: ShardConfig, jobs: list[ShardJob], stats: dict[str, dict], table: list[dict]
+    config: ShardConfig,
+    jobs: list[ShardJob],
+    stats: dict[str, dict],
+    table: list[dict],
+    catalog: pa.Table,
 ) -> dict:
     """data/_info.json (timm's format + sources), sizes.json, SHA256SUMS, catalog, counts."""
     out = Path(config.out)
@@ -898,7 +909,6 @@ def write_index(
         "sources": info_sources(table),
         "members": sample_members(jobs),
     }
-    catalog = cat.read_catalog(Path(config.build))
     cat.write_parquet_atomic(catalog, out / CATALOG_PATH)
     _write_json(out / COUNTS_PATH, catalog_counts(catalog))
     _write_json(out / SOURCES_PATH, table)
@@ -928,9 +938,10 @@ def _drop_stale_report(out: Path) -> None:
 # ----------------------------------------------------------------------------- the stage
 
 
-def _class_ids(config: ShardConfig, out: Path) -> tuple[list[dict], dict[str, int]]:
+def _class_ids(
+    config: ShardConfig, out: Path, by_bin: dict[str, list[dict]]
+) -> tuple[list[dict], dict[str, int]]:
     """The sources table of this build (ids of the folder's earlier table kept) and its ids."""
-    by_bin = _kept_rows(Path(config.build))
     kept: dict[str, list[dict]] = {}
     for rows in by_bin.values():
         for row in rows:
@@ -979,8 +990,10 @@ def shard(config: ShardConfig) -> ShardSummary:
         raise ValueError(
             f"--out {out} is a build folder (it holds a catalog): write the dataset to a folder of its own"
         )
-    table, classes = _class_ids(config, out)
-    jobs = plan_shards(config, classes)
+    catalog = cat.read_catalog(Path(config.build))  # read once: plan, class ids, index
+    by_bin = _kept_rows(Path(config.build), catalog)
+    table, classes = _class_ids(config, out, by_bin)
+    jobs = plan_shards(config, classes, by_bin)
     if not jobs:
         raise ValueError(f"no kept images in {config.build}: check `inf590k report` counts")
     planned = set(index_files()) | {p for j in jobs for p in shard_files(j.relpath)}
@@ -997,7 +1010,7 @@ def shard(config: ShardConfig) -> ShardSummary:
     workers = min(config.workers or available_cores(), max(1, len(todo)))
     for result in _write_all(todo, workers, config):
         stats[result["shard"]] = result
-    write_index(config, jobs, stats, table)
+    write_index(config, jobs, stats, table, catalog)
     _drop_stale_report(out)
     write_card(out)
     _write_owned(out, planned)
