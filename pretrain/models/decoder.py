@@ -23,10 +23,10 @@ class MAEDecoder(nn.Module):
     is dropped before the pixel head.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, num_prefix_tokens: int) -> None:
         super().__init__()
         dim = config.decoder_dim
-        self.num_prefix_tokens = 1 if config.encoder == "vit" else 0
+        self.num_prefix_tokens = num_prefix_tokens  # the encoder's (1: ViT's class token)
         self.embed = nn.Linear(config.encoder_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         pos_embed = sincos_pos_embed(config.grid_size, dim)  # [1, L, Dd]

@@ -376,11 +376,11 @@ class HierarchicalEncoder(nn.Module):
             x = block.forward_cells(x, visible)
         return x
 
-    def _visible_cells(self, imgs: Tensor, patch_mask: PatchMask) -> tuple[Tensor, Tensor]:
+    def _visible_cells(
+        self, imgs: Tensor, patch_mask: PatchMask, grid: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
         """Stage-1 and stage-2 cells of the visible tokens, channels last: [N*Lv, 4, 4, C1] and
         [N*Lv, 2, 2, C2]."""
-        _, patch2, patch3 = self.patch_sizes
-        grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
         visible = VisibleCells(patch_mask.ids_keep, grid)
         if not self.sparse:  # dense conv stages, masked positions zeroed (InfMAE's computation)
             stage1, stage2 = self._conv_stages(imgs, visible_grid(patch_mask, grid))
@@ -397,7 +397,7 @@ class HierarchicalEncoder(nn.Module):
         ids_keep = patch_mask.ids_keep  # [N, Lv]
         n, num_visible = ids_keep.shape
         grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
-        cells1, cells2 = self._visible_cells(imgs, patch_mask)  # [N*Lv, k, k, C1|C2]
+        cells1, cells2 = self._visible_cells(imgs, patch_mask, grid)  # [N*Lv, k, k, C1|C2]
         tokens = embed_cells(self.patch_embed3, cells2).reshape(n, num_visible, -1)
         tokens = self.patch_embed4(tokens)  # [N, Lv, C3]
         pos_embed = self._pos_embed(grid, tokens).expand(n, -1, -1)

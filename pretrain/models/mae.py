@@ -32,7 +32,7 @@ class MaskedAutoencoder(nn.Module):
         self.config = config
         self.encoder = build_encoder(config)
         self.ddg = DualDomainGuidance(config) if config.ddg else None
-        self.decoder = MAEDecoder(config)
+        self.decoder = MAEDecoder(config, self.encoder.num_prefix_tokens)
         self._flops_per_image: float | None = None
 
     @property
