@@ -35,12 +35,11 @@ from pretrain.data import (
     ShardUnreachableError,
     dataset_info,
     expand_shard_urls,
-    expected_lengths,
     find_info_url,
+    folder_info,
     is_info_url,
     loader_for,
     open_url,
-    shard_key,
 )
 from pretrain.provenance import (
     DataRecord,
@@ -352,20 +351,6 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def selected_samples(info: DatasetInfo | None, urls: list[str]) -> int | None:
-    """Samples in the selected shards (their shard_lengths), else _info.json's num_samples."""
-    if info is None:
-        return None
-    lengths = expected_lengths(info)
-    keys = [shard_key(u) for u in urls]
-    if lengths and all(k in lengths for k in keys):
-        return sum(lengths[k] for k in keys)
-    return info.num_samples
-
-
-INFO_LOCATIONS = ("data/_info.json", "_info.json")  # a dataset folder's, newer layout first
-
-
 def info_location(
     config: DataConfig, urls: list[str], by_shards: str | None | bool = False
 ) -> str | None:
@@ -378,11 +363,8 @@ def info_location(
         for part in (p.strip() for p in spec.split("::")):
             if is_info_url(part):
                 return part
-            if "://" not in part and os.path.isdir(part):
-                found = [os.path.join(part, n) for n in INFO_LOCATIONS]
-                local = [f for f in found if os.path.isfile(f)]
-                if local:
-                    return local[0]
+            if "://" not in part and os.path.isdir(part) and (local := folder_info(part)):
+                return local
     if by_shards is not False:
         return by_shards  # type: ignore[return-value]
     return find_info_url(urls, config) if urls else None
@@ -409,7 +391,8 @@ def describe_data(
     except (ShardUnreachableError, OSError, ValueError) as err:  # the record says "not recorded"
         log.warning("could not read the data's sources from _info.json: %s", err)
     return data_record(
-        config.data.shards, urls, selected_samples(info, urls), sources, config.run.data_name
+        # `info` is narrowed to the selected shards: num_samples is theirs
+        config.data.shards, urls, info.num_samples if info else None, sources, config.run.data_name
     )
 
 
@@ -476,7 +459,7 @@ class Trainer:
         seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
 
         self.urls = expand_shard_urls(config.data.shards, config.data.split, config.data)
-        self.info_url = config.data.info or find_info_url(self.urls, config.data)  # once a run
+        self.info_url = info_location(config.data, self.urls)  # looked for once a run
         self.info = dataset_info(config.data, self.urls, self.info_url)
         self.schedule = plan_schedule(
             config.optim,
