@@ -714,12 +714,13 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
     CHECKPOINT is a training checkpoint of `inf590k pretrain`, or a released InfMAE, ConvMAE or
     MAE pretraining checkpoint (.pth)."""
     from pretrain.checkpoint import export_checkpoint
-    from pretrain.models.reference import export_reference, is_reference_checkpoint
+    from pretrain.models.reference import export_reference, reference_state
 
     try:
-        if kind != "auto" or is_reference_checkpoint(checkpoint):
+        state = reference_state(checkpoint)  # read once: a released checkpoint is handed on
+        if kind != "auto" or state is not None:
             folder = export_reference(checkpoint, out, None if kind == "auto" else kind,
-                                      in_chans=int(in_chans), stage3=stage3)
+                                      in_chans=int(in_chans), stage3=stage3, state=state)
         else:
             folder = export_checkpoint(checkpoint, out, stage3)
     except (ValueError, OSError) as err:

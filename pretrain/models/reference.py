@@ -296,18 +296,16 @@ def init_from_reference(
     return load_reference_checkpoint(source, kind, **overrides)
 
 
-def is_reference_checkpoint(path: str | Path) -> bool:
-    """True for a released InfMAE / ConvMAE / MAE checkpoint, False for one of our runs' own
-    (those hold a `model_config`)."""
+def reference_state(path: str | Path) -> dict[str, Tensor] | None:
+    """The state dict of a released InfMAE / ConvMAE / MAE checkpoint, read once to be handed
+    on; None for anything else (one of our runs' own checkpoints, which hold a `model_config`)."""
     try:
         state = read_reference_state(path)
-    except ReferenceCheckpointError:
-        return False
-    try:
         reference_kind(state)
     except ReferenceCheckpointError:
-        return False
-    return True
+        return None
+    return state
+
 
 
 def export_reference(
@@ -317,12 +315,14 @@ def export_reference(
     in_chans: int = 1,
     stage3: str = "fused",
     num_heads: int | None = None,
+    state: Mapping[str, Tensor] | None = None,
 ) -> Path:
     """Export a released checkpoint's encoder like our own (safetensors, timm config.json and a
-    model card), converted to `in_chans` (1: the toolkit's infrared input). Returns the folder."""
+    model card), converted to `in_chans` (1: the toolkit's infrared input). Returns the folder.
+    `state`: the checkpoint's state dict when the caller has read `source` already."""
     from pretrain.models.export import export_encoder, feature_lines
 
-    state = read_reference_state(source)
+    state = read_reference_state(source if state is None else state)
     kind = reference_kind(state) if kind is None else kind
     model = load_reference_checkpoint(state, kind, num_heads=num_heads, in_chans=in_chans)
     folder = Path(export_encoder(model, out_dir, stage3)).parent
@@ -359,12 +359,13 @@ def encoder_folder(encoder: str | Path, work_dir: str | Path) -> str:
     path = Path(encoder)
     if not path.is_file():
         return str(encoder)
-    if not is_reference_checkpoint(path):
+    state = reference_state(path)
+    if state is None:
         raise ReferenceCheckpointError(
             f"{path} is not a released InfMAE / ConvMAE / MAE checkpoint; pass an `inf590k "
             "export` folder (export a training checkpoint with `inf590k export CKPT --out DIR`)"
         )
     folder = Path(work_dir) / f"{path.stem}-export"
     if not (folder / "config.json").is_file():
-        export_reference(path, folder)
+        export_reference(path, folder, state=state)
     return str(folder)
