@@ -1,12 +1,13 @@
 """A progress bar that moves per sample while worker processes do the work.
 
 Workers call `tick()` after each sample; in a pool they send the ticks through a queue that
-`SampleProgress` hands to each worker at start (`SampleProgress.initializer`), and a thread in
+`SampleProgress` hands to each worker at start (`SampleProgress.worker_init`), and a thread in
 the parent moves the bar. In the parent itself (one worker) `tick()` moves the bar directly.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from multiprocessing.context import BaseContext
@@ -33,7 +34,7 @@ def tick(samples: int = 1) -> None:
 
 class SampleProgress:
     """`with SampleProgress(total, desc, enabled, context) as progress:` then pass
-    `progress.initializer`/`progress.initargs` to the pool (context: the pool's)."""
+    `progress.worker_init` to the pool as its initializer (context: the pool's)."""
 
     def __init__(self, total: int, desc: str, enabled: bool, context: BaseContext | None) -> None:
         # nothing to do (a finished folder): no "0img" bar
@@ -42,12 +43,9 @@ class SampleProgress:
         self._thread: threading.Thread | None = None
 
     @property
-    def initializer(self) -> Callable | None:
-        return _connect_queue if self.queue is not None else None
-
-    @property
-    def initargs(self) -> tuple:
-        return (self.queue,) if self.queue is not None else ()
+    def worker_init(self) -> Callable[[], None] | None:
+        """The pool initializer that routes a worker's ticks to this bar (None: no pool)."""
+        return functools.partial(_connect_queue, self.queue) if self.queue is not None else None
 
     def _drain(self) -> None:
         while (samples := self.queue.get()) is not None:

@@ -40,7 +40,6 @@ ours and is refused; only files it names are ever replaced or removed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -972,9 +971,8 @@ def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Itera
         return
     context = multiprocessing.get_context(pool_start_method())
     with progress.SampleProgress(total, "shard", enabled, context) as bar:
-        initializer = functools.partial(bar.initializer, *bar.initargs) if bar.initializer else None
         # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
-        with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.shard",), initializer) as pool:
+        with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.shard",), bar.worker_init) as pool:
             yield from pool.map(write_shard, ((job,) for job in largest_first))
 
 

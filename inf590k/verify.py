@@ -12,7 +12,6 @@ import io
 import json
 import multiprocessing
 import tarfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from inf590k.shard import (
     stats_path,
     tar_path,
 )
+from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
 BASE_MEMBERS = ("cls", "json", "png")
 REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
@@ -287,12 +287,11 @@ def _run_checks(
                 report.samples += count
                 report.problems += problems
         return
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context(pool_start_method())
     with progress.SampleProgress(total, "verify", enabled, context) as bar:
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=bar.initializer, initargs=bar.initargs
-        ) as pool:
-            for count, problems in pool.map(check_shard, checks):
+        # the build stages' pool: forkserver-started, workers die with this process
+        with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.verify",), bar.worker_init) as pool:
+            for count, problems in pool.map(check_shard, ((check,) for check in checks)):
                 report.samples += count
                 report.problems += problems
 
