@@ -53,14 +53,21 @@ def read_report(dataset: Path) -> dict | None:
         return None
 
 
-def report_is_fresh(dataset: Path) -> bool:
-    """metadata/report/ was written for the data/_info.json that is there now."""
+def fresh_report(dataset: Path) -> dict | None:
+    """The report's numbers when metadata/report/ was written for the data/_info.json that is
+    there now; None when it is missing or stale."""
     numbers = read_report(dataset)
-    return (
+    fresh = (
         bool(numbers)
         and numbers.get("info_sha256") == info_sha256(dataset)
         and all((Path(dataset) / REPORT_DIR / name).is_file() for name in REPORT_FILES)
     )
+    return numbers if fresh else None
+
+
+def report_is_fresh(dataset: Path) -> bool:
+    """metadata/report/ was written for the data/_info.json that is there now."""
+    return fresh_report(dataset) is not None
 
 
 def size_category(samples: int) -> str:
@@ -396,7 +403,7 @@ def card_text(dataset: Path) -> str:
     info = read_info(dataset)
     table = read_sources_table(dataset)
     counts = json.loads((dataset / COUNTS_PATH).read_text())
-    numbers = read_report(dataset) if report_is_fresh(dataset) else None
+    numbers = fresh_report(dataset)
     shards = info_shards(info)
     samples = sum(n for _, n in shards)
     members = ", ".join(f"`{{uid}}.{m}`" for m in info.get("members", ["cls", "json", "png"]))

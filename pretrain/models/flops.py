@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_flops_by_part(
-    model: nn.Module, inputs: Tensor | tuple[Tensor, ...], parts: Iterable[str]
+    model: nn.Module, inputs: tuple[Tensor, ...], parts: Iterable[str]
 ) -> dict[str, int]:
     """Forward FLOPs (2 per multiply-add) of `model(*inputs)` for each named child module.
 
@@ -21,7 +21,7 @@ def count_flops_by_part(
     """
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        model(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+        model(*inputs)
     by_module = counter.get_flop_counts()
     root = type(model).__name__
     flops = {part: sum(by_module.get(f"{root}.{part}", {}).values()) for part in parts}

@@ -235,7 +235,7 @@ class LoadedSplit:
     masks: torch.Tensor  # [N, S, S] int64: 0/1, or class ids with IGNORE_INDEX (for training)
     # The masks as read, [H_i, W_i] uint8 each: metrics are taken on these, never on resized
     # masks (nearest-neighbour resizing can erase a target of a few pixels).
-    full_masks: tuple[np.ndarray, ...] = ()
+    full_masks: tuple[np.ndarray, ...]
 
 
 def load_split(samples: Sequence[Sample], size: int, binary: bool = True) -> LoadedSplit:

@@ -272,7 +272,7 @@ def save_predictions_png(path: Path, data: LoadedSplit, predictions: Sequence[np
     figure = Figure(figsize=(6, 2 * rows + 0.4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, 3, squeeze=False)
-    masks = data.full_masks or tuple(data.masks.numpy())
+    masks = data.full_masks
     labels = max(1, max(int(m[m != IGNORE_INDEX].max(initial=0)) for m in masks[:rows]),
                  max(int(p.max(initial=0)) for p in predictions[:rows]))
     for row in range(rows):
@@ -335,7 +335,7 @@ def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, data: ProbeData,
     if not all(math.isfinite(v) for v in losses):
         raise ProbeError(f"the loss diverged (non-finite) in {spec.label} training: "
                          f"lower --lr (now {config.lr})")
-    truths = test.full_masks or tuple(test.masks.numpy())  # the masks as read
+    truths = test.full_masks  # the masks as read
     predictions = predict(model, test.images, config.batch_size, config.threshold, device,
                           sizes=[truth.shape for truth in truths])
     metrics = evaluate(predictions, truths, data.samples.num_classes, config.distance)
