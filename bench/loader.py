@@ -7,10 +7,12 @@ frames of ../shared/ir-samples, else synthetic ones) cropped to 224 with RandomR
   (a) ours:  PNGs written by the shard writer (`encode_png`), read by `pretrain.data.ShardStream`;
   (b) stock: the same frames written with OpenCV's default PNG parameters, read by webdataset
              `.decode("l")` + torchvision v2 RandomResizedCrop + RandomHorizontalFlip;
-  (c) bare:  a loop that only decodes our PNGs (`cv2.imdecode`), already in memory.
+  (c) bare:  a loop that only decodes our PNGs (`cv2.imdecode`, whole frames), in memory.
 
 It prints images/s per core of each, `ratio: X.XXx` (a / b, target >= 2.0x), `codec bound:
-Y.YYx` (a / c, target >= 0.85x) and the memory of one loader worker.
+Y.YYx` (a / c, target >= 0.85x) and the memory of one loader worker. The loader does not call
+`cv2.imdecode`: it decodes only each crop's rows and columns (pretrain/pngcrop.py), so two more
+bare loops show how far it is from its own decoder: whole frames, and the same crop boxes alone.
 
     python bench/loader.py [--images 1280] [--reps 3] [--samples DIR]
 """
@@ -40,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from png import real_frames, thermal_frame  # noqa: E402  (sibling script in bench/)
 
 from inf590k.shard import encode_png  # noqa: E402
-from pretrain.data import DataConfig, ShardStream, loader_for  # noqa: E402
+from pretrain.data import DataConfig, ShardStream, crop_box, loader_for  # noqa: E402
+from pretrain.pngcrop import decode_box, decode_png, read_header  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -141,6 +144,25 @@ def bare(pngs: list[bytes], images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def bare_own(pngs: list[bytes], images: int) -> float:
+    """The loader's decoder on whole frames (header, CRCs, inflate, row sums)."""
+    start = time.perf_counter()
+    for data in itertools.islice(itertools.cycle(pngs), images):
+        decode_png(data, 10**9)
+    return images / (time.perf_counter() - start)
+
+
+def bare_crops(pngs: list[bytes], images: int) -> float:
+    """The loader's decoder on the crop boxes the loader draws, and nothing else."""
+    config = DataConfig()
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for data in itertools.islice(itertools.cycle(pngs), images):
+        header = read_header(data)
+        decode_box(data, header, crop_box(header.height, header.width, rng, config))
+    return images / (time.perf_counter() - start)
+
+
 def png_members(url: str) -> list[bytes]:
     with tarfile.open(url) as tar:
         return [tar.extractfile(m).read() for m in tar if m.name.endswith(".png")]
@@ -189,13 +211,15 @@ def main() -> None:
             Path(tmp) / "stock", args.shards, args.per_shard, opencv_default_png
         )
         pngs = [png for url in ours_urls for png in png_members(url)]
-        runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-        for _ in range(args.reps):  # interleaved: background load hits all three alike
+        runs: dict[str, list[float]] = {key: [] for key in ("a", "b", "c", "own", "crops")}
+        for _ in range(args.reps):  # interleaved: background load hits all of them alike
             runs["a"].append(ours(ours_urls, args.images))
             runs["b"].append(stock(stock_urls, args.images))
             runs["c"].append(bare(pngs, args.images))
+            runs["own"].append(bare_own(pngs, args.images))
+            runs["crops"].append(bare_crops(pngs, args.images))
         memory = worker_memory(ours_urls)
-    a, b, c = (statistics.median(runs[k]) for k in "abc")
+    a, b, c, own, crops = (statistics.median(runs[k]) for k in ("a", "b", "c", "own", "crops"))
     print(
         f"{args.images} images per run, {args.reps} runs each (medians), 640x512 8-bit PNG -> "
         f"{SIZE}x{SIZE} bicubic RandomResizedCrop + flip, batch {BATCH}, 1 thread"
@@ -203,8 +227,14 @@ def main() -> None:
     print(f"(a) ours  (shard writer PNGs, pretrain.data): {a:7.1f} images/s per core")
     print(f"(b) stock (OpenCV default PNGs, wds + tv)   : {b:7.1f} images/s per core")
     print(f"(c) bare cv2.imdecode of our PNGs           : {c:7.1f} images/s per core")
+    print(f"    bare pretrain.pngcrop, whole frames     : {own:7.1f} images/s per core")
+    print(f"    bare pretrain.pngcrop, the crop boxes   : {crops:7.1f} images/s per core")
     print(f"ratio: {a / b:.2f}x (a / b, target >= 2.0x)")
     print(f"codec bound: {a / c:.2f}x (a / c, target >= 0.85x)")
+    print(
+        f"against the loader's own decoder: {a / own:.2f}x its whole-frame decode, "
+        f"{a / crops:.2f}x decoding the crops alone (the rest: resize, tar, shuffle, batch)"
+    )
     print(f"loader memory per worker: {memory}")
 
 

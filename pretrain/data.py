@@ -17,7 +17,6 @@ import os
 import pickle
 import posixpath
 import random
-import struct
 import time
 import urllib.error
 import urllib.parse
@@ -32,15 +31,20 @@ import numpy as np
 import torch
 import webdataset as wds
 from webdataset.filters import _shuffle
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.tariterators import group_by_keys
+
+from pretrain.pngcrop import check_pixels, decode_box, decode_png, read_header
+from pretrain.tarstream import tar_members
 
 log = logging.getLogger(__name__)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INFO_NAME = "_info.json"
 HF_HOSTS = ("huggingface.co", "hf.co")
 # HTTP statuses worth retrying; any other 4xx is a wrong URL or missing rights.
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
+# Crops of at least this many pixels are resized by `resize_bicubic_packed` (faster there;
+# below it torch's fixed cost per call dominates).
+PACKED_RESIZE_PIXELS = 40_000
 
 
 class ShardUnreachableError(RuntimeError):
@@ -418,28 +422,10 @@ def open_url(url: str, config: DataConfig) -> IO[bytes]:
 # ---------------------------------------------------------------------------- decoding, crops
 
 
-def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the IHDR chunk, read before decoding (bomb check)."""
-    if len(data) < 24 or data[:8] != PNG_SIGNATURE:
-        raise ValueError("not a PNG")
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
-
-
 def decode_ir_png(data: bytes, max_pixels: int) -> np.ndarray:
-    """PNG bytes -> [H, W] uint8 or uint16 (gray; colour PNGs are converted)."""
-    width, height = png_size(data)
-    if width * height > max_pixels:
-        raise ValueError(f"{width}x{height} exceeds the {max_pixels}-pixel cap")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError("OpenCV could not decode the PNG")
-    if image.ndim == 3:
-        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
-        image = cv2.cvtColor(image, code)
-    if image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"unsupported PNG dtype {image.dtype}")
-    return image
+    """PNG bytes -> [H, W] uint8 or uint16 (gray; colour PNGs are converted). The size is
+    checked against `max_pixels` before anything is inflated."""
+    return decode_png(data, max_pixels)
 
 
 def decode_raw_npy(data: bytes, max_pixels: int) -> np.ndarray:
@@ -500,7 +486,10 @@ def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[h, w] uint8 -> [H, W] uint8, bicubic with antialiasing: torchvision's resize with
     interpolation=3 (BICUBIC), as MAE, InfMAE and DuGI-MAE crop (PIL bicubic is the same
     filter). OpenCV's INTER_CUBIC would alias on downscaling, changing the crops' entropy.
-    torch's kernel is called directly: torchvision's wrapper adds ~30% here, same pixels."""
+    torch's kernel is called directly: torchvision's wrapper adds ~30% here, same pixels.
+    Large crops go through `resize_bicubic_packed` (same pixels, ~1.7x faster)."""
+    if image.shape[0] * image.shape[1] >= PACKED_RESIZE_PIXELS:
+        return resize_bicubic_packed(image, size)
     tensor = torch.from_numpy(image)[None, None]  # [1, 1, h, w] view, no copy
     resized = torch.nn.functional.interpolate(
         tensor, size=size, mode="bicubic", antialias=True, align_corners=False
@@ -508,22 +497,81 @@ def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized[0, 0].numpy()
 
 
+def _resize_columns(image: np.ndarray, rows: int) -> np.ndarray:
+    """[h, w] uint8 with w % 4 == 0 -> [rows, w]: a vertical-only resize that treats each run
+    of 4 columns as the channels of one pixel (a free view), where torch's uint8 kernel is
+    fastest."""
+    height, width = image.shape
+    packed = torch.from_numpy(image).view(height, width // 4, 4).permute(2, 0, 1)[None]
+    out = torch.nn.functional.interpolate(  # [1, 4, rows, w/4], planar memory
+        packed, size=(rows, width // 4), mode="bicubic", antialias=True, align_corners=False
+    )
+    planes = out[0].numpy()  # [4, rows, w/4]
+    return cv2.merge(list(planes)).reshape(rows, width)  # interleave: ~8x torch's permute copy
+
+
+def resize_bicubic_packed(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`resize_bicubic`, pixel for pixel, as two vertical-only passes on 4-channel views.
+
+    torch resizes a 1-channel uint8 image at ~1/4 of its per-pixel speed on 4-channel
+    images (profiled). The separable filter runs horizontally first, then vertically, each
+    rounded to uint8 as torch and PIL do; the horizontal pass is a vertical one on the
+    transposed crop. Padding rows/columns up to a multiple of 4 are independent channels:
+    they never mix with real pixels and are cut off."""
+    out_h, out_w = size
+    height, width = image.shape
+    transposed = np.zeros((width, -(-height // 4) * 4), np.uint8)  # [w, h rounded up to 4]
+    transposed[:, :height] = cv2.transpose(image)
+    across = cv2.transpose(_resize_columns(transposed, out_w))[:height]  # [h, W]
+    padded_w = -(-out_w // 4) * 4
+    if padded_w != out_w:
+        across = np.pad(across, ((0, 0), (0, padded_w - out_w)))
+    return np.ascontiguousarray(_resize_columns(np.ascontiguousarray(across), out_h)[:, :out_w])
+
+
 def crop_flip(
     image: np.ndarray, size: tuple[int, int], rng: np.random.Generator, config: DataConfig
 ) -> np.ndarray:
-    """RandomResizedCrop (bicubic) + horizontal flip, resizing only the crop -> [H, W] uint8.
+    """RandomResizedCrop (bicubic) + horizontal flip of a decoded frame -> [H, W] uint8.
 
     16-bit frames are stretched to 8 bits (range of the whole frame) before the resize."""
-    top, left, h, w = random_resized_crop_box(
-        image.shape[0], image.shape[1], rng, (config.scale_min, config.scale_max)
-    )
+    top, left, h, w = crop_box(image.shape[0], image.shape[1], rng, config)
     crop = image[top : top + h, left : left + w]
     if crop.dtype == np.uint16:
         crop = to_uint8(crop, *stretch_range(image))
+    return resize_flip(crop, size, rng, config)
+
+
+def crop_box(
+    height: int, width: int, rng: np.random.Generator, config: DataConfig
+) -> tuple[int, int, int, int]:
+    return random_resized_crop_box(height, width, rng, (config.scale_min, config.scale_max))
+
+
+def resize_flip(
+    crop: np.ndarray, size: tuple[int, int], rng: np.random.Generator, config: DataConfig
+) -> np.ndarray:
+    """[h, w] uint8 crop -> [H, W] uint8: the bicubic resize, then the flip draw."""
     out = resize_bicubic(crop, size)
     if rng.random() < config.hflip:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
+
+
+def crop_png(
+    data: bytes, size: tuple[int, int], rng: np.random.Generator, config: DataConfig
+) -> np.ndarray:
+    """PNG bytes -> RandomResizedCrop + flip [H, W] uint8, decoding only the crop's rows and
+    columns (pretrain.pngcrop). The same pixels and draws as `crop_flip(decode_ir_png(...))`:
+    the box comes from the header's size before anything is inflated. A 16-bit frame is
+    decoded whole: its 8-bit stretch takes the range of the whole frame."""
+    header = read_header(data)
+    check_pixels(header, config.max_pixels)
+    if header.bit_depth == 16:
+        frame = decode_box(data, header, (0, 0, header.height, header.width))
+        return crop_flip(frame, size, rng, config)
+    crop = decode_box(data, header, crop_box(header.height, header.width, rng, config))
+    return resize_flip(crop, size, rng, config)
 
 
 def as_hw(size: int | Sequence[int]) -> tuple[int, int]:
@@ -698,7 +746,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                     current["count"] += 1
                 yield sample
 
-        files = tar_file_expander(opened(), handler=skip_corrupt, select_files=self._wanted)
+        files = _tar_files(opened(), self._wanted, handler=skip_corrupt)
         return counted(group_by_keys(files, handler=skip_corrupt))
 
     def _pass(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -719,9 +767,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             return crop_flip(raw, self.image_size, rng, self.config)
         if "png" not in sample:
             raise ValueError(f"sample {sample.get('__key__')} has no .png member")
-        return crop_flip(
-            decode_ir_png(sample["png"], self.config.max_pixels), self.image_size, rng, self.config
-        )
+        return crop_png(sample["png"], self.image_size, rng, self.config)
 
     def samples(self, worker: int, stats: WorkerPosition) -> Iterator[np.ndarray]:
         """Decoded crops forever, advancing `stats` (position and counters) as it goes."""
@@ -791,6 +837,26 @@ class ShardStream(torch.utils.data.IterableDataset):
                 dtype=torch.int64,
             )
             yield torch.from_numpy(batch), position
+
+
+def _tar_files(
+    sources: Iterator[dict[str, Any]],
+    wanted: Callable[[str], bool],
+    handler: Callable[[Exception], bool],
+) -> Iterator[dict[str, Any]]:
+    """webdataset's file samples ({"fname", "data", "__url__"}) of each opened shard, read by
+    pretrain.tarstream (~10x less time per member than tarfile's stream mode, profiled), and
+    an empty dict after each shard, which makes `group_by_keys` hand out the shard's last
+    sample before the next shard is opened. An error in a shard goes to `handler`, which
+    skips the rest of that shard or raises."""
+    for source in sources:
+        try:
+            for name, data in tar_members(source["stream"], wanted):
+                yield {"fname": name, "data": data, "__url__": source["url"]}
+            yield {}
+        except Exception as exc:  # noqa: BLE001 - the handler decides (skip or stop)
+            if not handler(exc):
+                return
 
 
 def _one_line(exc: BaseException) -> str:

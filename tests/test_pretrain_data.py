@@ -230,6 +230,18 @@ def test_truncated_shard_without_error_is_caught_by_its_length(dataset, tmp_path
     assert sorted(keys) == ["s000_0000", "s000_0001", "s000_0002"] and stats.shard_errors == 1
 
 
+def test_healthy_shards_give_every_sample_and_no_error(dataset):
+    """Each shard's last sample is counted before the next shard opens: no false alarm."""
+    from pretrain.data import WorkerPosition, expected_lengths
+
+    stream = stream_for([str(p) for p in dataset.shards], resampled=False)
+    stream.shard_lengths = expected_lengths(read_info(str(dataset.info_path)))
+    stats = WorkerPosition()
+    keys = [s["__key__"] for _, s in stream._pass(0, stats)]
+    assert sorted(keys) == sorted(uid for uids in dataset.uids for uid in uids)
+    assert stats.shard_errors == 0 and stats.bad_samples == 0
+
+
 def test_tracker_rotates_the_first_worker():
     tracker = StreamTracker(3)
     for worker in (0, 1, 2, 0):
