@@ -235,7 +235,13 @@ def main() -> None:
         f"against the loader's own decoder: {a / own:.2f}x its whole-frame decode, "
         f"{a / crops:.2f}x decoding the crops alone (the rest: resize, tar, shuffle, batch)"
     )
-    print(f"loader memory per worker: {memory}")
+    png_mib = statistics.mean(len(p) for p in pngs) / 2**20
+    default_buffer = DataConfig().shuffle_buffer
+    print(
+        f"loader memory per worker: {memory}, with a {SHUFFLE['shuffle_buffer']}-sample shuffle "
+        f"buffer; the default {default_buffer}-sample buffer holds "
+        f"~{png_mib * default_buffer:.0f} MiB of PNG bytes ({png_mib * 1024:.0f} KiB each)"
+    )
 
 
 if __name__ == "__main__":

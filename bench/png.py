@@ -2,7 +2,9 @@
 level) on real IR frames and synthetic 640x512, 1280x1024 and 16-bit frames.
 
 The shard writer picks decode speed first (the loader's cost), then size, then encode speed;
-docs/png-parameters.md holds the table this prints.
+docs/png-parameters.md holds the table this prints. Decode is timed twice: OpenCV
+(`cv2.imdecode`, what every client uses) and the loader's own decoder (pretrain/pngcrop.py,
+whole frames; it reads Up-filtered rows itself and hands any other PNG to OpenCV).
 
     python bench/png.py [--samples DIR] [--frames 24] [--reps 3]
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from pretrain.pngcrop import decode_png
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,22 +87,35 @@ def params(filter_name: str, strategy: str, level: int) -> list[int]:
     ]  # fmt: skip
 
 
-def measure(frames: list[np.ndarray], flags: list[int], reps: int) -> tuple[float, float, float]:
-    """(decode ms, size / raw, encode ms) per frame, medians over `reps` timed passes."""
+def measure(
+    frames: list[np.ndarray], flags: list[int], reps: int
+) -> tuple[float, float, float, float]:
+    """(OpenCV decode ms, loader decode ms, size / raw, encode ms) per frame, medians over
+    `reps` timed passes."""
     encoded = [cv2.imencode(".png", f, flags)[1] for f in frames]
     raw = sum(f.nbytes for f in frames)
     ratio = sum(e.size for e in encoded) / raw
-    decode, encode = [], []
+    as_bytes = [e.tobytes() for e in encoded]
+    decode, loader, encode = [], [], []
     for _ in range(reps):
         start = time.perf_counter()
         for data in encoded:
             cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
         decode.append((time.perf_counter() - start) / len(frames))
         start = time.perf_counter()
+        for data in as_bytes:
+            decode_png(data, 10**9)
+        loader.append((time.perf_counter() - start) / len(frames))
+        start = time.perf_counter()
         for frame in frames:
             cv2.imencode(".png", frame, flags)
         encode.append((time.perf_counter() - start) / len(frames))
-    return 1e3 * statistics.median(decode), ratio, 1e3 * statistics.median(encode)
+    return (
+        1e3 * statistics.median(decode),
+        1e3 * statistics.median(loader),
+        ratio,
+        1e3 * statistics.median(encode),
+    )
 
 
 def main() -> None:
@@ -116,7 +133,8 @@ def main() -> None:
         raise SystemExit(f"no 640x512 frames in {args.samples}: pass --samples DIR")
     levels = [int(v) for v in args.levels.split(",")]
     header = "| filter | strategy | level | " + " | ".join(
-        f"{name} ({len(frames)}): decode ms / size / encode ms" for name, frames in sets.items()
+        f"{name} ({len(frames)}): decode ms OpenCV / loader, size, encode ms"
+        for name, frames in sets.items()
     )
     print(header + " |")
     print("|---" * (3 + len(sets)) + "|")
@@ -125,10 +143,10 @@ def main() -> None:
             for level in levels:
                 cells = []
                 for frames in sets.values():
-                    decode, ratio, encode = measure(
+                    decode, loader, ratio, encode = measure(
                         frames, params(filter_name, strategy, level), args.reps
                     )
-                    cells.append(f"{decode:.2f} / {ratio:.3f} / {encode:.2f}")
+                    cells.append(f"{decode:.2f} / {loader:.2f}, {ratio:.3f}, {encode:.2f}")
                 print(f"| {filter_name} | {strategy} | {level} | " + " | ".join(cells) + " |")
 
 

@@ -111,24 +111,30 @@ def _filtered_rows(header: PngHeader, rows: int) -> np.ndarray | None:
     """The first `rows` filtered scanlines -> [rows, 1 + width * bpp] uint8, or None when one
     of them is not Up-filtered (row 0 may also be unfiltered: its prior row is zeros)."""
     stride = 1 + header.width * header.bytes_per_pixel
-    inflater = inflate_lib.decompressobj()
     wanted = rows * stride
-    parts, produced = [], 0
-    for chunk in header.idat:
-        part = inflater.decompress(chunk, wanted - produced)
-        parts.append(part)
-        produced += len(part)
-        if produced >= wanted:
-            break
-    if produced < wanted:
-        raise ValueError(
-            f"could not decode the PNG: its data ends at row {produced // stride + 1} of {rows}"
-        )
-    scanlines = np.frombuffer(b"".join(parts), np.uint8).reshape(rows, stride)
-    filters = scanlines[:, 0]
-    if filters[0] not in (FILTER_NONE, FILTER_UP) or (filters[1:] != FILTER_UP).any():
+    inflater = inflate_lib.decompressobj()
+    # The first IDAT chunk alone first: another writer's PNG (other filters) goes to OpenCV
+    # before the rest of it is inflated for nothing.
+    inflated = inflater.decompress(header.idat[0], wanted)
+    if not _up_filtered(np.frombuffer(inflated, np.uint8)[::stride]):
         return None
-    return scanlines
+    if len(inflated) < wanted and len(header.idat) > 1:
+        rest = header.idat[1] if len(header.idat) == 2 else b"".join(header.idat[1:])
+        inflated += inflater.decompress(rest, wanted - len(inflated))
+    if len(inflated) < rows * stride:
+        raise ValueError(
+            "could not decode the PNG: its data ends at row "
+            f"{len(inflated) // stride + 1} of {rows}"
+        )
+    scanlines = np.frombuffer(inflated, np.uint8).reshape(rows, stride)
+    return scanlines if _up_filtered(scanlines[:, 0]) else None
+
+
+def _up_filtered(filters: np.ndarray) -> bool:
+    """Rows 0.. have the Up filter (row 0 may have None: its prior row is zeros)."""
+    if len(filters) and filters[0] == FILTER_NONE:
+        filters = filters[1:]
+    return bool((filters == FILTER_UP).all())
 
 
 def _sum_rows(scanlines: np.ndarray, header: PngHeader, box: Box) -> np.ndarray:
