@@ -66,7 +66,7 @@ from inf590k.fsutil import available_cores, file_sha256, plural, write_text_atom
 from inf590k.ray_executor import open_executor
 from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
-FORMAT_VERSION = 2  # bump when the bytes of a sample change for the same catalog row
+FORMAT_VERSION = 3  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
 MIN_SHARD_LENGTH = 16  # samples: balancing never cuts every shard below this for one small bin
 SAMPLE_OVERHEAD_BYTES = 4096  # 3 tar headers + JSON + PNG headers, per sample (estimate)
@@ -307,15 +307,17 @@ def raw_npy(pixels: np.ndarray) -> bytes:
 
 
 def png_params(level: int) -> list[int]:
-    """cv2.imencode flags of the shards' PNGs: Up filter, RLE strategy, zlib `level`.
+    """cv2.imencode flags of the shards' PNGs: Up filter, Huffman-only deflate, zlib `level`.
 
-    Chosen by bench/png.py (table in docs/png-parameters.md): on real 640x512 IR frames it
-    decodes ~1.6x faster than libpng's adaptive filtering, is smaller and encodes faster;
-    Up + Huffman-only decodes as fast but is larger. Standard PNG, read by every decoder."""
+    Chosen by bench/png.py (tables in docs/png-parameters.md). The Up filter on every row is
+    what lets the loader decode only a crop's rows and columns (pretrain/pngcrop.py); with it,
+    Huffman-only streams inflate ~20% faster there than RLE ones on real IR frames for 2%
+    more bytes, and encode fastest. For libpng (OpenCV) it decodes ~1.6x faster than the
+    adaptive default. Standard PNG, read by every decoder."""
     return [
         cv2.IMWRITE_PNG_COMPRESSION, level,
         cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
-        cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+        cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
     ]  # fmt: skip
 
 
