@@ -113,14 +113,17 @@ def _filtered_rows(header: PngHeader, rows: int) -> np.ndarray | None:
     stride = 1 + header.width * header.bytes_per_pixel
     wanted = rows * stride
     inflater = inflate_lib.decompressobj()
-    # The first IDAT chunk alone first: another writer's PNG (other filters) goes to OpenCV
-    # before the rest of it is inflated for nothing.
-    inflated = inflater.decompress(header.idat[0], wanted)
-    if not _up_filtered(np.frombuffer(inflated, np.uint8)[::stride]):
-        return None
-    if len(inflated) < wanted and len(header.idat) > 1:
-        rest = header.idat[1] if len(header.idat) == 2 else b"".join(header.idat[1:])
-        inflated += inflater.decompress(rest, wanted - len(inflated))
+    try:
+        # The first IDAT chunk alone first: another writer's PNG (other filters) goes to
+        # OpenCV before the rest of it is inflated for nothing.
+        inflated = inflater.decompress(header.idat[0], wanted)
+        if not _up_filtered(np.frombuffer(inflated, np.uint8)[::stride]):
+            return None
+        if len(inflated) < wanted and len(header.idat) > 1:
+            rest = header.idat[1] if len(header.idat) == 2 else b"".join(header.idat[1:])
+            inflated += inflater.decompress(rest, wanted - len(inflated))
+    except inflate_lib.error as exc:  # a stream that is not deflate (its CRCs may be right)
+        raise ValueError(f"could not decode the PNG: {exc}") from None
     if len(inflated) < rows * stride:
         raise ValueError(
             "could not decode the PNG: its data ends at row "

@@ -153,6 +153,16 @@ def test_damaged_cut_and_foreign_data_fail_with_a_reason():
         decode_png(b"GIF89a" + bytes(64), 10**6)
     with pytest.raises(ValueError, match="outside"):
         decode_box(data, header, (60, 0, 10, 10))
+    # right CRCs over a stream that is not deflate: an error, not garbage pixels
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 0, 0, 0, 0)
+    junk = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", b"\x78\x9c" + bytes(range(250, 256)) * 40)
+        + png_chunk(b"IEND", b"")
+    )
+    with pytest.raises(ValueError, match="could not decode"):
+        decode_png(junk, 10**6)
 
 
 def test_a_bomb_is_refused_from_its_header_before_inflating():
