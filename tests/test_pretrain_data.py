@@ -242,6 +242,21 @@ def test_healthy_shards_give_every_sample_and_no_error(dataset):
     assert stats.shard_errors == 0 and stats.bad_samples == 0
 
 
+def test_pipe_and_gzipped_shards_stream_like_plain_ones(dataset, tmp_path):
+    """`pipe:` URLs (no peek, no seek) and .tar.gz shards give the same samples."""
+    import gzip
+
+    plain, second = dataset.shards[0], dataset.shards[1]
+    gzipped = tmp_path / "640x512" / "shard-000001.tar.gz"
+    gzipped.parent.mkdir()
+    gzipped.write_bytes(gzip.compress(second.read_bytes()))
+    reference = pass_keys(stream_for([str(plain), str(second)], resampled=False))
+    stream = stream_for([f"pipe:cat {plain}", str(gzipped)], resampled=False)
+    assert sorted(pass_keys(stream)) == sorted(reference)
+    images, _ = next(iter(stream))
+    assert images.shape == (4, 1, 16, 16)
+
+
 def test_tracker_rotates_the_first_worker():
     tracker = StreamTracker(3)
     for worker in (0, 1, 2, 0):
