@@ -13,8 +13,9 @@ Any PNG it does not handle (another filter on some row, interlacing, colour, pal
 transparency, bit depths other than 8 and 16) is decoded whole by OpenCV and then cropped, so
 every standard PNG still reads. Every chunk it uses is CRC-checked, as libpng does.
 
-Hand-written because no decoder (libpng, spng, Pillow, imagecodecs) can stop at a row or skip
-columns; the zlib inflate itself is ISA-L's (python-isal), zlib's where it is missing.
+Hand-written because no PNG decoder with a Python binding (OpenCV, Pillow, pyspng,
+imagecodecs, torchvision) stops at a row or skips columns; the inflate itself is ISA-L's
+(python-isal), zlib's where it is missing.
 """
 
 from __future__ import annotations
