@@ -377,41 +377,66 @@ def add_sample(
 
 
 class _HashingFile:
-    """A write-only file that hashes what passes through (tarfile needs write and tell).
+    """A write-only file that hashes what passes through, off the encoding thread.
 
-    Every FLUSH_EVERY bytes it starts an fdatasync in a background thread, so the disk
-    writes overlap with PNG encoding and the final fsync before the rename is short.
+    `write` hands each buffer to a writer thread (sha256 and file writes release the GIL)
+    and waits only for the buffer before it: hashing and writing one sample overlap the PNG
+    encoding of the next, with at most one buffer in flight. Every FLUSH_EVERY bytes the
+    writer starts an fdatasync in a third thread, so the final fsync before the rename is
+    short. Use as a context manager: leaving it waits for the threads (also on errors).
     """
 
     def __init__(self, handle: io.BufferedWriter) -> None:
         self.handle = handle
         self.digest = hashlib.sha256()
-        self.size = 0
-        self._unflushed = 0
+        self.size = 0  # bytes handed to write(), in order
+        self._unflushed = 0  # touched by the writer thread only
+        self._writer = ThreadPoolExecutor(1)
         self._syncer = ThreadPoolExecutor(1)
-        self._pending: Future | None = None
+        self._writing: Future | None = None
+        self._syncing: Future | None = None
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
+        self._wait_for_write()
         self.size += len(data)
-        self._unflushed += len(data)
-        written = self.handle.write(data)
-        if self._unflushed >= FLUSH_EVERY and (self._pending is None or self._pending.done()):
-            self.handle.flush()
-            self._pending = self._syncer.submit(os.fdatasync, self.handle.fileno())
-            self._unflushed = 0
-        return written
+        self._writing = self._writer.submit(self._write, data)
+        return len(data)
 
-    def tell(self) -> int:
-        return self.size
+    def _write(self, data: bytes) -> None:  # on the writer thread
+        self.digest.update(data)
+        self.handle.write(data)
+        self._unflushed += len(data)
+        if self._unflushed >= FLUSH_EVERY and (self._syncing is None or self._syncing.done()):
+            self.handle.flush()
+            self._syncing = self._syncer.submit(os.fdatasync, self.handle.fileno())
+            self._unflushed = 0
+
+    def _wait_for_write(self) -> None:
+        """Block until the buffer in flight is written; its error is raised here."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+    def _wait_for_threads(self) -> None:
+        try:
+            self._wait_for_write()
+        finally:
+            self._writer.shutdown()
+            self._syncer.shutdown()  # waits for an fdatasync in progress
 
     def sync(self) -> None:
-        """Everything written is on disk when this returns."""
+        """Everything written is hashed and on disk when this returns."""
+        self._wait_for_threads()
+        if self._syncing is not None:
+            self._syncing.result()
         self.handle.flush()
-        if self._pending is not None:
-            self._pending.result()
-        self._syncer.shutdown()
         os.fsync(self.handle.fileno())
+
+    def __enter__(self) -> _HashingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._wait_for_threads()  # before the caller closes the file under the writer
 
 
 # ----------------------------------------------------------------------------- sources table
@@ -758,8 +783,7 @@ def write_shard(job: ShardJob) -> dict:
     target = tar_path(job.out, job.relpath)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = target.with_name(target.name + ".tmp")
-    with open(tmp_path, "wb") as handle:
-        hashing = _HashingFile(handle)
+    with open(tmp_path, "wb") as handle, _HashingFile(handle) as hashing:
         files = _read_files(job.build, job.rows)
         for (row, data), cls, meta in zip(files, job.classes, job.jsons, strict=True):
             try:
