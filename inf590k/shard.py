@@ -338,12 +338,53 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+# The fixed fields of a ustar header after the size: mtime, checksum placeholder, type,
+# linkname, magic, empty uname/gname/devmajor/devminor/prefix, padding (name, mode and
+# ids come before).
+_USTAR_MODE_IDS = b"0000644\0" + b"0000000\0" * 2
+_USTAR_TAIL = (
+    b"%011o\0" % FIXED_MTIME
+    + b" " * 8
+    + tarfile.REGTYPE
+    + tarfile.NUL * 100
+    + tarfile.POSIX_MAGIC
+    + tarfile.NUL * (32 + 32 + 8 + 8 + 155 + 12)
+)
+_USTAR_MAX_SIZE = 8**11  # what 11 octal digits hold
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A member's header: the bytes `tarfile` writes for `_tar_member(name, size)` (PAX format,
+    empty device fields for a regular file, as current Python does).
+
+    Short ASCII names (every uid here) get a plain ustar block, built directly: tarfile's
+    generic path costs as much as writing the member. Anything else goes through tarfile.
+    """
+    if not (name.isascii() and len(name) <= 100 and size < _USTAR_MAX_SIZE):
+        return _tar_member(name, size).tobuf(
+            tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"
+        )
+    encoded = name.encode()
+    block = b"".join(
+        (
+            encoded,
+            tarfile.NUL * (100 - len(encoded)),
+            _USTAR_MODE_IDS,
+            b"%011o\0" % size,
+            _USTAR_TAIL,
+        )
+    )
+    checksum = b"%06o\0" % sum(block)  # over the block with 8 spaces as its checksum field
+    return block[:148] + checksum + block[155:]
+
+
 def tar_member_bytes(name: str, payload: bytes) -> list[bytes]:
     """A member as `tarfile.addfile` writes it to a PAX archive: header, payload, padding."""
-    header = _tar_member(name, len(payload)).tobuf(
-        tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"
-    )
-    return [header, payload, tarfile.NUL * (-len(payload) % tarfile.BLOCKSIZE)]
+    return [
+        tar_header(name, len(payload)),
+        payload,
+        tarfile.NUL * (-len(payload) % tarfile.BLOCKSIZE),
+    ]
 
 
 def tar_end(size: int) -> bytes:
@@ -1020,7 +1061,10 @@ def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Itera
     context = multiprocessing.get_context(pool_start_method())
     with progress.SampleProgress(total, "shard", enabled, context) as bar:
         # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
-        with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.shard",), bar.worker_init) as pool:
+        with (
+            sigterm_as_interrupt(),
+            LocalExecutor(workers, ("inf590k.shard",), bar.worker_init) as pool,
+        ):
             yield from pool.map(write_shard, ((job,) for job in largest_first))
 
 
