@@ -54,6 +54,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -339,57 +340,146 @@ def _tar_member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+# The fixed fields of a ustar header after the size: mtime, checksum placeholder, type,
+# linkname, magic, empty uname/gname/devmajor/devminor/prefix, padding (name, mode and
+# ids come before).
+_USTAR_MODE_IDS = b"0000644\0" + b"0000000\0" * 2
+_USTAR_TAIL = (
+    b"%011o\0" % FIXED_MTIME
+    + b" " * 8
+    + tarfile.REGTYPE
+    + tarfile.NUL * 100
+    + tarfile.POSIX_MAGIC
+    + tarfile.NUL * (32 + 32 + 8 + 8 + 155 + 12)
+)
+_USTAR_MAX_SIZE = 8**11  # what 11 octal digits hold
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """A member's header: the bytes `tarfile` writes for `_tar_member(name, size)` (PAX format,
+    empty device fields for a regular file, as current Python does).
+
+    Short ASCII names (every uid here) get a plain ustar block, built directly: tarfile's
+    generic path costs as much as writing the member. Anything else goes through tarfile.
+    """
+    if not (name.isascii() and len(name) <= 100 and size < _USTAR_MAX_SIZE):
+        return _tar_member(name, size).tobuf(
+            tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"
+        )
+    encoded = name.encode()
+    block = b"".join(
+        (
+            encoded,
+            tarfile.NUL * (100 - len(encoded)),
+            _USTAR_MODE_IDS,
+            b"%011o\0" % size,
+            _USTAR_TAIL,
+        )
+    )
+    checksum = b"%06o\0" % sum(block)  # over the block with 8 spaces as its checksum field
+    return block[:148] + checksum + block[155:]
+
+
+def tar_member_bytes(name: str, payload: bytes) -> list[bytes]:
+    """A member as `tarfile.addfile` writes it to a PAX archive: header, payload, padding."""
+    return [
+        tar_header(name, len(payload)),
+        payload,
+        tarfile.NUL * (-len(payload) % tarfile.BLOCKSIZE),
+    ]
+
+
+def tar_end(size: int) -> bytes:
+    """What `TarFile.close` appends to an archive of `size` bytes: two zero blocks, then
+    zeros up to a whole record."""
+    end = size + 2 * tarfile.BLOCKSIZE
+    return tarfile.NUL * (2 * tarfile.BLOCKSIZE + -end % tarfile.RECORDSIZE)
+
+
 def add_sample(
-    tar: tarfile.TarFile,
+    tar: BinaryIO | _HashingFile,
     uid: str,
     cls: int,
     json_bytes: bytes,
     png: bytes,
     raw: bytes | None = None,
 ) -> None:
-    """A sample's members, sorted by extension (cls, json, npy, png), next to each other."""
+    """A sample's members, sorted by extension (cls, json, npy, png), next to each other.
+
+    The tar bytes are built here and written at once (the same bytes as `TarFile.addfile`,
+    without its per-member copy loop of 16 KiB writes); `tar_end` closes the archive.
+    """
     members = [("cls", str(cls).encode()), ("json", json_bytes), ("npy", raw), ("png", png)]
-    for extension, payload in members:
-        if payload is not None:
-            tar.addfile(_tar_member(f"{uid}.{extension}", len(payload)), io.BytesIO(payload))
+    parts = [
+        part
+        for extension, payload in members
+        if payload is not None
+        for part in tar_member_bytes(f"{uid}.{extension}", payload)
+    ]
+    tar.write(b"".join(parts))
 
 
 class _HashingFile:
-    """A write-only file that hashes what passes through (tarfile needs write and tell).
+    """A write-only file that hashes what passes through, off the encoding thread.
 
-    Every FLUSH_EVERY bytes it starts an fdatasync in a background thread, so the disk
-    writes overlap with PNG encoding and the final fsync before the rename is short.
+    `write` hands each buffer to a writer thread (sha256 and file writes release the GIL)
+    and waits only for the buffer before it: hashing and writing one sample overlap the PNG
+    encoding of the next, with at most one buffer in flight. Every FLUSH_EVERY bytes the
+    writer starts an fdatasync in a third thread, so the final fsync before the rename is
+    short. Use as a context manager: leaving it waits for the threads (also on errors).
     """
 
     def __init__(self, handle: io.BufferedWriter) -> None:
         self.handle = handle
         self.digest = hashlib.sha256()
-        self.size = 0
-        self._unflushed = 0
+        self.size = 0  # bytes handed to write(), in order
+        self._unflushed = 0  # touched by the writer thread only
+        self._writer = ThreadPoolExecutor(1)
         self._syncer = ThreadPoolExecutor(1)
-        self._pending: Future | None = None
+        self._writing: Future | None = None
+        self._syncing: Future | None = None
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
+        self._wait_for_write()
         self.size += len(data)
-        self._unflushed += len(data)
-        written = self.handle.write(data)
-        if self._unflushed >= FLUSH_EVERY and (self._pending is None or self._pending.done()):
-            self.handle.flush()
-            self._pending = self._syncer.submit(os.fdatasync, self.handle.fileno())
-            self._unflushed = 0
-        return written
+        self._writing = self._writer.submit(self._write, data)
+        return len(data)
 
-    def tell(self) -> int:
-        return self.size
+    def _write(self, data: bytes) -> None:  # on the writer thread
+        self.digest.update(data)
+        self.handle.write(data)
+        self._unflushed += len(data)
+        if self._unflushed >= FLUSH_EVERY and (self._syncing is None or self._syncing.done()):
+            self.handle.flush()
+            self._syncing = self._syncer.submit(os.fdatasync, self.handle.fileno())
+            self._unflushed = 0
+
+    def _wait_for_write(self) -> None:
+        """Block until the buffer in flight is written; its error is raised here."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+    def _wait_for_threads(self) -> None:
+        try:
+            self._wait_for_write()
+        finally:
+            self._writer.shutdown()
+            self._syncer.shutdown()  # waits for an fdatasync in progress
 
     def sync(self) -> None:
-        """Everything written is on disk when this returns."""
+        """Everything written is hashed and on disk when this returns."""
+        self._wait_for_threads()
+        if self._syncing is not None:
+            self._syncing.result()
         self.handle.flush()
-        if self._pending is not None:
-            self._pending.result()
-        self._syncer.shutdown()
         os.fsync(self.handle.fileno())
+
+    def __enter__(self) -> _HashingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._wait_for_threads()  # before the caller closes the file under the writer
 
 
 # ----------------------------------------------------------------------------- sources table
@@ -736,21 +826,20 @@ def write_shard(job: ShardJob) -> dict:
     target = tar_path(job.out, job.relpath)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = target.with_name(target.name + ".tmp")
-    with open(tmp_path, "wb") as handle:
-        hashing = _HashingFile(handle)
-        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            files = _read_files(job.build, job.rows)
-            for (row, data), cls, meta in zip(files, job.classes, job.jsons, strict=True):
-                try:
-                    view8, raw = load(row, data)
-                except Exception as error:
-                    raise RuntimeError(
-                        f"{job.relpath}: cannot re-read {row['uid']} ({row['source']}/{row['relpath']}): "
-                        f"{error}; restore the source files or re-run `inf590k ingest`"
-                    ) from error
-                png = encode_png(view8, job.png_level)
-                add_sample(tar, row["uid"], cls, meta, png, None if raw is None else raw_npy(raw))
-                progress.tick()
+    with open(tmp_path, "wb") as handle, _HashingFile(handle) as hashing:
+        files = _read_files(job.build, job.rows)
+        for (row, data), cls, meta in zip(files, job.classes, job.jsons, strict=True):
+            try:
+                view8, raw = load(row, data)
+            except Exception as error:
+                raise RuntimeError(
+                    f"{job.relpath}: cannot re-read {row['uid']} ({row['source']}/{row['relpath']}): "
+                    f"{error}; restore the source files or re-run `inf590k ingest`"
+                ) from error
+            png = encode_png(view8, job.png_level)
+            add_sample(hashing, row["uid"], cls, meta, png, None if raw is None else raw_npy(raw))
+            progress.tick()
+        hashing.write(tar_end(hashing.size))
         hashing.sync()
     os.replace(tmp_path, target)
     _fsync_dir(target.parent)
@@ -974,7 +1063,10 @@ def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Itera
     context = multiprocessing.get_context(pool_start_method())
     with progress.SampleProgress(total, "shard", enabled, context) as bar:
         # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
-        with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.shard",), bar.worker_init) as pool:
+        with (
+            sigterm_as_interrupt(),
+            LocalExecutor(workers, ("inf590k.shard",), bar.worker_init) as pool,
+        ):
             yield from pool.map(write_shard, ((job,) for job in largest_first))
 
 
