@@ -14,15 +14,18 @@ Y.YYx` (a / c, target >= 0.85x) and the memory of one loader worker. The loader 
 `cv2.imdecode`: it decodes only each crop's rows and columns (pretrain/pngcrop.py), so two more
 bare loops show how far it is from its own decoder: whole frames, and the same crop boxes alone.
 
-    python bench/loader.py [--images 1280] [--reps 3] [--samples DIR]
+    python bench/loader.py [--images 1280] [--reps 3]
+    python bench/loader.py --profile     # where (a)'s time goes: ms per sample, by function
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import io
 import itertools
 import multiprocessing
+import pstats
 import statistics
 import sys
 import tarfile
@@ -163,6 +166,27 @@ def bare_crops(pngs: list[bytes], images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def profile_ours(urls: list[str], images: int, top: int = 14) -> None:
+    """cProfile of (a): the functions that take most of a sample's time, in ms per sample."""
+    config = DataConfig(batch_size=BATCH, workers=0, resampled=False, **SHUFFLE)
+    stream = iter(ShardStream(urls=urls, config=config, image_size=SIZE))
+    next(stream)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(images // BATCH):
+        next(stream)
+    profiler.disable()
+    samples = (images // BATCH) * BATCH
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, _, own s, total s, _)
+    rows = sorted(stats.items(), key=lambda item: -item[1][2])[:top]
+    total = sum(own for _, _, own, _, _ in stats.values())
+    print(f"(a) under cProfile: {1e3 * total / samples:.2f} ms per sample (profiler included)")
+    print("  own ms/sample  calls/sample  function")
+    for (path, line, name), (calls, _, own, _, _) in rows:
+        where = f"{Path(path).name}:{line}" if line else ""
+        print(f"  {1e3 * own / samples:13.3f}  {calls / samples:12.1f}  {name} {where}")
+
+
 def png_members(url: str) -> list[bytes]:
     with tarfile.open(url) as tar:
         return [tar.extractfile(m).read() for m in tar if m.name.endswith(".png")]
@@ -200,6 +224,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="runs of each, interleaved")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--per-shard", type=int, default=160)
+    parser.add_argument("--profile", action="store_true", help="profile (a) instead")
     args = parser.parse_args()
     if args.reps < 1 or args.images < BATCH:
         raise SystemExit(f"--reps >= 1 and --images >= {BATCH}")
@@ -207,6 +232,9 @@ def main() -> None:
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         ours_urls = write_shards(Path(tmp) / "ours", args.shards, args.per_shard)
+        if args.profile:
+            profile_ours(ours_urls, args.images)
+            return
         stock_urls = write_shards(
             Path(tmp) / "stock", args.shards, args.per_shard, opencv_default_png
         )
