@@ -543,11 +543,14 @@ def hash_hex(image_hash: imagehash.ImageHash) -> str:
 # Pillow's LANCZOS reduction of an 8-bit image, as two matrix products. Pillow rounds each
 # coefficient to a fixed-point integer and sums uint8 x integer products in int32; in float64
 # every such product and partial sum is an integer below 2**53, so a float64 product gives the
-# same sums exactly, in any order, and the same rounding gives the same pixels. OpenCV's gemm
-# does the products (one thread in pool workers) several times faster than Pillow's loop.
+# same sums exactly, in any order, and the same rounding gives the same pixels. The products
+# go to numpy's BLAS in row blocks small enough that it stays on one thread (a pool worker is
+# one core; OpenCV's gemm would use a BLAS thread pool that cv2.setNumThreads does not limit).
 LANCZOS_PRECISION_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 LANCZOS_SUPPORT = 3.0
 EXACT_RESIZE_MAX_PIXELS = 1 << 22  # larger views go to Pillow (the float64 copy: 8 bytes/pixel)
+# multiply-adds per BLAS call: OpenBLAS runs a product under 4 x 65536 on the calling thread
+SINGLE_THREAD_PRODUCT = 1 << 17
 
 
 def _sinc(x: float) -> float:
@@ -606,10 +609,18 @@ def _exact_lanczos(view8: np.ndarray, side: int, rule: str) -> np.ndarray:
     passes = ("down", "across") if _vertical_first(height, width, side, rule) else ("across", "down")
     for name in passes:
         if name == "across" and across is not None:
-            pixels = _to_uint8_levels(cv2.gemm(pixels, across, 1.0, None, 0.0))
+            pixels = _to_uint8_levels(_one_thread_product(pixels, across))
         elif name == "down" and down is not None:
-            pixels = _to_uint8_levels(cv2.gemm(down, pixels, 1.0, None, 0.0, flags=cv2.GEMM_1_T))
+            pixels = _to_uint8_levels(_one_thread_product(pixels.T, down).T)
     return pixels.astype(np.uint8)
+
+
+def _one_thread_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b, in blocks of rows of `a` small enough for BLAS to keep to the calling thread."""
+    rows = max(1, SINGLE_THREAD_PRODUCT // (a.shape[1] * b.shape[1]))
+    if rows >= a.shape[0]:
+        return a @ b
+    return np.concatenate([a[i : i + rows] @ b for i in range(0, a.shape[0], rows)])
 
 
 def _pillow_thumb(view8: np.ndarray) -> np.ndarray:
