@@ -7,6 +7,10 @@ Prints images/s of: the bare loop (cv2.imdecode + imagehash.phash + hashlib.sha2
 `inf590k ingest` with one worker, and with N workers; then the ratios against the targets
 (single-worker ingest >= 0.8x the bare loop; N workers >= 0.8 * N x one worker).
 
+The machine may be shared, so the three runs are interleaved for --rounds rounds (the order
+rotates each round): rates are medians over rounds, and each ratio is the median of the
+rounds' own ratios (runs of one round, next to each other, see about the same load).
+
 `--executor ray` instead prints `inf590k ingest --executor ray` against the local pool at N
 workers on the same files (target >= 0.8x); Ray is started once, before the timed runs.
 
@@ -29,7 +33,9 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from statistics import median
 
 import cv2
 import imagehash
@@ -79,6 +85,18 @@ def bare_loop(paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> list[dict[str, float]]:
+    """Each run once per round, in an order that rotates every round (no run always goes
+    first, after the same neighbour, or into a warm cache); one {name: rate} per round."""
+    names = list(runs)
+    results = []
+    for index in range(rounds):
+        shift = index % len(names)
+        order = names[shift:] + names[:shift]
+        results.append({name: runs[name]() for name in order})
+    return results
+
+
 def ingest_rate(root: Path, build: Path, workers: int, count: int, executor: str = "local") -> float:
     shutil.rmtree(build, ignore_errors=True)
     started = time.perf_counter()
@@ -92,15 +110,17 @@ def ray_against_local(root: Path, tmp: Path, workers: int, count: int, rounds: i
 
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        local, on_ray = 0.0, 0.0
-        for _ in range(rounds):
-            local = max(local, ingest_rate(root, tmp / "local", workers, count))
-            on_ray = max(on_ray, ingest_rate(root, tmp / "ray", workers, count, "ray"))
+        results = interleaved({
+            "local": lambda: ingest_rate(root, tmp / "local", workers, count),
+            "ray": lambda: ingest_rate(root, tmp / "ray", workers, count, "ray"),
+        }, rounds)
     finally:
         ray.shutdown()
-    print(f"frames: {count} x 640x512 8-bit JPEG")
+    local, on_ray = (median([r[name] for r in results]) for name in ("local", "ray"))
+    ratio = median([r["ray"] / r["local"] for r in results])
+    print(f"frames: {count} x 640x512 8-bit JPEG, median of {rounds} interleaved rounds")
     print(f"ingest, local pool, {workers} workers: {local:8.1f} img/s")
-    print(f"ingest, Ray, {workers} CPUs:           {on_ray:8.1f} img/s   ratio {on_ray / local:.2f}x local pool (target >= 0.80)")
+    print(f"ingest, Ray, {workers} CPUs:           {on_ray:8.1f} img/s   ratio {ratio:.2f}x local pool (target >= 0.80)")
 
 
 # ----------------------------------------------------------------------------- hostile input
@@ -213,11 +233,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1500)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (>= 3); medians are printed")
     parser.add_argument("--hostile", action="store_true", help="peak memory on hostile input instead")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
                         help="ray: Ray executor against the local pool instead")
     args = parser.parse_args()
+    if args.rounds < 3 and not args.hostile:
+        parser.error("--rounds: at least 3 (a median of fewer runs is one noisy run)")
     if args.hostile:
         with tempfile.TemporaryDirectory(prefix="inf590k-hostile-") as tmp:
             hostile(Path(tmp))
@@ -229,15 +251,19 @@ def main() -> None:
         if args.executor == "ray":
             ray_against_local(root, Path(tmp), args.workers, args.count, args.rounds)
             return
-        bare, single, multi = 0.0, 0.0, 0.0
-        for _ in range(args.rounds):  # alternate so machine noise hits all three alike
-            bare = max(bare, bare_loop(paths))
-            single = max(single, ingest_rate(root, Path(tmp) / "b1", 1, args.count))
-            multi = max(multi, ingest_rate(root, Path(tmp) / "bn", args.workers, args.count))
-    print(f"frames: {args.count} x 640x512 8-bit JPEG")
+        runs = {
+            "bare": lambda: bare_loop(paths),
+            "single": lambda: ingest_rate(root, Path(tmp) / "b1", 1, args.count),
+            "multi": lambda: ingest_rate(root, Path(tmp) / "bn", args.workers, args.count),
+        }
+        rounds = interleaved(runs, args.rounds)
+    bare, single, multi = (median([r[name] for r in rounds]) for name in ("bare", "single", "multi"))
+    single_ratio = median([r["single"] / r["bare"] for r in rounds])
+    multi_ratio = median([r["multi"] / r["single"] for r in rounds])
+    print(f"frames: {args.count} x 640x512 8-bit JPEG, median of {args.rounds} interleaved rounds")
     print(f"bare loop (imdecode + phash + sha256): {bare:8.1f} img/s")
-    print(f"ingest, 1 worker:                      {single:8.1f} img/s   ratio {single / bare:.2f}x bare (target >= 0.80)")
-    print(f"ingest, {args.workers} workers:                     {multi:8.1f} img/s   ratio {multi / single:.2f}x 1 worker (target >= {0.8 * args.workers:.2f})")
+    print(f"ingest, 1 worker:                      {single:8.1f} img/s   ratio {single_ratio:.2f}x bare (target >= 0.80)")
+    print(f"ingest, {args.workers} workers:                     {multi:8.1f} img/s   ratio {multi_ratio:.2f}x 1 worker (target >= {0.8 * args.workers:.2f})")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,13 @@ import pytest
 from PIL import Image
 
 from inf590k.imageio import (
+    PHASH_SIZE,
     ImagePolicy,
     RejectedImage,
     entropy_bits,
+    exact_resize_rule,
     fingerprint,
+    phash_thumbnail,
     process_image_bytes,
 )
 
@@ -155,6 +158,33 @@ def test_entropy_and_phash_match_references():
     assert entropy_bits(frame) == pytest.approx(skimage_measure.shannon_entropy(frame, base=2), abs=1e-6)
     assert fingerprint(frame).phash == str(imagehash.phash(Image.fromarray(frame)))
     assert entropy_bits(np.full((8, 8), 7, np.uint8)) == 0.0
+
+
+# Shapes that exercise both of Pillow's pass orders, no-op passes (a side already 32),
+# enlargement (a side under 32), odd scales and the common IR frame sizes.
+RESIZE_SHAPES = [
+    (512, 640), (120, 160), (256, 336), (288, 382), (1080, 1920), (1300, 640), (2000, 37),
+    (37, 2000), (32, 700), (700, 32), (32, 32), (20, 25), (21, 500), (511, 639), (33, 33),
+]
+
+
+def resize_cases(shape: tuple[int, int], seed: int) -> list[np.ndarray]:
+    """Noise, saturated black/white noise (the fixed-point sums' extremes) and a smooth frame."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 256, shape, dtype=np.uint8)
+    extremes = (rng.integers(0, 2, shape) * 255).astype(np.uint8)
+    return [noise, extremes, thermal_frame(*shape, seed=seed)]
+
+
+@pytest.mark.parametrize("shape", RESIZE_SHAPES)
+def test_phash_thumbnail_is_pillows_lanczos_bit_for_bit(shape):
+    assert exact_resize_rule()  # the installed Pillow is reproduced (else every view uses it)
+    for seed, view in enumerate(resize_cases(shape, seed=sum(shape))):
+        expected = Image.fromarray(view).resize((PHASH_SIZE, PHASH_SIZE), Image.Resampling.LANCZOS)
+        assert np.array_equal(np.asarray(phash_thumbnail(view)), np.asarray(expected)), (shape, seed)
+        found = fingerprint(view)
+        assert found.phash == str(imagehash.phash(Image.fromarray(view)))
+        assert found.dhash == str(imagehash.dhash(expected))
 
 
 def test_all_real_sirst_images_are_kept_as_grey(ir_samples):
