@@ -7,6 +7,7 @@ docs/png-parameters.md holds the table this prints. Decode is timed twice: OpenC
 whole frames; it reads Up-filtered rows itself and hands any other PNG to OpenCV).
 
     python bench/png.py [--samples DIR] [--frames 24] [--reps 3]
+    python bench/png.py --loader [--reps 9]    # Up filter: which strategy for the loader
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pretrain.pngcrop import decode_png
+from pretrain.data import DataConfig, crop_box
+from pretrain.pngcrop import decode_box, decode_png, read_header
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,6 +120,48 @@ def measure(
     )
 
 
+def loader_decode_ms(pngs: list[bytes]) -> tuple[float, float]:
+    """(whole frame, crop box) ms per frame through the loader's decoder; boxes are drawn as
+    the loader draws them (RandomResizedCrop, scale 0.2-1), the same for every variant."""
+    start = time.perf_counter()
+    for data in pngs:
+        decode_png(data, 10**9)
+    whole = (time.perf_counter() - start) / len(pngs)
+    rng, config = np.random.default_rng(1), DataConfig()
+    start = time.perf_counter()
+    for data in pngs:
+        header = read_header(data)
+        decode_box(data, header, crop_box(header.height, header.width, rng, config))
+    return 1e3 * whole, 1e3 * (time.perf_counter() - start) / len(pngs)
+
+
+def loader_table(sets: dict[str, list[np.ndarray]], level: int, reps: int) -> None:
+    """Up filter (the loader's fast path) x strategy, timed interleaved: whole / crop ms, size."""
+    strategies = ("rle", "huffman", "default")
+    print(f"| Up filter, level {level} | " + " | ".join(
+        f"{name} ({len(frames)}): whole / crop ms, size" for name, frames in sets.items()
+    ) + " |")  # fmt: skip
+    print("|---" * (1 + len(sets)) + "|")
+    cells: dict[str, list[str]] = {strategy: [] for strategy in strategies}
+    for frames in sets.values():
+        encoded = {
+            s: [cv2.imencode(".png", f, params("up", s, level))[1].tobytes() for f in frames]
+            for s in strategies
+        }
+        runs: dict[str, list[tuple[float, float]]] = {s: [] for s in strategies}
+        for _ in range(reps):  # interleaved: background load hits every strategy alike
+            for strategy in strategies:
+                runs[strategy].append(loader_decode_ms(encoded[strategy]))
+        raw = sum(f.nbytes for f in frames)
+        for strategy in strategies:
+            whole = statistics.median(r[0] for r in runs[strategy])
+            crop = statistics.median(r[1] for r in runs[strategy])
+            size = sum(len(p) for p in encoded[strategy]) / raw
+            cells[strategy].append(f"{whole:.2f} / {crop:.2f}, {size:.3f}")
+    for strategy in strategies:
+        print(f"| {strategy} | " + " | ".join(cells[strategy]) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=Path, default=REPO_ROOT.parent / "shared" / "ir-samples")
@@ -126,11 +170,17 @@ def main() -> None:
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--filters", default=",".join(FILTERS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument(
+        "--loader", action="store_true", help="the Up-filter strategies, loader's decoder only"
+    )
     args = parser.parse_args()
     cv2.setNumThreads(1)
     sets = frame_sets(args.samples, args.frames)
     if not sets["real 640x512"]:
         raise SystemExit(f"no 640x512 frames in {args.samples}: pass --samples DIR")
+    if args.loader:
+        loader_table(sets, int(args.levels.split(",")[0]), args.reps)
+        return
     levels = [int(v) for v in args.levels.split(",")]
     header = "| filter | strategy | level | " + " | ".join(
         f"{name} ({len(frames)}): decode ms OpenCV / loader, size, encode ms"
