@@ -478,8 +478,12 @@ class _HashingFile:
     def __enter__(self) -> _HashingFile:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._wait_for_threads()  # before the caller closes the file under the writer
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        try:
+            self._wait_for_threads()  # before the caller closes the file under the writer
+        except Exception:
+            if exc_type is None:
+                raise  # else the body's error is the one to report, not the writer's echo of it
 
 
 # ----------------------------------------------------------------------------- sources table

@@ -707,8 +707,9 @@ class ShardStream(torch.utils.data.IterableDataset):
             return True
 
         def check_length(url: str) -> None:
-            # tarfile takes a garbage header for the end of the archive, so a shard cut short
-            # and padded with junk ends "cleanly"; _info.json's shard_lengths catch it.
+            # A shard cut at a sample boundary and padded with zero blocks (or a tar that ends
+            # before a second one concatenated to it) reads "cleanly" as a shorter tar;
+            # _info.json's shard_lengths catch it.
             expected = self.shard_lengths.get(shard_key(url))
             if not current["failed"] and expected is not None and current["count"] < expected:
                 fail(url, f"ended after {current['count']} of {expected} samples")

@@ -10,8 +10,12 @@ to it. This decoder therefore
 The pixels are the ones libpng gives, bit for bit (tests compare them with `cv2.imdecode`).
 
 Any PNG it does not handle (another filter on some row, interlacing, colour, palette,
-transparency, bit depths other than 8 and 16) is decoded whole by OpenCV and then cropped, so
-every standard PNG still reads. Every chunk it uses is CRC-checked, as libpng does.
+transparency, bit depths other than 8 and 16, unknown critical chunks) is decoded whole by
+OpenCV and then cropped, so every standard PNG still reads. Every chunk it uses is
+CRC-checked and the chunk layout checked as libpng does, so a file libpng refuses is refused
+whatever the crop. One exception: a stream that holds fewer rows than its header says (with
+right CRCs: a writer's fault, not damage) fails only when a crop reaches the missing rows;
+`inf590k verify` decodes every sample whole and reports it.
 
 Hand-written because no PNG decoder with a Python binding (OpenCV, Pillow, pyspng,
 imagecodecs, torchvision) stops at a row or skips columns; the inflate itself is ISA-L's
@@ -49,6 +53,7 @@ class PngHeader:
     interlaced: bool
     idat: tuple[memoryview, ...]  # the IDAT chunks' data, CRC-checked, in order
     has_transparency: bool  # a tRNS chunk: OpenCV adds an alpha channel
+    unknown_critical: bool = False  # a critical chunk other than IHDR, PLTE, IDAT, IEND
 
     @property
     def fast(self) -> bool:
@@ -58,6 +63,7 @@ class PngHeader:
             and self.bit_depth in (8, 16)
             and not self.interlaced
             and not self.has_transparency
+            and not self.unknown_critical
         )
 
     @property
@@ -82,30 +88,53 @@ def _checked(data: memoryview, start: int, length: int, kind: bytes) -> memoryvi
 
 
 def read_header(data: bytes) -> PngHeader:
-    """IHDR fields and the IDAT chunks of a PNG, without inflating anything."""
+    """IHDR fields and the IDAT chunks of a PNG, without inflating anything.
+
+    The chunk layout is checked as libpng checks it (IHDR first, IDAT chunks consecutive,
+    an IEND, methods 0), so a file libpng refuses is refused here whatever the crop. A PNG
+    with a critical chunk this decoder does not know is left to OpenCV (`unknown_critical`).
+    """
     if len(data) < 33 or data[:8] != PNG_SIGNATURE:
         raise ValueError("not a PNG")
     view = memoryview(data)
-    position, ihdr, idat, transparency = 8, None, [], False
+    position, ihdr, idat, transparency, unknown, ended = 8, None, [], False, False, False
+    previous = b""  # the chunk type before this one
     while position + 8 <= len(view):
         length, kind = struct.unpack(">I4s", view[position : position + 8])
+        if ihdr is None and kind != b"IHDR":
+            raise ValueError("could not decode the PNG: it does not start with IHDR")
         if kind == b"IHDR":
             ihdr = bytes(_checked(view, position, length, kind))
         elif kind == b"IDAT":
+            if idat and previous != b"IDAT":
+                raise ValueError("could not decode the PNG: IDAT chunks not consecutive")
             idat.append(_checked(view, position, length, kind))
         elif kind == b"tRNS":
             transparency = True
         elif kind == b"IEND":
+            _checked(view, position, length, kind)  # whole, with its CRC, as libpng reads it
+            ended = True
             break
+        elif kind[0] & 0x20 == 0 and kind != b"PLTE":  # upper-case first letter: critical
+            unknown = True
+        previous = kind
         position += 12 + length
     if ihdr is None or len(ihdr) != 13:
         raise ValueError("could not decode the PNG: no valid IHDR chunk")
     if not idat:
         raise ValueError("could not decode the PNG: no IDAT chunk (cut short?)")
-    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+    if not ended:
+        raise ValueError("could not decode the PNG: no IEND chunk (cut short?)")
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(
+        ">IIBBBBB", ihdr
+    )
     if width == 0 or height == 0:
         raise ValueError("PNG of zero size")
-    return PngHeader(width, height, depth, colour, interlace != 0, tuple(idat), transparency)
+    if compression != 0 or filtering != 0:
+        raise ValueError("could not decode the PNG: unknown compression or filter method")
+    return PngHeader(
+        width, height, depth, colour, interlace != 0, tuple(idat), transparency, unknown
+    )
 
 
 def _filtered_rows(header: PngHeader, rows: int) -> np.ndarray | None:

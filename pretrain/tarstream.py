@@ -6,20 +6,33 @@ of the loader's cost once decoding reads only the crop (profiled, docs/loader.md
 takes one 512-byte header and one read per member and seeks past unwanted ones in local files.
 
 Handled: ustar/GNU/POSIX headers (the `prefix` field, GNU long names `L`, pax `path`/`size`
-records), base-256 sizes, gzip-compressed shards. Every header's checksum is checked, so a
-shard cut short or padded with junk fails instead of ending "cleanly" as `tarfile` lets it.
+records), base-256 sizes, gzip-, bzip2- and xz-compressed shards (what `tarfile`'s `r|*`
+reads). Sparse members are refused (a shard has no reason to hold one). Every header's
+checksum is checked, pax records are parsed strictly, the end-of-archive marker must be two
+zero blocks, and a stream must end with it: a shard cut short, padded with junk, holding a
+lone zero block (two tars concatenated) or a damaged pax header fails instead of ending
+"cleanly" as `tarfile` lets it.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 BLOCK = 512
 REGULAR_TYPES = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
-GZIP_MAGIC = b"\x1f\x8b"
+COMPRESSED: tuple[tuple[bytes, Callable[[IO[bytes]], IO[bytes]]], ...] = (
+    # magic bytes -> reader, as tarfile's "r|*" detects them
+    (b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw, mode="rb")),  # type: ignore[arg-type,return-value]
+    (b"BZh", lambda raw: bz2.BZ2File(raw, mode="rb")),  # type: ignore[return-value]
+    (b"\xfd7zXZ\x00", lambda raw: lzma.LZMAFile(raw, mode="rb")),  # type: ignore[return-value]
+)
+MAGIC_BYTES = 6
+SPARSE = b"S"  # GNU sparse member
 
 
 class TarFormatError(ValueError):
@@ -52,15 +65,32 @@ def _checksum_ok(header: bytes) -> bool:
 
 
 def _pax_records(payload: bytes) -> dict[str, str]:
-    """`"%d key=value\\n"` records of a pax extended header."""
+    """`"%d key=value\\n"` records of a pax extended header; TarFormatError if malformed
+    (nothing checksums a pax payload, and a bad length would otherwise loop forever)."""
     records, position = {}, 0
     while position < len(payload):
-        space = payload.index(b" ", position)
-        length = int(payload[position:space])
-        key, _, value = payload[space + 1 : position + length - 1].partition(b"=")
-        records[key.decode("utf-8")] = value.decode("utf-8", "replace")
-        position += length
+        if payload[position] == 0:  # NUL padding after the last record
+            break
+        space = payload.find(b" ", position)
+        digits = payload[position:space] if space > position else b""
+        length = int(digits) if digits.isdigit() else 0
+        end = position + length
+        if length <= len(digits) + 1 or end > len(payload) or payload[end - 1 : end] != b"\n":
+            raise TarFormatError(f"damaged pax header (a record at byte {position})")
+        key, equals, value = payload[space + 1 : end - 1].partition(b"=")
+        if not equals:
+            raise TarFormatError(f"damaged pax header (a record at byte {position})")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        position = end
     return records
+
+
+def _pax_size(pax: dict[str, str]) -> int | None:
+    if "size" not in pax:
+        return None
+    if not pax["size"].isdigit():
+        raise TarFormatError(f"damaged pax header (size {pax['size']!r})")
+    return int(pax["size"])
 
 
 def _read_exact(stream: IO[bytes], size: int, what: str) -> bytes:
@@ -100,14 +130,15 @@ class _Prepended(io.RawIOBase):
 
 
 def decompressed(stream: IO[bytes]) -> IO[bytes]:
-    """The stream itself, or a gzip reader over it for `.tar.gz` shards."""
+    """The stream itself, or a gzip/bzip2/xz reader over it for compressed shards."""
     if hasattr(stream, "peek"):
-        head = stream.peek(2)[:2]
+        head = stream.peek(MAGIC_BYTES)[:MAGIC_BYTES]
     else:  # pipes: read the magic, then hand it back in front of the rest
-        head = stream.read(2)
+        head = stream.read(MAGIC_BYTES)
         stream = io.BufferedReader(_Prepended(head, stream), BLOCK * 128)
-    if head == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    for magic, reader in COMPRESSED:
+        if head.startswith(magic):
+            return reader(stream)
     return stream
 
 
@@ -123,17 +154,20 @@ def tar_members(stream: IO[bytes], wanted: Callable[[str], bool]) -> Iterator[tu
     while True:
         header = stream.read(BLOCK)
         if header == bytes(BLOCK):
-            return  # the end-of-archive block
+            _end_of_archive(stream, offset)
+            return
         if len(header) != BLOCK:
-            where = "before its end-of-archive block" if not header else "in a header"
+            where = "before its end-of-archive blocks" if not header else "in a header"
             raise TarFormatError(f"tar cut short {where} (byte {offset})")
         if not _checksum_ok(header):
             raise TarFormatError(f"damaged tar header at byte {offset} (bad checksum)")
         kind = header[156:157]
         size = _number(header, 124, 12)
-        if kind not in (b"x", b"g") and "size" in pax:
-            size = int(pax["size"])
+        if kind not in (b"x", b"g"):
+            size = _pax_size(pax) if "size" in pax else size
         padding = -size % BLOCK
+        if kind == SPARSE or any(key.startswith("GNU.sparse.") for key in pax):
+            raise TarFormatError(f"sparse tar member at byte {offset}: not supported in shards")
         offset += BLOCK + size + padding
         if kind in (b"L", b"x", b"g"):
             payload = _read_exact(stream, size + padding, "an extended header")[:size]
@@ -150,6 +184,17 @@ def tar_members(stream: IO[bytes], wanted: Callable[[str], bool]) -> Iterator[tu
         data = _read_exact(stream, size, name)
         _skip(stream, padding)
         yield name, data
+
+
+def _end_of_archive(stream: IO[bytes], offset: int) -> None:
+    """The end marker is two zero blocks. A lone one followed by a header is two tars
+    concatenated or a damaged one: `tarfile` would stop there and lose the rest."""
+    second = stream.read(BLOCK)
+    if second and second != bytes(BLOCK):
+        raise TarFormatError(
+            f"a lone zero block at byte {offset} with more data after it "
+            "(concatenated or damaged tar)"
+        )
 
 
 def _member_name(header: bytes) -> str:

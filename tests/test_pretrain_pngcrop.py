@@ -195,3 +195,28 @@ def test_loader_crops_are_those_of_the_whole_frame_path(bits):
             reference = crop_flip(whole, (40, 48), np.random.default_rng(seed), config)
             assert fast.dtype == np.uint8 and fast.shape == (40, 48)
             assert np.array_equal(fast, reference)
+
+
+def test_files_libpng_refuses_are_refused_whatever_the_crop():
+    """A crop of the intact top rows must not rescue a file libpng rejects: the sample is
+    skipped alike, whichever crop is drawn."""
+    frame = thermal((40, 30))
+    good = handmade_png(frame, [2] * 40, idat_size=200)
+    iend = png_chunk(b"IEND", b"")
+    first_idat = good.index(b"IDAT") - 4
+    second_idat = good.index(b"IDAT", first_idat + 8) - 4
+    ihdr_method = bytearray(good)
+    ihdr_method[8 + 8 + 11] = 1  # filter method 1 (IHDR CRC fixed below)
+    ihdr_method[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr_method[12:29])))
+    refused = {
+        "no IEND": good[: -len(iend)],
+        "cut inside IEND's CRC": good[:-2],
+        "IDAT, tEXt, IDAT": good[:second_idat] + png_chunk(b"tEXt", b"a\0b") + good[second_idat:],
+        "unknown critical chunk": good[:first_idat] + png_chunk(b"ABCD", b"x") + good[first_idat:],
+        "filter method 1": bytes(ihdr_method),
+    }
+    assert np.array_equal(decode_box(good, read_header(good), (0, 0, 5, 30)), frame[:5])
+    for name, data in refused.items():
+        assert opencv(data) is None, name
+        with pytest.raises(ValueError, match="could not decode"):
+            decode_box(data, read_header(data), (0, 0, 5, 30))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import shutil
+import subprocess
 import tarfile
 
 import pytest
@@ -92,3 +94,55 @@ def test_junk_after_the_data_is_a_damaged_header():
         for member in tar_members(io.BytesIO(junk), lambda n: True):
             got.append(member)
     assert got == MEMBERS[:1]  # what came before the damage was read
+
+
+def test_bzip2_and_xz_shards_read_like_gzip_ones():
+    import bz2
+    import lzma
+
+    data = build_tar(MEMBERS, tarfile.PAX_FORMAT)
+    expected = list(tar_members(io.BytesIO(data), lambda n: True))
+    for packed in (bz2.compress(data), lzma.compress(data)):
+        assert list(tar_members(io.BytesIO(packed), lambda n: True)) == expected
+        assert list(tar_members(PipeOnly(packed), lambda n: True)) == expected
+
+
+def test_a_damaged_pax_record_is_an_error_not_a_hang():
+    data = bytearray(build_tar([("é" * 3 + ".png", b"abc")], tarfile.PAX_FORMAT, extras=False))
+    path = data.index(b" path=")
+    digits = path
+    while data[digits - 1 : digits].isdigit():
+        digits -= 1
+    for length in (b"0", b"9", b"x"):  # zero (would loop), too short, not a number
+        damaged = bytearray(data)
+        damaged[digits:path] = length.rjust(path - digits, b"0")
+        with pytest.raises(TarFormatError, match="pax"):
+            list(tar_members(io.BytesIO(bytes(damaged)), lambda n: True))
+
+
+def test_a_lone_zero_block_before_more_data_is_an_error():
+    first = build_tar(MEMBERS[:1], tarfile.GNU_FORMAT, extras=False)
+    second = build_tar(MEMBERS[2:3], tarfile.GNU_FORMAT, extras=False)
+    lone_zero = first[: 512 + 1024] + bytes(512) + second  # one zero block, then a tar
+    with pytest.raises(TarFormatError, match="lone zero block"):
+        list(tar_members(io.BytesIO(lone_zero), lambda n: True))
+    concatenated = first + second  # `cat a.tar b.tar`: tarfile would read a.tar only
+    assert list(tar_members(io.BytesIO(concatenated), lambda n: True)) == MEMBERS[:1]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+@pytest.mark.parametrize(
+    "options",
+    [["--format=gnu", "--sparse"], ["--format=posix", "--sparse", "--sparse-version=1.0"],
+     ["--format=posix", "--sparse", "--sparse-version=0.1"]],
+)  # fmt: skip
+def test_sparse_members_are_refused_not_misread(tmp_path, options):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with open(folder / "hole.png", "wb") as handle:
+        handle.seek(2_000_000)
+        handle.write(b"end")
+    archive = tmp_path / "sparse.tar"
+    subprocess.run(["tar", "cf", str(archive), *options, "-C", str(folder), "hole.png"], check=True)
+    with pytest.raises(TarFormatError, match="sparse"):
+        list(tar_members(io.BytesIO(archive.read_bytes()), lambda n: True))
