@@ -10,8 +10,9 @@ from inf590k import catalog as cat
 from inf590k import lineage
 from inf590k.bins import BinConfig, BinSummary, bin_catalog
 from inf590k.dedupe import DedupeConfig, DedupeSummary, dedupe
-from inf590k.fsutil import plural
+from inf590k.fsutil import available_cores, plural
 from inf590k.ingest import IngestConfig, IngestSummary, ingest
+from inf590k.ray_executor import shared_session
 from inf590k.shard import ShardConfig, ShardSummary, shard
 
 
@@ -69,12 +70,18 @@ def run_build(config: BuildConfig) -> BuildSummary:
     """Run the four stages on one build folder, under one lock; ingest always (it resumes and
     keeps its record when nothing changed), the later stages only when stale."""
     build = Path(config.ingest.build)
-    with lineage.locked(build, "build"):
+    shard_config = replace(config.shard or ShardConfig(build=build, out=config.out), build=build, out=config.out)
+    on_ray = "ray" in (config.ingest.executor, shard_config.executor)
+    session = shared_session(
+        "ray" if on_ray else "local",
+        config.ingest.workers or available_cores(),
+        config.ingest.ray_address or shard_config.ray_address,
+    )
+    with lineage.locked(build, "build"), session:  # one Ray for every stage, not one each
         ingested = ingest(config.ingest)
         deduped = run_stale(dedupe, "dedupe", replace(config.dedupe or DedupeConfig(build=build), build=build))
         binned = run_stale(bin_catalog, "bin", replace(config.bins or BinConfig(build=build), build=build))
-        shard_config = config.shard or ShardConfig(build=build, out=config.out)
-        sharded = run_stale(shard, "shard", replace(shard_config, build=build, out=config.out))
+        sharded = run_stale(shard, "shard", shard_config)
     counts = cat.status_counts(cat.read_catalog(build))
     named = {s.source for s in ingested.sources}
     return BuildSummary(

@@ -226,3 +226,15 @@ def open_executor(
     if kind == "ray":
         return RayExecutor(workers, address, initializer)
     raise ValueError(f"--executor {kind!r}: choose one of {', '.join(EXECUTORS)}")
+
+
+@contextmanager
+def shared_session(kind: str, workers: int, address: str | None = None) -> Iterator[None]:
+    """One Ray for several stages (`build`): started (or connected) before them and shut
+    down after; each stage's RayExecutor finds it running and leaves it up. A no-op for
+    other executors."""
+    if kind != "ray":
+        yield
+        return
+    with RayExecutor(workers, address):
+        yield

@@ -380,3 +380,48 @@ def test_cli_ray_address_option_and_env(monkeypatch) -> None:
         env={"RAY_ADDRESS": "10.0.0.2:6379"},
     )
     assert seen["config"].ray_address == "10.0.0.2:6379"
+
+
+@pytest.fixture
+def no_running_ray():
+    """No Ray up before the test (the module's one is restarted after it)."""
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    yield
+    ray.shutdown()
+    if was_running:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+
+@pytest.mark.slow
+def test_build_on_ray_starts_one_ray_for_all_stages(
+    no_running_ray, monkeypatch, tmp_path, sources, local_result
+) -> None:
+    from inf590k.pipeline import BuildConfig, run_build
+
+    starts = []
+    real_init = ray.init
+
+    def counted_init(*args, **kwargs):
+        starts.append(kwargs)
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "init", counted_init)
+    build, out = tmp_path / "build", tmp_path / "dataset"
+    summary = run_build(
+        BuildConfig(
+            ingest=IngestConfig(
+                sources=tuple(sources.items()), build=build, workers=2, progress=False,
+                executor="ray",
+            ),
+            out=out,
+            dedupe=DedupeConfig(build=build, contact_groups=0),
+            shard=ShardConfig(
+                build=build, out=out, max_count=3, workers=2, progress=False, executor="ray"
+            ),
+        )
+    )  # fmt: skip
+    assert len(starts) == 1, starts  # ingest and shard ran on the same Ray
+    assert not ray.is_initialized()  # the Ray started for the command is shut down after it
+    assert summary.shard.samples > 0
+    assert_same_build((build, out), local_result)
