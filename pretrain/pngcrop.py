@@ -53,11 +53,12 @@ class PngHeader:
     interlaced: bool
     idat: tuple[memoryview, ...]  # the IDAT chunks' data, CRC-checked, in order
     has_transparency: bool  # a tRNS chunk: OpenCV adds an alpha channel
-    unknown_critical: bool = False  # a critical chunk other than IHDR, PLTE, IDAT, IEND
+    unknown_critical: bool  # a critical chunk other than IHDR, PLTE, IDAT, IEND
 
     @property
     def fast(self) -> bool:
-        """Grey 8/16-bit, not interlaced, opaque: rows the crop decoder can sum."""
+        """Grey 8/16-bit, not interlaced, opaque, only known critical chunks: rows the crop
+        decoder can sum."""
         return (
             self.colour_type == GREY
             and self.bit_depth in (8, 16)
@@ -154,7 +155,7 @@ def _filtered_rows(header: PngHeader, rows: int) -> np.ndarray | None:
             inflated += inflater.decompress(rest, wanted - len(inflated))
     except inflate_lib.error as exc:  # a stream that is not deflate (its CRCs may be right)
         raise ValueError(f"could not decode the PNG: {exc}") from None
-    if len(inflated) < rows * stride:
+    if len(inflated) < wanted:
         raise ValueError(
             "could not decode the PNG: its data ends at row "
             f"{len(inflated) // stride + 1} of {rows}"
@@ -205,9 +206,10 @@ def decode_opencv(data: bytes) -> np.ndarray:
 def decode_box(data: bytes, header: PngHeader, box: Box) -> np.ndarray:
     """The pixels of `box` -> [h, w] uint8/uint16, decoding as little of the PNG as it can."""
     top, left, height, width = box
-    if not (0 <= top and 0 <= left and top + height <= header.height):
-        raise ValueError(f"crop {box} outside a {header.width}x{header.height} PNG")
-    if left + width > header.width or height <= 0 or width <= 0:
+    inside = (
+        0 <= top and top + height <= header.height and 0 <= left and left + width <= header.width
+    )
+    if not inside or height <= 0 or width <= 0:
         raise ValueError(f"crop {box} outside a {header.width}x{header.height} PNG")
     scanlines = _filtered_rows(header, top + height) if header.fast else None
     if scanlines is None:

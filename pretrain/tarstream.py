@@ -85,9 +85,10 @@ def _pax_records(payload: bytes) -> dict[str, str]:
     return records
 
 
-def _pax_size(pax: dict[str, str]) -> int | None:
+def _pax_size(pax: dict[str, str], header_size: int) -> int:
+    """The member's size: a pax `size` record overrides the header's field."""
     if "size" not in pax:
-        return None
+        return header_size
     if not pax["size"].isdigit():
         raise TarFormatError(f"damaged pax header (size {pax['size']!r})")
     return int(pax["size"])
@@ -164,7 +165,7 @@ def tar_members(stream: IO[bytes], wanted: Callable[[str], bool]) -> Iterator[tu
         kind = header[156:157]
         size = _number(header, 124, 12)
         if kind not in (b"x", b"g"):
-            size = _pax_size(pax) if "size" in pax else size
+            size = _pax_size(pax, size)
         padding = -size % BLOCK
         if kind == SPARSE or any(key.startswith("GNU.sparse.") for key in pax):
             raise TarFormatError(f"sparse tar member at byte {offset}: not supported in shards")
