@@ -31,7 +31,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -42,11 +42,10 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from png import real_frames, thermal_frame  # noqa: E402  (sibling script in bench/)
+from png import loader_decode_ms, real_frames, thermal_frame  # noqa: E402  (sibling script)
 
 from inf590k.shard import encode_png  # noqa: E402
-from pretrain.data import DataConfig, ShardStream, crop_box, loader_for  # noqa: E402
-from pretrain.pngcrop import decode_box, decode_png, read_header  # noqa: E402
+from pretrain.data import DataConfig, ShardStream, loader_for  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -97,10 +96,16 @@ def opencv_default_png(frame: np.ndarray) -> bytes:
     return cv2.imencode(".png", frame)[1].tobytes()
 
 
-def ours(urls: list[str], images: int) -> float:
+def our_stream(urls: list[str]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(a)'s batches in this process, after a warm-up batch (first shard open, buffer filled)."""
     config = DataConfig(batch_size=BATCH, workers=0, resampled=False, **SHUFFLE)
     stream = iter(ShardStream(urls=urls, config=config, image_size=SIZE))
-    next(stream)  # warm-up: first shard open, buffers filled
+    next(stream)
+    return stream
+
+
+def ours(urls: list[str], images: int) -> float:
+    stream = our_stream(urls)
     start = time.perf_counter()
     for _ in range(images // BATCH):
         batch, _ = next(stream)
@@ -147,30 +152,16 @@ def bare(pngs: list[bytes], images: int) -> float:
     return images / (time.perf_counter() - start)
 
 
-def bare_own(pngs: list[bytes], images: int) -> float:
-    """The loader's decoder on whole frames (header, CRCs, inflate, row sums)."""
-    start = time.perf_counter()
-    for data in itertools.islice(itertools.cycle(pngs), images):
-        decode_png(data, 10**9)
-    return images / (time.perf_counter() - start)
-
-
-def bare_crops(pngs: list[bytes], images: int) -> float:
-    """The loader's decoder on the crop boxes the loader draws, and nothing else."""
-    config = DataConfig()
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    for data in itertools.islice(itertools.cycle(pngs), images):
-        header = read_header(data)
-        decode_box(data, header, crop_box(header.height, header.width, rng, config))
-    return images / (time.perf_counter() - start)
+def bare_own(pngs: list[bytes], images: int) -> tuple[float, float]:
+    """images/s of the loader's decoder alone: (whole frames, the crop boxes the loader draws)
+    (bench/png.py's timing loops)."""
+    whole_ms, crop_ms = loader_decode_ms(list(itertools.islice(itertools.cycle(pngs), images)))
+    return 1e3 / whole_ms, 1e3 / crop_ms
 
 
 def profile_ours(urls: list[str], images: int, top: int = 14) -> None:
     """cProfile of (a): the functions that take most of a sample's time, in ms per sample."""
-    config = DataConfig(batch_size=BATCH, workers=0, resampled=False, **SHUFFLE)
-    stream = iter(ShardStream(urls=urls, config=config, image_size=SIZE))
-    next(stream)
+    stream = our_stream(urls)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(images // BATCH):
@@ -244,8 +235,9 @@ def main() -> None:
             runs["a"].append(ours(ours_urls, args.images))
             runs["b"].append(stock(stock_urls, args.images))
             runs["c"].append(bare(pngs, args.images))
-            runs["own"].append(bare_own(pngs, args.images))
-            runs["crops"].append(bare_crops(pngs, args.images))
+            own, crops = bare_own(pngs, args.images)
+            runs["own"].append(own)
+            runs["crops"].append(crops)
         memory = worker_memory(ours_urls)
     a, b, c, own, crops = (statistics.median(runs[k]) for k in ("a", "b", "c", "own", "crops"))
     print(
