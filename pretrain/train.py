@@ -312,7 +312,8 @@ class TrainResult:
         return (
             f"pretrain: step {self.step}/{self.total_steps}, loss {loss}, {self.images_seen} "
             f"images, {self.nan_skips} NaN/inf steps skipped, {self.bad_samples} bad samples "
-            f"and {self.shard_errors} shard errors skipped; run in {self.run_dir}, last "
+            f"and {self.shard_errors} shard errors skipped in the batches trained on (workers "
+            f"reading ahead may have logged more); run in {self.run_dir}, last "
             f"checkpoint {self.checkpoint}{self._resume_note()}"
         )
 
