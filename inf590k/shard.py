@@ -1104,8 +1104,12 @@ def shard(config: ShardConfig) -> ShardSummary:
         else:
             stats[job.relpath] = done
     workers = min(config.workers or available_cores(), max(1, len(todo)))
-    for result in _write_all(todo, workers, config):
-        stats[result["shard"]] = result
+    try:
+        for result in _write_all(todo, workers, config):
+            stats[result["shard"]] = result
+    except BaseException:  # the pool has stopped: leave no half-written .tmp behind
+        remove_stale(out, set(), planned)
+        raise
     write_index(config, jobs, stats, table, catalog)
     _drop_stale_report(out)
     write_card(out)

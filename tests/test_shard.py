@@ -252,6 +252,17 @@ def test_bad_input(built, tmp_path):
         shard(ShardConfig(build=unbinned, out=tmp_path / "x"))
 
 
+def test_failed_shard_run_leaves_no_temp_files(tmp_path, ir_samples):
+    build = make_build(tmp_path / "own", ir_samples)
+    kept = [r for r in cat.read_catalog(build).to_pylist() if r["status"] == "ok"]
+    damaged = tmp_path / "own" / kept[0]["source"].split(":")[-1] / kept[0]["relpath"]
+    damaged.write_bytes(b"not an image any more")
+    out = tmp_path / "ds"
+    with pytest.raises(RuntimeError, match="cannot re-read"):
+        shard(ShardConfig(build=build, out=out, max_count=2, workers=2, progress=False))
+    assert not list(out.rglob("*.tmp"))
+
+
 def pa_strings(n: int):
     import pyarrow as pa
 
