@@ -16,17 +16,15 @@ from inf590k.shard import encode_png
 from pretrain.data import DataConfig, crop_flip, crop_png, decode_ir_png
 from pretrain.pngcrop import decode_box, decode_png, read_header
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "ir-samples"
-
 
 def opencv(data: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def real_grey_frames(limit: int = 6) -> list[np.ndarray]:
+def real_grey_frames(samples: Path, limit: int = 6) -> list[np.ndarray]:
     """Grey frames of the sample datasets (the IR images, not the paired visible ones)."""
     frames = []
-    for path in sorted(SAMPLES.rglob("*")):
+    for path in sorted(samples.rglob("*")):
         if path.suffix.lower() not in {".png", ".jpg", ".jpeg", ".bmp"}:
             continue
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -53,9 +51,9 @@ def random_boxes(height: int, width: int, count: int, seed: int = 0):
     yield height - 1, width - 1, 1, 1  # the last pixel
 
 
-def test_shard_writer_pngs_decode_to_libpngs_pixels_for_any_box():
-    frames = real_grey_frames()
-    assert frames, f"no grey sample frames under {SAMPLES}"
+def test_shard_writer_pngs_decode_to_libpngs_pixels_for_any_box(ir_samples):
+    frames = real_grey_frames(ir_samples)
+    assert frames, f"no grey sample frames under {ir_samples}"
     frames += [thermal((61, 97)), thermal((1, 5)), thermal((300, 1)), thermal((37, 41), np.uint16)]
     for index, frame in enumerate(frames):
         data = encode_png(frame, 1)
