@@ -389,6 +389,15 @@ def test_module_entry_point_runs_a_tiny_training(dataset, tmp_path, capsys):
         main(["--model", "mae_vit_tiny"])  # --shards missing
 
 
+def without_key_bias(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A qkv bias without its key third: that part's gradient is zero in exact arithmetic
+    (softmax is shift-invariant), so AdamW turns rounding noise into lr-sized steps there."""
+    if not name.endswith("attn.qkv.bias"):
+        return tensor
+    query, _, value = tensor.chunk(3)
+    return torch.cat([query, value])
+
+
 @pytest.mark.slow
 def test_gradient_accumulation_matches_the_full_batch(dataset, tmp_path):
     """8 images in one micro-batch == 2 micro-batches of 4 (deterministic entropy masking)."""
@@ -402,7 +411,9 @@ def test_gradient_accumulation_matches_the_full_batch(dataset, tmp_path):
     )
     a, b = ckpt.load(full.checkpoint)["model"], ckpt.load(accumulated.checkpoint)["model"]
     for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+        assert torch.allclose(
+            without_key_bias(name, a[name]), without_key_bias(name, b[name]), atol=1e-5
+        ), name
     assert metrics(tmp_path / "acc")[-1]["loss"] == pytest.approx(
         metrics(tmp_path / "full")[-1]["loss"], abs=1e-5
     )
