@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from inf590k.fsutil import plural, write_text_atomic
+from inf590k.layout import dataset_file
 from inf590k.shard import (
     CARD_FILENAME,
     COUNTS_PATH,
@@ -42,11 +43,11 @@ EXCLUDED_MEANING = {  # catalog reason kinds of excluded rows, as a reader would
 
 
 def info_sha256(dataset: Path) -> str:
-    return hashlib.sha256((Path(dataset) / INFO_PATH).read_bytes()).hexdigest()
+    return hashlib.sha256(dataset_file(dataset, INFO_PATH).read_bytes()).hexdigest()
 
 
 def read_report(dataset: Path) -> dict | None:
-    path = Path(dataset) / REPORT_DIR / REPORT_FILES[0]
+    path = dataset_file(dataset, f"{REPORT_DIR}/{REPORT_FILES[0]}")
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -60,7 +61,7 @@ def fresh_report(dataset: Path) -> dict | None:
     fresh = (
         bool(numbers)
         and numbers.get("info_sha256") == info_sha256(dataset)
-        and all((Path(dataset) / REPORT_DIR / name).is_file() for name in REPORT_FILES)
+        and all(dataset_file(dataset, f"{REPORT_DIR}/{name}").is_file() for name in REPORT_FILES)
     )
     return numbers if fresh else None
 
@@ -402,7 +403,7 @@ def card_text(dataset: Path) -> str:
     dataset = Path(dataset)
     info = read_info(dataset)
     table = read_sources_table(dataset)
-    counts = json.loads((dataset / COUNTS_PATH).read_text())
+    counts = json.loads(dataset_file(dataset, COUNTS_PATH).read_text())
     numbers = fresh_report(dataset)
     shards = info_shards(info)
     samples = sum(n for _, n in shards)
@@ -471,6 +472,7 @@ def licenses_text(table: list[dict]) -> str:
 def write_card(dataset: Path) -> Path:
     """README.md and metadata/LICENSES.md of a dataset folder, from its index files."""
     dataset = Path(dataset)
-    write_text_atomic(dataset / LICENSES_PATH, licenses_text(read_sources_table(dataset)))
-    write_text_atomic(dataset / CARD_FILENAME, card_text(dataset))
-    return dataset / CARD_FILENAME
+    write_text_atomic(dataset_file(dataset, LICENSES_PATH), licenses_text(read_sources_table(dataset)))
+    card = dataset_file(dataset, CARD_FILENAME)
+    write_text_atomic(card, card_text(dataset))
+    return card

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from inf590k.fsutil import write_text_atomic
+from inf590k.fsutil import open_new, write_text_atomic
 
 CATALOG_DIRNAME = "catalog"
 SOURCES_FILENAME = "sources.json"
@@ -87,8 +87,9 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as handle:
+    with open_new(tmp) as handle:  # never through a link planted under the temporary name
+        pq.write_table(table, handle)
+        handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from inf590k.card import report_is_fresh
 from inf590k.fsutil import file_sha256
+from inf590k.layout import UnsafePathError, dataset_file, symlinks_under
 from inf590k.shard import (
     CARD_FILENAME,
     DATA_DIRNAME,
@@ -143,14 +144,27 @@ def read_shards(dataset: Path) -> tuple[str, list[DatasetShard]]:
 
 
 def owned_files(dataset: Path) -> list[str]:
-    """The folder's own files that exist (metadata/files.json), as repo paths."""
+    """The folder's own files that exist (metadata/files.json), as repo paths: plain files
+    inside the folder only (a link would upload whatever it points to)."""
     owned = read_owned(dataset)
     if owned is None:
         raise PublishError(
             f"{dataset} has no metadata/files.json: publish takes a folder written by "
             "`inf590k shard` (re-run it with --out pointing there)"
         )
-    return sorted(p for p in owned if (Path(dataset) / p).is_file())
+    return sorted(p for p in owned if dataset_file(dataset, p).is_file())
+
+
+def refuse_links(dataset: Path) -> None:
+    """Refuse a folder holding any symbolic link: the Hub client would upload what a file link
+    points to, and skip a linked folder while we report its shards as sent."""
+    links = symlinks_under(dataset)
+    if links:
+        raise PublishError(
+            f"{Path(dataset) / links[0]} is a symbolic link ({len(links)} in the folder): publish "
+            "uploads plain files only; replace each link with the file itself, then "
+            "`inf590k verify` and publish again"
+        )
 
 
 # ----------------------------------------------------------------------------- the Hub
@@ -345,8 +359,12 @@ def publish(config: PublishConfig) -> PublishSummary:
     if config.repo.count("/") != 1 or not all(config.repo.split("/")):
         raise PublishError(f"--repo {config.repo!r}: write OWNER/NAME, e.g. my-lab/inf590k")
     dataset = Path(config.dataset)
-    _, shards = read_shards(dataset)
-    owned = owned_files(dataset)
+    try:
+        refuse_links(dataset)
+        _, shards = read_shards(dataset)
+        owned = owned_files(dataset)
+    except UnsafePathError as err:
+        raise PublishError(str(err)) from err
     if CARD_FILENAME not in owned:
         raise PublishError(
             f"{dataset}/{CARD_FILENAME} is missing: re-run `inf590k shard` to write the card"

@@ -13,6 +13,7 @@ and metadata/sources.json. Writes into DATASET/metadata/report/ and then rewrite
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tarfile
@@ -24,7 +25,8 @@ import cv2
 import numpy as np
 
 from inf590k.card import card_text, info_sha256, write_card
-from inf590k.fsutil import write_text_atomic
+from inf590k.fsutil import write_bytes_atomic, write_text_atomic
+from inf590k.layout import dataset_file
 from inf590k.shard import (
     COUNTS_PATH,
     REPORT_DIR,
@@ -65,7 +67,7 @@ class ReportSummary:
 
 
 def _load_counts(dataset: Path) -> dict[str, dict]:
-    path = dataset / COUNTS_PATH
+    path = dataset_file(dataset, COUNTS_PATH)
     if not path.exists():
         raise FileNotFoundError(
             f"{path} is missing: re-run `inf590k shard` for this dataset (it writes the counts)"
@@ -168,6 +170,13 @@ def short_side_edges(bin_names: list[str]) -> list[int]:
     return sorted(e for e in edges if e > 0)
 
 
+def save_figure(figure, path: Path) -> None:
+    """A matplotlib figure as a PNG, written atomically (never through a link at `path`)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def _histogram(
     path: Path,
     values_by_source: dict[str, np.ndarray],
@@ -221,7 +230,7 @@ def _histogram(
     axis.set_ylabel("images")
     axis.set_title(title)
     figure.tight_layout()
-    figure.savefig(path)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -298,7 +307,7 @@ def sample_grid(dataset: Path, path: Path, count: int, seed: int) -> int:
     figure.subplots_adjust(
         left=0.01, right=0.99, bottom=0.1 / rows, top=0.99, wspace=0.06, hspace=0.3
     )
-    figure.savefig(path)
+    save_figure(figure, path)
     plt.close(figure)
     return len(samples)
 
@@ -337,15 +346,14 @@ def _figures(dataset: Path, out: Path, numbers: dict, config: ReportConfig) -> N
 def report(config: ReportConfig) -> ReportSummary:
     dataset = Path(config.dataset)
     numbers = gather_numbers(dataset)
-    own_folder = (
-        config.out is None or Path(config.out).resolve() == (dataset / REPORT_DIR).resolve()
-    )
+    report_dir = dataset_file(dataset, REPORT_DIR)  # refused when it is a link out of the folder
+    own_folder = config.out is None or Path(config.out).resolve() == report_dir.resolve()
     if own_folder and read_owned(dataset) is None:
         raise FileNotFoundError(
             f"{dataset} was not written by `inf590k shard` (no metadata/files.json): pass --out "
             "to write the report elsewhere"
         )
-    out = dataset / REPORT_DIR if own_folder else Path(config.out)
+    out = report_dir if own_folder else Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _figures(dataset, out, numbers, config)
     write_text_atomic(out / "report.json", json.dumps(numbers, indent=1, sort_keys=True) + "\n")

@@ -63,7 +63,28 @@ import pyarrow.parquet as pq
 
 from inf590k import catalog as cat
 from inf590k import lineage, progress
-from inf590k.fsutil import available_cores, file_sha256, plural, write_text_atomic
+from inf590k.fsutil import available_cores, file_sha256, open_new, plural, write_text_atomic
+from inf590k.layout import (  # noqa: F401 - the layout's names, as the dataset tools import them
+    CARD_FILENAME,
+    CATALOG_PATH,
+    COUNTS_PATH,
+    DATA_DIRNAME,
+    FILES_PATH,
+    INFO_FILENAME,
+    INFO_PATH,
+    LICENSES_PATH,
+    METADATA_DIRNAME,
+    REPORT_DIR,
+    SIDECAR_DIR,
+    SIZES_PATH,
+    SOURCES_PATH,
+    STATS_SUFFIX,
+    SUMS_PATH,
+    UnsafePathError,
+    check_relpath,
+    dataset_file,
+    read_splits,
+)
 from inf590k.ray_executor import open_executor
 from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
@@ -74,23 +95,7 @@ SAMPLE_OVERHEAD_BYTES = 4096  # 3 tar headers + JSON + PNG headers, per sample (
 FLUSH_EVERY = 32 << 20  # bytes between background fdatasync calls while a tar is written
 READ_BATCH = 256  # files read at once from folder and zip sources (bounds memory)
 
-# The layout, as paths relative to the dataset folder (POSIX, as on the Hub).
-CARD_FILENAME = "README.md"
-DATA_DIRNAME = "data"
-METADATA_DIRNAME = "metadata"
-INFO_FILENAME = "_info.json"
-INFO_PATH = f"{DATA_DIRNAME}/{INFO_FILENAME}"
-SIDECAR_DIR = f"{METADATA_DIRNAME}/shards"
-SIZES_PATH = f"{METADATA_DIRNAME}/sizes.json"
-SUMS_PATH = f"{METADATA_DIRNAME}/SHA256SUMS"
-SOURCES_PATH = f"{METADATA_DIRNAME}/sources.json"
-COUNTS_PATH = f"{METADATA_DIRNAME}/counts.json"
-CATALOG_PATH = f"{METADATA_DIRNAME}/catalog.parquet"
-LICENSES_PATH = f"{METADATA_DIRNAME}/LICENSES.md"
-FILES_PATH = f"{METADATA_DIRNAME}/files.json"
-REPORT_DIR = f"{METADATA_DIRNAME}/report"
 REPORT_FILES = ("report.json", "resolution_hist.png", "entropy_hist.png", "sample_grid.png")
-STATS_SUFFIX = "_stats.json"
 WRITTEN_BY = "inf590k shard"
 # What a copy made by `hf download --local-dir` (or a git clone of the repo) adds beside ours.
 HUB_EXTRAS = (".gitattributes", ".cache/", ".git/", ".huggingface/")
@@ -160,22 +165,30 @@ class ShardSummary:
 # ----------------------------------------------------------------------------- paths
 
 
+def _shard_stem(relpath: str) -> str:
+    """`<bin>/<bin>-000000` of a shard name, checked: a plain relative path ending in .tar."""
+    check_relpath(relpath, "shard name")
+    if not relpath.endswith(".tar") or relpath == ".tar":
+        raise UnsafePathError(f"shard name {relpath!r} does not end in .tar")
+    return relpath[: -len(".tar")]
+
+
 def tar_path(out: Path, relpath: str) -> Path:
-    return Path(out) / DATA_DIRNAME / relpath
+    return dataset_file(out, f"{DATA_DIRNAME}/{_shard_stem(relpath)}.tar")
 
 
 def sidecar_path(out: Path, relpath: str) -> Path:
     """metadata/shards/<bin>/<bin>-000000.parquet of data/<bin>/<bin>-000000.tar."""
-    return (Path(out) / SIDECAR_DIR / relpath).with_suffix(".parquet")
+    return dataset_file(out, f"{SIDECAR_DIR}/{_shard_stem(relpath)}.parquet")
 
 
 def stats_path(out: Path, relpath: str) -> Path:
-    return Path(out) / SIDECAR_DIR / (relpath[: -len(".tar")] + STATS_SUFFIX)
+    return dataset_file(out, f"{SIDECAR_DIR}/{_shard_stem(relpath)}{STATS_SUFFIX}")
 
 
 def shard_files(relpath: str) -> list[str]:
     """The dataset-relative paths one shard writes: tar, sidecar rows, stats."""
-    stem = relpath[: -len(".tar")]
+    stem = _shard_stem(relpath)
     return [
         f"{DATA_DIRNAME}/{relpath}",
         f"{SIDECAR_DIR}/{stem}.parquet",
@@ -207,7 +220,7 @@ def is_hub_extra(relpath: str) -> bool:
 
 def read_info(dataset: Path) -> dict:
     """data/_info.json of a dataset folder, with a one-line error when it is not one."""
-    path = Path(dataset) / INFO_PATH
+    path = dataset_file(dataset, INFO_PATH)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} is missing: {dataset} is not a dataset folder; write one with "
@@ -223,19 +236,18 @@ def _read_json(path: Path, fix: str) -> object:
         raise ValueError(f"{path} is not valid JSON ({error}): {fix}") from error
 
 
-def info_shards(info: dict) -> list[tuple[str, int]]:
-    """(relpath under data/, samples) of every shard _info.json lists, all splits."""
+def info_shards(info: object) -> list[tuple[str, int]]:
+    """(relpath under data/, samples) of every shard _info.json lists, all splits; names and
+    counts checked (`layout.read_splits`: a ValueError naming the field)."""
     return [
-        (name, int(length))
-        for split in info.get("splits", {}).values()
-        for name, length in zip(
-            split.get("filenames", []), split.get("shard_lengths", []), strict=False
-        )
+        (name, length)
+        for split in read_splits(info).values()
+        for name, length in zip(split.filenames, split.shard_lengths, strict=True)
     ]
 
 
 def read_sources_table(dataset: Path) -> list[dict]:
-    path = Path(dataset) / SOURCES_PATH
+    path = dataset_file(dataset, SOURCES_PATH)
     if not path.is_file():
         return []
     table = _read_json(path, "re-run `inf590k shard` for this folder, or download it again")
@@ -830,7 +842,7 @@ def write_shard(job: ShardJob) -> dict:
     target = tar_path(job.out, job.relpath)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = target.with_name(target.name + ".tmp")
-    with open(tmp_path, "wb") as handle, _HashingFile(handle) as hashing:
+    with open_new(tmp_path) as handle, _HashingFile(handle) as hashing:
         files = _read_files(job.build, job.rows)
         for (row, data), cls, meta in zip(files, job.classes, job.jsons, strict=True):
             try:
@@ -880,19 +892,28 @@ def finished_stats(job: ShardJob) -> dict | None:
 
 
 def read_owned(dataset: Path) -> set[str] | None:
-    """The files metadata/files.json says `inf590k` wrote here; None when there is no such index."""
+    """The files metadata/files.json says `inf590k` wrote here; None when there is no such index.
+
+    The index decides what `shard` may replace or delete and what `publish` uploads, so a name
+    in it that would lead outside the folder (`..`, an absolute path, a link) is refused for
+    the whole folder (UnsafePathError), never skipped."""
     try:
-        index = json.loads((Path(dataset) / FILES_PATH).read_text())
+        index = json.loads(dataset_file(dataset, FILES_PATH).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(index, dict) or index.get("written_by") != WRITTEN_BY:
         return None
-    return set(index.get("files", []))
+    files = index.get("files", [])
+    if not isinstance(files, list):
+        raise UnsafePathError(f"{Path(dataset) / FILES_PATH}: `files` is not a list of paths")
+    for name in files:
+        check_relpath(name, f"{Path(dataset) / FILES_PATH} names")
+    return set(files)
 
 
 def _write_owned(out: Path, files: Iterable[str]) -> None:
     index = {"written_by": WRITTEN_BY, "files": sorted(set(files))}
-    write_text_atomic(out / FILES_PATH, json.dumps(index, indent=1) + "\n", fsync=True)
+    write_text_atomic(dataset_file(out, FILES_PATH), json.dumps(index, indent=1) + "\n", fsync=True)
 
 
 def folder_files(folder: Path) -> list[str]:
@@ -916,7 +937,7 @@ def claim_folder(out: Path, planned: set[str]) -> set[str]:
                 f"{foreign[0]}): pick a new or empty folder"
             )
         previous = set()
-    clashes = sorted(p for p in planned if p not in previous and (out / p).exists())
+    clashes = sorted(p for p in planned if p not in previous and dataset_file(out, p).exists())
     if clashes:
         raise ValueError(
             f"--out {out}: {clashes[0]} exists but `inf590k shard` did not write it: move it "
@@ -931,11 +952,11 @@ def remove_stale(out: Path, previous: set[str], planned: set[str]) -> int:
     """Delete files of our previous index that this plan does not write, and our temp files."""
     removed = 0
     for relpath in sorted(previous | planned):
-        tmp = out / (relpath + ".tmp")
+        tmp = dataset_file(out, relpath + ".tmp")
         if tmp.is_file():
             tmp.unlink()  # a half-written file of a killed run
     for relpath in sorted(previous - planned):
-        path = out / relpath
+        path = dataset_file(out, relpath)
         if path.is_file():
             path.unlink()
             removed += 1
@@ -1003,20 +1024,22 @@ def write_index(
         "sources": info_sources(table),
         "members": sample_members(jobs),
     }
-    cat.write_parquet_atomic(catalog, out / CATALOG_PATH)
-    _write_json(out / COUNTS_PATH, catalog_counts(catalog))
-    _write_json(out / SOURCES_PATH, table)
+    cat.write_parquet_atomic(catalog, dataset_file(out, CATALOG_PATH))
+    _write_json(dataset_file(out, COUNTS_PATH), catalog_counts(catalog))
+    _write_json(dataset_file(out, SOURCES_PATH), table)
     _write_json(
-        out / SIZES_PATH,
+        dataset_file(out, SIZES_PATH),
         {f"{DATA_DIRNAME}/{f}": n for f, n in zip(filenames, lengths, strict=True)},
     )
-    sums = {CATALOG_PATH: file_sha256(out / CATALOG_PATH)}
+    sums = {CATALOG_PATH: file_sha256(dataset_file(out, CATALOG_PATH))}
     for name in filenames:
         tar_rel, parquet_rel, _ = shard_files(name)
         sums[tar_rel] = stats[name]["sha256"]
         sums[parquet_rel] = stats[name]["parquet_sha256"]
-    write_text_atomic(out / SUMS_PATH, "".join(f"{sums[p]}  {p}\n" for p in sorted(sums)))
-    _write_json(out / INFO_PATH, info, fsync=True)  # last: it names only finished shards
+    write_text_atomic(
+        dataset_file(out, SUMS_PATH), "".join(f"{sums[p]}  {p}\n" for p in sorted(sums))
+    )
+    _write_json(dataset_file(out, INFO_PATH), info, fsync=True)  # last: it names only finished shards
     return info
 
 
@@ -1024,9 +1047,9 @@ def _drop_stale_report(out: Path) -> None:
     """The report describes an earlier _info.json: remove it (its files are ours)."""
     from inf590k.card import report_is_fresh
 
-    if (out / REPORT_DIR / REPORT_FILES[0]).exists() and not report_is_fresh(out):
+    if dataset_file(out, f"{REPORT_DIR}/{REPORT_FILES[0]}").exists() and not report_is_fresh(out):
         for name in REPORT_FILES:
-            (out / REPORT_DIR / name).unlink(missing_ok=True)
+            dataset_file(out, f"{REPORT_DIR}/{name}").unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- the stage

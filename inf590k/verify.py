@@ -12,6 +12,7 @@ import io
 import json
 import multiprocessing
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 from inf590k import catalog as cat
 from inf590k import progress
 from inf590k.fsutil import available_cores, file_sha256, plural
+from inf590k.layout import dataset_file, read_info_sources, symlinks_under
 from inf590k.shard import (
     CARD_FILENAME,
     COUNTS_PATH,
@@ -33,6 +35,7 @@ from inf590k.shard import (
     folder_files,
     index_files,
     info_shards,
+    info_sources,
     is_hub_extra,
     read_sources_table,
     sample_json,
@@ -196,13 +199,13 @@ def _stats_problems(check: _ShardCheck) -> list[str]:
     return problems
 
 
-def check_shard(check: _ShardCheck) -> tuple[int, list[str]]:
-    """All checks of one shard: (samples read, problems)."""
+def check_shard(check: _ShardCheck) -> tuple[int, list[str], dict[tuple[str, str], int]]:
+    """All checks of one shard: (samples read, problems, sidecar rows per (source, licence))."""
     path = tar_path(check.dataset, check.relpath)
     name = f"data/{check.relpath}"
     if not path.exists():
         progress.tick(check.expected_count)
-        return 0, [f"{name}: missing shard"]
+        return 0, [f"{name}: missing shard"], {}
     problems = []
     if check.expected_sha256 is None:
         problems.append(f"{name}: not listed in {SUMS_PATH}")
@@ -222,43 +225,40 @@ def check_shard(check: _ShardCheck) -> tuple[int, list[str]]:
             problems.append(
                 f"{parquet.name}: {len(rows)} rows do not match the tar's {len(uids)} samples"
             )
-    return len(uids), problems
+    licences = Counter((r["source"], r["license"] or "") for r in rows or [])
+    return len(uids), problems, dict(licences)
 
 
 def _index_problems(
-    dataset: Path, info: dict, sums: dict[str, str]
+    dataset: Path, info: object, sums: dict[str, str]
 ) -> tuple[list[tuple[str, int]], list[str]]:
-    """Shards listed by _info.json (relpath, count) and problems of the index files themselves."""
+    """Shards listed by _info.json (relpath, count) and problems of the index files themselves.
+
+    A name that would leave the folder, a length that is not a positive count or a total that
+    does not add up stops here: nothing of such an index is read further."""
+    try:
+        shards = info_shards(info)
+    except ValueError as err:
+        return [], [str(err)]
     problems = []
-    for split_name, split in sorted(info.get("splits", {}).items()):
-        filenames, lengths = split.get("filenames", []), split.get("shard_lengths", [])
-        if len(filenames) != len(lengths):
-            problems.append(
-                f"{INFO_PATH}: split {split_name} has {len(filenames)} filenames, {len(lengths)} shard_lengths"
-            )
-        if split.get("num_samples") != sum(lengths):
-            problems.append(
-                f"{INFO_PATH}: split {split_name} num_samples {split.get('num_samples')} != sum of "
-                f"shard_lengths {sum(lengths)}"
-            )
-    shards = info_shards(info)
     if not shards:
         problems.append(f"{INFO_PATH}: lists no shards")
-    sizes_path = dataset / SIZES_PATH
+    sizes_path = dataset_file(dataset, SIZES_PATH)
     if not sizes_path.exists():
         problems.append(f"{SIZES_PATH}: missing")
     elif json.loads(sizes_path.read_text()) != {f"data/{n}": c for n, c in shards}:
         problems.append(f"{SIZES_PATH}: does not match {INFO_PATH}")
     for name in REQUIRED_FILES:
-        if not (dataset / name).is_file():
+        if not dataset_file(dataset, name).is_file():
             problems.append(f"{name}: missing (`inf590k shard` writes it)")
     tars = {f"data/{n}" for n, _ in shards}
     for name in sorted(sums):
         if name in tars:
             continue  # hashed with its shard
-        if not (dataset / name).is_file():
+        path = dataset_file(dataset, name)
+        if not path.is_file():
             problems.append(f"{name}: listed in {SUMS_PATH} but missing")
-        elif file_sha256(dataset / name) != sums[name]:
+        elif file_sha256(path) != sums[name]:
             problems.append(f"{name}: sha256 mismatch")
     return shards, problems
 
@@ -269,55 +269,131 @@ def stray_files(dataset: Path, shards: list[tuple[str, int]]) -> list[str]:
     return [p for p in folder_files(dataset) if p not in allowed and not is_hub_extra(p)]
 
 
-def _classes(dataset: Path, problems: list[str]) -> dict[str, int]:
+def _sources_table(dataset: Path, problems: list[str]) -> list[dict]:
+    """metadata/sources.json; [] (and a problem) when unreadable: the class check is skipped."""
     try:
-        return {e["id"]: int(e["class_id"]) for e in read_sources_table(dataset)}
-    except (ValueError, KeyError, TypeError) as error:  # the class check is skipped then
+        table = read_sources_table(dataset)
+        for entry in table:
+            int(entry["class_id"])
+        return table
+    except (ValueError, KeyError, TypeError) as error:
         problems.append(f"{SOURCES_PATH}: unreadable ({error})")
-        return {}
+        return []
+
+
+def _add(
+    report: VerifyReport,
+    licences: Counter,
+    count: int,
+    problems: list[str],
+    shard_licences: dict[tuple[str, str], int],
+) -> None:
+    report.samples += count
+    report.problems += problems
+    licences.update(shard_licences)
 
 
 def _run_checks(
     checks: list[_ShardCheck], workers: int, enabled: bool, report: VerifyReport
-) -> None:
+) -> Counter:
+    """Check every shard into `report`; returns the sidecar rows per (source, licence)."""
+    licences: Counter = Counter()
     total = sum(c.expected_count for c in checks)
     if workers == 1:
         with progress.SampleProgress(total, "verify", enabled, None):
-            for count, problems in map(check_shard, checks):
-                report.samples += count
-                report.problems += problems
-        return
+            for result in map(check_shard, checks):
+                _add(report, licences, *result)
+        return licences
     context = multiprocessing.get_context(pool_start_method())
     with progress.SampleProgress(total, "verify", enabled, context) as bar:
         # the build stages' pool: forkserver-started, workers die with this process
-        with sigterm_as_interrupt(), LocalExecutor(workers, ("inf590k.verify",), bar.worker_init) as pool:
-            for count, problems in pool.map(check_shard, ((check,) for check in checks)):
-                report.samples += count
-                report.problems += problems
+        with (
+            sigterm_as_interrupt(),
+            LocalExecutor(workers, ("inf590k.verify",), bar.worker_init) as pool,
+        ):
+            for result in pool.map(check_shard, ((check,) for check in checks)):
+                _add(report, licences, *result)
+    return licences
+
+
+def _differences(listed: list[dict], expected: list[dict]) -> str:
+    """The first difference between two lists of source entries, in words."""
+    by_id = {e["id"]: e for e in expected}
+    for entry in listed:
+        other = by_id.get(entry["id"])
+        if other is None:
+            return f"source {entry['id']!r} is not in the table"
+        for key in entry:
+            if entry[key] != other.get(key):
+                return f"source {entry['id']!r}: {key} {entry[key]!r}, the table says {other.get(key)!r}"
+    missing = sorted(set(by_id) - {e["id"] for e in listed})
+    return f"source {missing[0]!r} is missing" if missing else "order differs"
+
+
+def source_problems(info: object, table: list[dict], licences: Counter) -> list[str]:
+    """_info.json's `sources` against the sources table, and the table's samples and licences
+    against the sidecar rows (hashed in SHA256SUMS): training takes the weights' licence from
+    these entries, so a lie in them is a problem, not a detail."""
+    try:
+        listed = read_info_sources(info)
+    except ValueError as err:
+        return [str(err)]
+    if not table:
+        return []
+    problems = []
+    if listed != info_sources(table):
+        problems.append(
+            f"{INFO_PATH}: field sources disagrees with {SOURCES_PATH} "
+            f"({_differences(listed, info_sources(table))}): edited? re-run `inf590k shard`"
+        )
+    for entry in table:
+        rows = {licence: n for (source, licence), n in licences.items() if source == entry["id"]}
+        if sum(rows.values()) != entry.get("samples"):
+            problems.append(
+                f"{SOURCES_PATH}: source {entry['id']!r} says {entry.get('samples')} samples, its "
+                f"sidecar rows hold {sum(rows.values())}"
+            )
+        stated = max((n, licence) for licence, n in rows.items() if licence)[1] if any(rows) else ""
+        if stated and stated != entry.get("license"):
+            problems.append(
+                f"{SOURCES_PATH}: source {entry['id']!r} has licence {entry.get('license')!r}, but "
+                f"its samples' rows say {stated!r}"
+            )
+    return problems
 
 
 def verify(config: VerifyConfig) -> VerifyReport:
     dataset = Path(config.dataset)
     report = VerifyReport(dataset=dataset)
+    report.problems += [
+        f"{link}: a symbolic link; a dataset folder holds plain files only (a link could make "
+        "`publish` upload what it points to): replace it with the file itself"
+        for link in symlinks_under(dataset)
+    ]
+    if report.problems:
+        return report  # nothing is read through a link
     for name in (INFO_PATH, SUMS_PATH):
-        if not (dataset / name).exists():
+        if not dataset_file(dataset, name).exists():
             report.problems.append(
                 f"{name}: missing; is {dataset} a dataset written by `inf590k shard`?"
             )
     if report.problems:
         return report
     try:
-        info = json.loads((dataset / INFO_PATH).read_text())
-        sums = read_sums(dataset / SUMS_PATH)
+        info = json.loads(dataset_file(dataset, INFO_PATH).read_text())
+        sums = read_sums(dataset_file(dataset, SUMS_PATH))
         shards, report.problems = _index_problems(dataset, info, sums)
     except (ValueError, OSError, KeyError, TypeError, AttributeError) as err:
         report.problems.append(f"index files unreadable ({type(err).__name__}: {err})")
+        return report
+    if not shards:
         return report
     report.problems += [
         f"{p}: a file that does not belong to the dataset (not in {INFO_PATH} or the layout)"
         for p in stray_files(dataset, shards)
     ]
-    classes = _classes(dataset, report.problems)
+    table = _sources_table(dataset, report.problems)
+    classes = {e["id"]: int(e["class_id"]) for e in table}
     raw = "npy" in info.get("members", [])
     checks = [
         _ShardCheck(dataset, name, sums.get(f"data/{name}"), count, classes, raw, config.decode)
@@ -325,5 +401,6 @@ def verify(config: VerifyConfig) -> VerifyReport:
     ]
     report.shards = len(checks)
     workers = min(config.workers or available_cores(), max(1, len(checks)))
-    _run_checks(checks, workers, config.progress, report)
+    licences = _run_checks(checks, workers, config.progress, report)
+    report.problems += source_problems(info, table, licences)
     return report

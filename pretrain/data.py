@@ -33,6 +33,7 @@ import webdataset as wds
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys
 
+from inf590k.layout import check_relpath, read_info_sources, read_splits
 from pretrain.pngcrop import check_pixels, decode_box, decode_png, read_header
 from pretrain.tarstream import tar_members
 
@@ -157,30 +158,62 @@ def is_info_url(url: str) -> bool:
 
 
 def _join(base_url: str, relative: str) -> str:
-    """`relative` resolved against the folder of `base_url` (paths, file:// and http(s)://)."""
+    """`relative` resolved against the folder of `base_url` (paths, file:// and http(s)://).
+    For names the user typed; names read from an index go through `index_member_url`."""
     if "://" in base_url:
         return urllib.parse.urljoin(base_url, relative)
     return posixpath.join(posixpath.dirname(base_url), relative)
 
 
-def read_info(url: str, split: str = "train", config: DataConfig | None = None) -> DatasetInfo:
-    """Parse a timm-format `_info.json`; shard names become URLs relative to it."""
-    config = config or DataConfig()
+def index_member_url(index_url: str, name: object) -> str:
+    """A shard name read from an index, as a URL inside the index's own folder.
+
+    The index may be someone else's file, so a name is accepted only as a plain relative path
+    (`layout.check_relpath`): `pipe:...` (a shell command to webdataset), another scheme or
+    host, an absolute path or `..` is refused (ValueError naming the index), and the result
+    keeps the index's scheme, host and folder. An index read through `pipe:` locates nothing."""
+    where = redact_url(index_url)
+    if index_url.startswith("pipe:"):
+        raise ValueError(
+            f"{where}: shards listed by an index read through pipe: cannot be located; pass the "
+            "shards themselves to --shards"
+        )
+    check_relpath(name, f"{where}: shard name")
+    if not name.endswith(".tar"):
+        raise ValueError(f"{where}: shard name {name!r} is not a .tar shard")
+    return _join(index_url, name)
+
+
+MAX_INFO_BYTES = 64 << 20  # an _info.json of 156K shards is ~10 MB; anything larger is refused
+
+
+def read_index_json(url: str, config: DataConfig) -> Any:
+    """The parsed JSON of a small index file (bounded: someone else's file may be endless)."""
     with open_url(url, config) as stream:
         try:
-            info = json.loads(stream.read())
+            data = stream.read(MAX_INFO_BYTES + 1)
+            if len(data) > MAX_INFO_BYTES:
+                raise ValueError(f"over {MAX_INFO_BYTES >> 20} MiB")
+            return json.loads(data)
         except (ValueError, OSError) as exc:
-            raise ValueError(f"{redact_url(url)} is not a readable _info.json ({exc})") from None
-    splits = info.get("splits", {}) if isinstance(info, dict) else {}
+            raise ValueError(f"{redact_url(url)} is not a readable JSON index ({exc})") from None
+
+
+def read_info(url: str, split: str = "train", config: DataConfig | None = None) -> DatasetInfo:
+    """Parse a timm-format `_info.json`, checked (`layout.read_splits`: names, counts, totals;
+    a lie is one ValueError naming the field); shard names become URLs inside its folder."""
+    config = config or DataConfig()
+    where = redact_url(url)
+    info = read_index_json(url, config)
+    splits = read_splits(info, where)
     if split not in splits:
-        raise ValueError(
-            f"{redact_url(url)} has no split {split!r} (it has {sorted(splits)}); pick --split"
-        )
+        raise ValueError(f"{where} has no split {split!r} (it has {sorted(splits)}); pick --split")
     entry = splits[split]
-    filenames = tuple(_join(url, name) for name in entry["filenames"])
-    lengths = tuple(int(n) for n in entry.get("shard_lengths", []))
-    sources = tuple(s for s in info.get("sources", []) if isinstance(s, dict))
-    return DatasetInfo(int(entry["num_samples"]), filenames, lengths, sources)
+    if not entry.filenames:
+        raise ValueError(f"{where}: split {split!r} lists no shards")
+    filenames = tuple(index_member_url(url, name) for name in entry.filenames)
+    sources = tuple(read_info_sources(info, where))
+    return DatasetInfo(entry.num_samples, filenames, entry.shard_lengths, sources)
 
 
 def expand_shard_urls(

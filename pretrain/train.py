@@ -173,7 +173,12 @@ def plan_schedule(
     if optim.steps is not None:
         total = optim.steps
         warmup = round(total * optim.warmup_epochs / optim.epochs) if optim.epochs else 0
-    elif samples_per_epoch:
+    elif samples_per_epoch is not None:
+        if samples_per_epoch < 1:
+            raise ValueError(
+                "the selected shards hold no samples (so says their _info.json): check --shards, "
+                "or pass --samples-per-epoch N or --steps N"
+            )
         steps_per_epoch = max(1, samples_per_epoch // global_batch)
         total = max(1, round(optim.epochs * steps_per_epoch))
         warmup = round(optim.warmup_epochs * steps_per_epoch)
