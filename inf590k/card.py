@@ -472,7 +472,9 @@ def licenses_text(table: list[dict]) -> str:
 def write_card(dataset: Path) -> Path:
     """README.md and metadata/LICENSES.md of a dataset folder, from its index files."""
     dataset = Path(dataset)
-    write_text_atomic(dataset_file(dataset, LICENSES_PATH), licenses_text(read_sources_table(dataset)))
+    write_text_atomic(
+        dataset_file(dataset, LICENSES_PATH), licenses_text(read_sources_table(dataset))
+    )
     card = dataset_file(dataset, CARD_FILENAME)
     write_text_atomic(card, card_text(dataset))
     return card

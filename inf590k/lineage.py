@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from inf590k import catalog as cat
-from inf590k.fsutil import write_text_atomic
+from inf590k.fsutil import file_sha256, write_text_atomic
 from inf590k.manifest import source_option
 
 STAGES = ("ingest", "dedupe", "bin", "shard")
+CATALOG_WRITERS = ("ingest", "dedupe", "bin")  # stages that write catalog parts
 UPSTREAM = {"dedupe": "ingest", "bin": "dedupe", "shard": "bin"}
 LINEAGE_DIRNAME = "lineage"
 LOCK_FILENAME = ".lock"
@@ -48,6 +49,8 @@ WAIT_FOR_LOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("wait_for_l
 # Build folders this process holds the lock of (resolved path -> depth): `build` runs the
 # stages one after another under one lock.
 _HELD: dict[str, tuple[int, int]] = {}
+# Catalog parts hashed by this process: path -> ((size, mtime_ns, inode), sha256).
+_HASHED: dict[str, tuple[tuple[int, int, int], str]] = {}
 
 
 class LineageError(ValueError):
@@ -68,6 +71,9 @@ class StageRecord:
     parts: str  # digest of the catalog part names (which sources/chunks it covered)
     generation: int = 0  # bumped whenever the stage changed files without other visible cause
     finished: str = ""
+    # part name -> sha256 as the stage left the catalog: checked while no later stage has
+    # written it, not part of the digest (an unchanged re-run keeps the later stages fresh)
+    catalog: dict = dataclasses.field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -109,6 +115,33 @@ def read_record(build: Path, stage: str) -> StageRecord | None:
 def parts_digest(build: Path) -> str:
     names = [p.name for p in cat.part_paths(build)]
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def catalog_contents(build: Path) -> dict[str, str]:
+    """sha256 of every catalog part by name: what the stage that last wrote the catalog left.
+    A file is hashed again only when its size, mtime or inode changed (a no-op `build` asks
+    this several times)."""
+    contents = {}
+    for path in cat.part_paths(build):
+        info = path.stat()
+        key = (info.st_size, info.st_mtime_ns, info.st_ino)
+        cached = _HASHED.get(str(path))
+        if cached is None or cached[0] != key:
+            cached = _HASHED[str(path)] = (key, file_sha256(path))
+        contents[path.name] = cached[1]
+    return contents
+
+
+def _catalog_change(recorded: dict[str, str], now: dict[str, str]) -> str:
+    """The first difference between two catalog contents, in words ('' when equal)."""
+    for name in sorted(set(recorded) | set(now)):
+        if name not in now:
+            return f"{name} was removed"
+        if name not in recorded:
+            return f"{name} was added"
+        if recorded[name] != now[name]:
+            return f"{name} was edited"
+    return ""
 
 
 def plain(value: Any) -> Any:
@@ -166,6 +199,7 @@ def finish(
         parts=parts_digest(build),
         generation=generation,
         finished=now(),
+        catalog=catalog_contents(build),
     )
     if previous is None or previous.digest != record.digest or running_path(build, stage).exists():
         body = {**dataclasses.asdict(record), "digest": record.digest}
@@ -195,7 +229,8 @@ def rerun_command(build: Path, stage: str) -> str:
     except (OSError, ValueError):
         recorded = {}
     sources = " ".join(
-        "--source " + shlex.quote(source_option(source, info.get("name", ""), info.get("root", "PATH")))
+        "--source "
+        + shlex.quote(source_option(source, info.get("name", ""), info.get("root", "PATH")))
         for source, info in sorted(recorded.items())
     )
     return f"inf590k ingest --build {shlex.quote(str(build))} {sources or '--source ID=PATH'}"
@@ -226,7 +261,26 @@ def problem(build: Path, stage: str) -> str:
         return (
             f"the catalog of {build} lost or gained part files after ingest: run `{command}` first"
         )
-    return ""
+    return _catalog_problem(build, stage, record)
+
+
+def _catalog_problem(build: Path, stage: str, record: StageRecord) -> str:
+    """Why the catalog is not as `stage` left it, when `stage` is the last that wrote it ('' if
+    it is): a part edited, replaced or removed by hand would otherwise reach the shards."""
+    later = STAGES[STAGES.index(stage) + 1 :]
+    if not record.catalog or any(
+        s in CATALOG_WRITERS and (record_path(build, s).exists() or running_path(build, s).exists())
+        for s in later
+    ):
+        return ""
+    change = _catalog_change(record.catalog, catalog_contents(build))
+    if not change:
+        return ""
+    return (
+        f"the catalog of {build} changed after `inf590k {stage}` wrote it ({cat.CATALOG_DIRNAME}/"
+        f"{change}): restore it, or delete that part and run `{rerun_command(build, 'ingest')}` "
+        "(it redoes the missing part), then the later stages"
+    )
 
 
 def require(build: Path, stage: str) -> None:
@@ -313,6 +367,33 @@ def build_lock(build: Path, stage: str) -> Iterator[None]:
             yield
         finally:
             del _HELD[key]
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Exclusive lock of a folder itself (flock on its descriptor: no lock file inside, as a
+    dataset folder holds its own files only); created if missing, and removed again if the
+    block fails and leaves it empty. Fails at once when busy, or waits under `--wait`."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        flags = fcntl.LOCK_EX if WAIT_FOR_LOCK.get() else fcntl.LOCK_EX | fcntl.LOCK_NB
+        try:
+            fcntl.flock(descriptor, flags)
+        except BlockingIOError:
+            raise LineageError(
+                f"{what} {folder} is being written by another `inf590k` command: wait for it to "
+                "finish, or pass --wait"
+            ) from None
+        yield
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
     finally:
         os.close(descriptor)
 

@@ -773,12 +773,67 @@ def plan_shards(
 # ----------------------------------------------------------------------------- writing
 
 
-def _read_files(build: Path, rows: tuple[dict, ...]) -> Iterator[tuple[dict, bytes]]:
-    """(row, file bytes) in row order; one pass per tar source, small batches otherwise."""
+class SourceChanged(RuntimeError):
+    """A source file is missing, unreadable or not the one ingest catalogued; one line."""
+
+
+def _read_source(root: Path, source: str, relpaths: list[str]) -> dict[str, bytes]:
+    """`SourceReader.read_many`, its failures as one SourceChanged line naming the file."""
     from inf590k.sources import SourceReader
 
+    try:
+        with SourceReader(root) as reader:
+            found = reader.read_many(relpaths)
+    except (OSError, ValueError) as error:
+        name = getattr(error, "filename", None) or root
+        reason = getattr(error, "strerror", None) or str(error)
+        raise SourceChanged(
+            f"cannot read {name} of source {source!r} ({reason}): restore it, or re-run "
+            "`inf590k ingest` for that source (then dedupe, bin and shard)"
+        ) from None
+    missing = [r for r in relpaths if r not in found]
+    if missing:
+        raise SourceChanged(
+            f"{missing[0]} is no longer in source {source!r} ({root}): restore it, or re-run "
+            "`inf590k ingest` for that source (then dedupe, bin and shard)"
+        )
+    return found
+
+
+def _source_kind(root: Path, source: str) -> str:
+    from inf590k.sources import root_kind
+
+    try:
+        return root_kind(root)
+    except (OSError, ValueError) as error:
+        raise SourceChanged(f"source {source!r}: {error}") from None
+
+
+def check_unchanged(row: Mapping, data: bytes, digests: dict[str, str]) -> None:
+    """The file `shard` re-read must be the one ingest catalogued: same size, same sha256
+    (`digests` caches a file's digest for the other frames of a video). A file edited, swapped
+    or grown since would otherwise ship under its old row (hashes, dedupe decision, crop)."""
+    if len(data) != row["file_bytes"]:
+        change = f"{len(data)} bytes, ingest read {row['file_bytes']}"
+    else:
+        key = row["relpath"]
+        if key not in digests:
+            digests[key] = hashlib.sha256(data).hexdigest()
+        if digests[key] == row["file_sha256"]:
+            return
+        change = "same size, other content: its sha256 differs"
+    raise SourceChanged(
+        f"{row['source']}/{row['relpath']} changed after ingest ({change}): re-run `inf590k "
+        "ingest` for that source, then dedupe, bin and shard (or restore the file)"
+    )
+
+
+def _read_files(build: Path, rows: tuple[dict, ...]) -> Iterator[tuple[dict, bytes]]:
+    """(row, file bytes) in row order, each checked against its row (`check_unchanged`); one
+    pass per tar source, small batches otherwise."""
     recorded = cat.read_sources(build)
     whole_tar: dict[str, dict[str, bytes]] = {}  # a (compressed) tar is read in one pass
+    digests: dict[str, dict[str, str]] = {}
     for start in range(0, len(rows), READ_BATCH):
         batch = rows[start : start + READ_BATCH]
         by_source: dict[str, dict[str, bytes]] = {}
@@ -786,16 +841,17 @@ def _read_files(build: Path, rows: tuple[dict, ...]) -> Iterator[tuple[dict, byt
             if source in whole_tar:
                 by_source[source] = whole_tar[source]
                 continue
-            with SourceReader(Path(recorded[source]["root"])) as reader:
-                if reader.kind == "tar":
-                    everything = [r["relpath"] for r in rows if r["source"] == source]
-                    by_source[source] = whole_tar[source] = reader.read_many(everything)
-                else:
-                    by_source[source] = reader.read_many(
-                        r["relpath"] for r in batch if r["source"] == source
-                    )
+            root = Path(recorded[source]["root"])
+            if _source_kind(root, source) == "tar":
+                everything = [r["relpath"] for r in rows if r["source"] == source]
+                by_source[source] = whole_tar[source] = _read_source(root, source, everything)
+            else:
+                wanted = [r["relpath"] for r in batch if r["source"] == source]
+                by_source[source] = _read_source(root, source, wanted)
         for row in batch:
-            yield row, by_source[row["source"]][row["relpath"]]
+            data = by_source[row["source"]][row["relpath"]]
+            check_unchanged(row, data, digests.setdefault(row["source"], {}))
+            yield row, data
 
 
 class _PixelLoader:
@@ -847,6 +903,8 @@ def write_shard(job: ShardJob) -> dict:
         for (row, data), cls, meta in zip(files, job.classes, job.jsons, strict=True):
             try:
                 view8, raw = load(row, data)
+            except SourceChanged:
+                raise
             except Exception as error:
                 raise RuntimeError(
                     f"{job.relpath}: cannot re-read {row['uid']} ({row['source']}/{row['relpath']}): "
@@ -1039,7 +1097,9 @@ def write_index(
     write_text_atomic(
         dataset_file(out, SUMS_PATH), "".join(f"{sums[p]}  {p}\n" for p in sorted(sums))
     )
-    _write_json(dataset_file(out, INFO_PATH), info, fsync=True)  # last: it names only finished shards
+    _write_json(
+        dataset_file(out, INFO_PATH), info, fsync=True
+    )  # last: it names only finished shards
     return info
 
 
@@ -1100,8 +1160,6 @@ def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Itera
 @lineage.stage("shard", mark=True)  # refuses a missing/unfinished/stale bin; records the run
 def shard(config: ShardConfig) -> ShardSummary:
     """Write (or finish) the dataset folder of a build; byte-identical for any worker count."""
-    from inf590k.card import write_card
-
     started = time.perf_counter()
     out = Path(config.out)
     _check_options(config)
@@ -1109,6 +1167,14 @@ def shard(config: ShardConfig) -> ShardSummary:
         raise ValueError(
             f"--out {out} is a build folder (it holds a catalog): write the dataset to a folder of its own"
         )
+    # one writer per dataset folder, whatever build it comes from
+    with lineage.folder_lock(out, "--out"):
+        return _write_dataset(config, out, started)
+
+
+def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSummary:
+    from inf590k.card import write_card  # the card module reads the layout of this one
+
     catalog = cat.read_catalog(Path(config.build))  # read once: plan, class ids, index
     by_bin = _kept_rows(Path(config.build), catalog)
     table, classes = _class_ids(config, out, by_bin)

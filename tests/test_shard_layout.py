@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inf590k import catalog as cat
+from inf590k.bins import BinConfig, bin_catalog
 from inf590k.ingest import IngestConfig, ingest
 from inf590k.shard import ShardConfig, even_runs, shard, shard_counts, short_bins
 from inf590k.verify import VerifyConfig, verify
@@ -418,6 +419,7 @@ def test_synthetic_frames_are_never_presented_as_the_real_source(built, tmp_path
         ]
         table = table.set_column(table.schema.get_field_index(column), column, [values])
     cat.write_catalog(build, table)
+    bin_catalog(BinConfig(build=build))  # the stage that wrote the catalog last: `shard` checks it
     out = tmp_path / "ds"
     shard(ShardConfig(build=build, out=out, workers=1, progress=False))
     beta = next(
