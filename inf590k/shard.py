@@ -1010,9 +1010,10 @@ def remove_stale(out: Path, previous: set[str], planned: set[str]) -> int:
     """Delete files of our previous index that this plan does not write, and our temp files."""
     removed = 0
     for relpath in sorted(previous | planned):
-        tmp = dataset_file(out, relpath + ".tmp")
-        if tmp.is_file():
-            tmp.unlink()  # a half-written file of a killed run
+        path = dataset_file(out, relpath)
+        tmp = path.with_name(path.name + ".tmp")
+        if tmp.is_symlink() or tmp.is_file():
+            tmp.unlink()  # a half-written file of a killed run (a link there is not followed)
     for relpath in sorted(previous - planned):
         path = dataset_file(out, relpath)
         if path.is_file():

@@ -20,7 +20,9 @@ def ir_samples() -> Path:
     """Real infrared samples in their original folder layouts (sirst, roadscene, hit-uav, ...)."""
     root = shared_dir() / "ir-samples"
     if not root.is_dir():
-        pytest.skip(f"real IR samples not found at {root}; set INF590K_SHARED to the shared/ folder")
+        pytest.skip(
+            f"real IR samples not found at {root}; set INF590K_SHARED to the shared/ folder"
+        )
     return root
 
 
@@ -33,3 +35,58 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic_build(tmp_path_factory) -> tuple[Path, Path]:
+    """(build folder, dataset folder) of two small synthetic sources built once per session:
+    several bins, one of them in several shards. Read-only: copy it to change anything."""
+    from inf590k.ingest import IngestConfig
+    from inf590k.pipeline import BuildConfig, run_build
+    from inf590k.shard import ShardConfig
+    from inf590k.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("synthetic-build")
+    synthesize(SynthConfig(layout="sirst", out=root / "sirst", count=12, scale=0.5, workers=1))
+    synthesize(
+        SynthConfig(layout="roadscene", out=root / "rs", count=8, scale=0.5, seed=1, workers=1)
+    )
+    build, dataset = root / "build", root / "ds"
+    run_build(
+        BuildConfig(
+            ingest=IngestConfig(
+                sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")),
+                build=build,
+                workers=1,
+                progress=False,
+            ),
+            out=dataset,
+            shard=ShardConfig(build=build, out=dataset, workers=1, max_count=4, progress=False),
+        )
+    )
+    return build, dataset
+
+
+@pytest.fixture
+def dataset_copy(synthetic_build, tmp_path) -> Path:
+    """A copy of the session's dataset folder that a test may change."""
+    import shutil
+
+    return Path(shutil.copytree(synthetic_build[1], tmp_path / "ds"))
+
+
+@pytest.fixture
+def build_copy(synthetic_build, tmp_path) -> tuple[Path, Path]:
+    """Copies of the session's sources, build folder and dataset folder that a test may
+    change; the build's recorded source roots point at the copies."""
+    import shutil
+
+    from inf590k import catalog as cat
+
+    root = Path(shutil.copytree(synthetic_build[0].parent, tmp_path / "root"))
+    build = root / "build"
+    recorded = cat.read_sources(build)
+    for info in recorded.values():
+        info["root"] = str(root / Path(info["root"]).name)
+    cat.write_sources(build, recorded)
+    return build, root / "ds"
