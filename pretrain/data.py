@@ -33,7 +33,17 @@ import webdataset as wds
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys
 
-from inf590k.layout import check_relpath, read_info_sources, read_splits
+from inf590k.layout import (
+    DATA_DIRNAME,
+    INFO_SOURCE_KEYS,
+    SIZES_PATH,
+    SOURCES_PATH,
+    SUMS_PATH,
+    SplitIndex,
+    check_relpath,
+    read_info_sources,
+    read_splits,
+)
 from pretrain.pngcrop import check_pixels, decode_box, decode_png, read_header
 from pretrain.tarstream import tar_members
 
@@ -116,6 +126,8 @@ class DatasetInfo:
     filenames: tuple[str, ...]  # absolute URLs
     shard_lengths: tuple[int, ...]
     sources: tuple[dict[str, Any], ...] = ()  # top-level "sources" of _info.json, if any
+    # `<bin>/<shard>.tar` -> sha256 from the dataset's metadata/SHA256SUMS, where it has one
+    sums: dict[str, str] = field(default_factory=dict)
 
     def select(self, urls: Sequence[str]) -> DatasetInfo:
         """The part of the dataset that `urls` read: their shards, lengths and sample count.
@@ -146,7 +158,7 @@ class DatasetInfo:
                 total,
             )
         return DatasetInfo(
-            total, tuple(u for u, _ in listed), tuple(n for _, n in listed), self.sources
+            total, tuple(u for u, _ in listed), tuple(n for _, n in listed), self.sources, self.sums
         )
 
 
@@ -213,7 +225,74 @@ def read_info(url: str, split: str = "train", config: DataConfig | None = None) 
         raise ValueError(f"{where}: split {split!r} lists no shards")
     filenames = tuple(index_member_url(url, name) for name in entry.filenames)
     sources = tuple(read_info_sources(info, where))
-    return DatasetInfo(entry.num_samples, filenames, entry.shard_lengths, sources)
+    sums = check_against_metadata(url, entry, sources, config)
+    return DatasetInfo(entry.num_samples, filenames, entry.shard_lengths, sources, sums)
+
+
+def _metadata_file(index_url: str, relpath: str, config: DataConfig) -> Any | None:
+    """A file of the dataset's metadata/ folder beside data/_info.json, parsed (JSON, or text
+    for SHA256SUMS); None when the index is not in a dataset folder or the file is absent."""
+    path = urllib.parse.urlparse(index_url).path if "://" in index_url else index_url
+    if index_url.startswith("pipe:") or posixpath.basename(posixpath.dirname(path)) != DATA_DIRNAME:
+        return None
+    url = _join(index_url, f"../{relpath}")
+    try:
+        if relpath == SUMS_PATH:
+            with open_url(url, config) as stream:
+                return stream.read(MAX_INFO_BYTES).decode("utf-8", "replace")
+        return read_index_json(url, config)
+    except NetworkDisabledError:
+        raise
+    except ShardUnreachableError:
+        return None
+
+
+def _sums_by_shard(text: str) -> dict[str, str]:
+    """`sha256sum` lines of data/ shards -> {`<bin>/<shard>.tar`: digest}."""
+    sums = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) == 64 and name.startswith(f"{DATA_DIRNAME}/"):
+            sums[name[len(DATA_DIRNAME) + 1 :]] = digest
+    return sums
+
+
+def check_against_metadata(
+    index_url: str, split: SplitIndex, sources: tuple[dict[str, Any], ...], config: DataConfig
+) -> dict[str, str]:
+    """_info.json against the sidecars of its dataset folder (metadata/sizes.json, SHA256SUMS,
+    sources.json), where it sits in one: a disagreement is one ValueError naming the field.
+    Returns each listed shard's recorded sha256 (checked as the shard streams). Training
+    takes the epoch length and the weights' licence from these fields."""
+    where = redact_url(index_url)
+    sizes = _metadata_file(index_url, SIZES_PATH, config)
+    if isinstance(sizes, dict):
+        for name, length in zip(split.filenames, split.shard_lengths, strict=True):
+            if sizes.get(f"{DATA_DIRNAME}/{name}") != length:
+                raise ValueError(
+                    f"{where}: field splits.{split.name}.shard_lengths gives {name} {length} "
+                    f"samples, {SIZES_PATH} says {sizes.get(f'{DATA_DIRNAME}/{name}')!r}"
+                )
+    table = _metadata_file(index_url, SOURCES_PATH, config)
+    if isinstance(table, list) and sources:
+        recorded = [
+            {key: e.get(key) for key in INFO_SOURCE_KEYS}
+            for e in table
+            if isinstance(e, dict) and e.get("samples")
+        ]
+        if recorded != list(sources):
+            raise ValueError(
+                f"{where}: field sources disagrees with {SOURCES_PATH} (licences, names or "
+                "counts edited?): run `inf590k verify` on the dataset"
+            )
+    text = _metadata_file(index_url, SUMS_PATH, config)
+    if text is None:
+        return {}
+    sums = _sums_by_shard(text)
+    missing = [name for name in split.filenames if name not in sums]
+    if missing:
+        raise ValueError(f"{where}: shard {missing[0]} is not listed in {SUMS_PATH}")
+    return {name: sums[name] for name in split.filenames}
 
 
 def expand_shard_urls(

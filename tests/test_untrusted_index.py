@@ -151,3 +151,56 @@ def test_an_index_without_shards_is_named_as_such(synthetic_build, tmp_path):
     )
     with pytest.raises(ValueError, match="lists no shards"):
         read_info(str(folder / "data" / "_info.json"))
+
+
+def edited_copy(dataset: Path, tmp_path: Path, relpath: str, change) -> Path:
+    copy = Path(shutil.copytree(dataset, tmp_path / "edited"))
+    path = copy / relpath
+    if relpath.endswith(".json"):
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+    else:
+        path.write_text(change(path.read_text()))
+    return copy
+
+
+def permissive(sources: list[dict]) -> None:
+    for entry in sources:
+        entry["license"] = "CC0-1.0"
+
+
+@pytest.mark.parametrize(
+    ("relpath", "change", "field"),
+    [
+        ("data/_info.json", lambda info: permissive(info["sources"]), "field sources"),
+        (
+            "metadata/sizes.json",
+            lambda sizes: sizes.update({k: v + 1 for k, v in sizes.items()}),
+            "metadata/sizes.json says",
+        ),
+        (
+            "metadata/SHA256SUMS",
+            lambda text: "".join(line + "\n" for line in text.splitlines() if ".tar" not in line),
+            "not listed in metadata/SHA256SUMS",
+        ),
+    ],
+)
+def test_the_index_is_checked_against_its_sidecars(
+    synthetic_build, tmp_path, relpath, change, field
+):
+    folder = edited_copy(synthetic_build[1], tmp_path, relpath, change)
+    with pytest.raises(ValueError, match=field):
+        read_info(str(folder / "data" / "_info.json"))
+    with serve_folder(folder) as base:
+        with pytest.raises(ValueError, match=field):
+            read_info(f"{base}/data/_info.json")
+
+
+def test_an_intact_index_carries_the_shards_sums(synthetic_build):
+    info = read_info(str(synthetic_build[1] / "data" / "_info.json"))
+    sums = dict(
+        line.split("  ")[::-1]
+        for line in (synthetic_build[1] / "metadata" / "SHA256SUMS").read_text().splitlines()
+    )
+    assert info.sums and all(sums[f"data/{name}"] == digest for name, digest in info.sums.items())
