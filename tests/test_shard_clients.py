@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inf590k import catalog as cat
+from inf590k.bins import BinConfig, bin_catalog
 from inf590k.shard import ShardConfig, shard
 from tests.test_shard import make_build
 
@@ -22,6 +23,7 @@ def dataset(tmp_path_factory, ir_samples) -> tuple[Path, Path]:
     tags = [["uav", "night"] if s == "beta" else [] for s in table.column("source").to_pylist()]
     table = table.set_column(table.schema.get_field_index("tags"), "tags", [tags])
     cat.write_catalog(build, table)
+    bin_catalog(BinConfig(build=build))  # the stage that wrote the catalog last: `shard` checks it
     out = root / "ds"
     shard(ShardConfig(build=build, out=out, workers=1, max_count=4, progress=False))
     return build, out
