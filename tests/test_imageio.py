@@ -426,7 +426,11 @@ def jpeg_with_rst0_and_fake_sof() -> bytes:
     good = encode(big_frame(), ".jpg")
     landing = 2 + 2 + 0xFFE1  # RST0's "length" would be the APP1 marker bytes FF E1
     payload = bytearray(0xFFFD - 2)
-    fake_sof = b"\xff\xc0\x00\x0b\x08\x00\x40\x00\x40\x01\x01\x11\x00"
+    # a 64x64 frame header, then a scan header: the careless walk then finds the real end
+    fake_sof = (
+        b"\xff\xc0\x00\x0b\x08\x00\x40\x00\x40\x01\x01\x11\x00"
+        + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    )
     start = landing - 8  # the payload starts after SOI, RST0, the APP1 marker and its length
     payload[start : start + len(fake_sof)] = fake_sof
     app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + bytes(payload)
