@@ -158,13 +158,9 @@ def _round_up(value: int, step: int) -> int:
 # --- PNG: OpenCV reads the chunks itself (allocating each one's declared length), then libpng
 
 
-PNG_CHANNELS = {
-    0: 1,
-    2: 4,
-    3: 4,
-    4: 4,
-    6: 4,
-}  # OpenCV's output; RGB and palette gain alpha from tRNS
+# channels of OpenCV's output by colour type: RGB and palette gain alpha from tRNS, grey + alpha
+# becomes BGRA
+PNG_CHANNELS = {0: 1, 2: 4, 3: 4, 4: 4, 6: 4}
 
 
 def png_chunks(data: bytes) -> Iterator[tuple[int, bytes, int]]:
