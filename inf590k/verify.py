@@ -119,8 +119,18 @@ def _read_tar(path: Path) -> tuple[list[str], dict[str, dict[str, bytes]]]:
     return order, samples
 
 
-def _decode(data: bytes) -> np.ndarray | None:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+def _decode(data: bytes) -> tuple[np.ndarray | None, str]:
+    """(the PNG member decoded or None, ''), or (None, why) for a member that ingest would
+    refuse before OpenCV: cut, a chunk claiming more bytes than the file holds (OpenCV would
+    allocate that length first), a lying header, a decode over the byte limit."""
+    # ingest's checks, imported here: the decode is verify's only use of them
+    from inf590k.imageio import RejectedImage, check_before_decode
+
+    try:
+        check_before_decode(data)
+    except RejectedImage as refused:
+        return None, str(refused)
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), ""
 
 
 def sample_problem(
@@ -140,7 +150,9 @@ def sample_problem(
         return f"sample {key}: its JSON disagrees with its sidecar row (edited?)"
     if classes and members["cls"] != str(classes.get(row["source"], "?")).encode():
         return f"sample {key}: class {members['cls']!r} is not the id of source {row['source']!r}"
-    image = _decode(members["png"])
+    image, refused = _decode(members["png"])
+    if refused:
+        return f"sample {key}: the PNG is refused before decoding ({refused})"
     if image is None or image.ndim != 2 or image.dtype != np.uint8:
         return f"sample {key}: the PNG does not decode to a 1-channel 8-bit image"
     if image.shape != (row["height"], row["width"]):

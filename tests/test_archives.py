@@ -4,10 +4,12 @@ catalogued, never a traceback; members over the size cap are rejected unread."""
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -15,9 +17,9 @@ from click.testing import CliRunner
 from cli import main
 from inf590k import catalog as cat
 from inf590k.imageio import ImagePolicy
-from inf590k.ingest import IngestConfig, chunked, ingest, plan_source
+from inf590k.ingest import IngestConfig, chunked, ingest, load_stored_pixels, plan_source
 from inf590k.manifest import folder_manifest
-from inf590k.sources import DAMAGED_INDEX
+from inf590k.sources import DAMAGED_INDEX, list_entries
 from tests.test_imageio import encode, thermal_frame
 
 FRAMES = 20
@@ -109,7 +111,7 @@ def test_damaged_archives_get_rows_with_reasons_and_reruns_do_not_crash(tmp_path
     if kind == "zip with a bad CRC":
         assert [r["relpath"] for r in rejected] == ["d/005.png"] and "CRC" in rejected[0]["reason"]
         assert len(ok) == FRAMES - 1
-    elif kind in ("truncated .zip", "truncated .tar.bz2"):  # nothing readable: one row
+    elif kind == "truncated .tar.bz2":  # nothing readable: one row
         assert [r["relpath"] for r in catalogued] == [DAMAGED_INDEX]
     else:  # the members before the cut are kept, the cut one and the end get a row each
         assert len(ok) >= FRAMES // 3
@@ -169,9 +171,12 @@ def test_special_files_as_source_root_do_not_hang(tmp_path):
 
 
 def test_zero_kept_warning_names_the_next_step_for_archives_and_folders(tmp_path):
-    archive = cut_in_half(write_zip(tmp_path / "a.zip", frames()))
+    archive = write_zip(tmp_path / "a.zip", frames())
+    archive.write_bytes(archive.read_bytes()[:40])  # cut inside its first member
     summary = ingest(
-        IngestConfig(sources=(("folder", archive),), build=tmp_path / "b", workers=1, progress=False)
+        IngestConfig(
+            sources=(("folder", archive),), build=tmp_path / "b", workers=1, progress=False
+        )
     )
     [warning] = summary.warnings
     assert "damaged archive" in warning and "re-download" in warning
@@ -180,9 +185,139 @@ def test_zero_kept_warning_names_the_next_step_for_archives_and_folders(tmp_path
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     summary = ingest(
         IngestConfig(
-            sources=(("folder:mine", tmp_path / "empty"),), build=tmp_path / "c", workers=1, progress=False
+            sources=(("folder:mine", tmp_path / "empty"),),
+            build=tmp_path / "c",
+            workers=1,
+            progress=False,
         )
     )
     [warning] = summary.warnings
     assert "sources show" not in warning
-    assert "check that the path holds infrared images" in warning and str(tmp_path / "c" / "catalog") in warning
+    assert (
+        "check that the path holds infrared images" in warning
+        and str(tmp_path / "c" / "catalog") in warning
+    )
+
+
+# ----------------------------------------------------------------------------- a zip without its index
+
+
+def cut_inside_member(path: Path, index: int) -> Path:
+    """Cut a zip 60 bytes into the data of its `index`-th member: the members before it are
+    whole, the central directory is gone."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.infolist()[index]
+    path.write_bytes(path.read_bytes()[: info.header_offset + 30 + len(info.filename) + 60])
+    return path
+
+
+class Unseekable(io.RawIOBase):
+    """A write-only stream: zipfile then writes each member's sizes after its data (flag bit 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = io.BytesIO()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes-like
+        return self.buffer.write(data)
+
+
+def streamed_zip(path: Path, members: dict[str, bytes]) -> Path:
+    stream = Unseekable()
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    path.write_bytes(stream.buffer.getvalue())
+    return path
+
+
+@pytest.mark.parametrize(
+    "written", ["sizes in the local headers", "sizes after the data (streamed)"]
+)
+def test_a_cut_zip_keeps_every_intact_member(tmp_path, written):
+    """17 whole members before the cut: 17 kept, the cut one and the lost index get a row each."""
+    make = write_zip if written.startswith("sizes in") else streamed_zip
+    archive = cut_inside_member(make(tmp_path / "cut.zip", frames()), 17)
+    run(tmp_path / "b", archive)
+    catalogued = {r["relpath"]: r for r in rows(tmp_path / "b")}
+    ok = sorted(name for name, r in catalogued.items() if r["status"] == cat.STATUS_OK)
+    assert ok == [f"d/{i:03d}.png" for i in range(17)]
+    assert catalogued["d/017.png"]["status"] == cat.STATUS_REJECTED
+    assert catalogued["d/017.png"]["reason"].startswith("damaged archive member (cut off")
+    index = catalogued[DAMAGED_INDEX]["reason"]
+    assert "17 members read from their own headers, as zip -FF does" in index
+    assert "cut inside member d/017.png" in index and "re-download" in index
+    assert len(catalogued) == 19
+    # the kept rows read back the member's bytes (through the rebuilt index)
+    row = catalogued["d/016.png"]
+    np.testing.assert_array_equal(
+        load_stored_pixels(tmp_path / "b", row), thermal_frame(48, 64, seed=16)
+    )
+
+
+def test_a_zip_cut_just_before_its_index_keeps_every_member(tmp_path):
+    archive = write_zip(tmp_path / "a.zip", frames())
+    with zipfile.ZipFile(archive) as opened:
+        last = opened.infolist()[-1]
+    end = last.header_offset + 30 + len(last.filename) + last.compress_size
+    archive.write_bytes(archive.read_bytes()[:end])
+    run(tmp_path / "b", archive)
+    catalogued = rows(tmp_path / "b")
+    assert sum(r["status"] == cat.STATUS_OK for r in catalogued) == FRAMES
+    [index] = [r for r in catalogued if r["status"] == cat.STATUS_REJECTED]
+    assert (
+        index["relpath"] == DAMAGED_INDEX
+        and "the archive ends after member d/019.png" in index["reason"]
+    )
+
+
+def test_a_streamed_member_that_inflates_past_the_limit_is_not_inflated_further(
+    tmp_path, monkeypatch
+):
+    """Finding the end of a member whose sizes follow its data means inflating it: bounded."""
+    import inf590k.sources as sources
+
+    monkeypatch.setattr(sources, "RECOVERY_INFLATE_LIMIT", 1 << 20)
+    members = {"d/000.png": frames()["d/000.png"], "d/big.png": bytes(3 << 20), "d/002.png": b"x"}
+    archive = cut_inside_member(streamed_zip(tmp_path / "s.zip", members), 2)
+    entries = {e.relpath: e.problem for e in sources.list_entries(archive)}
+    assert entries["d/000.png"] == ""
+    assert entries["d/big.png"].startswith("damaged archive member (it inflates past 1 MiB")
+    assert "no end can be found for member d/big.png" in entries[DAMAGED_INDEX]
+    assert "d/002.png" not in entries
+
+
+def test_a_file_that_is_not_a_zip_gets_one_row(tmp_path):
+    fake = tmp_path / "notes.zip"
+    fake.write_bytes(b"these are notes, not an archive\n" * 10)
+    [entry] = list_entries(fake)
+    assert entry.relpath == DAMAGED_INDEX
+    assert (
+        "0 members read" in entry.problem
+        and "unreadable data at offset 0 before its first member" in entry.problem
+    )
+
+
+def test_a_member_with_an_unsupported_compression_method_gets_a_row(tmp_path):
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as opened:
+        for name, data in list(frames().items())[:3]:
+            opened.writestr(name, data)
+        info = opened.infolist()[1]
+    data = bytearray(archive.read_bytes())
+    struct.pack_into("<H", data, info.header_offset + 8, 9)  # Deflate64: zipfile cannot read it
+    for at in range(len(data) - 4):
+        if (
+            data[at : at + 4] == b"PK\x01\x02"
+            and struct.unpack_from("<L", data, at + 42)[0] == info.header_offset
+        ):
+            struct.pack_into("<H", data, at + 10, 9)
+    archive.write_bytes(bytes(data))
+    run(tmp_path / "b", archive)
+    catalogued = {r["relpath"]: r for r in rows(tmp_path / "b")}
+    assert catalogued[info.filename]["status"] == cat.STATUS_REJECTED
+    assert catalogued[info.filename]["reason"].startswith("unsupported archive member")
+    assert sum(r["status"] == cat.STATUS_OK for r in catalogued.values()) == 2

@@ -15,6 +15,8 @@ from inf590k.imageio import (
     PHASH_SIZE,
     ImagePolicy,
     RejectedImage,
+    check_before_decode,
+    decode_byte_limit,
     entropy_bits,
     exact_resize_rule,
     fingerprint,
@@ -92,8 +94,10 @@ def test_rgba_and_palette_pngs_decode_to_grey(tmp_path):
 
 def test_16bit_frame_gets_recorded_stretch_and_distinct_hashes():
     rng = np.random.default_rng(1)
-    raw_a = (thermal_frame(seed=1).astype(np.uint16) * 16 + 7000) + rng.integers(0, 4, (120, 160)).astype(np.uint16)
-    raw_b = (thermal_frame(seed=5).astype(np.uint16) * 16 + 7000)
+    raw_a = (thermal_frame(seed=1).astype(np.uint16) * 16 + 7000) + rng.integers(
+        0, 4, (120, 160)
+    ).astype(np.uint16)
+    raw_b = thermal_frame(seed=5).astype(np.uint16) * 16 + 7000
     a = process_image_bytes(encode(raw_a), POLICY)
     b = process_image_bytes(encode(raw_b), POLICY)
     assert a.pixels.dtype == np.uint16 and a.view8.dtype == np.uint8 and a.bit_depth == 16
@@ -155,7 +159,9 @@ def test_small_side_rule_needs_both_sides_short():
 def test_entropy_and_phash_match_references():
     skimage_measure = pytest.importorskip("skimage.measure")
     frame = thermal_frame(seed=3)
-    assert entropy_bits(frame) == pytest.approx(skimage_measure.shannon_entropy(frame, base=2), abs=1e-6)
+    assert entropy_bits(frame) == pytest.approx(
+        skimage_measure.shannon_entropy(frame, base=2), abs=1e-6
+    )
     assert fingerprint(frame).phash == str(imagehash.phash(Image.fromarray(frame)))
     assert entropy_bits(np.full((8, 8), 7, np.uint8)) == 0.0
 
@@ -163,8 +169,21 @@ def test_entropy_and_phash_match_references():
 # Shapes that exercise both of Pillow's pass orders, no-op passes (a side already 32),
 # enlargement (a side under 32), odd scales and the common IR frame sizes.
 RESIZE_SHAPES = [
-    (512, 640), (120, 160), (256, 336), (288, 382), (1080, 1920), (1300, 640), (2000, 37),
-    (37, 2000), (32, 700), (700, 32), (32, 32), (20, 25), (21, 500), (511, 639), (33, 33),
+    (512, 640),
+    (120, 160),
+    (256, 336),
+    (288, 382),
+    (1080, 1920),
+    (1300, 640),
+    (2000, 37),
+    (37, 2000),
+    (32, 700),
+    (700, 32),
+    (32, 32),
+    (20, 25),
+    (21, 500),
+    (511, 639),
+    (33, 33),
 ]
 
 
@@ -181,7 +200,10 @@ def test_phash_thumbnail_is_pillows_lanczos_bit_for_bit(shape):
     assert exact_resize_rule()  # the installed Pillow is reproduced (else every view uses it)
     for seed, view in enumerate(resize_cases(shape, seed=sum(shape))):
         expected = Image.fromarray(view).resize((PHASH_SIZE, PHASH_SIZE), Image.Resampling.LANCZOS)
-        assert np.array_equal(np.asarray(phash_thumbnail(view)), np.asarray(expected)), (shape, seed)
+        assert np.array_equal(np.asarray(phash_thumbnail(view)), np.asarray(expected)), (
+            shape,
+            seed,
+        )
         found = fingerprint(view)
         assert found.phash == str(imagehash.phash(Image.fromarray(view)))
         assert found.dhash == str(imagehash.dhash(expected))
@@ -205,7 +227,9 @@ def tiff_claiming(width: int, height: int) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ones((8, 8), np.float32)).save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+    Image.fromarray(np.ones((8, 8), np.float32)).save(
+        buffer, format="TIFF", compression="tiff_adobe_deflate"
+    )
     data = bytearray(buffer.getvalue())
     ifd = struct.unpack("<I", data[4:8])[0]
     for i in range(struct.unpack("<H", data[ifd : ifd + 2])[0]):
@@ -224,20 +248,27 @@ def exr_claiming(width: int, height: int) -> bytes:
 
 
 BOMBS = {
-    "radiance-hdr-named-png": b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 11000 +X 11000\n" + bytes(4096),
+    "radiance-hdr-named-png": b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 11000 +X 11000\n"
+    + bytes(4096),
     "float-deflate-tiff": tiff_claiming(11000, 11000),
-    "bigtiff": b"II+\0\x08\0\0\0" + struct.pack("<Q", 16)
+    "bigtiff": b"II+\0\x08\0\0\0"
+    + struct.pack("<Q", 16)
     + struct.pack("<Q", 2)
     + struct.pack("<HHQQ", 256, 16, 1, 11000)
     + struct.pack("<HHQQ", 257, 16, 1, 11000)
     + struct.pack("<Q", 0),
-    "webp-vp8x": b"RIFF\0\0\0\0WEBPVP8X" + struct.pack("<I", 10) + bytes(4)
-    + (10999).to_bytes(3, "little") + (10999).to_bytes(3, "little") + bytes(64),
+    "webp-vp8x": b"RIFF\0\0\0\0WEBPVP8X"
+    + struct.pack("<I", 10)
+    + bytes(4)
+    + (10999).to_bytes(3, "little")
+    + (10999).to_bytes(3, "little")
+    + bytes(64),
     "pfm": b"Pf\n11000 11000\n-1.0\n" + bytes(4096),
     "pgm-with-comment": b"P5\n# a comment\n11000 11000\n65535\n" + bytes(4096),
-    "pam": b"P7\nWIDTH 11000\nHEIGHT 11000\nDEPTH 1\nMAXVAL 255\nTUPLTYPE GRAYSCALE\nENDHDR\n" + bytes(64),
+    "pam": b"P7\nWIDTH 11000\nHEIGHT 11000\nDEPTH 1\nMAXVAL 255\nTUPLTYPE GRAYSCALE\nENDHDR\n"
+    + bytes(64),
     "openexr": exr_claiming(11000, 11000),
-    "bmp": b"BM" + bytes(16) + struct.pack("<ii", 11000, -11000) + bytes(64),
+    "bmp": b"BM" + bytes(12) + struct.pack("<Iii", 40, 11000, -11000) + bytes(64),
     "gif": b"GIF89a" + struct.pack("<HH", 11000, 11000) + bytes(64),
 }
 
@@ -282,7 +313,10 @@ def tiff_bytes(pages: list[np.ndarray]) -> bytes:
     ("frame", "reason"),
     [
         (np.full((64, 64), np.nan, np.float32), "non-finite pixel values"),
-        (np.where(np.eye(64, dtype=bool), np.inf, 1.0).astype(np.float32), "non-finite pixel values"),
+        (
+            np.where(np.eye(64, dtype=bool), np.inf, 1.0).astype(np.float32),
+            "non-finite pixel values",
+        ),
         (np.zeros((64, 64), np.uint16), "constant image"),
         (np.full((64, 64), 65535, np.uint16), "constant image"),
         (np.full((64, 64), 0.25, np.float32), "constant image"),
@@ -300,7 +334,9 @@ def test_bytes_after_the_end_marker_are_kept_with_a_note(ext):
     data = encode(thermal_frame(), ext) + b"trailing garbage " * 400  # more than 4 KB
     processed = process_image_bytes(data, POLICY)
     assert processed.note.startswith("note: 6800 bytes after the")
-    assert np.array_equal(processed.view8, process_image_bytes(encode(thermal_frame(), ext), POLICY).view8)
+    assert np.array_equal(
+        processed.view8, process_image_bytes(encode(thermal_frame(), ext), POLICY).view8
+    )
 
 
 def test_a_jpeg_exif_thumbnail_end_marker_is_not_the_end():
@@ -330,3 +366,273 @@ def test_multi_page_tiff_keeps_the_first_page_with_a_note():
     processed = process_image_bytes(tiff_bytes(pages), POLICY)
     assert processed.note == "note: multi-page TIFF, first of 3 pages kept"
     assert np.array_equal(processed.view8, process_image_bytes(encode(pages[0]), POLICY).view8)
+
+
+# ----------------------------------------------------------------------------- header lies
+#
+# Each file below says one size to a parser that reads it carelessly and another to the
+# decoder. The parser must read what the decoder reads (or refuse): under a small pixel cap
+# every one of them is a decompression bomb, refused before OpenCV sees it.
+
+SMALL_CAP = ImagePolicy(max_pixels=100_000)  # the lies claim 64x64; the frames are 640x512
+
+
+def big_frame() -> np.ndarray:
+    """[512, 640] uint8: what every hostile file below really holds."""
+    return thermal_frame(512, 640, seed=7)
+
+
+def plain_tiff(
+    width: int,
+    height: int,
+    pixels: bytes,
+    extra=(),
+    samples: int = 1,
+    bits: int = 8,
+    sample_format: int = 1,
+) -> bytes:
+    """A little-endian, uncompressed, single-strip TIFF; `extra` (tag, type, value) entries go
+    right after the entries of the same tag (a tag given twice)."""
+    entries = [
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, bits),
+        (259, 3, 1),
+        (262, 3, 1 if samples == 1 else 2),
+        (273, 4, 8),
+        (277, 3, samples),
+        (278, 4, height),
+        (279, 4, len(pixels)),
+        (339, 3, sample_format),
+    ]
+    for tag, kind, value in extra:
+        entries.insert(max(i for i, e in enumerate(entries) if e[0] <= tag) + 1, (tag, kind, value))
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    return b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + ifd + struct.pack("<I", 0)
+
+
+def tiff_with_repeated_size() -> bytes:
+    """ImageWidth/ImageLength given twice: libtiff keeps the first (640x512), a last-wins
+    reader sees 64x64."""
+    return plain_tiff(640, 512, big_frame().tobytes(), extra=[(256, 4, 64), (257, 4, 64)])
+
+
+def jpeg_with_rst0_and_fake_sof() -> bytes:
+    """RST0 (a marker without a length) right after SOI, then an APP1 segment hiding a 64x64
+    frame header where a walk that reads a length after every marker lands."""
+    good = encode(big_frame(), ".jpg")
+    landing = 2 + 2 + 0xFFE1  # RST0's "length" would be the APP1 marker bytes FF E1
+    payload = bytearray(0xFFFD - 2)
+    # a 64x64 frame header, then a scan header: the careless walk then finds the real end
+    fake_sof = (
+        b"\xff\xc0\x00\x0b\x08\x00\x40\x00\x40\x01\x01\x11\x00"
+        + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    )
+    start = landing - 8  # the payload starts after SOI, RST0, the APP1 marker and its length
+    payload[start : start + len(fake_sof)] = fake_sof
+    app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + bytes(payload)
+    return good[:2] + b"\xff\xd0" + app1 + good[2:]
+
+
+def jp2_with_ihdr_in_xml() -> bytes:
+    """A JP2 whose `xml ` box, before the real header box, holds the bytes of a 64x64 ihdr."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(big_frame()).save(buffer, format="JPEG2000", no_jp2=False)
+    data = buffer.getvalue()
+    after_ftyp = 12 + struct.unpack(">I", data[12:16])[0]
+    text = b"<note>" + b"ihdr" + struct.pack(">IIHBBBB", 64, 64, 1, 7, 7, 0, 0) + b"</note>"
+    xml = struct.pack(">I", 8 + len(text)) + b"xml " + text
+    return data[:after_ftyp] + xml + data[after_ftyp:]
+
+
+def pgm_with_cr_comment() -> bytes:
+    """A comment ended by CR: OpenCV reads 640x512 after it; a reader that ends comments at
+    LF only skips that line and reads the next: 64x64."""
+    return b"P5\n#\r640 512\n64 64\n255\n" + big_frame().tobytes()
+
+
+def radiance_with_long_line() -> bytes:
+    """OpenCV reads HDR header lines 127 bytes at a time: a 127-byte line's newline reads as the
+    empty line ending the header, so `-Y 512 +X 640` is the size, not the later 64x64."""
+    return (
+        b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n"
+        + b"X" * 127
+        + b"\n-Y 512 +X 640\n\n-Y 64 +X 64\n"
+        + bytes(4096)
+    )
+
+
+HEADER_LIES = {
+    "tiff-repeated-size-tags": (
+        tiff_with_repeated_size,
+        "ambiguous TIFF header \\(tag 256 \\(ImageWidth\\) appears twice",
+    ),
+    "jpeg-rst0-then-fake-sof": (
+        jpeg_with_rst0_and_fake_sof,
+        "decompression bomb: JPEG header says 640x512",
+    ),
+    "jp2-ihdr-inside-xml-box": (
+        jp2_with_ihdr_in_xml,
+        "decompression bomb: JPEG 2000 header says 640x512",
+    ),
+    "pgm-cr-ended-comment": (pgm_with_cr_comment, "decompression bomb: P5 header says 640x512"),
+    "hdr-127-byte-line": (
+        radiance_with_long_line,
+        "decompression bomb: Radiance HDR header says 640x512",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADER_LIES))
+def test_header_lies_are_read_as_the_decoder_reads_them(name, monkeypatch):
+    make, reason = HEADER_LIES[name]
+    data = make()
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded a lying header"))
+    with pytest.raises(RejectedImage, match=reason):
+        process_image_bytes(data, SMALL_CAP)
+
+
+@pytest.mark.parametrize(
+    "name", ["jpeg-rst0-then-fake-sof", "jp2-ihdr-inside-xml-box", "pgm-cr-ended-comment"]
+)
+def test_the_lying_files_are_valid_images_of_their_true_size(name):
+    """What the decoder makes of them (the size the header check must see): 640x512."""
+    processed = process_image_bytes(HEADER_LIES[name][0](), POLICY)
+    assert (processed.orig_width, processed.orig_height) == (640, 512)
+
+
+def test_libtiff_keeps_the_first_of_a_repeated_tag():
+    """Why a repeated size tag is refused rather than read: the decoder takes the first."""
+    array = cv2.imdecode(np.frombuffer(tiff_with_repeated_size(), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert array.shape == (512, 640)
+
+
+def os2_bmp(frame: np.ndarray) -> bytes:
+    """An OS/2 bitmap: a 12-byte BITMAPCOREHEADER (16-bit sizes), 8 bits with a grey palette."""
+    height, width = frame.shape
+    palette = bytes(v for level in range(256) for v in (level, level, level))
+    stride = (width + 3) & ~3
+    rows = b"".join(frame[y].tobytes().ljust(stride, b"\0") for y in range(height - 1, -1, -1))
+    offset = 14 + 12 + len(palette)
+    core = struct.pack("<IHHHH", 12, width, height, 1, 8)
+    return b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + core + palette + rows
+
+
+def test_a_genuine_os2_bitmap_is_read_not_taken_for_a_bomb():
+    frame = thermal_frame(64, 64, seed=3)
+    processed = process_image_bytes(os2_bmp(frame), POLICY)
+    assert (processed.width, processed.height) == (64, 64)
+    np.testing.assert_array_equal(processed.view8, frame)
+
+
+def test_a_genuine_pgm_with_a_cr_ended_comment_is_read():
+    frame = thermal_frame(48, 64, seed=4)
+    data = b"P5\n# written by a camera\r64 48\n255\n" + frame.tobytes()
+    np.testing.assert_array_equal(process_image_bytes(data, POLICY).view8, frame)
+
+
+def test_decoded_bytes_are_bounded_not_only_pixels(monkeypatch):
+    """A float32 3-channel frame under the pixel cap still decodes to 12 bytes a pixel: the
+    header's sample size and count bound what decoding would allocate."""
+    header_only = plain_tiff(7000, 7000, b"", samples=3, bits=32, sample_format=3)
+    monkeypatch.setattr(
+        cv2, "imdecode", lambda *a: pytest.fail("decoded a frame over the byte limit")
+    )
+    with pytest.raises(
+        RejectedImage, match="decompression bomb: decoding this 7000x7000 TIFF would take about"
+    ):
+        process_image_bytes(header_only, POLICY)
+    info, _ = check_before_decode(
+        header_only, max_pixels=400_000_000
+    )  # the limit grows with the cap
+    assert info.decode_bytes > decode_byte_limit(POLICY.max_pixels)
+
+
+def test_a_png_chunk_longer_than_the_file_is_refused_before_opencv(monkeypatch):
+    data = png_with_huge_text_chunk()
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("OpenCV would allocate 2 GiB"))
+    with pytest.raises(
+        RejectedImage, match="truncated PNG \\(its tEXt chunk at offset 33 claims 2147483632 bytes"
+    ):
+        process_image_bytes(data, POLICY)
+
+
+def png_with_huge_text_chunk() -> bytes:
+    """A valid PNG with a tEXt chunk claiming 0x7FFFFFF0 bytes after IHDR (OpenCV's chunk
+    reader allocates a chunk's claimed length before reading it)."""
+    good = encode(thermal_frame())
+    text = struct.pack(">I", 0x7FFFFFF0) + b"tEXt" + b"Comment\0" + bytes(56)
+    return good[:33] + text + good[33:]
+
+
+def test_verify_refuses_what_ingest_refuses_before_opencv(monkeypatch):
+    from inf590k import verify
+    from inf590k.shard import sample_json
+
+    row = {"uid": "k", "source": "s", "width": 160, "height": 120, "bit_depth": 8}
+    members = {"cls": b"0", "json": sample_json(row), "png": png_with_huge_text_chunk()}
+    monkeypatch.setattr(
+        verify.cv2, "imdecode", lambda *a: pytest.fail("OpenCV would allocate 2 GiB")
+    )
+    problem = verify.sample_problem("k", members, row, {"s": 0}, raw=False)
+    assert problem.startswith(
+        "sample k: the PNG is refused before decoding (truncated PNG (its tEXt chunk"
+    )
+    monkeypatch.undo()
+    members["png"] = encode(thermal_frame())
+    assert verify.sample_problem("k", members, row, {"s": 0}, raw=False) is None
+
+
+# ----------------------------------------------------------------------------- one junk byte
+
+
+def jpeg_damaged(where: str) -> bytes:
+    """A complete JPEG with one byte wrong or one byte too many."""
+    data = bytearray(encode(thermal_frame(), ".jpg"))
+    scan = data.find(b"\xff\xda")
+    if where == "stray byte between segments":
+        second = 2 + 2 + struct.unpack(">H", data[4:6])[0]  # after APP0
+        return bytes(data[:second] + b"\x00" + data[second:])
+    if where == "segment length":
+        data[4:6] = struct.pack(">H", struct.unpack(">H", data[4:6])[0] + 3)
+    elif where == "start-of-scan marker":
+        data[scan + 1] ^= 0x20
+    elif where == "end marker":
+        data[-1] ^= 0x80
+    elif where == "entropy-coded data":
+        for offset in range(scan + 200, scan + 2000, 97):
+            data[offset] ^= 0x5A
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        (
+            "stray byte between segments",
+            "corrupt JPEG \\(byte 0x00 at offset 20 where a marker should start",
+        ),
+        ("segment length", "corrupt JPEG \\(byte 0x.. at offset 23 where a marker should start"),
+        ("start-of-scan marker", "corrupt JPEG \\(unknown marker 0xFFFA at offset"),
+        (
+            "end marker",
+            "corrupt JPEG \\(its last two bytes ff 59 are a damaged end-of-image marker",
+        ),
+        ("entropy-coded data", "corrupt JPEG \\(Corrupt JPEG data"),
+    ],
+)
+def test_a_complete_jpeg_with_one_bad_byte_says_corrupt_not_truncated(where, reason):
+    with pytest.raises(RejectedImage, match=reason):
+        process_image_bytes(jpeg_damaged(where), POLICY)
+
+
+def test_a_cut_jpeg_still_says_truncated():
+    good = encode(thermal_frame(), ".jpg")
+    for cut in (good[:10], good[: len(good) // 2]):
+        with pytest.raises(RejectedImage, match="truncated JPEG"):
+            process_image_bytes(cut, POLICY)

@@ -405,3 +405,45 @@ def test_summary_lines_say_1_file_and_1_chunk():
     source = SourceSummary("sirst", "/x", found=1, ok=1, matched=1, reused_chunks=1)
     assert str(source).endswith("[resumed: 1 chunk already done]")
     assert "ingest: 1 file catalogued, " in str(IngestSummary([source], seconds=1.0, decoded=1))
+
+
+# ----------------------------------------------------------------------------- hostile headers
+
+
+def test_lying_headers_are_refused_by_ingest_with_a_reason(tmp_path, monkeypatch):
+    """Each file's header says 64x64 to a careless reader; the decoder would make 640x512 of
+    it. Under a 100,000-pixel cap ingest refuses every one before OpenCV decodes anything."""
+    from inf590k import imageio
+    from tests.test_imageio import HEADER_LIES, jpeg_damaged, os2_bmp, png_with_huge_text_chunk
+
+    root = tmp_path / "hostile"
+    root.mkdir()
+    suffix = {"tiff": ".tif", "jpeg": ".jpg"}
+    expected = {}
+    for name, (make, reason) in HEADER_LIES.items():
+        path = root / f"{name}{suffix.get(name.split('-')[0], '.png')}"
+        path.write_bytes(make())
+        expected[path.name] = reason.replace("\\", "")
+    (root / "text-chunk-of-2-gib.png").write_bytes(png_with_huge_text_chunk())
+    expected["text-chunk-of-2-gib.png"] = (
+        "truncated PNG (its tEXt chunk at offset 33 claims 2147483632 bytes"
+    )
+    (root / "stray-byte.jpg").write_bytes(jpeg_damaged("stray byte between segments"))
+    expected["stray-byte.jpg"] = "corrupt JPEG (byte 0x00 at offset 20 where a marker should start"
+    (root / "os2.bmp").write_bytes(os2_bmp(thermal_frame(64, 64, seed=3)))
+
+    decoded = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(
+        imageio.cv2, "imdecode", lambda *a: decoded.append(a[0].size) or real_imdecode(*a)
+    )
+    run(tmp_path / "build", ("folder", root), max_pixels=100_000)
+    rows = rows_by_relpath(tmp_path / "build")
+    for name, reason in expected.items():
+        assert rows[name]["status"] == "rejected", name
+        assert rows[name]["reason"].startswith(reason), (name, rows[name]["reason"])
+    assert rows["os2.bmp"]["status"] == "ok" and (
+        rows["os2.bmp"]["width"],
+        rows["os2.bmp"]["height"],
+    ) == (64, 64)
+    assert len(decoded) == 1  # the OS/2 bitmap alone reached OpenCV
