@@ -26,6 +26,7 @@ import numpy as np
 
 from inf590k.card import card_text, info_sha256, write_card
 from inf590k.fsutil import write_bytes_atomic, write_text_atomic
+from inf590k.imageio import RejectedImage, check_before_decode
 from inf590k.layout import dataset_file
 from inf590k.shard import (
     COUNTS_PATH,
@@ -177,6 +178,12 @@ def save_figure(figure, path: Path) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+# Members the grid reads from a shard, bounded (a shard may be someone else's): a sample's JSON
+# is under 4 KiB, a PNG of the default pixel cap under ~200 MiB.
+MAX_JSON_BYTES = 1 << 20
+MAX_PNG_BYTES = 256 << 20
+
+
 def _histogram(
     path: Path,
     values_by_source: dict[str, np.ndarray],
@@ -262,6 +269,8 @@ def pick_samples(dataset: Path, count: int, seed: int) -> dict[str, set[int]]:
 
 
 def _samples_from_shard(path: Path, positions: set[int]) -> list[tuple[np.ndarray, dict]]:
+    """The picked samples of one shard, decoded; a member too large for its kind or a PNG
+    that ingest would refuse before decoding (a bomb, a lying header) is left out of the grid."""
     found = []
     position = -1
     with tarfile.open(path) as tar:
@@ -269,12 +278,25 @@ def _samples_from_shard(path: Path, positions: set[int]) -> list[tuple[np.ndarra
         for member in tar:
             if member.name.endswith(".json"):
                 position += 1
-                meta = json.loads(tar.extractfile(member).read()) if position in positions else None
+                wanted = position in positions and member.size <= MAX_JSON_BYTES
+                meta = json.loads(tar.extractfile(member).read()) if wanted else None
             elif member.name.endswith(".png") and meta is not None:
-                data = tar.extractfile(member).read()
-                image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-                found.append((_display_8bit(image), meta))
+                image = _decode_bounded(tar.extractfile(member).read(MAX_PNG_BYTES + 1))
+                if image is not None:
+                    found.append((_display_8bit(image), meta))
+                meta = None
     return found
+
+
+def _decode_bounded(data: bytes) -> np.ndarray | None:
+    """A PNG member decoded when it passes ingest's checks before decoding, else None."""
+    if len(data) > MAX_PNG_BYTES:
+        return None
+    try:
+        check_before_decode(data)
+    except RejectedImage:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -286,3 +286,30 @@ def test_two_shard_runs_into_one_folder_do_not_race(build_copy, tmp_path):
     assert not any(out.iterdir())
     shard(shard_config(build, out))  # once free, it writes
     assert run_verify(out).ok
+
+
+def test_report_decodes_only_what_ingest_would(tmp_path):
+    """The sample grid reads someone else's PNGs: a chunk length of 2 GiB (OpenCV would
+    allocate it first) or a header beyond the pixel cap is left out, a real PNG is drawn."""
+    import struct
+    import zlib
+
+    import cv2
+    import numpy as np
+
+    from inf590k.report import _decode_bounded
+
+    good = cv2.imencode(".png", np.full((8, 8), 7, np.uint8))[1].tobytes()
+    text = b"tEXt"
+    bomb = (
+        good[:33]
+        + struct.pack(">I", 0x7FFFFFF0)
+        + text
+        + b"k\0v"
+        + struct.pack(">I", zlib.crc32(text + b"k\0v"))
+        + good[33:]
+    )
+    huge = bytearray(good)
+    huge[16:24] = struct.pack(">II", 200_000, 200_000)
+    assert _decode_bounded(good).shape == (8, 8)
+    assert _decode_bounded(bomb) is None and _decode_bounded(bytes(huge)) is None
