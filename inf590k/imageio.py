@@ -1001,8 +1001,10 @@ def stretch_to_8bit(grey: np.ndarray, policy: ImagePolicy) -> tuple[np.ndarray, 
         low = int(np.searchsorted(cdf, policy.stretch_low / 100.0))
         high = int(np.searchsorted(cdf, policy.stretch_high / 100.0))
     else:
-        values = grey.astype(np.float64)
-        low, high = np.percentile(values, [policy.stretch_low, policy.stretch_high])
+        values = grey.astype(np.float64)  # our own copy: partitioned in place, not copied again
+        low, high = np.percentile(
+            values, [policy.stretch_low, policy.stretch_high], overwrite_input=True
+        )
     span = max(float(high) - float(low), 1e-9)
     scaled = (grey.astype(np.float32) - np.float32(low)) * np.float32(255.0 / span)
     view = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
