@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from inf590k.imageio import ImagePolicy
-from inf590k.manifest import ManifestError
+from inf590k.inputs.imageio import ImagePolicy
+from inf590k.inputs.manifest import ManifestError
 
 
 def package_version() -> str:
@@ -83,7 +83,7 @@ def sources() -> None:
               help="Extra manifest YAML files to list too.")
 def sources_list(manifest_files: tuple[Path, ...]) -> None:
     """Table of sources: id, name, expected count, license, modality."""
-    from inf590k.manifest import resolve_manifests
+    from inf590k.inputs.manifest import resolve_manifests
 
     manifests = _load_manifests(manifest_files, resolve_manifests)
     rows = [("id", "name", "count", "license", "modality")]
@@ -109,7 +109,7 @@ def sources_show(source_id: str, manifest_files: tuple[Path, ...]) -> None:
 
     import yaml
 
-    from inf590k.manifest import resolve_manifests
+    from inf590k.inputs.manifest import resolve_manifests
 
     manifests = _load_manifests(manifest_files, resolve_manifests)
     if source_id not in manifests:
@@ -185,7 +185,7 @@ WAIT_OPTION = click.option("--wait", is_flag=True,
 def check_executor(ctx, param, value: str) -> str:
     """--executor ray without Ray installed: one line saying how to install it, before any work."""
     if value == "ray":
-        from inf590k.ray_executor import RayMissing, import_ray
+        from inf590k.execution.ray_cluster import RayMissing, import_ray
 
         try:
             import_ray()
@@ -220,8 +220,8 @@ def executor_options(command):
 def ingest(source_values, manifest_files, build_dir, drop_sources, workers, wait, executor, ray_address,
            **policy_values) -> None:
     """Scan sources and catalogue every file (kept, excluded or rejected, with a reason)."""
-    from inf590k.ingest import IngestConfig
-    from inf590k.ingest import ingest as run_ingest
+    from inf590k.build.ingest import IngestConfig
+    from inf590k.build.ingest import ingest as run_ingest
 
     if not source_values and not drop_sources:
         raise click.UsageError("give --source ID=PATH (repeatable), or --drop-source ID to shrink a build")
@@ -296,7 +296,7 @@ SHARD_OPTIONS = [
 
 def dedupe_config(build, radius, dhash_max, against, priority, contact_groups, feature_model,
                   feature_threshold, feature_device):
-    from inf590k.dedupe import DedupeConfig
+    from inf590k.build.dedupe.stage import DedupeConfig
 
     return DedupeConfig(build=build, radius=radius, dhash_max=dhash_max, against=tuple(against),
                         priority=tuple(priority), contact_groups=contact_groups, feature_model=feature_model,
@@ -304,7 +304,7 @@ def dedupe_config(build, radius, dhash_max, against, priority, contact_groups, f
 
 
 def bin_config(build, short_edges, aspect_edges):
-    from inf590k.bins import BinConfig
+    from inf590k.build.bins import BinConfig
 
     return BinConfig(build=build, short_edges=parse_edges(short_edges, int, "short-edges"),
                      aspect_edges=parse_edges(aspect_edges, float, "aspect-edges"))
@@ -312,7 +312,7 @@ def bin_config(build, short_edges, aspect_edges):
 
 def shard_config(build, out, workers, max_count, max_size, shard_multiple, min_shard_length, keep_16bit, png_level,
                  seed, split, name, executor="local", ray_address=None):
-    from inf590k.shard import ShardConfig
+    from inf590k.build.shard.stage import ShardConfig
 
     return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size,
                        shard_multiple=shard_multiple, min_shard_length=min_shard_length, keep_16bit=keep_16bit, png_level=png_level, seed=seed,
@@ -338,8 +338,8 @@ BUILD_DIR = click.option("--build", "build_dir", required=True, type=click.Path(
 
 
 def run_stage(func, config, wait: bool = False):
-    from inf590k.lineage import lock_wait
-    from inf590k.workers import sigterm_as_interrupt
+    from inf590k.build.lineage import lock_wait
+    from inf590k.execution.local import sigterm_as_interrupt
 
     try:
         with lock_wait(wait), sigterm_as_interrupt():
@@ -354,7 +354,7 @@ def run_stage(func, config, wait: bool = False):
 @apply_options(DEDUPE_OPTIONS)
 def dedupe(build_dir, wait, **options) -> None:
     """Mark exact (pixel sha256) and near (pHash radius) duplicates, within and across sources."""
-    from inf590k.dedupe import dedupe as run_dedupe
+    from inf590k.build.dedupe.stage import dedupe as run_dedupe
 
     if options["feature_model"] is not None:
         options["feature_model"] = feature_model_folder(options["feature_model"], build_dir)
@@ -368,7 +368,7 @@ def dedupe(build_dir, wait, **options) -> None:
 @apply_options(BIN_OPTIONS)
 def bin_command(build_dir, wait, **options) -> None:
     """Put every kept image in a resolution bin (short side x aspect ratio)."""
-    from inf590k.bins import bin_catalog
+    from inf590k.build.bins import bin_catalog
 
     click.echo(str(run_stage(bin_catalog, bin_config(build_dir, **options), wait)))
 
@@ -384,7 +384,7 @@ def bin_command(build_dir, wait, **options) -> None:
 def shard(build_dir, out, workers, wait, **options) -> None:
     """Write the dataset folder: the Hugging Face repo layout (card, data/<bin>/*.tar, data/_info.json,
     metadata/), deterministic WebDataset shards, resumable."""
-    from inf590k.shard import shard as run_shard
+    from inf590k.build.shard.stage import shard as run_shard
 
     click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options), wait)))
 
@@ -408,8 +408,8 @@ def build(source_values, manifest_files, build_dir, out, workers, wait, executor
           **options) -> None:
     """Ingest -> dedupe -> bin -> shard in one command (each stage resumable; stages that are
     up to date are not re-run)."""
-    from inf590k.ingest import IngestConfig
-    from inf590k.pipeline import BuildConfig, run_build
+    from inf590k.build.ingest import IngestConfig
+    from inf590k.build.pipeline import BuildConfig, run_build
 
     config = BuildConfig(
         ingest=IngestConfig(sources=tuple(parse_source(v) for v in source_values), build=build_dir,
@@ -437,8 +437,8 @@ def build(source_values, manifest_files, build_dir, out, workers, wait, executor
 def verify(dataset: Path, hashes_only: bool, workers: int) -> None:
     """Check a dataset folder (or a downloaded copy): hashes, counts, sidecars, stray files, every
     sample against its row. Exit 1 on damage."""
-    from inf590k.verify import VerifyConfig
-    from inf590k.verify import verify as run_verify
+    from inf590k.dataset.verify import VerifyConfig
+    from inf590k.dataset.verify import verify as run_verify
 
     result = run_verify(VerifyConfig(dataset=dataset, decode=not hashes_only, workers=workers,
                                      progress=sys.stderr.isatty()))
@@ -457,8 +457,8 @@ def verify(dataset: Path, hashes_only: bool, workers: int) -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the sample grid's picks.")
 def report(dataset: Path, out: Path | None, grid_samples: int, seed: int) -> None:
     """Counts per source and reason, histograms, bins table, captioned sample grid; updates the card."""
-    from inf590k.report import ReportConfig
-    from inf590k.report import report as run_report
+    from inf590k.dataset.report import ReportConfig
+    from inf590k.dataset.report import report as run_report
 
     click.echo(str(run_stage(run_report, ReportConfig(dataset=dataset, out=out, grid_samples=grid_samples, seed=seed))))
 
@@ -480,8 +480,8 @@ def publish(dataset, repo, private, dry_run, endpoint) -> None:
 
     The token comes from HF_TOKEN or the cached login and is never printed; a re-run resumes.
     """
-    from inf590k.publish import PublishConfig, PublishError
-    from inf590k.publish import publish as run_publish
+    from inf590k.dataset.publish import PublishConfig, PublishError
+    from inf590k.dataset.publish import publish as run_publish
 
     config = PublishConfig(dataset=dataset, repo=repo, private=private, dry_run=dry_run, endpoint=endpoint)
     try:
@@ -787,15 +787,15 @@ DEMO_LAYOUTS = (("sirst", 0.5), ("llvip", 0.25), ("flir_adas_v2", 0.5), ("kaist"
 def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, model: str, probe_steps: int) -> None:
     """The whole chain on synthetic data, no downloads: synth -> build -> verify -> report ->
     pretrain over local HTTP -> export -> reconstruction PNG -> small-target probe."""
-    from inf590k.ingest import IngestConfig
-    from inf590k.pipeline import BuildConfig, run_build
-    from inf590k.report import ReportConfig
-    from inf590k.report import report as run_report
-    from inf590k.serve import serve_folder
-    from inf590k.shard import ShardConfig
+    from inf590k.build.ingest import IngestConfig
+    from inf590k.build.pipeline import BuildConfig, run_build
+    from inf590k.build.shard.stage import ShardConfig
+    from inf590k.dataset.report import ReportConfig
+    from inf590k.dataset.report import report as run_report
+    from inf590k.dataset.serve import serve_folder
+    from inf590k.dataset.verify import VerifyConfig
+    from inf590k.dataset.verify import verify as run_verify
     from inf590k.synth import SynthConfig, synthesize
-    from inf590k.verify import VerifyConfig
-    from inf590k.verify import verify as run_verify
     from pretrain.checkpoint import export_checkpoint
     from pretrain.train import config_from_options, pretrain
     from pretrain.visualize import visualize_checkpoint

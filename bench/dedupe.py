@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from inf590k.hamming import plan_blocks, radius_pairs
+from inf590k.build.dedupe.search import plan_blocks, radius_pairs
 
 DEFAULT_RADIUS = 8
 
@@ -111,7 +111,7 @@ def measure_radius(samples: Path) -> None:
     """pHash/dHash distances of edited copies vs distinct frames of the real samples."""
     import cv2
 
-    from inf590k.imageio import ImagePolicy, RejectedImage, fingerprint, process_array
+    from inf590k.inputs.imageio import ImagePolicy, RejectedImage, fingerprint, process_array
 
     policy = ImagePolicy()
     paths = sorted(p for p in samples.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})

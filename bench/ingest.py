@@ -55,7 +55,7 @@ sys.path.insert(0, REPO)
 # worker processes start from a fresh interpreter (forkserver): they find this checkout too
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 
-from inf590k.ingest import IngestConfig, ingest  # noqa: E402
+from inf590k.build.ingest import IngestConfig, ingest  # noqa: E402
 
 
 def thermal_jpeg(index: int, rng: np.random.Generator) -> bytes:
@@ -436,8 +436,8 @@ def peak_rss_of_ingest(source: Path, build: Path, max_pixels: int | None = None)
 
 VERIFY_SCRIPT = """
 import sys
-from inf590k.shard import sample_json
-from inf590k.verify import sample_problem
+from inf590k.build.shard.stage import sample_json
+from inf590k.dataset.verify import sample_problem
 data = open(sys.argv[1], "rb").read()
 row = {"uid": "k", "source": "s", "width": 640, "height": 480, "bit_depth": 8}
 members = {"cls": b"0", "json": sample_json(row), "png": data}
@@ -446,7 +446,7 @@ print(sample_problem("k", members, row, {"s": 0}, raw=False))
 
 IMPORT_SCRIPT = """
 import sys
-import cli, inf590k.ingest, inf590k.verify
+import cli, inf590k.build.ingest, inf590k.dataset.verify
 print("torch" in sys.modules)
 """
 

@@ -38,8 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inf590k import catalog as cat
-from inf590k.shard import ShardConfig, png_params, shard
+from inf590k.build import catalog as cat
+from inf590k.build.shard.stage import ShardConfig, png_params, shard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,9 +68,9 @@ def bare_loop(build: Path, rows: list[dict], out: Path, level: int) -> float:
 
 def prepare_build(samples: Path, synth: int, scratch: Path) -> Path:
     """A build of the real frames plus distinct synthetic ones (copies would be deduplicated)."""
-    from inf590k.bins import BinConfig, bin_catalog
-    from inf590k.dedupe import DedupeConfig, dedupe
-    from inf590k.ingest import IngestConfig, ingest
+    from inf590k.build.bins import BinConfig, bin_catalog
+    from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+    from inf590k.build.ingest import IngestConfig, ingest
     from inf590k.synth import SynthConfig, synthesize
 
     build = scratch / "build"

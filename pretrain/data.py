@@ -33,7 +33,7 @@ import webdataset as wds
 from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys
 
-from inf590k.layout import (
+from inf590k.dataset.layout import (
     DATA_DIRNAME,
     INFO_SOURCE_KEYS,
     SIZES_PATH,

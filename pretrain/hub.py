@@ -11,7 +11,7 @@ pretrained=True)` loads the result (after `import pretrain` for the hierarchical
 which that import registers with timm). Failures are one `PublishError` line; the staged
 folder is kept and a re-run continues (the Hub client skips data it already holds).
 
-The Hub helpers here (token, offline flag, endpoint, error lines) mirror inf590k.publish:
+The Hub helpers here (token, offline flag, endpoint, error lines) mirror inf590k.dataset.publish:
 the two packages never import each other.
 """
 

@@ -41,9 +41,9 @@ def torch_single_thread():
 def synthetic_build(tmp_path_factory) -> tuple[Path, Path]:
     """(build folder, dataset folder) of two small synthetic sources built once per session:
     several bins, one of them in several shards. Read-only: copy it to change anything."""
-    from inf590k.ingest import IngestConfig
-    from inf590k.pipeline import BuildConfig, run_build
-    from inf590k.shard import ShardConfig
+    from inf590k.build.ingest import IngestConfig
+    from inf590k.build.pipeline import BuildConfig, run_build
+    from inf590k.build.shard.stage import ShardConfig
     from inf590k.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("synthetic-build")
@@ -81,7 +81,7 @@ def build_copy(synthetic_build, tmp_path) -> tuple[Path, Path]:
     change; the build's recorded source roots point at the copies."""
     import shutil
 
-    from inf590k import catalog as cat
+    from inf590k.build import catalog as cat
 
     root = Path(shutil.copytree(synthetic_build[0].parent, tmp_path / "root"))
     build = root / "build"

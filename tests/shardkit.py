@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inf590k.serve import serve_folder  # noqa: F401  (re-exported for the tests)
+from inf590k.dataset.serve import serve_folder  # noqa: F401  (re-exported for the tests)
 
 FIXED_MTIME = 1_700_000_000
 

@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from inf590k import catalog as cat
-from inf590k.imageio import ImagePolicy
-from inf590k.ingest import IngestConfig, chunked, ingest, load_stored_pixels, plan_source
-from inf590k.manifest import folder_manifest
-from inf590k.sources import DAMAGED_INDEX, list_entries
+from inf590k.build import catalog as cat
+from inf590k.build.ingest import IngestConfig, chunked, ingest, load_stored_pixels, plan_source
+from inf590k.inputs.imageio import ImagePolicy
+from inf590k.inputs.manifest import folder_manifest
+from inf590k.inputs.sources import DAMAGED_INDEX, list_entries
 from tests.test_imageio import encode, thermal_frame
 
 FRAMES = 20
@@ -278,7 +278,7 @@ def test_a_streamed_member_that_inflates_past_the_limit_is_not_inflated_further(
     tmp_path, monkeypatch
 ):
     """Finding the end of a member whose sizes follow its data means inflating it: bounded."""
-    import inf590k.sources as sources
+    import inf590k.inputs.sources as sources
 
     monkeypatch.setattr(sources, "RECOVERY_INFLATE_LIMIT", 1 << 20)
     members = {"d/000.png": frames()["d/000.png"], "d/big.png": bytes(3 << 20), "d/002.png": b"x"}

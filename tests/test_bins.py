@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from inf590k import catalog as cat
-from inf590k import lineage
-from inf590k.bins import BinConfig, bin_catalog, bin_names
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
+from inf590k.build.bins import BinConfig, bin_catalog, bin_names
 
 
 def test_default_bins_of_common_sensor_sizes():
@@ -84,13 +84,13 @@ def test_bin_stage_fills_the_column_for_kept_rows_only(tmp_path):
 
 
 def test_summary_names_the_bins_it_leaves_out():
-    from inf590k.bins import BinSummary
+    from inf590k.build.bins import BinSummary
 
     summary = BinSummary(counts={f"b{i}": 10 - i for i in range(6)}, unbinned=0)
     assert str(summary).endswith("(b0 10, b1 9, b2 8, b3 7, 2 more)")
 
 
 def test_summary_lines_say_1_bin_not_1_bins():
-    from inf590k.bins import BinSummary
+    from inf590k.build.bins import BinSummary
 
     assert str(BinSummary(counts={"640x512": 1}, unbinned=0)).startswith("bin: 1 image in 1 bin (")

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.dedupe import DedupeConfig, dedupe
-from inf590k.imageio import ImagePolicy
-from inf590k.ingest import IngestConfig, ingest
+from inf590k.build import catalog as cat
+from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.inputs.imageio import ImagePolicy
 
 
 def catalog_row(uid: str, source: str, phash: int, *, pixels: str = "", size=(64, 64), status="ok"):
@@ -235,7 +235,7 @@ def test_rows_without_hashes_never_join_a_group(tmp_path):
 
 
 def test_summary_line_says_1_group():
-    from inf590k.dedupe import DedupeSummary
+    from inf590k.build.dedupe.stage import DedupeSummary
 
     line = str(DedupeSummary(candidates=2, groups=1, exact_duplicates=1, near_duplicates=0,
                              outside_matches=0, kept=1, seconds=0.0))

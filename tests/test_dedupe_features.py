@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.dedupe import DedupeConfig, dedupe
-from inf590k.features import similar_pairs
-from inf590k.ingest import IngestConfig, ingest
+from inf590k.build import catalog as cat
+from inf590k.build.dedupe.features import similar_pairs
+from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.ingest import IngestConfig, ingest
 
 FRAMES = [
     "hit-uav/normal_xml/JPEGImages/0_60_30_0_01609.jpg",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inf590k.hamming import (
+from inf590k.build.dedupe.search import (
     brute_force_pairs,
     cross_radius_pairs,
     hex_to_codes,

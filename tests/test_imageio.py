@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inf590k.imageio import (
+from inf590k.inputs.imageio import (
     PHASH_SIZE,
     ImagePolicy,
     RejectedImage,
@@ -294,7 +294,7 @@ def test_opencv_pixel_limit_is_set_to_the_cap():
     import subprocess
     import sys
 
-    code = "import inf590k.imageio, os; print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
+    code = "import inf590k.inputs.imageio, os; print(os.environ['OPENCV_IO_MAX_IMAGE_PIXELS'])"
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_IO_MAX_IMAGE_PIXELS"}
     shown = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert shown.stdout.strip() == str(POLICY.max_pixels)
@@ -571,8 +571,8 @@ def png_with_huge_text_chunk() -> bytes:
 
 
 def test_verify_refuses_what_ingest_refuses_before_opencv(monkeypatch):
-    from inf590k import verify
-    from inf590k.shard import sample_json
+    from inf590k.build.shard.stage import sample_json
+    from inf590k.dataset import verify
 
     row = {"uid": "k", "source": "s", "width": 160, "height": 120, "bit_depth": 8}
     members = {"cls": b"0", "json": sample_json(row), "png": png_with_huge_text_chunk()}

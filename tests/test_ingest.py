@@ -18,9 +18,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.imageio import ImagePolicy
-from inf590k.ingest import IngestConfig, ingest, load_stored_pixels, make_uid
+from inf590k.build import catalog as cat
+from inf590k.build.ingest import IngestConfig, ingest, load_stored_pixels, make_uid
+from inf590k.inputs.imageio import ImagePolicy
 from tests.test_imageio import encode, png_with_header_size, thermal_frame
 
 
@@ -258,8 +258,8 @@ def test_workers_one_and_two_give_identical_catalogs(tmp_path):
 INGEST_SCRIPT = """
 import sys, time
 from pathlib import Path
-from inf590k.ingest import IngestConfig, ingest
-import inf590k.ingest as ing
+from inf590k.build.ingest import IngestConfig, ingest
+import inf590k.build.ingest as ing
 slow = float(sys.argv[3])
 original = ing.process_chunk
 def slowed(job, tasks):
@@ -349,7 +349,7 @@ def test_changed_source_files_are_re_ingested(tmp_path):
 
 def test_a_parallel_tar_ingest_keeps_few_chunks_in_flight(tmp_path, monkeypatch):
     """Members are read as chunks are consumed, not all before the first part is written."""
-    import inf590k.ingest as ingest_module
+    import inf590k.build.ingest as ingest_module
 
     archive = tmp_path / "frames.tar"
     with tarfile.open(archive, "w") as tf:
@@ -400,7 +400,7 @@ def test_signed_and_double_frames_are_kept(tmp_path):
 
 
 def test_summary_lines_say_1_file_and_1_chunk():
-    from inf590k.ingest import IngestSummary, SourceSummary
+    from inf590k.build.ingest import IngestSummary, SourceSummary
 
     source = SourceSummary("sirst", "/x", found=1, ok=1, matched=1, reused_chunks=1)
     assert str(source).endswith("[resumed: 1 chunk already done]")
@@ -413,7 +413,7 @@ def test_summary_lines_say_1_file_and_1_chunk():
 def test_lying_headers_are_refused_by_ingest_with_a_reason(tmp_path, monkeypatch):
     """Each file's header says 64x64 to a careless reader; the decoder would make 640x512 of
     it. Under a 100,000-pixel cap ingest refuses every one before OpenCV decodes anything."""
-    from inf590k import imageio
+    from inf590k.inputs import imageio
     from tests.test_imageio import HEADER_LIES, jpeg_damaged, os2_bmp, png_with_huge_text_chunk
 
     root = tmp_path / "hostile"

@@ -12,20 +12,20 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import inf590k.ingest as ingest_module
+import inf590k.build.ingest as ingest_module
 from cli import main
-from inf590k import catalog as cat
-from inf590k import lineage
-from inf590k.bins import BinConfig, bin_catalog
-from inf590k.dedupe import DedupeConfig, dedupe
-from inf590k.ingest import IngestConfig, ingest
-from inf590k.pipeline import BuildConfig, run_build
-from inf590k.shard import ShardConfig, shard
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
+from inf590k.build.bins import BinConfig, bin_catalog
+from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.pipeline import BuildConfig, run_build
+from inf590k.build.shard.stage import ShardConfig, shard
 from tests.test_ingest import make_frames
 
 
 def run_ingest(build: Path, *sources: tuple[str, Path], drop: tuple[str, ...] = (), **policy):
-    from inf590k.imageio import ImagePolicy
+    from inf590k.inputs.imageio import ImagePolicy
 
     return ingest(
         IngestConfig(
@@ -216,7 +216,7 @@ def test_build_reruns_exactly_the_stale_stages(tmp_path, frames):
 
 
 def test_the_ingest_command_to_rerun_names_folder_sources_as_given(tmp_path, frames):
-    from inf590k.lineage import rerun_command
+    from inf590k.build.lineage import rerun_command
 
     build = tmp_path / "build"
     run_ingest(build, ("folder", frames), ("folder:copies", frames))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inf590k.manifest import (
+from inf590k.inputs.manifest import (
     MANIFEST_DIR,
     Manifest,
     ManifestError,
@@ -257,7 +257,7 @@ def test_duplicate_ids_in_a_manifest_folder_are_refused(tmp_path: Path) -> None:
 
 
 def test_tno_keeps_the_ir_folder_of_the_common_copy_and_warns_on_zero_kept(tmp_path):
-    from inf590k.ingest import IngestConfig, ingest
+    from inf590k.build.ingest import IngestConfig, ingest
     from inf590k.synth import SynthConfig, synthesize
 
     synthesize(SynthConfig(layout="tno", out=tmp_path / "tno", count=5, scale=0.1))
@@ -289,7 +289,7 @@ def test_sources_list_marks_cut_cells_with_an_ellipsis():
 
 @pytest.mark.parametrize("glob", ["**/[z-a].png", "**/{ir,thermal/*.png"])
 def test_a_bad_glob_is_a_manifest_error_with_file_key_and_fix(tmp_path, glob):
-    from inf590k.manifest import ManifestError, load_manifest_file
+    from inf590k.inputs.manifest import ManifestError, load_manifest_file
 
     path = tmp_path / "mine.yaml"
     path.write_text(f'id: mine\nname: Mine\ninclude: ["{glob}"]\n')
@@ -301,7 +301,7 @@ def test_a_bad_glob_is_a_manifest_error_with_file_key_and_fix(tmp_path, glob):
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
-    from inf590k.manifest import ManifestError, load_manifest_file
+    from inf590k.inputs.manifest import ManifestError, load_manifest_file
 
     path = tmp_path / "broken.yaml"
     path.write_text("id: mine\nname: Mine\ninclude: [\"**/*.png\"\nexclude: []\n")
@@ -313,7 +313,7 @@ def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
 
 
 def test_folder_names_accept_hyphens_and_a_manifest_id_gets_a_suggestion():
-    from inf590k.manifest import ManifestError, manifest_for_source, resolve_manifests
+    from inf590k.inputs.manifest import ManifestError, manifest_for_source, resolve_manifests
 
     manifests = resolve_manifests()
     assert manifest_for_source("folder:my-cam", manifests).id == "my_cam"

@@ -113,7 +113,7 @@ def test_feature_dedupe_loads_exports_and_released_checkpoints(
     released: Path, tmp_path: Path, ir_samples: Path
 ) -> None:
     """In a fresh process (no model package imported yet), as a user runs it."""
-    from inf590k.ingest import IngestConfig, ingest
+    from inf590k.build.ingest import IngestConfig, ingest
     from pretrain.models import create_model, export_encoder
 
     (tmp_path / "src").mkdir()

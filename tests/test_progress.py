@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inf590k import progress
+from inf590k.execution import progress
 
 
 def test_a_bar_with_nothing_to_do_prints_nothing(capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.ingest import IngestConfig
-from inf590k.pipeline import BuildConfig, run_build
-from inf590k.publish import PublishConfig, PublishError, owned_files, publish, read_shards
-from inf590k.report import ReportConfig, report
-from inf590k.shard import ShardConfig
+from inf590k.build import catalog as cat
+from inf590k.build.ingest import IngestConfig
+from inf590k.build.pipeline import BuildConfig, run_build
+from inf590k.build.shard.stage import ShardConfig
+from inf590k.dataset.publish import PublishConfig, PublishError, owned_files, publish, read_shards
+from inf590k.dataset.report import ReportConfig, report
 from inf590k.synth import SynthConfig, synthesize
 
 GOOD_TOKEN = "hf_good_token_for_tests_only"
@@ -427,7 +427,7 @@ def test_pretrain_streams_the_folder_over_http_and_locally(built):
     every shard, and the epoch length from the index beside the shards."""
     import webdataset as wds
 
-    from inf590k.serve import serve_folder
+    from inf590k.dataset.serve import serve_folder
     from pretrain.data import DataConfig, epoch_samples, expand_shard_urls
 
     _, dataset = built

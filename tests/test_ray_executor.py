@@ -17,14 +17,14 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from inf590k import ingest as ingest_module
-from inf590k import shard as shard_module
-from inf590k.bins import BinConfig, bin_catalog
-from inf590k.dedupe import DedupeConfig, dedupe
-from inf590k.ingest import IngestConfig, ingest
-from inf590k.ray_executor import INSTALL_HINT, RayExecutor, RayMissing, open_executor
-from inf590k.shard import ShardConfig, shard
-from inf590k.sources import SourceReader
+from inf590k.build import ingest as ingest_module
+from inf590k.build.bins import BinConfig, bin_catalog
+from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.shard import stage as shard_module
+from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.execution.ray_cluster import INSTALL_HINT, RayExecutor, RayMissing, open_executor
+from inf590k.inputs.sources import SourceReader
 from tests.shardkit import closed_port
 from tests.test_shard import ALPHA, BETA
 
@@ -397,7 +397,7 @@ def no_running_ray():
 def test_build_on_ray_starts_one_ray_for_all_stages(
     no_running_ray, monkeypatch, tmp_path, sources, local_result
 ) -> None:
-    from inf590k.pipeline import BuildConfig, run_build
+    from inf590k.build.pipeline import BuildConfig, run_build
 
     starts = []
     real_init = ray.init

@@ -7,9 +7,9 @@ import json
 import cv2
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.report import ReportConfig, report
-from inf590k.shard import ShardConfig, shard
+from inf590k.build import catalog as cat
+from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.dataset.report import ReportConfig, report
 from tests.test_shard import make_build
 
 
@@ -69,7 +69,7 @@ def test_report_numbers_match_the_catalog(built):
 
 
 def test_resolution_ticks_and_bin_edges():
-    from inf590k.report import short_side_edges
+    from inf590k.dataset.report import short_side_edges
 
     names = ["s0-255_r100-114", "s512-767_r115-149", "s768-up_r115-149"]
     assert short_side_edges(names) == [512, 768]

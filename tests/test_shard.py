@@ -15,12 +15,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.bins import BinConfig, bin_catalog
-from inf590k.dedupe import DedupeConfig, dedupe
-from inf590k.imageio import ImagePolicy
-from inf590k.ingest import IngestConfig, ingest
-from inf590k.shard import ShardConfig, shard
+from inf590k.build import catalog as cat
+from inf590k.build.bins import BinConfig, bin_catalog
+from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.inputs.imageio import ImagePolicy
 
 ALPHA = [
     "hit-uav/normal_xml/JPEGImages/0_60_30_0_01609.jpg",
@@ -148,7 +148,7 @@ def test_shard_format(built, tmp_path):
 
 def test_pixels_round_trip_and_16bit(built, tmp_path):
     """`.png` is always the 8-bit view; --keep-16bit adds the raw frame as `.npy`, exactly."""
-    from inf590k.ingest import load_stored_pixels
+    from inf590k.build.ingest import load_stored_pixels
 
     rows = {r["uid"]: r for r in cat.read_catalog(built).to_pylist()}
     shard(ShardConfig(build=built, out=tmp_path / "ds8", workers=1, progress=False))
@@ -270,7 +270,7 @@ def pa_strings(n: int):
 
 
 def test_sample_json_fills_nulls_by_type():
-    from inf590k.shard import sample_json
+    from inf590k.build.shard.stage import sample_json
 
     row = cat.empty_row()
     row.update(uid="u", source="s", relpath="r", status="ok")
@@ -282,8 +282,8 @@ def test_sample_json_fills_nulls_by_type():
 
 
 def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
-    from inf590k.pipeline import BuildConfig, run_build
-    from inf590k.verify import VerifyConfig, verify
+    from inf590k.build.pipeline import BuildConfig, run_build
+    from inf590k.dataset.verify import VerifyConfig, verify
 
     sources = tuple(
         (f"folder:{name}", built.parent / name) for name in ("alpha", "beta")
@@ -330,7 +330,7 @@ def test_dedupe_against_a_built_dataset(built, tmp_path):
 
 
 def test_summary_line_says_1_shard(tmp_path):
-    from inf590k.shard import ShardSummary
+    from inf590k.build.shard.stage import ShardSummary
 
     line = str(ShardSummary(shards=1, written=1, reused=0, samples=1, bytes=0, seconds=1.0, out=tmp_path))
     assert line.startswith("shard: 1 sample in 1 shard of ")

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.bins import BinConfig, bin_catalog
-from inf590k.shard import ShardConfig, shard
+from inf590k.build import catalog as cat
+from inf590k.build.bins import BinConfig, bin_catalog
+from inf590k.build.shard.stage import ShardConfig, shard
 from tests.test_shard import make_build
 
 

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from inf590k import catalog as cat
-from inf590k.bins import BinConfig, bin_catalog
-from inf590k.ingest import IngestConfig, ingest
-from inf590k.shard import ShardConfig, even_runs, shard, shard_counts, short_bins
-from inf590k.verify import VerifyConfig, verify
+from inf590k.build import catalog as cat
+from inf590k.build.bins import BinConfig, bin_catalog
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.shard.stage import ShardConfig, even_runs, shard, shard_counts, short_bins
+from inf590k.dataset.verify import VerifyConfig, verify
 from tests.test_shard import make_build
 
 
@@ -182,8 +182,8 @@ def test_class_ids_stay_when_a_build_adds_a_source(built, tmp_path):
     aardvark.mkdir()
     shutil.copy(built.parent / "beta" / "FLIR_04208.jpg", aardvark / "other.jpg")
     grown = tmp_path / "grown"
-    from inf590k.bins import BinConfig, bin_catalog
-    from inf590k.dedupe import DedupeConfig, dedupe
+    from inf590k.build.bins import BinConfig, bin_catalog
+    from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 
     ingest(
         IngestConfig(
@@ -436,8 +436,8 @@ def test_synthetic_frames_are_never_presented_as_the_real_source(built, tmp_path
 
 
 def test_damaged_index_is_one_line_for_report_and_publish(dataset16, tmp_path):
-    from inf590k.publish import PublishConfig, PublishError, publish
-    from inf590k.report import ReportConfig, report
+    from inf590k.dataset.publish import PublishConfig, PublishError, publish
+    from inf590k.dataset.report import ReportConfig, report
 
     copy = Path(shutil.copytree(dataset16, tmp_path / "ds"))
     (copy / "data" / "_info.json").write_text("{bad")
@@ -471,9 +471,9 @@ class RecordingBar:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_shard_and_verify_bars_move_per_sample(built, tmp_path, monkeypatch, workers):
-    import inf590k.progress
+    import inf590k.execution.progress
 
-    monkeypatch.setattr(inf590k.progress, "tqdm", RecordingBar)
+    monkeypatch.setattr(inf590k.execution.progress, "tqdm", RecordingBar)
     RecordingBar.made.clear()
     out = tmp_path / "ds"
     summary = shard(ShardConfig(build=built, out=out, workers=workers, max_count=4, progress=False))
@@ -485,7 +485,7 @@ def test_shard_and_verify_bars_move_per_sample(built, tmp_path, monkeypatch, wor
 
 
 def test_a_changed_plan_drops_the_stale_report_an_unchanged_one_keeps_it(built, tmp_path):
-    from inf590k.report import ReportConfig, report
+    from inf590k.dataset.report import ReportConfig, report
 
     out = tmp_path / "ds"
     shard(ShardConfig(build=built, out=out, workers=1, progress=False))

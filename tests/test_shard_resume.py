@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from inf590k.shard import ShardConfig, shard
-from inf590k.verify import VerifyConfig, verify
+from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.dataset.verify import VerifyConfig, verify
 from tests.test_shard import make_build
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SLOW_SHARD = """
 import sys, time
 from pathlib import Path
-import inf590k.shard as sh
+import inf590k.build.shard.stage as sh
 original = sh.add_sample
 def slowed(*args):
     time.sleep(0.15)

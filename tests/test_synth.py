@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inf590k.manifest import builtin_manifests
-from inf590k.synth import (
+from inf590k.inputs.manifest import builtin_manifests
+from inf590k.synth.layouts import (
     DRONEVEHICLE_BORDER,
     INCLUDED_KINDS,
     KIND_EXCLUDED_COPY,
@@ -333,10 +333,9 @@ def test_bad_options_say_what_to_change(tmp_path: Path, options: dict, message: 
 
 def test_synthetic_frames_stay_synthetic_in_the_catalog(synthesized, tmp_path: Path) -> None:
     """The marker at the root makes ingest label the frames synthetic, with synth's license."""
-    from inf590k import catalog as cat
-    from inf590k.ingest import IngestConfig, ingest
-    from inf590k.manifest import builtin_manifests
-    from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE
+    from inf590k.build import catalog as cat
+    from inf590k.build.ingest import IngestConfig, ingest
+    from inf590k.inputs.manifest import SYNTH_CITATION, SYNTH_LICENSE, builtin_manifests
 
     root = synthesized["kaist"].out
     ingest(IngestConfig(sources=(("kaist", root),), build=tmp_path / "b", workers=1, progress=False))

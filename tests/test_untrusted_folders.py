@@ -10,14 +10,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from inf590k import catalog as cat
-from inf590k import lineage
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
+from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.dataset.layout import (
+    InfoError,
+    UnsafePathError,
+    check_relpath,
+    dataset_file,
+    read_splits,
+)
+from inf590k.dataset.publish import PublishConfig, PublishError, publish
+from inf590k.dataset.report import ReportConfig, report
+from inf590k.dataset.verify import VerifyConfig, verify
 from inf590k.fsutil import write_text_atomic
-from inf590k.layout import InfoError, UnsafePathError, check_relpath, dataset_file, read_splits
-from inf590k.publish import PublishConfig, PublishError, publish
-from inf590k.report import ReportConfig, report
-from inf590k.shard import ShardConfig, shard
-from inf590k.verify import VerifyConfig, verify
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY-----\nnot really\n"
 
@@ -297,7 +303,7 @@ def test_report_decodes_only_what_ingest_would(tmp_path):
     import cv2
     import numpy as np
 
-    from inf590k.report import _decode_bounded
+    from inf590k.dataset.report import _decode_bounded
 
     good = cv2.imencode(".png", np.full((8, 8), 7, np.uint8))[1].tobytes()
     text = b"tEXt"

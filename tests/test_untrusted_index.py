@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from inf590k.serve import serve_folder
+from inf590k.dataset.serve import serve_folder
 from pretrain.__main__ import main
 from pretrain.data import expand_shard_urls, index_member_url, read_info
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from inf590k.shard import ShardConfig, shard
-from inf590k.verify import VerifyConfig, verify
+from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.dataset.verify import VerifyConfig, verify
 from tests.test_shard import make_build
 
 
@@ -101,7 +101,7 @@ def test_not_a_dataset(tmp_path):
 
 
 def test_summary_lines_say_1_shard_and_1_problem(tmp_path):
-    from inf590k.verify import VerifyReport
+    from inf590k.dataset.verify import VerifyReport
 
     assert str(VerifyReport(tmp_path, shards=1, samples=1)) == f"verify: OK, 1 shard, 1 sample in {tmp_path}"
     assert str(VerifyReport(tmp_path, problems=["x"])).startswith("verify: 1 problem in ")

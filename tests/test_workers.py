@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from inf590k.workers import InlineExecutor, LocalExecutor, make_executor
+from inf590k.execution.local import InlineExecutor, LocalExecutor, make_executor
 
 REPO = Path(__file__).resolve().parents[1]
 POOL_SCRIPT = """
 import sys, time
-from inf590k.workers import LocalExecutor, sigterm_as_interrupt
+from inf590k.execution.local import LocalExecutor, sigterm_as_interrupt
 with sigterm_as_interrupt(), LocalExecutor(2) as pool:
     print("started", flush=True)
     list(pool.map(time.sleep, [(60,)] * 4))

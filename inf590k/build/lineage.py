@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from inf590k import catalog as cat
+from inf590k.build import catalog as cat
 from inf590k.fsutil import file_sha256, write_text_atomic
-from inf590k.manifest import source_option
+from inf590k.inputs.manifest import source_option
 
 STAGES = ("ingest", "dedupe", "bin", "shard")
 CATALOG_WRITERS = ("ingest", "dedupe", "bin")  # stages that write catalog parts

@@ -6,14 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from inf590k import catalog as cat
-from inf590k import lineage
-from inf590k.bins import BinConfig, BinSummary, bin_catalog
-from inf590k.dedupe import DedupeConfig, DedupeSummary, dedupe
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
+from inf590k.build.bins import BinConfig, BinSummary, bin_catalog
+from inf590k.build.dedupe.stage import DedupeConfig, DedupeSummary, dedupe
 from inf590k.fsutil import available_cores, plural
-from inf590k.ingest import IngestConfig, IngestSummary, ingest
-from inf590k.ray_executor import shared_session
-from inf590k.shard import ShardConfig, ShardSummary, shard
+from inf590k.build.ingest import IngestConfig, IngestSummary, ingest
+from inf590k.execution.ray_cluster import shared_session
+from inf590k.build.shard.stage import ShardConfig, ShardSummary, shard
 
 
 @dataclass(frozen=True)

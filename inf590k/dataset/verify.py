@@ -20,11 +20,8 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
-from inf590k import catalog as cat
-from inf590k import progress
-from inf590k.fsutil import available_cores, file_sha256, plural
-from inf590k.layout import dataset_file, read_info_sources, symlinks_under
-from inf590k.shard import (
+from inf590k.build import catalog as cat
+from inf590k.build.shard.stage import (
     CARD_FILENAME,
     COUNTS_PATH,
     FILES_PATH,
@@ -44,7 +41,10 @@ from inf590k.shard import (
     stats_path,
     tar_path,
 )
-from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
+from inf590k.dataset.layout import dataset_file, read_info_sources, symlinks_under
+from inf590k.execution import progress
+from inf590k.execution.local import LocalExecutor, pool_start_method, sigterm_as_interrupt
+from inf590k.fsutil import available_cores, file_sha256, plural
 
 BASE_MEMBERS = ("cls", "json", "png")
 REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
@@ -124,7 +124,7 @@ def _decode(data: bytes) -> tuple[np.ndarray | None, str]:
     refuse before OpenCV: cut, a chunk claiming more bytes than the file holds (OpenCV would
     allocate that length first), a lying header, a decode over the byte limit."""
     # ingest's checks, imported here: the decode is verify's only use of them
-    from inf590k.imageio import RejectedImage, check_before_decode
+    from inf590k.inputs.imageio import RejectedImage, check_before_decode
 
     try:
         check_before_decode(data)
@@ -321,7 +321,7 @@ def _run_checks(
         # the build stages' pool: forkserver-started, workers die with this process
         with (
             sigterm_as_interrupt(),
-            LocalExecutor(workers, ("inf590k.verify",), bar.worker_init) as pool,
+            LocalExecutor(workers, ("inf590k.dataset.verify",), bar.worker_init) as pool,
         ):
             for result in pool.map(check_shard, ((check,) for check in checks)):
                 _add(report, licences, *result)

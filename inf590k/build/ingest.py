@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from inf590k import catalog as cat
-from inf590k import lineage
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
 from inf590k.fsutil import available_cores, file_sha256, plural
-from inf590k.imageio import (
+from inf590k.inputs.imageio import (
     OPENCV_PIXEL_LIMIT,
     ImagePolicy,
     ProcessedImage,
@@ -41,7 +41,7 @@ from inf590k.imageio import (
     supported_dtype,
     to_grey,
 )
-from inf590k.manifest import (
+from inf590k.inputs.manifest import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     Manifest,
@@ -50,8 +50,8 @@ from inf590k.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
-from inf590k.ray_executor import open_executor
-from inf590k.sources import (
+from inf590k.execution.ray_cluster import open_executor
+from inf590k.inputs.sources import (
     DAMAGED_INDEX,
     DamagedMember,
     SourceEntry,
@@ -60,8 +60,8 @@ from inf590k.sources import (
     member_suffix,
     root_kind,
 )
-from inf590k.synth import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
-from inf590k.workers import Executor, sigterm_as_interrupt
+from inf590k.inputs.manifest import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
+from inf590k.execution.local import Executor, sigterm_as_interrupt
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
 SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"
@@ -78,7 +78,7 @@ class IngestConfig:
     policy: ImagePolicy = field(default_factory=ImagePolicy)
     progress: bool = True
     drop_sources: tuple[str, ...] = ()  # source ids whose rows and chunks are removed first
-    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.ray_executor)
+    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.execution.ray_cluster)
     ray_address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else a Ray started here
 
 
@@ -628,7 +628,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
     started = time.perf_counter()
     decoded = 0
     with sigterm_as_interrupt(), open_executor(
-        config.executor if total else "local", workers if total else 1, ("inf590k.ingest",),
+        config.executor if total else "local", workers if total else 1, ("inf590k.build.ingest",),
         _init_worker, config.ray_address,
     ) as executor, tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
         for job, chunks, todo in plans:

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from inf590k.fsutil import available_cores
+from inf590k.inputs.manifest import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
 
 SYNTH_LAYOUTS = (
     "sirst",
@@ -73,12 +74,6 @@ KIND_LABEL = "label"  # box annotations, split lists, json indexes
 KIND_MARKER = "marker"  # SYNTH_MARKER: tells ingest that the tree is synthetic
 INCLUDED_KINDS = (KIND_IR, KIND_IR_COPY, KIND_IR_BROKEN)
 
-
-# Written at the root of every synth tree: ingest labels its frames modality `synthetic`, with
-# the license and citation below instead of those of the imitated source.
-SYNTH_MARKER = "INF590K_SYNTHETIC.json"
-SYNTH_LICENSE = "Apache-2.0 (synthetic frames rendered by the Inf-590K toolkit)"
-SYNTH_CITATION = "Synthetic infrared frames rendered by `inf590k synth` (Inf-590K toolkit)"
 
 
 class SynthError(ValueError):

@@ -16,12 +16,18 @@ from typing import Any
 
 import yaml
 
-MANIFEST_DIR = Path(__file__).resolve().parent.parent / "manifests"
+MANIFEST_DIR = Path(__file__).resolve().parents[2] / "manifests"
 MODALITIES = ("lwir", "mwir", "nir", "synthetic")
 CHANNEL_POLICIES = ("grey", "allow_colour")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+# Written at the root of every synth tree: ingest labels its frames modality `synthetic`, with
+# the license and citation below instead of those of the imitated source.
+SYNTH_MARKER = "INF590K_SYNTHETIC.json"
+SYNTH_LICENSE = "Apache-2.0 (synthetic frames rendered by the Inf-590K toolkit)"
+SYNTH_CITATION = "Synthetic infrared frames rendered by `inf590k synth` (Inf-590K toolkit)"
 
 # Folders and files that hold the visible half of a pair, masks or labels. Applied to the
 # generic `folder` source, and available to manifests as `exclude: [standard]`.

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from inf590k.workers import InlineExecutor, LocalExecutor, bounded_results, make_executor
+from inf590k.execution.local import InlineExecutor, LocalExecutor, bounded_results, make_executor
 
 EXECUTORS = ("local", "ray")
 TASK_RETRIES = 3  # reruns of a unit whose worker process or node died

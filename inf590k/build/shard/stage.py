@@ -61,10 +61,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from inf590k import catalog as cat
-from inf590k import lineage, progress
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
+from inf590k.execution import progress
 from inf590k.fsutil import available_cores, file_sha256, open_new, plural, write_text_atomic
-from inf590k.layout import (  # noqa: F401 - the layout's names, as the dataset tools import them
+from inf590k.dataset.layout import (  # noqa: F401 - the layout's names, as the dataset tools import them
     CARD_FILENAME,
     CATALOG_PATH,
     COUNTS_PATH,
@@ -85,8 +86,8 @@ from inf590k.layout import (  # noqa: F401 - the layout's names, as the dataset 
     dataset_file,
     read_splits,
 )
-from inf590k.ray_executor import open_executor
-from inf590k.workers import LocalExecutor, pool_start_method, sigterm_as_interrupt
+from inf590k.execution.ray_cluster import open_executor
+from inf590k.execution.local import LocalExecutor, pool_start_method, sigterm_as_interrupt
 
 FORMAT_VERSION = 3  # bump when the bytes of a sample change for the same catalog row
 FIXED_MTIME = 1_700_000_000  # 2023-11-14; any constant works, 0 upsets some tar tools
@@ -121,7 +122,7 @@ class ShardConfig:
     name: str = "inf590k"  # the dataset name in _info.json
     workers: int = 0  # 0: one process per core
     progress: bool = True
-    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.ray_executor)
+    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.execution.ray_cluster)
     ray_address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else a Ray started here
 
 
@@ -779,7 +780,7 @@ class SourceChanged(RuntimeError):
 
 def _read_source(root: Path, source: str, relpaths: list[str]) -> dict[str, bytes]:
     """`SourceReader.read_many`, its failures as one SourceChanged line naming the file."""
-    from inf590k.sources import SourceReader
+    from inf590k.inputs.sources import SourceReader
 
     try:
         with SourceReader(root) as reader:
@@ -801,7 +802,7 @@ def _read_source(root: Path, source: str, relpaths: list[str]) -> dict[str, byte
 
 
 def _source_kind(root: Path, source: str) -> str:
-    from inf590k.sources import root_kind
+    from inf590k.inputs.sources import root_kind
 
     try:
         return root_kind(root)
@@ -862,7 +863,7 @@ class _PixelLoader:
     """
 
     def __init__(self, build: Path, keep_16bit: bool) -> None:
-        from inf590k.imageio import ImagePolicy
+        from inf590k.inputs.imageio import ImagePolicy
 
         self.build = build
         self.keep_16bit = keep_16bit
@@ -870,8 +871,8 @@ class _PixelLoader:
         self.policies = {s: ImagePolicy(**info["policy"]) for s, info in recorded.items()}
 
     def __call__(self, row: dict, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-        from inf590k.imageio import decode, stretch_to_8bit
-        from inf590k.ingest import load_stored_pixels, stored_form
+        from inf590k.inputs.imageio import decode, stretch_to_8bit
+        from inf590k.build.ingest import load_stored_pixels, stored_form
 
         policy = self.policies[row["source"]]
         if row["frame"] is not None and row["frame"] >= 0:
@@ -1106,7 +1107,7 @@ def write_index(
 
 def _drop_stale_report(out: Path) -> None:
     """The report describes an earlier _info.json: remove it (its files are ours)."""
-    from inf590k.card import report_is_fresh
+    from inf590k.dataset.card import report_is_fresh
 
     if dataset_file(out, f"{REPORT_DIR}/{REPORT_FILES[0]}").exists() and not report_is_fresh(out):
         for name in REPORT_FILES:
@@ -1142,7 +1143,7 @@ def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Itera
     if config.executor != "local":  # cluster workers cannot reach a local queue
         with progress.SampleProgress(total, "shard", enabled, None) as bar, sigterm_as_interrupt():
             with open_executor(
-                config.executor, workers, ("inf590k.shard",), address=config.ray_address
+                config.executor, workers, ("inf590k.build.shard.stage",), address=config.ray_address
             ) as pool:
                 for result in pool.map(write_shard, ((job,) for job in largest_first)):
                     bar.bar.update(result["count"])
@@ -1153,7 +1154,7 @@ def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Itera
         # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
         with (
             sigterm_as_interrupt(),
-            LocalExecutor(workers, ("inf590k.shard",), bar.worker_init) as pool,
+            LocalExecutor(workers, ("inf590k.build.shard.stage",), bar.worker_init) as pool,
         ):
             yield from pool.map(write_shard, ((job,) for job in largest_first))
 
@@ -1174,7 +1175,7 @@ def shard(config: ShardConfig) -> ShardSummary:
 
 
 def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSummary:
-    from inf590k.card import write_card  # the card module reads the layout of this one
+    from inf590k.dataset.card import write_card  # the card module reads the layout of this one
 
     catalog = cat.read_catalog(Path(config.build))  # read once: plan, class ids, index
     by_bin = _kept_rows(Path(config.build), catalog)

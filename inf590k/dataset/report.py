@@ -24,11 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inf590k.card import card_text, info_sha256, write_card
-from inf590k.fsutil import write_bytes_atomic, write_text_atomic
-from inf590k.imageio import RejectedImage, check_before_decode
-from inf590k.layout import dataset_file
-from inf590k.shard import (
+from inf590k.build.shard.stage import (
     COUNTS_PATH,
     REPORT_DIR,
     info_shards,
@@ -38,6 +34,10 @@ from inf590k.shard import (
     read_sources_table,
     tar_path,
 )
+from inf590k.dataset.card import card_text, info_sha256, write_card
+from inf590k.dataset.layout import dataset_file
+from inf590k.fsutil import write_bytes_atomic, write_text_atomic
+from inf590k.inputs.imageio import RejectedImage, check_before_decode
 
 GRID_COLUMNS = 6
 CELL = (192, 154)  # grid cell, width x height (5:4, the common IR sensor shape)

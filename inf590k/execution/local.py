@@ -184,7 +184,7 @@ class LocalExecutor:
         self.workers = workers
         context = multiprocessing.get_context(pool_start_method())
         if context.get_start_method() == "forkserver":
-            context.set_forkserver_preload(["inf590k.workers", *preload])
+            context.set_forkserver_preload(["inf590k.execution.local", *preload])
         self._pool = ProcessPoolExecutor(
             workers,
             mp_context=context,

@@ -1,7 +1,7 @@
 """Publish: a dataset folder -> a Hugging Face dataset repo, uploaded as it is.
 
 The folder `inf590k shard` writes is already the repo's layout (README.md card, data/, metadata/;
-see inf590k/shard.py), so nothing is staged or copied: `create_repo` (exist_ok), then one
+see inf590k/build/shard/stage.py), so nothing is staged or copied: `create_repo` (exist_ok), then one
 `upload_folder` per bin with the shards the repo does not hold yet (same path and sha256:
 skipped, so a re-run after an interrupted upload continues where it stopped; a shard to send is
 hashed first and refused if it is not the one `shard` recorded), then the card,
@@ -21,10 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inf590k.card import report_is_fresh
-from inf590k.fsutil import file_sha256
-from inf590k.layout import UnsafePathError, dataset_file, symlinks_under
-from inf590k.shard import (
+from inf590k.build.shard.stage import (
     CARD_FILENAME,
     DATA_DIRNAME,
     INFO_PATH,
@@ -34,6 +31,9 @@ from inf590k.shard import (
     stats_path,
     tar_path,
 )
+from inf590k.dataset.card import report_is_fresh
+from inf590k.dataset.layout import UnsafePathError, dataset_file, symlinks_under
+from inf590k.fsutil import file_sha256
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 15.0  # the Hub client has no timeout of its own: the access check has one
@@ -344,7 +344,7 @@ def _summary(config: PublishConfig, shards: list[DatasetShard], dry_run: bool) -
 
 
 def _refresh_report(dataset: Path) -> None:
-    from inf590k.report import ReportConfig, report
+    from inf590k.dataset.report import ReportConfig, report
 
     try:
         report(ReportConfig(dataset=dataset))

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from inf590k import catalog as cat
-from inf590k import lineage
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
 from inf590k.fsutil import plural, write_text_atomic
 
 BINS_FILENAME = "bins.json"

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from inf590k.fsutil import plural, write_text_atomic
-from inf590k.layout import dataset_file
-from inf590k.shard import (
+from inf590k.build.shard.stage import (
     CARD_FILENAME,
     COUNTS_PATH,
     DATA_DIRNAME,
@@ -32,6 +30,8 @@ from inf590k.shard import (
     read_info,
     read_sources_table,
 )
+from inf590k.dataset.layout import dataset_file
+from inf590k.fsutil import plural, write_text_atomic
 
 ALL_CONFIG = "all"
 REPO_PLACEHOLDER = "OWNER/NAME"
