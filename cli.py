@@ -386,7 +386,19 @@ def shard(build_dir, out, workers, wait, **options) -> None:
     metadata/), deterministic WebDataset shards, resumable."""
     from inf590k.build.shard.stage import shard as run_shard
 
-    click.echo(str(run_stage(run_shard, shard_config(build_dir, out, workers, **options), wait)))
+    summary = run_stage(run_shard, shard_config(build_dir, out, workers, **options), wait)
+    write_dataset_card(out)
+    click.echo(str(summary))
+
+
+def write_dataset_card(out: Path) -> None:
+    """The card (README.md, LICENSES.md) of a folder `shard` wrote: the dataset side's step."""
+    from inf590k.dataset.card import write_card
+
+    try:
+        write_card(out)
+    except (ValueError, OSError) as err:
+        raise CliError(f"writing the card of {out}: {err}") from err
 
 
 @main.command()
@@ -423,6 +435,7 @@ def build(source_values, manifest_files, build_dir, out, workers, wait, executor
                            executor=executor, ray_address=ray_address),
     )
     summary = run_stage(run_build, config, wait)
+    write_dataset_card(out)
     click.echo(str(summary.ingest))
     click.echo(str(summary.dedupe))
     click.echo(str(summary.bins))
@@ -815,6 +828,7 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     built = run_stage(run_build, BuildConfig(
         ingest=IngestConfig(sources=tuple(sources), build=out / "build", progress=False), out=dataset,
         shard=balanced))
+    write_dataset_card(dataset)
     for part in (built.ingest, built.dedupe, built.bins, built.shard, built):
         click.echo(str(part))
     checked = run_verify(VerifyConfig(dataset=dataset, progress=False))

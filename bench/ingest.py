@@ -436,7 +436,7 @@ def peak_rss_of_ingest(source: Path, build: Path, max_pixels: int | None = None)
 
 VERIFY_SCRIPT = """
 import sys
-from inf590k.build.shard.stage import sample_json
+from inf590k.dataset.layout import sample_json
 from inf590k.dataset.verify import sample_problem
 data = open(sys.argv[1], "rb").read()
 row = {"uid": "k", "source": "s", "width": 640, "height": 480, "bit_depth": 8}

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from png import loader_decode_ms, real_frames, thermal_frame  # noqa: E402  (sibling script)
 
-from inf590k.build.shard.stage import encode_png  # noqa: E402
+from inf590k.build.shard.tar import encode_png  # noqa: E402
 from pretrain.data import DataConfig, ShardStream, loader_for  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,8 @@ import cv2
 import numpy as np
 
 from inf590k.build import catalog as cat
-from inf590k.build.shard.stage import ShardConfig, png_params, shard
+from inf590k.build.shard import ShardConfig, shard
+from inf590k.build.shard.tar import png_params
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -42,9 +42,10 @@ def synthetic_build(tmp_path_factory) -> tuple[Path, Path]:
     """(build folder, dataset folder) of two small synthetic sources built once per session:
     several bins, one of them in several shards. Read-only: copy it to change anything."""
     from inf590k.build.ingest import IngestConfig
-    from inf590k.build.pipeline import BuildConfig, run_build
-    from inf590k.build.shard.stage import ShardConfig
+    from inf590k.build.pipeline import BuildConfig
+    from inf590k.build.shard import ShardConfig
     from inf590k.synth import SynthConfig, synthesize
+    from tests.builders import build_dataset
 
     root = tmp_path_factory.mktemp("synthetic-build")
     synthesize(SynthConfig(layout="sirst", out=root / "sirst", count=12, scale=0.5, workers=1))
@@ -52,7 +53,7 @@ def synthetic_build(tmp_path_factory) -> tuple[Path, Path]:
         SynthConfig(layout="roadscene", out=root / "rs", count=8, scale=0.5, seed=1, workers=1)
     )
     build, dataset = root / "build", root / "ds"
-    run_build(
+    build_dataset(
         BuildConfig(
             ingest=IngestConfig(
                 sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")),

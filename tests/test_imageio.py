@@ -571,8 +571,8 @@ def png_with_huge_text_chunk() -> bytes:
 
 
 def test_verify_refuses_what_ingest_refuses_before_opencv(monkeypatch):
-    from inf590k.build.shard.stage import sample_json
     from inf590k.dataset import verify
+    from inf590k.dataset.layout import sample_json
 
     row = {"uid": "k", "source": "s", "width": 160, "height": 120, "bit_depth": 8}
     members = {"cls": b"0", "json": sample_json(row), "png": png_with_huge_text_chunk()}

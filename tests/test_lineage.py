@@ -19,8 +19,9 @@ from inf590k.build import lineage
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
-from inf590k.build.pipeline import BuildConfig, run_build
-from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.build.pipeline import BuildConfig
+from inf590k.build.shard import ShardConfig
+from tests.builders import build_dataset, shard_dataset
 from tests.test_ingest import make_frames
 
 
@@ -44,7 +45,7 @@ def run_dedupe(build: Path):
 
 
 def run_shard(build: Path, out: Path):
-    return shard(ShardConfig(build=build, out=out, workers=1, progress=False))
+    return shard_dataset(ShardConfig(build=build, out=out, workers=1, progress=False))
 
 
 @pytest.fixture
@@ -193,7 +194,7 @@ def test_build_reruns_exactly_the_stale_stages(tmp_path, frames):
     build, out = tmp_path / "b", tmp_path / "ds"
 
     def build_once(**bins):
-        return run_build(
+        return build_dataset(
             BuildConfig(
                 ingest=IngestConfig(
                     sources=(("folder", frames),), build=build, workers=1, progress=False

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inf590k.build.shard.stage import encode_png
+from inf590k.build.shard.tar import encode_png
 from pretrain.data import DataConfig, crop_flip, crop_png, decode_ir_png
 from pretrain.pngcrop import decode_box, decode_png, read_header
 

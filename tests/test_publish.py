@@ -20,11 +20,12 @@ import pytest
 
 from inf590k.build import catalog as cat
 from inf590k.build.ingest import IngestConfig
-from inf590k.build.pipeline import BuildConfig, run_build
-from inf590k.build.shard.stage import ShardConfig
+from inf590k.build.pipeline import BuildConfig
+from inf590k.build.shard import ShardConfig
 from inf590k.dataset.publish import PublishConfig, PublishError, owned_files, publish, read_shards
 from inf590k.dataset.report import ReportConfig, report
 from inf590k.synth import SynthConfig, synthesize
+from tests.builders import build_dataset
 
 GOOD_TOKEN = "hf_good_token_for_tests_only"
 
@@ -38,7 +39,7 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
         SynthConfig(layout="roadscene", out=root / "rs", count=8, scale=0.5, seed=1, workers=1)
     )
     build, dataset = root / "build", root / "ds"
-    run_build(
+    build_dataset(
         BuildConfig(
             ingest=IngestConfig(
                 sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")),

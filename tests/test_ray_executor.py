@@ -21,10 +21,12 @@ from inf590k.build import ingest as ingest_module
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import stage as shard_module
-from inf590k.build.shard.stage import ShardConfig, shard
 from inf590k.execution.ray_cluster import INSTALL_HINT, RayExecutor, RayMissing, open_executor
 from inf590k.inputs.sources import SourceReader
+from tests.builders import build_dataset as build_with_card
+from tests.builders import shard_dataset
 from tests.shardkit import closed_port
 from tests.test_shard import ALPHA, BETA
 
@@ -84,7 +86,7 @@ def build_dataset(root: Path, sources: dict[str, Path], executor: str) -> tuple[
     )
     dedupe(DedupeConfig(build=build, contact_groups=0))
     bin_catalog(BinConfig(build=build))
-    shard(
+    shard_dataset(
         ShardConfig(build=build, out=out, max_count=3, workers=2, progress=False, executor=executor)
     )
     return build, out
@@ -267,11 +269,11 @@ def test_run_killed_midway_resumes_with_either_executor(
     ingest(IngestConfig(sources=tuple(sources.items()), build=build, workers=2, progress=False))
     dedupe(DedupeConfig(build=build, contact_groups=0))
     bin_catalog(BinConfig(build=build))
-    shard(ShardConfig(build=build, out=out, max_count=3, workers=2, progress=False))
+    shard_dataset(ShardConfig(build=build, out=out, max_count=3, workers=2, progress=False))
     assert_same_build((build, out), local_result)
     for lost in shards[1::2]:  # and the other way round
         lost.unlink()
-    summary = shard(
+    summary = shard_dataset(
         ShardConfig(build=build, out=out, max_count=3, workers=2, progress=False, executor="ray")
     )
     assert summary.written == len(shards[1::2])
@@ -397,7 +399,7 @@ def no_running_ray():
 def test_build_on_ray_starts_one_ray_for_all_stages(
     no_running_ray, monkeypatch, tmp_path, sources, local_result
 ) -> None:
-    from inf590k.build.pipeline import BuildConfig, run_build
+    from inf590k.build.pipeline import BuildConfig
 
     starts = []
     real_init = ray.init
@@ -408,7 +410,7 @@ def test_build_on_ray_starts_one_ray_for_all_stages(
 
     monkeypatch.setattr(ray, "init", counted_init)
     build, out = tmp_path / "build", tmp_path / "dataset"
-    summary = run_build(
+    summary = build_with_card(
         BuildConfig(
             ingest=IngestConfig(
                 sources=tuple(sources.items()), build=build, workers=2, progress=False,

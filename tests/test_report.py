@@ -8,8 +8,9 @@ import cv2
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.build.shard import ShardConfig
 from inf590k.dataset.report import ReportConfig, report
+from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
 
@@ -17,7 +18,7 @@ from tests.test_shard import make_build
 def built(tmp_path_factory, ir_samples):
     root = tmp_path_factory.mktemp("report")
     build = make_build(root, ir_samples)
-    shard(ShardConfig(build=build, out=root / "ds", workers=1, max_count=4, progress=False))
+    shard_dataset(ShardConfig(build=build, out=root / "ds", workers=1, max_count=4, progress=False))
     return build, root / "ds"
 
 

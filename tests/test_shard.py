@@ -19,8 +19,9 @@ from inf590k.build import catalog as cat
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
-from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.build.shard import ShardConfig
 from inf590k.inputs.imageio import ImagePolicy
+from tests.builders import build_dataset, shard_dataset
 
 ALPHA = [
     "hit-uav/normal_xml/JPEGImages/0_60_30_0_01609.jpg",
@@ -83,7 +84,7 @@ def read_samples(path: Path) -> list[dict[str, bytes]]:
 
 def test_shard_format(built, tmp_path):
     out = tmp_path / "ds"
-    summary = shard(ShardConfig(build=built, out=out, workers=1, progress=False))
+    summary = shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
     kept = [r for r in cat.read_catalog(built).to_pylist() if r["status"] == "ok"]
     assert summary.samples == len(kept) == 9 and summary.written == summary.shards
     info = json.loads((out / "data" / "_info.json").read_text())
@@ -151,8 +152,8 @@ def test_pixels_round_trip_and_16bit(built, tmp_path):
     from inf590k.build.ingest import load_stored_pixels
 
     rows = {r["uid"]: r for r in cat.read_catalog(built).to_pylist()}
-    shard(ShardConfig(build=built, out=tmp_path / "ds8", workers=1, progress=False))
-    shard(
+    shard_dataset(ShardConfig(build=built, out=tmp_path / "ds8", workers=1, progress=False))
+    shard_dataset(
         ShardConfig(build=built, out=tmp_path / "ds16", workers=1, keep_16bit=True, progress=False)
     )
     raw_frames = {}
@@ -181,10 +182,10 @@ def sums(out: Path) -> str:
 
 
 def test_byte_identical_for_any_worker_count(built, tmp_path):
-    one = shard(
+    one = shard_dataset(
         ShardConfig(build=built, out=tmp_path / "a", workers=1, max_count=3, progress=False)
     )
-    two = shard(
+    two = shard_dataset(
         ShardConfig(build=built, out=tmp_path / "b", workers=2, max_count=3, progress=False)
     )
     assert one.shards == two.shards >= 3
@@ -201,14 +202,14 @@ def test_byte_identical_for_any_worker_count(built, tmp_path):
 
 def test_resume_redoes_only_unfinished_shards(built, tmp_path):
     config = ShardConfig(build=built, out=tmp_path / "ds", workers=1, max_count=2, progress=False)
-    first = shard(config)
+    first = shard_dataset(config)
     reference = sums(config.out)
     tars = sorted(config.out.glob("data/*/*.tar"))
     stats = sorted(config.out.glob("metadata/shards/*/*_stats.json"))
     stats[0].unlink()  # killed before its marker
     tars[1].write_bytes(tars[1].read_bytes()[:1000])  # truncated, marker left behind
     (tars[2].parent / (tars[2].name + ".tmp")).write_bytes(b"half")  # a killed run's temp file
-    again = shard(config)
+    again = shard_dataset(config)
     assert (again.written, again.reused) == (2, first.shards - 2)
     assert sums(config.out) == reference
     assert not list(config.out.rglob("*.tmp"))
@@ -216,9 +217,9 @@ def test_resume_redoes_only_unfinished_shards(built, tmp_path):
 
 def test_changed_plan_replaces_stale_shards(built, tmp_path):
     out = tmp_path / "ds"
-    shard(ShardConfig(build=built, out=out, workers=1, max_count=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, workers=1, max_count=1, progress=False))
     many = len(list(out.glob("data/*/*.tar")))
-    summary = shard(
+    summary = shard_dataset(
         ShardConfig(build=built, out=out, workers=1, max_count=100, seed=5, progress=False)
     )
     assert len(list(out.glob("data/*/*.tar"))) == summary.shards < many
@@ -227,10 +228,10 @@ def test_changed_plan_replaces_stale_shards(built, tmp_path):
 
 
 def test_max_size_cuts_shards(built, tmp_path):
-    small = shard(
+    small = shard_dataset(
         ShardConfig(build=built, out=tmp_path / "s", workers=1, max_size=700_000, progress=False)
     )
-    big = shard(ShardConfig(build=built, out=tmp_path / "b", workers=1, progress=False))
+    big = shard_dataset(ShardConfig(build=built, out=tmp_path / "b", workers=1, progress=False))
     assert small.shards > big.shards and small.samples == big.samples
     for tar_path in (tmp_path / "s").glob("data/*/*.tar"):
         assert tar_path.stat().st_size <= 700_000 or len(read_samples(tar_path)) == 1
@@ -238,9 +239,9 @@ def test_max_size_cuts_shards(built, tmp_path):
 
 def test_bad_input(built, tmp_path):
     with pytest.raises(ValueError, match="max-count"):
-        shard(ShardConfig(build=built, out=tmp_path / "x", max_count=0))
+        shard_dataset(ShardConfig(build=built, out=tmp_path / "x", max_count=0))
     with pytest.raises(ValueError, match="png-level"):
-        shard(ShardConfig(build=built, out=tmp_path / "x", png_level=12))
+        shard_dataset(ShardConfig(build=built, out=tmp_path / "x", png_level=12))
     unbinned = tmp_path / "unbinned"
     shutil.copytree(built, unbinned)
     table = cat.read_catalog(unbinned)
@@ -249,7 +250,7 @@ def test_bad_input(built, tmp_path):
     )
     cat.write_catalog(unbinned, table)
     with pytest.raises(ValueError, match="inf590k bin"):
-        shard(ShardConfig(build=unbinned, out=tmp_path / "x"))
+        shard_dataset(ShardConfig(build=unbinned, out=tmp_path / "x"))
 
 
 def test_failed_shard_run_leaves_no_temp_files(tmp_path, ir_samples):
@@ -259,7 +260,7 @@ def test_failed_shard_run_leaves_no_temp_files(tmp_path, ir_samples):
     damaged.write_bytes(b"not an image any more")
     out = tmp_path / "ds"
     with pytest.raises(RuntimeError, match="changed after ingest"):
-        shard(ShardConfig(build=build, out=out, max_count=2, workers=2, progress=False))
+        shard_dataset(ShardConfig(build=build, out=out, max_count=2, workers=2, progress=False))
     assert not list(out.rglob("*.tmp"))
 
 
@@ -270,7 +271,7 @@ def pa_strings(n: int):
 
 
 def test_sample_json_fills_nulls_by_type():
-    from inf590k.build.shard.stage import sample_json
+    from inf590k.dataset.layout import sample_json
 
     row = cat.empty_row()
     row.update(uid="u", source="s", relpath="r", status="ok")
@@ -282,13 +283,13 @@ def test_sample_json_fills_nulls_by_type():
 
 
 def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
-    from inf590k.build.pipeline import BuildConfig, run_build
+    from inf590k.build.pipeline import BuildConfig
     from inf590k.dataset.verify import VerifyConfig, verify
 
     sources = tuple(
         (f"folder:{name}", built.parent / name) for name in ("alpha", "beta")
     )  # the folders make_build ingested
-    summary = run_build(
+    summary = build_dataset(
         BuildConfig(
             ingest=IngestConfig(
                 sources=sources, build=tmp_path / "build", workers=1, progress=False
@@ -300,7 +301,7 @@ def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
             ),
         )
     )
-    shard(ShardConfig(build=built, out=tmp_path / "stagewise", workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=tmp_path / "stagewise", workers=1, progress=False))
     assert sums(tmp_path / "ds") == sums(tmp_path / "stagewise")
     assert summary.shard.samples == 9 and summary.dedupe.kept == 9
     assert str(summary).startswith("build: 10 files -> 9 kept (1 duplicate) -> 9 samples")
@@ -309,7 +310,7 @@ def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
 
 def test_dedupe_against_a_built_dataset(built, tmp_path):
     """Incremental build: a new source already present in a published dataset is dropped."""
-    shard(ShardConfig(build=built, out=tmp_path / "published", workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=tmp_path / "published", workers=1, progress=False))
     new_build = tmp_path / "new"
     ingest(
         IngestConfig(
@@ -330,7 +331,7 @@ def test_dedupe_against_a_built_dataset(built, tmp_path):
 
 
 def test_summary_line_says_1_shard(tmp_path):
-    from inf590k.build.shard.stage import ShardSummary
+    from inf590k.build.shard import ShardSummary
 
     line = str(ShardSummary(shards=1, written=1, reused=0, samples=1, bytes=0, seconds=1.0, out=tmp_path))
     assert line.startswith("shard: 1 sample in 1 shard of ")

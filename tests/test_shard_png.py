@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inf590k.build.shard.stage import encode_png
+from inf590k.build.shard.tar import encode_png
 
 PNG_FILTER_UP = 2
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.build.shard import ShardConfig
 from inf590k.dataset.verify import VerifyConfig, verify
+from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def test_kill_mid_shard_then_resume(tmp_path, ir_samples):
     config = ShardConfig(
         build=build, out=tmp_path / "reference", workers=1, max_count=3, progress=False
     )
-    shard(config)
+    shard_dataset(config)
     reference = (config.out / "metadata" / "SHA256SUMS").read_text()
 
     out = tmp_path / "killed"
@@ -56,7 +57,7 @@ def test_kill_mid_shard_then_resume(tmp_path, ir_samples):
     assert list(out.glob("data/*/*.tar.tmp")), "the kill should land inside a tar"
     assert not (out / "metadata" / "SHA256SUMS").exists()
 
-    resumed = shard(ShardConfig(build=build, out=out, workers=2, max_count=3, progress=False))
+    resumed = shard_dataset(ShardConfig(build=build, out=out, workers=2, max_count=3, progress=False))
     assert resumed.reused >= 1 and resumed.written >= 1
     assert (out / "metadata" / "SHA256SUMS").read_text() == reference
     assert not list(out.rglob("*.tmp"))

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from inf590k.build.shard.stage import FIXED_MTIME, _tar_member, add_sample, tar_end, tar_header
+from inf590k.build.shard.tar import FIXED_MTIME, _tar_member, add_sample, tar_end, tar_header
 
 NAMES = ["a.png", "folder-sirst_00012-4cb62656.json", "x" * 100, "x" * 101, "é.cls", ""]
 SIZES = [0, 1, 511, 512, 10**6, 8**11 - 1, 8**11]

@@ -12,7 +12,7 @@ import pytest
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
-from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.build.shard import ShardConfig
 from inf590k.dataset.layout import (
     InfoError,
     UnsafePathError,
@@ -24,6 +24,7 @@ from inf590k.dataset.publish import PublishConfig, PublishError, publish
 from inf590k.dataset.report import ReportConfig, report
 from inf590k.dataset.verify import VerifyConfig, verify
 from inf590k.fsutil import write_text_atomic
+from tests.builders import shard_dataset
 
 SECRET = b"-----BEGIN OPENSSH PRIVATE KEY-----\nnot really\n"
 
@@ -78,7 +79,7 @@ def test_shard_never_deletes_what_a_crafted_files_json_names_outside(build_copy,
         lambda index: index["files"].extend(["../home/notes.txt", str(thesis)]),
     )
     with pytest.raises(UnsafePathError, match="not a plain relative path"):
-        shard(shard_config(build, dataset))
+        shard_dataset(shard_config(build, dataset))
     assert notes.read_text() == "my notes" and thesis.read_text() == "my thesis"
 
 
@@ -90,7 +91,7 @@ def test_shard_never_writes_through_a_linked_folder_or_a_planted_temp_link(build
     tar = next((dataset / "data").rglob("*.tar"))
     (tar.parent / (tar.name + ".tmp")).symlink_to(victim)
     tar.unlink()  # so that the shard is written again, through its .tmp name
-    shard(shard_config(build, dataset))
+    shard_dataset(shard_config(build, dataset))
     assert victim.read_text() == "keep me"
     assert tar.is_file() and not tar.is_symlink() and run_verify(dataset).ok
 
@@ -100,7 +101,7 @@ def test_shard_never_writes_through_a_linked_folder_or_a_planted_temp_link(build
     bin_folder.symlink_to(elsewhere)
     before = sorted(p.name for p in elsewhere.iterdir())
     with pytest.raises(UnsafePathError, match="symbolic link"):
-        shard(shard_config(build, dataset))
+        shard_dataset(shard_config(build, dataset))
     assert sorted(p.name for p in elsewhere.iterdir()) == before
 
 
@@ -244,7 +245,7 @@ def test_a_source_file_edited_in_place_after_ingest_is_not_shipped(build_copy, t
     path.write_bytes(bytes(data))
     out = tmp_path / "fresh"
     with pytest.raises(RuntimeError, match="changed after ingest.*sha256 differs") as error:
-        shard(shard_config(build, out))
+        shard_dataset(shard_config(build, out))
     assert row["relpath"] in str(error.value) and "\n" not in str(error.value)
     assert not list(out.rglob("*.tmp"))
     shipped = [
@@ -259,11 +260,11 @@ def test_a_grown_or_deleted_source_file_is_one_line(build_copy, tmp_path):
     grown = source_file(build, rows[0])
     grown.write_bytes(grown.read_bytes() + b"\0" * 100)
     with pytest.raises(RuntimeError, match="changed after ingest"):
-        shard(shard_config(build, tmp_path / "a"))
+        shard_dataset(shard_config(build, tmp_path / "a"))
     grown.write_bytes(grown.read_bytes()[:-100])
     source_file(build, rows[1]).unlink()
     with pytest.raises(RuntimeError, match="restore it") as error:
-        shard(shard_config(build, tmp_path / "b"))
+        shard_dataset(shard_config(build, tmp_path / "b"))
     assert "Errno" not in str(error.value) and rows[1]["relpath"] in str(error.value)
 
 
@@ -276,7 +277,7 @@ def test_a_catalogue_part_edited_after_bin_is_refused(build_copy, tmp_path):
         table.set_column(table.schema.get_field_index("license"), "license", [licences]), part
     )
     with pytest.raises(lineage.LineageError, match=f"{part.name} was edited"):
-        shard(shard_config(build, tmp_path / "ds"))
+        shard_dataset(shard_config(build, tmp_path / "ds"))
     assert "bin" in lineage.stale_stages(build)
 
 
@@ -288,9 +289,9 @@ def test_two_shard_runs_into_one_folder_do_not_race(build_copy, tmp_path):
     out.mkdir()
     with lineage.folder_lock(out, "--out"):
         with pytest.raises(lineage.LineageError, match="is being written by another"):
-            shard(shard_config(build, out))
+            shard_dataset(shard_config(build, out))
     assert not any(out.iterdir())
-    shard(shard_config(build, out))  # once free, it writes
+    shard_dataset(shard_config(build, out))  # once free, it writes
     assert run_verify(out).ok
 
 

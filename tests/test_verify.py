@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from inf590k.build.shard.stage import ShardConfig, shard
+from inf590k.build.shard import ShardConfig
 from inf590k.dataset.verify import VerifyConfig, verify
+from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
 
@@ -18,7 +19,7 @@ def clean_dataset(tmp_path_factory, ir_samples) -> Path:
     root = tmp_path_factory.mktemp("verify")
     build = make_build(root, ir_samples)
     out = root / "ds"
-    shard(ShardConfig(build=build, out=out, workers=1, max_count=3, progress=False))
+    shard_dataset(ShardConfig(build=build, out=out, workers=1, max_count=3, progress=False))
     return out
 
 

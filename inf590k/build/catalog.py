@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from inf590k.dataset.layout import CATALOG_SCHEMA, COLUMN_NAMES  # noqa: F401 - the catalog's columns are the sidecars'
 from inf590k.fsutil import open_new, write_text_atomic
 
 CATALOG_DIRNAME = "catalog"
@@ -31,40 +32,6 @@ STATUS_REJECTED = "rejected"  # an IR candidate that could not be used (corrupt,
 STATUS_DUPLICATE = "duplicate"  # set by dedupe: a kept image of the same group exists
 STATUSES = (STATUS_OK, STATUS_EXCLUDED, STATUS_REJECTED, STATUS_DUPLICATE)
 
-CATALOG_SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string(), nullable=False),  # stable: source + relpath, no dots
-        pa.field("source", pa.string(), nullable=False),
-        pa.field("relpath", pa.string(), nullable=False),  # inside the root or archive
-        pa.field("frame", pa.int32()),  # video frame index, -1 for still images
-        pa.field("split", pa.string()),  # split folder of the source if any (train/val/test)
-        pa.field("license", pa.string()),
-        pa.field("modality", pa.string()),  # lwir, mwir, nir, synthetic
-        pa.field("tags", pa.list_(pa.string())),
-        pa.field("status", pa.string(), nullable=False),
-        pa.field("reason", pa.string()),  # why excluded / rejected / duplicate; "" when ok
-        pa.field("file_bytes", pa.int64()),
-        pa.field("file_sha256", pa.string()),
-        pa.field("pixel_sha256", pa.string()),  # of the stored 1-channel pixels
-        pa.field("width", pa.int32()),  # after crop: what a shard stores
-        pa.field("height", pa.int32()),
-        pa.field("orig_width", pa.int32()),
-        pa.field("orig_height", pa.int32()),
-        pa.field("orig_channels", pa.int8()),
-        pa.field("orig_dtype", pa.string()),  # uint8, uint16, float32
-        pa.field("bit_depth", pa.int8()),  # 8 or 16, of the decoded file
-        pa.field("grey_diff", pa.float32()),  # mean |channel difference| of 3-channel files
-        pa.field("normalisation", pa.string()),  # e.g. "none", "p1-p99 stretch 812..3420"
-        pa.field("crop_box", pa.list_(pa.int32(), 4)),  # x0, y0, x1, y1 in the original
-        pa.field("entropy", pa.float32()),  # global 256-bin entropy of the 8-bit view, bits
-        pa.field("phash", pa.string()),  # imagehash 64-bit pHash of the 8-bit view, 16 hex
-        pa.field("dhash", pa.string()),
-        pa.field("dup_group", pa.int64()),  # set by dedupe; -1 when unique
-        pa.field("res_bin", pa.string()),  # set by bin
-    ]
-)
-
-COLUMN_NAMES = tuple(CATALOG_SCHEMA.names)
 
 
 def catalog_dir(build: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from inf590k.build.shard.stage import (
+from inf590k.dataset.layout import (
     CARD_FILENAME,
     COUNTS_PATH,
     DATA_DIRNAME,
@@ -25,12 +25,12 @@ from inf590k.build.shard.stage import (
     REPORT_FILES,
     SOURCES_PATH,
     SUMS_PATH,
+    dataset_file,
     info_shards,
     json_feature_types,
     read_info,
     read_sources_table,
 )
-from inf590k.dataset.layout import dataset_file
 from inf590k.fsutil import plural, write_text_atomic
 
 ALL_CONFIG = "all"
@@ -469,9 +469,21 @@ def licenses_text(table: list[dict]) -> str:
     return "\n".join(lines + _table(["source", "name", "kind", "licence", "link"], rows)) + "\n"
 
 
+def drop_stale_report(dataset: Path) -> None:
+    """A report that describes an earlier data/_info.json is removed (its files are the
+    folder's own), so the card never shows another dataset's numbers."""
+    first = dataset_file(dataset, f"{REPORT_DIR}/{REPORT_FILES[0]}")
+    if first.exists() and not report_is_fresh(dataset):
+        for name in REPORT_FILES:
+            dataset_file(dataset, f"{REPORT_DIR}/{name}").unlink(missing_ok=True)
+
+
 def write_card(dataset: Path) -> Path:
-    """README.md and metadata/LICENSES.md of a dataset folder, from its index files."""
+    """README.md and metadata/LICENSES.md of a dataset folder, from its index files (a stale
+    report is dropped first). `inf590k shard` and `build` call it once the shards are written;
+    it is the dataset side's step, so re-running it on a finished folder is cheap and safe."""
     dataset = Path(dataset)
+    drop_stale_report(dataset)
     write_text_atomic(
         dataset_file(dataset, LICENSES_PATH), licenses_text(read_sources_table(dataset))
     )

@@ -21,18 +21,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inf590k.build.shard.stage import (
+from inf590k.dataset.card import report_is_fresh
+from inf590k.dataset.layout import (
     CARD_FILENAME,
     DATA_DIRNAME,
     INFO_PATH,
+    UnsafePathError,
+    dataset_file,
     info_shards,
     read_info,
     read_owned,
     stats_path,
+    symlinks_under,
     tar_path,
 )
-from inf590k.dataset.card import report_is_fresh
-from inf590k.dataset.layout import UnsafePathError, dataset_file, symlinks_under
 from inf590k.fsutil import file_sha256
 
 DEFAULT_ENDPOINT = "https://huggingface.co"

@@ -24,9 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inf590k.build.shard.stage import (
+from inf590k.dataset.card import card_text, info_sha256, write_card
+from inf590k.dataset.layout import (
     COUNTS_PATH,
     REPORT_DIR,
+    dataset_file,
     info_shards,
     read_info,
     read_owned,
@@ -34,8 +36,6 @@ from inf590k.build.shard.stage import (
     read_sources_table,
     tar_path,
 )
-from inf590k.dataset.card import card_text, info_sha256, write_card
-from inf590k.dataset.layout import dataset_file
 from inf590k.fsutil import write_bytes_atomic, write_text_atomic
 from inf590k.inputs.imageio import RejectedImage, check_before_decode
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
-from inf590k.build.shard.stage import (
+from inf590k.dataset.layout import (
     CARD_FILENAME,
     COUNTS_PATH,
     FILES_PATH,
@@ -29,19 +29,21 @@ from inf590k.build.shard.stage import (
     SIZES_PATH,
     SOURCES_PATH,
     SUMS_PATH,
+    dataset_file,
     folder_files,
     index_files,
     info_shards,
     info_sources,
     is_hub_extra,
+    read_info_sources,
     read_sources_table,
     sample_json,
     shard_files,
     sidecar_path,
     stats_path,
+    symlinks_under,
     tar_path,
 )
-from inf590k.dataset.layout import dataset_file, read_info_sources, symlinks_under
 from inf590k.execution import progress
 from inf590k.execution.local import LocalExecutor, pool_start_method, sigterm_as_interrupt
 from inf590k.fsutil import available_cores, file_sha256, plural

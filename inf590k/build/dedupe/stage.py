@@ -177,7 +177,7 @@ def load_outside_set(path: Path) -> OutsideSet:
         rows = _ok_rows(cat.read_catalog(path))
         return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
     if (path / "data" / "_info.json").is_file():  # a dataset folder: its shards' sidecar rows
-        from inf590k.build.shard.stage import read_sidecars
+        from inf590k.dataset.layout import read_sidecars
 
         return OutsideSet(fingerprints_of_rows(read_sidecars(path)), f"already in {path.name or path}")
     if path.is_dir():
