@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from inf590k.inputs.manifest import ManifestError
 
@@ -225,17 +226,7 @@ def ingest(source_values, manifest_files, build_dir, drop_sources, workers, wait
 
     if not source_values and not drop_sources:
         raise click.UsageError("give --source ID=PATH (repeatable), or --drop-source ID to shrink a build")
-    config = IngestConfig(
-        sources=tuple(parse_source(v) for v in source_values),
-        build=build_dir,
-        manifests=tuple(manifest_files),
-        workers=workers,
-        policy=make_policy(**policy_values),
-        progress=sys.stderr.isatty(),
-        drop_sources=tuple(drop_sources),
-        executor=executor,
-        ray_address=ray_address,
-    )
+    config = IngestConfig(sources=tuple(parse_source(v) for v in source_values), build=build_dir, manifests=tuple(manifest_files), policy=make_policy(**policy_values), drop_sources=tuple(drop_sources), execution=ExecutionOptions(workers=workers, progress=sys.stderr.isatty(), executor=executor, ray_address=ray_address))
     summary = run_stage(run_ingest, config, wait)
     click.echo(str(summary))
 
@@ -314,10 +305,7 @@ def shard_config(build, out, workers, max_count, max_size, shard_multiple, min_s
                  seed, split, name, executor="local", ray_address=None):
     from inf590k.build.shard.stage import ShardConfig
 
-    return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size,
-                       shard_multiple=shard_multiple, min_shard_length=min_shard_length, keep_16bit=keep_16bit, png_level=png_level, seed=seed,
-                       split=split, name=name, workers=workers, progress=sys.stderr.isatty(),
-                       executor=executor, ray_address=ray_address)
+    return ShardConfig(build=build, out=out, max_count=max_count, max_size=max_size, shard_multiple=shard_multiple, min_shard_length=min_shard_length, keep_16bit=keep_16bit, png_level=png_level, seed=seed, split=split, name=name, execution=ExecutionOptions(workers=workers, progress=sys.stderr.isatty(), executor=executor, ray_address=ray_address))
 
 
 def feature_model_folder(model: Path, build_dir: Path) -> Path:
@@ -424,10 +412,7 @@ def build(source_values, manifest_files, build_dir, out, workers, wait, executor
     from inf590k.build.pipeline import BuildConfig, run_build
 
     config = BuildConfig(
-        ingest=IngestConfig(sources=tuple(parse_source(v) for v in source_values), build=build_dir,
-                            manifests=tuple(manifest_files), workers=workers,
-                            policy=make_policy(**pick(options, POLICY_OPTIONS)),
-                            progress=sys.stderr.isatty(), executor=executor, ray_address=ray_address),
+        ingest=IngestConfig(sources=tuple(parse_source(v) for v in source_values), build=build_dir, manifests=tuple(manifest_files), policy=make_policy(**pick(options, POLICY_OPTIONS)), execution=ExecutionOptions(workers=workers, progress=sys.stderr.isatty(), executor=executor, ray_address=ray_address)),
         out=out,
         dedupe=dedupe_config(build_dir, **pick(options, DEDUPE_OPTIONS)),
         bins=bin_config(build_dir, **pick(options, BIN_OPTIONS)),
@@ -453,8 +438,7 @@ def verify(dataset: Path, hashes_only: bool, workers: int) -> None:
     from inf590k.dataset.verify import VerifyConfig
     from inf590k.dataset.verify import verify as run_verify
 
-    result = run_verify(VerifyConfig(dataset=dataset, decode=not hashes_only, workers=workers,
-                                     progress=sys.stderr.isatty()))
+    result = run_verify(VerifyConfig(dataset=dataset, decode=not hashes_only, execution=ExecutionOptions(workers=workers, progress=sys.stderr.isatty())))
     for problem in result.problems:
         click.echo(f"problem: {problem}", err=True)
     click.echo(str(result))
@@ -824,14 +808,14 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
 
     dataset = out / "dataset"
     # a small dataset: shards of a few samples, all within 2x of the smallest bin's
-    balanced = ShardConfig(build=out / "build", out=dataset, min_shard_length=1, progress=False)
+    balanced = ShardConfig(build=out / "build", out=dataset, min_shard_length=1, execution=ExecutionOptions(progress=False))
     built = run_stage(run_build, BuildConfig(
-        ingest=IngestConfig(sources=tuple(sources), build=out / "build", progress=False), out=dataset,
+        ingest=IngestConfig(sources=tuple(sources), build=out / "build", execution=ExecutionOptions(progress=False)), out=dataset,
         shard=balanced))
     write_dataset_card(dataset)
     for part in (built.ingest, built.dedupe, built.bins, built.shard, built):
         click.echo(str(part))
-    checked = run_verify(VerifyConfig(dataset=dataset, progress=False))
+    checked = run_verify(VerifyConfig(dataset=dataset, execution=ExecutionOptions(progress=False)))
     click.echo(str(checked))
     if not checked.ok:
         raise CliError("the demo dataset failed verification: " + "; ".join(checked.problems))

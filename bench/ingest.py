@@ -56,6 +56,7 @@ sys.path.insert(0, REPO)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
 
 from inf590k.build.ingest import IngestConfig, ingest  # noqa: E402
+from inf590k.execution.units import ExecutionOptions  # noqa: E402
 
 
 def thermal_jpeg(index: int, rng: np.random.Generator) -> bytes:
@@ -113,13 +114,7 @@ def ingest_rate(
     shutil.rmtree(build, ignore_errors=True)
     started = time.perf_counter()
     ingest(
-        IngestConfig(
-            sources=(("folder", root),),
-            build=build,
-            workers=workers,
-            progress=False,
-            executor=executor,
-        )
+        IngestConfig(sources=(("folder", root),), build=build, execution=ExecutionOptions(workers=workers, progress=False, executor=executor))
     )
     return count / (time.perf_counter() - started)
 

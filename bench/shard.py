@@ -41,6 +41,7 @@ import numpy as np
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig, shard
 from inf590k.build.shard.tar import png_params
+from inf590k.execution.units import ExecutionOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def prepare_build(samples: Path, synth: int, scratch: Path) -> Path:
     synth_root = scratch / "synth"
     synthesize(SynthConfig(layout="hit_uav", out=synth_root, count=synth))
     sources = (("folder:real", samples), ("folder:synth", synth_root))
-    ingest(IngestConfig(sources=sources, build=build, progress=False))
+    ingest(IngestConfig(sources=sources, build=build, execution=ExecutionOptions(progress=False)))
     dedupe(DedupeConfig(build=build))
     bin_catalog(BinConfig(build=build))
     return build
@@ -86,14 +87,7 @@ def prepare_build(samples: Path, synth: int, scratch: Path) -> Path:
 
 def shard_once(build: Path, out: Path, workers: int, args: argparse.Namespace) -> float:
     """One `inf590k shard` run into a new folder -> seconds."""
-    config = ShardConfig(
-        build=build,
-        out=out,
-        workers=workers,
-        png_level=args.png_level,
-        max_count=args.max_count,
-        progress=False,
-    )
+    config = ShardConfig(build=build, out=out, png_level=args.png_level, max_count=args.max_count, execution=ExecutionOptions(workers=workers, progress=False))
     started = time.perf_counter()
     shard(config)
     return time.perf_counter() - started

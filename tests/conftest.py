@@ -1,3 +1,4 @@
+
 """Shared fixtures: where the real infrared samples live, and small helpers."""
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def synthetic_build(tmp_path_factory) -> tuple[Path, Path]:
     from inf590k.build.ingest import IngestConfig
     from inf590k.build.pipeline import BuildConfig
     from inf590k.build.shard import ShardConfig
+    from inf590k.execution.units import ExecutionOptions
     from inf590k.synth import SynthConfig, synthesize
     from tests.builders import build_dataset
 
@@ -55,14 +57,9 @@ def synthetic_build(tmp_path_factory) -> tuple[Path, Path]:
     build, dataset = root / "build", root / "ds"
     build_dataset(
         BuildConfig(
-            ingest=IngestConfig(
-                sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")),
-                build=build,
-                workers=1,
-                progress=False,
-            ),
+            ingest=IngestConfig(sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")), build=build, execution=ExecutionOptions(workers=1, progress=False)),
             out=dataset,
-            shard=ShardConfig(build=build, out=dataset, workers=1, max_count=4, progress=False),
+            shard=ShardConfig(build=build, out=dataset, max_count=4, execution=ExecutionOptions(workers=1, progress=False)),
         )
     )
     return build, dataset

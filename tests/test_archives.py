@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from cli import main
 from inf590k.build import catalog as cat
 from inf590k.build.ingest import IngestConfig, chunked, ingest, load_stored_pixels, plan_source
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from inf590k.inputs.manifest import folder_manifest
 from inf590k.inputs.sources import DAMAGED_INDEX, list_entries
@@ -66,13 +67,7 @@ def rows(build: Path) -> list[dict]:
 
 
 def run(build: Path, root: Path, **policy) -> None:
-    config = IngestConfig(
-        sources=(("folder", root),),
-        build=build,
-        workers=1,
-        progress=False,
-        policy=ImagePolicy(**policy),
-    )
+    config = IngestConfig(sources=(("folder", root),), build=build, policy=ImagePolicy(**policy), execution=ExecutionOptions(workers=1, progress=False))
     ingest(config)
 
 
@@ -174,9 +169,7 @@ def test_zero_kept_warning_names_the_next_step_for_archives_and_folders(tmp_path
     archive = write_zip(tmp_path / "a.zip", frames())
     archive.write_bytes(archive.read_bytes()[:40])  # cut inside its first member
     summary = ingest(
-        IngestConfig(
-            sources=(("folder", archive),), build=tmp_path / "b", workers=1, progress=False
-        )
+        IngestConfig(sources=(("folder", archive),), build=tmp_path / "b", execution=ExecutionOptions(workers=1, progress=False))
     )
     [warning] = summary.warnings
     assert "damaged archive" in warning and "re-download" in warning
@@ -184,12 +177,7 @@ def test_zero_kept_warning_names_the_next_step_for_archives_and_folders(tmp_path
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     summary = ingest(
-        IngestConfig(
-            sources=(("folder:mine", tmp_path / "empty"),),
-            build=tmp_path / "c",
-            workers=1,
-            progress=False,
-        )
+        IngestConfig(sources=(("folder:mine", tmp_path / "empty"),), build=tmp_path / "c", execution=ExecutionOptions(workers=1, progress=False))
     )
     [warning] = summary.warnings
     assert "sources show" not in warning

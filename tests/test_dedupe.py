@@ -14,6 +14,7 @@ import pytest
 from inf590k.build import catalog as cat
 from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 
 
@@ -183,13 +184,7 @@ def test_planted_copies_of_real_frames_join_their_originals(tmp_path, ir_samples
     expected = plant_copies(ir_samples, tmp_path / "orig", tmp_path / "copies")
     build = tmp_path / "build"
     ingest(
-        IngestConfig(
-            sources=(("folder:orig", tmp_path / "orig"), ("folder:copies", tmp_path / "copies")),
-            build=build,
-            workers=1,
-            policy=ImagePolicy(),
-            progress=False,
-        )
+        IngestConfig(sources=(("folder:orig", tmp_path / "orig"), ("folder:copies", tmp_path / "copies")), build=build, policy=ImagePolicy(), execution=ExecutionOptions(workers=1, progress=False))
     )
     summary = dedupe(DedupeConfig(build=build, priority=("orig",)))
     rows = {(r["source"], r["relpath"]): r for r in cat.read_catalog(build).to_pylist()}
@@ -211,9 +206,7 @@ def test_decontamination_against_an_evaluation_folder(tmp_path, ir_samples):
     expected = plant_copies(ir_samples, tmp_path / "train", tmp_path / "eval")
     build = tmp_path / "build"
     ingest(
-        IngestConfig(
-            sources=(("folder:train", tmp_path / "train"),), build=build, workers=1, progress=False
-        )
+        IngestConfig(sources=(("folder:train", tmp_path / "train"),), build=build, execution=ExecutionOptions(workers=1, progress=False))
     )
     summary = dedupe(DedupeConfig(build=build, against=(tmp_path / "eval",), contact_groups=0))
     rows = {r["relpath"]: r for r in cat.read_catalog(build).to_pylist()}

@@ -18,6 +18,7 @@ from inf590k.build import catalog as cat
 from inf590k.build.dedupe.features import similar_pairs
 from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.execution.units import ExecutionOptions
 
 FRAMES = [
     "hit-uav/normal_xml/JPEGImages/0_60_30_0_01609.jpg",
@@ -66,12 +67,7 @@ def test_flipped_copy_joins_only_with_features(tmp_path, ir_samples, encoder_dir
     cv2.imwrite(str(copies / "mirror.png"), flipped)
     build = tmp_path / "build"
     ingest(
-        IngestConfig(
-            sources=(("folder:orig", orig), ("folder:copies", copies)),
-            build=build,
-            workers=1,
-            progress=False,
-        )
+        IngestConfig(sources=(("folder:orig", orig), ("folder:copies", copies)), build=build, execution=ExecutionOptions(workers=1, progress=False))
     )
 
     hashes_only = dedupe(DedupeConfig(build=build, contact_groups=0))
@@ -99,12 +95,7 @@ def test_missing_model_folder_says_what_to_pass(tmp_path, ir_samples):
     (tmp_path / "src").mkdir()
     shutil.copy(ir_samples / FRAMES[0], tmp_path / "src" / "a.jpg")
     ingest(
-        IngestConfig(
-            sources=(("folder:src", tmp_path / "src"),),
-            build=tmp_path / "b",
-            workers=1,
-            progress=False,
-        )
+        IngestConfig(sources=(("folder:src", tmp_path / "src"),), build=tmp_path / "b", execution=ExecutionOptions(workers=1, progress=False))
     )
     with pytest.raises(FileNotFoundError, match="inf590k export"):
         dedupe(
@@ -118,7 +109,7 @@ def test_collapsed_encoder_is_counted_apart_and_warned(tmp_path, ir_samples, enc
     for rel in FRAMES:
         shutil.copy(ir_samples / rel, src / Path(rel).name)
     build = tmp_path / "build"
-    ingest(IngestConfig(sources=(("folder:src", src),), build=build, workers=1, progress=False))
+    ingest(IngestConfig(sources=(("folder:src", src),), build=build, execution=ExecutionOptions(workers=1, progress=False)))
     assert not dedupe(DedupeConfig(build=build, contact_groups=0)).groups
     summary = dedupe(
         DedupeConfig(build=build, contact_groups=0, feature_model=encoder_dir, feature_threshold=-1.0)

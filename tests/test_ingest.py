@@ -20,15 +20,13 @@ import pytest
 
 from inf590k.build import catalog as cat
 from inf590k.build.ingest import IngestConfig, ingest, load_stored_pixels, make_uid
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from tests.test_imageio import encode, png_with_header_size, thermal_frame
 
 
 def run(build: Path, *sources: tuple[str, Path], workers: int = 1, manifests=(), **policy):
-    config = IngestConfig(
-        sources=tuple(sources), build=build, workers=workers, manifests=tuple(manifests),
-        policy=ImagePolicy(**policy), progress=False,
-    )
+    config = IngestConfig(sources=tuple(sources), build=build, manifests=tuple(manifests), policy=ImagePolicy(**policy), execution=ExecutionOptions(workers=workers, progress=False))
     return ingest(config)
 
 
@@ -259,6 +257,7 @@ INGEST_SCRIPT = """
 import sys, time
 from pathlib import Path
 from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.execution.units import ExecutionOptions
 import inf590k.build.ingest as ing
 slow = float(sys.argv[3])
 original = ing.process_chunk
@@ -266,7 +265,7 @@ def slowed(job, tasks):
     time.sleep(slow)
     return original(job, tasks)
 ing.process_chunk = slowed
-ingest(IngestConfig(sources=(("folder", Path(sys.argv[1])),), build=Path(sys.argv[2]), workers=1, progress=False))
+ingest(IngestConfig(sources=(("folder", Path(sys.argv[1])),), build=Path(sys.argv[2]), execution=ExecutionOptions(workers=1, progress=False)))
 """
 
 

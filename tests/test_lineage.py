@@ -21,6 +21,7 @@ from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.pipeline import BuildConfig
 from inf590k.build.shard import ShardConfig
+from inf590k.execution.units import ExecutionOptions
 from tests.builders import build_dataset, shard_dataset
 from tests.test_ingest import make_frames
 
@@ -29,14 +30,7 @@ def run_ingest(build: Path, *sources: tuple[str, Path], drop: tuple[str, ...] = 
     from inf590k.inputs.imageio import ImagePolicy
 
     return ingest(
-        IngestConfig(
-            sources=tuple(sources),
-            build=build,
-            workers=1,
-            progress=False,
-            policy=ImagePolicy(**policy),
-            drop_sources=drop,
-        )
+        IngestConfig(sources=tuple(sources), build=build, policy=ImagePolicy(**policy), drop_sources=drop, execution=ExecutionOptions(workers=1, progress=False))
     )
 
 
@@ -45,7 +39,7 @@ def run_dedupe(build: Path):
 
 
 def run_shard(build: Path, out: Path):
-    return shard_dataset(ShardConfig(build=build, out=out, workers=1, progress=False))
+    return shard_dataset(ShardConfig(build=build, out=out, execution=ExecutionOptions(workers=1, progress=False)))
 
 
 @pytest.fixture
@@ -196,13 +190,11 @@ def test_build_reruns_exactly_the_stale_stages(tmp_path, frames):
     def build_once(**bins):
         return build_dataset(
             BuildConfig(
-                ingest=IngestConfig(
-                    sources=(("folder", frames),), build=build, workers=1, progress=False
-                ),
+                ingest=IngestConfig(sources=(("folder", frames),), build=build, execution=ExecutionOptions(workers=1, progress=False)),
                 out=out,
                 dedupe=DedupeConfig(build=build, radius=0, contact_groups=0),
                 bins=BinConfig(build=build, **bins),
-                shard=ShardConfig(build=build, out=out, workers=1, progress=False),
+                shard=ShardConfig(build=build, out=out, execution=ExecutionOptions(workers=1, progress=False)),
             )
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.manifest import (
     MANIFEST_DIR,
     Manifest,
@@ -262,12 +263,12 @@ def test_tno_keeps_the_ir_folder_of_the_common_copy_and_warns_on_zero_kept(tmp_p
 
     synthesize(SynthConfig(layout="tno", out=tmp_path / "tno", count=5, scale=0.1))
     summary = ingest(
-        IngestConfig(sources=(("tno", tmp_path / "tno"),), build=tmp_path / "b", workers=1, progress=False)
+        IngestConfig(sources=(("tno", tmp_path / "tno"),), build=tmp_path / "b", execution=ExecutionOptions(workers=1, progress=False))
     )
     assert summary.sources[0].ok == 5 and not summary.warnings
     # the same frames under names no glob of the sirst manifest matches: 0 kept, and a warning
     summary = ingest(
-        IngestConfig(sources=(("sirst", tmp_path / "tno"),), build=tmp_path / "c", workers=1, progress=False)
+        IngestConfig(sources=(("sirst", tmp_path / "tno"),), build=tmp_path / "c", execution=ExecutionOptions(workers=1, progress=False))
     )
     assert summary.sources[0].ok == 0
     assert summary.warnings == [

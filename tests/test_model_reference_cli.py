@@ -1,3 +1,4 @@
+
 """Released checkpoints through the commands: export, probe --encoder, dedupe, pretrain --init."""
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def test_feature_dedupe_loads_exports_and_released_checkpoints(
 ) -> None:
     """In a fresh process (no model package imported yet), as a user runs it."""
     from inf590k.build.ingest import IngestConfig, ingest
+    from inf590k.execution.units import ExecutionOptions
     from pretrain.models import create_model, export_encoder
 
     (tmp_path / "src").mkdir()
@@ -121,9 +123,7 @@ def test_feature_dedupe_loads_exports_and_released_checkpoints(
         shutil.copy(ir_samples / rel, tmp_path / "src" / Path(rel).name)
     build = tmp_path / "build"
     ingest(
-        IngestConfig(
-            sources=(("folder:src", tmp_path / "src"),), build=build, workers=1, progress=False
-        )
+        IngestConfig(sources=(("folder:src", tmp_path / "src"),), build=build, execution=ExecutionOptions(workers=1, progress=False))
     )
     export_encoder(create_model("dugi_mae_tiny"), tmp_path / "ours")
     for model in (tmp_path / "ours", released):

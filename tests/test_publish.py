@@ -24,6 +24,7 @@ from inf590k.build.pipeline import BuildConfig
 from inf590k.build.shard import ShardConfig
 from inf590k.dataset.publish import PublishConfig, PublishError, owned_files, publish, read_shards
 from inf590k.dataset.report import ReportConfig, report
+from inf590k.execution.units import ExecutionOptions
 from inf590k.synth import SynthConfig, synthesize
 from tests.builders import build_dataset
 
@@ -41,14 +42,9 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
     build, dataset = root / "build", root / "ds"
     build_dataset(
         BuildConfig(
-            ingest=IngestConfig(
-                sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")),
-                build=build,
-                workers=1,
-                progress=False,
-            ),
+            ingest=IngestConfig(sources=(("sirst", root / "sirst"), ("roadscene", root / "rs")), build=build, execution=ExecutionOptions(workers=1, progress=False)),
             out=dataset,
-            shard=ShardConfig(build=build, out=dataset, workers=1, max_count=4, progress=False),
+            shard=ShardConfig(build=build, out=dataset, max_count=4, execution=ExecutionOptions(workers=1, progress=False)),
         )
     )
     report(ReportConfig(dataset=dataset))

@@ -24,6 +24,7 @@ from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import stage as shard_module
 from inf590k.execution.ray_cluster import INSTALL_HINT, RayExecutor, RayMissing, open_executor
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.sources import SourceReader
 from tests.builders import build_dataset as build_with_card
 from tests.builders import shard_dataset
@@ -76,18 +77,12 @@ def build_dataset(root: Path, sources: dict[str, Path], executor: str) -> tuple[
     """Ingest -> dedupe -> bin -> shard with `executor` at 2 workers; (build, dataset)."""
     build, out = root / "build", root / "dataset"
     ingest(
-        IngestConfig(
-            sources=tuple(sources.items()),
-            build=build,
-            workers=2,
-            progress=False,
-            executor=executor,
-        )
+        IngestConfig(sources=tuple(sources.items()), build=build, execution=ExecutionOptions(workers=2, progress=False, executor=executor))
     )
     dedupe(DedupeConfig(build=build, contact_groups=0))
     bin_catalog(BinConfig(build=build))
     shard_dataset(
-        ShardConfig(build=build, out=out, max_count=3, workers=2, progress=False, executor=executor)
+        ShardConfig(build=build, out=out, max_count=3, execution=ExecutionOptions(workers=2, progress=False, executor=executor))
     )
     return build, out
 
@@ -118,7 +113,7 @@ def local_result(tmp_path_factory, sources) -> tuple[Path, Path]:
 def local_catalog(tmp_path_factory, sources) -> dict[str, bytes]:
     """The catalog right after ingest with the local pool (dedupe and bin change it later)."""
     build = tmp_path_factory.mktemp("local-ingest") / "build"
-    ingest(IngestConfig(sources=tuple(sources.items()), build=build, workers=2, progress=False))
+    ingest(IngestConfig(sources=tuple(sources.items()), build=build, execution=ExecutionOptions(workers=2, progress=False)))
     return catalog_bytes(build)
 
 
@@ -159,13 +154,7 @@ def test_without_ray_one_line_says_how_to_install(monkeypatch, tmp_path: Path, i
     assert not (tmp_path / "b").exists()  # refused before any work
     with pytest.raises(RayMissing, match="pip install"):  # the library refuses too
         ingest(
-            IngestConfig(
-                sources=(("folder:alpha", folder),),
-                build=tmp_path / "c",
-                workers=2,
-                progress=False,
-                executor="ray",
-            )
+            IngestConfig(sources=(("folder:alpha", folder),), build=tmp_path / "c", execution=ExecutionOptions(workers=2, progress=False, executor="ray"))
         )
 
 
@@ -179,8 +168,8 @@ def test_unknown_executor_is_refused() -> None:
 
 
 def test_local_executor_is_the_default(tmp_path: Path) -> None:
-    assert IngestConfig(sources=(), build=tmp_path).executor == "local"
-    assert ShardConfig(build=tmp_path, out=tmp_path).executor == "local"
+    assert IngestConfig(sources=(), build=tmp_path).execution.executor == "local"
+    assert ShardConfig(build=tmp_path, out=tmp_path).execution.executor == "local"
     with open_executor("local", 1) as executor:
         assert executor.workers == 1
 
@@ -219,9 +208,7 @@ def test_driver_reads_no_archive_member(
     monkeypatch.setattr(ingest_module, "process_image_bytes", refuse)
     build = tmp_path / "build"
     ingest(
-        IngestConfig(
-            sources=tuple(sources.items()), build=build, workers=2, progress=False, executor="ray"
-        )
+        IngestConfig(sources=tuple(sources.items()), build=build, execution=ExecutionOptions(workers=2, progress=False, executor="ray"))
     )
     assert catalog_bytes(build) == local_catalog
 
@@ -266,15 +253,15 @@ def test_run_killed_midway_resumes_with_either_executor(
     assert len(parts) > 1 and len(shards) > 1
     for lost in (*parts[::2], *shards[::2]):  # as if killed before these were written
         lost.unlink()
-    ingest(IngestConfig(sources=tuple(sources.items()), build=build, workers=2, progress=False))
+    ingest(IngestConfig(sources=tuple(sources.items()), build=build, execution=ExecutionOptions(workers=2, progress=False)))
     dedupe(DedupeConfig(build=build, contact_groups=0))
     bin_catalog(BinConfig(build=build))
-    shard_dataset(ShardConfig(build=build, out=out, max_count=3, workers=2, progress=False))
+    shard_dataset(ShardConfig(build=build, out=out, max_count=3, execution=ExecutionOptions(workers=2, progress=False)))
     assert_same_build((build, out), local_result)
     for lost in shards[1::2]:  # and the other way round
         lost.unlink()
     summary = shard_dataset(
-        ShardConfig(build=build, out=out, max_count=3, workers=2, progress=False, executor="ray")
+        ShardConfig(build=build, out=out, max_count=3, execution=ExecutionOptions(workers=2, progress=False, executor="ray"))
     )
     assert summary.written == len(shards[1::2])
     assert_same_build((build, out), local_result)
@@ -374,14 +361,14 @@ def test_cli_ray_address_option_and_env(monkeypatch) -> None:
             "10.0.0.1:6379",
         ],
     )
-    assert (seen["config"].executor, seen["config"].ray_address) == ("ray", "10.0.0.1:6379")
+    assert (seen["config"].execution.executor, seen["config"].execution.ray_address) == ("ray", "10.0.0.1:6379")
     seen.clear()
     CliRunner().invoke(
         cli.main,
         ["shard", "--build", "b", "--out", "o", "--executor", "ray"],
         env={"RAY_ADDRESS": "10.0.0.2:6379"},
     )
-    assert seen["config"].ray_address == "10.0.0.2:6379"
+    assert seen["config"].execution.ray_address == "10.0.0.2:6379"
 
 
 @pytest.fixture
@@ -412,15 +399,10 @@ def test_build_on_ray_starts_one_ray_for_all_stages(
     build, out = tmp_path / "build", tmp_path / "dataset"
     summary = build_with_card(
         BuildConfig(
-            ingest=IngestConfig(
-                sources=tuple(sources.items()), build=build, workers=2, progress=False,
-                executor="ray",
-            ),
+            ingest=IngestConfig(sources=tuple(sources.items()), build=build, execution=ExecutionOptions(workers=2, progress=False, executor="ray")),
             out=out,
             dedupe=DedupeConfig(build=build, contact_groups=0),
-            shard=ShardConfig(
-                build=build, out=out, max_count=3, workers=2, progress=False, executor="ray"
-            ),
+            shard=ShardConfig(build=build, out=out, max_count=3, execution=ExecutionOptions(workers=2, progress=False, executor="ray")),
         )
     )  # fmt: skip
     assert len(starts) == 1, starts  # ingest and shard ran on the same Ray

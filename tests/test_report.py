@@ -10,6 +10,7 @@ import pytest
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig
 from inf590k.dataset.report import ReportConfig, report
+from inf590k.execution.units import ExecutionOptions
 from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
@@ -18,7 +19,7 @@ from tests.test_shard import make_build
 def built(tmp_path_factory, ir_samples):
     root = tmp_path_factory.mktemp("report")
     build = make_build(root, ir_samples)
-    shard_dataset(ShardConfig(build=build, out=root / "ds", workers=1, max_count=4, progress=False))
+    shard_dataset(ShardConfig(build=build, out=root / "ds", max_count=4, execution=ExecutionOptions(workers=1, progress=False)))
     return build, root / "ds"
 
 

@@ -20,6 +20,7 @@ from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.shard import ShardConfig
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from tests.builders import build_dataset, shard_dataset
 
@@ -50,13 +51,7 @@ def make_build(root: Path, ir_samples: Path) -> Path:
         (alpha / name).unlink()
     shutil.copy(alpha / "0_60_30_0_01609.jpg", beta / "copy.jpg")  # removed by dedupe
     ingest(
-        IngestConfig(
-            sources=(("folder:alpha", alpha), ("folder:beta", beta)),
-            build=build,
-            workers=1,
-            policy=ImagePolicy(),
-            progress=False,
-        )
+        IngestConfig(sources=(("folder:alpha", alpha), ("folder:beta", beta)), build=build, policy=ImagePolicy(), execution=ExecutionOptions(workers=1, progress=False))
     )
     dedupe(DedupeConfig(build=build, contact_groups=0))
     bin_catalog(BinConfig(build=build))
@@ -84,7 +79,7 @@ def read_samples(path: Path) -> list[dict[str, bytes]]:
 
 def test_shard_format(built, tmp_path):
     out = tmp_path / "ds"
-    summary = shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+    summary = shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     kept = [r for r in cat.read_catalog(built).to_pylist() if r["status"] == "ok"]
     assert summary.samples == len(kept) == 9 and summary.written == summary.shards
     info = json.loads((out / "data" / "_info.json").read_text())
@@ -152,9 +147,9 @@ def test_pixels_round_trip_and_16bit(built, tmp_path):
     from inf590k.build.ingest import load_stored_pixels
 
     rows = {r["uid"]: r for r in cat.read_catalog(built).to_pylist()}
-    shard_dataset(ShardConfig(build=built, out=tmp_path / "ds8", workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=tmp_path / "ds8", execution=ExecutionOptions(workers=1, progress=False)))
     shard_dataset(
-        ShardConfig(build=built, out=tmp_path / "ds16", workers=1, keep_16bit=True, progress=False)
+        ShardConfig(build=built, out=tmp_path / "ds16", keep_16bit=True, execution=ExecutionOptions(workers=1, progress=False))
     )
     raw_frames = {}
     for tar_path in sorted((tmp_path / "ds16").glob("data/*/*.tar")):
@@ -183,10 +178,10 @@ def sums(out: Path) -> str:
 
 def test_byte_identical_for_any_worker_count(built, tmp_path):
     one = shard_dataset(
-        ShardConfig(build=built, out=tmp_path / "a", workers=1, max_count=3, progress=False)
+        ShardConfig(build=built, out=tmp_path / "a", max_count=3, execution=ExecutionOptions(workers=1, progress=False))
     )
     two = shard_dataset(
-        ShardConfig(build=built, out=tmp_path / "b", workers=2, max_count=3, progress=False)
+        ShardConfig(build=built, out=tmp_path / "b", max_count=3, execution=ExecutionOptions(workers=2, progress=False))
     )
     assert one.shards == two.shards >= 3
     assert sums(tmp_path / "a") == sums(tmp_path / "b")
@@ -201,7 +196,7 @@ def test_byte_identical_for_any_worker_count(built, tmp_path):
 
 
 def test_resume_redoes_only_unfinished_shards(built, tmp_path):
-    config = ShardConfig(build=built, out=tmp_path / "ds", workers=1, max_count=2, progress=False)
+    config = ShardConfig(build=built, out=tmp_path / "ds", max_count=2, execution=ExecutionOptions(workers=1, progress=False))
     first = shard_dataset(config)
     reference = sums(config.out)
     tars = sorted(config.out.glob("data/*/*.tar"))
@@ -217,10 +212,10 @@ def test_resume_redoes_only_unfinished_shards(built, tmp_path):
 
 def test_changed_plan_replaces_stale_shards(built, tmp_path):
     out = tmp_path / "ds"
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, max_count=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, max_count=1, execution=ExecutionOptions(workers=1, progress=False)))
     many = len(list(out.glob("data/*/*.tar")))
     summary = shard_dataset(
-        ShardConfig(build=built, out=out, workers=1, max_count=100, seed=5, progress=False)
+        ShardConfig(build=built, out=out, max_count=100, seed=5, execution=ExecutionOptions(workers=1, progress=False))
     )
     assert len(list(out.glob("data/*/*.tar"))) == summary.shards < many
     assert len(list(out.glob("metadata/shards/*/*_stats.json"))) == summary.shards
@@ -229,9 +224,9 @@ def test_changed_plan_replaces_stale_shards(built, tmp_path):
 
 def test_max_size_cuts_shards(built, tmp_path):
     small = shard_dataset(
-        ShardConfig(build=built, out=tmp_path / "s", workers=1, max_size=700_000, progress=False)
+        ShardConfig(build=built, out=tmp_path / "s", max_size=700_000, execution=ExecutionOptions(workers=1, progress=False))
     )
-    big = shard_dataset(ShardConfig(build=built, out=tmp_path / "b", workers=1, progress=False))
+    big = shard_dataset(ShardConfig(build=built, out=tmp_path / "b", execution=ExecutionOptions(workers=1, progress=False)))
     assert small.shards > big.shards and small.samples == big.samples
     for tar_path in (tmp_path / "s").glob("data/*/*.tar"):
         assert tar_path.stat().st_size <= 700_000 or len(read_samples(tar_path)) == 1
@@ -260,7 +255,7 @@ def test_failed_shard_run_leaves_no_temp_files(tmp_path, ir_samples):
     damaged.write_bytes(b"not an image any more")
     out = tmp_path / "ds"
     with pytest.raises(RuntimeError, match="changed after ingest"):
-        shard_dataset(ShardConfig(build=build, out=out, max_count=2, workers=2, progress=False))
+        shard_dataset(ShardConfig(build=build, out=out, max_count=2, execution=ExecutionOptions(workers=2, progress=False)))
     assert not list(out.rglob("*.tmp"))
 
 
@@ -291,34 +286,25 @@ def test_build_runs_all_stages_like_the_single_stages(built, tmp_path):
     )  # the folders make_build ingested
     summary = build_dataset(
         BuildConfig(
-            ingest=IngestConfig(
-                sources=sources, build=tmp_path / "build", workers=1, progress=False
-            ),
+            ingest=IngestConfig(sources=sources, build=tmp_path / "build", execution=ExecutionOptions(workers=1, progress=False)),
             out=tmp_path / "ds",
             dedupe=DedupeConfig(build=Path("ignored"), contact_groups=0),
-            shard=ShardConfig(
-                build=Path("ignored"), out=Path("ignored"), workers=1, progress=False
-            ),
+            shard=ShardConfig(build=Path("ignored"), out=Path("ignored"), execution=ExecutionOptions(workers=1, progress=False)),
         )
     )
-    shard_dataset(ShardConfig(build=built, out=tmp_path / "stagewise", workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=tmp_path / "stagewise", execution=ExecutionOptions(workers=1, progress=False)))
     assert sums(tmp_path / "ds") == sums(tmp_path / "stagewise")
     assert summary.shard.samples == 9 and summary.dedupe.kept == 9
     assert str(summary).startswith("build: 10 files -> 9 kept (1 duplicate) -> 9 samples")
-    assert verify(VerifyConfig(dataset=tmp_path / "ds", workers=1, progress=False)).ok
+    assert verify(VerifyConfig(dataset=tmp_path / "ds", execution=ExecutionOptions(workers=1, progress=False))).ok
 
 
 def test_dedupe_against_a_built_dataset(built, tmp_path):
     """Incremental build: a new source already present in a published dataset is dropped."""
-    shard_dataset(ShardConfig(build=built, out=tmp_path / "published", workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=tmp_path / "published", execution=ExecutionOptions(workers=1, progress=False)))
     new_build = tmp_path / "new"
     ingest(
-        IngestConfig(
-            sources=(("folder:beta", built.parent / "beta"),),
-            build=new_build,
-            workers=1,
-            progress=False,
-        )
+        IngestConfig(sources=(("folder:beta", built.parent / "beta"),), build=new_build, execution=ExecutionOptions(workers=1, progress=False))
     )
     summary = dedupe(
         DedupeConfig(build=new_build, against=(tmp_path / "published",), contact_groups=0)

@@ -12,6 +12,7 @@ import pytest
 from inf590k.build import catalog as cat
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.shard import ShardConfig
+from inf590k.execution.units import ExecutionOptions
 from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
@@ -26,7 +27,7 @@ def dataset(tmp_path_factory, ir_samples) -> tuple[Path, Path]:
     cat.write_catalog(build, table)
     bin_catalog(BinConfig(build=build))  # the stage that wrote the catalog last: `shard` checks it
     out = root / "ds"
-    shard_dataset(ShardConfig(build=build, out=out, workers=1, max_count=4, progress=False))
+    shard_dataset(ShardConfig(build=build, out=out, max_count=4, execution=ExecutionOptions(workers=1, progress=False)))
     return build, out
 
 

@@ -21,6 +21,7 @@ from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.shard import ShardConfig
 from inf590k.build.shard.plan import even_runs, shard_counts, short_bins
 from inf590k.dataset.verify import VerifyConfig, verify
+from inf590k.execution.units import ExecutionOptions
 from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
@@ -33,12 +34,12 @@ def built(tmp_path_factory, ir_samples) -> Path:
 @pytest.fixture(scope="module")
 def dataset16(built, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ds16") / "ds"
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, keep_16bit=True, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, keep_16bit=True, execution=ExecutionOptions(workers=1, progress=False)))
     return out
 
 
 def run_verify(dataset: Path):
-    return verify(VerifyConfig(dataset=dataset, workers=1, progress=False))
+    return verify(VerifyConfig(dataset=dataset, execution=ExecutionOptions(workers=1, progress=False)))
 
 
 def tree(folder: Path) -> dict[str, bytes]:
@@ -60,17 +61,17 @@ def test_foreign_folder_is_refused_untouched(built, tmp_path):
     with pytest.raises(
         ValueError, match=r"--out .* did not write \(e.g. backup/backup-000001.tar\)"
     ):
-        shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+        shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     assert tree(out) == before
 
 
 def test_own_folder_keeps_user_files_and_drops_only_its_stale_files(built, tmp_path):
     out = tmp_path / "ds"
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, max_count=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, max_count=1, execution=ExecutionOptions(workers=1, progress=False)))
     many = sorted(out.glob("data/*/*.tar"))
     (out / "notes.txt").write_text("mine")
     (out / "data" / many[0].parent.name / "mine-000009.tar").write_bytes(b"mine too")
-    summary = shard_dataset(ShardConfig(build=built, out=out, workers=1, max_count=100, progress=False))
+    summary = shard_dataset(ShardConfig(build=built, out=out, max_count=100, execution=ExecutionOptions(workers=1, progress=False)))
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "data" / many[0].parent.name / "mine-000009.tar").read_bytes() == b"mine too"
     assert len(list(out.glob("data/*/*-0*.tar"))) == summary.shards + 1 < len(many) + 1
@@ -82,21 +83,21 @@ def test_own_folder_keeps_user_files_and_drops_only_its_stale_files(built, tmp_p
 
 def test_planned_file_that_is_not_ours_is_refused(built, tmp_path):
     out = tmp_path / "ds"
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     owned = json.loads((out / "metadata" / "files.json").read_text())
     owned["files"].remove("metadata/LICENSES.md")
     (out / "metadata" / "files.json").write_text(json.dumps(owned))
     (out / "metadata" / "LICENSES.md").write_text("the user's own file")
     with pytest.raises(ValueError, match="metadata/LICENSES.md exists but"):
-        shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+        shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     assert (out / "metadata" / "LICENSES.md").read_text() == "the user's own file"
 
 
 def test_rerun_is_byte_identical(built, tmp_path):
     out = tmp_path / "ds"
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     first = tree(out)
-    again = shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+    again = shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     assert again.written == 0 and tree(out) == first
 
 
@@ -176,7 +177,7 @@ def test_verify_passes_on_a_copy_as_hf_download_leaves_it(dataset16, tmp_path):
 
 def test_class_ids_stay_when_a_build_adds_a_source(built, tmp_path):
     out = tmp_path / "ds"
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     first = json.loads((out / "data" / "_info.json").read_text())["sources"]
     assert [(s["id"], s["class_id"]) for s in first] == [("alpha", 0), ("beta", 1)]
     # a second build: a new source whose id sorts first, then the two earlier ones
@@ -188,21 +189,16 @@ def test_class_ids_stay_when_a_build_adds_a_source(built, tmp_path):
     from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 
     ingest(
-        IngestConfig(
-            sources=(
+        IngestConfig(sources=(
                 ("folder:aardvark", aardvark),
                 ("folder:alpha", built.parent / "alpha"),
                 ("folder:beta", built.parent / "beta"),
-            ),
-            build=grown,
-            workers=1,
-            progress=False,
-        )
+            ), build=grown, execution=ExecutionOptions(workers=1, progress=False))
     )
     table = cat.read_catalog(grown)  # keep the copy apart from dedupe: a sample of its own
     dedupe(DedupeConfig(build=grown, contact_groups=0, priority=("aardvark",)))
     bin_catalog(BinConfig(build=grown))
-    shard_dataset(ShardConfig(build=grown, out=out, workers=1, progress=False))
+    shard_dataset(ShardConfig(build=grown, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     info = json.loads((out / "data" / "_info.json").read_text())
     ids = {s["id"]: s["class_id"] for s in info["sources"]}
     assert ids["alpha"] == 0 and ids["beta"] == 1 and ids["aardvark"] == 2
@@ -335,27 +331,13 @@ def test_a_bin_under_the_floor_stays_one_short_shard_and_is_named():
 
 def test_shard_summary_names_a_short_bin(built, tmp_path):
     summary = shard_dataset(
-        ShardConfig(
-            build=built,
-            out=tmp_path / "ds",
-            workers=1,
-            progress=False,
-            max_count=7,
-            min_shard_length=10_000,
-        )
+        ShardConfig(build=built, out=tmp_path / "ds", max_count=7, min_shard_length=10_000, execution=ExecutionOptions(workers=1, progress=False))
     )
     assert 2 * summary.lengths[0] < summary.lengths[1]
     assert summary.short_bins and str(summary).splitlines()[-1] == summary.short_bins
     info = json.loads((tmp_path / "ds" / "data" / "_info.json").read_text())
     balanced = shard_dataset(
-        ShardConfig(
-            build=built,
-            out=tmp_path / "ds2",
-            workers=1,
-            progress=False,
-            max_count=7,
-            min_shard_length=1,
-        )
+        ShardConfig(build=built, out=tmp_path / "ds2", max_count=7, min_shard_length=1, execution=ExecutionOptions(workers=1, progress=False))
     )
     lengths = json.loads((tmp_path / "ds2" / "data" / "_info.json").read_text())
     lengths = lengths["splits"]["train"]["shard_lengths"]
@@ -365,7 +347,7 @@ def test_shard_summary_names_a_short_bin(built, tmp_path):
 
 def test_shard_multiple_in_a_real_build(built, tmp_path):
     summary = shard_dataset(
-        ShardConfig(build=built, out=tmp_path / "ds", workers=1, shard_multiple=4, progress=False)
+        ShardConfig(build=built, out=tmp_path / "ds", shard_multiple=4, execution=ExecutionOptions(workers=1, progress=False))
     )
     assert summary.shards % 4 == 0 and run_verify(tmp_path / "ds").ok
 
@@ -423,7 +405,7 @@ def test_synthetic_frames_are_never_presented_as_the_real_source(built, tmp_path
     cat.write_catalog(build, table)
     bin_catalog(BinConfig(build=build))  # the stage that wrote the catalog last: `shard` checks it
     out = tmp_path / "ds"
-    shard_dataset(ShardConfig(build=build, out=out, workers=1, progress=False))
+    shard_dataset(ShardConfig(build=build, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     beta = next(
         s
         for s in json.loads((out / "data" / "_info.json").read_text())["sources"]
@@ -478,8 +460,8 @@ def test_shard_and_verify_bars_move_per_sample(built, tmp_path, monkeypatch, wor
     monkeypatch.setattr(inf590k.execution.progress, "tqdm", RecordingBar)
     RecordingBar.made.clear()
     out = tmp_path / "ds"
-    summary = shard_dataset(ShardConfig(build=built, out=out, workers=workers, max_count=4, progress=False))
-    verify(VerifyConfig(dataset=out, workers=workers, progress=False))
+    summary = shard_dataset(ShardConfig(build=built, out=out, max_count=4, execution=ExecutionOptions(workers=workers, progress=False)))
+    verify(VerifyConfig(dataset=out, execution=ExecutionOptions(workers=workers, progress=False)))
     shard_bar, verify_bar = RecordingBar.made
     for bar in (shard_bar, verify_bar):
         assert bar.total == summary.samples == 9
@@ -490,12 +472,12 @@ def test_a_changed_plan_drops_the_stale_report_an_unchanged_one_keeps_it(built, 
     from inf590k.dataset.report import ReportConfig, report
 
     out = tmp_path / "ds"
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     report(ReportConfig(dataset=out, grid_samples=4))
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, execution=ExecutionOptions(workers=1, progress=False)))
     assert (out / "metadata" / "report" / "report.json").exists()
     assert "metadata/report/sample_grid.png" in (out / "README.md").read_text()
-    shard_dataset(ShardConfig(build=built, out=out, workers=1, max_count=2, progress=False))
+    shard_dataset(ShardConfig(build=built, out=out, max_count=2, execution=ExecutionOptions(workers=1, progress=False)))
     assert not list((out / "metadata" / "report").glob("*"))
     card = (out / "README.md").read_text()
     assert "sample_grid.png" not in card and "Run `inf590k report FOLDER`" in card

@@ -13,6 +13,7 @@ import pytest
 
 from inf590k.build.shard import ShardConfig
 from inf590k.dataset.verify import VerifyConfig, verify
+from inf590k.execution.units import ExecutionOptions
 from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
@@ -28,16 +29,15 @@ def slowed(*args):
     time.sleep(0.15)
     original(*args)
 sh.add_sample = slowed
-sh.shard(sh.ShardConfig(build=Path(sys.argv[1]), out=Path(sys.argv[2]), workers=1, max_count=3, progress=False))
+from inf590k.execution.units import ExecutionOptions
+sh.shard(sh.ShardConfig(build=Path(sys.argv[1]), out=Path(sys.argv[2]), max_count=3, execution=ExecutionOptions(workers=1, progress=False)))
 """
 
 
 @pytest.mark.slow
 def test_kill_mid_shard_then_resume(tmp_path, ir_samples):
     build = make_build(tmp_path, ir_samples)
-    config = ShardConfig(
-        build=build, out=tmp_path / "reference", workers=1, max_count=3, progress=False
-    )
+    config = ShardConfig(build=build, out=tmp_path / "reference", max_count=3, execution=ExecutionOptions(workers=1, progress=False))
     shard_dataset(config)
     reference = (config.out / "metadata" / "SHA256SUMS").read_text()
 
@@ -57,8 +57,8 @@ def test_kill_mid_shard_then_resume(tmp_path, ir_samples):
     assert list(out.glob("data/*/*.tar.tmp")), "the kill should land inside a tar"
     assert not (out / "metadata" / "SHA256SUMS").exists()
 
-    resumed = shard_dataset(ShardConfig(build=build, out=out, workers=2, max_count=3, progress=False))
+    resumed = shard_dataset(ShardConfig(build=build, out=out, max_count=3, execution=ExecutionOptions(workers=2, progress=False)))
     assert resumed.reused >= 1 and resumed.written >= 1
     assert (out / "metadata" / "SHA256SUMS").read_text() == reference
     assert not list(out.rglob("*.tmp"))
-    assert verify(VerifyConfig(dataset=out, workers=1, progress=False)).ok
+    assert verify(VerifyConfig(dataset=out, execution=ExecutionOptions(workers=1, progress=False))).ok

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.manifest import builtin_manifests
 from inf590k.synth.layouts import (
     DRONEVEHICLE_BORDER,
@@ -338,7 +339,7 @@ def test_synthetic_frames_stay_synthetic_in_the_catalog(synthesized, tmp_path: P
     from inf590k.inputs.manifest import SYNTH_CITATION, SYNTH_LICENSE, builtin_manifests
 
     root = synthesized["kaist"].out
-    ingest(IngestConfig(sources=(("kaist", root),), build=tmp_path / "b", workers=1, progress=False))
+    ingest(IngestConfig(sources=(("kaist", root),), build=tmp_path / "b", execution=ExecutionOptions(workers=1, progress=False)))
     rows = cat.read_catalog(tmp_path / "b").to_pylist()
     assert {r["modality"] for r in rows} == {"synthetic"}
     assert {r["license"] for r in rows} == {SYNTH_LICENSE} != {builtin_manifests()["kaist"].license}

@@ -23,6 +23,7 @@ from inf590k.dataset.layout import (
 from inf590k.dataset.publish import PublishConfig, PublishError, publish
 from inf590k.dataset.report import ReportConfig, report
 from inf590k.dataset.verify import VerifyConfig, verify
+from inf590k.execution.units import ExecutionOptions
 from inf590k.fsutil import write_text_atomic
 from tests.builders import shard_dataset
 
@@ -30,11 +31,11 @@ SECRET = b"-----BEGIN OPENSSH PRIVATE KEY-----\nnot really\n"
 
 
 def run_verify(dataset: Path):
-    return verify(VerifyConfig(dataset=dataset, workers=1, progress=False))
+    return verify(VerifyConfig(dataset=dataset, execution=ExecutionOptions(workers=1, progress=False)))
 
 
 def shard_config(build: Path, out: Path) -> ShardConfig:
-    return ShardConfig(build=build, out=out, workers=1, max_count=4, progress=False)
+    return ShardConfig(build=build, out=out, max_count=4, execution=ExecutionOptions(workers=1, progress=False))
 
 
 def edit_json(path: Path, change) -> None:

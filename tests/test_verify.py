@@ -10,6 +10,7 @@ import pytest
 
 from inf590k.build.shard import ShardConfig
 from inf590k.dataset.verify import VerifyConfig, verify
+from inf590k.execution.units import ExecutionOptions
 from tests.builders import shard_dataset
 from tests.test_shard import make_build
 
@@ -19,7 +20,7 @@ def clean_dataset(tmp_path_factory, ir_samples) -> Path:
     root = tmp_path_factory.mktemp("verify")
     build = make_build(root, ir_samples)
     out = root / "ds"
-    shard_dataset(ShardConfig(build=build, out=out, workers=1, max_count=3, progress=False))
+    shard_dataset(ShardConfig(build=build, out=out, max_count=3, execution=ExecutionOptions(workers=1, progress=False)))
     return out
 
 
@@ -38,7 +39,7 @@ def first_tar(dataset: Path) -> tuple[Path, str]:
 
 
 def run(dataset: Path, workers: int = 1):
-    return verify(VerifyConfig(dataset=dataset, workers=workers, progress=False))
+    return verify(VerifyConfig(dataset=dataset, execution=ExecutionOptions(workers=workers, progress=False)))
 
 
 def test_clean_dataset_passes(clean_dataset):

@@ -50,7 +50,6 @@ from inf590k.inputs.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
-from inf590k.execution.ray_cluster import open_executor
 from inf590k.inputs.sources import (
     DAMAGED_INDEX,
     DamagedMember,
@@ -61,7 +60,8 @@ from inf590k.inputs.sources import (
     root_kind,
 )
 from inf590k.inputs.manifest import SYNTH_CITATION, SYNTH_LICENSE, SYNTH_MARKER
-from inf590k.execution.local import Executor, sigterm_as_interrupt
+from inf590k.execution import progress
+from inf590k.execution.units import ExecutionOptions, UnitRun, run_units
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
 SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"
@@ -74,12 +74,9 @@ class IngestConfig:
     sources: tuple[tuple[str, Path], ...]  # (source id, root folder or archive)
     build: Path
     manifests: tuple[Path, ...] = ()  # extra manifest files (--manifest)
-    workers: int = 0  # 0: one per core
     policy: ImagePolicy = field(default_factory=ImagePolicy)
-    progress: bool = True
     drop_sources: tuple[str, ...] = ()  # source ids whose rows and chunks are removed first
-    executor: str = "local"  # "local" (process pool) or "ray" (see inf590k.execution.ray_cluster)
-    ray_address: str | None = None  # a Ray cluster; None: RAY_ADDRESS, else a Ray started here
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
 
 @dataclass(frozen=True)
@@ -442,6 +439,7 @@ def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
                 rows.extend(video_rows(job, task, reader))
             else:
                 rows.append(base_row(job.manifest, task))
+            progress.tick()  # files, whatever became of them
     return rows
 
 
@@ -622,17 +620,22 @@ def ingest(config: IngestConfig) -> IngestSummary:
         info["index"] = index.index(source_id)
     cat.write_sources(build, recorded)
 
-    workers = config.workers or available_cores()
     total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
     raise_opencv_pixel_limit(max((job.policy.max_pixels for job, _, _ in plans), default=0))
     started = time.perf_counter()
     decoded = 0
-    with sigterm_as_interrupt(), open_executor(
-        config.executor if total else "local", workers if total else 1, ("inf590k.build.ingest",),
-        _init_worker, config.ray_address,
-    ) as executor, tqdm(total=total, unit="img", desc="ingest", disable=not config.progress) as bar:
+    with run_units(
+        config.execution,
+        preload=("inf590k.build.ingest",),
+        label="ingest",
+        total=total,
+        units=sum(len(todo) for _, _, todo in plans),
+        unit="file",
+        initializer=_init_worker,
+        count=_files_of_rows,
+    ) as run:
         for job, chunks, todo in plans:
-            decoded += run_source(job, chunks, todo, executor, bar)
+            decoded += run_source(job, chunks, todo, run)
     seconds = time.perf_counter() - started
     summaries = [summarize_parts(build, job.manifest, job.root) for job, _, _ in plans]
     for summary, (_, chunks, todo) in zip(summaries, plans, strict=True):
@@ -659,18 +662,23 @@ def catalog_counts(build: Path) -> dict[str, int]:
     return dict(sorted(Counter(sources.to_pylist()).items()))
 
 
-def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], executor: Executor, bar: tqdm) -> int:
+def _files_of_rows(unit: tuple, rows: list[dict]) -> int:
+    """Files a finished chunk covered, from its rows (one per file, one per kept video frame)."""
+    return len({row["relpath"] for row in rows})
+
+
+def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], run: UnitRun) -> int:
     todo_chunks = [chunks[i] for i in todo]
     if job.kind == "tar":  # on a cluster, a worker streams the archive: no bytes held here
-        stream = getattr(executor, "stream", None)
-        todo_chunks = stream(with_tar_bytes, job, todo_chunks) if stream else with_tar_bytes(job, todo_chunks)
-    results = executor.map(process_chunk, ((job, chunk) for chunk in todo_chunks))
+        if run.on_cluster:
+            todo_chunks = run.executor.stream(with_tar_bytes, job, todo_chunks)
+        else:
+            todo_chunks = with_tar_bytes(job, todo_chunks)
+    results = run.map(process_chunk, ((job, chunk) for chunk in todo_chunks))
     decoded = 0
     for chunk_index, rows in zip(todo, results, strict=False):
         write_chunk(job.build, job.manifest.id, chunk_index, rows)
-        done = len(chunks[chunk_index])
         decoded += sum(1 for t in chunks[chunk_index] if t.decision)
-        bar.update(done)
     return decoded
 
 

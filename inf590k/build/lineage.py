@@ -446,7 +446,7 @@ def _remove_empty(build: Path, existed: set[str], created_build: bool) -> None:
 def stage(
     name: str,
     # options that do not change a byte of the output (the executor neither)
-    ignore: tuple[str, ...] = ("build", "workers", "progress", "executor", "ray_address"),
+    ignore: tuple[str, ...] = ("build", "execution"),
     validate: Callable[[Any], None] | None = None,
     mark: bool = False,
 ) -> Callable:

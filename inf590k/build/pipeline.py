@@ -13,6 +13,7 @@ from inf590k.build.dedupe.stage import DedupeConfig, DedupeSummary, dedupe
 from inf590k.fsutil import available_cores, plural
 from inf590k.build.ingest import IngestConfig, IngestSummary, ingest
 from inf590k.execution.ray_cluster import shared_session
+from inf590k.execution.units import ExecutionOptions
 from inf590k.build.shard.stage import ShardConfig, ShardSummary, shard
 
 
@@ -25,6 +26,7 @@ class BuildConfig:
     dedupe: DedupeConfig | None = None  # None: defaults
     bins: BinConfig | None = None
     shard: ShardConfig | None = None
+    execution: ExecutionOptions | None = None  # every stage's; None: the ingest config's
 
 
 @dataclass
@@ -70,15 +72,17 @@ def run_build(config: BuildConfig) -> BuildSummary:
     """Run the four stages on one build folder, under one lock; ingest always (it resumes and
     keeps its record when nothing changed), the later stages only when stale."""
     build = Path(config.ingest.build)
-    shard_config = replace(config.shard or ShardConfig(build=build, out=config.out), build=build, out=config.out)
-    on_ray = "ray" in (config.ingest.executor, shard_config.executor)
-    session = shared_session(
-        "ray" if on_ray else "local",
-        config.ingest.workers or available_cores(),
-        config.ingest.ray_address or shard_config.ray_address,
+    execution = config.execution or config.ingest.execution
+    shard_config = replace(
+        config.shard or ShardConfig(build=build, out=config.out),
+        build=build,
+        out=config.out,
+        execution=execution,
     )
+    workers = execution.workers or available_cores()
+    session = shared_session(execution.executor, workers, execution.ray_address)
     with lineage.locked(build, "build"), session:  # one Ray for every stage, not one each
-        ingested = ingest(config.ingest)
+        ingested = ingest(replace(config.ingest, execution=execution))
         deduped = run_stale(dedupe, "dedupe", replace(config.dedupe or DedupeConfig(build=build), build=build))
         binned = run_stale(bin_catalog, "bin", replace(config.bins or BinConfig(build=build), build=build))
         sharded = run_stale(shard, "shard", shard_config)

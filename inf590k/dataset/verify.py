@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,8 +44,8 @@ from inf590k.dataset.layout import (
     tar_path,
 )
 from inf590k.execution import progress
-from inf590k.execution.local import LocalExecutor, pool_start_method, sigterm_as_interrupt
-from inf590k.fsutil import available_cores, file_sha256, plural
+from inf590k.execution.units import ExecutionOptions, run_units
+from inf590k.fsutil import file_sha256, plural
 
 BASE_MEMBERS = ("cls", "json", "png")
 REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
@@ -58,8 +57,7 @@ class VerifyConfig:
 
     dataset: Path
     decode: bool = True  # re-read every sample (PNG decode, JSON, class); off: hashes only
-    workers: int = 0  # 0: one process per core
-    progress: bool = True
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
 
 
 @dataclass
@@ -307,26 +305,19 @@ def _add(
     licences.update(shard_licences)
 
 
-def _run_checks(
-    checks: list[_ShardCheck], workers: int, enabled: bool, report: VerifyReport
-) -> Counter:
+def _run_checks(checks: list[_ShardCheck], options: ExecutionOptions, report: VerifyReport) -> Counter:
     """Check every shard into `report`; returns the sidecar rows per (source, licence)."""
     licences: Counter = Counter()
-    total = sum(c.expected_count for c in checks)
-    if workers == 1:
-        with progress.SampleProgress(total, "verify", enabled, None):
-            for result in map(check_shard, checks):
-                _add(report, licences, *result)
-        return licences
-    context = multiprocessing.get_context(pool_start_method())
-    with progress.SampleProgress(total, "verify", enabled, context) as bar:
-        # the build stages' pool: forkserver-started, workers die with this process
-        with (
-            sigterm_as_interrupt(),
-            LocalExecutor(workers, ("inf590k.dataset.verify",), bar.worker_init) as pool,
-        ):
-            for result in pool.map(check_shard, ((check,) for check in checks)):
-                _add(report, licences, *result)
+    with run_units(
+        options,
+        preload=("inf590k.dataset.verify",),
+        label="verify",
+        total=sum(c.expected_count for c in checks),
+        units=len(checks),
+        count=lambda unit, result: result[0],
+    ) as run:
+        for result in run.map(check_shard, ((check,) for check in checks)):
+            _add(report, licences, *result)
     return licences
 
 
@@ -414,7 +405,6 @@ def verify(config: VerifyConfig) -> VerifyReport:
         for name, count in shards
     ]
     report.shards = len(checks)
-    workers = min(config.workers or available_cores(), max(1, len(checks)))
-    licences = _run_checks(checks, workers, config.progress, report)
+    licences = _run_checks(checks, config.execution, report)
     report.problems += source_problems(info, table, licences)
     return report

@@ -36,9 +36,11 @@ class SampleProgress:
     """`with SampleProgress(total, desc, enabled, context) as progress:` then pass
     `progress.worker_init` to the pool as its initializer (context: the pool's)."""
 
-    def __init__(self, total: int, desc: str, enabled: bool, context: BaseContext | None) -> None:
+    def __init__(
+        self, total: int, desc: str, enabled: bool, context: BaseContext | None, unit: str = "img"
+    ) -> None:
         # nothing to do (a finished folder): no "0img" bar
-        self.bar = tqdm(total=total, unit="img", desc=desc, disable=not enabled or total == 0)
+        self.bar = tqdm(total=total, unit=unit, desc=desc, disable=not enabled or total == 0)
         self.queue = context.SimpleQueue() if context is not None else None
         self._thread: threading.Thread | None = None
 

@@ -71,7 +71,7 @@ from inf590k.dataset.layout import (
 )
 from inf590k.execution import progress
 from inf590k.execution.local import LocalExecutor, pool_start_method, sigterm_as_interrupt
-from inf590k.execution.ray_cluster import open_executor
+from inf590k.execution.units import run_units
 from inf590k.fsutil import available_cores, file_sha256, open_new, plural, write_text_atomic
 
 
@@ -310,33 +310,19 @@ def _class_ids(
     return table, {e["id"]: int(e["class_id"]) for e in table}
 
 
-def _write_all(todo: list[ShardJob], workers: int, config: ShardConfig) -> Iterator[dict]:
-    """Write the shards (largest first in a pool); the bar moves per sample (per shard on Ray)."""
-    total, enabled = sum(len(j.rows) for j in todo), config.progress
-    if workers == 1 and config.executor == "local":
-        with progress.SampleProgress(total, "shard", enabled, None):
-            yield from map(write_shard, todo)
-        return
-    # largest shards first, so the workers finish together (the files do not depend on
-    # the order in which shards are written)
+def _write_all(todo: list[ShardJob], config: ShardConfig) -> Iterator[dict]:
+    """Write the shards, largest first so that the workers finish together (the files do not
+    depend on the order); the bar moves per sample (per shard on Ray)."""
     largest_first = sorted(todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows))
-    if config.executor != "local":  # cluster workers cannot reach a local queue
-        with progress.SampleProgress(total, "shard", enabled, None) as bar, sigterm_as_interrupt():
-            with open_executor(
-                config.executor, workers, ("inf590k.build.shard.stage",), address=config.ray_address
-            ) as pool:
-                for result in pool.map(write_shard, ((job,) for job in largest_first)):
-                    bar.bar.update(result["count"])
-                    yield result
-        return
-    context = multiprocessing.get_context(pool_start_method())
-    with progress.SampleProgress(total, "shard", enabled, context) as bar:
-        # workers die with this process; SIGTERM/Ctrl-C kills them (nothing writes on)
-        with (
-            sigterm_as_interrupt(),
-            LocalExecutor(workers, ("inf590k.build.shard.stage",), bar.worker_init) as pool,
-        ):
-            yield from pool.map(write_shard, ((job,) for job in largest_first))
+    with run_units(
+        config.execution,
+        preload=("inf590k.build.shard.stage",),
+        label="shard",
+        total=sum(len(j.rows) for j in todo),
+        units=len(todo),
+        count=lambda unit, stats: stats["count"],
+    ) as run:
+        yield from run.map(write_shard, ((job,) for job in largest_first))
 
 
 @lineage.stage("shard", mark=True)  # refuses a missing/unfinished/stale bin; records the run
@@ -372,9 +358,8 @@ def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSumma
             todo.append(job)
         else:
             stats[job.relpath] = done
-    workers = min(config.workers or available_cores(), max(1, len(todo)))
     try:
-        for result in _write_all(todo, workers, config):
+        for result in _write_all(todo, config):
             stats[result["shard"]] = result
     except BaseException:  # the pool has stopped: leave no half-written .tmp behind
         remove_stale(out, set(), planned)
