@@ -68,6 +68,11 @@ NUMERIC_FIELDS = (
 SIZE_FIELD = ("size", 124, 12)
 BASE_256 = (0x80, 0xFF)  # a first byte marking a big-endian binary number (0xFF: negative)
 OCTAL = re.compile(rb" *[0-7]* *(?:\0|\Z)")  # an octal field, up to its first NUL
+# The numeric fields as tarfile, GNU tar and the shard writer write them (mode, uid, gid, size,
+# mtime: 7 or 11 octal digits and a NUL or space; device numbers the same or all NUL): one
+# match per header instead of a parse per field, the hot path of the loader's reads.
+PLAIN_NUMBERS = re.compile(rb"(?:[0-7]{7}[ \0]){3}(?:[0-7]{11}[ \0]){2}")  # bytes 100-148
+PLAIN_DEVICES = re.compile(rb"(?:[0-7]{7}[ \0]|\0{8}){2}")  # bytes 329-345
 
 COMPRESSIONS = (  # magic bytes -> name, as tarfile's "r|*" detects them
     (b"\x1f\x8b", "gzip"),
@@ -175,19 +180,19 @@ def _seekable(stream: IO[bytes]) -> bool:
     return bool(seekable and seekable())
 
 
-def _end_position(stream: IO[bytes]) -> int | None:
-    """Where a seekable stream ends (a local file, bytes in memory), None for the others."""
+def _bytes_left(stream: IO[bytes]) -> int | None:
+    """How many bytes a seekable stream holds from here (a local file, bytes in memory), None
+    for the others."""
     if not _seekable(stream):
         return None
+    here = stream.tell()
     try:
-        fileno = stream.fileno()
-    except (OSError, AttributeError):  # in memory: BytesIO
-        here = stream.tell()
+        info = os.fstat(stream.fileno())
+    except (OSError, AttributeError, io.UnsupportedOperation):  # in memory: BytesIO
         end = stream.seek(0, io.SEEK_END)
         stream.seek(here)
-        return end
-    info = os.fstat(fileno)
-    return info.st_size if stat.S_ISREG(info.st_mode) else None
+        return end - here
+    return info.st_size - here if stat.S_ISREG(info.st_mode) else None
 
 
 # ---------------------------------------------------------------------------- headers
@@ -216,10 +221,14 @@ def _number(header: bytes, field: tuple[str, int, int], offset: int) -> int:
     return int(text, 8) if text else 0
 
 
-def _check_numbers(header: bytes, offset: int) -> None:
+def _header_size(header: bytes, offset: int) -> int:
+    """The size field, after checking every numeric field is a number."""
+    if PLAIN_NUMBERS.fullmatch(header, 100, 148) and PLAIN_DEVICES.fullmatch(header, 329, 345):
+        return int(header[124:135], 8)
     for name, start, length in NUMERIC_FIELDS:
         if header[start] not in BASE_256 and not OCTAL.match(header, start, start + length):
             _number(header, (name, start, length), offset)  # raises, naming the field
+    return _number(header, SIZE_FIELD, offset)
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -294,13 +303,12 @@ class _Pending:
         if self.long_name is not None and self.pax is not None and "path" in self.pax:
             raise TarFormatError(f"a GNU long name and a pax path for one member (byte {offset})")
 
-    def name(self, header: bytes) -> str:
+    def name(self, short_name: bytes, header: bytes) -> str:
         if self.pax is not None and "path" in self.pax:
             return self.pax["path"].rstrip("/")
         if self.long_name is not None:
             return self.long_name
-        name, prefix = _field(header, 0, 100), _field(header, 345, 155)
-        return _text(prefix + b"/" + name if prefix else name)
+        return _header_name(short_name, header)
 
     def size(self, header_size: int) -> int:
         """The member's size: a pax `size` record overrides the header's field."""
@@ -315,6 +323,13 @@ class _Pending:
         return self.pax is not None and any(_sparse_key(key) for key in self.pax)
 
 
+def _header_name(short_name: bytes, header: bytes) -> str:
+    """The name a header holds: its ustar prefix (if any), "/", its name field."""
+    if header[345]:
+        return _text(_field(header, 345, 155) + b"/" + short_name)
+    return _text(short_name)
+
+
 def _sparse_key(key: str) -> bool:
     return key.startswith("GNU.sparse.")
 
@@ -327,7 +342,7 @@ class _Source:
 
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = decompressed(stream)
-        self.end = _end_position(self.stream)  # known for local uncompressed shards
+        self.end = _bytes_left(self.stream)  # in tar bytes; known for local uncompressed shards
         self.offset = 0  # of the next header, in tar bytes
 
     def read_exact(self, size: int, what: str) -> bytes:
@@ -336,24 +351,33 @@ class _Source:
             raise TarFormatError(f"tar cut short in {what} ({len(data)} of {size} bytes)")
         return data
 
-    def skip(self, size: int, what: str) -> None:
-        """Pass `size` bytes without holding them: seek where the end is known, else read
-        and drop them a block at a time."""
+    def skip(self, size: int, position: int, name: str, offset: int) -> None:
+        """Pass `size` bytes from tar byte `position` (of member `name`, whose header is at
+        `offset`) without holding them: seek where the end is known, else read and drop them
+        a block at a time."""
         if size <= 0:
             return
-        if self.end is not None:
-            left = self.end - self.stream.tell()
-            if size > left:
+        if self.end is not None:  # a local file: tar bytes are file bytes
+            if position + size > self.end:
                 raise TarFormatError(
-                    f"tar cut short in {what}: it claims {size:,} bytes, {left:,} are left"
+                    f"tar cut short in member {_shown(name)} at byte {offset}: it claims "
+                    f"{size:,} bytes, {max(0, self.end - position):,} are left"
                 )
             self.stream.seek(size, io.SEEK_CUR)
             return
         while size:
             chunk = self.stream.read(min(size, DISCARD_CHUNK))
             if not chunk:
-                raise TarFormatError(f"tar cut short in {what} ({size:,} bytes missing)")
+                raise TarFormatError(
+                    f"tar cut short in member {_shown(name)} at byte {offset} "
+                    f"({size:,} bytes missing)"
+                )
             size -= len(chunk)
+
+
+def _shown(name: str) -> str:
+    """A member's name for a message: quoted, long ones shortened."""
+    return repr(name if len(name) <= 80 else name[:40] + "..." + name[-37:])
 
 
 def tar_members(
@@ -382,9 +406,8 @@ def tar_members(
             raise TarFormatError(f"tar cut short {where} (byte {offset})")
         if not _checksum_ok(header):
             raise TarFormatError(f"damaged tar header at byte {offset} (bad checksum)")
-        _check_numbers(header, offset)
+        size = _header_size(header, offset)
         kind = header[156:157]
-        size = _number(header, SIZE_FIELD, offset)
         if kind in EXTENDED:
             _check_size(size, MAX_EXTENDED, "an extended header", offset)
             source.offset += BLOCK + _padded(size)
@@ -393,21 +416,24 @@ def tar_members(
             continue
         if kind == SPARSE or pending.sparse():
             raise TarFormatError(f"sparse tar member at byte {offset}: not supported in shards")
-        name, size = pending.name(header), pending.size(size)
-        pending = _Pending()
+        short_name = _field(header, 0, 100)
+        if pending:
+            name, size = pending.name(short_name, header), pending.size(size)
+            pending = _Pending()
+        else:
+            name = _header_name(short_name, header)
         if size < 0:
             raise TarFormatError(f"damaged tar header at byte {offset} (negative size {size})")
-        short_name = _field(header, 0, 100)
         regular = kind in REGULAR and not (kind == b"\0" and short_name.endswith(b"/"))
         if not regular and (kind in NO_DATA or kind == b"\0"):
             size = 0  # a link, device or folder: tarfile reads no data after it
         source.offset += BLOCK + _padded(size)
         if not regular or not wanted(name):
-            source.skip(_padded(size), f"member {name!r} at byte {offset}")
+            source.skip(_padded(size), offset + BLOCK, name, offset)
             continue
-        _check_size(size, max_size, f"member {name!r}", offset)
-        data = source.read_exact(size, f"member {name!r}")
-        source.skip(_padded(size) - size, f"member {name!r}")
+        _check_size(size, max_size, f"member {_shown(name)}", offset)
+        data = source.read_exact(size, f"member {_shown(name)}")
+        source.skip(_padded(size) - size, offset + BLOCK + size, name, offset)
         yield name, data
 
 
