@@ -295,6 +295,11 @@ def excess_idat_png(height: int, width: int, excess: int) -> bytes:
     return png_claiming(width, height, stream + packer.flush())
 
 
+def empty_chunks_png(png: bytes, count: int) -> bytes:
+    """A good PNG with `count` empty IDAT chunks before its own (libpng reads them at once)."""
+    return png[:33] + png_chunk(b"IDAT", b"") * count + png[33:]
+
+
 def gzip_parts(parts: tuple[Part, ...]) -> bytes:
     """The parts gzip-compressed, zeros a block at a time (never held whole)."""
     packer = zlib.compressobj(1, zlib.DEFLATED, 31)
@@ -345,6 +350,7 @@ def hostile_bombs(good: bytes, png: bytes) -> list[Bomb]:
         Bomb(
             "640x512 PNG, 1 GiB of zeros past its rows", among_good(excess_idat_png(512, 640, GiB))
         ),
+        Bomb("PNG of 1,000,000 empty IDAT chunks", among_good(empty_chunks_png(png, 1_000_000))),
     ]
 
 

@@ -22,10 +22,11 @@ writer makes them): any PNG that is not a plain grey 8/16-bit image with only co
 chunks (colour, palette, transparency, interlacing, other row filters above the crop, APNG,
 unknown chunks), and any stream that does not end cleanly after its last row.
 
-One deliberate difference: IDAT data larger than its image's rows could ever compress to
-(`idat_limit`) is refused before anything is inflated. libpng would inflate and drop whatever
-data follows the last row, so a few hundred KiB of it can cost minutes of CPU (a decompression
-bomb that its pixel count does not show).
+Two deliberate differences, both CPU bombs that a pixel count does not show, refused before
+anything is inflated: IDAT data larger than its image's rows could ever compress to
+(`idat_limit`; libpng would inflate and drop whatever follows the last row, seconds a sample),
+and more chunks than the image's data could fill at 256 bytes each (`chunk_limit`; walking
+a chunk costs ~5 us here, so millions of empty ones would cost minutes).
 
 Hand-written because no PNG decoder with a Python binding (OpenCV, Pillow, pyspng,
 imagecodecs, torchvision) stops at a row or skips columns; the inflate itself is ISA-L's
@@ -76,6 +77,8 @@ IDAT_SLACK = 64 * 1024
 # per pixel), through the expansion above, plus 1% for IDAT chunk framing; metadata on top.
 PNG_BYTES_PER_PIXEL = 9 * IDAT_EXPANSION * 1.01
 PNG_METADATA_BYTES = 16 << 20  # ICC profiles, text, EXIF
+MIN_IDAT_CHUNK = 256  # bytes of IDAT data per chunk, on average at least
+MAX_OTHER_CHUNKS = 64  # metadata chunks
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in pixels
 
@@ -128,6 +131,12 @@ class PngHeader:
             rows += 7 * self.height
         return int(rows * IDAT_EXPANSION) + IDAT_SLACK
 
+    def chunk_limit(self) -> int:
+        """The most chunks this image's file can legitimately hold: writers cut IDAT data into
+        chunks of 8 KiB (libpng) or more; this allows 256 bytes. Walking chunks costs ~5 us
+        each here (libpng: 0.06 us), so millions of empty ones would take minutes a sample."""
+        return MAX_OTHER_CHUNKS + self.idat_limit() // MIN_IDAT_CHUNK
+
 
 def _chunk_data(view: memoryview, position: int, length: int, kind: bytes) -> memoryview:
     """A critical chunk's data after checking its CRC (over type + data): libpng refuses a
@@ -148,13 +157,16 @@ def read_header(data: bytes) -> PngHeader:
 
     Every chunk up to IEND is walked (and refused if it runs past the end of the data, before
     anything allocates it), IHDR and the IDATs are CRC-checked and IHDR is checked as libpng
-    checks it, so what is refused here libpng refuses too. Chunks whose handling by libpng this
-    decoder does not model make the header not `plain` (OpenCV then decodes the file whole).
+    checks it, so what is refused here libpng refuses too, but for two CPU bombs: more IDAT data
+    or more chunks than the image could need (`idat_limit`, `chunk_limit`). Chunks whose
+    handling by libpng this decoder does not model make the header not `plain` (OpenCV then
+    decodes the file whole).
     """
     if len(data) < 8 or data[:8] != PNG_SIGNATURE:
         raise ValueError("not a PNG")
     view = memoryview(data)
-    position, ihdr, idat, plain, previous = 8, b"", [], True, b""
+    header: PngHeader | None = None
+    position, idat, plain, previous, chunks = 8, [], True, b"", 0
     while True:
         if position + 8 > len(view):
             raise _refused("no IEND chunk (cut short?)")
@@ -164,12 +176,12 @@ def read_header(data: bytes) -> PngHeader:
             raise _refused(f"its {name!r} chunk claims {length:,} bytes (over 2^31 - 1)")
         if position + 12 + length > len(view):
             raise _refused(f"cut short in its {name!r} chunk (it claims {length:,} bytes)")
-        if not ihdr and (kind != b"IHDR" or length != 13):
-            raise _refused("it does not start with a 13-byte IHDR chunk")
-        if kind == b"IHDR":
-            if ihdr:
-                raise _refused("a second IHDR chunk")
-            ihdr = bytes(_chunk_data(view, position, length, kind))
+        if header is None:
+            if kind != b"IHDR" or length != 13:
+                raise _refused("it does not start with a 13-byte IHDR chunk")
+            header = _ihdr(bytes(_chunk_data(view, position, length, kind)))
+        elif kind == b"IHDR":
+            raise _refused("a second IHDR chunk")
         elif kind == b"IDAT":
             plain = plain and (not idat or previous == b"IDAT")  # one run of IDAT chunks
             idat.append(_chunk_data(view, position, length, kind))
@@ -177,11 +189,17 @@ def read_header(data: bytes) -> PngHeader:
             break  # libpng ignores IEND's CRC and length, and anything after it
         else:
             plain = plain and _plain_metadata(kind, length)
+        chunks += 1
+        if chunks > header.chunk_limit():
+            raise _refused(
+                f"more than {header.chunk_limit():,} chunks for a {header.width}x{header.height} "
+                "image: a CPU bomb?"
+            )
         previous = kind
         position += 12 + length
-    header = _ihdr(ihdr, tuple(idat), plain)
     if not idat:
         raise _refused("no IDAT chunk")
+    header = replace(header, idat=tuple(idat), plain=plain)
     if not _plain_zlib_header(header):
         header = replace(header, plain=False)
     idat_bytes = sum(len(chunk) for chunk in idat)
@@ -214,7 +232,7 @@ def _plain_zlib_header(header: PngHeader) -> bool:
     )
 
 
-def _ihdr(ihdr: bytes, idat: tuple[memoryview, ...], plain: bool) -> PngHeader:
+def _ihdr(ihdr: bytes) -> PngHeader:
     """IHDR's fields, refused where libpng's png_check_IHDR refuses them."""
     width, height, depth, colour, compression, filtering, interlace = struct.unpack(
         ">IIBBBBB", ihdr
@@ -227,7 +245,7 @@ def _ihdr(ihdr: bytes, idat: tuple[memoryview, ...], plain: bool) -> PngHeader:
         raise _refused(f"IHDR colour type {colour} with bit depth {depth}")
     if compression != 0 or filtering != 0 or interlace > 1:
         raise _refused("unknown compression, filter or interlace method")
-    return PngHeader(width, height, depth, colour, interlace == 1, idat, plain)
+    return PngHeader(width, height, depth, colour, interlace == 1, (), True)
 
 
 def _scanlines(header: PngHeader, rows: int) -> tuple[np.ndarray | None, str]:
