@@ -143,7 +143,7 @@ def _chunk_data(view: memoryview, position: int, length: int, kind: bytes) -> me
     """A critical chunk's data after checking its CRC (over type + data): libpng refuses a
     file with a damaged critical chunk."""
     end = position + 8 + length
-    (crc,) = struct.unpack(">I", view[end : end + 4])
+    (crc,) = struct.unpack_from(">I", view, end)
     if inflate_lib.crc32(view[position + 4 : end]) & 0xFFFFFFFF != crc:
         raise _refused(f"its {kind.decode('latin-1')} chunk fails its CRC (damaged)")
     return view[position + 8 : end]
@@ -165,22 +165,23 @@ def read_header(data: bytes) -> PngHeader:
     """
     if len(data) < 8 or data[:8] != PNG_SIGNATURE:
         raise ValueError("not a PNG")
-    view = memoryview(data)
+    view, size = memoryview(data), len(data)
     header: PngHeader | None = None
-    position, idat, plain, previous, chunks = 8, [], True, b"", 0
+    position, idat, plain, previous, chunks, chunk_limit = 8, [], True, b"", 0, 1
     while True:
-        if position + 8 > len(view):
+        if position + 8 > size:
             raise _refused("no IEND chunk (cut short?)")
-        length, kind = struct.unpack(">I4s", view[position : position + 8])
-        name = kind.decode("latin-1")
-        if length > MAX_CHUNK_LENGTH:
-            raise _refused(f"its {name!r} chunk claims {length:,} bytes (over 2^31 - 1)")
-        if position + 12 + length > len(view):
+        length, kind = struct.unpack_from(">I4s", view, position)
+        if length > MAX_CHUNK_LENGTH or position + 12 + length > size:
+            name = kind.decode("latin-1")
+            if length > MAX_CHUNK_LENGTH:
+                raise _refused(f"its {name!r} chunk claims {length:,} bytes (over 2^31 - 1)")
             raise _refused(f"cut short in its {name!r} chunk (it claims {length:,} bytes)")
         if header is None:
             if kind != b"IHDR" or length != 13:
                 raise _refused("it does not start with a 13-byte IHDR chunk")
             header = _ihdr(bytes(_chunk_data(view, position, length, kind)))
+            chunk_limit = header.chunk_limit()
         elif kind == b"IHDR":
             raise _refused("a second IHDR chunk")
         elif kind == b"IDAT":
@@ -191,9 +192,9 @@ def read_header(data: bytes) -> PngHeader:
         else:
             plain = plain and _plain_metadata(kind, length)
         chunks += 1
-        if chunks > header.chunk_limit():
+        if chunks > chunk_limit:
             raise _refused(
-                f"more than {header.chunk_limit():,} chunks for a {header.width}x{header.height} "
+                f"more than {chunk_limit:,} chunks for a {header.width}x{header.height} "
                 "image: a CPU bomb?"
             )
         previous = kind
