@@ -1,8 +1,9 @@
 """Loader throughput per core: our stream vs stock webdataset + torchvision vs a bare decode loop.
 
 In one run, interleaved, --reps times each (medians), one thread, 640x512 8-bit frames (the real
-frames of ../shared/ir-samples, else synthetic ones) cropped to 224 with RandomResizedCrop
-(scale 0.2-1, bicubic) + horizontal flip, batches of 64:
+frames of ../shared/ir-samples or $INF590K_SHARED/ir-samples, else synthetic ones: it says
+which) cropped to 224 with RandomResizedCrop (scale 0.2-1, bicubic) + horizontal flip, batches
+of 64:
 
   (a) ours:  PNGs written by the shard writer (`encode_png`), read by `pretrain.data.ShardStream`;
   (b) stock: the same frames written with OpenCV's default PNG parameters, read by webdataset
@@ -38,6 +39,7 @@ import json
 import logging
 import lzma
 import multiprocessing
+import os
 import pstats
 import re
 import statistics
@@ -66,6 +68,8 @@ from inf590k.shard import encode_png  # noqa: E402
 from pretrain.data import DataConfig, ShardStream, loader_for  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real frames, as the tests find them (INF590K_SHARED overrides the folder beside the repo).
+SAMPLES = Path(os.environ.get("INF590K_SHARED", REPO_ROOT.parent / "shared")) / "ir-samples"
 BATCH = 64
 SIZE = 224
 SHUFFLE = dict(shuffle_buffer=256, shuffle_initial=64)
@@ -107,7 +111,7 @@ def write_shards(
 ) -> list[str]:
     """`shards` tars of `per_shard` 640x512 frames under folder/640x512/ (bench/train.py too)."""
     encode = encode or (lambda frame: encode_png(frame, 1))
-    frames = frames_for(REPO_ROOT.parent / "shared" / "ir-samples", shards * per_shard)
+    frames = frames_for(SAMPLES, shards * per_shard)
     urls = []
     for index in range(shards):
         path = folder / "640x512" / f"shard-{index:06d}.tar"
@@ -451,9 +455,7 @@ def bare_torch_rss() -> float:
 
 
 def hostile() -> None:
-    pngs = [
-        encode_png(frame, 1) for frame in frames_for(REPO_ROOT.parent / "shared" / "ir-samples", 8)
-    ]
+    pngs = [encode_png(frame, 1) for frame in frames_for(SAMPLES, 8)]
     good = tar_bytes(pngs, "good")
     bombs = hostile_bombs(good, pngs[0])
     shards = {f"/{i}.tar": bomb.parts for i, bomb in enumerate(bombs)} | {"/good.tar": (good,)}
@@ -534,6 +536,8 @@ def main() -> None:
             runs["crops"].append(crops)
         memory = worker_memory(ours_urls)
     a, b, c, own, crops = (statistics.median(runs[k]) for k in ("a", "b", "c", "own", "crops"))
+    real = bool(real_frames(SAMPLES, 1)) if SAMPLES.is_dir() else False
+    print(f"frames: {'real, from ' + str(SAMPLES) if real else 'synthetic (no real ones found)'}")
     print(
         f"{args.images} images per run, {args.reps} runs each (medians), 640x512 8-bit PNG -> "
         f"{SIZE}x{SIZE} bicubic RandomResizedCrop + flip, batch {BATCH}, 1 thread"
