@@ -44,7 +44,7 @@ from inf590k.dataset.layout import (
     read_info_sources,
     read_splits,
 )
-from pretrain.pngcrop import check_pixels, decode_box, decode_png, read_header
+from pretrain.pngcrop import check_pixels, decode_box, decode_png, max_png_bytes, read_header
 from pretrain.tarstream import tar_members
 
 log = logging.getLogger(__name__)
@@ -540,6 +540,17 @@ def decode_ir_png(data: bytes, max_pixels: int) -> np.ndarray:
     return decode_png(data, max_pixels)
 
 
+NPY_HEADER_BYTES = 64 * 1024  # a `.npy` member's header at most (numpy reads up to 10,000)
+
+
+def member_size_limit(config: DataConfig) -> int:
+    """The most bytes a tar member the loader reads may hold: a PNG (or, with --raw16, a raw
+    16-bit `.npy` frame) of --max-pixels pixels cannot legitimately be larger, so a shard
+    claiming more is refused before anything is read."""
+    npy = 2 * config.max_pixels + NPY_HEADER_BYTES if config.raw16 else 0
+    return max(max_png_bytes(config.max_pixels), npy)
+
+
 def decode_raw_npy(data: bytes, max_pixels: int) -> np.ndarray:
     """A `.npy` member (the raw frame kept by `shard --keep-16bit`) -> [H, W] uint16, exactly."""
     image = np.load(io.BytesIO(data), allow_pickle=False)
@@ -859,7 +870,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                     current["count"] += 1
                 yield sample
 
-        files = _tar_files(opened(), self._wanted, handler=skip_corrupt)
+        limit = member_size_limit(self.config)
+        files = _tar_files(opened(), self._wanted, limit, handler=skip_corrupt)
         return counted(group_by_keys(files, handler=skip_corrupt))
 
     def _pass(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -955,16 +967,18 @@ class ShardStream(torch.utils.data.IterableDataset):
 def _tar_files(
     sources: Iterator[dict[str, Any]],
     wanted: Callable[[str], bool],
+    max_size: int,
     handler: Callable[[Exception], bool],
 ) -> Iterator[dict[str, Any]]:
     """webdataset's file samples ({"fname", "data", "__url__"}) of each opened shard, read by
     pretrain.tarstream (~10x less time per member than tarfile's stream mode, profiled), and
     an empty dict after each shard, which makes `group_by_keys` hand out the shard's last
-    sample before the next shard is opened. An error in a shard goes to `handler`, which
-    skips the rest of that shard or raises."""
+    sample before the next shard is opened. A wanted member over `max_size` bytes fails its
+    shard unread. An error in a shard goes to `handler`, which skips the rest of that shard
+    or raises."""
     for source in sources:
         try:
-            for name, data in tar_members(source["stream"], wanted):
+            for name, data in tar_members(source["stream"], wanted, max_size=max_size):
                 yield {"fname": name, "data": data, "__url__": source["url"]}
             yield {}
         except Exception as exc:  # noqa: BLE001 - the handler decides (skip or stop)

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gzip
 import http.server
+import io
 import itertools
+import logging
+import shutil
+import tarfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +232,95 @@ def test_bad_fault_settings_are_refused():
         DataConfig(max_shard_failures=1.5)
     with pytest.raises(ValueError, match="read-deadline"):
         DataConfig(read_deadline=0)
+
+
+# ---------------------------------------------------------------- hostile shards
+
+
+class _Zeros(io.RawIOBase):
+    """`size` zero bytes made on the fly: a huge member without holding it in the test."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = min(len(buffer), self._left)
+        buffer[:count] = bytes(count)
+        self._left -= count
+        return count
+
+
+def with_huge_member(good: Path, target: Path, size: int) -> Path:
+    """`good`'s samples after a `size`-byte `.json` member the loader does not read."""
+    with tarfile.open(good) as source, tarfile.open(target, "w") as tar:
+        info = tarfile.TarInfo("s000_0000.json")
+        info.size = size
+        tar.addfile(info, io.BufferedReader(_Zeros(size)))
+        for member in source:
+            tar.addfile(member, source.extractfile(member))
+    return target
+
+
+def with_size_field(good: Path, target: Path, member: int, field: bytes) -> Path:
+    """A copy of `good` whose `member`-th header holds `field` as its size, checksum fixed."""
+    data = bytearray(good.read_bytes())
+    with tarfile.open(good) as tar:
+        offset = tar.getmembers()[member].offset
+    header = data[offset : offset + 512]
+    header[124:136] = field.ljust(12, b"\0")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    data[offset : offset + 512] = header
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_an_unused_huge_member_over_http_is_skipped_in_bounded_memory(dataset, tmp_path):
+    """A 48 MiB `.json` member in a shard served over HTTP: the loader drops it a block at a
+    time instead of holding it (a 1.5 GiB one took 2.3 GiB of a worker before)."""
+    with_huge_member(dataset.shards[0], tmp_path / "huge.tar", 48 << 20)
+    with faulty_server(tmp_path) as base:
+        tracemalloc.start()
+        try:
+            totals = consume([f"{base}/huge.tar"], 3, 0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert totals["shard_errors"] == 0 and totals["bad_samples"] == 0
+    assert peak < 24 << 20, f"peak {peak / 2**20:.0f} MiB"
+
+
+FOREIGN_ERRORS = ("EOFError", "LZMAError", "MemoryError", "OSError", "BadGzipFile", "zlib",
+                  "OverflowError", "invalid literal", "Traceback")  # fmt: skip
+
+
+def test_hostile_shards_are_skipped_with_the_readers_own_reason(dataset, tmp_path, caplog):
+    good = dataset.shards[0]
+    packed = gzip.compress(good.read_bytes(), mtime=0)
+    hostile = {
+        "size-minus-one.tar": (with_size_field(good, tmp_path / "size-minus-one.tar", 0, b"-1"),
+                               "size field b'-1' is not a number"),
+        "lying-png.tar": (with_size_field(good, tmp_path / "lying-png.tar", 2, b"77777777777"),
+                          "over the"),
+        "cut.tar.gz": (tmp_path / "cut.tar.gz", "gzip stream cut short"),
+        "flipped.tar.gz": (tmp_path / "flipped.tar.gz", "damaged gzip data"),
+    }  # fmt: skip
+    (tmp_path / "cut.tar.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "flipped.tar.gz").write_bytes(
+        packed[:200] + bytes([packed[200] ^ 0x55]) + packed[201:]
+    )
+    shutil.copy(good, tmp_path / "good.tar")
+    with faulty_server(tmp_path) as base:
+        urls = [f"{base}/good.tar", *(f"{base}/{name}" for name in hostile)]
+        with caplog.at_level(logging.WARNING, logger="pretrain.data"):
+            totals = consume(urls, 6, 0, max_shard_failures=0.9)
+    assert totals["shard_errors"] >= len(hostile)
+    skipped = [r.getMessage() for r in caplog.records if "skipping shard" in r.getMessage()]
+    for name, (_, reason) in hostile.items():
+        lines = [line for line in skipped if f"/{name}:" in line]
+        assert lines and all(reason in line for line in lines), (name, skipped)
+    assert not [line for line in skipped if any(word in line for word in FOREIGN_ERRORS)]
