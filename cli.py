@@ -560,6 +560,7 @@ PRETRAIN_HELP = {
     "resampled": "Infinite stream of shards sampled with replacement (webdataset `resampled`).",
     "shuffle_buffer": "Samples held in the shuffle buffer.",
     "shuffle_initial": "Samples buffered before the first one is returned.",
+    "shuffle_bytes": "Bytes the shuffle buffer may hold (a shard of huge samples cannot fill memory).",
     "scale_min": "RandomResizedCrop smallest area fraction.",
     "scale_max": "RandomResizedCrop largest area fraction.",
     "hflip": "Probability of a horizontal flip.",

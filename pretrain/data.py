@@ -10,6 +10,7 @@ bytes (without decoding) to reach the saved offset.
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import json
 import logging
@@ -30,7 +31,6 @@ import cv2
 import numpy as np
 import torch
 import webdataset as wds
-from webdataset.filters import _shuffle
 from webdataset.tariterators import group_by_keys
 
 from inf590k.dataset.layout import (
@@ -81,6 +81,7 @@ class DataConfig:
     resampled: bool = True  # each worker draws shards with replacement (no split needed)
     shuffle_buffer: int = 2000  # samples held by each worker's shuffle buffer
     shuffle_initial: int = 500  # samples buffered before the first one leaves
+    shuffle_bytes: int = 1 << 30  # bytes the shuffle buffer holds at most (whatever a shard holds)
     scale_min: float = 0.2  # RandomResizedCrop area range
     scale_max: float = 1.0
     hflip: float = 0.5  # horizontal flip probability
@@ -728,10 +729,13 @@ class ShardStream(torch.utils.data.IterableDataset):
     first_worker: int = 0  # logical id played by physical worker 0 (continues the round-robin)
     positions: list[dict[str, int]] = field(default_factory=list)  # per logical worker
     shard_lengths: dict[str, int] = field(default_factory=dict)  # shard_key(url) -> samples
+    shard_sums: dict[str, str] = field(default_factory=dict)  # shard_key(url) -> sha256
 
     def __post_init__(self) -> None:
         super().__init__()
         self._failed: dict[int, list[str]] = {}  # worker -> shards that failed (resampled)
+        # worker -> shards whose bytes were checked against their sha256 (True: they match)
+        self._checked: dict[int, dict[str, bool]] = {}
         self._opened: dict[int, list[int]] = {}  # worker -> [shards opened so far]
         self.image_size = as_hw(self.image_size)
         shares = self.world_size * self.num_workers
@@ -805,6 +809,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         distinct = len(set(self.urls)) if resampled else len(set(urls))
         failed = self._failed.setdefault(worker_id, []) if resampled else []
         stats_opened = self._opened.setdefault(worker_id, [0])
+        checked = self._checked.setdefault(worker_id, {})
 
         def fail(url: str, reason: str) -> None:
             stats.shard_errors += 1
@@ -837,9 +842,22 @@ class ShardStream(torch.utils.data.IterableDataset):
             if not current["failed"] and expected is not None and current["count"] < expected:
                 fail(url, f"ended after {current['count']} of {expected} samples")
 
+        def check_sum(url: str, stream: HashingReader) -> None:
+            matches = stream.matches()
+            checked[url] = matches
+            if not matches:
+                current["failed"] = True
+                stats.shard_errors += 1
+                log.warning(
+                    "shard %s does not match its sha256 in %s (replaced or corrupt): its "
+                    "samples of this pass were read, it is not read again; run `inf590k verify`",
+                    redact_url(url),
+                    SUMS_PATH,
+                )
+
         def opened() -> Iterator[dict[str, Any]]:
             for url in urls:
-                if url in failed:  # drawn again in a resampled pass: not retried
+                if url in failed or checked.get(url) is False:  # not retried, not read again
                     continue
                 log.info(
                     "rank %d worker %d pass %d reads %s",
@@ -858,8 +876,13 @@ class ShardStream(torch.utils.data.IterableDataset):
                     fail(url, str(exc))
                     continue
                 stats_opened[0] += 1
+                expected = self.shard_sums.get(shard_key(url))
+                if expected and url not in checked:  # each shard once per worker: amortised
+                    stream = HashingReader(stream, expected)
                 try:
                     yield {"url": url, "stream": stream}
+                    if isinstance(stream, HashingReader) and not current["failed"]:
+                        check_sum(url, stream)
                 finally:
                     stream.close()
                 check_length(url)
@@ -883,7 +906,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         pass_samples = self._pass_samples(urls)
         if pass_samples is not None:  # never wait for a buffer larger than the pass's data
             initial = max(1, min(initial, pass_samples // 2))
-        shuffled = _shuffle(iter(raw), self.config.shuffle_buffer, initial, rng=rng)
+        shuffled = bounded_shuffle(
+            iter(raw), self.config.shuffle_buffer, initial, rng, self.config.shuffle_bytes
+        )
         return enumerate(shuffled)
 
     def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
@@ -962,6 +987,85 @@ class ShardStream(torch.utils.data.IterableDataset):
                 dtype=torch.int64,
             )
             yield torch.from_numpy(batch), position
+
+
+class HashingReader(io.RawIOBase):
+    """A shard's byte stream that hashes what passes through it; `matches()` reads the rest
+    (the end-of-archive padding, or anything appended) and compares with the expected sha256.
+    Not seekable, so the tar reader reads skipped members instead of seeking past them."""
+
+    def __init__(self, stream: IO[bytes], expected: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._expected = expected
+        self._digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self._digest.update(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def matches(self) -> bool:
+        while self.read(1 << 20):
+            pass
+        return self._digest.hexdigest() == self._expected
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def bounded_shuffle(
+    data: Iterator[dict[str, Any]],
+    size: int,
+    initial: int,
+    rng: random.Random,
+    max_bytes: int,
+) -> Iterator[dict[str, Any]]:
+    """webdataset's `_shuffle` (the same draws from `rng`, so the same order while the buffer
+    stays under `max_bytes`), with the buffer also bounded in bytes: a shard of huge members
+    cannot make a worker hold `size` of them."""
+    initial = min(initial, size)
+    buffer: list[dict[str, Any]] = []
+    held = 0
+
+    def add(sample: dict[str, Any]) -> None:
+        nonlocal held
+        buffer.append(sample)
+        held += _sample_bytes(sample)
+
+    def pick() -> dict[str, Any]:
+        nonlocal held
+        index = rng.randint(0, len(buffer) - 1)
+        sample = buffer[index]
+        buffer[index] = buffer[-1]
+        buffer.pop()
+        held -= _sample_bytes(sample)
+        return sample
+
+    for sample in data:
+        add(sample)
+        if len(buffer) < size and held < max_bytes:
+            try:
+                add(next(data))
+            except StopIteration:
+                pass
+        if len(buffer) >= initial or held >= max_bytes:
+            yield pick()
+    while buffer:
+        yield pick()
+
+
+def _sample_bytes(sample: dict[str, Any]) -> int:
+    return sum(len(v) for v in sample.values() if isinstance(v, bytes | bytearray))
 
 
 def _tar_files(
@@ -1143,6 +1247,7 @@ def loader_for(
         first_worker=tracker.first_worker,
         positions=[dict(p) for p in tracker.positions],
         shard_lengths=expected_lengths(info),
+        shard_sums=dict(info.sums) if info is not None else {},
     )
     return make_loader(stream, config.workers, pin_memory), tracker
 

@@ -204,3 +204,72 @@ def test_an_intact_index_carries_the_shards_sums(synthetic_build):
         for line in (synthetic_build[1] / "metadata" / "SHA256SUMS").read_text().splitlines()
     )
     assert info.sums and all(sums[f"data/{name}"] == digest for name, digest in info.sums.items())
+
+
+def test_a_shard_replaced_under_its_sums_is_reported_and_not_read_again(
+    synthetic_build, tmp_path, caplog
+):
+    """Two shards swapped in place (both valid tars, SHA256SUMS unchanged): training warns once
+    per shard, counts them, and no worker reads them again in later passes."""
+    import itertools
+
+    from pretrain.data import DataConfig, loader_for
+
+    folder = Path(shutil.copytree(synthetic_build[1], tmp_path / "swapped"))
+    tars = sorted((folder / "data").rglob("*.tar"), key=lambda p: p.stat().st_size)
+    first, second = tars[-1], tars[-2]
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b), second.write_bytes(a)
+    config = DataConfig(
+        shards=(str(folder),),
+        batch_size=2,
+        workers=0,
+        shuffle_buffer=4,
+        shuffle_initial=2,
+        resampled=True,
+        max_shard_failures=1.0,
+    )
+    info = read_info(str(folder / "data" / "_info.json"), config=config)
+    loader, tracker = loader_for(
+        config,
+        16,
+        seed=0,
+        rank=0,
+        world_size=1,
+        pin_memory=False,
+        urls=list(info.filenames),
+        info=info,
+    )
+    with caplog.at_level("WARNING"):
+        for _, position in itertools.islice(loader, 60):
+            tracker.update(position)
+    warned = [
+        r.getMessage() for r in caplog.records if "does not match its sha256" in r.getMessage()
+    ]
+    assert sorted({w.split()[1] for w in warned}) == sorted([str(first), str(second)])
+    assert len(warned) == 2 and tracker.totals()["shard_errors"] == 2
+
+
+def test_the_shuffle_buffer_is_bounded_in_bytes_and_unchanged_below_its_budget():
+    import random
+
+    from webdataset.filters import _shuffle
+
+    from pretrain.data import bounded_shuffle
+
+    samples = [{"__key__": str(i), "png": bytes(100)} for i in range(500)]
+    ours = list(bounded_shuffle(iter(samples), 64, 16, random.Random(3), 1 << 30))
+    theirs = list(_shuffle(iter(samples), 64, 16, rng=random.Random(3)))
+    assert [s["__key__"] for s in ours] == [s["__key__"] for s in theirs]
+
+    held, peak = [], 0
+
+    def counted():
+        for sample in samples:
+            held.append(sample["__key__"])
+            yield sample
+
+    for sample in bounded_shuffle(counted(), 64, 16, random.Random(3), 1000):
+        held.remove(sample["__key__"])
+        peak = max(peak, len(held) + 1)
+    assert peak <= 12  # 1000 bytes of 100-byte samples (+ the one that crossed the budget)
