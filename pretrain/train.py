@@ -41,6 +41,7 @@ from pretrain.data import (
     loader_for,
     open_url,
 )
+from pretrain.models.pixels import normalise
 from pretrain.provenance import (
     DataRecord,
     data_record,
@@ -230,14 +231,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision not in choices:
         raise ValueError(f"--precision {precision!r}: choose auto, bf16, fp16 or fp32")
     return choices[precision]
-
-
-def normalise(images: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """[N, 1, H, W] uint8 on the device -> [N, C, H, W] float, (x/255 - mean) / std."""
-    from pretrain.models import IR_MEAN, IR_STD
-
-    x = images.float().div_(255.0).sub_(IR_MEAN).div_(IR_STD)
-    return x.expand(-1, in_chans, -1, -1) if in_chans != x.shape[1] else x
 
 
 def seed_everything(seed: int) -> None:

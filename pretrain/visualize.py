@@ -18,6 +18,7 @@ from torch import nn
 
 from pretrain import checkpoint as ckpt
 from pretrain.data import decode_ir_png, stretch_range, to_uint8
+from pretrain.models.pixels import normalise, to_pixels
 
 MASK_GREY = 96  # 8-bit value painted over masked patches
 MIN_PANEL = 224  # px, short side of each panel in a grid
@@ -32,20 +33,11 @@ class VisualizeError(ValueError):
     """An input visualize cannot use; the message says what to pass instead."""
 
 
-def _to_u8(x: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] normalised -> [N, H, W] uint8 (first channel)."""
-    from pretrain.models import IR_MEAN, IR_STD
-
-    pixels = (x[:, 0].float() * IR_STD + IR_MEAN) * 255.0
-    return pixels.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
-
-
 @torch.no_grad()
 def reconstruct(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
     """Run the masked autoencoder on uint8 images [N, 1, H, W]; each result is [N, H, W] uint8.
 
     RNG state is forked so a grid drawn during training leaves the run's random stream as is."""
-    from pretrain.train import normalise
 
     config = model.config
     device = next(model.parameters()).device
@@ -66,13 +58,13 @@ def reconstruct(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]
     mask_map = model.unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, patch_pixels))
     prediction = model.unpatchify(pred)  # [N, C, H, W]
     pasted = x * (1 - mask_map) + prediction * mask_map
-    masked = _to_u8(x)
+    masked = to_pixels(x)
     masked[mask_map[:, 0].cpu().numpy() > 0.5] = MASK_GREY
     return {
-        "input": _to_u8(x),
+        "input": to_pixels(x),
         "masked": masked,
-        "reconstruction": _to_u8(prediction),
-        "pasted": _to_u8(pasted),
+        "reconstruction": to_pixels(prediction),
+        "pasted": to_pixels(pasted),
         "mask_ratio": np.asarray(float(mask.float().mean())),
     }
 

@@ -14,9 +14,7 @@ from math import prod
 from types import MappingProxyType
 from typing import Any
 
-# Normalisation of the infrared input used by InfMAE / DuGI-MAE (single grey channel).
-IR_MEAN = 0.425
-IR_STD = 0.200
+from pretrain.models.pixels import IR_MEAN, IR_STD  # noqa: F401 - the configs' pixel scale
 
 ENCODERS = ("vit", "hierarchical")
 MASKINGS = ("entropy", "gray", "random")
