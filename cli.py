@@ -549,93 +549,28 @@ def synth(layout, out, count, seed, bit_depth, scale, width, height, workers) ->
 # ----------------------------------------------------------------------------- model
 
 
-PRETRAIN_HELP = {
-    "shards": "Shard URLs: paths, brace patterns, file://, http(s)://, pipe:, Hugging Face resolve URLs, "
-              "a dataset folder or its _info.json. Repeatable.",
-    "info": "_info.json URL for the epoch length (default: found next to the shards).",
-    "split": "Split of _info.json to read.",
-    "batch_size": "Images per step per process (global batch = batch x processes x accumulation).",
-    "workers": "Data loader processes per GPU/process (each feeds ~850 images/s of 640x512 frames: "
-               "~7 keep dugi_mae_base fed on an H100, docs/loader.md).",
-    "resampled": "Infinite stream of shards sampled with replacement (webdataset `resampled`).",
-    "shuffle_buffer": "Samples held in the shuffle buffer.",
-    "shuffle_initial": "Samples buffered before the first one is returned.",
-    "shuffle_bytes": "Bytes the shuffle buffer may hold (a shard of huge samples cannot fill memory).",
-    "scale_min": "RandomResizedCrop smallest area fraction.",
-    "scale_max": "RandomResizedCrop largest area fraction.",
-    "hflip": "Probability of a horizontal flip.",
-    "max_pixels": "Skip decoded samples larger than this (decompression bombs).",
-    "retries": "Attempts to open an unreachable shard URL before failing.",
-    "retry_wait": "Seconds between attempts (doubling).",
-    "timeout": "Network timeout per request, seconds.",
-    "raw16": "Read the raw 16-bit `.npy` member of samples that have one (shard --keep-16bit), losslessly.",
-    "read_deadline": "Seconds allowed for reading one whole shard over the network.",
-    "max_shard_failures": "Share of a pass's shards that may fail (skipped) before the run stops.",
-    "samples_per_epoch": "Epoch length in samples (default: the selected shards' count in _info.json).",
-    "epochs": "Training length in epochs (the paper: 400).",
-    "warmup_epochs": "Linear warm-up length in epochs (the paper: 40).",
-    "steps": "Training length in optimiser steps (overrides --epochs).",
-    "blr": "Base learning rate; lr = blr x global batch / 256.",
-    "lr": "Absolute learning rate (overrides --blr).",
-    "min_lr": "Floor of the cosine schedule.",
-    "weight_decay": "AdamW weight decay (none on norms, biases, position embeddings, tokens).",
-    "beta1": "AdamW beta1.",
-    "beta2": "AdamW beta2.",
-    "accum_steps": "Gradient accumulation steps.",
-    "clip_grad": "Clip the gradient norm to this value.",
-    "out": "Run directory: checkpoints, metrics.jsonl, reconstruction grids.",
-    "model": "Model name (see `inf590k model-info --help`).",
-    "model_args": "Model overrides FIELD=VALUE, e.g. masking=random, ddg=false, img_size=224. Repeatable.",
-    "seed": "Random seed.",
-    "device": "auto, cpu, cuda or cuda:N.",
-    "dist_backend": "auto (nccl on CUDA, gloo on CPU), nccl or gloo.",
-    "precision": "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32.",
-    "compile": "torch.compile the model.",
-    "log_every": "Steps between log lines (the only host syncs).",
-    "ckpt_every": "Steps between checkpoints.",
-    "keep_last": "Checkpoints kept.",
-    "vis_every": "Steps between reconstruction grid PNGs in RUN/vis/; one of the last step is always "
-                 "written (0: only that one).",
-    "resume": "'auto' (latest readable checkpoint in --out; a finished run just reports) or a "
-              "checkpoint path. Without it, an --out holding a run is refused.",
-    "data_name": "How the checkpoint and model card name the data (default: --shards as given; "
-                 "Hub URLs as their repo id).",
-    "init": "Start from a released InfMAE / ConvMAE / MAE pretraining checkpoint (.pth): its weights "
-            "fill --model's encoder and decoder (DDG starts fresh), its shapes set the widths.",
-    "init_kind": "infmae, convmae or mae: the kind of --init (default: found from its keys).",
-    "stop_step": "Stop (after checkpointing) at this step, as if killed: for tests and preemption.",
-    "max_nan_skips": "Stop after this many skipped NaN/inf steps.",
-    "peak_tflops": "Accelerator peak TFLOP/s for MFU (default: known cards).",
-    "tensorboard": "Also log to TensorBoard.",
-    "deterministic": "Deterministic algorithms (CPU resume checks).",
-    "progress": "Show a progress bar.",
-}
 
 
-def field_option(field) -> click.Option:
-    """One click option for one config dataclass field (so CLI and config agree one-to-one)."""
-    import dataclasses
-
-    flag = "--" + field.name.replace("_", "-")
-    kind = str(field.type).replace(" | None", "")
-    default = field.default if field.default is not dataclasses.MISSING else None
-    help_text = PRETRAIN_HELP.get(field.name, "")
-    if default not in (None, ()):
-        help_text += f"  [default: {default}]"
-    if kind == "bool":
-        return click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text)
-    if kind.startswith("tuple["):
-        return click.Option([flag], multiple=True, help=help_text, required=field.name == "shards")
+def click_option(option) -> click.Option:
+    """The click option of one pretraining config field (`pretrain.config.cli_options`)."""
+    help_text = option.help
+    if option.default not in (None, ()):
+        help_text += f"  [default: {option.default}]"
+    if option.kind == "bool":
+        return click.Option([f"{option.flag}/--no-{option.flag[2:]}"], default=None, help=help_text)
+    if option.kind == "multiple":
+        return click.Option([option.flag], multiple=True, help=help_text, required=option.required)
     types = {"int": int, "float": float, "str": str}
-    return click.Option([flag], type=types[kind], default=None, help=help_text)
+    return click.Option([option.flag], type=types[option.kind], default=None, help=help_text)
 
 
 def build_pretrain_command() -> click.Command:
-    from pretrain.train import option_fields
+    from pretrain.config import cli_options
 
     def run(**options) -> None:
+        from pretrain.config import config_from_options
         from pretrain.data import ShardUnreachableError
-        from pretrain.train import TrainingDiverged, config_from_options, pretrain
+        from pretrain.train import TrainingDiverged, pretrain
 
         chosen = {k: v for k, v in options.items() if v is not None and v != ()}
         try:
@@ -648,7 +583,7 @@ def build_pretrain_command() -> click.Command:
     return click.Command(
         "pretrain",
         callback=run,
-        params=[field_option(f) for _, f in option_fields()],
+        params=[click_option(option) for option in cli_options()],
         help="Pretrain DuGI-MAE (or an ablation) from shard URLs; the same command under "
              "`torchrun --nproc-per-node N $(which inf590k) pretrain ...` runs DDP.",
         short_help="Pretrain from shard URLs (1 GPU, many, or CPU).",
@@ -795,7 +730,8 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
     from inf590k.dataset.verify import verify as run_verify
     from inf590k.synth import SynthConfig, synthesize
     from pretrain.checkpoint import export_checkpoint
-    from pretrain.train import config_from_options, pretrain
+    from pretrain.config import config_from_options
+    from pretrain.train import pretrain
     from pretrain.visualize import visualize_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)

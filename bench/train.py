@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loader import ours, write_shards  # noqa: E402  (sibling script in bench/)
 
-from pretrain.train import config_from_options, pretrain  # noqa: E402
+from pretrain.config import config_from_options  # noqa: E402
+from pretrain.train import pretrain  # noqa: E402
 
 
 def _write(args: tuple[str, int, int]) -> list[str]:

@@ -12,42 +12,31 @@ Every pretraining option is one field of DataConfig, OptimConfig or RunConfig
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 
-# The field types, as written in the dataclasses (annotations are strings under __future__).
 _SCALARS = {"int": int, "float": float, "str": str}
 
 
-def add_field_option(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
-    """One `--kebab-name` option for a config field; unset options keep the field's default."""
-    flag = "--" + field.name.replace("_", "-")
-    kind = str(field.type).replace(" | None", "")
-    comment = field.metadata.get("help") if field.metadata else None
-    default = field.default if field.default is not dataclasses.MISSING else None
-    help_text = comment or f"default: {default}"
-    if kind == "bool":
-        parser.add_argument(
-            flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
-        )
-    elif kind.startswith("tuple["):
-        parser.add_argument(flag, nargs="+", default=None, help=help_text)
-    elif kind in _SCALARS:
-        parser.add_argument(flag, type=_SCALARS[kind], default=None, help=help_text)
-    else:
-        raise TypeError(f"no command-line mapping for {field.name}: {field.type}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from pretrain.train import option_fields
+    """One `--kebab-name` option per config field (`pretrain.config.cli_options`); unset options
+    keep the field's default."""
+    from pretrain.config import cli_options
 
     parser = argparse.ArgumentParser(
         prog="python -m pretrain", description="Pretrain DuGI-MAE from Inf-590K shards."
     )
-    for _, field in option_fields():
-        add_field_option(parser, field)
+    for option in cli_options():
+        help_text = option.help or f"default: {option.default}"
+        if option.kind == "bool":
+            parser.add_argument(
+                option.flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif option.kind == "multiple":
+            parser.add_argument(option.flag, nargs="+", default=None, help=help_text)
+        else:
+            parser.add_argument(option.flag, type=_SCALARS[option.kind], default=None, help=help_text)
     return parser
 
 
@@ -85,7 +74,8 @@ def _run(argv: list[str]) -> int:
         return 0
     if argv and argv[0] == "pretrain":
         argv = argv[1:]
-    from pretrain.train import config_from_options, pretrain
+    from pretrain.config import config_from_options
+    from pretrain.train import pretrain
 
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if v is not None}

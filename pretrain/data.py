@@ -44,6 +44,7 @@ from inf590k.dataset.layout import (
     read_info_sources,
     read_splits,
 )
+from pretrain.config import DataConfig
 from pretrain.pngcrop import check_pixels, decode_box, decode_png, max_png_bytes, read_header
 from pretrain.tarstream import tar_members
 
@@ -69,38 +70,6 @@ class NetworkDisabledError(ShardUnreachableError):
 
 class ShardReadTimeout(TimeoutError):
     """A whole shard took longer than --read-deadline to arrive (a dripping server)."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    shards: tuple[str, ...] = ()  # URLs, brace patterns, `a::b` lists, _info.json or its folder
-    info: str | None = None  # _info.json URL for the epoch length (found next to shards if None)
-    split: str = "train"  # split of _info.json to read
-    batch_size: int = 64  # per process (GPU), per micro-step
-    workers: int = 4  # DataLoader workers per process
-    resampled: bool = True  # each worker draws shards with replacement (no split needed)
-    shuffle_buffer: int = 2000  # samples held by each worker's shuffle buffer
-    shuffle_initial: int = 500  # samples buffered before the first one leaves
-    shuffle_bytes: int = 1 << 30  # bytes the shuffle buffer holds at most (whatever a shard holds)
-    scale_min: float = 0.2  # RandomResizedCrop area range
-    scale_max: float = 1.0
-    hflip: float = 0.5  # horizontal flip probability
-    max_pixels: int = 80_000_000  # decompression-bomb cap on width * height
-    retries: int = 5  # attempts to open an unreachable shard before failing
-    retry_wait: float = 1.0  # seconds before the first retry; doubles each time
-    timeout: float = 60.0  # seconds per network read
-    read_deadline: float = 900.0  # seconds for reading one whole shard over the network
-    max_shard_failures: float = 0.5  # share of a pass's shards that may fail before the run stops
-    samples_per_epoch: int | None = None  # overrides the selected shards' sample count
-    raw16: bool = False  # read a sample's raw 16-bit `.npy` member where it has one (lossless)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.max_shard_failures <= 1:
-            raise ValueError(
-                f"--max-shard-failures must be a share in 0..1, got {self.max_shard_failures}"
-            )
-        if self.read_deadline <= 0 or self.timeout <= 0:
-            raise ValueError("--read-deadline and --timeout must be positive seconds")
 
 
 @dataclass

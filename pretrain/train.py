@@ -22,13 +22,17 @@ import numpy as np
 import timm.optim
 import timm.scheduler
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
+from pretrain.config import (
+    OptimConfig,
+    PretrainConfig,
+    parse_model_args,
+)
 from pretrain.data import (
     DataConfig,
     DatasetInfo,
@@ -63,97 +67,6 @@ PEAK_BF16_FLOPS = (
     ("A10G", 70e12),
     ("RTX 4090", 165e12),
 )
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    epochs: float = 400  # length of the run and of the cosine schedule
-    warmup_epochs: float = 40
-    steps: int | None = None  # optimiser steps of the whole run; overrides epochs
-    blr: float = 1.5e-4  # base lr: lr = blr * global batch / 256
-    lr: float | None = None  # absolute lr; overrides blr
-    min_lr: float = 0.0
-    weight_decay: float = 0.05  # none on norms, biases, position embeddings and tokens
-    beta1: float = 0.9
-    beta2: float = 0.95
-    accum_steps: int = 1  # micro-batches per optimiser step
-    clip_grad: float | None = None  # max global grad norm; None: no clipping
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    out: str = "runs/pretrain"  # run folder: checkpoints/, metrics.jsonl, vis/
-    model: str = "dugi_mae_base"
-    model_args: tuple[str, ...] = ()  # ModelConfig overrides, "field=value" (YAML values)
-    seed: int = 0
-    device: str = "auto"  # auto | cuda | cpu
-    dist_backend: str = "auto"  # nccl on CUDA, gloo on CPU
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
-    compile: bool = False  # torch.compile the model
-    log_every: int = 50
-    ckpt_every: int = 1000
-    keep_last: int = 3
-    vis_every: int = 0  # reconstruction grid PNG every N steps (0: only the one at the end)
-    resume: str | None = None  # "auto" (newest readable in --out, if any) or a checkpoint path
-    data_name: str | None = None  # how records name the data (default: --shards as given)
-    init: str | None = None  # a released InfMAE / ConvMAE / MAE .pth to start from
-    init_kind: str | None = None  # infmae | convmae | mae (default: found from its keys)
-    stop_step: int | None = None  # leave after this step (checkpointed); the schedule is kept
-    max_nan_skips: int = 20  # stop once this many steps had a NaN/inf loss or gradient
-    peak_tflops: float | None = None  # per-GPU peak for MFU; default: known-card table
-    tensorboard: bool = False
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower; for tests)
-    progress: bool = True  # tqdm bar
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-GROUPS: tuple[tuple[str, type], ...] = (
-    ("data", DataConfig),
-    ("optim", OptimConfig),
-    ("run", RunConfig),
-)
-
-
-def option_fields() -> list[tuple[str, dataclasses.Field]]:
-    """(group, field) for every CLI option, one option per config field."""
-    return [(group, f) for group, cls in GROUPS for f in dataclasses.fields(cls)]
-
-
-def config_from_options(options: dict[str, Any]) -> PretrainConfig:
-    """Build the config from flat options (CLI names with `_`); unknown names are an error."""
-    known = {f.name for _, f in option_fields()}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown pretrain option(s): {unknown}")
-    parts = {}
-    for group, cls in GROUPS:
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name in options and options[f.name] is not None:
-                value = options[f.name]
-                values[f.name] = tuple(value) if isinstance(value, list) else value
-        parts[group] = cls(**values)
-    return PretrainConfig(**parts)
-
-
-def parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
-    """`("img_size=64", "mask_ratio=0.6")` -> {"img_size": 64, "mask_ratio": 0.6}."""
-    overrides = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--model-args {item!r}: expected field=value, e.g. img_size=224")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def test_console_script_is_installed():
 
 def test_pretrain_options_map_one_to_one_to_config_fields():
     from cli import build_pretrain_command
-    from pretrain.train import option_fields
+    from pretrain.config import option_fields
 
     command = build_pretrain_command()
     option_names = {param.name for param in command.params}

@@ -150,7 +150,8 @@ def test_feature_dedupe_loads_exports_and_released_checkpoints(
 
 
 def test_pretrain_init_starts_from_the_released_weights(released: Path, tmp_path: Path) -> None:
-    from pretrain.train import Trainer, config_from_options, pretrain
+    from pretrain.config import config_from_options
+    from pretrain.train import Trainer, pretrain
     from tests.shardkit import make_dataset
 
     dataset = make_dataset(tmp_path / "ds", num_shards=1, per_shard=8)

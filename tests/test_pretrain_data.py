@@ -397,7 +397,8 @@ def test_epoch_length_is_the_selected_shards(dataset):
 
 
 def test_training_epochs_follow_the_selected_shards(tmp_path):
-    from pretrain.train import config_from_options, pretrain
+    from pretrain.config import config_from_options
+    from pretrain.train import pretrain
 
     data = make_dataset(tmp_path / "ds", num_shards=3, per_shard=20, height=32, width=32)
     options = dict(

@@ -13,16 +13,13 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain.__main__ import build_parser, main
+from pretrain.config import OptimConfig, config_from_options, option_fields, parse_model_args
 from pretrain.data import ShardUnreachableError
 from pretrain.models import create_model
 from pretrain.train import (
-    OptimConfig,
     RunExistsError,
     TrainingDiverged,
     build_optimizer,
-    config_from_options,
-    option_fields,
-    parse_model_args,
     plan_schedule,
     pretrain,
 )
@@ -703,7 +700,7 @@ def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
 
 
 def test_sources_come_from_data_info_json_or_the_older_root_one(tmp_path):
-    from pretrain.data import DataConfig
+    from pretrain.config import DataConfig
     from pretrain.train import describe_data, info_location
 
     folder = tmp_path / "dataset"
