@@ -320,8 +320,22 @@ RESUME_FIXED = (
     ("optim", "accum_steps"),
     ("data", "batch_size"),
     ("run", "model"),
-    ("run", "model_args"),
 )
+
+
+def _model_differences(saved: Any, model_config: Any) -> list[str]:
+    """The model fields a resumed run would change, as `--model-args field=value` as recorded:
+    the model configs are compared, not the strings that made them (`mask_ratio=.75` is
+    `mask_ratio=0.75`)."""
+    if not isinstance(saved, dict) or model_config is None:
+        return []
+    now = _plain(dataclasses.asdict(model_config))
+    saved = _plain(saved)
+    return [
+        f"--model-args {name}={saved[name]}"
+        for name in sorted(saved)
+        if name in now and saved[name] != now[name]
+    ]
 
 
 @dataclass
@@ -512,6 +526,7 @@ class Trainer:
             if recorded != given:
                 shown = "not set" if recorded in (None, []) else recorded
                 differing.append(f"--{name.replace('_', '-')} {shown}")
+        differing += _model_differences(state.get("model_config"), self.model_config)
         if differing:
             raise ckpt.CheckpointError(
                 f"{path} was trained with other options; resume with its "

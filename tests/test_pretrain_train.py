@@ -315,6 +315,26 @@ def test_resume_with_other_optimisation_options_is_refused(dataset, tmp_path):
     assert longer.step == 4  # a longer run with the same options goes on
 
 
+def test_resume_compares_the_model_config_not_the_option_strings(dataset, tmp_path):
+    """`mask_ratio=.75` is the model `mask_ratio=0.75` was: resumed; another value is refused
+    naming the recorded one."""
+    run_dir = tmp_path / "run"
+    shards = [str(dataset.root)]
+    pretrain(config_from_options(options(run_dir, shards, steps=2, model_args=["mask_ratio=0.75"])))
+    resumed = pretrain(
+        config_from_options(
+            options(run_dir, shards, steps=3, model_args=["mask_ratio=.75"], resume="auto")
+        )
+    )
+    assert resumed.step == 3
+    with pytest.raises(ckpt.CheckpointError, match="--model-args mask_ratio=0.75"):
+        pretrain(
+            config_from_options(
+                options(run_dir, shards, steps=4, model_args=["mask_ratio=0.6"], resume="auto")
+            )
+        )
+
+
 def test_a_failed_run_leaves_no_empty_out_behind(tmp_path):
     dead = [f"http://127.0.0.1:{closed_port()}/x-{i:06d}.tar" for i in range(2)]
     out = tmp_path / "new"
