@@ -33,6 +33,7 @@ import torch
 import webdataset as wds
 from webdataset.tariterators import group_by_keys
 
+from inf590k.dataset.hub import is_hub_host, read_token
 from inf590k.dataset.layout import (
     DATA_DIRNAME,
     INFO_SOURCE_KEYS,
@@ -51,7 +52,6 @@ from pretrain.tarstream import tar_members
 log = logging.getLogger(__name__)
 
 INFO_NAME = "_info.json"
-HF_HOSTS = ("huggingface.co", "hf.co")
 # HTTP statuses worth retrying; any other 4xx is a wrong URL or missing rights.
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 # Crops of at least this many pixels are resized by `resize_bicubic_packed` (faster there;
@@ -347,26 +347,6 @@ def find_info_url(shard_urls: Sequence[str], config: DataConfig | None = None) -
     return None
 
 
-def hf_token() -> str | None:
-    """HF_TOKEN, else the token saved by `hf auth login`; never logged."""
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        return token
-    from huggingface_hub import get_token
-
-    return get_token()
-
-
-def _is_hf_host(host: str | None) -> bool:
-    host = (host or "").lower()
-    endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "")).hostname
-    return (
-        host in HF_HOSTS
-        or host.endswith(".huggingface.co")
-        or (endpoint is not None and host == endpoint)
-    )
-
-
 class _DropAuthOnRedirect(urllib.request.HTTPRedirectHandler):
     """urllib forwards every header on redirect; the Hub redirects to a CDN that must not get
     the token (requests/httpx do the same stripping)."""
@@ -437,8 +417,8 @@ def _open_http(url: str, config: DataConfig) -> IO[bytes]:
     # Hand-written rather than webdataset's curl pipe: curl puts the token on its command line
     # (visible to other users) and webdataset's pipe errors print that command line.
     headers = {"User-Agent": "inf590k-pretrain"}
-    if _is_hf_host(urllib.parse.urlparse(url).hostname):
-        token = hf_token()
+    if is_hub_host(urllib.parse.urlparse(url).hostname):
+        token = read_token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
     opener = urllib.request.build_opener(_DropAuthOnRedirect)

@@ -11,36 +11,37 @@ pretrained=True)` loads the result (after `import pretrain` for the hierarchical
 which that import registers with timm). Failures are one `PublishError` line; the staged
 folder is kept and a re-run continues (the Hub client skips data it already holds).
 
-The Hub helpers here (token, offline flag, endpoint, error lines) mirror inf590k.dataset.publish:
-the two packages never import each other.
+The Hub client (token, offline flag, endpoint, error lines) is inf590k.dataset.hub, the one
+the dataset's `publish` uses too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
 
+from inf590k.dataset.hub import (
+    PublishError,
+    check_hub_access,
+    hub_endpoint,
+    hub_errors,
+    hub_token,
+    refuse_offline,
+)
+
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 STAGE_ENTRIES = frozenset({CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, ".gitattributes"})
-DEFAULT_ENDPOINT = "https://huggingface.co"
-PROBE_TIMEOUT_S = 15.0  # the Hub client has no timeout of its own: the access check has one
 HUB_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 PAPER = "DuGI-MAE: Improving Infrared Mask Autoencoders via Dual-Domain Guidance (AAAI 2026)"
-
-
-class PublishError(RuntimeError):
-    """A publishing failure as one line that says what to do next (never holds a token)."""
 
 
 @dataclass(frozen=True)
@@ -308,88 +309,11 @@ def stage_model(config: ModelPublishConfig, stage: Path) -> ModelPublishSummary:
 # ----------------------------------------------------------------------------- the Hub
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+DRY_RUN_INSTEAD = "or stage only, with --dry-run DIR"
 
 
-def hub_endpoint(endpoint: str | None = None) -> str:
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def refuse_offline() -> None:
-    """HF_HUB_OFFLINE, read now (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode() or _truthy(os.environ.get("HF_HUB_OFFLINE")):
-        raise PublishError(
-            "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it and re-run "
-            "(or stage only, with --dry-run DIR)"
-        )
-
-
-def hub_token() -> str:
-    """HF_TOKEN, else the token saved by `hf auth login`; never printed."""
-    from huggingface_hub import get_token
-
-    token = os.environ.get("HF_TOKEN") or get_token()
-    if not token:
-        raise PublishError(
-            "no Hugging Face token: set HF_TOKEN to a token with write access, "
-            "or run `hf auth login`, then re-run"
-        )
-    return token
-
-
-@contextlib.contextmanager
-def hub_errors(action: str, endpoint: str, token: str, stage: Path) -> Iterator[None]:
-    """Turn what the Hub client raises into one PublishError line naming the next step."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    kept = f"the staged folder {stage} is kept; re-run to continue"
-
-    def one_line(err: BaseException) -> str:
-        first = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
-        return first.replace(token, "***")
-
-    try:
-        yield
-    except PublishError:
-        raise
-    except OfflineModeIsEnabled as err:
-        raise PublishError(
-            f"{action}: HF_HUB_OFFLINE is set; unset it and re-run ({kept})"
-        ) from err
-    except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else None
-        hints = {
-            401: "the token was rejected: set HF_TOKEN to a valid token or run `hf auth login`",
-            403: "the token may not write there: use a token with write access to it",
-            404: "no such repo or owner: check --repo OWNER/NAME and the token's account",
-        }
-        hint = hints.get(status, f"the Hub said: {one_line(err)}")
-        raise PublishError(f"{action}: HTTP {status}, {hint} ({kept})") from err
-    except (httpx2.TransportError, ConnectionError) as err:
-        raise PublishError(
-            f"{action}: cannot reach {endpoint} ({one_line(err)}); check the network, proxy or "
-            f"HF_ENDPOINT ({kept})"
-        ) from err
-    except RuntimeError as err:  # the upload backend (hf_xet) reports its failures so
-        raise PublishError(f"{action} failed: {one_line(err)} ({kept})") from err
-
-
-def check_hub_access(endpoint: str, token: str, stage: Path) -> str:
-    """Fail fast before any upload: unreachable, or a rejected token. Returns the user name."""
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    with hub_errors("checking the token", endpoint, token, stage):
-        response = get_session().get(
-            f"{endpoint}/api/whoami-v2",
-            headers=build_hf_headers(token=token),
-            timeout=PROBE_TIMEOUT_S,
-        )
-        hf_raise_for_status(response)
-        return str(response.json().get("name", "?"))
+def _kept(stage: Path) -> str:
+    return f"the staged folder {stage} is kept; re-run to continue"
 
 
 def publish_model(config: ModelPublishConfig) -> ModelPublishSummary:
@@ -399,7 +323,7 @@ def publish_model(config: ModelPublishConfig) -> ModelPublishSummary:
             raise PublishError(f"{flag} {repo!r}: write OWNER/NAME, e.g. my-lab/dugi-mae-base")
     token = ""
     if config.dry_run is None:  # no upload can work: say so before staging anything
-        refuse_offline()
+        refuse_offline(DRY_RUN_INSTEAD)
         token = hub_token()
     default = Path(config.export_dir).resolve()
     stage = Path(config.dry_run or config.stage or default.parent / f"{default.name}-hub")
@@ -409,14 +333,14 @@ def publish_model(config: ModelPublishConfig) -> ModelPublishSummary:
     from huggingface_hub import HfApi
 
     endpoint = hub_endpoint(config.endpoint)
-    refuse_offline()
-    check_hub_access(endpoint, token, stage)
+    refuse_offline(DRY_RUN_INSTEAD)
+    check_hub_access(endpoint, token, _kept(stage))
     api = HfApi(endpoint=endpoint, token=token)
-    with hub_errors(f"creating {config.repo}", endpoint, token, stage):
+    with hub_errors(f"creating {config.repo}", endpoint, token, _kept(stage)):
         summary.url = str(
             api.create_repo(config.repo, repo_type="model", private=config.private, exist_ok=True)
         )
-    with hub_errors(f"uploading to {config.repo}", endpoint, token, stage):
+    with hub_errors(f"uploading to {config.repo}", endpoint, token, _kept(stage)):
         api.upload_folder(
             repo_id=config.repo,
             repo_type="model",

@@ -14,14 +14,19 @@ is one `PublishError` line that says what to do.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inf590k.dataset.card import report_is_fresh
+from inf590k.dataset.hub import (
+    PublishError,
+    check_hub_access,
+    hub_endpoint,
+    hub_errors,
+    hub_token,
+    refuse_offline,
+)
 from inf590k.dataset.layout import (
     CARD_FILENAME,
     DATA_DIRNAME,
@@ -36,13 +41,6 @@ from inf590k.dataset.layout import (
     tar_path,
 )
 from inf590k.fsutil import file_sha256
-
-DEFAULT_ENDPOINT = "https://huggingface.co"
-PROBE_TIMEOUT_S = 15.0  # the Hub client has no timeout of its own: the access check has one
-
-
-class PublishError(RuntimeError):
-    """A publishing failure as one line that says what to do next (never holds a token)."""
 
 
 @dataclass(frozen=True)
@@ -172,95 +170,11 @@ def refuse_links(dataset: Path) -> None:
 # ----------------------------------------------------------------------------- the Hub
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+DRY_RUN_INSTEAD = "or check the folder only, with --dry-run"
 
 
-def hub_offline() -> bool:
-    """HF_HUB_OFFLINE, read now (huggingface_hub reads it once, at import)."""
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode() or _truthy(os.environ.get("HF_HUB_OFFLINE"))
-
-
-def hub_endpoint(endpoint: str | None = None) -> str:
-    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def hub_token() -> str:
-    """HF_TOKEN, else the token saved by `hf auth login`; never printed."""
-    from huggingface_hub import get_token
-
-    token = os.environ.get("HF_TOKEN") or get_token()
-    if not token:
-        raise PublishError(
-            "no Hugging Face token: set HF_TOKEN to a token with write access, "
-            "or run `hf auth login`, then re-run"
-        )
-    return token
-
-
-def _one_line(text: str, token: str) -> str:
-    first = next((line.strip() for line in str(text).splitlines() if line.strip()), "")
-    return first.replace(token, "***") if token else first
-
-
-@contextlib.contextmanager
-def hub_errors(action: str, endpoint: str, token: str, dataset: Path) -> Iterator[None]:
-    """Turn what the Hub client raises into one PublishError line naming the next step."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    kept = f"nothing in {dataset} changed; re-run to continue"
-    try:
-        yield
-    except PublishError:
-        raise
-    except OfflineModeIsEnabled as err:
-        raise PublishError(
-            f"{action}: HF_HUB_OFFLINE is set; unset it and re-run ({kept})"
-        ) from err
-    except HfHubHTTPError as err:
-        status = err.response.status_code if err.response is not None else None
-        if status == 401:
-            hint = "the token was rejected: set HF_TOKEN to a valid token or run `hf auth login`"
-        elif status == 403:
-            hint = "the token may not write there: use a token with write access to it"
-        elif status == 404:
-            hint = "no such repo or owner: check --repo OWNER/NAME and the token's account"
-        else:
-            hint = f"the Hub said: {_one_line(err, token)}"
-        raise PublishError(f"{action}: HTTP {status}, {hint} ({kept})") from err
-    except (httpx2.TransportError, ConnectionError) as err:
-        reason = _one_line(err, token) or type(err).__name__
-        raise PublishError(
-            f"{action}: cannot reach {endpoint} ({reason}); check the network, proxy or "
-            f"HF_ENDPOINT ({kept})"
-        ) from err
-    except RuntimeError as err:  # the upload backend (hf_xet) reports its failures so
-        raise PublishError(f"{action} failed: {_one_line(err, token)} ({kept})") from err
-
-
-def check_hub_access(endpoint: str, token: str, dataset: Path) -> str:
-    """Fail fast before any upload: unreachable, or a rejected token. Returns the user name."""
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
-
-    with hub_errors("checking the token", endpoint, token, dataset):
-        response = get_session().get(
-            f"{endpoint}/api/whoami-v2",
-            headers=build_hf_headers(token=token),
-            timeout=PROBE_TIMEOUT_S,
-        )
-        hf_raise_for_status(response)
-        return str(response.json().get("name", "?"))
-
-
-def refuse_offline() -> None:
-    if hub_offline():
-        raise PublishError(
-            "HF_HUB_OFFLINE is set, so nothing can be uploaded: unset it and re-run "
-            "(or check the folder only, with --dry-run)"
-        )
+def _kept(dataset: Path) -> str:
+    return f"nothing in {dataset} changed; re-run to continue"
 
 
 def _remote_sha256(api, repo: str, repo_type: str) -> dict[str, str]:
@@ -291,15 +205,15 @@ def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str
 
     dataset = Path(config.dataset)
     endpoint = hub_endpoint(config.endpoint)
-    refuse_offline()
-    check_hub_access(endpoint, token, dataset)
+    refuse_offline(DRY_RUN_INSTEAD)
+    check_hub_access(endpoint, token, _kept(dataset))
     api = HfApi(endpoint=endpoint, token=token)
     summary = _summary(config, shards, dry_run=False)
-    with hub_errors(f"creating {config.repo}", endpoint, token, dataset):
+    with hub_errors(f"creating {config.repo}", endpoint, token, _kept(dataset)):
         summary.url = str(
             api.create_repo(config.repo, repo_type="dataset", private=config.private, exist_ok=True)
         )
-    with hub_errors(f"listing {config.repo}", endpoint, token, dataset):
+    with hub_errors(f"listing {config.repo}", endpoint, token, _kept(dataset)):
         remote = _remote_sha256(api, config.repo, "dataset")
     for bin_name in sorted({s.bin for s in shards}):
         in_bin = [s for s in shards if s.bin == bin_name]
@@ -309,7 +223,7 @@ def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str
             continue
         check_unchanged(dataset, missing)
         message = f"Add {len(missing)} shards of bin {bin_name} ({sum(s.samples for s in missing):,} samples)"
-        with hub_errors(f"uploading bin {bin_name}", endpoint, token, dataset):
+        with hub_errors(f"uploading bin {bin_name}", endpoint, token, _kept(dataset)):
             api.upload_folder(
                 repo_id=config.repo,
                 repo_type="dataset",
@@ -322,7 +236,7 @@ def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str
     tars = {s.repo_path for s in shards}
     rest = [p for p in owned_files(dataset) if p not in tars and not p.endswith(".tar")]
     message = "Dataset card and metadata"
-    with hub_errors("uploading the card and metadata", endpoint, token, dataset):
+    with hub_errors("uploading the card and metadata", endpoint, token, _kept(dataset)):
         api.upload_folder(
             repo_id=config.repo,
             repo_type="dataset",
@@ -377,7 +291,7 @@ def publish(config: PublishConfig) -> PublishSummary:
         summary = _summary(config, shards, dry_run=True)
         summary.report_refreshed = stale
         return summary
-    refuse_offline()  # no upload can work: say so before anything else
+    refuse_offline(DRY_RUN_INSTEAD)  # no upload can work: say so before anything else
     token = hub_token()
     if stale:
         _refresh_report(dataset)
