@@ -12,7 +12,7 @@ of 64:
 
 It prints images/s per core of each, `ratio: X.XXx` (a / b, target >= 2.0x), `codec bound:
 Y.YYx` (a / c, target >= 0.85x) and the memory of one loader worker. The loader does not call
-`cv2.imdecode`: it decodes only each crop's rows and columns (pretrain/pngcrop.py), so two more
+`cv2.imdecode`: it decodes only each crop's rows and columns (pretrain/data/pngcrop.py), so two more
 bare loops show how far it is from its own decoder: whole frames, and the same crop boxes alone.
 
 `--hostile` serves hostile shards over local HTTP instead (a 1.5 GiB member the loader skips,
@@ -545,8 +545,8 @@ def main() -> None:
     print(f"(a) ours  (shard writer PNGs, pretrain.data): {a:7.1f} images/s per core")
     print(f"(b) stock (OpenCV default PNGs, wds + tv)   : {b:7.1f} images/s per core")
     print(f"(c) bare cv2.imdecode of our PNGs           : {c:7.1f} images/s per core")
-    print(f"    bare pretrain.pngcrop, whole frames     : {own:7.1f} images/s per core")
-    print(f"    bare pretrain.pngcrop, the crop boxes   : {crops:7.1f} images/s per core")
+    print(f"    bare pretrain.data.pngcrop, whole frames     : {own:7.1f} images/s per core")
+    print(f"    bare pretrain.data.pngcrop, the crop boxes   : {crops:7.1f} images/s per core")
     print(f"ratio: {a / b:.2f}x (a / b, target >= 2.0x)")
     print(f"codec bound: {a / c:.2f}x (a / c, target >= 0.85x)")
     print(

@@ -3,7 +3,7 @@ level) on real IR frames and synthetic 640x512, 1280x1024 and 16-bit frames.
 
 The shard writer picks decode speed first (the loader's cost), then size, then encode speed;
 docs/png-parameters.md holds the table this prints. Decode is timed twice: OpenCV
-(`cv2.imdecode`, what every client uses) and the loader's own decoder (pretrain/pngcrop.py,
+(`cv2.imdecode`, what every client uses) and the loader's own decoder (pretrain/data/pngcrop.py,
 whole frames; it reads Up-filtered rows itself and hands any other PNG to OpenCV).
 
     python bench/png.py [--samples DIR] [--frames 24] [--reps 3]
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from pretrain.data import DataConfig, crop_box
-from pretrain.pngcrop import decode_box, decode_png, read_header
+from pretrain.data.pngcrop import decode_box, decode_png, read_header
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,6 @@ the weights' licence is derived from the licences of the sources listed in the d
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import urllib.parse
 from collections.abc import Sequence
@@ -177,17 +176,6 @@ class DataRecord:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "sources": [dict(s) for s in self.sources]}
-
-
-def info_sources(info_text: str | bytes) -> tuple[dict[str, Any], ...]:
-    """The "sources" list of an `_info.json` (empty where it has none or is not JSON)."""
-    try:
-        sources = json.loads(info_text).get("sources")
-    except (ValueError, AttributeError):
-        return ()
-    if not isinstance(sources, list):
-        return ()
-    return tuple(s for s in sources if isinstance(s, dict))
 
 
 def data_record(

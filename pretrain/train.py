@@ -34,22 +34,14 @@ from pretrain.config import (
     parse_model_args,
 )
 from pretrain.data import (
-    DataConfig,
-    DatasetInfo,
-    ShardUnreachableError,
-    dataset_info,
-    expand_shard_urls,
-    find_info_url,
-    folder_info,
-    is_info_url,
+    ResolvedData,
     loader_for,
-    open_url,
+    resolve_data,
 )
 from pretrain.models.pixels import normalise
 from pretrain.provenance import (
     DataRecord,
     data_record,
-    info_sources,
     safe_shard_specs,
     weights_licence,
 )
@@ -263,48 +255,16 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def info_location(
-    config: DataConfig, urls: list[str], by_shards: str | None | bool = False
-) -> str | None:
-    """The _info.json that lists the data's sources: --info, an _info.json given as --shards,
-    a dataset folder's data/_info.json (or its root _info.json), else the one by the shards
-    (`by_shards` when the caller already looked for it, so it is not fetched again)."""
-    if config.info:
-        return config.info
-    for spec in config.shards:
-        for part in (p.strip() for p in spec.split("::")):
-            if is_info_url(part):
-                return part
-            if "://" not in part and os.path.isdir(part) and (local := folder_info(part)):
-                return local
-    if by_shards is not False:
-        return by_shards  # type: ignore[return-value]
-    return find_info_url(urls, config) if urls else None
-
-
-def describe_data(
-    config: PretrainConfig,
-    urls: list[str],
-    info: DatasetInfo | None,
-    info_url_read: str | None | bool = False,
-) -> DataRecord:
-    """The data as records name it, with the sources listed in its _info.json.
-
-    `info_url_read`: the _info.json `info` was read from (None: none was found), so the index
-    is not fetched again when it is also the one that lists the sources."""
-    sources: tuple[dict[str, Any], ...] = ()
-    try:
-        info_url = info_location(config.data, urls, info_url_read)
-        if info_url and info is not None and info_url == info_url_read:
-            sources = info.sources
-        elif info_url:
-            with open_url(info_url, config.data) as stream:
-                sources = info_sources(stream.read())
-    except (ShardUnreachableError, OSError, ValueError) as err:  # the record says "not recorded"
-        log.warning("could not read the data's sources from _info.json: %s", err)
+def describe_data(config: PretrainConfig, data: ResolvedData) -> DataRecord:
+    """The data as records name it, with the sources its index lists (narrowed to the selected
+    shards: the samples are theirs)."""
+    info = data.info
     return data_record(
-        # `info` is narrowed to the selected shards: num_samples is theirs
-        config.data.shards, urls, info.num_samples if info else None, sources, config.run.data_name
+        config.data.shards,
+        data.urls,
+        info.num_samples if info else None,
+        info.sources if info else (),
+        config.run.data_name,
     )
 
 
@@ -384,9 +344,8 @@ class Trainer:
         self.image_hw = tuple(getattr(self.model_config, "image_hw", (224, 224)))
         seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
 
-        self.urls = expand_shard_urls(config.data.shards, config.data.split, config.data)
-        self.info_url = info_location(config.data, self.urls)  # looked for once a run
-        self.info = dataset_info(config.data, self.urls, self.info_url)
+        self.resolved = resolve_data(config.data)  # URLs and index, read once a run
+        self.urls, self.info = self.resolved.urls, self.resolved.info
         self.schedule = plan_schedule(
             config.optim,
             config.data.batch_size,
@@ -411,7 +370,7 @@ class Trainer:
         if run.resume and self.env.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         self.data = (
-            describe_data(config, self.urls, self.info, self.info_url) if self.env.is_main else None
+            describe_data(config, self.resolved) if self.env.is_main else None
         )
         self.loader, self.tracker = loader_for(
             config.data,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from inf590k.build.shard.tar import encode_png
 from pretrain.data import DataConfig, crop_flip, crop_png, decode_ir_png
-from pretrain.pngcrop import check_pixels, decode_box, decode_png, max_png_bytes, read_header
+from pretrain.data.pngcrop import check_pixels, decode_box, decode_png, max_png_bytes, read_header
 
 
 def opencv(data: bytes) -> np.ndarray:

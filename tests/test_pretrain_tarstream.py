@@ -13,7 +13,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pretrain.tarstream import BLOCK, TarFormatError, tar_members
+from pretrain.data.tarstream import BLOCK, TarFormatError, tar_members
 
 BIG = 1 << 30  # no member of these tests comes near it
 LONG = "deep/" * 30 + "frame_with_a_name_longer_than_a_ustar_field.png"

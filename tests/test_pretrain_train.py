@@ -277,7 +277,6 @@ def test_corrupt_shard_is_skipped_and_missing_url_is_named(dataset, tmp_path):
 
 def test_info_json_is_fetched_with_the_run_settings_and_not_twice(dataset, tmp_path, monkeypatch):
     import pretrain.data as data
-    import pretrain.train as train
 
     opened: list[int] = []
     real = data.open_url
@@ -287,8 +286,7 @@ def test_info_json_is_fetched_with_the_run_settings_and_not_twice(dataset, tmp_p
             opened.append(config.retries)
         return real(url, config)
 
-    monkeypatch.setattr(data, "open_url", counting)
-    monkeypatch.setattr(train, "open_url", counting)
+    monkeypatch.setattr(data.index, "open_url", counting)
     shards = [f"{dataset.root}/*/*.tar"]
     result = pretrain(config_from_options(options(tmp_path / "run", shards, steps=1, retries=3)))
     assert result.step == 1
@@ -719,20 +717,19 @@ def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
     assert not (tmp_path / "export").exists()
 
 
-def test_sources_come_from_data_info_json_or_the_older_root_one(tmp_path):
-    from pretrain.config import DataConfig
-    from pretrain.train import describe_data, info_location
+def test_the_data_is_resolved_once_from_the_folders_index(synthetic_build):
+    """A dataset folder's data/_info.json lists the shards, their samples and the sources the
+    record names; the same index given as a URL resolves alike."""
+    from pretrain.data import resolve_data
+    from pretrain.train import describe_data
 
-    folder = tmp_path / "dataset"
-    (folder / "data").mkdir(parents=True)
-    root_info = {"splits": {}, "sources": [{"id": "old", "license": "CC BY 4.0"}]}
-    (folder / "_info.json").write_text(json.dumps(root_info))
-    config = config_from_options({"shards": [str(folder)]})
-    assert info_location(config.data, []) == str(folder / "_info.json")  # older layout
-    (folder / "data" / "_info.json").write_text(json.dumps({"splits": {}, "sources": NC_SOURCES}))
-    assert info_location(config.data, []) == str(folder / "data" / "_info.json")
-    record = describe_data(config, [str(folder / "data" / "a" / "a-000000.tar")], None)
-    assert [s["id"] for s in record.sources] == ["sirst", "llvip"]
-    assert record.name == str(folder) and record.samples is None
-    explicit = DataConfig(shards=("http://127.0.0.1:9/x/data/_info.json",))
-    assert info_location(explicit, []) == "http://127.0.0.1:9/x/data/_info.json"
+    dataset = synthetic_build[1]
+    config = config_from_options({"shards": [str(dataset)]})
+    resolved = resolve_data(config.data)
+    assert resolved.info_url == str(dataset / "data" / "_info.json")
+    record = describe_data(config, resolved)
+    assert sorted(s["id"] for s in record.sources) == ["roadscene", "sirst"]
+    assert record.name == str(dataset) and record.samples == resolved.info.num_samples
+    assert resolved.urls == list(resolved.info.filenames)
+    by_index = resolve_data(config_from_options({"shards": [resolved.info_url]}).data)
+    assert by_index.urls == resolved.urls and by_index.info == resolved.info

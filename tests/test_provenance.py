@@ -7,7 +7,6 @@ import pytest
 from pretrain.provenance import (
     describe_shards,
     hub_repo_id,
-    info_sources,
     is_loopback,
     licence_kind,
     safe_shard_specs,
@@ -87,6 +86,3 @@ def test_records_name_hub_repos_and_never_a_loopback_url():
     assert describe_shards(["https://host/x.tar?token=secret"]) == "https://host/x.tar"
 
 
-def test_info_sources_reads_the_list_or_nothing():
-    assert info_sources('{"sources": [{"id": "a"}, 3]}') == ({"id": "a"},)
-    assert info_sources('{"splits": {}}') == () and info_sources("not json") == ()

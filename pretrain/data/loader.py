@@ -1,0 +1,130 @@
+"""The process's DataLoader over a `ShardStream`: worker errors raised in the main process as
+one line, and the tracker of each worker's position (what a checkpoint saves).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from pretrain.config import DataConfig
+from pretrain.data.index import DatasetInfo, expand_shard_urls, expected_lengths
+from pretrain.data.stream import ShardStream, WorkerFailure, WorkerPosition, _seed
+
+log = logging.getLogger(__name__)
+
+
+
+class StreamLoader(torch.utils.data.DataLoader):
+    """DataLoader whose workers' errors reach the caller as with `--workers 0`: one line."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for item in super().__iter__():
+            if isinstance(item, WorkerFailure):
+                raise item.error
+            yield item
+
+
+def make_loader(stream: ShardStream, workers: int, pin_memory: bool) -> torch.utils.data.DataLoader:
+    """DataLoader over already-batched items; workers take batches in round-robin order."""
+    return StreamLoader(
+        stream,
+        batch_size=None,
+        # Its own generator: starting an iterator would otherwise draw from the global torch
+        # RNG and shift the model's random stream after a resume.
+        generator=torch.Generator().manual_seed(stream.seed),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class StreamTracker:
+    """Main-process view of the workers' positions, fed with each consumed batch's position."""
+
+    def __init__(
+        self, num_workers: int, positions: list[dict[str, int]] | None = None, batches: int = 0
+    ) -> None:
+        self.num_workers = num_workers
+        self.positions = (
+            [dict(p) for p in positions]
+            if positions
+            else [WorkerPosition().as_dict() for _ in range(num_workers)]
+        )
+        self.batches = batches  # micro-batches consumed by the training loop
+
+    def update(self, position: torch.Tensor) -> None:
+        worker, pass_index, offset, bad, errors, _ = (int(v) for v in position.tolist())
+        self.positions[worker] = {
+            "pass_index": pass_index,
+            "offset": offset,
+            "bad_samples": bad,
+            "shard_errors": errors,
+        }
+        self.batches += 1
+
+    @property
+    def first_worker(self) -> int:
+        return self.batches % self.num_workers
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "bad_samples": sum(p["bad_samples"] for p in self.positions),
+            "shard_errors": sum(p["shard_errors"] for p in self.positions),
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "batches": self.batches,
+            "positions": [dict(p) for p in self.positions],
+        }
+
+
+def loader_for(
+    config: DataConfig,
+    image_size: int | tuple[int, int],
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    pin_memory: bool,
+    resume_state: dict[str, Any] | None = None,
+    urls: list[str] | None = None,
+    info: DatasetInfo | None = None,
+) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
+    """The process's DataLoader and the tracker that must see each batch it consumes."""
+    urls = urls if urls is not None else expand_shard_urls(config.shards, config.split, config)
+    num_workers = max(1, config.workers)
+    positions, batches = None, 0
+    if resume_state and resume_state.get("num_workers") == num_workers:
+        positions, batches = resume_state["positions"], int(resume_state["batches"])
+    elif resume_state:
+        log.warning(
+            "saved data position is for %s workers, not %s: the stream restarts with a new seed",
+            resume_state.get("num_workers"),
+            num_workers,
+        )
+        seed = _seed(seed, int(resume_state.get("batches", 0)))
+    tracker = StreamTracker(num_workers, positions, batches)
+    stream = ShardStream(
+        urls=urls,
+        config=config,
+        image_size=image_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+        first_worker=tracker.first_worker,
+        positions=[dict(p) for p in tracker.positions],
+        shard_lengths=expected_lengths(info),
+        shard_sums=dict(info.sums) if info is not None else {},
+    )
+    return make_loader(stream, config.workers, pin_memory), tracker
+
+
+StreamFactory = Callable[..., tuple[torch.utils.data.DataLoader, StreamTracker]]
