@@ -31,6 +31,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache build *.egg-info

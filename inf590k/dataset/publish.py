@@ -1,7 +1,7 @@
 """Publish: a dataset folder -> a Hugging Face dataset repo, uploaded as it is.
 
 The folder `inf590k shard` writes is already the repo's layout (README.md card, data/, metadata/;
-see inf590k/build/shard/stage.py), so nothing is staged or copied: `create_repo` (exist_ok), then one
+see inf590k/dataset/layout.py), so nothing is staged or copied: `create_repo` (exist_ok), then one
 `upload_folder` per bin with the shards the repo does not hold yet (same path and sha256:
 skipped, so a re-run after an interrupted upload continues where it stopped; a shard to send is
 hashed first and refused if it is not the one `shard` recorded), then the card,

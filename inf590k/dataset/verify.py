@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
-from inf590k.build import catalog as cat
 from inf590k.dataset.layout import (
     CARD_FILENAME,
+    CATALOG_SCHEMA,
     COUNTS_PATH,
     FILES_PATH,
     INFO_PATH,
@@ -229,7 +229,7 @@ def check_shard(check: _ShardCheck) -> tuple[int, list[str], dict[tuple[str, str
     if not parquet.exists():
         problems.append(f"{name}: missing sidecar {parquet.name}")
     else:
-        rows = pq.read_table(parquet, schema=cat.CATALOG_SCHEMA).to_pylist()
+        rows = pq.read_table(parquet, schema=CATALOG_SCHEMA).to_pylist()
     uids, sample_problems = _check_samples(check, rows)
     problems += sample_problems
     if rows is not None and not any("unreadable tar" in p for p in sample_problems):
