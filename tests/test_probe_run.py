@@ -135,10 +135,10 @@ def test_export_loads_its_weights_and_scratch_does_not(tiny_export: Path) -> Non
     loaded = build_backbone(spec).state_dict()
     scratch = build_backbone(scratch_like(spec)).state_dict()
     for name, tensor in exported.items():  # timm's FeatureGetterNet keeps the model as .model
-        torch.testing.assert_close(loaded[f"model.{name}"], tensor)
+        torch.testing.assert_close(loaded[f"encoder.model.{name}"], tensor)
     name = "patch_embed1.proj.weight"
-    assert f"model.{name}" in loaded and name in exported
-    assert not torch.equal(scratch[f"model.{name}"], exported[name])
+    assert f"encoder.model.{name}" in loaded and name in exported
+    assert not torch.equal(scratch[f"encoder.model.{name}"], exported[name])
     assert scratch_like(spec).label == "scratch" and scratch_like(spec).model_args == spec.model_args
 
 
@@ -173,7 +173,7 @@ def test_freeze_trains_the_head_only(small_targets: Path, tiny_export: Path) -> 
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(not k.startswith("backbone.") for k in changed)
-    assert not model.backbone.training and model.head.training
+    assert not model.backbone.encoder.training and model.head.training
 
 
 @pytest.mark.parametrize(
@@ -198,16 +198,25 @@ def test_bad_encoders_say_what_to_pass(tmp_path: Path, small_targets: Path) -> N
         run_probe_pair(config)
 
 
-def test_plain_vit_export_probes_from_four_blocks(tmp_path: Path) -> None:
+def test_plain_vit_export_probes_through_the_simple_feature_pyramid(tmp_path: Path) -> None:
     export_encoder(create_model("mae_vit_tiny"), tmp_path)
     spec = read_export(tmp_path)
     backbone = build_backbone(spec)
-    assert backbone.feature_info.reduction() == [16, 16]  # depth 2: both blocks
+    assert backbone.feature_info.reduction() == [4, 8, 16, 32]  # not two maps at stride 16
+    assert backbone.feature_info.channels() == [16, 32, 64, 64]
+    maps = backbone(torch.randn(2, 1, 64, 96))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(16, 24), (8, 12), (4, 6), (2, 3)]
     exported = load_file(tmp_path / "model.safetensors")
-    torch.testing.assert_close(backbone.state_dict()["model.patch_embed.proj.weight"],
+    torch.testing.assert_close(backbone.state_dict()["encoder.model.patch_embed.proj.weight"],
                                exported["patch_embed.proj.weight"])
     model = SegmentationProbe(backbone, 1, head_dim=16)
     assert model(torch.randn(2, 1, 64, 96)).shape == (2, 1, 64, 96)
+    # frozen: the encoder stops, the pyramid (new layers) trains with the head
+    model.freeze_backbone()
+    model.train()
+    assert not backbone.encoder.training and backbone.pyramid.training
+    trainable = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"pyramid"}
 
 
 def test_head_without_detail_branch_decides_from_encoder_maps(small_targets: Path,
