@@ -732,31 +732,59 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
     click.echo(f"export: wrote {folder}")
 
 
+# ----------------------------------------------------------------------------- probe and eval
+# Thin wrappers over pretrain.probe: options, one call, one echo.
+
+PROBE_LAYOUTS = ["sirst", "irstd1k", "nudt", "msrs", "m3fd", "flir_adas_v2", "coco"]
+PROBE_TASKS = ["detect", "segment", "small-target"]
+
+
+def probe_schedule_options(command):
+    """Options `probe` and `eval` share: schedule, input, head, data loading, device."""
+    for option in reversed([
+        click.option("--steps", default=500, show_default=True, help="Fine-tuning steps."),
+        click.option("--img-size", default=256, show_default=True,
+                     help="Segmentation: images resized to this square; detection: their longer side (multiple of 32)."),
+        click.option("--batch-size", default=8, show_default=True),
+        click.option("--lr", type=float, default=None, help="AdamW learning rate.  [default: 1e-3]"),
+        click.option("--weight-decay", type=float, default=None,
+                     help="AdamW weight decay.  [default: 0.1 detection, 0.01 segmentation]"),
+        click.option("--head-dim", default=64, show_default=True,
+                     help="Width of the segmentation head / the detector's FPN (box head: 4x)."),
+        click.option("--detail/--no-detail", default=False, show_default=True,
+                     help="Segmentation head's full-resolution branch on the input (it solves small targets whatever the encoder)."),
+        click.option("--threshold", default=0.5, show_default=True, help="Target probability of a target pixel."),
+        click.option("--distance", default=3.0, show_default=True, help="Centroid distance (px) of a detected target."),
+        click.option("--split", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="A split.json of an earlier run: the same train and test images."),
+        click.option("--workers", default=0, show_default=True,
+                     help="Data-loader processes decoding detection images (torch threads: the cores left)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ]):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option("--encoder", required=True,
-              help="An `inf590k export` folder, a released InfMAE/ConvMAE/MAE checkpoint (.pth), or `scratch`.")
+              help="An `inf590k export` folder, a released InfMAE/ConvMAE/MAE/UNIP checkpoint (.pth), or `scratch`.")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The dataset folder in its own layout (SIRST, IRSTD-1k, NUDT-SIRST or MSRS).")
-@click.option("--layout", required=True, type=click.Choice(["sirst", "irstd1k", "nudt", "msrs"]))
+              help="The dataset folder in its own layout (SIRST, IRSTD-1k, NUDT-SIRST, MSRS, M3FD, FLIR ADAS v2, COCO JSON).")
+@click.option("--layout", required=True, type=click.Choice(PROBE_LAYOUTS))
+@click.option("--task", type=click.Choice(["auto", *PROBE_TASKS]), default="auto", show_default=True,
+              help="detect (m3fd, flir_adas_v2, coco), segment (msrs) or small-target; auto: the layout's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
-@click.option("--steps", default=500, show_default=True, help="Fine-tuning steps.")
-@click.option("--freeze/--no-freeze", default=False, show_default=True, help="Train the head only.")
+@click.option("--freeze/--no-freeze", default=False, show_default=True, help="Train the head only (the frozen-encoder arm).")
 @click.option("--arch", default="dugi_mae_base", show_default=True, help="Architecture of --encoder scratch.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="With an export: also train the same architecture from scratch, and print both rows.")
-@click.option("--img-size", default=256, show_default=True, help="Images are resized to this (multiple of 32).")
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--weight-decay", default=0.01, show_default=True)
-@click.option("--head-dim", default=64, show_default=True, help="Width of the FPN/UPerNet head.")
-@click.option("--detail/--no-detail", default=True, show_default=True,
-              help="The head's full-resolution branch on the input (stricter comparisons: --no-detail).")
-@click.option("--threshold", default=0.5, show_default=True, help="Target probability of a target pixel.")
-@click.option("--distance", default=3.0, show_default=True, help="Centroid distance (px) of a detected target.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--num-heads", type=int, default=None,
+              help="Attention heads of a released checkpoint whose file does not say them.")
+@probe_schedule_options
 def probe(**options) -> None:
-    """Fine-tune an encoder on IR small-target (or MSRS) segmentation: IoU, nIoU, Pd, Fa / mIoU, mAcc.
+    """Fine-tune an encoder on an infrared task: small targets (IoU, nIoU, Pd, Fa), MSRS
+    segmentation (mIoU, mAcc) or detection (COCO mAP, AP50, AP75, AP S/M/L, per class).
 
     With an export folder, the same architecture is also trained from scratch and both rows printed.
     """

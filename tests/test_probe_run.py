@@ -179,7 +179,7 @@ def test_freeze_trains_the_head_only(small_targets: Path, tiny_export: Path) -> 
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"steps": 0}, "steps"), ({"img_size": 100}, "multiple of 32"), ({"batch_size": 1}, "batch"),
-     ({"threshold": 1.0}, "threshold"), ({"lr": 0.0}, "lr"), ({"layout": "coco"}, "unknown layout"),
+     ({"threshold": 1.0}, "threshold"), ({"lr": 0.0}, "lr"), ({"layout": "no_such"}, "unknown layout"),
      ({"freeze": True}, "--freeze with --encoder scratch")],
 )
 def test_bad_options_say_what_to_change(tmp_path: Path, options: dict, message: str) -> None:

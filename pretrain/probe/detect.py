@@ -59,18 +59,30 @@ class _Loaded(DetectionImages):
             return str(error), None
 
 
+def _as_list(batch: list) -> list:
+    return batch
+
+
 def _unpack(batch: list) -> tuple[list[Tensor], list[dict]]:
+    """A loaded batch in the main process: a read error becomes the one-line error it was."""
     for image, target in batch:
         if target is None:
             raise ProbeDataError(image)
     return collate_detections(batch)
 
 
-def _loader(images: DetectionImages, workers: int, device: torch.device, **kwargs: Any
-            ) -> DataLoader:
+def _loader(
+    images: DetectionImages, workers: int, device: torch.device, **kwargs: Any
+) -> DataLoader:
     extra = dict(persistent_workers=False, prefetch_factor=2) if workers else {}
-    return DataLoader(images, num_workers=workers, collate_fn=_unpack,
-                      pin_memory=device.type == "cuda", **extra, **kwargs)
+    return DataLoader(
+        images,
+        num_workers=workers,
+        collate_fn=_as_list,
+        pin_memory=device.type == "cuda",
+        **extra,
+        **kwargs,
+    )
 
 
 def flip_horizontally(image: Tensor, target: dict[str, Tensor]) -> tuple[Tensor, dict]:
@@ -89,24 +101,32 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def train_detector(model: nn.Module, images: DetectionImages, config: ProbeConfig,
-                   device: torch.device) -> list[float]:
+def train_detector(
+    model: nn.Module, images: DetectionImages, config: ProbeConfig, device: torch.device
+) -> list[float]:
     """`config.steps` AdamW steps on seeded random batches; the summed loss of each step."""
     generator = torch.Generator().manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=config.steps,
-                                  warmup_t=max(1, config.steps // 20),
-                                  warmup_lr_init=config.lr / 100, t_in_epochs=False)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=config.steps,
+        warmup_t=max(1, config.steps // 20),
+        warmup_lr_init=config.lr / 100,
+        t_in_epochs=False,
+    )
     batches = torch.randint(len(images), (config.steps, config.batch_size), generator=generator)
     flips = (torch.rand(config.steps, config.batch_size, generator=generator) < 0.5).tolist()
     loader = _loader(images, config.workers, device, batch_sampler=batches.tolist())
     losses = torch.zeros(config.steps, device=device)  # kept on the device: no sync per step
     model.train()
     progress = tqdm(loader, desc="detect", unit="step", total=config.steps, disable=None)
-    for step, (batch, targets) in enumerate(progress):
-        pairs = [flip_horizontally(i, t) if flip else (i, t)
-                 for i, t, flip in zip(batch, targets, flips[step], strict=True)]
+    for step, loaded in enumerate(progress):
+        batch, targets = _unpack(loaded)
+        pairs = [
+            flip_horizontally(i, t) if flip else (i, t)
+            for i, t, flip in zip(batch, targets, flips[step], strict=True)
+        ]
         batch = [image.to(device, non_blocking=True) for image, _ in pairs]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for _, t in pairs]
         with _autocast(device):
@@ -120,21 +140,33 @@ def train_detector(model: nn.Module, images: DetectionImages, config: ProbeConfi
 
 
 @torch.no_grad()
-def predict_detections(model: nn.Module, images: DetectionImages, batch_size: int,
-                       device: torch.device, workers: int = 0) -> list[dict[str, Tensor]]:
+def predict_detections(
+    model: nn.Module,
+    images: DetectionImages,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+) -> list[dict[str, Tensor]]:
     """The model's outputs for every image, in order, on the CPU (boxes in image pixels)."""
     model.eval()
     outputs: list[dict[str, Tensor]] = []
-    for batch, _ in _loader(images, workers, device, batch_size=batch_size, shuffle=False):
+    for loaded in _loader(images, workers, device, batch_size=batch_size, shuffle=False):
+        batch, _ = _unpack(loaded)
         with _autocast(device):
             predicted = model([image.to(device) for image in batch])
-        outputs.extend({k: v.float().cpu() if v.is_floating_point() else v.cpu()
-                        for k, v in output.items()} for output in predicted)
+        outputs.extend(
+            {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in output.items()}
+            for output in predicted
+        )
     return outputs
 
 
-def evaluate_detections(outputs: Sequence[dict[str, Tensor]], samples: Sequence[DetectionSample],
-                        classes: Sequence[str], masks: bool = False) -> dict[str, Any]:
+def evaluate_detections(
+    outputs: Sequence[dict[str, Tensor]],
+    samples: Sequence[DetectionSample],
+    classes: Sequence[str],
+    masks: bool = False,
+) -> dict[str, Any]:
     """COCO metrics of `outputs` (one per sample, in order); mask metrics prefixed `mask_`."""
     truth = coco_ground_truth(samples, classes, masks)
     boxes, segments = detections_of(outputs, range(len(samples)), masks)
@@ -146,20 +178,39 @@ def evaluate_detections(outputs: Sequence[dict[str, Tensor]], samples: Sequence[
     return metrics
 
 
-def _draw_boxes(ax, boxes: np.ndarray, labels: Sequence[int], classes: Sequence[str],
-                scores: Sequence[float] | None, colour: str) -> None:
+def _draw_boxes(
+    ax,
+    boxes: np.ndarray,
+    labels: Sequence[int],
+    classes: Sequence[str],
+    scores: Sequence[float] | None,
+    colour: str,
+) -> None:
     for index, ((x0, y0, x1, y1), label) in enumerate(zip(boxes, labels, strict=True)):
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour,
-                               linewidth=0.8))
+        ax.add_patch(
+            Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=0.8)
+        )
         text = classes[int(label) - 1] if 0 < int(label) <= len(classes) else str(int(label))
         if scores is not None:
             text += f" {scores[index]:.2f}"
-        ax.text(x0, y0, text, color="black", fontsize=5, va="bottom",
-                bbox=dict(facecolor=colour, edgecolor="none", pad=0.5, alpha=0.8))
+        ax.text(
+            x0,
+            y0,
+            text,
+            color="black",
+            fontsize=5,
+            va="bottom",
+            bbox=dict(facecolor=colour, edgecolor="none", pad=0.5, alpha=0.8),
+        )
 
 
-def save_detection_png(path, images: DetectionImages, outputs: Sequence[dict[str, Tensor]],
-                       classes: Sequence[str], title: str) -> None:
+def save_detection_png(
+    path,
+    images: DetectionImages,
+    outputs: Sequence[dict[str, Tensor]],
+    classes: Sequence[str],
+    title: str,
+) -> None:
     """A few test images: ground truth (left) next to the predictions scoring at least
     PREVIEW_SCORE (right), boxes labelled with class names and scores."""
     rows = min(PREVIEW_IMAGES, len(images))
@@ -173,8 +224,13 @@ def save_detection_png(path, images: DetectionImages, outputs: Sequence[dict[str
         keep = (output["scores"] >= PREVIEW_SCORE).nonzero().flatten()[:PREVIEW_MAX_BOXES]
         panels = (
             ("truth", np.asarray(sample.boxes).reshape(-1, 4), sample.labels, None, "lime"),
-            (f"prediction (score >= {PREVIEW_SCORE})", output["boxes"][keep].numpy(),
-             output["labels"][keep].tolist(), output["scores"][keep].tolist(), "orange"),
+            (
+                f"prediction (score >= {PREVIEW_SCORE})",
+                output["boxes"][keep].numpy(),
+                output["labels"][keep].tolist(),
+                output["scores"][keep].tolist(),
+                "orange",
+            ),
         )
         for column, (name, boxes, labels, scores, colour) in enumerate(panels):
             ax = axes[row, column]
@@ -187,8 +243,9 @@ def save_detection_png(path, images: DetectionImages, outputs: Sequence[dict[str
     figure.savefig(path)
 
 
-def train_and_evaluate_detector(config: ProbeConfig, spec: EncoderSpec, data: DetectionSet,
-                                out) -> tuple[dict[str, Any], list[float], float, torch.device]:
+def train_and_evaluate_detector(
+    config: ProbeConfig, spec: EncoderSpec, data: DetectionSet, out
+) -> tuple[dict[str, Any], list[float], float, torch.device]:
     """Build, fine-tune and score one detector; writes predictions.png into `out`.
     Returns the metrics, the loss per step, the seconds taken and the device."""
     start = time.perf_counter()
@@ -196,8 +253,9 @@ def train_and_evaluate_detector(config: ProbeConfig, spec: EncoderSpec, data: De
     device = resolve_device(config.device)
     in_chans = int(dict(spec.model_args).get("in_chans", 1))
     masks = data.has_masks
-    model = build_detector(build_backbone(spec), len(data.classes), config.img_size,
-                           config.head_dim, in_chans, masks)
+    model = build_detector(
+        build_backbone(spec), len(data.classes), config.img_size, config.head_dim, in_chans, masks
+    )
     if config.freeze:
         freeze_encoder(model)
     model.to(device)
@@ -206,13 +264,17 @@ def train_and_evaluate_detector(config: ProbeConfig, spec: EncoderSpec, data: De
     with torch_threads(config.workers):
         losses = train_detector(model, train, config, device)
         if not all(math.isfinite(v) for v in losses):
-            raise ProbeError(f"the loss diverged (non-finite) in {spec.label} training: "
-                             f"lower --lr (now {config.lr})")
+            raise ProbeError(
+                f"the loss diverged (non-finite) in {spec.label} training: "
+                f"lower --lr (now {config.lr})"
+            )
         outputs = predict_detections(model, test, config.batch_size, device, config.workers)
     metrics = evaluate_detections(outputs, data.test, data.classes, masks)
     out.mkdir(parents=True, exist_ok=True)
     seconds = time.perf_counter() - start
-    title = (f"{spec.label} {spec.architecture}: mAP {metrics['map']:.3f}  "
-             f"AP50 {metrics['ap50']:.3f} ({config.steps} steps)")
+    title = (
+        f"{spec.label} {spec.architecture}: mAP {metrics['map']:.3f}  "
+        f"AP50 {metrics['ap50']:.3f} ({config.steps} steps)"
+    )
     save_detection_png(out / "predictions.png", test, outputs, data.classes, title)
     return metrics, losses, seconds, device

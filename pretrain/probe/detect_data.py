@@ -98,8 +98,9 @@ class DetectionSet:
         return ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
 
     def split(self) -> Split:
-        return Split(tuple(s.name for s in self.train), tuple(s.name for s in self.test),
-                     self.split_source)
+        return Split(
+            tuple(s.name for s in self.train), tuple(s.name for s in self.test), self.split_source
+        )
 
 
 class _Skips(Counter):
@@ -111,8 +112,9 @@ class _Skips(Counter):
 # --------------------------------------------------------------------------- boxes
 
 
-def checked_box(x0: float, y0: float, x1: float, y1: float, width: int, height: int,
-                skips: _Skips) -> Box | None:
+def checked_box(
+    x0: float, y0: float, x1: float, y1: float, width: int, height: int, skips: _Skips
+) -> Box | None:
     """The box clipped to the image, or None (counted) when it has no area inside it."""
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
         skips.add("box of zero area")
@@ -141,8 +143,12 @@ def _walk_dirs(data: Path, depth: int = MAX_SEARCH_DEPTH) -> Iterable[Path]:
     level = [data]
     for _ in range(depth + 1):
         yield from level
-        level = sorted(child for folder in level for child in folder.iterdir()
-                       if child.is_dir() and not child.is_symlink())
+        level = sorted(
+            child
+            for folder in level
+            for child in folder.iterdir()
+            if child.is_dir() and not child.is_symlink()
+        )
 
 
 def _child(folder: Path, name: str) -> Path | None:
@@ -154,8 +160,11 @@ def _child(folder: Path, name: str) -> Path | None:
 
 
 def _images_in(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir())
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+    return {
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    }
 
 
 # --------------------------------------------------------------------------- M3FD (VOC XML)
@@ -171,8 +180,9 @@ def _voc_objects(path: Path, skips: _Skips) -> list[tuple[str, tuple[float, ...]
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
         try:
-            coords = tuple(float(obj.findtext(f"bndbox/{k}") or "")
-                           for k in ("xmin", "ymin", "xmax", "ymax"))
+            coords = tuple(
+                float(obj.findtext(f"bndbox/{k}") or "") for k in ("xmin", "ymin", "xmax", "ymax")
+            )
         except ValueError:
             skips.add("box without coordinates")
             continue
@@ -242,16 +252,20 @@ def _parse_coco(path: Path, record: Any) -> _CocoFile:
         if not isinstance(category, dict) or not isinstance(category.get("id"), int):
             raise ProbeDataError(f"{path}: a category without an integer 'id'")
         if category["id"] in names:
-            raise ProbeDataError(f"{path}: category id {category['id']} is given twice: the "
-                                 f"ids do not match one category each; fix the file")
+            raise ProbeDataError(
+                f"{path}: category id {category['id']} is given twice: the "
+                f"ids do not match one category each; fix the file"
+            )
         names[category["id"]] = str(category.get("name", category["id"]))
     images = [i for i in record["images"] if isinstance(i, dict)]
     seen: set[str] = set()
     for image in images:
         key = repr(image.get("id"))
         if key in seen:
-            raise ProbeDataError(f"{path}: image id {key} is given twice: the ids do not "
-                                 f"match one image each; fix the file")
+            raise ProbeDataError(
+                f"{path}: image id {key} is given twice: the ids do not "
+                f"match one image each; fix the file"
+            )
         seen.add(key)
     return _CocoFile(path, images, [a for a in annotations if isinstance(a, dict)], names)
 
@@ -268,10 +282,20 @@ def _image_path(entry: dict, coco: _CocoFile, root: Path) -> Path | None:
     """Where an image entry's file is: beside the JSON, under the root, or in the folder
     named after the JSON's split (instances_val2017.json -> val2017/)."""
     name = entry.get("file_name")
-    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(name).parts:
+    if (
+        not isinstance(name, str)
+        or not name
+        or Path(name).is_absolute()
+        or ".." in Path(name).parts
+    ):
         return None
     split_folder = coco.path.stem.split("_")[-1]
-    for base in (coco.path.parent, root, root / split_folder, coco.path.parent.parent / split_folder):
+    for base in (
+        coco.path.parent,
+        root,
+        root / split_folder,
+        coco.path.parent.parent / split_folder,
+    ):
         candidate = base / name
         if candidate.is_file():
             return candidate
@@ -289,8 +313,9 @@ def _coco_box(annotation: dict) -> tuple[float, float, float, float] | None:
     return x, y, x + w, y + h
 
 
-def _coco_samples(coco: _CocoFile, root: Path, categories: Mapping[int, int],
-                  skips: _Skips) -> list[DetectionSample]:
+def _coco_samples(
+    coco: _CocoFile, root: Path, categories: Mapping[int, int], skips: _Skips
+) -> list[DetectionSample]:
     """Samples of one COCO file; `categories` maps its category ids to labels."""
     by_image: dict[Any, list[dict]] = {}
     image_ids = {repr(i.get("id")) for i in coco.images}
@@ -345,8 +370,10 @@ def _coco_classes(files: Sequence[_CocoFile]) -> tuple[tuple[str, ...], dict[int
     for coco in files:
         for category_id, name in coco.categories.items():
             if names.setdefault(category_id, name) != name:
-                raise ProbeDataError(f"{coco.path}: category {category_id} is {name!r} here "
-                                     f"but {names[category_id]!r} in another JSON of the set")
+                raise ProbeDataError(
+                    f"{coco.path}: category {category_id} is {name!r} here "
+                    f"but {names[category_id]!r} in another JSON of the set"
+                )
     used = {a.get("category_id") for coco in files for a in coco.annotations}
     ids = sorted(i for i in names if i in used)
     return tuple(names[i] for i in ids), {i: label for label, i in enumerate(ids, start=1)}
@@ -371,12 +398,17 @@ def _coco_files(data: Path) -> list[_CocoFile]:
                 record = json.loads(path.read_bytes())
             except (OSError, ValueError):
                 continue
-            if isinstance(record, dict) and "images" in record and (
-                    "annotations" in record or "categories" in record):
+            if (
+                isinstance(record, dict)
+                and "images" in record
+                and ("annotations" in record or "categories" in record)
+            ):
                 found.append(_parse_coco(path, record))
     if not found:
-        raise ProbeDataError(f"no COCO JSON (images, annotations, categories) at or below "
-                             f"{data}: point --data at the folder holding it")
+        raise ProbeDataError(
+            f"no COCO JSON (images, annotations, categories) at or below "
+            f"{data}: point --data at the folder holding it"
+        )
     return found
 
 
@@ -388,19 +420,23 @@ class _Read:
     source: str
 
 
-def _read_coco_set(root: Path, files_by_split: Mapping[str, list[_CocoFile]], source: str,
-                   skips: _Skips) -> _Read:
+def _read_coco_set(
+    root: Path, files_by_split: Mapping[str, list[_CocoFile]], source: str, skips: _Skips
+) -> _Read:
     classes, labels = _coco_classes([c for files in files_by_split.values() for c in files])
-    samples = {split: [s for c in files for s in _coco_samples(c, root, labels, skips)]
-               for split, files in files_by_split.items()}
+    samples = {
+        split: [s for c in files for s in _coco_samples(c, root, labels, skips)]
+        for split, files in files_by_split.items()
+    }
     return _Read(root, classes, samples, source)
 
 
 def _read_flir(data: Path, skips: _Skips) -> _Read:
     for folder in _walk_dirs(data):
         if all((folder / name / "coco.json").is_file() for _, name in FLIR_SPLITS):
-            files = {split: [_load_coco(folder / name / "coco.json")]
-                     for split, name in FLIR_SPLITS}
+            files = {
+                split: [_load_coco(folder / name / "coco.json")] for split, name in FLIR_SPLITS
+            }
             source = " + ".join(f"{name}/coco.json" for _, name in FLIR_SPLITS)
             return _read_coco_set(folder, files, source, skips)
     raise ProbeDataError(
@@ -417,8 +453,9 @@ def _read_coco(data: Path, skips: _Skips) -> _Read:
     if "train" in by_word and "test" in by_word:
         tests = [c for c in by_word["test"] if "test" in c.path.stem.lower()]
         chosen = {"train": by_word["train"], "test": tests or by_word["test"]}  # test over val
-        source = " + ".join(c.path.relative_to(data).as_posix()
-                            for c in chosen["train"] + chosen["test"])
+        source = " + ".join(
+            c.path.relative_to(data).as_posix() for c in chosen["train"] + chosen["test"]
+        )
         return _read_coco_set(data, chosen, source, skips)
     if len(files) > 1:
         names = ", ".join(c.path.name for c in files[:4])
@@ -432,8 +469,9 @@ def _read_coco(data: Path, skips: _Skips) -> _Read:
 # --------------------------------------------------------------------------- the set
 
 
-def _split_samples(layout: str, read: _Read, seed: int, split: Split | None,
-                   skips: _Skips) -> DetectionSet:
+def _split_samples(
+    layout: str, read: _Read, seed: int, split: Split | None, skips: _Skips
+) -> DetectionSet:
     everything = [s for samples in read.samples.values() for s in samples]
     by_name = {s.name: s for s in everything}
     if split is not None:
@@ -446,20 +484,27 @@ def _split_samples(layout: str, read: _Read, seed: int, split: Split | None,
         source = read.source
     else:
         if len(by_name) < 2:
-            raise ProbeDataError(f"{read.root}: {len(by_name)} labelled image(s) in the "
-                                 f"{layout} layout; a split needs at least 2")
+            raise ProbeDataError(
+                f"{read.root}: {len(by_name)} labelled image(s) in the "
+                f"{layout} layout; a split needs at least 2"
+            )
         train, test = seeded_split(sorted(by_name), seed)
         source = f"seeded (seed {seed})"
     check_sets(train, test, source or "seeded")
     return DetectionSet(
-        layout=layout, root=read.root, classes=read.classes,
-        train=tuple(by_name[n] for n in train), test=tuple(by_name[n] for n in test),
-        split_source=source, skipped=dict(skips),
+        layout=layout,
+        root=read.root,
+        classes=read.classes,
+        train=tuple(by_name[n] for n in train),
+        test=tuple(by_name[n] for n in test),
+        split_source=source,
+        skipped=dict(skips),
     )
 
 
-def read_detection_layout(layout: str, data: Path | str, seed: int = 0,
-                          split: Split | None = None) -> DetectionSet:
+def read_detection_layout(
+    layout: str, data: Path | str, seed: int = 0, split: Split | None = None
+) -> DetectionSet:
     """The labelled images of the detection set at (or below) `data`, split into train and
     test: by `split` (a split file), else the layout's own split, else seeded."""
     data = Path(data)
@@ -474,11 +519,13 @@ def read_detection_layout(layout: str, data: Path | str, seed: int = 0,
     elif layout == "coco":
         read = _read_coco(data, skips)
     else:
-        raise ProbeDataError(f"unknown detection layout {layout!r}: use one of "
-                             f"{', '.join(DETECT_LAYOUTS)}")
+        raise ProbeDataError(
+            f"unknown detection layout {layout!r}: use one of {', '.join(DETECT_LAYOUTS)}"
+        )
     if not read.classes:
-        raise ProbeDataError(f"{read.root}: no box of a known class in the {layout} layout: "
-                             f"check the annotations")
+        raise ProbeDataError(
+            f"{read.root}: no box of a known class in the {layout} layout: check the annotations"
+        )
     return _split_samples(layout, read, seed, split, skips)
 
 
@@ -504,7 +551,9 @@ def sample_masks(sample: DetectionSample) -> torch.Tensor:
     return torch.from_numpy(np.stack(masks))
 
 
-def sample_target(sample: DetectionSample, index: int, masks: bool = False) -> dict[str, torch.Tensor]:
+def sample_target(
+    sample: DetectionSample, index: int, masks: bool = False
+) -> dict[str, torch.Tensor]:
     """A sample's boxes as torchvision's detection models take them."""
     target = {
         "boxes": torch.tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4),  # [K, 4]
@@ -520,8 +569,9 @@ class DetectionImages(Dataset):
     """Images as [C, H, W] float32 grey 0..1 (replicated to `in_chans`) at their own size,
     with their targets; torchvision's model resizes and normalises them."""
 
-    def __init__(self, samples: Sequence[DetectionSample], in_chans: int = 1,
-                 masks: bool = False) -> None:
+    def __init__(
+        self, samples: Sequence[DetectionSample], in_chans: int = 1, masks: bool = False
+    ) -> None:
         self.samples = tuple(samples)
         self.in_chans = in_chans
         self.masks = masks
@@ -533,8 +583,10 @@ class DetectionImages(Dataset):
         sample = self.samples[index]
         grey = read_grey(sample.image)  # [H, W]
         if grey.shape != (sample.height, sample.width):
-            raise ProbeDataError(f"{sample.image} decodes to {grey.shape[1]}x{grey.shape[0]} but "
-                                 f"its header says {sample.width}x{sample.height}: replace the file")
+            raise ProbeDataError(
+                f"{sample.image} decodes to {grey.shape[1]}x{grey.shape[0]} but "
+                f"its header says {sample.width}x{sample.height}: replace the file"
+            )
         image = torch.from_numpy(grey)[None].expand(self.in_chans, -1, -1)  # [C, H, W]
         return image, sample_target(sample, index, self.masks)
 

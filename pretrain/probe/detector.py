@@ -50,8 +50,9 @@ class DetectionBackbone(nn.Module):
     def __init__(self, maps: EncoderMaps, out_channels: int) -> None:
         super().__init__()
         self.body = maps
-        self.fpn = FeaturePyramidNetwork(maps.feature_info.channels(), out_channels,
-                                         extra_blocks=LastLevelMaxPool())
+        self.fpn = FeaturePyramidNetwork(
+            maps.feature_info.channels(), out_channels, extra_blocks=LastLevelMaxPool()
+        )
         self.out_channels = out_channels
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
@@ -69,18 +70,27 @@ def anchor_sizes(img_size: int) -> tuple[tuple[int, ...], ...]:
     return tuple((max(4, round(32 * 2**level * scale)),) for level in range(5))
 
 
-def build_detector(maps: EncoderMaps, num_classes: int, img_size: int, head_dim: int = 256,
-                   in_chans: int = 1, masks: bool = False) -> FasterRCNN:
+def build_detector(
+    maps: EncoderMaps,
+    num_classes: int,
+    img_size: int,
+    head_dim: int = 256,
+    in_chans: int = 1,
+    masks: bool = False,
+) -> FasterRCNN:
     """Faster R-CNN (Mask R-CNN with `masks`) over `maps`; `num_classes` without background."""
     backbone = DetectionBackbone(maps, head_dim)
     representation = 4 * head_dim
     kwargs = dict(
-        min_size=img_size, max_size=img_size,  # the longer side becomes img_size
-        image_mean=[IR_MEAN] * in_chans, image_std=[IR_STD] * in_chans,
+        min_size=img_size,
+        max_size=img_size,  # the longer side becomes img_size
+        image_mean=[IR_MEAN] * in_chans,
+        image_std=[IR_STD] * in_chans,
         rpn_anchor_generator=AnchorGenerator(anchor_sizes(img_size), (ASPECT_RATIOS,) * 5),
         box_head=TwoMLPHead(head_dim * 7 * 7, representation),
         box_predictor=FastRCNNPredictor(representation, num_classes + 1),
-        box_detections_per_img=DETECTIONS_PER_IMAGE, box_score_thresh=SCORE_FLOOR,
+        box_detections_per_img=DETECTIONS_PER_IMAGE,
+        box_score_thresh=SCORE_FLOOR,
         rpn_pre_nms_top_n_train=_area_scaled(2000, img_size, 250),
         rpn_post_nms_top_n_train=_area_scaled(2000, img_size, 250),
         rpn_pre_nms_top_n_test=_area_scaled(1000, img_size, 250),
@@ -88,9 +98,13 @@ def build_detector(maps: EncoderMaps, num_classes: int, img_size: int, head_dim:
         box_batch_size_per_image=_area_scaled(512, img_size, 128),
     )
     if masks:
-        return MaskRCNN(backbone, None, mask_head=MaskRCNNHeads(head_dim, (head_dim,) * 4, 1),
-                        mask_predictor=MaskRCNNPredictor(head_dim, head_dim, num_classes + 1),
-                        **kwargs)
+        return MaskRCNN(
+            backbone,
+            None,
+            mask_head=MaskRCNNHeads(head_dim, (head_dim,) * 4, 1),
+            mask_predictor=MaskRCNNPredictor(head_dim, head_dim, num_classes + 1),
+            **kwargs,
+        )
     return FasterRCNN(backbone, None, **kwargs)
 
 

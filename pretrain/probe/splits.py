@@ -41,8 +41,9 @@ def write_json_atomic(path: Path, record: Any) -> Path:
 
 
 def write_split(path: Path, layout: str, split: Split) -> Path:
-    record = dict(layout=layout, source=split.source, train=list(split.train),
-                  test=list(split.test))
+    record = dict(
+        layout=layout, source=split.source, train=list(split.train), test=list(split.test)
+    )
     return write_json_atomic(path, record)
 
 
@@ -53,23 +54,32 @@ def read_split(path: Path | str, layout: str) -> Split:
         record = json.loads(path.read_text())
     except FileNotFoundError:
         raise ProbeDataError(
-            f"--split {path} does not exist: pass a split.json a probe wrote") from None
+            f"--split {path} does not exist: pass a split.json a probe wrote"
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise ProbeDataError(f"--split {path} is not a JSON split file ({error})") from error
     lists = isinstance(record, dict) and all(
         isinstance(record.get(k), list) and all(isinstance(n, str) for n in record[k])
-        for k in ("train", "test"))
+        for k in ("train", "test")
+    )
     if not lists:
-        raise ProbeDataError(f"--split {path} lacks 'train' and 'test' lists of image names: "
-                             f"pass a split.json a probe wrote")
+        raise ProbeDataError(
+            f"--split {path} lacks 'train' and 'test' lists of image names: "
+            f"pass a split.json a probe wrote"
+        )
     if record.get("layout", layout) != layout:
-        raise ProbeDataError(f"--split {path} is a split of the {record['layout']} layout, not "
-                             f"{layout}: pass the split of this dataset")
+        raise ProbeDataError(
+            f"--split {path} is a split of the {record['layout']} layout, not "
+            f"{layout}: pass the split of this dataset"
+        )
     both = set(record["train"]) & set(record["test"])
     if both:
-        raise ProbeDataError(f"--split {path} puts {len(both)} image(s) in both train and test "
-                             f"(e.g. {sorted(both)[0]!r}): fix the file")
-    return Split(tuple(record["train"]), tuple(record["test"]), f"split file {path.name}")
+        raise ProbeDataError(
+            f"--split {path} puts {len(both)} image(s) in both train and test "
+            f"(e.g. {sorted(both)[0]!r}): fix the file"
+        )
+    origin = record.get("source") or "unknown"
+    return Split(tuple(record["train"]), tuple(record["test"]), f"{path.name}: {origin}")
 
 
 def apply_split(split: Split, available: Collection[str]) -> tuple[list[str], list[str], int]:
@@ -94,5 +104,9 @@ def restrict(samples: LayoutSamples, split: Split) -> LayoutSamples:
     by_name = {s.name: s for s in samples.train + samples.test}
     train, test, _ = apply_split(split, by_name)
     check_sets(train, test, split.source)
-    return replace(samples, train=tuple(by_name[n] for n in train),
-                   test=tuple(by_name[n] for n in test), split_source=split.source)
+    return replace(
+        samples,
+        train=tuple(by_name[n] for n in train),
+        test=tuple(by_name[n] for n in test),
+        split_source=split.source,
+    )
