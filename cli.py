@@ -66,7 +66,7 @@ def main() -> None:
 
     \b
     Dataset:   sources, synth, ingest, dedupe, bin, shard, build, verify, report, publish
-    Model:     model-info, pretrain, visualize, export, publish-model, probe
+    Model:     model-info, pretrain, visualize, export, publish-model, probe, eval
     """
 
 
@@ -739,17 +739,17 @@ PROBE_LAYOUTS = ["sirst", "irstd1k", "nudt", "msrs", "m3fd", "flir_adas_v2", "co
 PROBE_TASKS = ["detect", "segment", "small-target"]
 
 
-def probe_schedule_options(command):
+def probe_schedule_options(steps: int, batch_size: int, head_dim: int):
     """Options `probe` and `eval` share: schedule, input, head, data loading, device."""
-    for option in reversed([
-        click.option("--steps", default=500, show_default=True, help="Fine-tuning steps."),
+    options = [
+        click.option("--steps", default=steps, show_default=True, help="Fine-tuning steps."),
         click.option("--img-size", default=256, show_default=True,
                      help="Segmentation: images resized to this square; detection: their longer side (multiple of 32)."),
-        click.option("--batch-size", default=8, show_default=True),
+        click.option("--batch-size", default=batch_size, show_default=True),
         click.option("--lr", type=float, default=None, help="AdamW learning rate.  [default: 1e-3]"),
         click.option("--weight-decay", type=float, default=None,
                      help="AdamW weight decay.  [default: 0.1 detection, 0.01 segmentation]"),
-        click.option("--head-dim", default=64, show_default=True,
+        click.option("--head-dim", default=head_dim, show_default=True,
                      help="Width of the segmentation head / the detector's FPN (box head: 4x)."),
         click.option("--detail/--no-detail", default=False, show_default=True,
                      help="Segmentation head's full-resolution branch on the input (it solves small targets whatever the encoder)."),
@@ -760,9 +760,14 @@ def probe_schedule_options(command):
         click.option("--workers", default=0, show_default=True,
                      help="Data-loader processes decoding detection images (torch threads: the cores left)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-    ]):
-        command = option(command)
-    return command
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 @main.command()
@@ -781,7 +786,7 @@ def probe_schedule_options(command):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--num-heads", type=int, default=None,
               help="Attention heads of a released checkpoint whose file does not say them.")
-@probe_schedule_options
+@probe_schedule_options(steps=500, batch_size=8, head_dim=64)
 def probe(**options) -> None:
     """Fine-tune an encoder on an infrared task: small targets (IoU, nIoU, Pd, Fa), MSRS
     segmentation (mIoU, mAcc) or detection (COCO mAP, AP50, AP75, AP S/M/L, per class).
@@ -793,6 +798,42 @@ def probe(**options) -> None:
 
     try:
         result = run_probe(ProbeConfig(**options))
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    click.echo(str(result))
+
+
+@main.command("eval")
+@click.option("--encoder", "encoders", required=True, multiple=True, metavar="NAME=PATH",
+              help="An encoder and its name: an export folder, a released InfMAE/ConvMAE/MAE/UNIP .pth, "
+                   "or scratch (scratch:ARCH for another architecture). Repeatable; `scratch` alone is the baseline.")
+@click.option("--task", required=True, type=click.Choice(PROBE_TASKS))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The dataset folder in its own layout.")
+@click.option("--layout", type=click.Choice(PROBE_LAYOUTS), default=None,
+              help="The data's layout  [default: m3fd (detect), msrs (segment), irstd1k (small-target)]")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder; a re-run skips its finished cells.")
+@click.option("--seeds", default=3, show_default=True, help="Seeds per encoder and arm (0, 1, ...).")
+@click.option("--arm", "arms", multiple=True, type=click.Choice(["finetune", "frozen"]),
+              default=("finetune", "frozen"), show_default=True,
+              help="Fine-tune the encoder, or freeze it (head only). Repeatable.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the split where the data has none.")
+@click.option("--arch", default="dugi_mae_base", show_default=True,
+              help="Architecture of scratch when no other encoder gives one.")
+@click.option("--num-heads", "num_heads", multiple=True, metavar="NAME=N",
+              help="Attention heads of a released checkpoint whose file does not say them. Repeatable.")
+@probe_schedule_options(steps=200, batch_size=4, head_dim=32)
+def eval_command(encoders, num_heads, arms, **options) -> None:
+    """Several encoders under one protocol (same split, schedule, input size and head), each
+    fine-tuned and frozen over seeds: results.md / .json (mean ± std, paired difference to
+    scratch) and results.png."""
+    from pretrain.probe.compare import EvalConfig, parse_encoders, parse_heads, run_eval
+
+    try:
+        config = EvalConfig(encoders=parse_encoders(encoders), num_heads=parse_heads(num_heads),
+                            arms=tuple(dict.fromkeys(arms)), **options)
+        result = run_eval(config, log=click.echo)
     except ValueError as err:
         raise CliError(str(err)) from err
     click.echo(str(result))

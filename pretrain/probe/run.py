@@ -460,10 +460,10 @@ def protocol_of(config: ProbeConfig, data: ProbeData | DetectionSet) -> dict[str
         train = len(data.train)
     else:
         test, train = len(data.test.names), len(data.train.names)
-        sizes = dict(test_targets=None)
+        sizes = {}
     return dict(
         task=config.task, layout=config.layout, data=str(config.data.resolve()),
-        split=data.split_source, train_images=train, test_images=test, **sizes,
+        split=data.split().source, train_images=train, test_images=test, **sizes,
         img_size=config.img_size, steps=config.steps, batch_size=config.batch_size,
         lr=config.lr, weight_decay=config.weight_decay, head_dim=config.head_dim,
         detail=config.detail if not config.detection else None,
