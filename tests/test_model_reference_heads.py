@@ -158,3 +158,25 @@ def test_an_unreleased_unip_width_needs_num_heads_through_the_probe_folder(tmp_p
         encoder_folder(path, tmp_path / "work")
     folder = Path(encoder_folder(path, tmp_path / "work", num_heads=4))
     assert json.loads((folder / "config.json").read_text())["model_args"]["num_heads"] == 4
+
+
+def test_export_command_converts_a_unip_checkpoint_with_three_channels(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import main
+
+    path = saved(tmp_path, unip_tiny_state())
+    out = tmp_path / "export"
+    result = CliRunner().invoke(main, ["export", str(path), "--out", str(out), "--in-chans", "3"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_args"]["in_chans"] == 3 and config["model_args"]["depth"] == 2
+    vit = timm.create_model(
+        config["architecture"],
+        pretrained=True,
+        **config["model_args"],
+        pretrained_cfg_overlay=dict(file=str(out / "model.safetensors")),
+    )
+    torch.testing.assert_close(
+        vit.state_dict()["blocks.1.attn.qkv.weight"], unip_tiny_state()["blocks.1.attn.qkv.weight"]
+    )

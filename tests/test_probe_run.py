@@ -229,3 +229,24 @@ def test_head_without_detail_branch_decides_from_encoder_maps(small_targets: Pat
                                     out=tmp_path, steps=2, detail=False, **TINY))
     record = check_outputs(summary, binary=True)
     assert record["config"]["detail"] is False
+
+
+def test_segmentation_split_is_written_and_reused(small_targets: Path, tmp_path: Path) -> None:
+    from pretrain.probe.splits import Split, read_split, write_split
+
+    first = run_probe(ProbeConfig(encoder="scratch", data=small_targets, layout="irstd1k",
+                                  out=tmp_path / "a", steps=1, **TINY))
+    written = read_split(tmp_path / "a" / "split.json", "irstd1k")
+    record = json.loads((first.out / "metrics.json").read_text())
+    assert list(written.test) == record["data"]["test_names"]
+    assert record["protocol"] == dict(task="small-target", img_size=64, steps=1, freeze=False,
+                                      test_images=first.test_images)
+    chosen = Split(written.train[:10], written.test[:3] + ("not_there",), "hand-made")
+    write_split(tmp_path / "mine.json", "irstd1k", chosen)
+    again = run_probe(ProbeConfig(encoder="scratch", data=small_targets, layout="irstd1k",
+                                  out=tmp_path / "b", steps=1, split=tmp_path / "mine.json",
+                                  **TINY))
+    assert (again.train_images, again.test_images) == (10, 3)
+    with pytest.raises(ValueError, match="split of the irstd1k layout, not msrs"):
+        run_probe(ProbeConfig(encoder="scratch", data=small_targets, layout="msrs",
+                              out=tmp_path / "c", steps=1, split=tmp_path / "mine.json", **TINY))
