@@ -223,11 +223,14 @@ def test_small_target_eval_with_a_released_unip_checkpoint(tmp_path: Path) -> No
     assert results["baseline"] == "scratch"
     assert results["protocol"]["encoders"]["scratch"]["architecture"] == "dugi_mae_tiny"
     assert results["protocol"]["encoders"]["unip"]["architecture"] == "vit_base_patch16_224"
-    assert (
-        tmp_path / "eval" / "encoders" / "unip" / "unip_vit_tiny-export" / "config.json"
-    ).is_file()
+    exported = list((tmp_path / "eval" / "encoders" / "unip").glob("*/unip_vit_tiny-export"))
+    assert len(exported) == 1 and (exported[0] / "config.json").is_file()
     assert "| encoder | IoU | nIoU | Pd | Fa (1e-6) | seeds |" in str(summary)
     assert set(results["arms"]["frozen"]["encoders"]["unip"]) == {"iou", "niou", "pd", "fa"}
+    # the same name for another file is another encoder: refused, not mixed in
+    torch.save({"model": {k: v + 1 for k, v in state.items()}}, released)
+    with pytest.raises(EvalError, match="--encoder unip is not the encoder of the cells"):
+        run_eval(config, log=lambda _: None)
 
 
 @pytest.mark.parametrize(

@@ -237,3 +237,40 @@ def test_cli_reports_bad_detection_input_in_one_line(m3fd: Path, tmp_path: Path)
     result = CliRunner().invoke(main, [*args, "--data", str(m3fd), "--workers", "1"])
     assert result.exit_code == 1 and "cannot decode" in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_coco_file_names_never_reach_outside_the_dataset(synthetic: Path, tmp_path: Path) -> None:
+    frame = sorted((synthetic / "flir" / "images_thermal_train" / "data").glob("*.jpg"))[0]
+    outside = tmp_path / "val"  # beside the dataset, where instances_val.json's images would be
+    outside.mkdir()
+    shutil.copy(frame, outside / "a.jpg")
+    root = tmp_path / "set"
+    root.mkdir()
+    shutil.copy(frame, root / "b.jpg")
+    images = [
+        dict(id=1, file_name="a.jpg"),
+        dict(id=2, file_name="b.jpg"),
+        dict(id=3, file_name=str(outside / "a.jpg")),
+    ]
+    box = dict(bbox=[5, 5, 10, 10], iscrowd=0, category_id=1)
+    annotations = [dict(box, id=1, image_id=1), dict(box, id=2, image_id=2)]
+    coco_file(root / "instances_val.json", images, annotations, [dict(id=1, name="person")])
+    coco_file(root / "instances_train.json", images, annotations, [dict(id=1, name="person")])
+    coco_file(
+        root / "instances_train.json",
+        images[1:2] + [dict(id=4, file_name="b.jpg")],
+        annotations[1:],
+        [dict(id=1, name="person")],
+    )
+    with pytest.raises(ProbeDataError, match="the train set is empty"):
+        read_detection_layout("coco", root)  # b.jpg is test data: it never trains
+    shutil.copy(frame, root / "c.jpg")
+    images[0] = dict(id=1, file_name="c.jpg")
+    coco_file(root / "instances_train.json", images, annotations, [dict(id=1, name="person")])
+    data = read_detection_layout("coco", root)
+    assert [s.name for s in data.train] == ["c.jpg"] and [s.name for s in data.test] == ["b.jpg"]
+    assert data.skipped == {
+        "listed image without its file": 3,
+        "image listed twice (its first entry kept)": 1,
+        "image in both the train and the test set (kept in test)": 1,
+    }

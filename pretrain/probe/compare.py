@@ -42,7 +42,7 @@ from pretrain.probe.run import (
     probe_layout,
     protocol_of,
 )
-from pretrain.probe.runtime import ProbeError
+from pretrain.probe.runtime import ProbeError, torch_threads
 from pretrain.probe.splits import SPLIT_FILE, Split, read_split, write_json_atomic, write_split
 
 ARMS = ("finetune", "frozen")
@@ -200,8 +200,12 @@ def resolve_encoders(config: EvalConfig) -> dict[str, EncoderSpec]:
         path = Path(source)
         if not path.exists():
             raise EvalError(f"--encoder {name}={source}: no such file or folder")
+        # a released file is converted once per content: a changed file is a new export
+        work = config.out / "encoders" / name
+        if path.is_file():
+            work = work / _sha256(path)[:12]
         try:
-            folder = encoder_folder(path, config.out / "encoders" / name, heads.get(name))
+            folder = encoder_folder(path, work, heads.get(name))
             specs[name] = read_export(folder)
         except ValueError as error:
             raise EvalError(f"--encoder {name}={source}: {error}") from error
@@ -636,7 +640,8 @@ def run_eval(config: EvalConfig, log: Callable[[str], None] = print) -> EvalSumm
         f"arms x {config.seeds} seeds, {protocol['train_images']} train / "
         f"{protocol['test_images']} test images, {base.img_size} px, {base.steps} steps"
     )
-    cells = run_cells(config, base, data, specs, log)
+    with torch_threads(config.workers):
+        cells = run_cells(config, base, data, specs, log)
     results = aggregate(config, cells, protocol)
     write_json_atomic(config.out / RESULTS_JSON, results)
     (config.out / RESULTS_MD).write_text(results_markdown(results))

@@ -290,12 +290,10 @@ def _image_path(entry: dict, coco: _CocoFile, root: Path) -> Path | None:
     ):
         return None
     split_folder = coco.path.stem.split("_")[-1]
-    for base in (
-        coco.path.parent,
-        root,
-        root / split_folder,
-        coco.path.parent.parent / split_folder,
-    ):
+    bases = [coco.path.parent, root, root / split_folder]
+    if coco.path.parent != root:  # annotations/instances_val2017.json -> val2017/ beside it
+        bases.append(coco.path.parent.parent / split_folder)
+    for base in bases:
         candidate = base / name
         if candidate.is_file():
             return candidate
@@ -472,15 +470,23 @@ def _read_coco(data: Path, skips: _Skips) -> _Read:
 def _split_samples(
     layout: str, read: _Read, seed: int, split: Split | None, skips: _Skips
 ) -> DetectionSet:
-    everything = [s for samples in read.samples.values() for s in samples]
-    by_name = {s.name: s for s in everything}
+    by_name: dict[str, DetectionSample] = {}
+    for sample in (s for samples in read.samples.values() for s in samples):
+        if sample.name in by_name:
+            skips.add("image listed twice (its first entry kept)")
+            continue
+        by_name[sample.name] = sample
     if split is not None:
         train, test, missing = apply_split(split, by_name)
         skips.add("split name not in the data", missing)
         source = split.source
     elif "all" not in read.samples:
-        train = [s.name for s in read.samples["train"]]
-        test = [s.name for s in read.samples["test"]]
+        test = list(dict.fromkeys(s.name for s in read.samples["test"]))
+        listed = list(dict.fromkeys(s.name for s in read.samples["train"]))
+        train = [n for n in listed if n not in set(test)]
+        skips.add(
+            "image in both the train and the test set (kept in test)", len(listed) - len(train)
+        )
         source = read.source
     else:
         if len(by_name) < 2:
