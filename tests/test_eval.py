@@ -110,6 +110,8 @@ def test_eval_writes_tables_and_chart_that_equal_its_json(
     diffs = markdown_rows(text, "Difference to scratch")
     assert diffs["dugi"][0] == f"{diff['mean'] * 100:+.1f} ± {diff['std'] * 100:.1f}"
     assert f"dugi vs scratch, mAP: {diffs['dugi'][0]} over 2 seed(s): {diff['verdict']}." in text
+    ap50 = block["differences"]["dugi"]["ap50"]
+    assert f"dugi vs scratch, AP50: {diffs['dugi'][1]} over 2 seed(s): {ap50['verdict']}." in text
     # the chart: one bar per encoder and headline metric, heights and error bars from the json
     ax = results_chart(results).axes[0]
     bars = [

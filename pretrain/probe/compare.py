@@ -526,15 +526,16 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                 cells = [_cell(diffs.get(c["key"]), c["scale"], signed=True) for c in columns]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
-            head = columns[0]
+            headline = [c for c in columns if c["key"] in HEADLINE[results["task"]]]
             for name, diffs in block["differences"].items():
-                diff = diffs.get(head["key"])
-                if diff:
-                    lines.append(
-                        f"- {name} vs {baseline}, {head['title']}: "
-                        f"{_cell(diff, head['scale'], signed=True)} over {diff['n']} "
-                        f"seed(s): {diff['verdict']}."
-                    )
+                for column in headline:
+                    diff = diffs.get(column["key"])
+                    if diff:
+                        lines.append(
+                            f"- {name} vs {baseline}, {column['title']}: "
+                            f"{_cell(diff, column['scale'], signed=True)} over {diff['n']} "
+                            f"seed(s): {diff['verdict']}."
+                        )
         elif baseline is None:
             lines += ["", "No encoder from random weights (`scratch`) to compare with."]
         if block.get("class_ap"):
