@@ -68,7 +68,9 @@ COLUMNS: dict[str, tuple[tuple[str, str, float], ...]] = {
 }
 HEADLINE = {"detect": ("map", "ap50"), "segment": ("miou", "macc"), "small-target": ("iou", "pd")}
 PROTOCOL_FILE = "protocol.json"
-UNCOMPARED = ("encoders", "split_source")  # may differ between runs of one protocol
+# Protocol entries that may differ between runs of one protocol: the data folder may move
+# (the split's digest and counts say whether the images are the same).
+UNCOMPARED = ("encoders", "split_source", "data")
 RESULTS_JSON, RESULTS_MD, RESULTS_PNG = "results.json", "results.md", "results.png"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
