@@ -178,6 +178,13 @@ def test_a_changed_protocol_or_encoder_is_refused_in_one_line(
     renamed = parse_encoders(["scratch", f"dugi={exports['other']}"])
     with pytest.raises(EvalError, match="--encoder dugi is not the encoder of the cells"):
         run_eval(detect_config(m3fd, exports, tmp_path, encoders=renamed), log=lambda _: None)
+    # the data moved elsewhere: the same images, the same protocol, nothing re-run
+    import shutil
+
+    moved = shutil.copytree(m3fd, tmp_path.parent / f"{tmp_path.name}-moved")
+    lines: list[str] = []
+    run_eval(detect_config(moved, exports, tmp_path, seeds=1), log=lines.append)
+    assert sum("done before" in line for line in lines) == 2
     # another encoder under a new name joins the same protocol
     added = parse_encoders(["scratch", f"dugi={exports['dugi']}", f"other={exports['other']}"])
     run_eval(detect_config(m3fd, exports, tmp_path, encoders=added, seeds=1), log=lambda _: None)
