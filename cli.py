@@ -67,7 +67,7 @@ def main() -> None:
 
     \b
     Dataset:   sources, synth, ingest, dedupe, bin, shard, build, verify, report, publish
-    Model:     model-info, pretrain, visualize, export, publish-model, probe
+    Model:     model-info, pretrain, visualize, export, publish-model, probe, eval
     """
 
 
@@ -665,31 +665,64 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
     click.echo(f"export: wrote {folder}")
 
 
+# ----------------------------------------------------------------------------- probe and eval
+# Thin wrappers over pretrain.probe: options, one call, one echo.
+
+PROBE_LAYOUTS = ["sirst", "irstd1k", "nudt", "msrs", "m3fd", "flir_adas_v2", "coco"]
+PROBE_TASKS = ["detect", "segment", "small-target"]
+
+
+def probe_schedule_options(steps: int, batch_size: int, head_dim: int):
+    """Options `probe` and `eval` share: schedule, input, head, data loading, device."""
+    options = [
+        click.option("--steps", default=steps, show_default=True, help="Fine-tuning steps."),
+        click.option("--img-size", default=256, show_default=True,
+                     help="Segmentation: images resized to this square; detection: their longer side (multiple of 32)."),
+        click.option("--batch-size", default=batch_size, show_default=True),
+        click.option("--lr", type=float, default=None, help="AdamW learning rate.  [default: 1e-3]"),
+        click.option("--weight-decay", type=float, default=None,
+                     help="AdamW weight decay.  [default: 0.1 detection, 0.01 segmentation]"),
+        click.option("--head-dim", default=head_dim, show_default=True,
+                     help="Width of the segmentation head / the detector's FPN (box head: 4x)."),
+        click.option("--detail/--no-detail", default=False, show_default=True,
+                     help="Segmentation head's full-resolution branch on the input (it solves small targets whatever the encoder)."),
+        click.option("--threshold", default=0.5, show_default=True, help="Target probability of a target pixel."),
+        click.option("--distance", default=3.0, show_default=True, help="Centroid distance (px) of a detected target."),
+        click.option("--split", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="A split.json of an earlier run: the same train and test images."),
+        click.option("--workers", default=0, show_default=True,
+                     help="Data-loader processes decoding detection images (torch threads: the cores left)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @main.command()
 @click.option("--encoder", required=True,
-              help="An `inf590k export` folder, a released InfMAE/ConvMAE/MAE checkpoint (.pth), or `scratch`.")
+              help="An `inf590k export` folder, a released InfMAE/ConvMAE/MAE/UNIP checkpoint (.pth), or `scratch`.")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The dataset folder in its own layout (SIRST, IRSTD-1k, NUDT-SIRST or MSRS).")
-@click.option("--layout", required=True, type=click.Choice(["sirst", "irstd1k", "nudt", "msrs"]))
+              help="The dataset folder in its own layout (SIRST, IRSTD-1k, NUDT-SIRST, MSRS, M3FD, FLIR ADAS v2, COCO JSON).")
+@click.option("--layout", required=True, type=click.Choice(PROBE_LAYOUTS))
+@click.option("--task", type=click.Choice(["auto", *PROBE_TASKS]), default="auto", show_default=True,
+              help="detect (m3fd, flir_adas_v2, coco), segment (msrs) or small-target; auto: the layout's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
-@click.option("--steps", default=500, show_default=True, help="Fine-tuning steps.")
-@click.option("--freeze/--no-freeze", default=False, show_default=True, help="Train the head only.")
+@click.option("--freeze/--no-freeze", default=False, show_default=True, help="Train the head only (the frozen-encoder arm).")
 @click.option("--arch", default="dugi_mae_base", show_default=True, help="Architecture of --encoder scratch.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="With an export: also train the same architecture from scratch, and print both rows.")
-@click.option("--img-size", default=256, show_default=True, help="Images are resized to this (multiple of 32).")
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True)
-@click.option("--weight-decay", default=0.01, show_default=True)
-@click.option("--head-dim", default=64, show_default=True, help="Width of the FPN/UPerNet head.")
-@click.option("--detail/--no-detail", default=True, show_default=True,
-              help="The head's full-resolution branch on the input (stricter comparisons: --no-detail).")
-@click.option("--threshold", default=0.5, show_default=True, help="Target probability of a target pixel.")
-@click.option("--distance", default=3.0, show_default=True, help="Centroid distance (px) of a detected target.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--num-heads", type=int, default=None,
+              help="Attention heads of a released checkpoint whose file does not say them.")
+@probe_schedule_options(steps=500, batch_size=8, head_dim=64)
 def probe(**options) -> None:
-    """Fine-tune an encoder on IR small-target (or MSRS) segmentation: IoU, nIoU, Pd, Fa / mIoU, mAcc.
+    """Fine-tune an encoder on an infrared task: small targets (IoU, nIoU, Pd, Fa), MSRS
+    segmentation (mIoU, mAcc) or detection (COCO mAP, AP50, AP75, AP S/M/L, per class).
 
     With an export folder, the same architecture is also trained from scratch and both rows printed.
     """
@@ -698,6 +731,42 @@ def probe(**options) -> None:
 
     try:
         result = run_probe(ProbeConfig(**options))
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    click.echo(str(result))
+
+
+@main.command("eval")
+@click.option("--encoder", "encoders", required=True, multiple=True, metavar="NAME=PATH",
+              help="An encoder and its name: an export folder, a released InfMAE/ConvMAE/MAE/UNIP .pth, "
+                   "or scratch (scratch:ARCH for another architecture). Repeatable; `scratch` alone is the baseline.")
+@click.option("--task", required=True, type=click.Choice(PROBE_TASKS))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The dataset folder in its own layout.")
+@click.option("--layout", type=click.Choice(PROBE_LAYOUTS), default=None,
+              help="The data's layout  [default: m3fd (detect), msrs (segment), irstd1k (small-target)]")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder; a re-run skips its finished cells.")
+@click.option("--seeds", default=3, show_default=True, help="Seeds per encoder and arm (0, 1, ...).")
+@click.option("--arm", "arms", multiple=True, type=click.Choice(["finetune", "frozen"]),
+              default=("finetune", "frozen"), show_default=True,
+              help="Fine-tune the encoder, or freeze it (head only). Repeatable.")
+@click.option("--split-seed", default=0, show_default=True, help="Seed of the split where the data has none.")
+@click.option("--arch", default="dugi_mae_base", show_default=True,
+              help="Architecture of scratch when no other encoder gives one.")
+@click.option("--num-heads", "num_heads", multiple=True, metavar="NAME=N",
+              help="Attention heads of a released checkpoint whose file does not say them. Repeatable.")
+@probe_schedule_options(steps=200, batch_size=4, head_dim=32)
+def eval_command(encoders, num_heads, arms, **options) -> None:
+    """Several encoders under one protocol (same split, schedule, input size and head), each
+    fine-tuned and frozen over seeds: results.md / .json (mean ± std, paired difference to
+    scratch) and results.png."""
+    from pretrain.probe.compare import EvalConfig, parse_encoders, parse_heads, run_eval
+
+    try:
+        config = EvalConfig(encoders=parse_encoders(encoders), num_heads=parse_heads(num_heads),
+                            arms=tuple(dict.fromkeys(arms)), **options)
+        result = run_eval(config, log=click.echo)
     except ValueError as err:
         raise CliError(str(err)) from err
     click.echo(str(result))
@@ -717,12 +786,14 @@ DEMO_LAYOUTS = (("sirst", 0.5), ("llvip", 0.25), ("flir_adas_v2", 0.5), ("kaist"
 @click.option("--steps", default=60, show_default=True, help="Pretraining steps of the tiny model.")
 @click.option("--model", default="dugi_mae_tiny", show_default=True, help="Model to pretrain.")
 @click.option("--probe-steps", default=100, show_default=True, help="Fine-tuning steps of the small-target probe.")
-def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, model: str, probe_steps: int) -> None:
+@click.option("--detect-steps", default=80, show_default=True, help="Fine-tuning steps of the detection probe.")
+def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, model: str, probe_steps: int,
+         detect_steps: int) -> None:
     """The whole chain on synthetic data, no downloads: synth -> build -> verify -> report ->
-    pretrain over local HTTP -> export -> reconstruction PNG -> small-target probe."""
+    pretrain over local HTTP -> export -> reconstruction PNG -> small-target and detection probes."""
     from inf590k.build.ingest import IngestConfig
     from inf590k.build.pipeline import BuildConfig, run_build
-    from inf590k.build.shard.stage import ShardConfig
+    from inf590k.build.shard import ShardConfig
     from inf590k.dataset.report import ReportConfig
     from inf590k.dataset.report import report as run_report
     from inf590k.dataset.serve import serve_folder
@@ -781,6 +852,13 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
                                    out=out / "probe", arch=model, steps=probe_steps, img_size=128, batch_size=4,
                                    head_dim=32, lr=3e-3, device="cpu"))
     click.echo(str(probed))
+    # detection row: synthetic M3FD frames (VOC boxes), kept out of the pretraining sources
+    click.echo(str(synthesize(SynthConfig(layout="m3fd", out=out / "probe-data" / "m3fd", count=frames,
+                                          width=192, height=144, seed=len(DEMO_LAYOUTS)))))
+    detected = run_probe(ProbeConfig(encoder=str(out / "export"), data=out / "probe-data" / "m3fd", layout="m3fd",
+                                     task="detect", out=out / "probe-detect", arch=model, steps=detect_steps,
+                                     img_size=192, batch_size=4, head_dim=32, device="cpu"))
+    click.echo(str(detected))
 
     click.echo("\ndemo results:")
     for label, path in (
@@ -790,6 +868,7 @@ def demo(out: Path, extra_sources: tuple[str, ...], frames: int, steps: int, mod
         ("training run (metrics, checkpoints)", run_dir),
         ("exported encoder (timm)", exported), ("reconstruction grid", grid),
         ("small-target probe (pretrained vs scratch)", out / "probe"),
+        ("detection probe on synthetic M3FD", out / "probe-detect"),
     ):
         click.echo(f"  {label:<44} {path}")
 

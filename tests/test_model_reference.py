@@ -24,6 +24,9 @@ from pretrain.models.reference import (
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
+# The small model's heads (README.json): neither width (96, 64) is a released one.
+SMALL_HEADS = dict(num_heads=4, decoder_heads=4)
+
 KEY_FILES = {
     "infmae": "infmae_base_keys.json",
     "convmae": "convmae_base_keys.json",
@@ -94,7 +97,7 @@ def test_infmae_small_matches_the_reference_encoder(checkpoints: Path, in_chans:
     root = checkpoints / "infmae_small"
     imgs, ids_keep = golden_inputs(root)
     model = load_reference_checkpoint(
-        root / "infmae_small_random.safetensors", "infmae", num_heads=4, in_chans=in_chans
+        root / "infmae_small_random.safetensors", "infmae", in_chans=in_chans, **SMALL_HEADS
     ).eval()
     imgs = imgs.expand(-1, in_chans, -1, -1)
     with torch.no_grad():
@@ -112,8 +115,8 @@ def test_state_dicts_and_wrapped_checkpoints_load_alike(checkpoints: Path, tmp_p
     released = tmp_path / "infmae.pth"
     torch.save({"model": state, "epoch": 3}, released)  # the released .pth layout
     imgs, ids_keep = golden_inputs(root)
-    from_file = load_reference_checkpoint(released, "infmae", num_heads=4, in_chans=1).eval()
-    from_dict = load_reference_checkpoint(state, "infmae", num_heads=4, in_chans=1).eval()
+    from_file = load_reference_checkpoint(released, "infmae", in_chans=1, **SMALL_HEADS).eval()
+    from_dict = load_reference_checkpoint(state, "infmae", in_chans=1, **SMALL_HEADS).eval()
     with torch.no_grad():
         torch.testing.assert_close(
             from_file.forward_encoder(imgs, ids_keep), from_dict.forward_encoder(imgs, ids_keep)
@@ -146,22 +149,24 @@ def test_converted_model_trains_a_step(checkpoints: Path) -> None:
 def test_bad_checkpoints_say_what_is_wrong(checkpoints: Path, tmp_path: Path) -> None:
     state = load_file(checkpoints / "infmae_small" / "infmae_small_random.safetensors")
     with pytest.raises(ReferenceCheckpointError, match="unexpected keys.*extra.weight"):
-        load_reference_checkpoint({**state, "extra.weight": torch.zeros(1)}, "infmae", num_heads=4)
+        load_reference_checkpoint(
+            {**state, "extra.weight": torch.zeros(1)}, "infmae", **SMALL_HEADS
+        )
     incomplete = {k: v for k, v in state.items() if k != "norm.bias"}
     with pytest.raises(ReferenceCheckpointError, match="missing keys.*encoder.norm.bias"):
-        load_reference_checkpoint(incomplete, "infmae", num_heads=4)
+        load_reference_checkpoint(incomplete, "infmae", **SMALL_HEADS)
     with pytest.raises(ReferenceCheckpointError, match="an infmae checkpoint, not mae"):
         load_reference_checkpoint(state, "mae")
     with pytest.raises(ValueError, match="not one of"):
         load_reference_checkpoint(state, "beit")
     with pytest.raises(ReferenceCheckpointError, match="in_chans=2"):
-        load_reference_checkpoint(state, "infmae", num_heads=4, in_chans=2)
+        load_reference_checkpoint(state, "infmae", in_chans=2, **SMALL_HEADS)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_reference_checkpoint(tmp_path / "nothing.pth", "infmae")
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": state, "args": object()}, pickled)  # not weights-only loadable
     with pytest.raises(ReferenceCheckpointError, match="weights-only"):
-        load_reference_checkpoint(pickled, "infmae", num_heads=4)
+        load_reference_checkpoint(pickled, "infmae", **SMALL_HEADS)
 
 
 def test_an_encoder_only_export_is_named_as_such(tmp_path):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -17,19 +18,24 @@ from conftest import REPO_ROOT, shared_dir
 from safetensors.torch import load_file
 
 from cli import main
-from pretrain.models.reference import load_reference_checkpoint
+from pretrain.models.reference import load_reference_checkpoint, read_reference_state
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
 def released(tmp_path_factory) -> Path:
-    """The small InfMAE-architecture model saved the way the released .pth files are."""
+    """The small InfMAE-architecture model saved the way the released .pth files are: the
+    state under `model`, the run's arguments (heads included) under `args`."""
     source = shared_dir() / "reference" / "checkpoints" / "infmae_small"
     if not source.is_dir():
         pytest.skip(f"reference checkpoint facts not found at {source}")
     path = tmp_path_factory.mktemp("released") / "infmae_small.pth"
-    torch.save({"model": load_file(source / "infmae_small_random.safetensors"), "epoch": 1}, path)
+    args = argparse.Namespace(
+        model="infmae_small", num_heads=4, decoder_num_heads=4, output_dir=Path("run")
+    )
+    state = load_file(source / "infmae_small_random.safetensors")
+    torch.save({"model": state, "epoch": 1, "args": args}, path)
     return path
 
 
@@ -172,7 +178,7 @@ def test_pretrain_init_starts_from_the_released_weights(released: Path, tmp_path
     )
     config = config_from_options(options)
     trainer = Trainer(config)
-    state = torch.load(released, weights_only=True)["model"]
+    state = read_reference_state(released)
     assert trainer.model.config.embed_dims == (32, 48, 96)  # from the checkpoint's shapes
     assert trainer.model.config.masking == "entropy" and trainer.model.ddg is not None
     assert torch.equal(trainer.model.encoder.patch_embed4.weight, state["patch_embed4.weight"])

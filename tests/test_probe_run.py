@@ -135,10 +135,10 @@ def test_export_loads_its_weights_and_scratch_does_not(tiny_export: Path) -> Non
     loaded = build_backbone(spec).state_dict()
     scratch = build_backbone(scratch_like(spec)).state_dict()
     for name, tensor in exported.items():  # timm's FeatureGetterNet keeps the model as .model
-        torch.testing.assert_close(loaded[f"model.{name}"], tensor)
+        torch.testing.assert_close(loaded[f"encoder.model.{name}"], tensor)
     name = "patch_embed1.proj.weight"
-    assert f"model.{name}" in loaded and name in exported
-    assert not torch.equal(scratch[f"model.{name}"], exported[name])
+    assert f"encoder.model.{name}" in loaded and name in exported
+    assert not torch.equal(scratch[f"encoder.model.{name}"], exported[name])
     assert scratch_like(spec).label == "scratch" and scratch_like(spec).model_args == spec.model_args
 
 
@@ -173,13 +173,13 @@ def test_freeze_trains_the_head_only(small_targets: Path, tiny_export: Path) -> 
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(not k.startswith("backbone.") for k in changed)
-    assert not model.backbone.training and model.head.training
+    assert not model.backbone.encoder.training and model.head.training
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"steps": 0}, "steps"), ({"img_size": 100}, "multiple of 32"), ({"batch_size": 1}, "batch"),
-     ({"threshold": 1.0}, "threshold"), ({"lr": 0.0}, "lr"), ({"layout": "coco"}, "unknown layout"),
+     ({"threshold": 1.0}, "threshold"), ({"lr": 0.0}, "lr"), ({"layout": "no_such"}, "unknown layout"),
      ({"freeze": True}, "--freeze with --encoder scratch")],
 )
 def test_bad_options_say_what_to_change(tmp_path: Path, options: dict, message: str) -> None:
@@ -198,16 +198,25 @@ def test_bad_encoders_say_what_to_pass(tmp_path: Path, small_targets: Path) -> N
         run_probe_pair(config)
 
 
-def test_plain_vit_export_probes_from_four_blocks(tmp_path: Path) -> None:
+def test_plain_vit_export_probes_through_the_simple_feature_pyramid(tmp_path: Path) -> None:
     export_encoder(create_model("mae_vit_tiny"), tmp_path)
     spec = read_export(tmp_path)
     backbone = build_backbone(spec)
-    assert backbone.feature_info.reduction() == [16, 16]  # depth 2: both blocks
+    assert backbone.feature_info.reduction() == [4, 8, 16, 32]  # not two maps at stride 16
+    assert backbone.feature_info.channels() == [16, 32, 64, 64]
+    maps = backbone(torch.randn(2, 1, 64, 96))
+    assert [tuple(m.shape[-2:]) for m in maps] == [(16, 24), (8, 12), (4, 6), (2, 3)]
     exported = load_file(tmp_path / "model.safetensors")
-    torch.testing.assert_close(backbone.state_dict()["model.patch_embed.proj.weight"],
+    torch.testing.assert_close(backbone.state_dict()["encoder.model.patch_embed.proj.weight"],
                                exported["patch_embed.proj.weight"])
     model = SegmentationProbe(backbone, 1, head_dim=16)
     assert model(torch.randn(2, 1, 64, 96)).shape == (2, 1, 64, 96)
+    # frozen: the encoder stops, the pyramid (new layers) trains with the head
+    model.freeze_backbone()
+    model.train()
+    assert not backbone.encoder.training and backbone.pyramid.training
+    trainable = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"pyramid"}
 
 
 def test_head_without_detail_branch_decides_from_encoder_maps(small_targets: Path,
@@ -220,3 +229,24 @@ def test_head_without_detail_branch_decides_from_encoder_maps(small_targets: Pat
                                     out=tmp_path, steps=2, detail=False, **TINY))
     record = check_outputs(summary, binary=True)
     assert record["config"]["detail"] is False
+
+
+def test_segmentation_split_is_written_and_reused(small_targets: Path, tmp_path: Path) -> None:
+    from pretrain.probe.splits import Split, read_split, write_split
+
+    first = run_probe(ProbeConfig(encoder="scratch", data=small_targets, layout="irstd1k",
+                                  out=tmp_path / "a", steps=1, **TINY))
+    written = read_split(tmp_path / "a" / "split.json", "irstd1k")
+    record = json.loads((first.out / "metrics.json").read_text())
+    assert list(written.test) == record["data"]["test_names"]
+    assert record["protocol"] == dict(task="small-target", img_size=64, steps=1, freeze=False,
+                                      test_images=first.test_images)
+    chosen = Split(written.train[:10], written.test[:3] + ("not_there",), "hand-made")
+    write_split(tmp_path / "mine.json", "irstd1k", chosen)
+    again = run_probe(ProbeConfig(encoder="scratch", data=small_targets, layout="irstd1k",
+                                  out=tmp_path / "b", steps=1, split=tmp_path / "mine.json",
+                                  **TINY))
+    assert (again.train_images, again.test_images) == (10, 3)
+    with pytest.raises(ValueError, match="split of the irstd1k layout, not msrs"):
+        run_probe(ProbeConfig(encoder="scratch", data=small_targets, layout="msrs",
+                              out=tmp_path / "c", steps=1, split=tmp_path / "mine.json", **TINY))

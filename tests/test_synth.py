@@ -358,3 +358,64 @@ def test_a_16_bit_jpeg_layout_fails_in_one_line(tmp_path: Path) -> None:
     assert result.output.count("\n") == 1 and "16-bit TIFF copies anyway" in result.output
     help_text = CliRunner().invoke(main, ["synth", "--help"]).output
     assert "--help of `inf590k synth`" not in help_text
+
+
+def warm_share(image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> float:
+    """Share of boxes whose pixels are warmer on average than the frame's median."""
+    grey = image if image.ndim == 2 else image[..., 0]
+    median = float(np.median(grey))
+    warm = [grey[y0:y1, x0:x1].mean() > median for x0, y0, x1, y1 in boxes]
+    return sum(warm) / len(warm)
+
+
+def test_m3fd_voc_boxes_name_m3fd_classes_and_sit_on_warm_targets(synthesized) -> None:
+    import xml.etree.ElementTree as ET
+
+    summary = synthesized["m3fd"]
+    root = summary.out
+    labelled = [f.relpath for f in summary.files if f.kind == KIND_LABEL]
+    frames = sorted((root / "M3FD_Detection" / "Ir").glob("*.png"))
+    assert len(labelled) == len(frames) > 0  # every detection frame has its Annotation/ XML
+    boxes, names = [], Counter()
+    for frame in frames:
+        tree = ET.parse(root / "M3FD_Detection" / "Annotation" / f"{frame.stem}.xml").getroot()
+        image = read(frame)
+        height, width = image.shape[:2]
+        assert (int(tree.findtext("size/width")), int(tree.findtext("size/height"))) == (width, height)
+        frame_boxes = []
+        for obj in tree.iter("object"):
+            names[obj.findtext("name")] += 1
+            x0, y0, x1, y1 = (int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+            frame_boxes.append((x0, y0, x1, y1))
+        boxes.append(warm_share(image, frame_boxes) if frame_boxes else 1.0)
+    assert set(names) <= {"People", "Car", "Bus", "Motorcycle", "Lamp", "Truck"}
+    assert names["People"] > 0 and names["Car"] > 0
+    assert np.mean(boxes) > 0.9
+
+
+def test_flir_v2_coco_json_holds_the_rendered_boxes(synthesized) -> None:
+    import json
+
+    root = synthesized["flir_adas_v2"].out
+    index = json.loads((root / "images_thermal_train" / "coco.json").read_text())
+    categories = {c["id"]: c["name"] for c in index["categories"]}
+    assert categories[1] == "person" and categories[3] == "car"
+    images = {i["id"]: i for i in index["images"]}
+    ids = [a["id"] for a in index["annotations"]]
+    assert min(ids) == 1 and len(set(ids)) == len(ids)  # pycocotools mis-scores an id of 0
+    by_image: dict[int, list] = {}
+    for ann in index["annotations"]:
+        assert ann["category_id"] in (1, 3) and ann["image_id"] in images
+        x, y, w, h = ann["bbox"]
+        image = images[ann["image_id"]]
+        assert w > 0 and h > 0 and x + w <= image["width"] and y + h <= image["height"]
+        by_image.setdefault(ann["image_id"], []).append((x, y, x + w, y + h))
+    shares = []
+    for image_id, boxes in by_image.items():
+        pixels = read(root / "images_thermal_train" / images[image_id]["file_name"])
+        assert pixels.shape[:2] == (images[image_id]["height"], images[image_id]["width"])
+        shares.append(warm_share(pixels, boxes))
+    assert len(shares) > 0 and np.mean(shares) > 0.9
+    rgb = json.loads((root / "images_rgb_train" / "coco.json").read_text())
+    assert rgb["annotations"] == index["annotations"]  # the visible half shows the same scene

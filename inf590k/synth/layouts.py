@@ -61,6 +61,19 @@ MIN_SIDE = 16
 PARALLEL_MIN_FRAMES = 200  # frames per worker process below which one process is faster
 # MSRS segmentation labels hold class ids (0 background, 1 car, 2 person, ... 8 bump).
 MSRS_CLASS_IDS = types.MappingProxyType({"vehicle": 1, "person": 2})
+# Class names the box annotations of a layout give the rendered targets (default: the kind):
+# M3FD's VOC names (People, Car, ...) and FLIR's COCO category names.
+BOX_CLASS_NAMES = types.MappingProxyType({
+    "m3fd": types.MappingProxyType({"person": "People", "vehicle": "Car"}),
+    "flir_adas_v2": types.MappingProxyType({"person": "person", "vehicle": "car"}),
+})
+# FLIR ADAS v2's COCO categories (ids as its coco.json numbers them); the synthetic frames
+# hold people and cars, the rest have no annotation, as rare classes in the real files.
+FLIR_CATEGORIES = (
+    (1, "person"), (2, "bike"), (3, "car"), (4, "motor"), (6, "bus"), (7, "train"),
+    (8, "truck"), (10, "light"), (11, "hydrant"), (12, "sign"), (17, "dog"),
+    (37, "skateboard"), (73, "stroller"), (79, "scooter"), (80, "other vehicle"),
+)
 
 # What a written file is; the manifest of the layout must include the first three kinds and
 # exclude all the others (by a named rule).
@@ -792,6 +805,30 @@ def _mask(scene: Scene, t: int, width: int, height: int, class_mask: bool = Fals
     return mask
 
 
+def _coco_boxes(config: SynthConfig, plans: list[tuple[str, FramePlan]]) -> bytes:
+    """A COCO index of (file_name, plan) pairs with the boxes of their rendered targets:
+    images with their sizes, one annotation per target (ids from 1), FLIR's categories."""
+    category_ids = {name: i for i, name in FLIR_CATEGORIES}
+    names = BOX_CLASS_NAMES.get(config.layout, {})
+    images, annotations = [], []
+    scene_cache: tuple[int, Scene] | None = None
+    for image_id, (file_name, plan) in enumerate(plans):
+        width, height = plan.size
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        if scene_cache is None or scene_cache[0] != plan.scene_id:
+            scene_cache = (plan.scene_id, random_scene(_rng(config, 4, plan.scene_id), plan.view))
+        for kind, (x0, y0, x1, y1) in _boxes(scene_cache[1], plan.t, width, height):
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": image_id,
+                "category_id": category_ids[names.get(kind, kind)],
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                "iscrowd": 0, "segmentation": [],
+            })
+    categories = [{"id": i, "name": name, "supercategory": "unknown"} for i, name in FLIR_CATEGORIES]
+    return json.dumps({"images": images, "annotations": annotations,
+                       "categories": categories}).encode()
+
+
 def _extra_files(config: SynthConfig, plans: list[FramePlan]) -> dict[str, bytes]:
     """Per-layout files written once: split lists and json annotation indexes."""
     def listing(names: list[str]) -> bytes:
@@ -826,13 +863,16 @@ def _extra_files(config: SynthConfig, plans: list[FramePlan]) -> dict[str, bytes
         return {f"{folder}/IR_label.json": json.dumps({"exist": [1] * n}).encode()
                 for folder, n in frames.items()}
     if config.layout in ("flir_adas_v2", "flir_adas_v1"):  # one coco.json per image folder
-        names_by_folder: dict[str, list[str]] = {}
+        frames_by_folder: dict[str, list[tuple[str, FramePlan]]] = {}
         for plan in plans:
             for relpath in (plan.ir, *(visible for visible, _ in plan.visible)):
                 folder, name = relpath.split("/", 1)
-                names_by_folder.setdefault(folder, []).append(name)
-        index = "thermal_annotations.json" if config.layout == "flir_adas_v1" else "coco.json"
-        return {f"{folder}/{index}": coco(names) for folder, names in names_by_folder.items()}
+                frames_by_folder.setdefault(folder, []).append((name, plan))
+        if config.layout == "flir_adas_v2":  # v2's coco.json holds the boxes of every frame
+            return {f"{folder}/coco.json": _coco_boxes(config, frames)
+                    for folder, frames in frames_by_folder.items()}
+        return {f"{folder}/thermal_annotations.json": coco([name for name, _ in frames])
+                for folder, frames in frames_by_folder.items()}
     return {}
 
 
@@ -893,7 +933,8 @@ def _write_frame(writer: _Writer, config: SynthConfig, plan: FramePlan, scene: S
     if plan.mask:
         mask = _mask(scene, plan.t, width, height, plan.class_mask)
         writer.write(plan.mask, _encode(mask, plan.mask), KIND_MASK)
-    boxes = _boxes(scene, plan.t, width, height)
+    names = BOX_CLASS_NAMES.get(config.layout, {})
+    boxes = [(names.get(kind, kind), box) for kind, box in _boxes(scene, plan.t, width, height)]
     for relpath, fmt in plan.labels:
         data = _voc_xml(Path(plan.ir).name, width, height, boxes) if fmt == "voc" else _txt_boxes(boxes)
         writer.write(relpath, data, KIND_LABEL)

@@ -1,15 +1,27 @@
-"""Load the released InfMAE, ConvMAE and MAE pretraining checkpoints into our models.
+"""Load the released InfMAE, ConvMAE, MAE and UNIP checkpoints into our models.
 
     model = load_reference_checkpoint("infmae_pretrain.pth", "infmae", in_chans=1)
     model = load_reference_checkpoint("mae_pretrain_vit_base_full.pth", "mae", masking="entropy")
+    model = load_reference_checkpoint("unip_vit_small.pth", "unip", in_chans=1)
 
-The `.pth` files are read as released (a dict holding the state dict under `model`) with
-`torch.load(weights_only=True)`; a safetensors file or a state dict in memory works too. The
+The `.pth` files are read as released (a dict holding the state dict under `model`, often
+beside the training run's `args`) with `torch.load(weights_only=True)`, argparse's Namespace
+and pathlib's paths allowed; a safetensors file or a state dict in memory works too. The
 configuration is inferred from the tensor shapes (widths, depths, patch sizes, MLP ratio,
-decoder width and depth, input size); what shapes cannot tell (attention heads) defaults to
-64-channel heads (12 at ViT-B width) for the encoder and 16 for the decoder. Any other
-`ModelConfig` field can be overridden: e.g. `masking="entropy", ddg=True` continues InfMAE's
-weights as DuGI-MAE, the DDG bridge starting fresh.
+decoder width and depth, input size). Attention heads leave no trace in the shapes: they are
+read from the file where it says them (`num_heads` / `decoder_num_heads` in its `args` or
+`config` entry, or a model name such as `mae_vit_large_patch16` whose size has the
+checkpoint's width); else a released width (192, 384, 768, 1024, 1280) gives its released
+head count; any other width needs `num_heads` (and `decoder_heads`) passed, never a guess.
+Any other `ModelConfig` field can be overridden: e.g. `masking="entropy", ddg=True` continues
+InfMAE's weights as DuGI-MAE, the DDG bridge starting fresh.
+
+UNIP (casiatao/UNIP) releases distilled plain ViTs (UNIP-T/S/B: 192/384/768 wide, 12 blocks,
+MAE's key names, 3 input channels) as encoder-only state dicts: kind `unip` fills our ViT
+encoder and leaves the decoder fresh. UNIP distils its last block with the teacher's head
+count (`last_heads`); its downstream code, like ours, splits every block into the model's
+standard heads. MAE's encoder-only release (`mae_pretrain_vit_base.pth`) has the same layout
+and loads the same way.
 
 Key names: ours differ in a few places (`stageN_output_decode` -> `stageN_fuse`, the depthwise
 conv `attn` -> `dwconv`, the decoder's `decoder_*` -> `decoder.*`). InfMAE's extra
@@ -24,11 +36,14 @@ grey input replicated to 3 channels) and averages the decoder's three per-pixel 
 
 from __future__ import annotations
 
+import argparse
 import json
+import pathlib
 import re
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -37,7 +52,33 @@ from torch import Tensor
 from pretrain.models.configs import ModelConfig
 from pretrain.models.mae import MaskedAutoencoder
 
-REFERENCE_KINDS = ("infmae", "convmae", "mae")
+REFERENCE_KINDS = ("infmae", "convmae", "mae", "unip")
+# Kinds whose checkpoints hold a plain ViT encoder and no decoder (the decoder starts fresh).
+ENCODER_ONLY_KINDS = ("unip",)
+# Attention heads of the released transformer widths: 64-wide heads, 80-wide at ViT-H.
+RELEASED_HEADS = MappingProxyType({192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16})
+RELEASED_DECODER_HEADS = MappingProxyType({512: 16})  # MAE / ConvMAE / InfMAE decoders
+# Size words of released model names (`mae_vit_large_patch16`, `unip_vit_small_patch16`):
+# their transformer width and heads.
+SIZE_WIDTH_HEADS = MappingProxyType(
+    {
+        "tiny": (192, 3),
+        "small": (384, 6),
+        "base": (768, 12),
+        "large": (1024, 16),
+        "huge": (1280, 16),
+    }
+)
+# Entries of a released checkpoint that describe its run (argparse Namespace or dict).
+METADATA_ENTRIES = ("config", "args", "model_config")
+# Classes a released `.pth` may pickle beside its tensors (its `args`): plain data, no code.
+SAFE_CHECKPOINT_GLOBALS = (
+    argparse.Namespace,
+    pathlib.PosixPath,
+    pathlib.WindowsPath,
+    pathlib.PurePosixPath,
+    pathlib.PureWindowsPath,
+)
 # InfMAE's 16x16 ordering conv for its grey masking: not part of the encoder, not loaded.
 DROPPED_KEYS = {"infmae": ("patch_embed.proj.weight", "patch_embed.proj.bias")}
 _DECODER_RENAMES = (
@@ -57,10 +98,47 @@ class ReferenceCheckpointError(ValueError):
     """A checkpoint that does not fit the kind it was loaded as."""
 
 
-def read_reference_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The flat state dict of a released checkpoint (path or mapping), `model` unwrapped."""
+@dataclass(frozen=True)
+class ReferenceCheckpoint:
+    """A released checkpoint as read: its flat state dict, and what the file says about the
+    run that wrote it (`args` / `config` entries, as plain values)."""
+
+    state: dict[str, Tensor]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors come in many types
+        raise ReferenceCheckpointError(
+            f"cannot read {path} as a weights-only torch checkpoint ({error}); pass the "
+            "released .pth file or a safetensors file"
+        ) from error
+
+
+def _metadata(container: Mapping[str, Any]) -> dict[str, Any]:
+    """The run description entries of a checkpoint, merged (Namespace -> dict)."""
+    merged: dict[str, Any] = {}
+    for name in METADATA_ENTRIES:
+        entry = container.get(name)
+        if isinstance(entry, argparse.Namespace):
+            entry = vars(entry)
+        if isinstance(entry, Mapping):
+            merged.update({k: v for k, v in entry.items() if isinstance(k, str)})
+    return merged
+
+
+def read_reference(
+    source: str | Path | Mapping[str, Any] | ReferenceCheckpoint,
+) -> ReferenceCheckpoint:
+    """The state dict (`model` or `state_dict` unwrapped, `module.` prefixes dropped) and the
+    run metadata of a released checkpoint: a path, a loaded checkpoint or a state dict."""
+    if isinstance(source, ReferenceCheckpoint):
+        return source
     if isinstance(source, Mapping):
-        state: Any = source
+        loaded: Any = source
     else:
         path = Path(source)
         if not path.is_file():
@@ -68,32 +146,43 @@ def read_reference_state(source: str | Path | Mapping[str, Tensor]) -> dict[str,
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path))
+            loaded = load_file(str(path))
         else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as error:  # pickle errors come in many types
-                raise ReferenceCheckpointError(
-                    f"cannot read {path} as a weights-only torch checkpoint ({error}); pass the "
-                    "released .pth file or a safetensors file"
-                ) from error
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
+            loaded = _torch_load(path)
+    state, metadata = loaded, {}
+    if isinstance(loaded, Mapping):
+        metadata = _metadata(loaded)
+        for entry in ("model", "state_dict"):
+            if isinstance(loaded.get(entry), Mapping):
+                state = loaded[entry]
+                break
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ReferenceCheckpointError(
             "not a state dict of tensors (nor a dict holding one under 'model')"
         )
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    flat = {key.removeprefix("module."): value for key, value in state.items()}
+    return ReferenceCheckpoint(flat, metadata)
+
+
+def read_reference_state(source: str | Path | Mapping[str, Any]) -> dict[str, Tensor]:
+    """The flat state dict of a released checkpoint (path or mapping), `model` unwrapped."""
+    return read_reference(source).state
+
+
+def has_decoder(state: Mapping[str, Tensor]) -> bool:
+    return any(key.startswith(("decoder", "mask_token")) for key in state)
 
 
 def reference_kind(state: Mapping[str, Tensor]) -> str:
-    """Which released model a state dict is: infmae, convmae or mae (from its keys)."""
+    """Which released model a state dict is: infmae, convmae, mae, or unip (a plain ViT encoder
+    without a decoder), from its keys."""
     if "patch_embed1.proj.weight" in state:
         return "infmae" if "patch_embed.proj.weight" in state else "convmae"
     if "cls_token" in state and "patch_embed.proj.weight" in state:
-        return "mae"
+        return "mae" if has_decoder(state) else "unip"
     raise ReferenceCheckpointError(
-        "not an InfMAE, ConvMAE or MAE pretraining checkpoint (no patch_embed1 nor cls_token)"
+        "not an InfMAE, ConvMAE or MAE pretraining checkpoint nor a UNIP encoder (no "
+        "patch_embed1 nor cls_token)"
     )
 
 
@@ -109,7 +198,7 @@ def map_reference_key(key: str, kind: str) -> str | None:
     for theirs, ours in _DECODER_RENAMES:
         if key.startswith(theirs):
             return ours + key[len(theirs) :]
-    if kind != "mae":
+    if kind not in ("mae", "unip"):
         for theirs, ours in _HIERARCHICAL_RENAMES:
             if key.startswith(theirs):
                 key = ours + key[len(theirs) :]
@@ -133,33 +222,113 @@ def _shape(state: Mapping[str, Tensor], key: str) -> tuple[int, ...]:
     return tuple(state[key].shape)
 
 
+def _declared(metadata: Mapping[str, Any], name: str) -> int | None:
+    value = metadata.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _named_heads(metadata: Mapping[str, Any], width: int) -> int | None:
+    """Heads of a released model name in the metadata (`model`, `arch`), when its size word
+    (tiny ... huge) has the checkpoint's width; a name of another width says nothing."""
+    for entry in ("model", "arch", "model_name"):
+        name = metadata.get(entry)
+        if not isinstance(name, str):
+            continue
+        for word in re.split(r"[_\-.]", name.lower()):
+            size = SIZE_WIDTH_HEADS.get(word)
+            if size is not None and size[0] == width:
+                return size[1]
+    return None
+
+
+def encoder_heads(width: int, num_heads: int | None, metadata: Mapping[str, Any]) -> int:
+    """The encoder's attention heads: `num_heads`, else what the checkpoint says, else the
+    released head count of its width; any other width is an error that says what to pass."""
+    declared = _declared(metadata, "num_heads") or _named_heads(metadata, width)
+    if num_heads is not None:
+        if declared is not None and declared != num_heads:
+            raise ReferenceCheckpointError(
+                f"num_heads={num_heads}, but the checkpoint says {declared} heads: drop num_heads"
+            )
+        heads = num_heads
+    elif declared is not None:
+        heads = declared
+    elif width in RELEASED_HEADS:
+        heads = RELEASED_HEADS[width]
+    else:
+        raise ReferenceCheckpointError(
+            f"the checkpoint's transformer is {width} wide, not a released width "
+            f"({', '.join(map(str, RELEASED_HEADS))}), and it does not say its attention heads: "
+            f"pass num_heads (--num-heads), the head count of the model that wrote it"
+        )
+    if width % heads:
+        raise ReferenceCheckpointError(f"num_heads={heads} does not divide the width {width}")
+    return heads
+
+
+def decoder_heads(width: int, metadata: Mapping[str, Any]) -> int | None:
+    """The decoder's heads where the checkpoint says them or its width is a released one."""
+    return _declared(metadata, "decoder_num_heads") or RELEASED_DECODER_HEADS.get(width)
+
+
+def _encoder_only_values(state: Mapping[str, Tensor]) -> tuple[dict[str, Any], int, int]:
+    """ViT shapes of an encoder-only checkpoint (UNIP); the decoder is MAE's, fresh."""
+    dim, ckpt_chans, patch, _ = _shape(state, "patch_embed.proj.weight")
+    values = dict(
+        encoder="vit",
+        masking="random",
+        embed_dims=(dim,),
+        depths=(_count(state, r"^blocks\.(\d+)\."),),
+        patch_sizes=(patch,),
+        mlp_ratio=_shape(state, "blocks.0.mlp.fc1.weight")[0] / dim,
+        decoder_dim=512,
+        decoder_depth=8,
+        decoder_heads=16,
+    )
+    return values, ckpt_chans, _shape(state, "pos_embed")[1] - 1
+
+
 def infer_config(
     state: Mapping[str, Tensor],
     kind: str,
     num_heads: int | None = None,
     in_chans: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> ModelConfig:
-    """The ModelConfig the checkpoint's tensor shapes describe, with `overrides` applied."""
+    """The ModelConfig the checkpoint's tensor shapes describe, with `overrides` applied;
+    `metadata` is what the file says about its run (heads are read from it)."""
     _check_kind(kind)
+    metadata = metadata or {}
     found = reference_kind(state)  # not a reference checkpoint at all: says so
-    if not any(key.startswith(("decoder", "mask_token")) for key in state):
+    if kind not in ENCODER_ONLY_KINDS and not has_decoder(state):
         raise ReferenceCheckpointError(
-            "this holds an encoder only (an `inf590k export` or a timm model), not a released "
-            "InfMAE/ConvMAE/MAE pretraining checkpoint: pass the .pth of the pretraining model"
+            "this holds an encoder only (an `inf590k export`, a timm model or an encoder-only "
+            "release), not a released InfMAE/ConvMAE/MAE pretraining checkpoint: pass the .pth "
+            "of the pretraining model, or kind 'unip' for a plain ViT encoder"
         )
     if found != kind:
         article = "an" if found[0] in "aeiou" else "a"
         raise ReferenceCheckpointError(
             f"by its keys this is {article} {found} checkpoint, not {kind}: pass kind {found!r}"
         )
-    if kind == "mae":
+    if kind in ENCODER_ONLY_KINDS:
+        values, ckpt_chans, num_tokens = _encoder_only_values(state)
+        patches: tuple[int, ...] = values["patch_sizes"]
+    elif kind == "mae":
         dim, _, patch, _ = _shape(state, "patch_embed.proj.weight")
         dims, depths, patches = (dim,), (_count(state, r"^blocks\.(\d+)\."),), (patch,)
         mlp_hidden = _shape(state, "blocks.0.mlp.fc1.weight")[0]
         ckpt_chans = _shape(state, "patch_embed.proj.weight")[1]
         num_tokens = _shape(state, "pos_embed")[1] - 1
-        values: dict[str, Any] = dict(encoder="vit", masking="random", decoder_depth=8)
+        values = dict(
+            encoder="vit",
+            masking="random",
+            embed_dims=dims,
+            depths=depths,
+            patch_sizes=patches,
+            mlp_ratio=mlp_hidden / dims[-1],
+        )
     else:
         shapes = [_shape(state, f"patch_embed{i}.proj.weight") for i in (1, 2, 3)]
         dims = tuple(s[0] for s in shapes)
@@ -170,30 +339,42 @@ def infer_config(
             raise ReferenceCheckpointError("conv and transformer stages have different MLP ratios")
         ckpt_chans = shapes[0][1]
         num_tokens = _shape(state, "pos_embed")[1]
-        values = dict(encoder="hierarchical", masking="gray" if kind == "infmae" else "random")
+        values = dict(
+            encoder="hierarchical",
+            masking="gray" if kind == "infmae" else "random",
+            embed_dims=dims,
+            depths=depths,
+            patch_sizes=patches,
+            mlp_ratio=mlp_hidden / dims[-1],
+        )
     side = round(num_tokens**0.5)
     if side * side != num_tokens:
         raise ReferenceCheckpointError(f"pos_embed has {num_tokens} tokens: not a square grid")
-    decoder_dim = _shape(state, "decoder_embed.weight")[0]
+    if kind not in ENCODER_ONLY_KINDS:
+        decoder_dim = _shape(state, "decoder_embed.weight")[0]
+        values.update(
+            decoder_dim=decoder_dim,
+            decoder_depth=_count(state, r"^decoder_blocks\.(\d+)\."),
+            decoder_heads=decoder_heads(decoder_dim, metadata),
+        )
     values.update(
         name=f"{kind}_reference",
         ddg=False,
         img_size=side * patches[0] * (patches[1] * patches[2] if len(patches) == 3 else 1),
         in_chans=ckpt_chans if in_chans is None else in_chans,
-        embed_dims=dims,
-        depths=depths,
-        patch_sizes=patches,
-        num_heads=num_heads or max(1, dims[-1] // 64),
-        mlp_ratio=mlp_hidden / dims[-1],
-        decoder_dim=decoder_dim,
-        decoder_depth=_count(state, r"^decoder_blocks\.(\d+)\."),
-        decoder_heads=16 if decoder_dim % 16 == 0 else 1,
     )
     values.update(overrides)
     if values["in_chans"] not in (ckpt_chans, 1):
         raise ReferenceCheckpointError(
             f"in_chans={values['in_chans']}: the checkpoint has {ckpt_chans} input channels; "
             f"load it with in_chans={ckpt_chans} or 1"
+        )
+    values["num_heads"] = encoder_heads(values["embed_dims"][-1], num_heads, metadata)
+    if values["decoder_heads"] is None:
+        raise ReferenceCheckpointError(
+            f"the checkpoint's decoder is {values['decoder_dim']} wide, not a released width "
+            f"({', '.join(map(str, RELEASED_DECODER_HEADS))}), and it does not say its heads: "
+            f"pass decoder_heads, the decoder head count of the model that wrote it"
         )
     return ModelConfig(**values)
 
@@ -210,9 +391,8 @@ def _to_one_channel(our_key: str, tensor: Tensor, config: ModelConfig) -> Tensor
 
 def convert_state(state: Mapping[str, Tensor], kind: str, config: ModelConfig) -> dict[str, Tensor]:
     """The reference state under our names (dropped keys removed, channels converted)."""
-    ckpt_chans = state[
-        "patch_embed.proj.weight" if kind == "mae" else "patch_embed1.proj.weight"
-    ].shape[1]
+    plain = kind in ("mae", *ENCODER_ONLY_KINDS)
+    ckpt_chans = state["patch_embed.proj.weight" if plain else "patch_embed1.proj.weight"].shape[1]
     converted = {}
     for key, tensor in state.items():
         ours = map_reference_key(key, kind)
@@ -224,40 +404,51 @@ def convert_state(state: Mapping[str, Tensor], kind: str, config: ModelConfig) -
     return converted
 
 
-def expected_keys(model: MaskedAutoencoder) -> set[str]:
+def expected_keys(model: MaskedAutoencoder, kind: str = "infmae") -> set[str]:
     """Every tensor of ours a reference checkpoint fills: parameters and buffers (the fixed
-    position embeddings included), without the DDG bridge, which starts fresh."""
+    position embeddings included), without the DDG bridge, which starts fresh (nor the
+    decoder, for an encoder-only kind)."""
+    fresh = ("ddg.", "decoder.") if kind in ENCODER_ONLY_KINDS else ("ddg.",)
     names = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-    return {name for name in names if not name.startswith("ddg.")}
+    return {name for name in names if not name.startswith(fresh)}
 
 
 def load_reference_checkpoint(
-    source: str | Path | Mapping[str, Tensor],
+    source: str | Path | Mapping[str, Any] | ReferenceCheckpoint,
     kind: str | None,
     num_heads: int | None = None,
     in_chans: int | None = None,
     **overrides: Any,
 ) -> MaskedAutoencoder:
-    """A MaskedAutoencoder holding a released InfMAE / ConvMAE / MAE checkpoint's weights.
+    """A MaskedAutoencoder holding a released InfMAE / ConvMAE / MAE / UNIP checkpoint's weights.
 
-    `kind`: infmae, convmae or mae (None: found from the keys). `in_chans` defaults to the
-    checkpoint's (3 for the released ones); 1 converts them.
+    `kind`: infmae, convmae, mae or unip (None: found from the keys). `in_chans` defaults to
+    the checkpoint's (3 for the released ones); 1 converts them. `num_heads`: only where the
+    file does not say it and its width is not a released one (see the module's docstring).
     A key of the checkpoint with no place in the model, or a tensor of the model the
     checkpoint lacks, is an error that lists them.
     """
-    state = read_reference_state(source)
+    checkpoint = read_reference(source)
+    state = checkpoint.state
     kind = reference_kind(state) if kind is None else kind
     _check_kind(kind)
-    config = infer_config(state, kind, num_heads=num_heads, in_chans=in_chans, **overrides)
+    config = infer_config(
+        state,
+        kind,
+        num_heads=num_heads,
+        in_chans=in_chans,
+        metadata=checkpoint.metadata,
+        **overrides,
+    )
     model = MaskedAutoencoder(config)
     converted = convert_state(state, kind, config)
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
     unexpected = sorted(set(converted) - set(tensors))
-    missing = sorted(expected_keys(model) - set(converted))
+    missing = sorted(expected_keys(model, kind) - set(converted))
     if unexpected or missing:
         raise ReferenceCheckpointError(
             f"the {kind} checkpoint does not fit: unexpected keys {unexpected}, missing keys "
-            f"{missing}; check --init-kind (infmae, convmae or mae)"
+            f"{missing}; check --init-kind ({', '.join(REFERENCE_KINDS)})"
         )
     with torch.no_grad():
         for name, value in converted.items():
@@ -296,16 +487,15 @@ def init_from_reference(
     return load_reference_checkpoint(source, kind, **overrides)
 
 
-def reference_state(path: str | Path) -> dict[str, Tensor] | None:
-    """The state dict of a released InfMAE / ConvMAE / MAE checkpoint, read once to be handed
-    on; None for anything else (one of our runs' own checkpoints, which hold a `model_config`)."""
+def reference_state(path: str | Path) -> ReferenceCheckpoint | None:
+    """A released InfMAE / ConvMAE / MAE / UNIP checkpoint, read once to be handed on; None for
+    anything else (one of our runs' own checkpoints, which hold a `model_config`)."""
     try:
-        state = read_reference_state(path)
-        reference_kind(state)
+        checkpoint = read_reference(path)
+        reference_kind(checkpoint.state)
     except ReferenceCheckpointError:
         return None
-    return state
-
+    return checkpoint
 
 
 def export_reference(
@@ -315,21 +505,29 @@ def export_reference(
     in_chans: int = 1,
     stage3: str = "fused",
     num_heads: int | None = None,
-    state: Mapping[str, Tensor] | None = None,
+    state: Mapping[str, Any] | ReferenceCheckpoint | None = None,
 ) -> Path:
     """Export a released checkpoint's encoder like our own (safetensors, timm config.json and a
     model card), converted to `in_chans` (1: the toolkit's infrared input). Returns the folder.
-    `state`: the checkpoint's state dict when the caller has read `source` already."""
+    `state`: the checkpoint (as `reference_state` read it) when the caller has read `source`."""
     from pretrain.models.export import export_encoder, feature_lines
 
-    state = read_reference_state(source if state is None else state)
-    kind = reference_kind(state) if kind is None else kind
-    model = load_reference_checkpoint(state, kind, num_heads=num_heads, in_chans=in_chans)
+    checkpoint = read_reference(source if state is None else state)
+    kind = reference_kind(checkpoint.state) if kind is None else kind
+    _check_kind(kind)
+    overrides: dict[str, Any] = {}
+    if kind not in ENCODER_ONLY_KINDS and has_decoder(checkpoint.state):
+        decoder_dim = _shape(checkpoint.state, "decoder_embed.weight")[0]
+        if decoder_heads(decoder_dim, checkpoint.metadata) is None:
+            overrides["decoder_heads"] = 1  # the decoder is not exported: its heads do not matter
+    model = load_reference_checkpoint(
+        checkpoint, kind, num_heads=num_heads, in_chans=in_chans, **overrides
+    )
     folder = Path(export_encoder(model, out_dir, stage3)).parent
     card = [
         "---",
         "library_name: timm",
-        f"tags: [infrared, masked-autoencoder, {kind}]",
+        f"tags: [infrared, {'distilled-vit' if kind == 'unip' else 'masked-autoencoder'}, {kind}]",
         "---",
         f"# {kind} encoder (released pretraining weights, converted)",
         "",
@@ -353,19 +551,23 @@ def export_reference(
     return folder
 
 
-def encoder_folder(encoder: str | Path, work_dir: str | Path) -> str:
+def encoder_folder(encoder: str | Path, work_dir: str | Path, num_heads: int | None = None) -> str:
     """An `--encoder` / `--feature-model` value as an export folder: a released checkpoint file
-    is converted into `work_dir/<file stem>-export` (once); anything else is returned as is."""
+    is converted into `work_dir/<file stem>-export` (once); anything else is returned as is.
+    `num_heads`: for a checkpoint that needs it (see `encoder_heads`)."""
     path = Path(encoder)
     if not path.is_file():
         return str(encoder)
-    state = reference_state(path)
-    if state is None:
+    checkpoint = reference_state(path)
+    if checkpoint is None:
         raise ReferenceCheckpointError(
-            f"{path} is not a released InfMAE / ConvMAE / MAE checkpoint; pass an `inf590k "
+            f"{path} is not a released InfMAE / ConvMAE / MAE / UNIP checkpoint; pass an `inf590k "
             "export` folder (export a training checkpoint with `inf590k export CKPT --out DIR`)"
         )
     folder = Path(work_dir) / f"{path.stem}-export"
     if not (folder / "config.json").is_file():
-        export_reference(path, folder, state=state)
+        try:
+            export_reference(path, folder, state=checkpoint, num_heads=num_heads)
+        except ReferenceCheckpointError as error:
+            raise ReferenceCheckpointError(f"{path}: {error}") from error
     return str(folder)

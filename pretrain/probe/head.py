@@ -1,15 +1,21 @@
 """The probe model: an exported encoder's multi-scale maps + a light FPN/UPerNet-style head.
 
-    backbone = build_backbone("path/to/export")          # timm features_only, weights loaded
-    backbone = build_backbone("scratch", "dugi_mae_tiny")  # same architecture, random init
+    backbone = build_backbone(read_export("path/to/export"))      # weights loaded
+    backbone = build_backbone(encoder_spec("scratch", "dugi_mae_tiny"))  # random init
     model = SegmentationProbe(backbone, num_classes=1)    # [N, 1, H, W] -> [N, 1, H, W] logits
 
-The head: torchvision's FeaturePyramidNetwork on the encoder's maps (H/4..H/32, or any set
-of maps timm's `features_only` gives), UPerNet's fusion (every level upsampled to the finest,
-concatenated, one 3x3 conv), and a full-resolution detail branch of two 3x3 convs on the
-input. Small infrared targets are 1-10 px: the /4 maps alone cannot place their edges, and
-the detail branch gives the classifier the pixel grid back. It also lets a head on weak
-features do well, so `detail=False` is the stricter comparison of encoders.
+Every encoder gives four maps at strides 4, 8, 16 and 32 (`EncoderMaps`), the paper's set:
+a hierarchical encoder's stages F1-F3 and F4 = F3 max-pooled; a plain ViT's last block
+through ViTDet's simple feature pyramid (deconvolutions to strides 4 and 8, the map itself,
+max pooling to 32), so a ViT is not compared with four maps at one stride. The pyramid is
+new and trains with the head, also when the encoder is frozen.
+
+The head: torchvision's FeaturePyramidNetwork on the four maps, UPerNet's fusion (every
+level upsampled to the finest, concatenated, one 3x3 conv), and optionally a full-resolution
+detail branch of two 3x3 convs on the input. Small infrared targets are 1-10 px: the /4
+maps alone cannot place their edges, and the detail branch gives the classifier the pixel
+grid back; but it solves small targets whatever the encoder (a frozen random encoder does
+well with it), so it is off by default and encoders are compared on their maps alone.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, LayerNorm2d
+from timm.models._features import FeatureInfo
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
@@ -88,12 +95,70 @@ def encoder_spec(encoder: str, architecture: str) -> EncoderSpec:
     return read_export(encoder)
 
 
-def build_backbone(spec: EncoderSpec) -> nn.Module:
-    """timm `features_only` backbone of `spec`, its weights loaded from the export if any."""
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid: a plain ViT's stride-16 map [N, D, h, w] to maps at
+    strides 4 (D/4 channels), 8 (D/2), 16 (D) and 32 (D), by deconvolutions and pooling."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        half, quarter = dim // 2, dim // 4
+        self.stride4 = nn.Sequential(
+            nn.ConvTranspose2d(dim, half, 2, stride=2), LayerNorm2d(half), nn.GELU(),
+            nn.ConvTranspose2d(half, quarter, 2, stride=2),
+        )
+        self.stride8 = nn.ConvTranspose2d(dim, half, 2, stride=2)
+        self.stride32 = nn.MaxPool2d(2)
+        self.channels = [quarter, half, dim, dim]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return [self.stride4(x), self.stride8(x), x, self.stride32(x)]
+
+
+class EncoderMaps(nn.Module):
+    """An encoder's maps at strides 4, 8, 16, 32 (see the module docstring); `feature_info`
+    as timm's. `freeze_encoder()` stops the encoder (weights and norm statistics) while a
+    ViT's pyramid keeps training."""
+
+    def __init__(self, encoder: nn.Module, pyramid: SimpleFeaturePyramid | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pyramid = pyramid
+        if pyramid is None:
+            info = [dict(i) for i in encoder.feature_info.get_dicts()]
+        else:
+            info = [dict(num_chs=c, reduction=r, module=f"pyramid.{i}")
+                    for i, (c, r) in enumerate(zip(pyramid.channels, (4, 8, 16, 32), strict=True))]
+        self.feature_info = FeatureInfo(info, tuple(range(len(info))))
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.encoder.parameters())
+
+    def freeze_encoder(self) -> None:
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> EncoderMaps:
+        super().train(mode)
+        if mode and self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        maps = self.encoder(images)
+        return maps if self.pyramid is None else self.pyramid(maps[-1])
+
+
+def is_plain_vit(spec: EncoderSpec) -> bool:
+    return isinstance(dict(spec.model_args).get("depth"), int)
+
+
+def build_backbone(spec: EncoderSpec) -> EncoderMaps:
+    """The four maps of `spec`'s encoder, its weights loaded from the export if any."""
     kwargs: dict[str, Any] = dict(spec.model_args, features_only=True)
-    depth = kwargs.get("depth")
-    if isinstance(depth, int):  # a plain ViT: four evenly spaced blocks, as UPerNet on ViT
-        kwargs["out_indices"] = sorted({max(0, depth * (i + 1) // 4 - 1) for i in range(4)})
+    plain_vit = is_plain_vit(spec)
+    if plain_vit:  # the last block's map, for the simple feature pyramid
+        kwargs["out_indices"] = (kwargs["depth"] - 1,)
         kwargs["dynamic_img_size"] = True  # position embeddings resampled to the probe's size
     if spec.weights is not None:
         # input_size tells timm the weights' channel count (a 3-channel default would warn)
@@ -102,12 +167,14 @@ def build_backbone(spec: EncoderSpec) -> nn.Module:
         overlay = dict(file=str(spec.weights), input_size=(kwargs.get("in_chans", 1), height, width))
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     try:
-        return timm.create_model(spec.architecture, **kwargs)
+        encoder = timm.create_model(spec.architecture, **kwargs)
     except RuntimeError as error:  # a state dict that does not fit the architecture
         raise ProbeModelError(
             f"cannot load {spec.weights} into {spec.architecture}: {error}. "
             f"Re-export the checkpoint with `inf590k export`"
         ) from error
+    pyramid = SimpleFeaturePyramid(encoder.feature_info.channels()[-1]) if plain_vit else None
+    return EncoderMaps(encoder, pyramid)
 
 
 class FusionHead(nn.Module):
@@ -130,8 +197,8 @@ class FusionHead(nn.Module):
 class SegmentationProbe(nn.Module):
     """Encoder maps -> fused features -> + full-resolution detail -> per-pixel logits."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, in_chans: int = 1,
-                 head_dim: int = 64, detail_dim: int = 16, detail: bool = True) -> None:
+    def __init__(self, backbone: EncoderMaps, num_classes: int, in_chans: int = 1,
+                 head_dim: int = 64, detail_dim: int = 16, detail: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ProbeModelError(f"num_classes={num_classes}: use 1 (binary) or the class count")
@@ -154,15 +221,9 @@ class SegmentationProbe(nn.Module):
             nn.init.constant_(self.classifier[-1].bias, -math.log((1 - TARGET_PRIOR) / TARGET_PRIOR))
 
     def freeze_backbone(self) -> None:
-        """Only the head trains; the encoder stays in eval mode (its norms keep their statistics)."""
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
-
-    def train(self, mode: bool = True) -> SegmentationProbe:
-        super().train(mode)
-        if mode and not any(p.requires_grad for p in self.backbone.parameters()):
-            self.backbone.eval()
-        return self
+        """Only the head (and a ViT's pyramid) trains; the encoder stays in eval mode (its norms
+        keep their statistics)."""
+        self.backbone.freeze_encoder()
 
     def forward(self, images: Tensor) -> Tensor:
         fused = self.project(self.head(self.backbone(images)))  # [N, detail_dim, H/r, W/r]

@@ -1,11 +1,14 @@
-"""Fine-tune an encoder on an infrared segmentation set and report the field's metrics.
+"""Fine-tune an encoder on an infrared set and report the field's metrics.
 
     summary = run_probe(ProbeConfig(encoder="export/", data=root, layout="sirst", out=run))
-    print(summary)                # one line: IoU, nIoU, Pd, Fa (or mIoU, mAcc for MSRS)
+    print(summary)                # one line: IoU, nIoU, Pd, Fa (mIoU, mAcc for MSRS; mAP ...)
     print(run_probe_pair(config)) # the export and the same architecture from scratch
 
-Each run writes `metrics.json` (options, encoder, split, metrics, loss curve) and
-`predictions.png` (test images, truth, prediction) into its folder.
+Three tasks, by layout: small targets (sirst, irstd1k, nudt: IoU, nIoU, Pd, Fa), semantic
+segmentation (msrs: mIoU, mAcc) and detection (m3fd, flir_adas_v2, coco: COCO mAP, AP50,
+AP75, AP S/M/L, per-class AP; see `pretrain.probe.detect`). Each run writes `metrics.json`
+(options, encoder, split, the protocol, metrics, loss curve) and `predictions.png` into its
+folder, and the train/test split as `split.json` beside it (reusable with `--split`).
 """
 
 from __future__ import annotations
@@ -28,14 +31,18 @@ from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from pretrain.probe.config import (
+    ProbeConfig,
+)
 from pretrain.probe.datasets import (
     IGNORE_INDEX,
     LayoutSamples,
     LoadedSplit,
-    canonical_layout,
     load_split,
     read_layout,
 )
+from pretrain.probe.detect import train_and_evaluate_detector
+from pretrain.probe.detect_data import DetectionSet, read_detection_layout
 from pretrain.probe.head import (
     SCRATCH,
     EncoderSpec,
@@ -45,61 +52,14 @@ from pretrain.probe.head import (
     scratch_like,
 )
 from pretrain.probe.metrics import SegmentationMetrics, SmallTargetMetrics
+from pretrain.probe.runtime import ProbeError, resolve_device
+from pretrain.probe.splits import SPLIT_FILE, Split, read_split, restrict, write_split
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.png"
 COMPARISON_FILE = "comparison.json"
 PREVIEW_IMAGES = 6
 LOSS_POINTS = 50  # loss values kept in metrics.json, evenly spaced over the run
-
-
-class ProbeError(ValueError):
-    """Bad probe options; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """Options of `inf590k probe` (one field per CLI option)."""
-
-    encoder: str  # an `inf590k export` folder, or "scratch"
-    data: Path
-    layout: str  # sirst | irstd1k | nudt | msrs
-    out: Path
-    steps: int = 500
-    freeze: bool = False  # train the head only
-    arch: str = "dugi_mae_base"  # timm architecture of --encoder scratch
-    baseline: bool = True  # with an export: also train the same architecture from scratch
-    img_size: int = 256  # images and masks are resized to img_size x img_size
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    head_dim: int = 64
-    detail: bool = True  # the head's full-resolution branch on the input image
-    threshold: float = 0.5  # target probability above which a pixel is a target
-    distance: float = 3.0  # px between centroids for a detected target (Pd)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data", Path(self.data))
-        object.__setattr__(self, "out", Path(self.out))
-        object.__setattr__(self, "layout", canonical_layout(self.layout))
-        if self.steps < 1:
-            raise ProbeError(f"steps must be at least 1, got {self.steps}")
-        if self.img_size < 32 or self.img_size % 32:
-            raise ProbeError(f"img-size must be a multiple of 32 (the encoder's /32 maps), "
-                             f"got {self.img_size}")
-        if self.batch_size < 2:
-            raise ProbeError(f"batch-size must be at least 2 (batch norm), got {self.batch_size}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ProbeError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.distance <= 0 or self.head_dim < 8:
-            raise ProbeError("lr and distance must be > 0, weight-decay >= 0, head-dim >= 8")
-        if self.freeze and self.encoder == SCRATCH:
-            raise ProbeError("--freeze with --encoder scratch trains a head on random features: "
-                             "pass an export folder, or drop --freeze")
-
-
 @dataclass(frozen=True)
 class ProbeSummary:
     """One trained and evaluated probe."""
@@ -114,9 +74,13 @@ class ProbeSummary:
     seconds: float
     out: Path
     without_mask: int = 0  # images of the data set left out for lack of a mask
+    left_out: str = ""  # detection: what the reader skipped, counted ("nothing")
 
     def counts(self) -> str:
         """Train/test images, targets and images dropped, as the console lines give them."""
+        if self.detection:
+            return (f"{self.train_images} train / {self.test_images} test images, "
+                    f"{self.metrics['boxes']} test boxes; left out: {self.left_out or 'nothing'}")
         targets = self.metrics.get("targets")
         return (f"{self.train_images} train / {self.test_images} test images"
                 + (f", {targets} test targets" if targets is not None else "")
@@ -126,8 +90,15 @@ class ProbeSummary:
     def binary(self) -> bool:
         return "iou" in self.metrics
 
+    @property
+    def detection(self) -> bool:
+        return "map" in self.metrics
+
     def scores(self) -> str:
         m = self.metrics
+        if self.detection:
+            masks = f"  mask mAP {m['mask_map']:.3f}" if "mask_map" in m else ""
+            return f"mAP {m['map']:.3f}  AP50 {m['ap50']:.3f}  AP75 {m['ap75']:.3f}{masks}"
         if self.binary:
             return (f"IoU {m['iou']:.3f}  nIoU {m['niou']:.3f}  Pd {m['pd']:.3f}  "
                     f"Fa {m['fa'] * 1e6:.1f}e-6")
@@ -147,7 +118,10 @@ class ProbeComparison:
 
     def __str__(self) -> str:
         first = self.rows[0]
-        columns = ["IoU", "nIoU", "Pd", "Fa(1e-6)"] if first.binary else ["mIoU", "mAcc"]
+        if first.detection:
+            columns = ["mAP", "AP50", "AP75", "APs", "APm", "APl"]
+        else:
+            columns = ["IoU", "nIoU", "Pd", "Fa(1e-6)"] if first.binary else ["mIoU", "mAcc"]
         lines = [
             f"probe {first.layout} {first.architecture}: {first.steps} steps, "
             f"{first.counts()} -> {self.out}",
@@ -155,20 +129,16 @@ class ProbeComparison:
         ]
         for row in self.rows:
             m = row.metrics
-            values = ([m["iou"], m["niou"], m["pd"], m["fa"] * 1e6] if row.binary
-                      else [m["miou"], m["macc"]])
-            lines.append(f"{row.label:<12}" + "".join(f"{v:>10.3f}" for v in values)
-                         + f"{row.seconds:>10.1f}")
+            if row.detection:
+                values = [m[k] for k in ("map", "ap50", "ap75", "ap_small", "ap_medium",
+                                         "ap_large")]
+            elif row.binary:
+                values = [m["iou"], m["niou"], m["pd"], m["fa"] * 1e6]
+            else:
+                values = [m["miou"], m["macc"]]
+            cells = "".join(f"{v:>10.3f}" if v is not None else f"{'-':>10}" for v in values)
+            lines.append(f"{row.label:<12}" + cells + f"{row.seconds:>10.1f}")
         return "\n".join(lines)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProbeError(f"--device {name}: no CUDA device here; use --device cpu or auto")
-    return device
 
 
 def soft_iou_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -300,7 +270,7 @@ def save_predictions_png(path: Path, data: LoadedSplit, predictions: Sequence[np
 
 @dataclass(frozen=True)
 class ProbeData:
-    """A data set read and decoded once (both rows of a comparison train on it)."""
+    """A segmentation set read and decoded once (both rows of a comparison train on it)."""
 
     samples: LayoutSamples
     train: LoadedSplit
@@ -310,16 +280,34 @@ class ProbeData:
     def binary(self) -> bool:
         return self.samples.num_classes == 2
 
+    def split(self) -> Split:
+        return Split(self.train.names, self.test.names, self.samples.split_source)
 
-def load_probe_data(config: ProbeConfig) -> ProbeData:
+
+def load_probe_data(config: ProbeConfig, split: Split | None = None) -> ProbeData | DetectionSet:
+    """The data of `config`: a detection set, or a decoded segmentation set; split by `split`,
+    else by `config.split` (a split file), else the layout's own split, else seeded."""
+    if split is None and config.split is not None:
+        split = read_split(config.split, config.layout)
+    if config.detection:
+        return read_detection_layout(config.layout, config.data, config.seed, split)
     samples = read_layout(config.layout, config.data, seed=config.seed)
+    if split is not None:
+        samples = restrict(samples, split)
     binary = samples.num_classes == 2
     return ProbeData(samples, load_split(samples.train, config.img_size, binary),
                      load_split(samples.test, config.img_size, binary))
 
 
-def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, data: ProbeData,
+def write_data_split(config: ProbeConfig, data: ProbeData | DetectionSet) -> Path:
+    """split.json in --out: the images each set used, for --split in later runs."""
+    return write_split(config.out / SPLIT_FILE, config.layout, data.split())
+
+
+def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, data: ProbeData | DetectionSet,
                         out: Path) -> ProbeSummary:
+    if isinstance(data, DetectionSet):
+        return _detect(config, spec, data, out)
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
@@ -347,23 +335,62 @@ def _train_and_evaluate(config: ProbeConfig, spec: EncoderSpec, data: ProbeData,
         without_mask=data.samples.without_mask,
     )
     save_predictions_png(out / PREDICTIONS_FILE, test, predictions, str(summary.scores()))
-    _write_record(out / METRICS_FILE, summary, spec, config, data, losses, device)
+    samples = data.samples
+    described = dict(root=str(samples.root), split=samples.split_source, train=len(samples.train),
+                     test=len(samples.test), without_mask=samples.without_mask,
+                     test_names=list(data.test.names))
+    _write_record(out / METRICS_FILE, summary, spec, config, described, losses, device)
     return summary
 
 
+def _detect(config: ProbeConfig, spec: EncoderSpec, data: DetectionSet, out: Path
+            ) -> ProbeSummary:
+
+    metrics, losses, seconds, device = train_and_evaluate_detector(config, spec, data, out)
+    summary = ProbeSummary(
+        label=spec.label, architecture=spec.architecture, layout=config.layout,
+        steps=config.steps, train_images=len(data.train), test_images=len(data.test),
+        metrics=metrics, seconds=seconds, out=out, left_out=data.skipped_text(),
+    )
+    described = dict(root=str(data.root), split=data.split_source, train=len(data.train),
+                     test=len(data.test), skipped=dict(data.skipped), classes=list(data.classes),
+                     masks=data.has_masks, test_names=[s.name for s in data.test])
+    _write_record(out / METRICS_FILE, summary, spec, config, described, losses, device)
+    return summary
+
+
+def protocol_of(config: ProbeConfig, data: ProbeData | DetectionSet) -> dict[str, Any]:
+    """What makes two runs comparable: task, data and split, input size, test-set size,
+    schedule and head. Encoders and seeds vary within one protocol."""
+    if isinstance(data, DetectionSet):
+        test, sizes = len(data.test), dict(test_boxes=data.test_boxes, classes=list(data.classes),
+                                           masks=data.has_masks)
+        train = len(data.train)
+    else:
+        test, train = len(data.test.names), len(data.train.names)
+        sizes = {}
+    return dict(
+        task=config.task, layout=config.layout, data=str(config.data.resolve()),
+        split=data.split().source, train_images=train, test_images=test, **sizes,
+        img_size=config.img_size, steps=config.steps, batch_size=config.batch_size,
+        lr=config.lr, weight_decay=config.weight_decay, head_dim=config.head_dim,
+        detail=config.detail if not config.detection else None,
+        threshold=config.threshold if config.task == "small-target" else None,
+        distance=config.distance if config.task == "small-target" else None,
+    )
+
+
 def _write_record(path: Path, summary: ProbeSummary, spec: EncoderSpec, config: ProbeConfig,
-                  data: ProbeData, losses: list[float], device: torch.device) -> None:
+                  data: dict[str, Any], losses: list[float], device: torch.device) -> None:
     """metrics.json: the summary, options, encoder, split, metrics and a thinned loss curve."""
     stride = max(1, len(losses) // LOSS_POINTS)
-    samples = data.samples
     record = dict(
         summary=str(summary), label=spec.label, architecture=spec.architecture,
         model_args=dict(spec.model_args), weights=str(spec.weights) if spec.weights else None,
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-        data=dict(root=str(samples.root), split=samples.split_source, train=len(samples.train),
-                  test=len(samples.test), without_mask=samples.without_mask,
-                  test_names=list(data.test.names)),
-        metrics=summary.metrics, seconds=summary.seconds, device=str(device),
+        protocol=dict(task=config.task, img_size=config.img_size, test_images=summary.test_images,
+                      steps=config.steps, freeze=config.freeze),
+        data=data, metrics=summary.metrics, seconds=summary.seconds, device=str(device),
         loss=dict(every=stride, values=losses[::stride], final=losses[-1]),
     )
     path.write_text(json.dumps(record, indent=2) + "\n")
@@ -373,7 +400,9 @@ def run_probe(config: ProbeConfig) -> ProbeSummary:
     """Fine-tune the encoder of `config.encoder` (an export folder, or scratch) and evaluate."""
     config = with_reference_encoder(config)
     spec = encoder_spec(config.encoder, config.arch)
-    return _train_and_evaluate(config, spec, load_probe_data(config), config.out)
+    data = load_probe_data(config)
+    write_data_split(config, data)
+    return _train_and_evaluate(config, spec, data, config.out)
 
 
 def run_probe_pair(config: ProbeConfig) -> ProbeComparison:
@@ -384,6 +413,7 @@ def run_probe_pair(config: ProbeConfig) -> ProbeComparison:
                          "export` folder)")
     pretrained = encoder_spec(config.encoder, config.arch)
     data = load_probe_data(config)
+    write_data_split(config, data)
     rows = (
         _train_and_evaluate(config, pretrained, data, config.out / "pretrained"),
         _train_and_evaluate(config, scratch_like(pretrained), data, config.out / "scratch"),
@@ -402,7 +432,7 @@ def with_reference_encoder(config: ProbeConfig) -> ProbeConfig:
 
     if config.encoder == SCRATCH:
         return config
-    return replace(config, encoder=encoder_folder(config.encoder, config.out))
+    return replace(config, encoder=encoder_folder(config.encoder, config.out, config.num_heads))
 
 
 def probe(config: ProbeConfig) -> ProbeSummary | ProbeComparison:
