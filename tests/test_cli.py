@@ -90,7 +90,7 @@ def test_console_script_is_installed():
 
 
 def test_pretrain_options_map_one_to_one_to_config_fields():
-    from cli import build_pretrain_command
+    from cli.model import build_pretrain_command
     from pretrain.config import option_fields
 
     command = build_pretrain_command()

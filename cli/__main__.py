@@ -1,0 +1,5 @@
+"""`python -m cli`: the `inf590k` command."""
+
+from cli import main
+
+main()
