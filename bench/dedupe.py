@@ -111,7 +111,9 @@ def measure_radius(samples: Path) -> None:
     """pHash/dHash distances of edited copies vs distinct frames of the real samples."""
     import cv2
 
-    from inf590k.inputs.imageio import ImagePolicy, RejectedImage, fingerprint, process_array
+    from inf590k.inputs.fingerprint import fingerprint
+    from inf590k.inputs.headers import RejectedImage
+    from inf590k.inputs.imageio import ImagePolicy, process_array
 
     policy = ImagePolicy()
     paths = sorted(p for p in samples.rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})

@@ -11,18 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inf590k.inputs.imageio import (
+from inf590k.inputs.fingerprint import (
     PHASH_SIZE,
-    ImagePolicy,
-    RejectedImage,
-    check_before_decode,
-    decode_byte_limit,
     entropy_bits,
     exact_resize_rule,
     fingerprint,
     phash_thumbnail,
-    process_image_bytes,
 )
+from inf590k.inputs.headers import RejectedImage, check_before_decode, decode_byte_limit
+from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
 
 POLICY = ImagePolicy()
 

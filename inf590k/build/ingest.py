@@ -28,19 +28,9 @@ from tqdm import tqdm
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.fsutil import available_cores, file_sha256, plural
-from inf590k.inputs.imageio import (
-    OPENCV_PIXEL_LIMIT,
-    ImagePolicy,
-    ProcessedImage,
-    RejectedImage,
-    decode,
-    fingerprint,
-    process_array,
-    process_image_bytes,
-    stretch_to_8bit,
-    supported_dtype,
-    to_grey,
-)
+from inf590k.inputs.headers import OPENCV_PIXEL_LIMIT, RejectedImage
+from inf590k.inputs.imageio import ImagePolicy, ProcessedImage, decode, process_array, process_image_bytes, stretch_to_8bit, supported_dtype, to_grey
+from inf590k.inputs.fingerprint import fingerprint
 from inf590k.inputs.manifest import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,

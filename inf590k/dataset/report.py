@@ -37,7 +37,7 @@ from inf590k.dataset.layout import (
     tar_path,
 )
 from inf590k.fsutil import write_bytes_atomic, write_text_atomic
-from inf590k.inputs.imageio import RejectedImage, check_before_decode
+from inf590k.inputs.headers import RejectedImage, check_before_decode
 
 GRID_COLUMNS = 6
 CELL = (192, 154)  # grid cell, width x height (5:4, the common IR sensor shape)

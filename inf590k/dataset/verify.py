@@ -124,7 +124,7 @@ def _decode(data: bytes) -> tuple[np.ndarray | None, str]:
     refuse before OpenCV: cut, a chunk claiming more bytes than the file holds (OpenCV would
     allocate that length first), a lying header, a decode over the byte limit."""
     # ingest's checks, imported here: the decode is verify's only use of them
-    from inf590k.inputs.imageio import RejectedImage, check_before_decode
+    from inf590k.inputs.headers import RejectedImage, check_before_decode
 
     try:
         check_before_decode(data)

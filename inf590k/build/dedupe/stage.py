@@ -146,7 +146,9 @@ def fingerprints_of_rows(table: pa.Table) -> Fingerprints:
 
 def _fingerprints_of_folder(folder: Path) -> tuple[Fingerprints, int]:
     """Hash evaluation images the way ingest hashes (same decode, crop and 8-bit view)."""
-    from inf590k.inputs.imageio import ImagePolicy, RejectedImage, fingerprint, process_image_bytes
+    from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
+    from inf590k.inputs.fingerprint import fingerprint
+    from inf590k.inputs.headers import RejectedImage
 
     policy = ImagePolicy(allow_colour=True)  # benchmark images may be stored as RGB
     labels, digests, phashes, dhashes, skipped = [], [], [], [], 0
