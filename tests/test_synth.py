@@ -13,7 +13,7 @@ from PIL import Image
 
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.manifest import builtin_manifests
-from inf590k.synth.layouts import (
+from inf590k.synth.config import (
     DRONEVEHICLE_BORDER,
     INCLUDED_KINDS,
     KIND_EXCLUDED_COPY,
@@ -26,13 +26,13 @@ from inf590k.synth.layouts import (
     KIND_VISIBLE,
     LAYOUTS_16BIT,
     PARALLEL_MIN_FRAMES,
-    RAW_14BIT_MAX,
     SYNTH_LAYOUTS,
     SynthConfig,
     SynthError,
     SynthSummary,
-    synthesize,
 )
+from inf590k.synth.layouts import synthesize
+from inf590k.synth.render import RAW_14BIT_MAX
 
 COUNT = 12
 SCALE = 0.25
