@@ -421,7 +421,7 @@ def feature_model_folder(model: Path, build_dir: Path) -> Path:
     """--feature-model as a timm folder: registers our encoders with timm (the dataset package
     does not import the model package) and converts a released checkpoint into an export."""
     try:
-        from pretrain.models.reference import encoder_folder
+        from pretrain.models.reference import encoder_folder  # torch: when the command runs
     except ImportError as err:
         raise CliError(
             f"--feature-model needs the pretraining extras ({err}); install them"

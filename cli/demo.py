@@ -67,10 +67,10 @@ def demo(
     """The whole chain on synthetic data, no downloads: synth -> build -> verify -> report ->
     pretrain over local HTTP -> export -> reconstruction PNG -> small-target and detection probes."""
     # pretrain imports torch: only when the demo runs, not for every `inf590k` command
-    from pretrain.checkpoint import export_checkpoint
-    from pretrain.config import config_from_options
-    from pretrain.train import pretrain
-    from pretrain.visualize import visualize_checkpoint
+    from pretrain.checkpoint import export_checkpoint  # torch: when the command runs
+    from pretrain.config import config_from_options  # torch: when the command runs
+    from pretrain.train import pretrain  # torch: when the command runs
+    from pretrain.visualize import visualize_checkpoint  # torch: when the command runs
 
     out.mkdir(parents=True, exist_ok=True)
     sources = []
@@ -147,8 +147,8 @@ def demo(
     exported = export_checkpoint(result.checkpoint, out / "export")
     images = sorted((out / "sources" / "sirst" / "images").glob("*.png"))[:4]
     grid = visualize_checkpoint(result.checkpoint, images, out / "reconstruction.png")
-    from pretrain.probe import ProbeConfig
-    from pretrain.probe import probe as run_probe
+    from pretrain.probe import ProbeConfig  # torch: when the command runs
+    from pretrain.probe import probe as run_probe  # torch: when the command runs
 
     probed = run_probe(
         ProbeConfig(

@@ -31,12 +31,12 @@ def click_option(option) -> click.Option:
 
 
 def build_pretrain_command() -> click.Command:
-    from pretrain.config import cli_options
+    from pretrain.config import cli_options  # torch: when the command runs
 
     def run(**options) -> None:
-        from pretrain.config import config_from_options
-        from pretrain.data import ShardUnreachableError
-        from pretrain.train import TrainingDiverged, pretrain
+        from pretrain.config import config_from_options  # torch: when the command runs
+        from pretrain.data import ShardUnreachableError  # torch: when the command runs
+        from pretrain.train import TrainingDiverged, pretrain  # torch: when the command runs
 
         chosen = {k: v for k, v in options.items() if v is not None and v != ()}
         try:
@@ -80,8 +80,8 @@ def model_info(name: str, image_size: int, in_chans: str) -> None:
 
     Names: mae_vit_base, infmae_base, dugi_mae_base, their _large and _tiny variants.
     """
-    from pretrain.models import MODEL_NAMES, format_model_info
-    from pretrain.models import model_info as describe
+    from pretrain.models import MODEL_NAMES, format_model_info  # torch: when the command runs
+    from pretrain.models import model_info as describe  # torch: when the command runs
 
     if name not in MODEL_NAMES:
         raise CliError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODEL_NAMES))}")
@@ -112,7 +112,7 @@ def model_info(name: str, image_size: int, in_chans: str) -> None:
 def visualize(checkpoint: Path, images: tuple[Path, ...], out: Path) -> None:
     """Reconstruction grid of a training checkpoint, one row per image: input | masked |
     reconstruction | reconstruction with the visible patches pasted."""
-    from pretrain.visualize import visualize_checkpoint
+    from pretrain.visualize import visualize_checkpoint  # torch: when the command runs
 
     try:
         written = visualize_checkpoint(checkpoint, images, out)
@@ -158,8 +158,11 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
 
     CHECKPOINT is a training checkpoint of `inf590k pretrain`, or a released InfMAE, ConvMAE or
     MAE pretraining checkpoint (.pth)."""
-    from pretrain.checkpoint import export_checkpoint
-    from pretrain.models.reference import export_reference, reference_state
+    from pretrain.checkpoint import export_checkpoint  # torch: when the command runs
+    from pretrain.models.reference import (  # torch: when the command runs
+        export_reference,
+        reference_state,
+    )
 
     try:
         state = reference_state(checkpoint)  # read once: a released checkpoint is handed on
@@ -217,8 +220,8 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
 )
 def publish_model(export_dir, repo, dataset_repo, private, dry_run, stage, endpoint) -> None:
     """Publish an exported encoder (safetensors + timm config) with a model card."""
-    from pretrain.hub import ModelPublishConfig, PublishError
-    from pretrain.hub import publish_model as run_publish_model
+    from pretrain.hub import ModelPublishConfig, PublishError  # torch: when the command runs
+    from pretrain.hub import publish_model as run_publish_model  # torch: when the command runs
 
     config = ModelPublishConfig(
         export_dir=export_dir,
@@ -363,8 +366,8 @@ def probe(**options) -> None:
 
     With an export folder, the same architecture is also trained from scratch and both rows printed.
     """
-    from pretrain.probe import ProbeConfig
-    from pretrain.probe import probe as run_probe
+    from pretrain.probe import ProbeConfig  # torch: when the command runs
+    from pretrain.probe import probe as run_probe  # torch: when the command runs
 
     try:
         result = run_probe(ProbeConfig(**options))
@@ -438,7 +441,12 @@ def eval_command(encoders, num_heads, arms, **options) -> None:
     """Several encoders under one protocol (same split, schedule, input size and head), each
     fine-tuned and frozen over seeds: results.md / .json (mean ± std, paired difference to
     scratch) and results.png."""
-    from pretrain.probe.compare import EvalConfig, parse_encoders, parse_heads, run_eval
+    from pretrain.probe.compare import (  # torch: when the command runs
+        EvalConfig,
+        parse_encoders,
+        parse_heads,
+        run_eval,
+    )
 
     try:
         config = EvalConfig(

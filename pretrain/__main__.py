@@ -22,7 +22,7 @@ _SCALARS = {"int": int, "float": float, "str": str}
 def build_parser() -> argparse.ArgumentParser:
     """One `--kebab-name` option per config field (`pretrain.config.cli_options`); unset options
     keep the field's default."""
-    from pretrain.config import cli_options
+    from pretrain.config import cli_options  # torch: when the command runs
 
     parser = argparse.ArgumentParser(
         prog="python -m pretrain", description="Pretrain DuGI-MAE from Inf-590K shards."
@@ -61,21 +61,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "visualize":
-        from pretrain.visualize import visualize_checkpoint
+        from pretrain.visualize import visualize_checkpoint  # torch: when the command runs
 
         args = _checkpoint_parser("visualize").parse_args(argv[1:])
         print(visualize_checkpoint(args.checkpoint, args.image, args.out))
         return 0
     if argv and argv[0] == "export":
-        from pretrain.checkpoint import export_checkpoint
+        from pretrain.checkpoint import export_checkpoint  # torch: when the command runs
 
         args = _checkpoint_parser("export").parse_args(argv[1:])
         print(export_checkpoint(args.checkpoint, args.out))
         return 0
     if argv and argv[0] == "pretrain":
         argv = argv[1:]
-    from pretrain.config import config_from_options
-    from pretrain.train import pretrain
+    from pretrain.config import config_from_options  # torch: when the command runs
+    from pretrain.train import pretrain  # torch: when the command runs
 
     args = build_parser().parse_args(argv)
     options = {k: v for k, v in vars(args).items() if v is not None}

@@ -14,6 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pretrain.models import create_model
+from pretrain.models.export import CONFIG_FILE, WEIGHTS_FILE, export_encoder, feature_lines
+from pretrain.provenance import WeightsLicence, describe_shards
+
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
 FORMAT_VERSION = 1
@@ -151,8 +155,6 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def model_from_state(state: dict[str, Any]) -> torch.nn.Module:
     """The model a checkpoint holds, rebuilt from its saved ModelConfig and weights."""
-    from pretrain.models import create_model
-
     config = dict(state["model_config"])
     name = config.pop("name", None) or state["model_name"]
     model = create_model(name, **config)
@@ -174,8 +176,6 @@ def run_record(checkpoint: dict[str, Any]) -> dict[str, Any]:
     lr = optim.get("lr") or (blr * global_batch / 256 if blr and global_batch else None)
     if optim.get("lr") and global_batch:
         blr = optim["lr"] * 256 / global_batch
-    from pretrain.provenance import describe_shards
-
     return {
         "lr": lr,
         "blr": blr,
@@ -219,9 +219,6 @@ def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[
 
 def model_card(checkpoint: dict[str, Any], weights_name: str, stage3: str = "fused") -> str:
     """A short README for an exported encoder: what it is, how it was trained, its licence."""
-    from pretrain.models.export import feature_lines
-    from pretrain.provenance import WeightsLicence
-
     record = run_record(checkpoint)
     licence = WeightsLicence.from_dict(record.get("license"))
     model_config = checkpoint.get("model_config", {})
@@ -265,9 +262,6 @@ def model_card(checkpoint: dict[str, Any], weights_name: str, stage3: str = "fus
 
 def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str, stage3: str = "fused") -> Path:
     """Export a training checkpoint's encoder for timm (safetensors + config) with a model card."""
-    from pretrain.models.export import CONFIG_FILE, WEIGHTS_FILE, export_encoder
-    from pretrain.provenance import WeightsLicence
-
     checkpoint = load(checkpoint_file)
     model = model_from_state(checkpoint)
     record = run_record(checkpoint)

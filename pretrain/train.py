@@ -38,13 +38,16 @@ from pretrain.data import (
     loader_for,
     resolve_data,
 )
+from pretrain.models import create_model
 from pretrain.models.pixels import normalise
+from pretrain.models.reference import init_from_reference
 from pretrain.provenance import (
     DataRecord,
     data_record,
     safe_shard_specs,
     weights_licence,
 )
+from pretrain.visualize import save_grid
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +156,7 @@ class MetricsLog:
         self.writer = None
         if enabled and tensorboard:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional: --tensorboard
             except ImportError as exc:
                 raise RuntimeError(
                     "--tensorboard needs the tensorboard package: pip install tensorboard"
@@ -331,12 +334,8 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         seed_everything(run.seed)  # same init on every rank (DDP also broadcasts rank 0's)
         if model is None:
-            from pretrain.models import create_model
-
             model = create_model(run.model, **parse_model_args(run.model_args))
             if run.init:
-                from pretrain.models.reference import init_from_reference
-
                 model = init_from_reference(run.init, run.init_kind, model.config)
         self.model = model.to(self.device)
         self.model_config = getattr(model, "config", None)
@@ -640,8 +639,6 @@ class Trainer:
         return record
 
     def _visualize(self, images: torch.Tensor) -> None:
-        from pretrain.visualize import save_grid
-
         path = self.run_dir / "vis" / f"step-{self.step:08d}.png"
         save_grid(self.model, images[:8].to(self.device), path)
 

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.ingest import IngestConfig, ingest, load_stored_pixels, make_uid
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.rows import load_stored_pixels, make_uid
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from tests.test_imageio import encode, png_with_header_size, thermal_frame

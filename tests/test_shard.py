@@ -144,7 +144,7 @@ def test_shard_format(built, tmp_path):
 
 def test_pixels_round_trip_and_16bit(built, tmp_path):
     """`.png` is always the 8-bit view; --keep-16bit adds the raw frame as `.npy`, exactly."""
-    from inf590k.build.ingest import load_stored_pixels
+    from inf590k.build.rows import load_stored_pixels
 
     rows = {r["uid"]: r for r in cat.read_catalog(built).to_pylist()}
     shard_dataset(ShardConfig(build=built, out=tmp_path / "ds8", execution=ExecutionOptions(workers=1, progress=False)))

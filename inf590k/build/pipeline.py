@@ -10,11 +10,11 @@ from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.build.bins import BinConfig, BinSummary, bin_catalog
 from inf590k.build.dedupe.stage import DedupeConfig, DedupeSummary, dedupe
-from inf590k.fsutil import available_cores, plural
 from inf590k.build.ingest import IngestConfig, IngestSummary, ingest
+from inf590k.build.shard.stage import ShardConfig, ShardSummary, shard
 from inf590k.execution.ray_cluster import shared_session
 from inf590k.execution.units import ExecutionOptions
-from inf590k.build.shard.stage import ShardConfig, ShardSummary, shard
+from inf590k.fsutil import available_cores, plural
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def hub_offline() -> bool:
     """HF_HUB_OFFLINE, read now (huggingface_hub reads it once, at import)."""
     if _truthy(os.environ.get("HF_HUB_OFFLINE")):
         return True
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # the Hub client loads in ~0.5 s: when used
 
     return bool(constants.is_offline_mode())
 
@@ -58,7 +58,7 @@ def read_token() -> str | None:
     token = os.environ.get("HF_TOKEN")
     if token:
         return token
-    from huggingface_hub import get_token
+    from huggingface_hub import get_token  # the Hub client loads in ~0.5 s: when used
 
     return get_token()
 
@@ -92,8 +92,11 @@ def one_line(error: BaseException, token: str) -> str:
 def hub_errors(action: str, endpoint: str, token: str, kept: str) -> Iterator[None]:
     """What the Hub client raises, as one PublishError line naming the next step; `kept` says
     what was left as it was (and that a re-run continues)."""
-    import httpx2
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    import httpx2  # the Hub client loads in ~0.5 s: when used
+    from huggingface_hub.errors import (  # the Hub client loads in ~0.5 s: when used
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+    )
 
     try:
         yield
@@ -118,7 +121,11 @@ def hub_errors(action: str, endpoint: str, token: str, kept: str) -> Iterator[No
 
 def check_hub_access(endpoint: str, token: str, kept: str) -> str:
     """Fail fast before any upload: unreachable, or a rejected token. Returns the user name."""
-    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    from huggingface_hub.utils import (  # the Hub client loads in ~0.5 s: when used
+        build_hf_headers,
+        get_session,
+        hf_raise_for_status,
+    )
 
     with hub_errors("checking the token", endpoint, token, kept):
         response = get_session().get(

@@ -40,6 +40,7 @@ from inf590k.dataset.layout import (
     symlinks_under,
     tar_path,
 )
+from inf590k.dataset.report import ReportConfig, report
 from inf590k.fsutil import file_sha256
 
 
@@ -179,7 +180,7 @@ def _kept(dataset: Path) -> str:
 
 def _remote_sha256(api, repo: str, repo_type: str) -> dict[str, str]:
     """path -> sha256 of the LFS files the repo already holds (empty for a new repo)."""
-    from huggingface_hub.hf_api import RepoFile
+    from huggingface_hub.hf_api import RepoFile  # the Hub client loads in ~0.5 s: when used
 
     return {
         entry.path: entry.lfs.sha256
@@ -201,7 +202,7 @@ def check_unchanged(dataset: Path, shards: list[DatasetShard]) -> None:
 
 def upload_dataset(config: PublishConfig, shards: list[DatasetShard], token: str) -> PublishSummary:
     """create_repo + one upload_folder per bin still missing + card and metadata last."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # the Hub client loads in ~0.5 s: when used
 
     dataset = Path(config.dataset)
     endpoint = hub_endpoint(config.endpoint)
@@ -260,8 +261,6 @@ def _summary(config: PublishConfig, shards: list[DatasetShard], dry_run: bool) -
 
 
 def _refresh_report(dataset: Path) -> None:
-    from inf590k.dataset.report import ReportConfig, report
-
     try:
         report(ReportConfig(dataset=dataset))
     except (OSError, ValueError) as err:

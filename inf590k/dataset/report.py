@@ -157,10 +157,10 @@ def _describe(values: np.ndarray) -> dict:
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # matplotlib (and its backend) only when a report is drawn
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     return plt
 
@@ -192,7 +192,7 @@ def _histogram(
     log_x: bool,
     edges_marked: list[int] = (),
 ) -> None:
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter  # with pyplot
 
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)

@@ -46,6 +46,7 @@ from inf590k.dataset.layout import (
 from inf590k.execution import progress
 from inf590k.execution.units import ExecutionOptions, run_units
 from inf590k.fsutil import file_sha256, plural
+from inf590k.inputs.headers import RejectedImage, check_before_decode
 
 BASE_MEMBERS = ("cls", "json", "png")
 REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
@@ -124,8 +125,6 @@ def _decode(data: bytes) -> tuple[np.ndarray | None, str]:
     refuse before OpenCV: cut, a chunk claiming more bytes than the file holds (OpenCV would
     allocate that length first), a lying header, a decode over the byte limit."""
     # ingest's checks, imported here: the decode is verify's only use of them
-    from inf590k.inputs.headers import RejectedImage, check_before_decode
-
     try:
         check_before_decode(data)
     except RejectedImage as refused:

@@ -70,7 +70,7 @@ class RayMissing(RuntimeError):
 
 def import_ray() -> Any:
     try:
-        import ray
+        import ray  # Ray is optional (the `ray` extra)
     except ImportError as err:
         raise RayMissing(INSTALL_HINT) from err
     return ray

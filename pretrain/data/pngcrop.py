@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 try:  # ISA-L's inflate: same streams, ~2.3x zlib's speed on the shards' PNGs
-    from isal import isal_zlib as inflate_lib
+    from isal import isal_zlib as inflate_lib  # ISA-L is optional: zlib otherwise
 except ImportError:  # pragma: no cover - python-isal is a dependency; zlib is the fallback
     inflate_lib = zlib
 

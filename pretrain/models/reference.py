@@ -47,9 +47,11 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from pretrain.models.configs import ModelConfig
+from pretrain.models.export import export_encoder, feature_lines
 from pretrain.models.mae import MaskedAutoencoder
 
 REFERENCE_KINDS = ("infmae", "convmae", "mae", "unip")
@@ -144,8 +146,6 @@ def read_reference(
         if not path.is_file():
             raise FileNotFoundError(f"reference checkpoint {path} not found: pass the .pth file")
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             loaded = load_file(str(path))
         else:
             loaded = _torch_load(path)
@@ -510,8 +510,6 @@ def export_reference(
     """Export a released checkpoint's encoder like our own (safetensors, timm config.json and a
     model card), converted to `in_chans` (1: the toolkit's infrared input). Returns the folder.
     `state`: the checkpoint (as `reference_state` read it) when the caller has read `source`."""
-    from pretrain.models.export import export_encoder, feature_lines
-
     checkpoint = read_reference(source if state is None else state)
     kind = reference_kind(checkpoint.state) if kind is None else kind
     _check_kind(kind)

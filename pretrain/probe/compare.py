@@ -30,6 +30,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pretrain.models.reference import encoder_folder
 from pretrain.probe.config import TASKS, ProbeConfig, probe_layout
 from pretrain.probe.detect_data import DetectionSet
 from pretrain.probe.head import SCRATCH, EncoderSpec, encoder_spec, read_export, scratch_like
@@ -190,8 +191,6 @@ def resolve_encoders(config: EvalConfig) -> dict[str, EncoderSpec]:
     """Each encoder's spec; a released checkpoint is exported into out/encoders/NAME once.
     `scratch` takes the architecture of the first other encoder (else --arch);
     `scratch:ARCH` names one."""
-    from pretrain.models.reference import encoder_folder
-
     heads = dict(config.num_heads)
     specs: dict[str, EncoderSpec] = {}
     for name, source in config.encoders:

@@ -540,7 +540,7 @@ def read_detection_layout(
 
 def sample_masks(sample: DetectionSample) -> torch.Tensor:
     """[K, H, W] uint8 masks of a sample's COCO segmentations (polygons or RLE)."""
-    from pycocotools import mask as coco_mask
+    from pycocotools import mask as coco_mask  # only for detection
 
     masks = []
     for segmentation in sample.segmentations or ():

@@ -31,7 +31,7 @@ def coco_ground_truth(
 ) -> dict[str, Any]:
     """The test set as a COCO dataset: image ids are the samples' indices, category ids the
     labels 1..K, annotation ids from 1, areas of the boxes (of the masks with `masks`)."""
-    from pycocotools import mask as coco_mask
+    from pycocotools import mask as coco_mask  # only for detection
 
     images, annotations = [], []
     for index, sample in enumerate(samples):
@@ -62,7 +62,7 @@ def coco_ground_truth(
 
 
 def _coco(dataset: dict[str, Any]):
-    from pycocotools.coco import COCO
+    from pycocotools.coco import COCO  # only for detection
 
     coco = COCO()
     coco.dataset = copy.deepcopy(dataset)
@@ -111,7 +111,7 @@ def coco_metrics(
     """mAP, AP50, AP75, AP S/M/L (None where the test set has no box of that size) and
     per-class AP of `detections` (COCO results: image_id, category_id, bbox xywh or
     segmentation, score) against `truth` (a COCO dataset, see `coco_ground_truth`)."""
-    from pycocotools.cocoeval import COCOeval
+    from pycocotools.cocoeval import COCOeval  # only for detection
 
     if not truth["annotations"]:
         raise ValueError("the test set holds no box: nothing to score detections against")
@@ -134,7 +134,7 @@ def detections_of(
 ) -> tuple[list[dict], list[dict]]:
     """torchvision's detection outputs (boxes xyxy, labels, scores[, masks]) as COCO results:
     box results, and mask results (RLE of masks thresholded at 0.5) with `masks`."""
-    from pycocotools import mask as coco_mask
+    from pycocotools import mask as coco_mask  # only for detection
 
     boxes, segments = [], []
     for output, image_id in zip(outputs, image_ids, strict=True):

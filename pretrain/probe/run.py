@@ -31,6 +31,7 @@ from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from pretrain.models.reference import encoder_folder
 from pretrain.probe.config import (
     ProbeConfig,
 )
@@ -428,8 +429,6 @@ def run_probe_pair(config: ProbeConfig) -> ProbeComparison:
 
 def with_reference_encoder(config: ProbeConfig) -> ProbeConfig:
     """A released InfMAE / ConvMAE / MAE checkpoint as --encoder: converted to an export first."""
-    from pretrain.models.reference import encoder_folder
-
     if config.encoder == SCRATCH:
         return config
     return replace(config, encoder=encoder_folder(config.encoder, config.out, config.num_heads))

@@ -32,7 +32,7 @@ class FeatureConfig:
 
 def load_encoder(model_dir: Path, device: str):
     """The encoder with its classifier removed, in eval mode, and its input size and channels."""
-    import timm
+    import timm  # only with --feature-model: torch is the model side\'s
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
@@ -71,7 +71,7 @@ def _batch(images: list[np.ndarray], size: tuple[int, int], channels: int, model
 
 def embed(images_iter, count: int, config: FeatureConfig) -> np.ndarray:
     """L2-normalised embeddings [N, D] of `count` images from an iterator of [H, W] arrays."""
-    import torch
+    import torch  # only with --feature-model: torch is the model side\'s
 
     model, channels, size = load_encoder(config.model_dir, config.device)
     out: list[np.ndarray] = []
@@ -91,7 +91,7 @@ def embed(images_iter, count: int, config: FeatureConfig) -> np.ndarray:
 
 
 def _forward(model, batch: np.ndarray, device: str) -> np.ndarray:
-    import torch
+    import torch  # only with --feature-model: torch is the model side\'s
 
     features = model(torch.from_numpy(batch).to(device)).float()  # [B, D]
     return torch.nn.functional.normalize(features, dim=1).cpu().numpy()
@@ -101,7 +101,7 @@ def similar_pairs(
     embeddings: np.ndarray, threshold: float, chunk: int = 4096
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair i < j with cosine(embeddings[i], embeddings[j]) > threshold (exact)."""
-    import torch
+    import torch  # only with --feature-model: torch is the model side\'s
 
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"--feature-threshold must be in -1..1, got {threshold}")

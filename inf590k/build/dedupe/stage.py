@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow as pa
 from scipy.sparse import coo_matrix
@@ -31,8 +32,14 @@ from scipy.sparse.csgraph import connected_components
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
-from inf590k.fsutil import plural
 from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius_pairs
+from inf590k.fsutil import plural
+from inf590k.inputs.fingerprint import fingerprint
+from inf590k.inputs.headers import RejectedImage
+from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
+from inf590k.dataset.layout import read_sidecars
+from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
+from inf590k.build.rows import load_stored_pixels
 
 DEFAULT_RADIUS = 8
 REPORT_DIRNAME = "dedupe"
@@ -146,10 +153,6 @@ def fingerprints_of_rows(table: pa.Table) -> Fingerprints:
 
 def _fingerprints_of_folder(folder: Path) -> tuple[Fingerprints, int]:
     """Hash evaluation images the way ingest hashes (same decode, crop and 8-bit view)."""
-    from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
-    from inf590k.inputs.fingerprint import fingerprint
-    from inf590k.inputs.headers import RejectedImage
-
     policy = ImagePolicy(allow_colour=True)  # benchmark images may be stored as RGB
     labels, digests, phashes, dhashes, skipped = [], [], [], [], 0
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
@@ -179,8 +182,6 @@ def load_outside_set(path: Path) -> OutsideSet:
         rows = _ok_rows(cat.read_catalog(path))
         return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
     if (path / "data" / "_info.json").is_file():  # a dataset folder: its shards' sidecar rows
-        from inf590k.dataset.layout import read_sidecars
-
         return OutsideSet(fingerprints_of_rows(read_sidecars(path)), f"already in {path.name or path}")
     if path.is_dir():
         prints, skipped = _fingerprints_of_folder(path)
@@ -425,9 +426,6 @@ def _feature_edges(
     build: Path, candidates: pa.Table, config: DedupeConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of candidates whose encoder embeddings are more similar than the threshold."""
-    from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
-    from inf590k.build.ingest import load_stored_pixels
-
     rows = candidates.to_pylist()
     features = FeatureConfig(
         model_dir=Path(config.feature_model),
@@ -529,9 +527,6 @@ def write_contact_sheet(
     path: Path, build: Path, report: dict, max_groups: int, thumb: int = 112
 ) -> Path | None:
     """A PNG with one row per largest group: the kept image first, distances underneath."""
-    import cv2
-
-    from inf590k.build.ingest import load_stored_pixels
 
     largest = sorted(report["groups"], key=lambda g: (-len(g["members"]), g["group"]))[:max_groups]
     if not largest:

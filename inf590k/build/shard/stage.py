@@ -14,48 +14,40 @@ writes a folder.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import math
-import multiprocessing
 import os
 import re
-import tarfile
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-import cv2
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
-from inf590k.build.shard.plan import ShardConfig, ShardJob, _check_options, _kept_rows, _pixel_bytes, plan_shards, short_bins, sources_table
+from inf590k.build.shard.plan import (
+    ShardConfig,
+    ShardJob,
+    _check_options,
+    _kept_rows,
+    _pixel_bytes,
+    plan_shards,
+    short_bins,
+    sources_table,
+)
 from inf590k.build.shard.reread import SourceChanged, _PixelLoader, _read_files
 from inf590k.build.shard.tar import _HashingFile, add_sample, encode_png, raw_npy, tar_end
 from inf590k.dataset.layout import (
-    CARD_FILENAME,
     CATALOG_PATH,
     COUNTS_PATH,
     DATA_DIRNAME,
     FILES_PATH,
     INFO_PATH,
-    LICENSES_PATH,
-    REPORT_DIR,
-    REPORT_FILES,
     SIZES_PATH,
     SOURCES_PATH,
     SUMS_PATH,
     WRITTEN_BY,
-    UnsafePathError,
-    check_relpath,
     dataset_file,
     folder_files,
     index_files,
@@ -63,17 +55,14 @@ from inf590k.dataset.layout import (
     is_hub_extra,
     read_owned,
     read_sources_table,
-    sample_json,
     shard_files,
     sidecar_path,
     stats_path,
     tar_path,
 )
 from inf590k.execution import progress
-from inf590k.execution.local import LocalExecutor, pool_start_method, sigterm_as_interrupt
 from inf590k.execution.units import run_units
-from inf590k.fsutil import available_cores, file_sha256, open_new, plural, write_text_atomic
-
+from inf590k.fsutil import file_sha256, open_new, plural, write_text_atomic
 
 # ----------------------------------------------------------------------------- summary
 
