@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -40,7 +41,10 @@ from inf590k.fsutil import available_cores
 
 CODE_BITS = 64
 ALL_POSITIONS = tuple(range(CODE_BITS))
-MAX_DESIGN_RADIUS = 12  # above it the recursive designs need more tables than brute force costs
+MAX_DESIGN_RADIUS = 12
+MAX_BLOCK_BITS = 24  # multi-index bucket tables have 2**bits entries; 24 bits = 16M
+MULTI_INDEX_CODES = 4_000_000  # beyond, multi-index buckets fill and memory grows: not planned
+CANDIDATE_CHUNK = 8_000_000  # multi-index candidates expanded at once (bounds memory)  # above it the recursive designs need more tables than brute force costs
 MAX_KEY_BITS = 40
 BUCKETED_CODES = 1 << 20  # from this many codes, tables of byte keys scatter inside buckets
 SCATTERED_ROWS = 256  # smaller buckets are grouped by sorting instead
@@ -56,6 +60,8 @@ _SORTED_TABLE_S, _SORTED_CODE_S = 5e-4, 30e-9  # byte-key table, sorted
 _BUCKETED_TABLE_S, _BUCKETED_CODE_S = 8e-3, 18e-9  # byte-key table, scattered in buckets
 _OWN_TABLE_S, _OWN_CODE_S = 1.5e-3, 55e-9  # table that permutes and sorts the codes itself
 _CANDIDATE_S = 40e-9  # per candidate pair that shares a key by chance
+_MULTI_INDEX_S = 9e-9  # per probe or candidate of multi-index hashing
+_MULTI_INDEX_MASK_S = 2e-5  # per probed mask of multi-index hashing (Python, small arrays)
 _BRUTE_S = 12e-9  # per pair of brute force
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (first, second, distance)
@@ -81,18 +87,35 @@ class KeyTable:
 
 
 @dataclass(frozen=True)
+class BlockPlan:
+    """Multi-index hashing: the 64 bits split in blocks, each probed within its own radius."""
+
+    offsets: tuple[int, ...]
+    widths: tuple[int, ...]
+    radii: tuple[int, ...]
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.widths)
+
+
+@dataclass(frozen=True)
 class SearchLayout:
     name: str
     key_bits: int
     max_radius: int  # the largest radius whose pairs the keys are sure to meet
     tables: tuple[KeyTable, ...]
     views: tuple[tuple[int, ...], ...] = ()  # shared bit permutations (dest per bit)
+    blocks: BlockPlan | None = None  # multi-index hashing instead of exact keys
 
     @property
     def num_tables(self) -> int:
-        return len(self.tables)
+        return self.blocks.num_blocks if self.blocks else len(self.tables)
 
     def describe(self) -> str:
+        if self.blocks:
+            b = self.blocks
+            return f"{self.name}: {b.num_blocks} blocks of {b.widths} bits, probe radii {b.radii}"
         if self.key_bits == 0:
             return f"{self.name} (brute force)"
         return f"{self.name}: {self.num_tables} tables of {self.key_bits}-bit keys"
@@ -282,6 +305,44 @@ def _recursive_layout(radius: int, key_bits: int, positions: tuple[int, ...]) ->
     return SearchLayout("recursive halving", key_bits, radius, tuple(tables))
 
 
+def ball_volume(bits: int, radius: int) -> int:
+    return sum(math.comb(bits, r) for r in range(radius + 1))
+
+
+def _plan_blocks(num_codes: int, radius: int) -> tuple[float, BlockPlan]:
+    """Multi-index hashing's block count with the lowest cost for uniform codes, and that cost
+    in probes + candidates: N * sum_i V(w_i, t_i) * (1 + N / 2**w_i), plus building tables.
+
+    Pigeonhole: with m blocks and probe radii summing to radius - m + 1, two codes within the
+    radius differ in at most t_i bits in some block i."""
+    best: tuple[float, BlockPlan] | None = None
+    min_blocks = math.ceil(CODE_BITS / MAX_BLOCK_BITS)
+    for m in range(min_blocks, max(min_blocks, min(radius + 1, CODE_BITS // 4)) + 1):
+        widths = [CODE_BITS // m + (1 if i < CODE_BITS % m else 0) for i in range(m)]
+        offsets = [sum(widths[:i]) for i in range(m)]
+        need = max(0, radius - m + 1)
+        radii = [need // m + (1 if i < need % m else 0) for i in range(m)]
+        cost = sum(
+            num_codes * ball_volume(w, t) * (1.0 + num_codes / 2.0**w)
+            for w, t in zip(widths, radii, strict=True)
+        )
+        cost += m * (num_codes + 2.0 ** max(widths))
+        plan = BlockPlan(tuple(offsets), tuple(widths), tuple(radii))
+        if best is None or cost < best[0]:
+            best = (cost, plan)
+    assert best is not None
+    return best
+
+
+def multi_index_layout(num_codes: int, radius: int) -> SearchLayout:
+    """Multi-index hashing (Norouzi et al.) with the block count chosen for `num_codes`: the
+    fastest up to a few million codes, but its blocks stop at 24 bits, so beyond that its
+    buckets fill and its time grows as N^1.8."""
+    _check_radius(radius)
+    plan = _plan_blocks(num_codes, radius)[1]
+    return SearchLayout("multi-index hashing", min(plan.widths), radius, (), (), plan)
+
+
 def recursive_table_count(width: int, radius: int, key_bits: int) -> float:
     return float(_design_counts(width, radius)[key_bits])
 
@@ -298,8 +359,16 @@ def _estimate(kind: str, tables: int, key_bits: int, n: int) -> float:
     return tables * (per_table + pairs / 2.0**key_bits * _CANDIDATE_S)
 
 
+def _multi_index_estimate(num_codes: int, radius: int) -> float:
+    cost, plan = _plan_blocks(num_codes, radius)
+    masks = sum(ball_volume(w, t) for w, t in zip(plan.widths, plan.radii, strict=True))
+    return cost * _MULTI_INDEX_S + masks * _MULTI_INDEX_MASK_S
+
+
 def estimated_seconds(layout: SearchLayout, num_codes: int) -> float:
     """Rough single-core seconds of a search of `num_codes` uniform codes with `layout`."""
+    if layout.blocks:
+        return _multi_index_estimate(num_codes, layout.max_radius)
     if layout.key_bits == 0:
         kind = "all pairs"
     else:
@@ -318,6 +387,8 @@ def plan_search(
     if positions == ALL_POSITIONS and radius <= 8:
         tables = 56 if radius <= 5 else 504
         options.append((_estimate("affine", tables, 24, num_codes), "affine", 24))
+    if positions == ALL_POSITIONS and 0 < radius and num_codes <= MULTI_INDEX_CODES:
+        options.append((_multi_index_estimate(num_codes, radius), "multi-index", 0))
     if radius <= MAX_DESIGN_RADIUS and radius < width:
         counts = _design_counts(width, radius)
         for key_bits in range(1, min(width - radius, MAX_KEY_BITS) + 1):
@@ -327,6 +398,8 @@ def plan_search(
     _, kind, key_bits = min(options)
     if kind == "affine":
         return affine_plane_layout(radius)
+    if kind == "multi-index":
+        return multi_index_layout(num_codes, radius)
     if kind == "recursive":
         return recursive_layout(radius, key_bits, positions)
     return all_pairs_layout(positions)
@@ -440,6 +513,9 @@ class _Search:
             )
         self.keep = keep
         self.masks = np.array([t.mask for t in self.layout.tables], dtype=np.uint64)
+        # earlier keys are tried in a fixed shuffled order: neighbouring tables share key lines,
+        # so a near pair that misses one tends to miss the next few too
+        self._check_order = np.random.default_rng(0).permutation(len(self.masks))
         self._scratch = threading.local()
         groups = {(t.view, t.key_bytes[0]) for t in self.layout.tables if t.key_bytes is not None}
         self._views = _SharedViews(codes, self.layout.views, [view for view, _ in groups])
@@ -458,6 +534,9 @@ class _Search:
     def run(self, threads: int) -> Pairs:
         if len(self.codes) < 2 or self.radius == 0:  # distinct codes differ in >= 1 bit
             return _empty_pairs()
+        if self.layout.blocks:
+            pairs = _multi_index_pairs(self.codes, self.radius, self.layout.blocks, threads)
+            return self._kept(pairs)
         if self.layout.key_bits == 0:
             return self._brute_force()
         groups: dict[tuple[int, int], list[int]] = {}
@@ -500,7 +579,7 @@ class _Search:
         values = permute_bits(self.codes, table.dest)
         values.sort()
         pairs = self._pairs_in_runs(values, table.key_bits, table.dest, table.mask)
-        return self._kept(self._first_found_here(j, pairs))
+        return self._report(j, pairs, table.dest)
 
     def _byte_key_group(self, view: int, lead: int, members: list[int]) -> Pairs:
         """Tables whose keys are 3 bytes of one view and share the lead byte.
@@ -521,14 +600,14 @@ class _Search:
                 keyed = _reorder_bytes(values, group_dest, table.dest)
                 keyed.sort()
                 pairs = self._pairs_in_runs(keyed, table.key_bits, table.dest, table.mask)
-                found.append(self._kept(self._first_found_here(j, pairs)))
+                found.append(self._report(j, pairs, table.dest))
             return _concat(found)
         bounds = np.searchsorted(values, np.arange(256, dtype=np.uint64) << np.uint64(56))
         bounds = np.append(bounds, len(values)).tolist()  # [257]
         buckets = [(s, e) for s, e in itertools.pairwise(bounds) if e - s > 1]
         for j in members:
             pairs = self._scattered_table(self.layout.tables[j], values, group_dest, buckets)
-            found.append(self._kept(self._first_found_here(j, pairs)))
+            found.append(self._report(j, pairs, group_dest))
         return _concat(found)
 
     def _scattered_table(
@@ -579,7 +658,7 @@ class _Search:
             keys = (values[rest_rows] >> np.uint64(56)) << np.uint64(16)
             keys |= key16[rest_rows].astype(np.uint64)
             found.append(self._rows_by_key(values, rest_rows, keys, group_dest, table.mask))
-        return self._as_codes(found, group_dest)
+        return _concat(found)
 
     def _verified_rows(self, values: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray) -> Pairs:
         """Row pairs within the radius, as values (in the values' bit order)."""
@@ -621,18 +700,10 @@ class _Search:
         a, b, dist = _Search(run_codes, self.radius, free).run(threads=1)
         return permute_bits(a, dest), permute_bits(b, dest), dist
 
-    @staticmethod
-    def _as_codes(found: list[Pairs], dest: Sequence[int]) -> Pairs:
-        a, b, dist = _concat(found)
-        if not len(a):
-            return _empty_pairs()
-        inverse = _inverse(dest)
-        return _ordered(permute_bits(a, inverse), permute_bits(b, inverse), dist)
-
     def _pairs_in_runs(
         self, values: np.ndarray, key_bits: int, dest: Sequence[int], key_mask: int
     ) -> Pairs:
-        """Verified pairs (as codes) of sorted `values` (bit order `dest`) with equal top bits.
+        """Verified pairs of sorted `values` (bit order `dest`, kept) with equal top bits.
 
         Neighbours are compared first (most runs are pairs); runs of three or more get shifted
         compares up to SHORT_RUN, longer runs have their remaining pairs listed, and runs over
@@ -660,11 +731,8 @@ class _Search:
                 keep = ~_inside(p, first, length)
                 verified[0] = (p[keep], q[keep], d[keep])
                 inner = inner[~_inside(inner, first, length)]
-                free = [p for p in self.positions if not key_mask >> p & 1]
-                inverse = _inverse(dest)
                 for start, size in zip(first.tolist(), length.tolist(), strict=True):
-                    run_codes = permute_bits(values[start : start + size], inverse)
-                    found.append(_Search(run_codes, self.radius, free).run(threads=1))
+                    found.append(self._heavy_run(values[start : start + size], dest, key_mask))
             long_runs = ~heavy & (run_length > SHORT_RUN + 1)
             verified += self._shift_passes(values, same, inner)
             for p, q in _triangle_pairs(run_first[long_runs], run_length[long_runs]):
@@ -675,12 +743,7 @@ class _Search:
                 verified.append((p[hit], q[hit], d[hit]))
         p = np.concatenate([v[0] for v in verified])
         q = np.concatenate([v[1] for v in verified])
-        d = np.concatenate([v[2] for v in verified])
-        if len(p):
-            inverse = _inverse(dest)
-            found.append(
-                _ordered(permute_bits(values[p], inverse), permute_bits(values[q], inverse), d)
-            )
+        found.append((values[p], values[q], np.concatenate([v[2] for v in verified])))
         return _concat(found)
 
     def _shift_passes(self, values: np.ndarray, same: np.ndarray, idx: np.ndarray) -> list[Pairs]:
@@ -696,22 +759,39 @@ class _Search:
             shift += 1
         return verified
 
-    def _first_found_here(self, j: int, pairs: Pairs) -> Pairs:
-        """Drop pairs that an earlier table's key also matches (that table reports them)."""
+    def _report(self, j: int, pairs: Pairs, dest: Sequence[int]) -> Pairs:
+        """Table j's verified pairs (bit order `dest`) that no earlier table's key matches, as
+        codes: each pair is reported by the first table whose key it agrees on."""
         a, b, dist = pairs
-        if not len(a) or j == 0:
-            return pairs
-        diff = a ^ b
-        pending = np.arange(len(a))
-        earlier = self.masks[:j]
-        step = max(1, PAIR_CHUNK // max(1, len(a)))
-        for start in range(0, j, step):
-            block = earlier[start : start + step]
-            matched = ((diff[pending, None] & block[None, :]) == 0).any(axis=1)
-            pending = pending[~matched]
-            if not len(pending):
-                break
-        return a[pending], b[pending], dist[pending]
+        if len(a) and j:
+            earlier = self._check_order[self._check_order < j]  # the earlier tables, shuffled
+            earlier = permute_bits(self.masks[earlier], dest)  # [j] their keys, in this order
+            keep = _none_matching(a ^ b, earlier)
+            a, b, dist = a[keep], b[keep], dist[keep]
+        if not len(a):
+            return _empty_pairs()
+        inverse = _inverse(dest)
+        return self._kept(_ordered(permute_bits(a, inverse), permute_bits(b, inverse), dist))
+
+
+def _none_matching(diff: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Indices of the differences that share a bit with every mask (no key equal).
+
+    Masks are tried one at a time and matched rows leave at once: near pairs, which many keys
+    match, leave after a few masks, so a table that meets them again pays little. The last
+    few rows are tested against all remaining masks together.
+    """
+    pending = np.arange(len(diff))
+    rest = diff
+    for start, mask in enumerate(masks):
+        if len(pending) <= 64:
+            remaining = masks[start:]
+            matched = ((rest[:, None] & remaining[None, :]) == 0).any(axis=1)  # [rows]
+            return pending[~matched]
+        missed = (rest & mask) != 0
+        if not missed.all():
+            pending, rest = pending[missed], rest[missed]
+    return pending
 
 
 def _reorder_bytes(values: np.ndarray, dest: Sequence[int], new_dest: Sequence[int]) -> np.ndarray:
@@ -765,6 +845,100 @@ def _inside(positions: np.ndarray, first: np.ndarray, length: np.ndarray) -> np.
 
 def _ordered(a: np.ndarray, b: np.ndarray, dist: np.ndarray) -> Pairs:
     return np.minimum(a, b), np.maximum(a, b), dist.astype(np.int8)
+
+
+# ----------------------------------------------------------------------------- multi-index hashing
+
+
+def _block_values(codes: np.ndarray, offset: int, width: int) -> np.ndarray:
+    return ((codes >> np.uint64(offset)) & np.uint64((1 << width) - 1)).astype(np.int64)
+
+
+def _masks_by_top_bit(width: int, radius: int) -> dict[int, np.ndarray]:
+    """Non-zero XOR masks of popcount <= radius, grouped by their highest set bit."""
+    groups: dict[int, list[int]] = {}
+    for r in range(1, radius + 1):
+        for bits in itertools.combinations(range(width), r):
+            groups.setdefault(max(bits), []).append(sum(1 << b for b in bits))
+    return {top: np.array(masks, dtype=np.int64) for top, masks in sorted(groups.items())}
+
+
+class _BucketTable:
+    """Codes of one block sorted by block value, with a dense start/count table."""
+
+    def __init__(self, codes: np.ndarray, values: np.ndarray, width: int) -> None:
+        self.order = np.argsort(values, kind="stable")  # [N] code index by block value
+        self.sorted_values = values[self.order]  # [N]
+        self.sorted_codes = codes[self.order]  # [N]: verification reads these near-sequentially
+        counts = np.bincount(values, minlength=1 << width)  # [2**w]
+        self.counts = counts.astype(np.int32)
+        self.starts = (np.cumsum(counts) - counts).astype(np.int64)  # [2**w]
+
+
+def _bucket_candidates(
+    table: _BucketTable, positions: np.ndarray, probes: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(position, table position) pairs whose block value equals the probe, in chunks of at
+    most ~CANDIDATE_CHUNK pairs (bounds memory on skewed buckets)."""
+    counts = table.counts[probes]
+    hit = np.flatnonzero(counts)
+    positions, probes, counts = positions[hit], probes[hit], counts[hit].astype(np.int64)
+    ends = np.cumsum(counts)
+    bounds = [0, len(counts)]
+    if len(ends) and ends[-1] > CANDIDATE_CHUNK:
+        cuts = np.searchsorted(ends, np.arange(CANDIDATE_CHUNK, ends[-1], CANDIDATE_CHUNK))
+        bounds = [0, *np.unique(np.clip(cuts, 1, len(counts))).tolist(), len(counts)]
+    chunks = []
+    for a, b in itertools.pairwise(bounds):
+        if b <= a:
+            continue
+        chunk_counts = counts[a:b]
+        total = int(ends[b - 1] - (ends[a - 1] if a else 0))
+        # position inside each bucket: 0..count-1, without a Python loop
+        first = np.repeat(np.cumsum(chunk_counts) - chunk_counts, chunk_counts)
+        within = np.arange(total, dtype=np.int64) - first
+        table_positions = np.repeat(table.starts[probes[a:b]], chunk_counts) + within
+        chunks.append((np.repeat(positions[a:b], chunk_counts), table_positions))
+    return chunks
+
+
+def _probe_block(
+    table: _BucketTable, positions: np.ndarray, masks: list[int], radius: int
+) -> list[Pairs]:
+    """Verified (i, j, distance), i < j, for one block table and a list of XOR masks."""
+    found = []
+    values = table.sorted_values[positions]
+    for mask in masks:
+        for q_pos, t_pos in _bucket_candidates(table, positions, values ^ mask):
+            dist = np.bitwise_count(table.sorted_codes[q_pos] ^ table.sorted_codes[t_pos])
+            keep = np.flatnonzero(dist <= radius)
+            qi, di = table.order[q_pos[keep]], table.order[t_pos[keep]]
+            qi, di, dist = np.minimum(qi, di), np.maximum(qi, di), dist[keep].astype(np.int8)
+            if mask == 0:  # equal block values meet each pair from both sides, and itself
+                distinct = qi != di
+                qi, di, dist = qi[distinct], di[distinct], dist[distinct]
+            found.append((qi, di, dist))
+    return found
+
+
+def _multi_index_pairs(codes: np.ndarray, radius: int, plan: BlockPlan, threads: int) -> Pairs:
+    """All pairs within `radius` among distinct `codes` by multi-index hashing, as codes."""
+    tasks = []
+    for offset, width, block_radius in zip(plan.offsets, plan.widths, plan.radii, strict=True):
+        table = _BucketTable(codes, _block_values(codes, offset, width), width)
+        tasks.append((table, np.arange(len(codes), dtype=np.int64), [0]))
+        for top, masks in _masks_by_top_bit(width, block_radius).items():
+            # a pair (a, a ^ mask) is probed only from the side whose top mask bit is clear,
+            # so each unordered pair is expanded once per mask
+            clear = np.flatnonzero((table.sorted_values >> top) & 1 == 0)
+            tasks.append((table, clear, masks.tolist()))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        results = pool.map(lambda task: _probe_block(*task, radius=radius), tasks)
+        found = _concat([pairs for task_pairs in results for pairs in task_pairs])
+    # a pair close in several blocks is found several times: keep one
+    i, j, dist = found
+    _, first = np.unique(i.astype(np.int64) * len(codes) + j, return_index=True)
+    return _ordered(codes[i[first]], codes[j[first]], dist[first])
 
 
 # ----------------------------------------------------------------------------- public interface

@@ -1,4 +1,4 @@
-"""Exactness of the covering-design Hamming search against brute force."""
+"""Exactness of the Hamming radius search (every layout) against brute force."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from inf590k.hamming import (
     brute_force_pairs,
     cross_radius_pairs,
     hex_to_codes,
+    multi_index_layout,
     permute_bits,
     plan_search,
     radius_pairs,
@@ -139,9 +140,10 @@ def test_recursive_designs_cover_exhaustively(width: int) -> None:
 
 
 def test_plan_follows_size_and_radius() -> None:
-    assert plan_search(300, 8).key_bits == 0  # a few hundred codes: brute force is cheapest
+    assert plan_search(1_000_000, 8).blocks is not None  # multi-index hashing up to a few M
     assert plan_search(10_000_000, 8).name == affine_plane_layout().name
-    assert plan_search(1_000_000, 3).key_bits >= 20  # small radius: few, wide keys
+    assert plan_search(10_000_000, 4).num_tables == 56  # one class of lines for radius <= 5
+    assert plan_search(200, 20).key_bits == 0  # a handful of codes: brute force
     assert plan_search(10_000_000, 40).key_bits == 0  # no covering beats brute force there
     with pytest.raises(ValueError, match="radius"):
         plan_search(10, 64)
@@ -209,7 +211,11 @@ def test_layouts_chosen_for_large_n_equal_brute_force(
 @pytest.mark.parametrize("radius", [0, 2, 5, 8, 9, 12])
 def test_other_layouts_at_each_radius(radius: int) -> None:
     codes = np.concatenate([planted_codes(1500, radius, seed=11), clustered_codes(1500, seed=12)])
-    layouts = [all_pairs_layout(), recursive_layout(radius, max(1, 14 - radius))]
+    layouts = [
+        all_pairs_layout(),
+        recursive_layout(radius, max(1, 14 - radius)),
+        multi_index_layout(1_000_000, radius),
+    ]
     if radius <= 8:
         layouts.append(affine_plane_layout())
     for layout in layouts:
@@ -274,7 +280,10 @@ def test_threads_do_not_change_the_result() -> None:
     )
 
 
-@pytest.mark.parametrize("layout", [None, affine_plane_layout(), recursive_layout(8, 12)])
+CROSS_LAYOUTS = [None, affine_plane_layout(), recursive_layout(8, 12), multi_index_layout(10**6, 8)]
+
+
+@pytest.mark.parametrize("layout", CROSS_LAYOUTS)
 def test_cross_pairs_equal_brute_force(layout) -> None:
     rng = np.random.default_rng(3)
     db = np.concatenate([planted_codes(4000, 8, seed=4), clustered_codes(1000, seed=5)])
