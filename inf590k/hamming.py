@@ -1,27 +1,29 @@
-"""Exact Hamming radius search over 64-bit codes (pHash / dHash) with a covering design of keys.
+"""Exact Hamming radius search over 64-bit codes (pHash / dHash).
 
 Why hand-written: faiss `IndexBinaryFlat.range_search` is exact but brute force (quadratic: ~190 s
 for 600K codes on two threads), and faiss's hash indexes (`IndexBinaryHash`,
 `IndexBinaryMultiHash`) are approximate. Dedupe needs the *same pairs as brute force* at 10M
-codes, so this module implements an exact search vectorised with numpy (docs/dedupe-search.md
-has the measurements and the choice against multi-index hashing).
+codes, so this module implements exact searches vectorised with numpy; docs/dedupe-search.md
+has the design and the measurements.
 
-The guarantee: a *key* is a set of bit positions, and a *layout* is a list of keys such that
-every set of `radius` positions misses at least one key entirely (a covering design). Two codes
-within the radius differ in at most `radius` positions, so they agree on every bit of some key.
-Each key becomes a table: the codes with their bits permuted so that the key comes first, sorted
-with one `np.sort`; runs of equal keys are the candidates, each checked with a full 64-bit
-popcount. No pair within the radius is missed and none outside it is returned. A pair is
-reported only by the first table whose key it agrees on, so each table streams its own verified
-pairs and no set of all candidates is ever built.
+Above a few million codes the search uses a covering design of exact keys. A *key* is a set of
+bit positions, and a layout's keys are such that every set of `radius` positions misses at
+least one key entirely. Two codes within the radius differ in at most `radius` positions, so
+they agree on every bit of some key. Each key is a table: codes agreeing on it are candidates,
+each checked with a full 64-bit popcount, so no pair within the radius is missed and none
+outside it is returned. A pair is reported only by the first table whose key it agrees on:
+each table streams its own verified pairs and no set of all candidates is ever built.
 
 Layouts (chosen by `plan_search` from the number of codes and the radius):
 
 - `affine_plane_layout`: the 64 positions are the points of the affine plane over GF(8), with its
-  72 lines in 9 parallel classes of 8 lines. Keys: every 3 parallel lines (9 x 56 keys of 24 bits).
-- `recursive_layout`: keys of any width for any radius, built by splitting the positions in halves
-  and dividing the errors between them (a product of smaller coverings).
-- `all_pairs_layout`: one empty key, i.e. brute force; for a huge radius or a handful of codes.
+  72 lines in 9 parallel classes of 8 lines. Keys: every 3 parallel lines (9 x 56 keys of 24 bits)
+  for a radius up to 8, or the 56 of one class up to 5.
+- `recursive_layout`: keys of any width for any radius and any set of positions, built by
+  splitting the positions in halves and dividing the errors between them.
+- `multi_index_layout`: multi-index hashing (blocks probed within a radius); the cheapest up to a
+  few million codes, but its time grows as N^1.8.
+- `all_pairs_layout`: brute force, for a huge radius or a handful of codes.
 """
 
 from __future__ import annotations
@@ -41,14 +43,14 @@ from inf590k.fsutil import available_cores
 
 CODE_BITS = 64
 ALL_POSITIONS = tuple(range(CODE_BITS))
-MAX_DESIGN_RADIUS = 12
+MAX_DESIGN_RADIUS = 12  # above it the recursive designs need more tables than brute force costs
+MAX_KEY_BITS = 40
 MAX_BLOCK_BITS = 24  # multi-index bucket tables have 2**bits entries; 24 bits = 16M
 MULTI_INDEX_CODES = 4_000_000  # beyond, multi-index buckets fill and memory grows: not planned
-CANDIDATE_CHUNK = 8_000_000  # multi-index candidates expanded at once (bounds memory)  # above it the recursive designs need more tables than brute force costs
-MAX_KEY_BITS = 40
+CANDIDATE_CHUNK = 8_000_000  # multi-index candidates expanded at once (bounds memory)
 BUCKETED_CODES = 1 << 20  # from this many codes, tables of byte keys scatter inside buckets
 SCATTERED_ROWS = 256  # smaller buckets are grouped by sorting instead
-WRITER_ROUNDS = 4  # rounds of "last writer wins" per bucket before sorting what is left
+WRITER_ROUNDS = 3  # rounds of "last writer wins" per bucket before sorting what is left
 SHORT_RUN = 16  # runs up to this long are paired by shifted compares; longer ones by expansion
 HEAVY_RUN = 2048  # longer runs share a key: they are searched again on their other bits
 PAIR_CHUNK = 4_000_000  # candidate pairs expanded or compared at once (bounds memory)
@@ -75,8 +77,8 @@ class KeyTable:
     """One exact-match key: the codes' bits permuted so that the key takes the top bits.
 
     `dest[b]` is where bit b of a code goes. A key made of whole bytes of a shared view
-    (`view` >= 0, `key_bytes` = those bytes, the lead byte first) is searched by bucketing the
-    view on its lead byte once and sorting 32-bit keys inside the buckets (see `_Search`).
+    (`view` >= 0, `key_bytes` = those bytes, the lead byte first) is searched with the other
+    tables of its lead byte, from one copy of the view bucketed by that byte (see `_Search`).
     """
 
     dest: tuple[int, ...]
@@ -126,7 +128,8 @@ def _mask_of(positions: Sequence[int]) -> int:
 
 
 def _key_first(key: Sequence[int], positions: Sequence[int]) -> tuple[int, ...]:
-    """A permutation sending the key to the top bits, the other free positions next, the rest last."""
+    """A permutation sending the key to the top bits, the other free positions next, then the
+    positions outside `positions`."""
     free_rest = [p for p in positions if p not in set(key)]
     fixed = [p for p in range(CODE_BITS) if p not in set(positions)]
     dest = [0] * CODE_BITS
@@ -463,7 +466,8 @@ def _concat(found: list[Pairs]) -> Pairs:
     found = [f for f in found if len(f[0])]
     if not found:
         return _empty_pairs()
-    return tuple(np.concatenate([f[i] for f in found]) for i in range(3))  # type: ignore[return-value]
+    first, second, dist = zip(*found, strict=True)
+    return np.concatenate(first), np.concatenate(second), np.concatenate(dist)
 
 
 def _triangle_pairs(first: np.ndarray, length: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -520,16 +524,15 @@ class _Search:
         groups = {(t.view, t.key_bytes[0]) for t in self.layout.tables if t.key_bytes is not None}
         self._views = _SharedViews(codes, self.layout.views, [view for view, _ in groups])
 
-    def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """This thread's work arrays (keys, neighbour xor, same-key flags), reused across tables:
-        allocating ~100 MB per table at 10M codes costs more in page faults than the scan."""
+    def _buffers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """This thread's [n - 1] work arrays (neighbour xor, same-key flags), reused across
+        tables: allocating them per table at 10M codes costs more in page faults than the scan."""
         scratch = self._scratch
         if getattr(scratch, "size", -1) < n:
             scratch.size = n
-            scratch.keyed = np.empty(n, dtype=np.uint64)
             scratch.diff = np.empty(n, dtype=np.uint64)
             scratch.same = np.empty(n, dtype=bool)
-        return scratch.keyed[:n], scratch.diff[: max(n - 1, 0)], scratch.same[: max(n - 1, 0)]
+        return scratch.diff[: max(n - 1, 0)], scratch.same[: max(n - 1, 0)]
 
     def run(self, threads: int) -> Pairs:
         if len(self.codes) < 2 or self.radius == 0:  # distinct codes differ in >= 1 bit
@@ -626,9 +629,12 @@ class _Search:
         sorting. The table stays in cache: at 10M codes this is about half the cost of sorting.
         """
         # the table's key bytes 6 and 5 (under the lead byte 7), as columns of `values`
-        source = [_native(group_dest[_first_bit(table.dest, byte)] // 8, 8) for byte in (6, 5)]
-        key16 = np.take(values.view(np.uint8).reshape(-1, 8), source, axis=1)  # [n, 2]
-        key16 = key16.view(np.uint16).reshape(-1)  # [n]
+        second, third = (_native(group_dest[_first_bit(table.dest, b)] // 8, 8) for b in (6, 5))
+
+        def key16(part: np.ndarray) -> np.ndarray:  # [rows] the two bytes as one index
+            columns = part.view(np.uint8).reshape(-1, 8)
+            return (columns[:, second].astype(np.intp) << 8) | columns[:, third]
+
         slots = np.empty(1 << 16, dtype=np.int64)  # last writer per key; never needs clearing
         local = np.arange(max((e - s for s, e in buckets), default=0), dtype=np.int64)
         found, rest = [], []
@@ -636,8 +642,8 @@ class _Search:
             if end - start < SCATTERED_ROWS:  # too small for per-bucket calls: sorted below
                 rest.append(np.arange(start, end))
                 continue
-            bucket = values[start:end]
-            keys = key16[start:end].astype(np.intp)
+            bucket = values[start:end]  # in cache from here on
+            keys = key16(bucket)
             rows = local[: end - start]
             for _ in range(WRITER_ROUNDS):  # round 1 on all rows, then on the losers
                 slots[keys] = rows
@@ -655,8 +661,9 @@ class _Search:
                 rest.append(rows + start)
         if rest:  # small buckets, and keys of more rows than rounds (clustered): sort the rest
             rest_rows = np.concatenate(rest)
-            keys = (values[rest_rows] >> np.uint64(56)) << np.uint64(16)
-            keys |= key16[rest_rows].astype(np.uint64)
+            rest_values = values[rest_rows]
+            keys = (rest_values >> np.uint64(56)) << np.uint64(16)
+            keys |= key16(rest_values).astype(np.uint64)
             found.append(self._rows_by_key(values, rest_rows, keys, group_dest, table.mask))
         return _concat(found)
 
@@ -703,13 +710,13 @@ class _Search:
     def _pairs_in_runs(
         self, values: np.ndarray, key_bits: int, dest: Sequence[int], key_mask: int
     ) -> Pairs:
-        """Verified pairs of sorted `values` (bit order `dest`, kept) with equal top bits.
+        """Verified pairs of sorted `values` with equal top `key_bits`, in their bit order `dest`.
 
         Neighbours are compared first (most runs are pairs); runs of three or more get shifted
         compares up to SHORT_RUN, longer runs have their remaining pairs listed, and runs over
         HEAVY_RUN are searched again on the positions outside the key (not quadratically).
         """
-        _, diff, same = self._buffers(len(values))  # [n - 1] each
+        diff, same = self._buffers(len(values))  # [n - 1] each
         np.bitwise_xor(values[1:], values[:-1], out=diff)
         np.less(diff, np.uint64(1 << (CODE_BITS - key_bits)), out=same)  # i, i + 1 share the key
         pos = np.flatnonzero(same)
@@ -967,7 +974,7 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class _Groups:
-    """Equal codes collapsed: unique[u] occurs at original rows order[start[u] : start[u] + count[u]]."""
+    """Equal codes collapsed: unique[u] is at rows order[start[u] : start[u] + count[u]]."""
 
     unique: np.ndarray
     order: np.ndarray
@@ -999,14 +1006,21 @@ def _cross_rows(
     return start_a[pair] + local // count_b[pair], start_b[pair] + local % count_b[pair]
 
 
-def _sorted_rows(i: np.ndarray, j: np.ndarray, codes_i: np.ndarray, codes_j: np.ndarray) -> Pairs:
-    """(i, j, distance) sorted by (i, j)."""
+def _sorted_rows(
+    i: np.ndarray, j: np.ndarray, codes_i: np.ndarray, codes_j: np.ndarray, ordered: bool = True
+) -> Pairs:
+    """(i, j, distance) sorted by (i, j); ordered=False first swaps each pair so that i < j."""
     if not len(i):
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, np.empty(0, dtype=np.int8)
-    key = np.sort((i.astype(np.uint64) << np.uint64(32)) | j.astype(np.uint64))
+    first, second = (i, j) if ordered else (np.minimum(i, j), np.maximum(i, j))
+    key = first.astype(np.uint64) << np.uint64(32)
+    key |= second.astype(np.uint64)
+    del first, second
+    key.sort()
     i = (key >> np.uint64(32)).astype(np.int64)
     j = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    del key
     return i, j, np.bitwise_count(codes_i[i] ^ codes_j[j]).astype(np.int8)
 
 
@@ -1026,7 +1040,10 @@ def radius_pairs(
         raise ValueError(f"at most 2**32 - 1 codes, got {len(codes)}")
     groups = _Groups.of(codes)
     a, b, _ = _Search(groups.unique, radius, layout=layout).run(threads or default_threads())
-    ua, ub = groups.ids(a), groups.ids(b)
+    ua = groups.ids(a)
+    del a  # the result can hold millions of pairs: drop each copy once used
+    ub = groups.ids(b)
+    del b
     if len(groups.unique) == len(codes):  # all distinct: one row per code
         rows_a, rows_b = groups.order[ua], groups.order[ub]
     else:
@@ -1036,8 +1053,8 @@ def radius_pairs(
         pa = np.concatenate([pa, *(p for p, _ in pairs)])
         pb = np.concatenate([pb, *(q for _, q in pairs)])
         rows_a, rows_b = groups.order[pa], groups.order[pb]
-    i, j = np.minimum(rows_a, rows_b), np.maximum(rows_a, rows_b)
-    return _sorted_rows(i, j, codes, codes)
+    del ua, ub
+    return _sorted_rows(rows_a, rows_b, codes, codes, ordered=False)
 
 
 def cross_radius_pairs(
