@@ -952,15 +952,17 @@ def _multi_index_pairs(codes: np.ndarray, radius: int, plan: BlockPlan, threads:
 
 
 def _check_radius(radius: int) -> None:
+    if isinstance(radius, bool) or not isinstance(radius, int | np.integer):
+        raise TypeError(f"radius must be an integer, got {radius!r}")
     if not 0 <= radius < CODE_BITS:
         raise ValueError(f"radius must be in 0..{CODE_BITS - 1}, got {radius}")
 
 
 def _as_codes(codes: np.ndarray) -> np.ndarray:
-    codes = np.ascontiguousarray(codes)
-    if codes.dtype != np.uint64 or codes.ndim != 1:
+    codes = np.asarray(codes)
+    if codes.dtype.kind != "u" or codes.dtype.itemsize != 8 or codes.ndim != 1:
         raise TypeError(f"expected a 1-D uint64 array of codes, got {codes.dtype} {codes.shape}")
-    return codes
+    return np.ascontiguousarray(codes, dtype=np.uint64)  # native byte order, contiguous
 
 
 def hex_to_codes(hex_strings: list[str] | np.ndarray) -> np.ndarray:

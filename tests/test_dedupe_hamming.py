@@ -304,6 +304,17 @@ def test_hex_codes_and_distance_values() -> None:
     assert (i.tolist(), j.tolist(), dist.tolist()) == ([0], [1], [4])
 
 
+def test_byte_order_strides_and_read_only_input() -> None:
+    codes = planted_codes(600, 8, seed=13)
+    expected = brute_force_pairs(codes, 8)
+    assert_same_pairs(radius_pairs(codes.astype(">u8"), 8), expected)  # big-endian storage
+    strided = np.repeat(codes, 2)[::2]  # a non-contiguous view
+    assert_same_pairs(radius_pairs(strided, 8), expected)
+    frozen = codes.copy()
+    frozen.flags.writeable = False
+    assert_same_pairs(radius_pairs(frozen, 8, layout=affine_plane_layout()), expected)
+
+
 def test_empty_and_bad_input() -> None:
     i, j, dist = radius_pairs(np.empty(0, dtype=np.uint64), 8)
     assert len(i) == len(j) == len(dist) == 0
@@ -322,6 +333,8 @@ def test_empty_and_bad_input() -> None:
         radius_pairs(np.arange(10, dtype=np.uint64), 64)
     with pytest.raises(ValueError, match="radius"):
         radius_pairs(np.arange(10, dtype=np.uint64), -1)
+    with pytest.raises(TypeError, match="integer"):
+        radius_pairs(np.arange(10, dtype=np.uint64), 8.5)
     with pytest.raises(ValueError, match="covers radius <= 8"):
         radius_pairs(np.arange(10, dtype=np.uint64), 9, layout=affine_plane_layout())
 
