@@ -312,9 +312,10 @@ def ball_volume(bits: int, radius: int) -> int:
     return sum(math.comb(bits, r) for r in range(radius + 1))
 
 
-def _plan_blocks(num_codes: int, radius: int) -> tuple[float, BlockPlan]:
-    """Multi-index hashing's block count with the lowest cost for uniform codes, and that cost
-    in probes + candidates: N * sum_i V(w_i, t_i) * (1 + N / 2**w_i), plus building tables.
+def _plan_blocks(num_probes: int, num_table: int, radius: int) -> tuple[float, BlockPlan]:
+    """Multi-index hashing's block count with the lowest cost when `num_probes` codes probe
+    tables of `num_table` uniform codes, and that cost in probes + candidates:
+    P * sum_i V(w_i, t_i) * (1 + T / 2**w_i), plus building the tables.
 
     Pigeonhole: with m blocks and probe radii summing to radius - m + 1, two codes within the
     radius differ in at most t_i bits in some block i."""
@@ -326,10 +327,10 @@ def _plan_blocks(num_codes: int, radius: int) -> tuple[float, BlockPlan]:
         need = max(0, radius - m + 1)
         radii = [need // m + (1 if i < need % m else 0) for i in range(m)]
         cost = sum(
-            num_codes * ball_volume(w, t) * (1.0 + num_codes / 2.0**w)
+            num_probes * ball_volume(w, t) * (1.0 + num_table / 2.0**w)
             for w, t in zip(widths, radii, strict=True)
         )
-        cost += m * (num_codes + 2.0 ** max(widths))
+        cost += m * (num_table + 2.0 ** max(widths))
         plan = BlockPlan(tuple(offsets), tuple(widths), tuple(radii))
         if best is None or cost < best[0]:
             best = (cost, plan)
@@ -342,7 +343,7 @@ def multi_index_layout(num_codes: int, radius: int) -> SearchLayout:
     fastest up to a few million codes, but its blocks stop at 24 bits, so beyond that its
     buckets fill and its time grows as N^1.8."""
     _check_radius(radius)
-    plan = _plan_blocks(num_codes, radius)[1]
+    plan = _plan_blocks(num_codes, num_codes, radius)[1]
     return SearchLayout("multi-index hashing", min(plan.widths), radius, (), (), plan)
 
 
@@ -362,8 +363,8 @@ def _estimate(kind: str, tables: int, key_bits: int, n: int) -> float:
     return tables * (per_table + pairs / 2.0**key_bits * _CANDIDATE_S)
 
 
-def _multi_index_estimate(num_codes: int, radius: int) -> float:
-    cost, plan = _plan_blocks(num_codes, radius)
+def _multi_index_estimate(num_probes: int, num_table: int, radius: int) -> float:
+    cost, plan = _plan_blocks(num_probes, num_table, radius)
     masks = sum(ball_volume(w, t) for w, t in zip(plan.widths, plan.radii, strict=True))
     return cost * _MULTI_INDEX_S + masks * _MULTI_INDEX_MASK_S
 
@@ -371,7 +372,7 @@ def _multi_index_estimate(num_codes: int, radius: int) -> float:
 def estimated_seconds(layout: SearchLayout, num_codes: int) -> float:
     """Rough single-core seconds of a search of `num_codes` uniform codes with `layout`."""
     if layout.blocks:
-        return _multi_index_estimate(num_codes, layout.max_radius)
+        return _multi_index_estimate(num_codes, num_codes, layout.max_radius)
     if layout.key_bits == 0:
         kind = "all pairs"
     else:
@@ -391,7 +392,7 @@ def plan_search(
         tables = 56 if radius <= 5 else 504
         options.append((_estimate("affine", tables, 24, num_codes), "affine", 24))
     if positions == ALL_POSITIONS and 0 < radius and num_codes <= MULTI_INDEX_CODES:
-        options.append((_multi_index_estimate(num_codes, radius), "multi-index", 0))
+        options.append((_multi_index_estimate(num_codes, num_codes, radius), "multi-index", 0))
     if radius <= MAX_DESIGN_RADIUS and radius < width:
         counts = _design_counts(width, radius)
         for key_bits in range(1, min(width - radius, MAX_KEY_BITS) + 1):
@@ -948,6 +949,46 @@ def _multi_index_pairs(codes: np.ndarray, radius: int, plan: BlockPlan, threads:
     return _ordered(codes[i[first]], codes[j[first]], dist[first])
 
 
+def _multi_index_cross(
+    probes: np.ndarray, table_codes: np.ndarray, radius: int, plan: BlockPlan, threads: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (p, t) with popcount(probes[p] ^ table_codes[t]) <= radius, by multi-index hashing
+    with the tables on `table_codes` (one block at a time, which bounds memory)."""
+    found_p, found_t = [], []
+    for offset, width, block_radius in zip(plan.offsets, plan.widths, plan.radii, strict=True):
+        table = _BucketTable(table_codes, _block_values(table_codes, offset, width), width)
+        values = _block_values(probes, offset, width)
+        if width > 18:  # a table beyond the cache: probe in block order, at nearby addresses
+            order = np.argsort(values, kind="stable")
+        else:
+            order = np.arange(len(values))
+        masks = [
+            0,
+            *(m for group in _masks_by_top_bit(width, block_radius).values() for m in group),
+        ]
+
+        def probe(mask: int, order=order, values=values[order], table=table) -> list:
+            pairs = []
+            for p_pos, t_pos in _bucket_candidates(table, np.arange(len(order)), values ^ mask):
+                p = order[p_pos]
+                dist = np.bitwise_count(probes[p] ^ table.sorted_codes[t_pos])
+                keep = dist <= radius
+                pairs.append((p[keep], table.order[t_pos[keep]]))
+            return pairs
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for pairs in pool.map(probe, (int(m) for m in masks)):
+                for p, t in pairs:
+                    found_p.append(p)
+                    found_t.append(t)
+    if not found_p:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    # a pair close in several blocks is found several times: keep one
+    key = np.unique(np.concatenate(found_p) * np.int64(len(table_codes)) + np.concatenate(found_t))
+    return key // len(table_codes), key % len(table_codes)
+
+
 # ----------------------------------------------------------------------------- public interface
 
 
@@ -1068,8 +1109,10 @@ def cross_radius_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (q, d) with popcount(queries[q] ^ db[d]) <= radius, sorted by (q, d).
 
-    Small sides are compared by brute force; otherwise both sides are searched together and
-    only pairs with one code on each side are kept. `layout` forces the joint search.
+    The cheapest of three by estimate: brute force (a small side), multi-index hashing with
+    its tables on one side and the other probing them (one side much smaller than the
+    other), or a search of both sides together that keeps the pairs with one code on each
+    side. `layout` forces multi-index hashing (tables on db) or the joint search.
     """
     queries, db = _as_codes(queries), _as_codes(db)
     _check_radius(radius)
@@ -1079,16 +1122,24 @@ def cross_radius_pairs(
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, np.empty(0, dtype=np.int8)
     threads = threads or default_threads()
+    if layout is None:
+        layout, how = _plan_cross(len(queries), len(db), radius)
+        if how == "brute force":
+            return _cross_brute_force(queries, db, radius)
+        if how == "multi-index, tables on db":
+            q, d = _multi_index_cross(queries, db, radius, layout.blocks, threads)
+            return _sorted_rows(q, d, queries, db)
+        if how == "multi-index, tables on queries":
+            d, q = _multi_index_cross(db, queries, radius, layout.blocks, threads)
+            return _sorted_rows(q, d, queries, db)
+    elif layout.blocks:
+        q, d = _multi_index_cross(queries, db, radius, layout.blocks, threads)
+        return _sorted_rows(q, d, queries, db)
     union = _Groups.of(np.concatenate([queries, db]))
     # the stable sort puts a group's query rows (< len(queries)) before its db rows
     is_query = (union.order < len(queries)).astype(np.int64)
     queries_in = np.add.reduceat(is_query, union.start)
     db_in = union.count - queries_in
-    if layout is None:
-        layout = plan_search(len(union.unique), radius)
-        joint = estimated_seconds(layout, len(union.unique))
-        if len(queries) * len(db) * _BRUTE_S <= joint:
-            return _cross_brute_force(queries, db, radius)
 
     def mixed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ua, ub = union.ids(a), union.ids(b)
@@ -1108,6 +1159,27 @@ def cross_radius_pairs(
     q = union.order[q_rows]
     d = union.order[d_rows] - len(queries)
     return _sorted_rows(q, d, queries, db)
+
+
+def _plan_cross(num_queries: int, num_db: int, radius: int) -> tuple[SearchLayout, str]:
+    """The cheapest way to search queries against db, and the layout it uses."""
+    joint = plan_search(num_queries + num_db, radius)
+    options = [
+        (num_queries * num_db * _BRUTE_S, "brute force", joint),
+        (estimated_seconds(joint, num_queries + num_db), "joint", joint),
+    ]
+    if radius > 0:
+        for probes, table, how in (
+            (num_queries, num_db, "multi-index, tables on db"),
+            (num_db, num_queries, "multi-index, tables on queries"),
+        ):
+            if table > MULTI_INDEX_CODES:  # its buckets fill and its memory grows
+                continue
+            plan = _plan_blocks(probes, table, radius)[1]
+            layout = SearchLayout("multi-index hashing", min(plan.widths), radius, (), (), plan)
+            options.append((_multi_index_estimate(probes, table, radius), how, layout))
+    _, how, layout = min(options, key=lambda option: option[0])
+    return layout, how
 
 
 def _cross_brute_force(queries: np.ndarray, db: np.ndarray, radius: int) -> Pairs:

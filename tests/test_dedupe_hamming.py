@@ -298,6 +298,30 @@ def test_cross_pairs_equal_brute_force(layout) -> None:
     assert len(qi) >= 355
 
 
+@pytest.mark.parametrize(("num_queries", "num_db"), [(20_000, 300), (300, 20_000)])
+def test_cross_pairs_index_the_larger_side(num_queries: int, num_db: int) -> None:
+    """A small set against a large one (dedupe --against a test set): multi-index tables on
+    the side that makes probing cheap, either way round, still equal to brute force."""
+    rng = np.random.default_rng(6)
+    large = planted_codes(max(num_queries, num_db), 8, seed=7)
+    small = large[rng.integers(0, len(large), 100)] ^ np.uint64(0b111)  # distance 3
+    small = np.concatenate([small, random_codes(rng, 100)])
+    queries, db = (large, small) if num_queries > num_db else (small, large)
+    _, how = hamming._plan_cross(len(queries), len(db), 8)
+    side = "queries" if len(queries) > len(db) else "db"
+    assert how == f"multi-index, tables on {side}"
+    qi, di, dist = cross_radius_pairs(queries, db, 8)
+    full = np.bitwise_count(queries[:, None] ^ db[None, :])  # [Q, D]
+    want_q, want_d = np.nonzero(full <= 8)
+    np.testing.assert_array_equal(qi, want_q)
+    np.testing.assert_array_equal(di, want_d)
+    np.testing.assert_array_equal(dist, full[want_q, want_d])
+    assert len(qi) >= 100
+    # 10M codes against a test set probes tables on the test set; 10M against 10M searches jointly
+    assert hamming._plan_cross(10_000_000, 1000, 8)[1] == "multi-index, tables on db"
+    assert hamming._plan_cross(10_000_000, 10_000_000, 8)[1] == "joint"
+
+
 def test_hex_codes_and_distance_values() -> None:
     codes = hex_to_codes(["ffffffffffffffff", "fffffffffffffff0", "0000000000000000"])
     i, j, dist = radius_pairs(codes, 4)
