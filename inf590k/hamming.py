@@ -33,7 +33,7 @@ import itertools
 import math
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -145,7 +145,7 @@ def _bytes_first(view: Sequence[int], top: Sequence[int]) -> tuple[int, ...]:
     return tuple(8 * new_byte[view[b] // 8] + view[b] % 8 for b in range(CODE_BITS))
 
 
-def all_pairs_layout(positions: Sequence[int] = ALL_POSITIONS) -> SearchLayout:
+def all_pairs_layout() -> SearchLayout:
     identity = tuple(range(CODE_BITS))
     return SearchLayout("all pairs", 0, CODE_BITS - 1, (KeyTable(identity, 0, 0),))
 
@@ -406,7 +406,7 @@ def plan_search(
         return multi_index_layout(num_codes, radius)
     if kind == "recursive":
         return recursive_layout(radius, key_bits, positions)
-    return all_pairs_layout(positions)
+    return all_pairs_layout()
 
 
 # ----------------------------------------------------------------------------- bit permutations
@@ -471,11 +471,13 @@ def _concat(found: list[Pairs]) -> Pairs:
     return np.concatenate(first), np.concatenate(second), np.concatenate(dist)
 
 
-def _triangle_pairs(first: np.ndarray, length: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Every (first + a, first + b), a < b < length, of each run; chunks of <= PAIR_CHUNK pairs."""
+def _triangle_pairs(
+    first: np.ndarray, length: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every (first + a, first + b), a < b < length, of each run, in chunks of about PAIR_CHUNK
+    pairs (one run at most per chunk beyond that), made as they are consumed."""
     counts = length * (length - 1) // 2
     ends = np.cumsum(counts)
-    chunks = []
     start_run = 0
     while start_run < len(first):
         base = ends[start_run - 1] if start_run else 0
@@ -492,9 +494,8 @@ def _triangle_pairs(first: np.ndarray, length: np.ndarray) -> list[tuple[np.ndar
         b -= b * (b - 1) // 2 > local
         b += (b + 1) * b // 2 <= local
         a = local - b * (b - 1) // 2
-        chunks.append((first[run] + a, first[run] + b))
+        yield first[run] + a, first[run] + b
         start_run = stop_run
-    return chunks
 
 
 class _Search:
@@ -1092,7 +1093,7 @@ def radius_pairs(
     else:
         pa, pb = _cross_rows(groups.start[ua], groups.count[ua], groups.start[ub], groups.count[ub])
         dup = np.flatnonzero(groups.count > 1)  # pairs inside a group of equal codes
-        pairs = _triangle_pairs(groups.start[dup], groups.count[dup])
+        pairs = list(_triangle_pairs(groups.start[dup], groups.count[dup]))  # part of the result
         pa = np.concatenate([pa, *(p for p, _ in pairs)])
         pb = np.concatenate([pb, *(q for _, q in pairs)])
         rows_a, rows_b = groups.order[pa], groups.order[pb]
