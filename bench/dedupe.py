@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inf590k.build.dedupe.search import default_threads, plan_search, radius_pairs
+from inf590k.build.dedupe.designs import plan_search
+from inf590k.build.dedupe.search import default_threads, radius_pairs
 
 DEFAULT_RADIUS = 8
 BASE_CODES = 1_000_000

@@ -7,20 +7,23 @@ import itertools
 import numpy as np
 import pytest
 
+from inf590k.build.dedupe import designs, keysearch
 from inf590k.build.dedupe import search as hamming
-from inf590k.build.dedupe.search import (
+from inf590k.build.dedupe.designs import (
     affine_plane_layout,
     affine_plane_lines,
     all_pairs_layout,
+    multi_index_layout,
+    plan_search,
+    recursive_layout,
+    recursive_table_count,
+)
+from inf590k.build.dedupe.keysearch import permute_bits
+from inf590k.build.dedupe.search import (
     brute_force_pairs,
     cross_radius_pairs,
     hex_to_codes,
-    multi_index_layout,
-    permute_bits,
-    plan_search,
     radius_pairs,
-    recursive_layout,
-    recursive_table_count,
 )
 
 
@@ -100,7 +103,7 @@ def test_affine_layout_covers_random_and_spread_error_sets() -> None:
         errors = flip_bits(rng, np.zeros(100_000, dtype=np.uint64), np.full(100_000, size))
         assert len(uncovered(errors, layout)) == 0
     # a conic {(x, x^2)}: 8 points, no three on a line, the most spread-out error set
-    conic = sum(1 << (8 * x + hamming._gf8_mul(x, x)) for x in range(8))
+    conic = sum(1 << (8 * x + designs._gf8_mul(x, x)) for x in range(8))
     assert len(uncovered(np.array([conic], dtype=np.uint64), layout)) == 0
     # these 9 bits touch 6 lines of every class, leaving 2 clean: radius 8 is the limit
     nine = sum(1 << b for b in (12, 22, 24, 28, 30, 31, 38, 45, 49))
@@ -155,7 +158,7 @@ def test_permute_bits_round_trip_keeps_distances() -> None:
     for n in (100, 40_000):  # the byte tables and the 16-bit tables
         codes = random_codes(rng, n)
         moved = permute_bits(codes, dest)
-        np.testing.assert_array_equal(permute_bits(moved, hamming._inverse(dest)), codes)
+        np.testing.assert_array_equal(permute_bits(moved, keysearch._inverse(dest)), codes)
         np.testing.assert_array_equal(
             np.bitwise_count(moved[1:] ^ moved[:-1]), np.bitwise_count(codes[1:] ^ codes[:-1])
         )
@@ -175,9 +178,9 @@ def test_planned_search_equals_brute_force(radius: int) -> None:
 def use_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scatter byte-key tables in buckets (as from 1M codes on); buckets of a few thousand codes
     hold a handful, so the scattering thresholds come down too."""
-    monkeypatch.setattr(hamming, "BUCKETED_CODES", 0)
-    monkeypatch.setattr(hamming, "SCATTERED_ROWS", 8)
-    monkeypatch.setattr(hamming, "WRITER_ROUNDS", 2)
+    monkeypatch.setattr(keysearch, "BUCKETED_CODES", 0)
+    monkeypatch.setattr(keysearch, "SCATTERED_ROWS", 8)
+    monkeypatch.setattr(keysearch, "WRITER_ROUNDS", 2)
 
 
 def planned_layouts() -> list:
@@ -231,17 +234,18 @@ def test_long_and_heavy_runs_take_their_own_paths(
     and runs over HEAVY_RUN are searched again on their other bits."""
     searches = []
 
-    class CountingSearch(hamming._Search):
+    class CountingSearch(keysearch._Search):
         def __init__(self, *args, **kwargs) -> None:
             searches.append(len(args[0]))
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(hamming, "_Search", CountingSearch)
+    monkeypatch.setattr(hamming, "_Search", CountingSearch)  # the first search
+    monkeypatch.setattr(keysearch, "_Search", CountingSearch)  # searches of heavy runs
     if bucketed:
         use_buckets(monkeypatch)
-    monkeypatch.setattr(hamming, "SHORT_RUN", 3)
-    monkeypatch.setattr(hamming, "WRITER_ROUNDS", 2)
-    monkeypatch.setattr(hamming, "HEAVY_RUN", 40)
+    monkeypatch.setattr(keysearch, "SHORT_RUN", 3)
+    monkeypatch.setattr(keysearch, "WRITER_ROUNDS", 2)
+    monkeypatch.setattr(keysearch, "HEAVY_RUN", 40)
     codes = clustered_codes(2000, seed=3, cluster=250, max_flips=6)
     for radius, layout in ((5, affine_plane_layout(5)), (8, recursive_layout(8, 16))):
         searches.clear()

@@ -32,14 +32,14 @@ from scipy.sparse.csgraph import connected_components
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
+from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
 from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius_pairs
+from inf590k.build.rows import load_stored_pixels
+from inf590k.dataset.layout import read_sidecars
 from inf590k.fsutil import plural
 from inf590k.inputs.fingerprint import fingerprint
 from inf590k.inputs.headers import RejectedImage
 from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
-from inf590k.dataset.layout import read_sidecars
-from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
-from inf590k.build.rows import load_stored_pixels
 
 DEFAULT_RADIUS = 8
 REPORT_DIRNAME = "dedupe"
