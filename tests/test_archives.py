@@ -268,8 +268,9 @@ def test_a_streamed_member_that_inflates_past_the_limit_is_not_inflated_further(
 ):
     """Finding the end of a member whose sizes follow its data means inflating it: bounded."""
     import inf590k.inputs.sources as sources
+    import inf590k.inputs.zip_recovery as zip_recovery
 
-    monkeypatch.setattr(sources, "RECOVERY_INFLATE_LIMIT", 1 << 20)
+    monkeypatch.setattr(zip_recovery, "RECOVERY_INFLATE_LIMIT", 1 << 20)
     members = {"d/000.png": frames()["d/000.png"], "d/big.png": bytes(3 << 20), "d/002.png": b"x"}
     archive = cut_inside_member(streamed_zip(tmp_path / "s.zip", members), 2)
     entries = {e.relpath: e.problem for e in sources.list_entries(archive)}
