@@ -36,7 +36,8 @@ def build_pretrain_command() -> click.Command:
     def run(**options) -> None:
         from pretrain.config import config_from_options  # torch: when the command runs
         from pretrain.data import ShardUnreachableError  # torch: when the command runs
-        from pretrain.train import TrainingDiverged, pretrain  # torch: when the command runs
+        from pretrain.runs import TrainingDiverged  # torch: when the command runs
+        from pretrain.train import pretrain  # torch: when the command runs
 
         chosen = {k: v for k, v in options.items() if v is not None and v != ()}
         try:

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import os
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import timm.optim
-import timm.scheduler
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,7 +23,6 @@ from tqdm import tqdm
 from pretrain import checkpoint as ckpt
 from pretrain import distributed
 from pretrain.config import (
-    OptimConfig,
     PretrainConfig,
     parse_model_args,
 )
@@ -38,6 +31,7 @@ from pretrain.data import (
     loader_for,
     resolve_data,
 )
+from pretrain.distributed import peak_flops, resolve_precision, seed_everything
 from pretrain.models import create_model
 from pretrain.models.pixels import normalise
 from pretrain.models.reference import init_from_reference
@@ -47,215 +41,19 @@ from pretrain.provenance import (
     safe_shard_specs,
     weights_licence,
 )
+from pretrain.runs import (
+    MetricsLog,
+    RunExistsError,
+    TrainingDiverged,
+    TrainResult,
+    holds_run,
+    read_metrics,
+    truncate_metrics,
+)
+from pretrain.schedule import build_optimizer, plan_schedule
 from pretrain.visualize import save_grid
 
 log = logging.getLogger(__name__)
-
-# Dense bf16 peaks (FLOP/s) of known cards, matched against torch.cuda.get_device_name().
-PEAK_BF16_FLOPS = (
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("GH200", 989e12),
-    ("A100", 312e12),
-    ("L40S", 362e12),
-    ("A10G", 70e12),
-    ("RTX 4090", 165e12),
-)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    total_steps: int
-    warmup_steps: int
-    lr: float
-    global_batch: int
-    samples_per_epoch: int | None
-
-
-def plan_schedule(
-    optim: OptimConfig, batch_size: int, world_size: int, samples_per_epoch: int | None
-) -> Schedule:
-    """Steps and peak lr from the recipe: lr = blr * global batch / 256, epochs -> steps."""
-    global_batch = batch_size * world_size * optim.accum_steps
-    lr = optim.lr if optim.lr is not None else optim.blr * global_batch / 256
-    if optim.steps is not None:
-        total = optim.steps
-        warmup = round(total * optim.warmup_epochs / optim.epochs) if optim.epochs else 0
-    elif samples_per_epoch is not None:
-        if samples_per_epoch < 1:
-            raise ValueError(
-                "the selected shards hold no samples (so says their _info.json): check --shards, "
-                "or pass --samples-per-epoch N or --steps N"
-            )
-        steps_per_epoch = max(1, samples_per_epoch // global_batch)
-        total = max(1, round(optim.epochs * steps_per_epoch))
-        warmup = round(optim.warmup_epochs * steps_per_epoch)
-    else:
-        raise ValueError(
-            "cannot tell the epoch length: no _info.json next to the shards; "
-            "pass --info URL, --samples-per-epoch N or --steps N"
-        )
-    return Schedule(total, min(warmup, total - 1), lr, global_batch, samples_per_epoch)
-
-
-def build_optimizer(
-    model: nn.Module, optim: OptimConfig, schedule: Schedule
-) -> tuple[torch.optim.AdamW, timm.scheduler.CosineLRScheduler]:
-    """AdamW without decay on 1-D params (norms, biases) and the model's no_weight_decay names."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    groups = timm.optim.param_groups_weight_decay(
-        model, optim.weight_decay, no_weight_decay_list=skip
-    )
-    optimizer = torch.optim.AdamW(
-        groups, lr=schedule.lr, betas=(optim.beta1, optim.beta2), fused=True
-    )
-    scheduler = timm.scheduler.CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, schedule.total_steps - schedule.warmup_steps),
-        lr_min=optim.min_lr,
-        warmup_t=schedule.warmup_steps,
-        warmup_lr_init=0.0,
-        warmup_prefix=True,
-        t_in_epochs=False,
-    )
-    return optimizer, scheduler
-
-
-def peak_flops(device: torch.device, peak_tflops: float | None) -> float | None:
-    if peak_tflops:
-        return peak_tflops * 1e12
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in name), None)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    choices = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-    if precision not in choices:
-        raise ValueError(f"--precision {precision!r}: choose auto, bf16, fp16 or fp32")
-    return choices[precision]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class MetricsLog:
-    """JSONL metrics (and TensorBoard scalars when asked) on the main rank."""
-
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter  # optional: --tensorboard
-            except ImportError as exc:
-                raise RuntimeError(
-                    "--tensorboard needs the tensorboard package: pip install tensorboard"
-                ) from exc
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step" and value is not None:
-                    self.writer.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many steps with a NaN/inf loss or gradient."""
-
-
-class RunExistsError(ValueError):
-    """--out already holds a run and --resume was not given."""
-
-
-@dataclass
-class TrainResult:
-    step: int
-    loss: float | None
-    checkpoint: Path | None
-    run_dir: Path
-    total_steps: int | None = None
-    images_seen: int = 0
-    nan_skips: int = 0
-    bad_samples: int = 0
-    shard_errors: int = 0
-    finished_before: bool = False  # --resume auto found the run already finished
-    is_main: bool = True  # the rank that prints and writes
-    resumed_from: Path | None = None
-    passed_over: tuple[str, ...] = ()  # damaged checkpoints skipped by --resume auto
-
-    def _resume_note(self) -> str:
-        if not self.passed_over or self.resumed_from is None:
-            return ""
-        return f" (resumed from {self.resumed_from.name}: {', '.join(self.passed_over)} damaged)"
-
-    def __str__(self) -> str:
-        """The run's one closing line."""
-        if self.finished_before:
-            return (
-                f"pretrain: the run in {self.run_dir} finished at step {self.step}; nothing to "
-                f"do (last checkpoint {self.checkpoint}). Raise --steps or --epochs to train on"
-            )
-        loss = "n/a" if self.loss is None else f"{self.loss:.4f}"
-        return (
-            f"pretrain: step {self.step}/{self.total_steps}, loss {loss}, {self.images_seen} "
-            f"images, {self.nan_skips} NaN/inf steps skipped, {self.bad_samples} bad samples "
-            f"and {self.shard_errors} shard errors skipped in the batches trained on (workers "
-            f"reading ahead may have logged more); run in {self.run_dir}, last "
-            f"checkpoint {self.checkpoint}{self._resume_note()}"
-        )
-
-
-def holds_run(run_dir: Path) -> str | None:
-    """What in `run_dir` belongs to an earlier run (a checkpoint or metrics), if anything."""
-    checkpoints = ckpt.list_checkpoints(run_dir)
-    if checkpoints:
-        return f"{len(checkpoints)} checkpoint(s), the latest {checkpoints[-1].name}"
-    metrics = Path(run_dir) / "metrics.jsonl"
-    if metrics.is_file() and metrics.stat().st_size > 0:
-        return "metrics.jsonl"
-    return None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a line cut short by a kill is dropped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Keep only the records up to `step`: a resumed run logs the later steps again."""
-    if not path.is_file():
-        return
-    kept = [r for r in read_metrics(path) if isinstance(r.get("step"), int) and r["step"] <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    os.replace(tmp, path)
 
 
 def describe_data(config: PretrainConfig, data: ResolvedData) -> DataRecord:

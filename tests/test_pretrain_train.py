@@ -16,13 +16,9 @@ from pretrain.__main__ import build_parser, main
 from pretrain.config import OptimConfig, config_from_options, option_fields, parse_model_args
 from pretrain.data import ShardUnreachableError
 from pretrain.models import create_model
-from pretrain.train import (
-    RunExistsError,
-    TrainingDiverged,
-    build_optimizer,
-    plan_schedule,
-    pretrain,
-)
+from pretrain.runs import RunExistsError, TrainingDiverged
+from pretrain.schedule import build_optimizer, plan_schedule
+from pretrain.train import pretrain
 from pretrain.visualize import GAP, HEADER
 from tests.shardkit import closed_port, corrupt_copy, make_dataset, serve_folder
 
