@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from cli.app import CliError, main
-from cli.dataset import write_dataset_card
+from cli.build import write_dataset_card
 from cli.options import opt, options, parse_source, run_stage
 from inf590k.build.ingest import IngestConfig
 from inf590k.build.pipeline import BuildConfig, run_build

@@ -345,7 +345,7 @@ def test_cli_starts_and_stops_its_own_ray(tmp_path: Path, sources, local_catalog
 def test_cli_ray_address_option_and_env(monkeypatch) -> None:
     seen = {}
     monkeypatch.setattr(
-        cli.dataset, "run_stage", lambda func, config, wait=False: seen.setdefault("config", config)
+        cli.build, "run_stage", lambda func, config, wait=False: seen.setdefault("config", config)
     )
     CliRunner().invoke(
         cli.main,
