@@ -160,10 +160,7 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
     CHECKPOINT is a training checkpoint of `inf590k pretrain`, or a released InfMAE, ConvMAE or
     MAE pretraining checkpoint (.pth)."""
     from pretrain.checkpoint import export_checkpoint  # torch: when the command runs
-    from pretrain.models.reference import (  # torch: when the command runs
-        export_reference,
-        reference_state,
-    )
+    from pretrain.models.reference import export_reference, reference_state
 
     try:
         state = reference_state(checkpoint)  # read once: a released checkpoint is handed on
@@ -442,12 +439,7 @@ def eval_command(encoders, num_heads, arms, **options) -> None:
     """Several encoders under one protocol (same split, schedule, input size and head), each
     fine-tuned and frozen over seeds: results.md / .json (mean ± std, paired difference to
     scratch) and results.png."""
-    from pretrain.probe.compare import (  # torch: when the command runs
-        EvalConfig,
-        parse_encoders,
-        parse_heads,
-        run_eval,
-    )
+    from pretrain.probe.compare import EvalConfig, parse_encoders, parse_heads, run_eval
 
     try:
         config = EvalConfig(

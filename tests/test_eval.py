@@ -19,9 +19,9 @@ from pretrain.probe.compare import (
     EvalError,
     paired_difference,
     parse_encoders,
-    results_chart,
     run_eval,
 )
+from pretrain.probe.results import results_chart
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -14,13 +14,12 @@ from safetensors.torch import load_file
 from pretrain.models import IR_MEAN, IR_STD, MaskedAutoencoder, load_reference_checkpoint
 from pretrain.models.reference import (
     DROPPED_KEYS,
-    ReferenceCheckpointError,
     convert_state,
     expected_keys,
     infer_config,
     map_reference_key,
-    reference_kind,
 )
+from pretrain.models.released import ReferenceCheckpointError, reference_kind
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -171,7 +170,8 @@ def test_bad_checkpoints_say_what_is_wrong(checkpoints: Path, tmp_path: Path) ->
 
 def test_an_encoder_only_export_is_named_as_such(tmp_path):
     from pretrain.models import create_model, export_encoder
-    from pretrain.models.reference import ReferenceCheckpointError, load_reference_checkpoint
+    from pretrain.models.reference import load_reference_checkpoint
+    from pretrain.models.released import ReferenceCheckpointError
 
     weights = export_encoder(create_model("dugi_mae_tiny"), tmp_path / "export")
     for kind in ("infmae", "convmae", "mae"):

@@ -18,7 +18,8 @@ from conftest import REPO_ROOT, shared_dir
 from safetensors.torch import load_file
 
 from cli import main
-from pretrain.models.reference import load_reference_checkpoint, read_reference_state
+from pretrain.models.reference import load_reference_checkpoint
+from pretrain.models.released import read_reference_state
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -14,14 +14,8 @@ from conftest import shared_dir
 from safetensors.torch import load_file
 
 from pretrain.models import IR_MEAN, IR_STD, load_reference_checkpoint
-from pretrain.models.reference import (
-    ReferenceCheckpointError,
-    encoder_folder,
-    encoder_heads,
-    infer_config,
-    read_reference,
-    reference_kind,
-)
+from pretrain.models.reference import encoder_folder, encoder_heads, infer_config
+from pretrain.models.released import ReferenceCheckpointError, read_reference, reference_kind
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

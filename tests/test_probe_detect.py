@@ -18,7 +18,8 @@ from pretrain.probe.detect import (
     predict_detections,
     train_detector,
 )
-from pretrain.probe.detect_data import DetectionImages, read_detection_layout, sample_target
+from pretrain.probe.detect_data import read_detection_layout
+from pretrain.probe.detect_images import DetectionImages, sample_target
 from pretrain.probe.detector import anchor_sizes, build_detector
 from pretrain.probe.head import build_backbone, encoder_spec, read_export
 from pretrain.probe.runtime import intra_op_threads, torch_threads

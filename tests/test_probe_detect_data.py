@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from cli import main
 from inf590k.synth import SynthConfig, synthesize
 from pretrain.probe.datasets import ProbeDataError
-from pretrain.probe.detect_data import DetectionImages, read_detection_layout
+from pretrain.probe.detect_data import read_detection_layout
+from pretrain.probe.detect_images import DetectionImages
 from pretrain.probe.splits import Split, read_split, write_split
 
 

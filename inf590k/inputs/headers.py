@@ -1,6 +1,10 @@
 """Image headers read the way OpenCV's decoders read them, before any pixel is decoded:
 size, pages and the bytes a decode would take; a header a decoder could read two ways, a
 lying chunk length or a size beyond the caps is refused (`check_before_decode`).
+
+One module for every format on purpose (~800 lines): the rule, read a header the way its
+decoder will or refuse it, is checked across formats in one place, and one dispatch picks
+the parser by the signatures OpenCV's decoders check.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from pretrain.models.configs import IR_MEAN, IR_STD, MODEL_NAMES, ModelConfig, b
 from pretrain.models.export import export_encoder
 from pretrain.models.info import format_model_info, model_info
 from pretrain.models.mae import MaskedAutoencoder, create_model
-from pretrain.models.reference import REFERENCE_KINDS, load_reference_checkpoint
+from pretrain.models.reference import load_reference_checkpoint
+from pretrain.models.released import REFERENCE_KINDS
 
 __all__ = [
     "IR_MEAN",

@@ -36,27 +36,30 @@ grey input replicated to 3 channels) and averages the decoder's three per-pixel 
 
 from __future__ import annotations
 
-import argparse
 import json
-import pathlib
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 from pretrain.models.configs import ModelConfig
 from pretrain.models.export import export_encoder, feature_lines
 from pretrain.models.mae import MaskedAutoencoder
+from pretrain.models.released import (
+    ENCODER_ONLY_KINDS,
+    REFERENCE_KINDS,
+    ReferenceCheckpoint,
+    ReferenceCheckpointError,
+    has_decoder,
+    read_reference,
+    reference_kind,
+)
 
-REFERENCE_KINDS = ("infmae", "convmae", "mae", "unip")
-# Kinds whose checkpoints hold a plain ViT encoder and no decoder (the decoder starts fresh).
-ENCODER_ONLY_KINDS = ("unip",)
 # Attention heads of the released transformer widths: 64-wide heads, 80-wide at ViT-H.
 RELEASED_HEADS = MappingProxyType({192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16})
 RELEASED_DECODER_HEADS = MappingProxyType({512: 16})  # MAE / ConvMAE / InfMAE decoders
@@ -71,16 +74,6 @@ SIZE_WIDTH_HEADS = MappingProxyType(
         "huge": (1280, 16),
     }
 )
-# Entries of a released checkpoint that describe its run (argparse Namespace or dict).
-METADATA_ENTRIES = ("config", "args", "model_config")
-# Classes a released `.pth` may pickle beside its tensors (its `args`): plain data, no code.
-SAFE_CHECKPOINT_GLOBALS = (
-    argparse.Namespace,
-    pathlib.PosixPath,
-    pathlib.WindowsPath,
-    pathlib.PurePosixPath,
-    pathlib.PureWindowsPath,
-)
 # InfMAE's 16x16 ordering conv for its grey masking: not part of the encoder, not loaded.
 DROPPED_KEYS = {"infmae": ("patch_embed.proj.weight", "patch_embed.proj.bias")}
 _DECODER_RENAMES = (
@@ -94,96 +87,6 @@ _HIERARCHICAL_RENAMES = (
     ("stage2_output_decode.", "stage2_fuse."),
 )
 _DWCONV = re.compile(r"^(blocks[12]\.\d+)\.attn\.")
-
-
-class ReferenceCheckpointError(ValueError):
-    """A checkpoint that does not fit the kind it was loaded as."""
-
-
-@dataclass(frozen=True)
-class ReferenceCheckpoint:
-    """A released checkpoint as read: its flat state dict, and what the file says about the
-    run that wrote it (`args` / `config` entries, as plain values)."""
-
-    state: dict[str, Tensor]
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _torch_load(path: Path) -> Any:
-    try:
-        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle errors come in many types
-        raise ReferenceCheckpointError(
-            f"cannot read {path} as a weights-only torch checkpoint ({error}); pass the "
-            "released .pth file or a safetensors file"
-        ) from error
-
-
-def _metadata(container: Mapping[str, Any]) -> dict[str, Any]:
-    """The run description entries of a checkpoint, merged (Namespace -> dict)."""
-    merged: dict[str, Any] = {}
-    for name in METADATA_ENTRIES:
-        entry = container.get(name)
-        if isinstance(entry, argparse.Namespace):
-            entry = vars(entry)
-        if isinstance(entry, Mapping):
-            merged.update({k: v for k, v in entry.items() if isinstance(k, str)})
-    return merged
-
-
-def read_reference(
-    source: str | Path | Mapping[str, Any] | ReferenceCheckpoint,
-) -> ReferenceCheckpoint:
-    """The state dict (`model` or `state_dict` unwrapped, `module.` prefixes dropped) and the
-    run metadata of a released checkpoint: a path, a loaded checkpoint or a state dict."""
-    if isinstance(source, ReferenceCheckpoint):
-        return source
-    if isinstance(source, Mapping):
-        loaded: Any = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"reference checkpoint {path} not found: pass the .pth file")
-        if path.suffix == ".safetensors":
-            loaded = load_file(str(path))
-        else:
-            loaded = _torch_load(path)
-    state, metadata = loaded, {}
-    if isinstance(loaded, Mapping):
-        metadata = _metadata(loaded)
-        for entry in ("model", "state_dict"):
-            if isinstance(loaded.get(entry), Mapping):
-                state = loaded[entry]
-                break
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ReferenceCheckpointError(
-            "not a state dict of tensors (nor a dict holding one under 'model')"
-        )
-    flat = {key.removeprefix("module."): value for key, value in state.items()}
-    return ReferenceCheckpoint(flat, metadata)
-
-
-def read_reference_state(source: str | Path | Mapping[str, Any]) -> dict[str, Tensor]:
-    """The flat state dict of a released checkpoint (path or mapping), `model` unwrapped."""
-    return read_reference(source).state
-
-
-def has_decoder(state: Mapping[str, Tensor]) -> bool:
-    return any(key.startswith(("decoder", "mask_token")) for key in state)
-
-
-def reference_kind(state: Mapping[str, Tensor]) -> str:
-    """Which released model a state dict is: infmae, convmae, mae, or unip (a plain ViT encoder
-    without a decoder), from its keys."""
-    if "patch_embed1.proj.weight" in state:
-        return "infmae" if "patch_embed.proj.weight" in state else "convmae"
-    if "cls_token" in state and "patch_embed.proj.weight" in state:
-        return "mae" if has_decoder(state) else "unip"
-    raise ReferenceCheckpointError(
-        "not an InfMAE, ConvMAE or MAE pretraining checkpoint nor a UNIP encoder (no "
-        "patch_embed1 nor cls_token)"
-    )
 
 
 def map_reference_key(key: str, kind: str) -> str | None:
