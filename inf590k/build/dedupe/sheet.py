@@ -1,0 +1,125 @@
+"""What dedupe leaves for a person to check: BUILD/dedupe/report.json (groups, reasons, counts)
+and the contact sheet of the largest groups.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from inf590k.build import catalog as cat
+from inf590k.build import lineage
+from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
+from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius_pairs
+from inf590k.build.rows import load_stored_pixels
+from inf590k.dataset.layout import read_sidecars
+from inf590k.fsutil import plural
+from inf590k.inputs.fingerprint import fingerprint
+from inf590k.inputs.headers import RejectedImage
+from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
+
+
+def write_report(
+    report_dir: Path,
+    config: DedupeConfig,
+    candidates: pa.Table,
+    groups: _Groups,
+    group_ids: dict[int, int],
+    distances: np.ndarray,
+    outside: list[OutsideSet],
+    outside_match: dict[int, _Match],
+) -> dict:
+    """report.json: settings, counts, and every group with members and distances."""
+    rows = candidates.select(["uid", "source", "width", "height"]).to_pydict()
+    members: dict[int, list[dict]] = {}
+    for index in np.flatnonzero(groups.sizes > 1).tolist():
+        members.setdefault(group_ids[int(groups.labels[index])], []).append(
+            {
+                "uid": rows["uid"][index],
+                "source": rows["source"][index],
+                "width": rows["width"][index],
+                "height": rows["height"][index],
+                "kept": bool(groups.kept[index] == index),
+                "exact": bool(groups.exact[index]),
+                "phash_distance_to_kept": int(distances[index]),
+            }
+        )
+    listed = []
+    for group_id in sorted(members):
+        group_members = sorted(members[group_id], key=lambda m: (not m["kept"], m["uid"]))
+        listed.append(
+            {"group": group_id, "kept": group_members[0]["uid"], "members": group_members}
+        )
+    report = {
+        "radius": config.radius,
+        "dhash_max": config.dhash_max,
+        "feature_model": str(config.feature_model) if config.feature_model else None,
+        "feature_threshold": config.feature_threshold if config.feature_model else None,
+        "keep_rule": "largest width*height, then source priority, then uid",
+        "priority": list(config.priority),
+        "candidates": len(candidates),
+        "groups": listed,
+        "against": [
+            {"reason": o.reason, "images": len(o.fingerprints.labels), "unreadable": o.skipped}
+            for o in outside
+        ],
+        "outside_matches": [
+            {"uid": rows["uid"][i], "reason": m.reason, "phash_distance": m.distance}
+            for i, m in sorted(outside_match.items())
+        ],
+    }
+    report_dir.mkdir(parents=True, exist_ok=True)
+    tmp = report_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, separators=(",", ":")))  # indent would use the slow encoder
+    tmp.replace(report_dir / "report.json")
+    return report
+
+
+def write_contact_sheet(
+    path: Path, build: Path, report: dict, max_groups: int, thumb: int = 112
+) -> Path | None:
+    """A PNG with one row per largest group: the kept image first, distances underneath."""
+
+    largest = sorted(report["groups"], key=lambda g: (-len(g["members"]), g["group"]))[:max_groups]
+    if not largest:
+        return None
+    uids = {m["uid"] for g in largest for m in g["members"][:8]}
+    table = cat.read_catalog(build)
+    table = table.filter(pa.compute.is_in(table.column("uid"), pa.array(sorted(uids))))
+    by_uid = {row["uid"]: row for row in table.to_pylist()}
+    columns = min(8, max(len(g["members"]) for g in largest))
+    sheet = np.full((len(largest) * (thumb + 18), columns * (thumb + 4)), 255, dtype=np.uint8)
+    for r, group in enumerate(largest):
+        for c, member in enumerate(group["members"][:columns]):
+            try:
+                image = load_stored_pixels(build, by_uid[member["uid"]])
+            except Exception:  # a moved source still gets a labelled blank tile
+                image = np.zeros((thumb, thumb), dtype=np.uint8)
+            scale = thumb / max(image.shape)
+            small = cv2.resize(
+                image, (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale)))
+            )
+            y, x = r * (thumb + 18), c * (thumb + 4)
+            sheet[y : y + small.shape[0], x : x + small.shape[1]] = small
+            label = "kept" if member["kept"] else f"d={member['phash_distance_to_kept']}"
+            cv2.putText(
+                sheet,
+                f"g{group['group']} {label}",
+                (x + 2, y + thumb + 13),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.4,
+                0,
+                1,
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), sheet)
+    return path
