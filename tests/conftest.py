@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,27 @@ def build_copy(synthetic_build, tmp_path) -> tuple[Path, Path]:
         info["root"] = str(root / Path(info["root"]).name)
     cat.write_sources(build, recorded)
     return build, root / "ds"
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    """No cached login, no offline flag; the token comes from HF_TOKEN."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    from tests.hubkit import GOOD_TOKEN
+
+    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
+
+
+@pytest.fixture
+def fake_hub():
+    """A stand-in Hub API on loopback (tests/hubkit.py); yields its URL."""
+    from tests.hubkit import FakeHub
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

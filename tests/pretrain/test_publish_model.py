@@ -17,9 +17,8 @@ from pretrain.checkpoint import model_card as export_card
 from pretrain.hub import ModelPublishConfig, PublishError, count_parameters, publish_model
 from pretrain.models import create_model, export_encoder
 from pretrain.models.masking import mask_from_visible
-from tests.test_publish import GOOD_TOKEN, closed_port
-from tests.test_publish import fake_hub as fake_hub  # noqa: F401  (a fixture used below)
-from tests.test_publish import hub_env as hub_env  # noqa: F401  (a fixture used below)
+from tests.hubkit import GOOD_TOKEN
+from tests.shardkit import closed_port
 
 
 def make_export(folder: Path, name: str) -> tuple[torch.nn.Module, Path]:

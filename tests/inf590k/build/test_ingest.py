@@ -23,7 +23,8 @@ from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.rows import load_stored_pixels, make_uid
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
-from tests.test_imageio import encode, png_with_header_size, thermal_frame
+from tests.builders import make_frames
+from tests.images import encode, png_with_header_size, thermal_frame
 
 
 def run(build: Path, *sources: tuple[str, Path], workers: int = 1, manifests=(), **policy):
@@ -238,14 +239,6 @@ def test_unknown_source_and_repeated_source_fail_clearly(tmp_path):
 # ----------------------------------------------------------------------------- parallel + resume
 
 
-def make_frames(root: Path, count: int) -> None:
-    root.mkdir(parents=True)
-    for i in range(count):
-        sub = root / f"cam{i % 3}"
-        sub.mkdir(exist_ok=True)
-        (sub / f"{i:05d}.png").write_bytes(encode(thermal_frame(48, 64, seed=i)))
-
-
 @pytest.mark.slow
 def test_workers_one_and_two_give_identical_catalogs(tmp_path):
     make_frames(tmp_path / "src", 150)
@@ -260,6 +253,7 @@ from pathlib import Path
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.execution.units import ExecutionOptions
 import inf590k.build.ingest as ing
+from tests.conftest import REPO_ROOT
 slow = float(sys.argv[3])
 original = ing.process_chunk
 def slowed(job, tasks):
@@ -273,7 +267,7 @@ ingest(IngestConfig(sources=(("folder", Path(sys.argv[1])),), build=Path(sys.arg
 @pytest.mark.slow
 def test_killed_ingest_resumes_without_redoing_work(tmp_path):
     make_frames(tmp_path / "src", 64 * 4 + 10)  # 5 chunks
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     build = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", INGEST_SCRIPT, str(tmp_path / "src"), str(build), "0.4"], env=env)
     deadline = time.time() + 120
@@ -414,7 +408,7 @@ def test_lying_headers_are_refused_by_ingest_with_a_reason(tmp_path, monkeypatch
     """Each file's header says 64x64 to a careless reader; the decoder would make 640x512 of
     it. Under a 100,000-pixel cap ingest refuses every one before OpenCV decodes anything."""
     from inf590k.inputs import imageio
-    from tests.test_imageio import HEADER_LIES, jpeg_damaged, os2_bmp, png_with_huge_text_chunk
+    from tests.images import HEADER_LIES, jpeg_damaged, os2_bmp, png_with_huge_text_chunk
 
     root = tmp_path / "hostile"
     root.mkdir()

@@ -22,8 +22,7 @@ from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.pipeline import BuildConfig
 from inf590k.build.shard import ShardConfig
 from inf590k.execution.units import ExecutionOptions
-from tests.builders import build_dataset, shard_dataset
-from tests.test_ingest import make_frames
+from tests.builders import build_dataset, make_frames, shard_dataset
 
 
 def run_ingest(build: Path, *sources: tuple[str, Path], drop: tuple[str, ...] = (), **policy):

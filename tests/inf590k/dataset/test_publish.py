@@ -10,9 +10,7 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,8 +25,7 @@ from inf590k.dataset.report import ReportConfig, report
 from inf590k.execution.units import ExecutionOptions
 from inf590k.synth import SynthConfig, synthesize
 from tests.builders import build_dataset
-
-GOOD_TOKEN = "hf_good_token_for_tests_only"
+from tests.hubkit import GOOD_TOKEN
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +52,6 @@ def built(tmp_path_factory) -> tuple[Path, Path]:
 def own_copy(built, tmp_path) -> Path:
     """A copy of the dataset folder that a test may publish (and so refresh) on its own."""
     return Path(shutil.copytree(built[1], tmp_path / "ds"))
-
-
-@pytest.fixture
-def hub_env(monkeypatch, tmp_path):
-    """No cached login, no offline flag; the token comes from HF_TOKEN."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
 
 
 def kept_per_bin(build: Path) -> dict[str, int]:
@@ -259,43 +247,6 @@ def test_missing_token_says_how_to_log_in(own_copy, hub_env, monkeypatch):
     endpoint = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(PublishError, match="set HF_TOKEN .* or run `hf auth login`"):
         publish(PublishConfig(dataset=own_copy, repo="lab/inf590k-mini", endpoint=endpoint))
-
-
-class FakeHub(BaseHTTPRequestHandler):
-    """The two Hub routes the real client code talks to here: whoami and a rejecting one."""
-
-    def _reply(self, status: int, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        if self.path == "/api/whoami-v2":
-            if self.headers.get("Authorization") == f"Bearer {GOOD_TOKEN}":
-                self._reply(200, {"name": "tester", "type": "user"})
-            else:
-                self._reply(401, {"error": "Invalid credentials in Authorization header"})
-        else:
-            self._reply(404, {"error": "not found"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._reply(403, {"error": "You don't have the rights to create a commit here"})
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_hub():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_rejected_token_is_one_line(own_copy, hub_env, fake_hub, monkeypatch):

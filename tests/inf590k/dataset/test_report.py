@@ -11,8 +11,7 @@ from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig
 from inf590k.dataset.report import ReportConfig, report
 from inf590k.execution.units import ExecutionOptions
-from tests.builders import shard_dataset
-from tests.test_shard import make_build
+from tests.builders import make_build, shard_dataset
 
 
 @pytest.fixture(scope="module")

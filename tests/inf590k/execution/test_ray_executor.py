@@ -26,13 +26,13 @@ from inf590k.build.shard import stage as shard_module
 from inf590k.execution.ray_cluster import INSTALL_HINT, RayExecutor, RayMissing, open_executor
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.sources import SourceReader
+from tests.builders import ALPHA, BETA, shard_dataset
 from tests.builders import build_dataset as build_with_card
-from tests.builders import shard_dataset
+from tests.conftest import REPO_ROOT
 from tests.shardkit import closed_port
-from tests.test_shard import ALPHA, BETA
 
 ray = pytest.importorskip("ray")
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 FRAMES = [*ALPHA, *BETA]  # the real frames of the shard tests
 

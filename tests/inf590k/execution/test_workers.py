@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from inf590k.execution.local import InlineExecutor, LocalExecutor, make_executor
+from tests.conftest import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 POOL_SCRIPT = """
 import sys, time
 from inf590k.execution.local import LocalExecutor, sigterm_as_interrupt
+from tests.conftest import REPO_ROOT
 with sigterm_as_interrupt(), LocalExecutor(2) as pool:
     print("started", flush=True)
     list(pool.map(time.sleep, [(60,)] * 4))
@@ -102,7 +104,7 @@ def test_executors_return_results_in_order():
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_of_ingest_is_like_ctrl_c_and_leaves_no_process(tmp_path):
-    from tests.test_ingest import make_frames
+    from tests.builders import make_frames
 
     make_frames(tmp_path / "src", 3000)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

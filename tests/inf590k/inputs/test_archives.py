@@ -22,7 +22,7 @@ from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from inf590k.inputs.manifest import folder_manifest
 from inf590k.inputs.sources import DAMAGED_INDEX, list_entries
-from tests.test_imageio import encode, thermal_frame
+from tests.images import encode, thermal_frame
 
 FRAMES = 20
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_dir
 from safetensors.torch import load_file
 
 from pretrain.models import IR_MEAN, IR_STD, MaskedAutoencoder, load_reference_checkpoint
@@ -20,6 +19,7 @@ from pretrain.models.reference import (
     map_reference_key,
 )
 from pretrain.models.released import ReferenceCheckpointError, reference_kind
+from tests.conftest import shared_dir
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -14,12 +14,12 @@ import pytest
 import timm
 import torch
 from click.testing import CliRunner
-from conftest import REPO_ROOT, shared_dir
 from safetensors.torch import load_file
 
 from cli import main
 from pretrain.models.reference import load_reference_checkpoint
 from pretrain.models.released import read_reference_state
+from tests.conftest import REPO_ROOT, shared_dir
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import shared_dir
 from safetensors.torch import load_file
 
 from pretrain.models import IR_MEAN, IR_STD, load_reference_checkpoint
 from pretrain.models.reference import encoder_folder, encoder_heads, infer_config
 from pretrain.models.released import ReferenceCheckpointError, read_reference, reference_kind
+from tests.conftest import shared_dir
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -22,8 +22,7 @@ from inf590k.build.shard import ShardConfig
 from inf590k.build.shard.plan import even_runs, shard_counts, short_bins
 from inf590k.dataset.verify import VerifyConfig, verify
 from inf590k.execution.units import ExecutionOptions
-from tests.builders import shard_dataset
-from tests.test_shard import make_build
+from tests.builders import make_build, shard_dataset
 
 
 @pytest.fixture(scope="module")

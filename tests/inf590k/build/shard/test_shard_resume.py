@@ -14,10 +14,8 @@ import pytest
 from inf590k.build.shard import ShardConfig
 from inf590k.dataset.verify import VerifyConfig, verify
 from inf590k.execution.units import ExecutionOptions
-from tests.builders import shard_dataset
-from tests.test_shard import make_build
+from tests.builders import make_build, shard_dataset
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # shard with one worker, slowed down per sample so that a kill lands inside a tar
 SLOW_SHARD = """
@@ -30,6 +28,7 @@ def slowed(*args):
     original(*args)
 sh.add_sample = slowed
 from inf590k.execution.units import ExecutionOptions
+from tests.conftest import REPO_ROOT
 sh.shard(sh.ShardConfig(build=Path(sys.argv[1]), out=Path(sys.argv[2]), max_count=3, execution=ExecutionOptions(workers=1, progress=False)))
 """
 
