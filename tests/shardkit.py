@@ -1,4 +1,4 @@
-"""Write tiny Inf-590K shards for tests, in the project's shard format (DESIGN.md "Shard format").
+"""Write tiny Inf-590K shards for tests, in the project's shard format (ARCHITECTURE.md, "The dataset folder").
 
 Each sample is `{uid}.png` (1-channel, 8- or 16-bit), `{uid}.json` (a catalog row) and
 `{uid}.cls` (decimal text); members are sorted with a fixed mtime; the dataset root holds

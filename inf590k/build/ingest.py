@@ -46,7 +46,15 @@ from inf590k.inputs.manifest import (
     manifest_for_source,
     resolve_manifests,
 )
-from inf590k.inputs.sources import DAMAGED_INDEX, DamagedMember, SourceEntry, SourceReader, list_entries, member_suffix, root_kind
+from inf590k.inputs.sources import (
+    DAMAGED_INDEX,
+    DamagedMember,
+    SourceEntry,
+    SourceReader,
+    list_entries,
+    member_suffix,
+    root_kind,
+)
 
 CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
 SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"

@@ -5,27 +5,14 @@ and the contact sheet of the largest groups.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pyarrow as pa
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from inf590k.build import catalog as cat
-from inf590k.build import lineage
-from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
-from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius_pairs
 from inf590k.build.rows import load_stored_pixels
-from inf590k.dataset.layout import read_sidecars
-from inf590k.fsutil import plural
-from inf590k.inputs.fingerprint import fingerprint
-from inf590k.inputs.headers import RejectedImage
-from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
 
 
 def write_report(

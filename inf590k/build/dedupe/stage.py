@@ -18,13 +18,11 @@ Default radius 8: see docs/dedupe-radius.md for the measurement on real IR frame
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pyarrow as pa
 from scipy.sparse import coo_matrix
@@ -34,13 +32,13 @@ from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
 from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius_pairs
+from inf590k.build.dedupe.sheet import write_contact_sheet, write_report
 from inf590k.build.rows import load_stored_pixels
 from inf590k.dataset.layout import read_sidecars
 from inf590k.fsutil import plural
 from inf590k.inputs.fingerprint import fingerprint
 from inf590k.inputs.headers import RejectedImage
 from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
-from inf590k.build.dedupe.sheet import write_report, write_contact_sheet
 
 DEFAULT_RADIUS = 8
 REPORT_DIRNAME = "dedupe"

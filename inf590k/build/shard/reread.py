@@ -11,8 +11,7 @@ import numpy as np
 from inf590k.build import catalog as cat
 from inf590k.build.rows import load_stored_pixels, stored_form
 from inf590k.inputs.imageio import ImagePolicy, decode, stretch_to_8bit
-from inf590k.inputs.sources import SourceReader
-from inf590k.inputs.sources import root_kind
+from inf590k.inputs.sources import SourceReader, root_kind
 
 # ----------------------------------------------------------------------------- constants
 

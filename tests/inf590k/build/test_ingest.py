@@ -24,6 +24,7 @@ from inf590k.build.rows import load_stored_pixels, make_uid
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from tests.builders import make_frames
+from tests.conftest import REPO_ROOT
 from tests.images import encode, png_with_header_size, thermal_frame
 
 
@@ -253,7 +254,6 @@ from pathlib import Path
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.execution.units import ExecutionOptions
 import inf590k.build.ingest as ing
-from tests.conftest import REPO_ROOT
 slow = float(sys.argv[3])
 original = ing.process_chunk
 def slowed(job, tasks):

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 import cli
 from inf590k.build import ingest as ingest_module
+from inf590k.build import rows as rows_module
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.dedupe.stage import DedupeConfig, dedupe
 from inf590k.build.ingest import IngestConfig, ingest
@@ -205,7 +206,7 @@ def test_driver_reads_no_archive_member(
 
     for name in ("read", "read_many", "read_at", "iter_tar_bytes"):
         monkeypatch.setattr(SourceReader, name, refuse)  # this process only, not the workers
-    monkeypatch.setattr(ingest_module, "process_image_bytes", refuse)
+    monkeypatch.setattr(rows_module, "process_image_bytes", refuse)
     build = tmp_path / "build"
     ingest(
         IngestConfig(sources=tuple(sources.items()), build=build, execution=ExecutionOptions(workers=2, progress=False, executor="ray"))

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from inf590k.build.shard import ShardConfig
 from inf590k.dataset.verify import VerifyConfig, verify
 from inf590k.execution.units import ExecutionOptions
 from tests.builders import make_build, shard_dataset
-
+from tests.conftest import REPO_ROOT
 
 # shard with one worker, slowed down per sample so that a kill lands inside a tar
 SLOW_SHARD = """
@@ -28,7 +27,6 @@ def slowed(*args):
     original(*args)
 sh.add_sample = slowed
 from inf590k.execution.units import ExecutionOptions
-from tests.conftest import REPO_ROOT
 sh.shard(sh.ShardConfig(build=Path(sys.argv[1]), out=Path(sys.argv[2]), max_count=3, execution=ExecutionOptions(workers=1, progress=False)))
 """
 
