@@ -71,7 +71,8 @@ def bare_loop(build: Path, rows: list[dict], out: Path, level: int) -> float:
 def prepare_build(samples: Path, synth: int, scratch: Path) -> Path:
     """A build of the real frames plus distinct synthetic ones (copies would be deduplicated)."""
     from inf590k.build.bins import BinConfig, bin_catalog
-    from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+    from inf590k.build.dedupe.config import DedupeConfig
+    from inf590k.build.dedupe.stage import dedupe
     from inf590k.build.ingest import IngestConfig, ingest
     from inf590k.synth import SynthConfig, synthesize
 

@@ -21,7 +21,7 @@ from cli.options import (
     run_stage,
 )
 from inf590k.build.bins import BinConfig, bin_catalog
-from inf590k.build.dedupe.stage import DedupeConfig
+from inf590k.build.dedupe.config import DedupeConfig
 from inf590k.build.dedupe.stage import dedupe as run_dedupe
 from inf590k.build.ingest import IngestConfig
 from inf590k.build.ingest import ingest as run_ingest

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 
 from inf590k.build.bins import BinConfig, bin_catalog
-from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.dedupe.config import DedupeConfig
+from inf590k.build.dedupe.stage import dedupe
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.pipeline import BuildConfig, BuildSummary, run_build
 from inf590k.build.shard import ShardConfig, ShardSummary, shard

@@ -9,7 +9,8 @@ from pathlib import Path
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.build.bins import BinConfig, BinSummary, bin_catalog
-from inf590k.build.dedupe.stage import DedupeConfig, DedupeSummary, dedupe
+from inf590k.build.dedupe.config import DedupeConfig
+from inf590k.build.dedupe.stage import DedupeSummary, dedupe
 from inf590k.build.ingest import IngestConfig, IngestSummary, ingest
 from inf590k.build.shard.stage import ShardConfig, ShardSummary, shard
 from inf590k.execution.ray_cluster import shared_session

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from inf590k.build import catalog as cat
+from inf590k.build.dedupe.config import DedupeConfig, OutsideSet, _Groups, _Match
 from inf590k.build.rows import load_stored_pixels
 
 

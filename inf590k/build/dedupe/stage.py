@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,14 @@ from scipy.sparse.csgraph import connected_components
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
+from inf590k.build.dedupe.config import (
+    DEFAULT_RADIUS,
+    DedupeConfig,
+    Fingerprints,
+    OutsideSet,
+    _Groups,
+    _Match,
+)
 from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
 from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius_pairs
 from inf590k.build.dedupe.sheet import write_contact_sheet, write_report
@@ -40,24 +48,8 @@ from inf590k.inputs.fingerprint import fingerprint
 from inf590k.inputs.headers import RejectedImage
 from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
 
-DEFAULT_RADIUS = 8
 REPORT_DIRNAME = "dedupe"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
-
-
-@dataclass(frozen=True)
-class DedupeConfig:
-    """One field per `inf590k dedupe` option."""
-
-    build: Path
-    radius: int = DEFAULT_RADIUS  # pHash Hamming radius of a near duplicate
-    dhash_max: int = -1  # >= 0: a near pair also needs dHash distance <= this; -1: off
-    against: tuple[Path, ...] = ()  # build folders, datasets or folders of evaluation images
-    priority: tuple[str, ...] = ()  # source ids preferred when resolutions tie, best first
-    contact_groups: int = 12  # largest groups drawn in the contact sheet; 0: no sheet
-    feature_model: Path | None = None  # optional: a timm model folder for embedding dedupe
-    feature_threshold: float = 0.85  # cosine similarity above which embeddings are duplicates
-    feature_device: str = "cpu"
 
 
 @dataclass
@@ -98,39 +90,6 @@ class DedupeSummary:
             f"{self.outside_matches} matched --against data ({self.seconds:.1f} s)"
         )
         return "\n".join([line, *self.warnings])
-
-
-@dataclass(frozen=True)
-class Fingerprints:
-    """Hashes of a set of images: what dedupe compares. Arrays are [N]."""
-
-    labels: tuple[str, ...]  # uid, or a file path for evaluation images
-    pixel_sha256: tuple[str, ...]
-    phash: np.ndarray  # uint64
-    dhash: np.ndarray  # uint64
-
-
-@dataclass(frozen=True)
-class OutsideSet:
-    """Fingerprints of one --against path and how a match is described."""
-
-    fingerprints: Fingerprints
-    reason: str  # e.g. "decontamination: matches eval/" or "already in old-build"
-    skipped: int = 0  # files that could not be read (evaluation folders)
-
-
-@dataclass
-class _Match:
-    reason: str
-    distance: int
-
-
-@dataclass
-class _Groups:
-    labels: np.ndarray  # [N] component id per candidate row
-    kept: np.ndarray  # [N] candidate index of the kept member of each row's component
-    sizes: np.ndarray  # [N] component size per row
-    exact: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
 
 
 # ----------------------------------------------------------------------------- fingerprints

@@ -17,7 +17,8 @@ from cli import main
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.build.bins import BinConfig, bin_catalog
-from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.dedupe.config import DedupeConfig
+from inf590k.build.dedupe.stage import dedupe
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.pipeline import BuildConfig
 from inf590k.build.shard import ShardConfig

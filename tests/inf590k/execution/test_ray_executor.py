@@ -20,7 +20,8 @@ import cli
 from inf590k.build import ingest as ingest_module
 from inf590k.build import rows as rows_module
 from inf590k.build.bins import BinConfig, bin_catalog
-from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.dedupe.config import DedupeConfig
+from inf590k.build.dedupe.stage import dedupe
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import stage as shard_module

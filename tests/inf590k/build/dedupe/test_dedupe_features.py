@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from inf590k.build import catalog as cat
+from inf590k.build.dedupe.config import DedupeConfig
 from inf590k.build.dedupe.features import similar_pairs
-from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.dedupe.stage import dedupe
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.execution.units import ExecutionOptions
 

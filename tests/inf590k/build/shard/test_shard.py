@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+from inf590k.build.dedupe.config import DedupeConfig
+from inf590k.build.dedupe.stage import dedupe
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.shard import ShardConfig
 from inf590k.execution.units import ExecutionOptions

@@ -185,7 +185,8 @@ def test_class_ids_stay_when_a_build_adds_a_source(built, tmp_path):
     shutil.copy(built.parent / "beta" / "FLIR_04208.jpg", aardvark / "other.jpg")
     grown = tmp_path / "grown"
     from inf590k.build.bins import BinConfig, bin_catalog
-    from inf590k.build.dedupe.stage import DedupeConfig, dedupe
+    from inf590k.build.dedupe.config import DedupeConfig
+    from inf590k.build.dedupe.stage import dedupe
 
     ingest(
         IngestConfig(sources=(
