@@ -60,10 +60,12 @@ class SampleProgress:
         connect(self.bar.update)  # work done in this process moves the bar directly
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         connect(None)
-        if self.queue is not None:
+        if self.queue is not None and exc_type is None:
             self.queue.put(None)
             self._thread.join(timeout=5)
             self.queue.close()
+        # Interrupted: a worker killed in the middle of a tick may hold the queue's lock, so
+        # nothing is put (it could block for ever); the daemon drain thread ends with us.
         self.bar.close()
