@@ -23,7 +23,6 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -35,6 +34,7 @@ from pretrain.probe.detect_images import DetectionImages, collate_detections
 from pretrain.probe.detect_metrics import coco_ground_truth, coco_metrics, detections_of
 from pretrain.probe.detector import build_detector, freeze_encoder
 from pretrain.probe.head import EncoderSpec, build_backbone
+from pretrain.probe.optim import ProbeOptimiser
 from pretrain.probe.runtime import ProbeError, resolve_device, torch_threads
 
 PREVIEW_IMAGES = 4
@@ -100,15 +100,7 @@ def train_detector(
 ) -> list[float]:
     """`config.steps` AdamW steps on seeded random batches; the summed loss of each step."""
     generator = torch.Generator().manual_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=config.steps,
-        warmup_t=max(1, config.steps // 20),
-        warmup_lr_init=config.lr / 100,
-        t_in_epochs=False,
-    )
+    optimiser = ProbeOptimiser(model, config)
     batches = torch.randint(len(images), (config.steps, config.batch_size), generator=generator)
     flips = (torch.rand(config.steps, config.batch_size, generator=generator) < 0.5).tolist()
     loader = _loader(images, config.workers, device, batch_sampler=batches.tolist())
@@ -125,10 +117,7 @@ def train_detector(
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for _, t in pairs]
         with _autocast(device):
             loss = sum(model(batch, targets).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step_update(step + 1)
+        optimiser.step(loss, step)
         losses[step] = loss.detach()
     return losses.tolist()
 

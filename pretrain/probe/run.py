@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -53,6 +52,7 @@ from pretrain.probe.head import (
     scratch_like,
 )
 from pretrain.probe.metrics import SegmentationMetrics, SmallTargetMetrics
+from pretrain.probe.optim import ProbeOptimiser
 from pretrain.probe.runtime import ProbeError, resolve_device
 from pretrain.probe.splits import SPLIT_FILE, Split, read_split, restrict, write_split
 
@@ -170,11 +170,7 @@ def train_probe(model: SegmentationProbe, data: LoadedSplit, config: ProbeConfig
                 device: torch.device) -> list[float]:
     """Fine-tune for `config.steps` steps on random batches; returns the loss per step."""
     generator = torch.Generator().manual_seed(config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=config.steps,
-                                  warmup_t=max(1, config.steps // 20), warmup_lr_init=config.lr / 100,
-                                  t_in_epochs=False)
+    optimiser = ProbeOptimiser(model, config)
     # The set is small: it moves to the device once, and losses stay there until the end
     # (no host synchronisation per step).
     all_images, all_masks = data.images.to(device), data.masks.to(device)
@@ -185,10 +181,7 @@ def train_probe(model: SegmentationProbe, data: LoadedSplit, config: ProbeConfig
         index = index.to(device)
         images, masks = random_flips(all_images[index], all_masks[index], generator)
         loss = probe_loss(model(images), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step_update(step + 1)
+        optimiser.step(loss, step)
         losses[step] = loss.detach()
     return losses.tolist()
 
