@@ -29,7 +29,7 @@ from typing import Any
 
 from pretrain.models.reference import encoder_folder
 from pretrain.probe.config import TASKS, ProbeConfig, probe_layout
-from pretrain.probe.detect_data import DetectionSet
+from pretrain.probe.detect_samples import DetectionSet
 from pretrain.probe.head import SCRATCH, EncoderSpec, encoder_spec, read_export, scratch_like
 from pretrain.probe.results import paired_difference, results_chart, results_markdown, spread
 from pretrain.probe.run import (
