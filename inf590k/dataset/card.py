@@ -37,6 +37,13 @@ ALL_CONFIG = "all"
 REPO_PLACEHOLDER = "OWNER/NAME"
 COPY_PLACEHOLDER = "PATH/TO/COPY"
 TAGS = ["infrared", "thermal", "webdataset", "self-supervised-pretraining", "inf590k"]
+# How `pixel_sha256` is made (inputs/fingerprint.py `pixel_digest`), as the card shows it: two
+# lines over a sample as `datasets` gives it (`png` a PIL "L" image, `json` a dict).
+PIXEL_SHA256_SNIPPET = (
+    'pixels = np.asarray(sample["png"])  # [H, W] uint8: the 8-bit view',
+    'assert hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}:".encode() + pixels.tobytes())'
+    '.hexdigest() == sample["json"]["pixel_sha256"]',
+)
 EXCLUDED_MEANING = {  # catalog reason kinds of excluded rows, as a reader would say them
     "video stride": "frames skipped by the video stride",
 }
@@ -384,6 +391,23 @@ def _usage_section(info: dict) -> list[str]:
     return lines
 
 
+def _fields_section() -> list[str]:
+    return [
+        "## Fields",
+        "",
+        "`json` is the image's catalog row (`uid`, `source`, `relpath`, sizes before and after "
+        "the border crop, `bit_depth`, `entropy`, `phash`, `res_bin`, ...). `file_sha256` is "
+        "the sha256 of the source file's bytes. `pixel_sha256` is the sha256 of the stored "
+        '8-bit pixels with their shape in front, `sha256("HxW:" + pixels)` (H rows, W '
+        "columns, then the pixels row by row as uint8), so a reshaped copy differs; "
+        "recompute it from a sample (`import hashlib`, `import numpy as np`):",
+        "",
+        "```python",
+        *PIXEL_SHA256_SNIPPET,
+        "```",
+    ]
+
+
 def _files_section() -> list[str]:
     return [
         "## Files",
@@ -441,6 +465,7 @@ def card_text(dataset: Path) -> str:
         _licenses_section(table),
         _statistics_section(numbers),
         _usage_section(info),
+        _fields_section(),
         _files_section(),
     ):
         body += ["", *section]
