@@ -400,9 +400,14 @@ def _fields_section() -> list[str]:
         "the sha256 of the source file's bytes. `pixel_sha256` is the sha256 of the stored "
         '8-bit pixels with their shape in front, `sha256("HxW:" + pixels)` (H rows, W '
         "columns, then the pixels row by row as uint8), so a reshaped copy differs; "
-        "recompute it from a sample (`import hashlib`, `import numpy as np`):",
+        "recompute it from a sample:",
         "",
         "```python",
+        "import hashlib",
+        "",
+        "import numpy as np",
+        "",
+        "sample = next(iter(one_bin))  # a sample as `datasets` gives it (above)",
         *PIXEL_SHA256_SNIPPET,
         "```",
     ]

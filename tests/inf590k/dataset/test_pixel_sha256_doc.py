@@ -47,7 +47,9 @@ def python_blocks(text: str) -> list[str]:
 
 
 def snippet_in(text: str) -> str:
-    return next(b for b in python_blocks(text) if "pixel_sha256" in b)
+    """The two documented lines: `pixels = ...` and the assert that recomputes the digest."""
+    block = next(b for b in python_blocks(text) if "pixel_sha256" in b)
+    return "\n".join(line for line in block.splitlines() if line.startswith(("pixels =", "assert ")))
 
 
 @pytest.mark.parametrize("where", ["card", "README"])
