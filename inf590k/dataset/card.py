@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -47,6 +48,19 @@ PIXEL_SHA256_SNIPPET = (
 EXCLUDED_MEANING = {  # catalog reason kinds of excluded rows, as a reader would say them
     "video stride": "frames skipped by the video stride",
 }
+# Manifests name the visible half of a pair by its place ("visible half (RGB)", the standard
+# rules' "visible image folder", TNO's "visible band folder", Anti-UAV's "visible video"): the
+# catalogue keeps those reasons as written (queries and manifests rely on them) and the card
+# counts them under one name.
+VISIBLE_HALF = "visible half"
+VISIBLE_KINDS = re.compile(r"^visible (half|image|band|video)\b")
+
+
+def excluded_meaning(kind: str) -> str:
+    """How the card names a kind of excluded row (its catalog reason without specifics)."""
+    if VISIBLE_KINDS.match(kind):
+        return VISIBLE_HALF
+    return EXCLUDED_MEANING.get(kind, kind)
 
 
 def info_sha256(dataset: Path) -> str:
@@ -181,12 +195,12 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines
 
 
-def _excluded_kinds(counts: dict) -> str:
+def excluded_summary(counts: dict) -> str:
     """ "visible half 12, frames skipped by the video stride 40" from the catalog reasons."""
     kinds: dict[str, int] = {}
     for per_source in counts.values():
         for kind, n in per_source.get("reasons", {}).get("excluded", {}).items():
-            label = EXCLUDED_MEANING.get(kind, kind)
+            label = excluded_meaning(kind)
             kinds[label] = kinds.get(label, 0) + n
     return ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items(), key=lambda x: -x[1]))
 
@@ -210,7 +224,7 @@ def _provenance(table: list[dict], counts: dict) -> list[str]:
         k: sum(c.get(k, 0) for c in counts.values())
         for k in ("found", "ok", "duplicate", "rejected", "excluded")
     }
-    excluded = _excluded_kinds(counts)
+    excluded = excluded_summary(counts)
     return [
         f"Built with the `inf590k` toolkit from {plural(total['found'], 'file')} of "
         f"{', '.join(parts) or 'no sources'}: {total['ok']:,} kept, "
