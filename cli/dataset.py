@@ -83,7 +83,8 @@ def sources_show(source_id: str, manifest_files: tuple[Path, ...]) -> None:
     if source_id not in manifests:
         raise CliError(f"unknown source {source_id!r}; `inf590k sources list` shows the ids")
     described = asdict(manifests[source_id])
-    described.pop("path", None)
+    for internal in ("path", "folder_source"):
+        described.pop(internal, None)
     click.echo(yaml.safe_dump(described, sort_keys=False, allow_unicode=True).rstrip())
 
 
