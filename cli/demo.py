@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from cli.app import CliError, main
-from cli.build import write_dataset_card
-from cli.options import opt, options, parse_source, run_stage
+from cli.build import source_values_with_notes, write_dataset_card
+from cli.options import opt, options, run_stage
 from inf590k.build.ingest import IngestConfig
 from inf590k.build.pipeline import BuildConfig, run_build
 from inf590k.build.shard import ShardConfig
@@ -104,7 +104,7 @@ def demo(
             )
         )
         sources.append((layout, target))
-    sources.extend(parse_source(value) for value in extra_sources)
+    sources.extend(source_values_with_notes(extra_sources))
 
     dataset = out / "dataset"
     # a small dataset: shards of a few samples, all within 2x of the smallest bin's
