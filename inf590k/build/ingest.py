@@ -338,8 +338,9 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
         "modality": manifest.modality,
         "citation": manifest.citation,
         "homepage": manifest.homepage,
-        "license_link": manifest.license_link or None,
-        "folder_source": manifest.folder_source,
+        # only when set: a build of an earlier toolkit is not "changed" by keys it lacks
+        **({"license_link": manifest.license_link} if manifest.license_link else {}),
+        **({"folder_source": True} if manifest.folder_source else {}),
     }
     chunks = chunked(tasks)
     todo = [i for i in range(len(chunks)) if not part_path(config.build, manifest.id, i).exists()]
