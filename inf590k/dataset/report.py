@@ -302,7 +302,7 @@ def resolution_figure(bars: list[ResolutionBar], title: str = "Resolution of kep
             fontsize=8,
         )
     if bars:  # plain numbers at the classes' edges, not 10^2
-        edges = sorted({bar.low for bar in bars if bar.low > 0} | {round(bars[0].left)})
+        edges = sorted({bar.low for bar in bars if bar.low > 0}) or [round(bars[0].left)]
         axis.xaxis.set_major_locator(FixedLocator(edges))
         axis.xaxis.set_minor_locator(NullLocator())
         axis.xaxis.set_major_formatter(ScalarFormatter())
