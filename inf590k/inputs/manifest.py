@@ -358,7 +358,7 @@ def read_folder_facts(root: Path) -> tuple[dict[str, str], str]:
     ({} and "" without one, or when the source is an archive). YAML or JSON; a link is not
     followed, a file over 64 KiB is refused."""
     root = Path(root)
-    if not root.is_dir() or root.is_symlink():
+    if not root.is_dir():  # an archive: the command line describes it
         return {}, ""
     for filename in FOLDER_FACTS_FILES:
         path = root / filename
