@@ -5,6 +5,7 @@ one line, and the tracker of each worker's position (what a checkpoint saves).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,27 @@ from pretrain.data.stream import ShardStream, WorkerFailure, WorkerPosition, _se
 
 log = logging.getLogger(__name__)
 
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, as torch's DataLoader counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """`--workers`, capped at the usable cores with a one-line note: more loader processes
+    than cores only compete for them (and torch warns about it at every epoch)."""
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    log.warning(
+        "--workers %d: this machine lets the process use %d cores, so %d loader processes are used",
+        requested,
+        cores,
+        cores,
+    )
+    return cores
 
 
 class StreamLoader(torch.utils.data.DataLoader):
@@ -99,7 +121,8 @@ def loader_for(
 ) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
     """The process's DataLoader and the tracker that must see each batch it consumes."""
     urls = urls if urls is not None else expand_shard_urls(config.shards, config.split, config)
-    num_workers = max(1, config.workers)
+    workers = loader_workers(config.workers)
+    num_workers = max(1, workers)
     positions, batches = None, 0
     if resume_state and resume_state.get("num_workers") == num_workers:
         positions, batches = resume_state["positions"], int(resume_state["batches"])
@@ -124,7 +147,7 @@ def loader_for(
         shard_lengths=expected_lengths(info),
         shard_sums=dict(info.sums) if info is not None else {},
     )
-    return make_loader(stream, config.workers, pin_memory), tracker
+    return make_loader(stream, workers, pin_memory), tracker
 
 
 StreamFactory = Callable[..., tuple[torch.utils.data.DataLoader, StreamTracker]]
