@@ -189,10 +189,28 @@ def card_yaml(info: dict, table: list[dict], samples: int) -> str:
 # ----------------------------------------------------------------------------- body
 
 
+def plain_text(text: object) -> str:
+    """`text` (names, licences: given by manifests and folder sources) as literal Markdown
+    text on one line: no raw HTML (`<`, `>` as entities), line breaks as spaces."""
+    return " ".join(str(text).split()).replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _table(header: list[str], rows: list[list[object]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(plain_text(c).replace("|", "/") for c in row) + " |" for row in rows]
     return lines
+
+
+def citation_lines(source_id: str, name: str, homepage: str, citation: str) -> list[str]:
+    """A source's entry in the citations list. A citation of several lines (BibTeX, say) is a
+    code block under it, shown as written; one line stays on the entry's line, as text."""
+    link = f" ({plain_text(homepage)})" if homepage else ""
+    head = f"- **{source_id}**: {plain_text(name)}{link}."
+    lines = citation.strip().splitlines()
+    if len(lines) <= 1:
+        return [f"{head} {plain_text(citation or 'no citation recorded')}"]
+    fence = "`" * max(3, 1 + max(len(run) for run in re.findall(r"`+", citation) or [""]))
+    return [head, "", f"  {fence}text", *(f"  {line}".rstrip() for line in lines), f"  {fence}"]
 
 
 def excluded_summary(counts: dict) -> str:
@@ -281,9 +299,7 @@ def _sources_section(table: list[dict], counts: dict) -> list[str]:
     for e in table:
         if e["samples"] == 0:
             continue
-        link = f" ({e['homepage']})" if e.get("homepage") else ""
-        citation = e.get("citation") or "no citation recorded"
-        lines.append(f"- **{e['id']}**: {e['name']}{link}. {citation}")
+        lines += citation_lines(e["id"], e["name"], e.get("homepage") or "", e.get("citation") or "")
     return lines
 
 
