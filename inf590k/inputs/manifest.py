@@ -8,8 +8,11 @@ relative to the source root (or archive), because copies of the same dataset dif
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -333,9 +336,13 @@ def renamed_folder_note(source_id: str) -> str:
     )
 
 
+LINK_KEYS = ("homepage", "license_link")  # shown as links: http(s) URLs only
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # tab and newline aside
+
+
 def check_folder_facts(data: Any, where: str) -> dict[str, str]:
     """A folder source's facts: a mapping of FOLDER_FACT_KEYS to non-empty one-line strings
-    (a citation may span lines)."""
+    (a citation may span lines), links http(s) URLs, no control characters."""
     if not isinstance(data, dict):
         raise ManifestError(
             f"{where}: must be a mapping, e.g. `name: VIFB` and `license: CC-BY-4.0`. "
@@ -347,33 +354,59 @@ def check_folder_facts(data: Any, where: str) -> dict[str, str]:
             raise _fail(where, str(key), "is not a key of a folder source", f"use one of: {', '.join(FOLDER_FACT_KEYS)}")
         if not isinstance(value, str) or not value.strip():
             raise _fail(where, key, f"{value!r} is not text", f"write `{key}: ...` as a non-empty string")
+        if CONTROL_CHARACTERS.search(value):
+            raise _fail(where, key, "holds control characters", "write plain text")
         if key != "citation" and "\n" in value.strip():
             raise _fail(where, key, "spans several lines", "write it on one line")
         facts[key] = " ".join(value.split()) if key != "citation" else value.strip()
+        if key in LINK_KEYS and not re.match(r"https?://[^\s<>\"]+$", facts[key]):
+            raise _fail(where, key, f"{facts[key]!r} is not an http(s) URL", f"write `{key}: https://...`")
     return facts
 
 
 def read_folder_facts(root: Path) -> tuple[dict[str, str], str]:
     """The facts in a folder source's description file at its root, and the file's name
-    ({} and "" without one, or when the source is an archive). YAML or JSON; a link is not
-    followed, a file over 64 KiB is refused."""
+    ({} and "" without one, or when the source is an archive). YAML or JSON (UTF-8); a link
+    is not followed, a file over 64 KiB is refused, and so are two description files."""
     root = Path(root)
     if not root.is_dir():  # an archive: the command line describes it
         return {}, ""
-    for filename in FOLDER_FACTS_FILES:
-        path = root / filename
-        if path.is_symlink():
-            raise ManifestError(f"{path}: a symbolic link; write the file itself there")
-        if not path.is_file():
-            continue
-        if path.stat().st_size > FOLDER_FACTS_MAX_BYTES:
-            raise ManifestError(f"{path}: over 64 KiB; a folder source's description is a few lines")
-        try:
-            data = yaml.safe_load(path.read_text())  # JSON is YAML
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ManifestError(f"{path}: not valid YAML or JSON ({str(err).splitlines()[0]}). Fix the syntax there") from None
-        return check_folder_facts(data, str(path)), filename
-    return {}, ""
+    present = [name for name in FOLDER_FACTS_FILES if (root / name).is_symlink() or (root / name).exists()]
+    if len(present) > 1:
+        raise ManifestError(f"{root}: {' and '.join(present)} both describe the source; keep one")
+    if not present:
+        return {}, ""
+    path = root / present[0]
+    try:
+        text = _read_small_text(path, FOLDER_FACTS_MAX_BYTES)
+        data = yaml.safe_load(text)  # JSON is YAML
+    except IsADirectoryError:
+        raise ManifestError(f"{path}: a folder; write the description file there") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        raise ManifestError(f"{path}: not valid YAML or JSON ({str(err).splitlines()[0]}). Fix the syntax there") from None
+    return check_folder_facts(data, str(path)), present[0]
+
+
+def _read_small_text(path: Path, limit: int) -> str:
+    """A regular file's UTF-8 text, opened without following a link, refused over `limit` bytes
+    (read at most limit+1 bytes, whatever its size said when looked at)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ManifestError(f"{path}: a symbolic link; write the file itself there") from None
+        raise ManifestError(f"{path}: cannot be read ({err.strerror})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            if stat.S_ISDIR(os.fstat(handle.fileno()).st_mode):
+                raise IsADirectoryError(path)
+            raise ManifestError(f"{path}: not a regular file; write the description file there")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ManifestError(f"{path}: over {limit >> 10} KiB; a folder source's description is a few lines")
+    return data.decode("utf-8-sig")  # a BOM some editors write is not part of the text
 
 
 def with_folder_facts(manifest: Manifest, facts: Mapping[str, str], filename: str = "") -> Manifest:

@@ -4,6 +4,7 @@ command line, never silently "self-collected, user-provided"."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -99,3 +100,39 @@ def test_the_command_line_wins_over_the_file_and_is_checked(tmp_path):
         chosen(("llvip", "license", "MIT"), sources=(("llvip", llvip),))
     with pytest.raises(ValueError, match="the command line: key 'name'"):
         chosen(("cam", "name", "   "))
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b'name: "Cam\\x1b[31m"\n', "control characters"),
+        (b"homepage: javascript:alert(1)\n", "not an http(s) URL"),
+        (b"license_link: www.example.org\n", "not an http(s) URL"),
+        (b"name: caf\xe9\n", "not UTF-8 text"),
+        (b"name: x\n" + b"#" * (70 << 10), "over 64 KiB"),
+    ],
+)
+def test_hostile_descriptions_are_refused(tmp_path, data, says):
+    (tmp_path / "inf590k-source.yaml").write_bytes(data)
+    with pytest.raises(ManifestError, match="inf590k-source.yaml") as caught:
+        read_folder_facts(tmp_path)
+    assert says in str(caught.value)
+
+
+def test_a_utf8_description_with_a_byte_order_mark_reads(tmp_path):
+    (tmp_path / "inf590k-source.yaml").write_bytes("\ufeffname: Caméra\nhomepage: https://x.org/a\n".encode())
+    assert read_folder_facts(tmp_path) == ({"name": "Caméra", "homepage": "https://x.org/a"}, "inf590k-source.yaml")
+
+
+def test_two_descriptions_or_one_that_is_not_a_file_are_refused(tmp_path):
+    (tmp_path / "inf590k-source.yaml").write_text("name: A\n")
+    (tmp_path / "inf590k-source.json").write_text('{"name": "B"}')
+    with pytest.raises(ManifestError, match="both describe the source"):
+        read_folder_facts(tmp_path)
+    for kind in ("fifo", "folder", "dangling link"):
+        folder = tmp_path / kind.replace(" ", "_")
+        folder.mkdir()
+        path = folder / "inf590k-source.yaml"
+        {"fifo": os.mkfifo, "folder": os.mkdir, "dangling link": lambda p: p.symlink_to(tmp_path / "gone")}[kind](path)
+        with pytest.raises(ManifestError, match="inf590k-source.yaml"):  # and no hang on the fifo
+            read_folder_facts(folder)
