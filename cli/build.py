@@ -30,7 +30,7 @@ from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import shard as run_shard
 from inf590k.dataset.card import write_card
 from inf590k.inputs.imageio import ImagePolicy
-from inf590k.inputs.manifest import FOLDER_FACTS_FILES, renamed_folder_note
+from inf590k.inputs.manifest import FOLDER_FACTS_FILES, folder_source_id, renamed_folder_note
 
 _POLICY = ImagePolicy()
 
@@ -94,15 +94,19 @@ SOURCE_FACT_OPTIONS = [
 
 
 def source_facts(source_names, source_licenses, source_citations) -> tuple[tuple[str, str, str], ...]:
-    """--source-name/-license/-citation ID=TEXT as (id, key, text)."""
-    facts = []
+    """--source-name/-license/-citation ID=TEXT as (id, key, text). ID may be written as in
+    `--source folder:NAME=PATH` (NAME, or folder:NAME): my-cam means the source my_cam."""
+    facts: dict[tuple[str, str], str] = {}
     for key, values in (("name", source_names), ("license", source_licenses), ("citation", source_citations)):
         for value in values:
-            source_id, sep, text = value.partition("=")
-            if not sep or not source_id or not text.strip():
+            given, sep, text = value.partition("=")
+            if not sep or not given or not text.strip():
                 raise click.BadParameter(f"--source-{key} {value!r}: write ID=TEXT, e.g. vifb=CC-BY-4.0")
-            facts.append((source_id.removeprefix("folder:"), key, text))
-    return tuple(facts)
+            source_id = folder_source_id("folder:" + given.removeprefix("folder:"))
+            if (source_id, key) in facts:
+                raise click.BadParameter(f"--source-{key} names {source_id} twice; give it once")
+            facts[source_id, key] = text
+    return tuple((source_id, key, text) for (source_id, key), text in facts.items())
 
 
 def source_values_with_notes(values: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:

@@ -3,6 +3,7 @@ and the exported weights' timm `pretrained_cfg` through the export README's own 
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -57,3 +58,23 @@ def test_a_folder_sources_licence_reaches_the_card_and_the_weights(tmp_path, tor
     exec(compile(snippet, "export README", "exec"), names)  # noqa: S102 (our own card)
     assert names["backbone"].pretrained_cfg["license"] == "non-commercial"
     assert "license_name: non-commercial" in readme and "VIFB benchmark: CC-BY-NC-4.0" in readme
+
+
+def test_source_options_name_a_folder_source_as_its_source_option_does(tmp_path):
+    """--source-license my-cam=... (as typed in folder:my-cam) or folder:my-cam=... describe the
+    source my_cam; one source given twice for the same key is refused."""
+    from PIL import Image
+
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    Image.new("L", (64, 48), 90).save(folder / "frame.png")
+    common = ["ingest", "--source", f"folder:my-cam={folder}", "--workers", 1]
+    invoke(*common, "--build", tmp_path / "b", "--source-license", "my-cam=MIT",
+           "--source-name", "folder:my-cam=Our camera")
+    recorded = json.loads((tmp_path / "b" / "sources.json").read_text())["my_cam"]
+    assert (recorded["name"], recorded["license"]) == ("Our camera", "MIT")
+    twice = CliRunner().invoke(
+        main, [str(a) for a in (*common, "--build", tmp_path / "b2", "--source-license",
+                                "my-cam=MIT", "--source-license", "my_cam=GPL-3.0")]
+    )
+    assert twice.exit_code == 2 and "--source-license names my_cam twice" in twice.output
