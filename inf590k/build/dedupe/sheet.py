@@ -72,25 +72,28 @@ def write_report(
     return report
 
 
-CAPTION_LINES = 3  # group and decision, source, file name
+CAPTION_LINES = 4  # group and decision, source, folder, file name
 CAPTION_LINE_PX = 13
 CAPTION_SCALE = 0.35
 
 
-def member_caption(group: int, member: dict, relpath: str, width: int) -> tuple[str, str, str]:
-    """The three caption lines under a thumbnail: "g3 kept" / "g3 d=6" (pHash distance to the
-    kept image; "exact" for the same pixels), the source id, and the file name, cut from the
-    left to fit `width` px (the end of a name tells files apart)."""
+def member_caption(group: int, member: dict, relpath: str, width: int) -> tuple[str, str, str, str]:
+    """The caption lines under a thumbnail: "g3 kept" / "g3 d=6" (pHash distance to the kept
+    image; "exact copy" for the same pixels), the source id, the file's folder in its source
+    ("(root)" at the top) and its name, each cut from the left to fit `width` px (the end of a
+    name tells files apart). The folder tells a crop from its original of the same name."""
     if member["kept"]:
         decision = "kept"
     elif member.get("exact"):
         decision = "exact copy"
     else:
         decision = f"d={member['phash_distance_to_kept']}"
+    folder, _, name = relpath.rpartition("/")
     return (
         f"g{group} {decision}",
         fit_text(str(member["source"]), width),
-        fit_text(relpath.rsplit("/", 1)[-1] or relpath, width),
+        fit_text(f"{folder}/" if folder else "(root)", width),
+        fit_text(name or relpath, width),
     )
 
 
@@ -109,7 +112,7 @@ def write_contact_sheet(
     path: Path, build: Path, report: dict, max_groups: int, thumb: int = 112
 ) -> Path | None:
     """A PNG with one row per largest group: the kept image first; under each image its group
-    and decision (kept, or the pHash distance to the kept one), source and file name."""
+    and decision (kept, or the pHash distance to the kept one), source, folder and file name."""
 
     largest = sorted(report["groups"], key=lambda g: (-len(g["members"]), g["group"]))[:max_groups]
     if not largest:

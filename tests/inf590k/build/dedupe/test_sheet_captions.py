@@ -1,4 +1,4 @@
-"""The dedupe contact sheet names each image: group and decision, source, file name."""
+"""The dedupe contact sheet names each image: group and decision, source, folder, file name."""
 
 from __future__ import annotations
 
@@ -25,12 +25,16 @@ def test_captions_name_source_and_file():
     kept = {"kept": True, "exact": False, "source": "vifb", "phash_distance_to_kept": 0}
     near = {"kept": False, "exact": False, "source": "roadscene", "phash_distance_to_kept": 6}
     exact = {"kept": False, "exact": True, "source": "tno", "phash_distance_to_kept": 0}
-    assert member_caption(0, kept, "ir/scene_01.png", 112) == ("g0 kept", "vifb", "scene_01.png")
+    assert member_caption(0, kept, "ir/scene_01.png", 112) == ("g0 kept", "vifb", "ir/", "scene_01.png")
     assert member_caption(0, near, "crop_HR/FLIR_00211.jpg", 112) == (
         "g0 d=6",
         "roadscene",
+        "crop_HR/",
         "FLIR_00211.jpg",
     )
+    assert member_caption(0, near, "FLIR_00211.jpg", 112)[2:] == ("(root)", "FLIR_00211.jpg")
+    deep = member_caption(0, near, "recordings/2024-05-01/cropinfrared/FLIR_00211.jpg", 112)[2]
+    assert deep.startswith("..") and deep.endswith("cropinfrared/")  # the nearest folder shows
     assert member_caption(3, exact, "a.bmp", 112)[0] == "g3 exact copy"
 
 
@@ -43,7 +47,7 @@ def test_long_names_are_cut_from_the_left_to_fit():
     assert fit_text("café.png", 112) == "caf?.png"  # OpenCV's fonts draw ASCII only
 
 
-def test_the_sheet_has_room_for_three_caption_lines(tmp_path):
+def test_the_sheet_has_room_for_every_caption_line(tmp_path):
     rng = np.random.default_rng(0)
     frame = cv2.GaussianBlur(rng.integers(0, 255, (96, 128), dtype=np.uint8), (0, 0), 3)
     for folder in ("a", "b"):
