@@ -109,7 +109,8 @@ def model_info(name: str, image_size: int | None, in_chans: str) -> None:
         required=True,
         multiple=True,
         type=click.Path(exists=True, path_type=Path),
-        help="An infrared image (any format ingest reads), or a folder of them. Repeatable: one row each.",
+        help="An infrared image (any format ingest reads), or a folder of them. Repeatable: one "
+        "row each, 8 rows at most (the first 8 images, folders in name order).",
     ),
     opt(
         "--out",
@@ -121,9 +122,16 @@ def model_info(name: str, image_size: int | None, in_chans: str) -> None:
 def visualize(checkpoint: Path, images: tuple[Path, ...], out: Path) -> None:
     """Reconstruction grid of a training checkpoint, one row per image: input | masked |
     reconstruction | reconstruction with the visible patches pasted."""
-    from pretrain.visualize import visualize_checkpoint  # torch: when the command runs
+    from pretrain.visualize import MAX_ROWS, image_files, visualize_checkpoint  # torch: when run
 
     try:
+        given = image_files(images)
+        if len(given) > MAX_ROWS:  # say so rather than drop an image named on the command line
+            click.echo(
+                f"note: {len(given)} images given, the grid has {MAX_ROWS} rows: "
+                f"{given[MAX_ROWS]} and {len(given) - MAX_ROWS - 1} more left out",
+                err=True,
+            )
         written = visualize_checkpoint(checkpoint, images, out)
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err

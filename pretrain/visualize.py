@@ -163,7 +163,8 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
 
 
 def image_files(paths: Sequence[Path | str]) -> list[Path]:
-    """The images to draw: files as given, folders as their first images (MAX_ROWS in all)."""
+    """The images given: files as given, folders as their images in name order (all of them:
+    the grid draws the first MAX_ROWS)."""
     files: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
@@ -174,7 +175,7 @@ def image_files(paths: Sequence[Path | str]) -> list[Path]:
             raise VisualizeError(f"no image at {path}; give image files or a folder of images")
     if not files:
         raise VisualizeError(f"no image in {', '.join(map(str, paths))}; give {FORMATS} files")
-    return files[:MAX_ROWS]
+    return files
 
 
 def model_from_checkpoint(checkpoint_file: Path | str) -> tuple[nn.Module, dict]:
@@ -187,9 +188,9 @@ def visualize_checkpoint(
     checkpoint_file: Path | str, image: Path | str | Sequence[Path | str], out: Path | str
 ) -> Path:
     """`inf590k visualize CKPT --image PATH [--image PATH ...] --out PNG`: a grid, one row per
-    image (a folder gives its first images)."""
+    image (a folder gives its first images), MAX_ROWS rows at most."""
     paths = [image] if isinstance(image, (str, Path)) else list(image)
-    files = image_files(paths)
+    files = image_files(paths)[:MAX_ROWS]
     _check_png_path(Path(out))
     model, _ = model_from_checkpoint(checkpoint_file)
     images = torch.cat([load_image(f, model.config.image_hw) for f in files])  # [N, 1, H, W]

@@ -53,3 +53,24 @@ def test_a_bmp_is_read_and_messages_name_it(tmp_path):
     empty.mkdir()
     with pytest.raises(VisualizeError, match="PNG, JPEG, TIFF or BMP"):
         image_files([empty])
+
+
+def test_images_past_the_grids_rows_are_said_not_dropped(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    image = np.tile(np.arange(80, dtype=np.uint8), (60, 1))
+    for index in range(8):
+        cv2.imwrite(str(folder / f"f{index}.png"), image)
+    mine = tmp_path / "mine.bmp"
+    cv2.imwrite(str(mine), image)
+    assert image_files([folder, mine])[-1] == mine  # every image given, in order
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(
+        main, ["visualize", str(junk), "--image", str(folder), "--image", str(mine), "--out", str(tmp_path / "g.png")]
+    )
+    assert f"note: 9 images given, the grid has 8 rows: {mine} and 0 more left out" in result.output
