@@ -22,7 +22,7 @@ from pretrain.models.export import (
     feature_lines,
     loading_lines,
 )
-from pretrain.provenance import WeightsLicence, describe_shards
+from pretrain.provenance import WeightsLicence, card_text, describe_shards
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -206,7 +206,7 @@ def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[
     optim = checkpoint.get("config", {}).get("optim", {})
     batch, data = record.get("batch", {}), record.get("data", {})
     sources = data.get("sources") or []
-    source_names = ", ".join(str(s.get("name") or s.get("id")) for s in sources)
+    source_names = ", ".join(card_text(s.get("name") or s.get("id")) for s in sources)
     samples = data.get("samples")
     return [
         f"- steps: {record.get('steps')}",
@@ -248,7 +248,7 @@ def model_card(
             "infrared images with the `inf590k` toolkit. The decoder is not included.",
             "",
             "## Licence of the weights",
-            licence.summary,
+            card_text(licence.summary),  # names sources' licences as their manifests give them
             "",
             "## Training",
             *_training_lines(checkpoint, record),

@@ -35,6 +35,7 @@ from inf590k.dataset.hub import (
     hub_token,
     refuse_offline,
 )
+from pretrain.provenance import card_text
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -217,7 +218,7 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     ]
     if hierarchical:
         body.append("- features: four maps at strides 4, 8, 16, 32 (`features_only=True`)")
-    body += ["", "## Licence of the weights", "", licence["summary"]]
+    body += ["", "## Licence of the weights", "", card_text(licence["summary"])]
     body += ["", "## Pretraining data", ""]
     if config.dataset_repo:
         body.append(
@@ -227,7 +228,7 @@ def model_card(config: ModelPublishConfig, timm_config: dict[str, Any], paramete
     else:
         body.append("Not recorded (publish with `--dataset-repo OWNER/NAME` to link it).")
     recorded = (timm_config.get("pretraining_data") or {}).get("data") or {}
-    sources = ", ".join(str(s.get("name") or s.get("id")) for s in recorded.get("sources") or [])
+    sources = ", ".join(card_text(s.get("name") or s.get("id")) for s in recorded.get("sources") or [])
     name = str(recorded.get("name") or "")
     if HUB_REPO_ID.match(name) or recorded.get("samples") or sources:
         body += [  # a local path stays private; a Hub repo id is worth naming

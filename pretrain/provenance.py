@@ -61,6 +61,12 @@ def hub_repo_id(url: str) -> str | None:
     return f"{match.group(1)}/{match.group(2)}" if match else None
 
 
+def card_text(text: object) -> str:
+    """Text from manifests and folder sources (source names, licences) as literal Markdown on
+    one line in a model card: no raw HTML (`<`, `>` as entities), line breaks as spaces."""
+    return " ".join(str(text).split()).replace("<", "&lt;").replace(">", "&gt;")
+
+
 def describe_shards(specs: Sequence[str]) -> str:
     """How records name the data: Hub repo ids, else the shard patterns as given.
 

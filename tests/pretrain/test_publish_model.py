@@ -251,3 +251,21 @@ def test_upload_creates_a_model_repo_and_uploads_the_three_files(
             ModelPublishConfig(export_dir=export, repo="lab/dugi", stage=stage, endpoint=fake_hub)
         )
     assert calls == []  # nothing created or uploaded with a rejected token
+
+
+def test_source_names_and_licences_reach_the_hub_card_as_text(tmp_path):
+    """A folder source's name or licence holding HTML shows as text, not as markup."""
+    _, export = make_export(tmp_path / "html", "dugi_mae_tiny")
+    config = json.loads((export / "config.json").read_text())
+    config["pretraining_data"] = {
+        "license": {"id": "other", "name": "permissive-sources",
+                    "summary": "Trained only on data under permissive licences (Cam: MIT <script>x</script>)."},
+        "data": {"name": "lab/inf590k", "samples": 8, "sources": [{"name": "Cam <b>\nbold</b>"}]},
+    }
+    (export / "config.json").write_text(json.dumps(config))
+    stage = tmp_path / "hub"
+    publish_model(ModelPublishConfig(export_dir=export, repo="lab/html", dry_run=stage))
+    text = (stage / "README.md").read_text()
+    assert "<script>" not in text and "<b>" not in text
+    assert "(Cam: MIT &lt;script&gt;x&lt;/script&gt;)." in text
+    assert "sources: Cam &lt;b&gt; bold&lt;/b&gt;." in text
