@@ -302,8 +302,9 @@ def resolution_figure(bars: list[ResolutionBar], title: str = "Resolution of kep
             fontsize=8,
         )
     if bars:  # plain numbers at the classes' edges, not 10^2
-        edges = sorted({bar.low for bar in bars if bar.low > 0}) or [round(bars[0].left)]
-        axis.xaxis.set_major_locator(FixedLocator(edges))
+        starts = {bar.low for bar in bars if bar.low > 0}
+        ends = {bar.high + 1 for bar in bars if bar.high is not None}  # where closed classes end
+        axis.xaxis.set_major_locator(FixedLocator(sorted(starts | ends) or [round(bars[0].left)]))
         axis.xaxis.set_minor_locator(NullLocator())
         axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.set_xlim(bars[0].left * 0.9, bars[-1].right * 1.1)

@@ -116,6 +116,9 @@ def test_resolution_bars_are_the_bins_short_side_classes():
     labels = {text.get_text() for text in axis.texts}
     assert set(by_name) <= labels
     assert axis.get_xscale() == "log"
+    assert list(axis.get_xticks()) == [256, 384, 512, 768]
+    closed = resolution_figure(bars[:-1]).axes[0]  # the last bar ends at a labelled edge too
+    assert list(closed.get_xticks()) == [256, 384, 512, 768]
 
 
 def test_resolution_bars_refuse_a_name_without_a_short_side_class():
