@@ -41,13 +41,15 @@ def format_model_info(info: dict[str, Any]) -> str:
     """A plain-text table of `model_info`'s result."""
     size = info["image_size"]
     chans = info.get("in_chans", 1)
+    # a small model at its size is under a GFLOP: MFLOPs, not a column of 0.00
+    prefix, scale = ("G", 1e9) if info["flops"]["total"] >= 1e9 else ("M", 1e6)
     lines = [
         f"{info['name']} at {size}x{size}x{chans}, masked pretraining forward pass of one image",
-        f"{'part':<10}{'params (M)':>12}{'GFLOPs':>10}{'GMACs':>9}",
+        f"{'part':<10}{'params (M)':>12} {prefix + 'FLOPs':>9} {prefix + 'MACs':>8}",
     ]
     for part in (*MODEL_PARTS, "other", "total"):
         params = info["params"].get(part)
         flops = info["flops"][part]
         params_text = f"{params / 1e6:12.2f}" if params is not None else f"{'':12}"
-        lines.append(f"{part:<10}{params_text}{flops / 1e9:10.2f}{flops / 2e9:9.2f}")
+        lines.append(f"{part:<10}{params_text} {flops / scale:9.2f} {flops / scale / 2:8.2f}")
     return "\n".join(lines)

@@ -56,3 +56,12 @@ def test_mae_vit_base_at_three_channels_is_the_analytic_19_6_gflops() -> None:
     """METHOD.md: 9.8 GMACs = 19.6 GFLOPs forward, with the class token through the decoder."""
     total = model_info("mae_vit_base", in_chans=3)["flops"]["total"] / 1e9
     assert abs(total - 19.6) / 19.6 < 0.005, total
+
+
+def test_a_small_model_reads_in_mflops_and_huge_numbers_keep_their_columns() -> None:
+    tiny = format_model_info(model_info("dugi_mae_tiny", image_size=64)).splitlines()
+    assert tiny[1].split() == ["part", "params", "(M)", "MFLOPs", "MMACs"]
+    total = tiny[-1].split()
+    assert float(total[2]) > 1 and float(total[3]) == pytest.approx(float(total[2]) / 2, abs=0.01)
+    huge = format_model_info(model_info("dugi_mae_base", image_size=16384)).splitlines()
+    assert huge[1].split()[3] == "GFLOPs" and len(huge[-1].split()) == 4  # total, params, flops, macs
