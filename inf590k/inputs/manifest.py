@@ -354,6 +354,7 @@ def check_folder_facts(data: Any, where: str) -> dict[str, str]:
             raise _fail(where, str(key), "is not a key of a folder source", f"use one of: {', '.join(FOLDER_FACT_KEYS)}")
         if not isinstance(value, str) or not value.strip():
             raise _fail(where, key, f"{value!r} is not text", f"write `{key}: ...` as a non-empty string")
+        value = value.replace("\r\n", "\n")  # a JSON file written on Windows
         if CONTROL_CHARACTERS.search(value):
             raise _fail(where, key, "holds control characters", "write plain text")
         if key != "citation" and "\n" in value.strip():

@@ -119,6 +119,11 @@ def test_hostile_descriptions_are_refused(tmp_path, data, says):
     assert says in str(caught.value)
 
 
+def test_a_windows_json_citation_keeps_its_lines(tmp_path):
+    (tmp_path / "inf590k-source.json").write_text(json.dumps({"citation": "Doe et al.\r\nCVPR 2020."}))
+    assert read_folder_facts(tmp_path)[0] == {"citation": "Doe et al.\nCVPR 2020."}
+
+
 def test_a_utf8_description_with_a_byte_order_mark_reads(tmp_path):
     (tmp_path / "inf590k-source.yaml").write_bytes("\ufeffname: Caméra\nhomepage: https://x.org/a\n".encode())
     assert read_folder_facts(tmp_path) == ({"name": "Caméra", "homepage": "https://x.org/a"}, "inf590k-source.yaml")
