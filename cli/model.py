@@ -85,7 +85,8 @@ LazyGroup.lazy_short_help["pretrain"] = "Pretrain from shard URLs (1 GPU, many, 
     ),
 )
 def model_info(name: str, image_size: int | None, in_chans: str) -> None:
-    """Parameters and forward GFLOPs per image of a named model, per part, at the size shown.
+    """Parameters and forward FLOPs per image of a named model, per part, at the size shown
+    (GFLOPs, or MFLOPs for a model under one GFLOP).
 
     Names: mae_vit_base, infmae_base, dugi_mae_base, their _large and _tiny variants.
     """
