@@ -507,6 +507,18 @@ def card_text(dataset: Path) -> str:
     return "---\n" + card_yaml(info, table, samples) + "---\n\n" + "\n".join(body) + "\n"
 
 
+# SPDX ids of the licences datasets use (README: a folder source's licence as an SPDX id)
+SPDX_DATA_LICENCES = re.compile(
+    r"^(CC-BY(-NC)?(-ND|-SA)?-[1-4]\.0|CC0-1\.0|MIT|Apache-2\.0|BSD-[23]-Clause|"
+    r"(A|L)?GPL-[23]\.0(-only|-or-later)?|MPL-2\.0|ODbL-1\.0|PDDL-1\.0|CDLA-(Permissive|Sharing)-[12]\.0)$"
+)
+
+
+def spdx_link(licence: str) -> str:
+    """The SPDX page of a licence given by its SPDX id (CC-BY-NC-4.0), else ""."""
+    return f"https://spdx.org/licenses/{licence}.html" if SPDX_DATA_LICENCES.match(licence) else ""
+
+
 def licenses_text(table: list[dict]) -> str:
     lines = [
         "# Licences per source",
@@ -521,7 +533,7 @@ def licenses_text(table: list[dict]) -> str:
             e["name"],
             e.get("kind", ""),
             e["license"],
-            e.get("license_link") or e.get("homepage") or "",
+            e.get("license_link") or spdx_link(e["license"]) or e.get("homepage") or "",
         ]
         for e in table
         if e["samples"] > 0

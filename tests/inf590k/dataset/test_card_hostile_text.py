@@ -3,7 +3,7 @@ and LICENSES.md show them as text, never as HTML, table cells or list items of t
 
 from __future__ import annotations
 
-from inf590k.dataset.card import citation_lines, licenses_text, plain_text
+from inf590k.dataset.card import citation_lines, licenses_text, plain_text, spdx_link
 
 HOSTILE = {
     "id": "my_cam",
@@ -41,3 +41,13 @@ def test_a_citation_of_several_lines_is_a_code_block_under_its_entry():
 def test_a_one_line_citation_stays_on_its_entry():
     assert citation_lines("a", "A", "", "Doe et al., 2020.") == ["- **a**: A. Doe et al., 2020."]
     assert citation_lines("a", "A", "", "") == ["- **a**: A. no citation recorded"]
+
+
+def test_a_licence_given_as_an_spdx_id_links_to_its_text():
+    source = dict(HOSTILE, license="CC-BY-NC-4.0", homepage="https://example.org")
+    row = licenses_text([source]).strip().splitlines()[-1]
+    assert row.endswith("| CC-BY-NC-4.0 | https://spdx.org/licenses/CC-BY-NC-4.0.html |")
+    linked = dict(source, license_link="https://example.org/terms")  # the source's own link wins
+    assert licenses_text([linked]).strip().endswith("| https://example.org/terms |")
+    assert spdx_link("MIT") and spdx_link("GPL-3.0-only") and spdx_link("CC0-1.0")
+    assert spdx_link("research only") == "" and spdx_link("CC BY 4.0") == "" and spdx_link("MIT/../x") == ""
