@@ -21,6 +21,7 @@ from cli.options import (
     run_stage,
 )
 from inf590k.build.bins import BinConfig, bin_catalog
+from inf590k.build.catalog import read_sources
 from inf590k.build.dedupe.config import DedupeConfig
 from inf590k.build.dedupe.stage import dedupe as run_dedupe
 from inf590k.build.ingest import IngestConfig
@@ -30,7 +31,12 @@ from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import shard as run_shard
 from inf590k.dataset.card import write_card
 from inf590k.inputs.imageio import ImagePolicy
-from inf590k.inputs.manifest import FOLDER_FACTS_FILES, folder_source_id, renamed_folder_note
+from inf590k.inputs.manifest import (
+    FOLDER_FACTS_FILES,
+    FOLDER_LICENSE,
+    folder_source_id,
+    renamed_folder_note,
+)
 
 _POLICY = ImagePolicy()
 
@@ -117,6 +123,23 @@ def source_values_with_notes(values: tuple[str, ...]) -> tuple[tuple[str, Path],
         if note:
             click.echo(note, err=True)
     return parsed
+
+
+def unlicensed_folder_notes(build: Path, sources: tuple[tuple[str, Path], ...]) -> list[str]:
+    """A note per folder source of this run still without a licence of its own: the card,
+    LICENSES.md and the weights will say "user-provided" until it is given."""
+    recorded = read_sources(build)
+    notes = []
+    for given, _ in sources:
+        source_id = folder_source_id(given)
+        folder = given == "folder" or given.startswith("folder:")
+        if folder and recorded.get(source_id, {}).get("license") == FOLDER_LICENSE:
+            notes.append(
+                f"note: folder source {source_id} states no licence (cards and weights say "
+                f"{FOLDER_LICENSE!r}): put {FOLDER_FACTS_FILES[0]} at its root or give "
+                f"--source-license {source_id}=SPDX-ID (README: your own images)"
+            )
+    return notes
 
 
 def make_policy(
@@ -208,6 +231,8 @@ def ingest(
     )
     summary = run_stage(run_ingest, config, wait)
     click.echo(str(summary))
+    for note in unlicensed_folder_notes(build_dir, config.sources):
+        click.echo(note, err=True)
 
 
 def parse_edges(value: str, kind: type, name: str) -> tuple:
@@ -534,6 +559,8 @@ def build(
     summary = run_stage(run_build, config, wait)
     write_dataset_card(out)
     click.echo(str(summary.ingest))
+    for note in unlicensed_folder_notes(build_dir, config.ingest.sources):
+        click.echo(note, err=True)
     click.echo(str(summary.dedupe))
     click.echo(str(summary.bins))
     click.echo(str(summary.shard))

@@ -78,3 +78,19 @@ def test_source_options_name_a_folder_source_as_its_source_option_does(tmp_path)
                                 "my-cam=MIT", "--source-license", "my_cam=GPL-3.0")]
     )
     assert twice.exit_code == 2 and "--source-license names my_cam twice" in twice.output
+
+
+def test_a_folder_source_without_a_licence_is_told_how_to_give_one(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    Image.new("L", (64, 48), 90).save(folder / "frame.png")
+    bare = invoke("ingest", "--source", f"folder:cam={folder}", "--build", tmp_path / "b", "--workers", 1)
+    assert (
+        "note: folder source cam states no licence (cards and weights say 'user-provided'): put "
+        "inf590k-source.yaml at its root or give --source-license cam=SPDX-ID" in bare.output
+    )
+    given = invoke("ingest", "--source", f"folder:cam={folder}", "--build", tmp_path / "b",
+                   "--workers", 1, "--source-license", "cam=CC-BY-4.0")
+    assert "states no licence" not in given.output
