@@ -66,6 +66,14 @@ class DataConfig:
         False,
         "Read the raw 16-bit `.npy` member of samples that have one (shard --keep-16bit), losslessly.",
     )
+    mix: tuple[str, ...] = option(
+        (),
+        "Sampling weight of a source, SOURCE=W (e.g. --mix flir=2 --mix kaist=1): sources drawn in these proportions, unnamed ones not at all (default: as stored). Repeatable.",
+    )
+    mix_bin: tuple[str, ...] = option(
+        (),
+        "Sampling weight of a resolution bin, BIN=W (e.g. --mix-bin 640x512=1): bins drawn in these proportions, unnamed ones not at all (default: as stored). Repeatable.",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_shard_failures <= 1:
@@ -74,6 +82,11 @@ class DataConfig:
             )
         if self.read_deadline <= 0 or self.timeout <= 0:
             raise ValueError("--read-deadline and --timeout must be positive seconds")
+        if (self.mix or self.mix_bin) and not self.resampled:
+            raise ValueError(
+                "--mix and --mix-bin draw samples by weight, which needs --resampled "
+                "(--no-resampled reads every sample once per epoch)"
+            )
 
 
 @dataclass(frozen=True)

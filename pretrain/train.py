@@ -28,8 +28,14 @@ from pretrain.config import (
 )
 from pretrain.data import (
     ResolvedData,
+    add_counts,
+    describe_realised,
     loader_for,
+    mixture_for,
+    parse_weights,
+    realised,
     resolve_data,
+    shares,
 )
 from pretrain.distributed import peak_flops, resolve_precision, seed_everything
 from pretrain.models import create_model
@@ -169,8 +175,12 @@ class Trainer:
         self.data = (
             describe_data(config, self.resolved) if self.env.is_main else None
         )
+        self.mixture = mixture_for(self.config.data, self.urls, self.info)  # after resume
+        self.drawn: dict[str, dict[str, int]] = {}  # samples trained on, all ranks (main)
+        if self.env.is_main:
+            log.info("data mixture: %s", self.mixture.describe())
         self.loader, self.tracker = loader_for(
-            config.data,
+            self.config.data,
             self.image_hw,
             seed=run.seed,
             rank=self.env.rank,
@@ -179,6 +189,7 @@ class Trainer:
             resume_state=data_state,
             urls=self.urls,
             info=self.info,
+            mixture=self.mixture,
         )
         self.forward_model: nn.Module = self.model
         if self.env.distributed:
@@ -235,6 +246,7 @@ class Trainer:
         end = self.schedule.total_steps
         if self.config.run.stop_step is not None:
             end = min(end, self.config.run.stop_step)
+        self._keep_mixture(path, state)
         if int(state.get("step", 0)) < end:  # a finished run trains no more: nothing to change
             self._check_resume_options(path, state)
         try:
@@ -263,9 +275,29 @@ class Trainer:
                 self.env.world_size,
             )
             data_state = {"num_workers": -1, "batches": self.step}
+            if self.env.is_main:  # the counts of what was drawn go on, on one rank
+                data_state["drawn"] = _drawn_of(ranks)
         if self.env.is_main:
             log.info("resumed %s at step %d", path, self.step)
         return data_state
+
+    def _keep_mixture(self, path: Path, state: dict[str, Any]) -> None:
+        """A resumed run draws with the checkpoint's --mix / --mix-bin: taken over when none
+        is given, refused when another is (the same shares at another scale are the same)."""
+        saved = (state.get("config") or {}).get("data") or {}
+        data = self.config.data
+        for name, flag in (("mix", "--mix"), ("mix_bin", "--mix-bin")):
+            recorded, given = tuple(saved.get(name) or ()), getattr(data, name)
+            if not recorded or not given:
+                data = dataclasses.replace(data, **{name: given or recorded})
+                continue
+            before, now = parse_weights(recorded, flag), parse_weights(given, flag)
+            if shares(before) != shares(now):
+                raise ckpt.CheckpointError(
+                    f"{path} was trained with {flag} {','.join(recorded)}; resume with that "
+                    f"mixture (or without {flag}), or choose another --out"
+                )
+        self.config = dataclasses.replace(self.config, data=data)
 
     def _check_resume_options(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse to resume with other optimisation options or another model than the
@@ -310,6 +342,11 @@ class Trainer:
             },
             "data": data,
             "license": licence.as_dict(),
+            "mixture": {
+                "weights": self.mixture.as_dict(),  # shares asked for ({}: as stored)
+                "drawn": self.drawn,  # samples trained on per source and per bin
+                "realised": realised(self.drawn),
+            },
         }
 
     def save(self) -> Path | None:
@@ -321,6 +358,7 @@ class Trainer:
         ranks = distributed.gather_objects(self.env, rank_state)
         path = None
         if self.env.is_main:
+            self.drawn = _drawn_of(ranks)
             state = {
                 "format": ckpt.FORMAT_VERSION,
                 "step": self.step,
@@ -458,6 +496,7 @@ class Trainer:
             is_main=self.env.is_main,
             resumed_from=self.resumed_from,
             passed_over=tuple(self.passed_over),
+            drawn=describe_realised(self.drawn),
         )
 
     def _finished_result(self) -> TrainResult:
@@ -516,6 +555,14 @@ class Trainer:
                 bar.close()
             self.metrics.close()
         return self._result(last_record["loss"] if last_record else None, last_path)
+
+
+def _drawn_of(ranks: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The samples every rank trained on, per source and per bin (their trackers' counts)."""
+    drawn: dict[str, dict[str, int]] = {}
+    for rank in ranks:
+        add_counts(drawn, (rank.get("data") or {}).get("drawn") or {})
+    return drawn
 
 
 def _plain(value: Any) -> Any:
