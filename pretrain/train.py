@@ -30,6 +30,7 @@ from pretrain.data import (
     ResolvedData,
     add_counts,
     describe_realised,
+    epoch_length,
     loader_for,
     mixture_for,
     parse_weights,
@@ -153,7 +154,7 @@ class Trainer:
             config.optim,
             config.data.batch_size,
             self.env.world_size,
-            config.data.samples_per_epoch or (self.info.num_samples if self.info else None),
+            epoch_length(config.data, self.info, self.env.world_size),
         )
         self.optimizer, self.scheduler = build_optimizer(model, config.optim, self.schedule)
         self.amp_dtype = resolve_precision(run.precision, self.device)

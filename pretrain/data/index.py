@@ -342,6 +342,20 @@ def expected_lengths(info: DatasetInfo | None) -> dict[str, int]:
     return {shard_key(u): n for u, n in zip(info.filenames, info.shard_lengths, strict=True)}
 
 
+def epoch_length(config: DataConfig, info: DatasetInfo | None, world_size: int) -> int | None:
+    """Samples one epoch reads across ranks: --samples-per-epoch, else the selected shards'
+    samples; without --resampled, each of the world_size x workers shares reads an equal
+    window of ceil(samples / shares), so the remainder's padding counts too."""
+    if config.samples_per_epoch:
+        return config.samples_per_epoch
+    if info is None:
+        return None
+    if config.resampled or len(info.shard_lengths) != len(info.filenames):
+        return info.num_samples
+    shares = world_size * max(1, config.workers)
+    return shares * -(-info.num_samples // shares)
+
+
 def epoch_samples(config: DataConfig, urls: Sequence[str]) -> int | None:
     """Samples per epoch: --samples-per-epoch, else the selected shards' samples (_info.json)."""
     if config.samples_per_epoch:

@@ -12,6 +12,7 @@ from pretrain.config import DataConfig
 from pretrain.data import (
     ShardStream,
     WorkerPosition,
+    epoch_length,
     loader_for,
     parse_weights,
     plan_mixture,
@@ -183,3 +184,7 @@ def test_an_epoch_without_resampling_reads_each_sample_once(tmp_path):
     assert per_share == [19] * 4  # ceil(74 / 4)
     assert set(keys) == {uid for uids in data.uids for uid in uids}
     assert sum(keys.values()) == 76 and sum(1 for n in keys.values() if n == 2) == 2
+    # the schedule counts the epoch the loader reads: 4 windows of 19, padding included
+    assert epoch_length(config, info, world_size=2) == 76
+    assert epoch_length(DataConfig(workers=2), info, world_size=2) == 74  # resampled
+    assert epoch_length(DataConfig(samples_per_epoch=10, resampled=False), info, 2) == 10
