@@ -121,3 +121,35 @@ def test_unequal_shards_give_every_rank_and_worker_equal_epochs(tmp_path):
         )
         assert set(read) == numbers  # every sample in the epoch
         assert sum(read.values()) == 76 and sorted(read.values())[-3:] == [1, 2, 2]
+
+
+@pytest.mark.slow
+def test_pretrain_over_unequal_shards_without_resampling_runs_on_both_ranks(tmp_path):
+    """`pretrain` under torchrun, 2 ranks x 2 workers, over shards of 50, 3, 1 and 20 samples
+    (a rank's share of shards would be 4 or 70 samples): past an epoch, no hang, and the
+    samples drawn on both ranks counted in the record."""
+    from tests.shardkit import make_mixed_dataset
+
+    data = make_mixed_dataset(
+        tmp_path / "ds", [("b", {"s": n}) for n in (50, 3, 1, 20)], height=32, width=32
+    )
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "pretrain",
+        "--shards", str(data.root), "--model", "mae_vit_tiny", "--model-args", "img_size=32",
+        "--out", str(out), "--steps", "12", "--batch-size", "4", "--workers", "2",
+        "--no-resampled", "--shuffle-buffer", "8", "--shuffle-initial", "4", "--lr", "1e-3",
+        "--device", "cpu", "--no-progress", "--log-every", "4", "--ckpt-every", "12",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = ckpt.load(ckpt.latest_checkpoint(out))
+    assert state["step"] == 12 and state["record"]["total_steps"] == 12
+    # 12 steps x 8 images > one epoch of 4 windows of 19 (76 samples): the second pass began
+    assert re.search(r"rank 1 worker 1 pass 1 reads", done.stderr)
+    assert state["record"]["mixture"]["drawn"]["sources"] == {"s": 12 * 4 * 2}
+    assert "drawn: sources s 100.0%" in done.stdout + done.stderr
