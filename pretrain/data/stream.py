@@ -66,6 +66,9 @@ class WorkerPosition:
         }
 
 
+MAX_EMPTY_PASSES = 50  # a mixture keeping nothing for this long keeps nothing at all
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -348,6 +351,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def samples(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[np.ndarray, int, int]]:
         """(decoded crop, source label, bin label) forever, advancing `stats` (position and
         counters) as it goes."""
+        empty_passes = 0  # passes in a row whose samples the mixture all left out
         while True:
             start, produced, read = stats.offset, 0, [0]
             opened_before = self._opened.get(worker, [0])[0]
@@ -366,7 +370,14 @@ class ShardStream(torch.utils.data.IterableDataset):
                     continue
                 produced += 1
                 yield image, sample["__source__"], sample["__bin__"]
-            thinned_all = read[0] > 0 and bool(self.mixture and self.mixture.keep)
+            thinned_all = produced == 0 and read[0] > 0 and bool(self.mixture and self.mixture.keep)
+            empty_passes = empty_passes + 1 if thinned_all else 0
+            if empty_passes >= MAX_EMPTY_PASSES:
+                raise ValueError(
+                    f"--mix: worker {worker} of rank {self.rank} read {MAX_EMPTY_PASSES} passes "
+                    "of shards without a sample of a source weighted above 0; do the shards "
+                    "read (--shards) hold those sources?"
+                )
             drawn_failed_only = (
                 self.config.resampled
                 and self._opened.get(worker, [0])[0] == opened_before

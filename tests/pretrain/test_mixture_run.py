@@ -11,6 +11,7 @@ import pytest
 from pretrain import checkpoint as ckpt
 from pretrain.checkpoint import export_checkpoint
 from pretrain.config import config_from_options
+from pretrain.hub import training_lines  # what publish-model puts on the Hub card
 from pretrain.train import pretrain
 from tests.shardkit import make_mixed_dataset
 
@@ -44,6 +45,7 @@ def test_a_mixed_run_records_and_prints_its_realised_shares(mixed, tmp_path):
     card = (export_checkpoint(result.checkpoint, tmp_path / "export") / "README.md").read_text()
     line = next(row for row in card.splitlines() if row.startswith("- data mixture:"))
     assert "--mix a 25.0%, b 75.0%" in line and "realised: sources a" in line
+    assert any(row.startswith("- data mixture:") for row in training_lines(tmp_path / "export"))
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["pretraining_data"]["mixture"]["drawn"] == record["drawn"]
 

@@ -119,6 +119,18 @@ def test_bin_weights_are_followed_across_workers(mixed):
     assert shares["bins"]["32x32"] == pytest.approx(0.5, abs=0.06)
 
 
+def test_shards_without_the_weighted_sources_stop_the_run(mixed):
+    """--mix b=1 over a shard holding only a and c: one line instead of reading forever."""
+    config = DataConfig(**{**FAST, "batch_size": 4, "workers": 0, "mix": ("b=1",)})
+    info = read_info(str(mixed.info_path))
+    loader, _ = loader_for(
+        config, 8, seed=1, rank=0, world_size=1, pin_memory=False,
+        urls=[str(mixed.shards[1])], info=info.select([str(mixed.shards[1])]),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="without a sample of a source weighted above 0"):
+        next(iter(loader))
+
+
 def test_drawn_counts_survive_a_resume(mixed):
     config = DataConfig(**{**FAST, "batch_size": 10, "workers": 0, "mix": ("a=1", "c=1")})
     info = read_info(str(mixed.info_path))
