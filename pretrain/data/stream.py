@@ -47,6 +47,10 @@ from pretrain.data.transforms import as_hw, crop_flip, crop_png, decode_raw_npy,
 
 log = logging.getLogger(__name__)
 
+# (shard URL, first sample, stop): what a worker reads of one shard in a pass (stop None:
+# to the shard's end)
+Window = tuple[str, int, int | None]
+
 
 @dataclass
 class WorkerPosition:
@@ -134,7 +138,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         """The shards one worker reads in one pass, in order (see `pass_windows`)."""
         return [url for url, _, _ in self.pass_windows(worker, pass_index)]
 
-    def pass_windows(self, worker: int, pass_index: int) -> list[tuple[str, int, int]]:
+    def pass_windows(self, worker: int, pass_index: int) -> list[Window]:
         """(shard, first, stop): the samples first..stop-1 of each shard one worker reads in
         one pass, in order (stop None: to the shard's end).
 
@@ -151,12 +155,12 @@ class ShardStream(torch.utils.data.IterableDataset):
             # at least a few draws per pass, so a pass's failure share means something
             count = max(len(self.urls) // shares, min(len(self.urls), 8))
             drawn = rng.choices(self.urls, weights=self._draw_weights(), k=count)
-            return [(url, 0, None) for url in drawn]  # type: ignore[misc]
+            return [(url, 0, None) for url in drawn]
         order = list(self.urls)
         random.Random(_seed(self.seed, pass_index, 13)).shuffle(order)  # same on every rank
         lengths = self._lengths()
         if lengths is None:  # unknown lengths: whole shards per share
-            return [(url, 0, None) for url in order[share::shares]]  # type: ignore[misc]
+            return [(url, 0, None) for url in order[share::shares]]
         return sample_window(order, [lengths[url] for url in order], share, shares)
 
     def _lengths(self) -> dict[str, int] | None:
@@ -175,7 +179,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         weights = self._draw_weights() or [1] * len(self.urls)
         return {url for url, weight in zip(self.urls, weights, strict=True) if weight}
 
-    def _pass_samples(self, windows: list[tuple[str, int, int]]) -> int | None:
+    def _pass_samples(self, windows: list[Window]) -> int | None:
         """Samples in a pass's windows, if _info.json gives every length."""
         total = 0
         for url, first, stop in windows:
@@ -195,7 +199,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         return name.endswith(self.members) or (self.config.raw16 and name.endswith(".npy"))
 
     def _raw_samples(
-        self, windows: list[tuple[str, int, int]], worker_id: int, stats: WorkerPosition
+        self, windows: list[Window], worker_id: int, stats: WorkerPosition
     ) -> Iterator[dict[str, Any]]:
         """Raw samples of a pass's shards. A shard that cannot be opened (after its retries),
         is corrupt, ends early or stalls past --read-deadline is skipped and counted; when more
@@ -432,16 +436,15 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield torch.from_numpy(batch), position
 
 
-def sample_window(
-    order: list[str], lengths: list[int], share: int, shares: int
-) -> list[tuple[str, int, int]]:
+def sample_window(order: list[str], lengths: list[int], share: int, shares: int) -> list[Window]:
     """Share `share` of `shares` equal windows over the shards `order` read as one sequence
     of sum(lengths) samples: ceil(total / shares) samples each, (shard, first, stop) pieces
-    in order. The last windows run on past the end into the start again (padding by
-    repeats), so every window has the same length and every sample is in one of them."""
+    in order (stop None: the whole shard). The last windows run on past the end into the
+    start again (padding by repeats), so every window has the same length and every sample
+    is in one of them."""
     total = sum(lengths)
     per_share = -(-total // shares)
-    pieces: list[tuple[str, int, int]] = []
+    pieces: list[Window] = []
     position, stop = share * per_share, (share + 1) * per_share
     while position < stop:
         begin = position % total
@@ -449,8 +452,9 @@ def sample_window(
         offset = 0
         for url, length in zip(order, lengths, strict=True):
             first, last = max(begin, offset), min(end, offset + length)
-            if first < last:
-                pieces.append((url, first - offset, last - offset))
+            if first < last:  # a whole shard is read without counting its samples
+                whole = first == offset and last == offset + length
+                pieces.append((url, 0, None) if whole else (url, first - offset, last - offset))
             offset += length
         position += end - begin
     return pieces

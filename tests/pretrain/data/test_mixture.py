@@ -161,8 +161,12 @@ def test_windows_are_equal_and_cover_every_sample(lengths, shares):
     order = [f"b/{i}.tar" for i in range(len(lengths))]
     total, per_share = sum(lengths), -(-sum(lengths) // shares)
     read: Counter[tuple[str, int]] = Counter()
+    length = dict(zip(order, lengths, strict=True))
     for share in range(shares):
-        pieces = sample_window(order, lengths, share, shares)
+        pieces = [
+            (url, first, length[url] if stop is None else stop)
+            for url, first, stop in sample_window(order, lengths, share, shares)
+        ]
         assert sum(stop - first for _, first, stop in pieces) == per_share
         for url, first, stop in pieces:
             read.update((url, i) for i in range(first, stop))
@@ -200,3 +204,25 @@ def test_an_epoch_without_resampling_reads_each_sample_once(tmp_path):
     assert epoch_length(config, info, world_size=2) == 76
     assert epoch_length(DataConfig(workers=2), info, world_size=2) == 74  # resampled
     assert epoch_length(DataConfig(samples_per_epoch=10, resampled=False), info, 2) == 10
+
+
+def test_a_shard_read_in_part_is_still_checked_whole(tmp_path, caplog):
+    """The 50-sample shard split between two windows: each reads it to the end, so its
+    sha256 (here a wrong one) and its length are checked as for a whole read."""
+    data = make_mixed_dataset(
+        tmp_path / "ds", [("b", {"a": n}) for n in (50, 20)], height=4, width=4
+    )
+    config = DataConfig(**{**FAST, "batch_size": 4, "workers": 1, "resampled": False})
+    lengths = {"b/b-000000.tar": 50, "b/b-000001.tar": 20}
+    stream = ShardStream(
+        urls=[str(p) for p in data.shards], config=config, image_size=4, seed=5, rank=0,
+        world_size=2, num_workers=1, shard_lengths=lengths,
+        shard_sums={"b/b-000000.tar": "0" * 64},
+    )  # fmt: skip
+    windows = stream.pass_windows(0, 0)
+    assert any(stop is not None for _, _, stop in windows)  # a shard read in part
+    stats = WorkerPosition()
+    with caplog.at_level("WARNING", logger="pretrain.data"):
+        got = [s["__key__"] for _, s in stream._pass(0, stats)]
+    assert len(got) == 35  # its window, however the shards fall
+    assert stats.shard_errors == 1 and "does not match its sha256" in caplog.text
