@@ -169,6 +169,7 @@ class Trainer:
         self.images_seen = 0
         self.nan_skips = torch.zeros((), device=self.device)
         self.resumed_from: Path | None = None
+        self.drawn: dict[str, dict[str, int]] = {}  # samples trained on, all ranks (main)
         self.passed_over: list[str] = []  # damaged checkpoints --resume auto did not use
         data_state = self._maybe_resume()
         if run.resume and self.env.is_main:
@@ -177,7 +178,6 @@ class Trainer:
             describe_data(config, self.resolved) if self.env.is_main else None
         )
         self.mixture = mixture_for(self.config.data, self.urls, self.info)  # after resume
-        self.drawn: dict[str, dict[str, int]] = {}  # samples trained on, all ranks (main)
         if self.env.is_main:
             log.info("data mixture: %s", self.mixture.describe())
         self.loader, self.tracker = loader_for(
@@ -264,6 +264,7 @@ class Trainer:
             ) from err
         self.step = int(state["step"])
         self.resumed_from = path
+        self.drawn = _drawn_of(ranks) if self.env.is_main else {}
         self.images_seen = int(counters["images"])
         self.nan_skips.fill_(float(counters["nan_skips"]))
         if len(ranks) == self.env.world_size:

@@ -67,6 +67,8 @@ def test_resume_keeps_the_mixture_or_refuses_another(mixed, tmp_path):
     assert state["config"]["data"]["mix_bin"]  # taken over from the checkpoint
     assert state["record"]["mixture"]["weights"]["bins"] == {"32x32": 0.5, "48x48": 0.5}
     assert sum(state["record"]["mixture"]["drawn"]["bins"].values()) == 6 * 8  # counts go on
+    finished = pretrain(config_from_options(options(run_dir, mixed, resume="auto")))
+    assert finished.finished_before and finished.drawn.startswith("sources ")
 
 
 def test_unknown_source_is_one_line_before_training(mixed, tmp_path):
