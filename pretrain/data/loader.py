@@ -11,7 +11,13 @@ from typing import Any
 import torch
 
 from pretrain.config import DataConfig
-from pretrain.data.index import DatasetInfo, expand_shard_urls, expected_lengths, shard_key
+from pretrain.data.index import (
+    DatasetInfo,
+    expand_shard_urls,
+    expected_lengths,
+    scan_sources,
+    shard_key,
+)
 from pretrain.data.mixture import Mixture, add_counts, plan_mixture
 from pretrain.data.stream import ShardStream, WorkerFailure, WorkerPosition, _seed
 
@@ -157,13 +163,17 @@ def loader_for(
 
 
 def mixture_for(config: DataConfig, urls: list[str], info: DatasetInfo | None) -> Mixture:
-    """The mixture of --mix / --mix-bin over the shards `urls` (checked: one ValueError line)."""
+    """The mixture of --mix / --mix-bin over the shards `urls` (checked: one ValueError line).
+    The sources are _info.json's; where it lists none, --mix counts them in the shards."""
+    sources = info.sources if info is not None else ()
+    if config.mix and not sources:
+        sources = scan_sources(urls, config)
     return plan_mixture(
         config.mix,
         config.mix_bin,
         [shard_key(url) for url in urls],
         expected_lengths(info),
-        info.sources if info is not None else (),
+        sources,
     )
 
 

@@ -10,7 +10,8 @@ are weighted where shards are drawn: bin b's shards are drawn with weight w_b / 
 samples), so every sample of b is equally likely and b gets the share w_b / sum(w). Shards mix
 sources, so sources are weighted per sample: a sample of source s (its `.cls` is the class
 id of s in _info.json's sources, as its `.json` says) is kept
-with a chance proportional to w_s / n_s (n_s: the source's samples in _info.json). With both
+with a chance proportional to w_s / n_s (n_s: the source's samples in _info.json, or counted
+in the samples' .json where it lists none). With both
 flags each applies as a factor: the shares are exact when sources and bins are independent,
 approximate otherwise; the realised shares are counted either way. Names not given get weight
 0 (not drawn). Without flags nothing changes: every sample is equally likely.
@@ -122,8 +123,8 @@ def plan_mixture(
     if source_weights:
         if not sources:
             raise ValueError(
-                "--mix needs the dataset's _info.json with its sources (a dataset folder "
-                "written by `inf590k shard`, or --info)"
+                "--mix needs the sources of the data: its _info.json lists none and its "
+                "samples name none"
             )
         _check_names(source_weights, source_ids, "--mix", "source")
         samples = {str(s["id"]): int(s["samples"]) for s in sources}

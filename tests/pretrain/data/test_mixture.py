@@ -20,7 +20,7 @@ from pretrain.data import (
     realised,
     sample_window,
 )
-from tests.shardkit import make_mixed_dataset
+from tests.shardkit import make_dataset, make_mixed_dataset
 
 FAST = dict(shuffle_buffer=16, shuffle_initial=4, retries=1, retry_wait=0.01, timeout=5.0)
 # big: 60 samples of a, 20 of b, 20 of c; bins 64x64 (80 samples) and 32x32 (20)
@@ -82,7 +82,7 @@ def test_unknown_names_are_refused_naming_the_known_ones(mixed):
         plan_mixture(["flir=1"], [], keys, lengths, info.sources)
     with pytest.raises(ValueError, match=r"--mix-bin 640x512: no such bin .*32x32, 64x64"):
         plan_mixture([], ["640x512=1"], keys, lengths, info.sources)
-    with pytest.raises(ValueError, match="needs the dataset's _info.json with its sources"):
+    with pytest.raises(ValueError, match="needs the sources of the data"):
         plan_mixture(["a=1"], [], keys, lengths, ())
 
 
@@ -108,6 +108,34 @@ def test_source_weights_are_followed(mixed):
     assert shares["sources"]["c"] == pytest.approx(0.50, abs=0.05)
 
 
+def test_sources_are_counted_in_the_samples_where_the_index_lists_none(tmp_path, caplog):
+    """make_dataset's _info.json lists no sources: --mix counts them from the samples' .json
+    (synthetic0, 1 and 2 in 4 of the 12 shards each)."""
+    data = make_dataset(tmp_path / "ds", num_shards=12, per_shard=4, height=8, width=8)
+    config = DataConfig(
+        **{**FAST, "batch_size": 20, "workers": 0},
+        mix=("synthetic0=1", "synthetic1=1", "synthetic2=2"),
+    )
+    info = read_info(str(data.info_path))
+    with caplog.at_level("WARNING", logger="pretrain.data"):
+        loader, tracker = loader_for(
+            config, 8, seed=2, rank=0, world_size=1, pin_memory=False,
+            urls=[str(p) for p in data.shards], info=info,
+        )  # fmt: skip
+    assert "lists no sources: counting them" in caplog.text
+    for _, position in itertools.islice(loader, 100):
+        tracker.update(position)
+    got = realised(tracker.drawn)["sources"]  # stored: a third each
+    # whole shards of one source: draws of 4 correlated samples, so a wider tolerance
+    assert got["synthetic0"] == pytest.approx(0.25, abs=0.08)
+    assert got["synthetic2"] == pytest.approx(0.50, abs=0.08)
+    with pytest.raises(ValueError, match="--mix flir: no such source .*synthetic0"):
+        loader_for(
+            DataConfig(mix=("flir=1",)), 8, seed=2, rank=0, world_size=1, pin_memory=False,
+            urls=[str(p) for p in data.shards], info=info,
+        )  # fmt: skip
+
+
 def test_a_source_left_out_is_never_drawn(mixed):
     shares, _ = drawn_shares(mixed, 30, mix=("b=1", "c=1"))
     assert set(shares["sources"]) == {"b", "c"}
@@ -116,7 +144,8 @@ def test_a_source_left_out_is_never_drawn(mixed):
 
 def test_bin_weights_are_followed_across_workers(mixed):
     shares, _ = drawn_shares(mixed, 60, workers=2, mix_bin=("64x64=1", "32x32=1"))
-    assert shares["bins"]["32x32"] == pytest.approx(0.5, abs=0.06)
+    # bins are drawn as whole shards (3 here): draws of 20 correlated samples
+    assert shares["bins"]["32x32"] == pytest.approx(0.5, abs=0.08)
 
 
 def test_shards_without_the_weighted_sources_stop_the_run(mixed):
