@@ -76,10 +76,6 @@ class Mixture:
     keep: dict[str, float] = field(default_factory=dict)  # source -> keep chance; {}: keep all
     draw: dict[str, float] = field(default_factory=dict)  # bin -> shard draw factor; {}: 1
 
-    @property
-    def weighted(self) -> bool:
-        return bool(self.keep or self.draw)
-
     def keep_chance(self, source: str) -> float:
         return self.keep.get(source, 0.0) if self.keep else 1.0
 
