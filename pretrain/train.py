@@ -26,6 +26,7 @@ from pretrain.config import (
     PretrainConfig,
     parse_model_args,
 )
+from pretrain.curves import CurvesError, save_run_curves
 from pretrain.data import (
     ResolvedData,
     loader_for,
@@ -481,6 +482,11 @@ class Trainer:
         tqdm.write(result.line())
         return result.record()
 
+    def _draw_curves(self) -> None:
+        """RUN/curves.png from the metrics logged so far."""
+        with contextlib.suppress(CurvesError):  # nothing logged yet: no figure
+            save_run_curves(self.run_dir, f"{self.run_dir.name} ({self.config.run.model})")
+
     def _visualize(self, images: torch.Tensor) -> None:
         path = self.run_dir / "vis" / f"step-{self.step:08d}.png"
         save_grid(self.model, images[:8].to(self.device), path)
@@ -558,6 +564,7 @@ class Trainer:
                 vis_step = self.step == end or (run.vis_every and self.step % run.vis_every == 0)
                 if vis_step and self.env.is_main:
                     self._visualize(images)
+                    self._draw_curves()
                 if self.step % run.ckpt_every == 0 or self.step == end:
                     last_path = self.save() or last_path
         finally:
