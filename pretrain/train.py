@@ -471,7 +471,7 @@ class Trainer:
         if not self.env.is_main:
             return held, None
         every = f", every {self.config.run.val_every} steps and at the end" if held else ""
-        tqdm.write(f"pretrain: {note}{every}")
+        tqdm.write(f"{note}{every}")
         validator = Validator.build(self.model, held, self.split, self.config.data) if held else None
         return held, validator
 
