@@ -250,7 +250,13 @@ def read_held_out(
             )
         for key, png in _pngs(by_key[shard], config):
             if key in uids:
-                frame = decode_ir_png(png, config.max_pixels)
+                try:
+                    frame = decode_ir_png(png, config.max_pixels)
+                except Exception as err:  # noqa: BLE001 - any undecodable image: one line
+                    raise ValueError(
+                        f"held-out image {shard}:{key} cannot be decoded ({err}); check the "
+                        "shard with inf590k verify"
+                    ) from err
                 found[(shard, key)] = centre_crop(frame, image_hw)
                 if len(found) == sum(len(u) for u in wanted.values()):
                     break

@@ -3,7 +3,9 @@ compares models whatever their masking, recorded and reused on resume."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +278,16 @@ def test_every_model_gets_the_same_common_mask():
     assert not other_ratio.shared_pass
     patches = other_ratio.own.mask.shape[1]  # 4 at 32 px: floor(0.6 x 4) = 2 masked
     assert other_ratio.own.mask.sum(1).tolist() == [int(0.6 * patches)] * 5
+
+
+def test_an_undecodable_held_out_image_is_one_line(tmp_path):
+    shard = tmp_path / "bin" / "bad.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w") as tar:
+        payload = b"not a png at all"
+        info = tarfile.TarInfo("u1.png")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    held = HeldOut("shards", ("bin/bad.tar",), ("u1",))
+    with pytest.raises(ValueError, match="held-out image bin/bad.tar:u1 cannot be decoded"):
+        read_held_out(held, [str(shard)], DataConfig(), (32, 32))
