@@ -124,7 +124,7 @@ class RunConfig:
     )
     val_every: int = option(
         500,
-        "Steps between validation passes (and one at the end); at batch 64 a pass of 256 images costs ~0.5% of training.",
+        "Steps between validation passes, and one at the end (0: only that one); at batch 64 a pass of 256 images costs under 1% of training.",
     )
     resume: str | None = option(
         None,

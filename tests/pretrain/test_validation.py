@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from pretrain.validation import (
     split_off_val_shards,
     validation_due,
 )
+from tests.conftest import REPO_ROOT
 from tests.shardkit import make_dataset
 
 
@@ -291,3 +295,27 @@ def test_an_undecodable_held_out_image_is_one_line(tmp_path):
     held = HeldOut("shards", ("bin/bad.tar",), ("u1",))
     with pytest.raises(ValueError, match="held-out image bin/bad.tar:u1 cannot be decoded"):
         read_held_out(held, [str(shard)], DataConfig(), (32, 32))
+
+
+@pytest.mark.slow
+def test_two_ranks_leave_out_the_same_set_and_rank_0_validates(tmp_path):
+    dataset = make_dataset(tmp_path / "ds", num_shards=4, per_shard=8)
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "pretrain",
+        "--shards", str(dataset.root), "--model", "mae_vit_tiny", "--out", str(out),
+        "--steps", "4", "--batch-size", "4", "--workers", "1", "--shuffle-buffer", "8",
+        "--shuffle-initial", "4", "--lr", "1e-3", "--device", "cpu", "--no-progress",
+        "--log-every", "1", "--ckpt-every", "4", "--val-samples", "3", "--val-every", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("validation at step") == 2  # rank 0 only, steps 2 and 4
+    assert [r["step"] for r in metrics(out) if "val_loss" in r] == [2, 4]
+    state = ckpt.load(ckpt.latest_checkpoint(out))
+    digests = [rank["param_sha256"] for rank in state["ranks"]]
+    assert digests[0] == digests[1] and state["record"]["validation"]["samples"] == 3
