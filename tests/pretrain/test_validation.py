@@ -319,4 +319,3 @@ def test_two_ranks_leave_out_the_same_set_and_rank_0_validates(tmp_path):
     state = ckpt.load(ckpt.latest_checkpoint(out))
     digests = [rank["param_sha256"] for rank in state["ranks"]]
     assert digests[0] == digests[1] and state["record"]["validation"]["samples"] == 3
-
