@@ -155,7 +155,7 @@ def draw_curves(runs: Sequence[Curves], title: str | None = None) -> Any:
     """A matplotlib Figure: loss (top) and lr (bottom) against steps, a colour per run."""
     # matplotlib is heavy: imported only when a figure is drawn
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     if not runs:
         raise CurvesError("no run to draw")
@@ -179,6 +179,10 @@ def draw_curves(runs: Sequence[Curves], title: str | None = None) -> Any:
     positive = [v for v in losses if v > 0]
     if positive and len(positive) == len(losses) and max(positive) / min(positive) > LOG_SPAN:
         loss_axis.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")  # 0.3, not 3 x 10^-1
+        loss_axis.yaxis.set_major_formatter(plain)
+        if max(positive) / min(positive) < 10:  # within a decade: label the minor ticks too
+            loss_axis.yaxis.set_minor_formatter(plain)
     loss_axis.set_ylabel("loss (MSE, normalised pixels)")
     loss_axis.set_title(title or _title(runs))
     loss_axis.grid(True, which="both", alpha=0.3)
