@@ -189,6 +189,29 @@ def test_a_resumed_run_validates_on_the_set_it_recorded(dataset, tmp_path, capsy
         )
 
 
+def test_resume_with_validation_is_exact(dataset, tmp_path):
+    """Killed at a validation step and resumed == one straight run: same weights, same
+    validation losses, same stream position (the pass leaves the run's randomness alone)."""
+    common = dict(steps=6, deterministic=True, model="mae_vit_tiny")  # random masking
+    straight = pretrain(config_from_options(options(tmp_path / "a", dataset, **common)))
+    pretrain(config_from_options(options(tmp_path / "b", dataset, stop_step=3, **common)))
+    resumed = pretrain(
+        config_from_options(options(tmp_path / "b", dataset, resume="auto", **common))
+    )
+    a, b = ckpt.load(straight.checkpoint), ckpt.load(resumed.checkpoint)
+    for name, tensor in a["model"].items():
+        assert torch.allclose(tensor, b["model"][name], atol=1e-6, rtol=0), name
+    assert a["ranks"][0]["data"] == b["ranks"][0]["data"]
+    assert a["record"]["validation"] == b["record"]["validation"]
+    losses = [
+        [(r["step"], r["val_loss"], r["val_common_loss"]) for r in metrics(run) if "val_loss" in r]
+        for run in (tmp_path / "a", tmp_path / "b")
+    ]
+    assert [step for step, *_ in losses[0]] == [3, 6]
+    for (_, *x), (_, *y) in zip(*losses, strict=True):
+        assert x == pytest.approx(y, abs=1e-6)
+
+
 def test_a_recorded_image_gone_from_its_shard_is_one_line(dataset):
     config = DataConfig(shards=(str(dataset.info_path),))
     urls = resolve_data(config).urls
