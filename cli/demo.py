@@ -152,6 +152,8 @@ def demo(
             log_every=10,
             ckpt_every=steps,
             vis_every=steps,
+            val_samples=max(4, frames // 3),  # held out: under 10% of the ~4 x frames kept
+            val_every=20,
             keep_last=1,
             device="cpu",
             progress=False,
@@ -226,6 +228,7 @@ def demo(
         ("dataset card", dataset / "README.md"),
         ("dataset report", reported.out),
         ("training run (metrics, checkpoints)", run_dir),
+        ("training curves (loss, validation, lr)", run_dir / "curves.png"),
         ("exported encoder (timm)", exported),
         ("reconstruction grid", grid),
         ("small-target probe (pretrained vs scratch)", out / "probe"),

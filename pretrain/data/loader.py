@@ -118,8 +118,10 @@ def loader_for(
     resume_state: dict[str, Any] | None = None,
     urls: list[str] | None = None,
     info: DatasetInfo | None = None,
+    exclude: frozenset[str] = frozenset(),
 ) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
-    """The process's DataLoader and the tracker that must see each batch it consumes."""
+    """The process's DataLoader and the tracker that must see each batch it consumes;
+    samples whose key is in `exclude` (the held-out set) are passed over."""
     urls = urls if urls is not None else expand_shard_urls(config.shards, config.split, config)
     workers = loader_workers(config.workers)
     num_workers = max(1, workers)
@@ -146,6 +148,7 @@ def loader_for(
         positions=[dict(p) for p in tracker.positions],
         shard_lengths=expected_lengths(info),
         shard_sums=dict(info.sums) if info is not None else {},
+        exclude=exclude,
     )
     return make_loader(stream, workers, pin_memory), tracker
 
