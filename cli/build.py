@@ -30,6 +30,7 @@ from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import shard as run_shard
 from inf590k.dataset.card import write_card
 from inf590k.inputs.imageio import ImagePolicy
+from inf590k.inputs.manifest import FOLDER_FACTS_FILES, renamed_folder_note
 
 _POLICY = ImagePolicy()
 
@@ -72,6 +73,46 @@ POLICY_OPTIONS = [
     ),
     opt("--no-border-crop", is_flag=True, help="Keep zero-valued black borders."),
 ]
+
+
+SOURCE_FACT_OPTIONS = [
+    opt(
+        f"--source-{key}",
+        f"source_{key}s",
+        multiple=True,
+        metavar="ID=TEXT",
+        help=f"The {what} of folder source ID (as in --source folder:ID=PATH), for the card, "
+        f"LICENSES.md and the weights' licence; over the {FOLDER_FACTS_FILES[0]} (or .json) file "
+        "at the folder's root, if any. Repeatable.",
+    )
+    for key, what in (
+        ("name", "display name"),
+        ("license", "licence (an SPDX id such as CC-BY-4.0, or its text)"),
+        ("citation", "citation"),
+    )
+]
+
+
+def source_facts(source_names, source_licenses, source_citations) -> tuple[tuple[str, str, str], ...]:
+    """--source-name/-license/-citation ID=TEXT as (id, key, text)."""
+    facts = []
+    for key, values in (("name", source_names), ("license", source_licenses), ("citation", source_citations)):
+        for value in values:
+            source_id, sep, text = value.partition("=")
+            if not sep or not source_id or not text.strip():
+                raise click.BadParameter(f"--source-{key} {value!r}: write ID=TEXT, e.g. vifb=CC-BY-4.0")
+            facts.append((source_id.removeprefix("folder:"), key, text))
+    return tuple(facts)
+
+
+def source_values_with_notes(values: tuple[str, ...]) -> tuple[tuple[str, Path], ...]:
+    """--source values, with a note for each folder:NAME whose id is not NAME as typed."""
+    parsed = tuple(parse_source(v) for v in values)
+    for source_id, _ in parsed:
+        note = renamed_folder_note(source_id)
+        if note:
+            click.echo(note, err=True)
+    return parsed
 
 
 def make_policy(
@@ -129,6 +170,7 @@ def make_policy(
         metavar="ID",
         help="Remove a source an earlier run put in the build (its rows; later stages must re-run). Repeatable.",
     ),
+    *SOURCE_FACT_OPTIONS,
     opt("--workers", default=0, show_default="one per core", help="Worker processes."),
     WAIT,
     *EXECUTOR_OPTIONS,
@@ -143,7 +185,7 @@ def ingest(
     wait,
     executor,
     ray_address,
-    **policy_values,
+    **values,
 ) -> None:
     """Scan sources and catalogue every file (kept, excluded or rejected, with a reason)."""
 
@@ -152,12 +194,13 @@ def ingest(
             "give --source ID=PATH (repeatable), or --drop-source ID to shrink a build"
         )
     config = IngestConfig(
-        sources=tuple(parse_source(v) for v in source_values),
+        sources=source_values_with_notes(source_values),
         build=build_dir,
         manifests=tuple(manifest_files),
-        policy=make_policy(**policy_values),
+        policy=make_policy(**pick(values, POLICY_OPTIONS)),
         drop_sources=tuple(drop_sources),
         execution=execution(workers, executor, ray_address),
+        source_facts=source_facts(**pick(values, SOURCE_FACT_OPTIONS)),
     )
     summary = run_stage(run_ingest, config, wait)
     click.echo(str(summary))
@@ -441,6 +484,7 @@ def write_dataset_card(out: Path) -> None:
         type=click.Path(exists=True, path_type=Path),
         help="Your own manifest YAML. Repeatable.",
     ),
+    *SOURCE_FACT_OPTIONS,
     BUILD_DIR,
     opt("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write."),
     opt(
@@ -464,11 +508,12 @@ def build(
 
     config = BuildConfig(
         ingest=IngestConfig(
-            sources=tuple(parse_source(v) for v in source_values),
+            sources=source_values_with_notes(source_values),
             build=build_dir,
             manifests=tuple(manifest_files),
             policy=make_policy(**pick(options, POLICY_OPTIONS)),
             execution=execution(workers, executor, ray_address),
+            source_facts=source_facts(**pick(options, SOURCE_FACT_OPTIONS)),
         ),
         out=out,
         dedupe=dedupe_config(build_dir, **pick(options, DEDUPE_OPTIONS)),

@@ -25,6 +25,7 @@ from inf590k.dataset.report import ReportConfig
 from inf590k.dataset.report import report as run_report
 from inf590k.dataset.verify import VerifyConfig
 from inf590k.dataset.verify import verify as run_verify
+from inf590k.fsutil import plural
 from inf590k.inputs.manifest import ManifestError, resolve_manifests
 from inf590k.synth import SYNTH_LAYOUTS, SynthConfig, SynthError, synthesize
 
@@ -68,7 +69,12 @@ def fit(cell: str, width: int) -> str:
 @click.argument("source_id")
 @options(
     opt(
-        "--manifest", "manifest_files", multiple=True, type=click.Path(exists=True, path_type=Path)
+        "--manifest",
+        "manifest_files",
+        multiple=True,
+        type=click.Path(exists=True, path_type=Path),
+        help="A manifest YAML file of your own (schema: manifests/README.md), so SOURCE_ID may "
+        "be its id; it overrides a built-in manifest of the same id. Repeatable.",
     ),
 )
 def sources_show(source_id: str, manifest_files: tuple[Path, ...]) -> None:
@@ -77,7 +83,8 @@ def sources_show(source_id: str, manifest_files: tuple[Path, ...]) -> None:
     if source_id not in manifests:
         raise CliError(f"unknown source {source_id!r}; `inf590k sources list` shows the ids")
     described = asdict(manifests[source_id])
-    described.pop("path", None)
+    for internal in ("path", "folder_source"):
+        described.pop(internal, None)
     click.echo(yaml.safe_dump(described, sort_keys=False, allow_unicode=True).rstrip())
 
 
@@ -114,11 +121,13 @@ def verify(dataset: Path, hashes_only: bool, workers: int) -> None:
     result = run_verify(
         VerifyConfig(dataset=dataset, decode=not hashes_only, execution=execution(workers))
     )
-    for problem in result.problems:
+    if result.ok:
+        click.echo(str(result))
+        return
+    for problem in result.problems:  # each once; the closing line only counts them
         click.echo(f"problem: {problem}", err=True)
-    click.echo(str(result))
-    if not result.ok:
-        sys.exit(1)
+    click.echo(f"verify: {plural(len(result.problems), 'problem')} in {dataset} (listed above)")
+    sys.exit(1)
 
 
 @main.command()

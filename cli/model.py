@@ -1,4 +1,4 @@
-"""Model commands: model-info, pretrain, visualize, export, publish-model, probe, eval.
+"""Model commands: model-info, pretrain, visualize, export, publish-model, plot, probe, eval.
 
 Each imports `pretrain` (and so torch) only when it runs: `inf590k --help` and the dataset
 commands do not pay for torch's import.
@@ -67,7 +67,15 @@ LazyGroup.lazy_short_help["pretrain"] = "Pretrain from shard URLs (1 GPU, many, 
 @main.command("model-info")
 @click.argument("name")
 @options(
-    opt("--image-size", default=224, show_default=True, help="Square input size."),
+    opt(
+        "--img-size",
+        "--image-size",
+        "image_size",
+        type=int,
+        default=None,
+        help="Square input size, px  [default: the model's pretraining size: 64 for *_tiny, "
+        "224 otherwise]",
+    ),
     opt(
         "--in-chans",
         default=1,
@@ -76,8 +84,8 @@ LazyGroup.lazy_short_help["pretrain"] = "Pretrain from shard URLs (1 GPU, many, 
         help="Input channels (3: grey replicated, as the reference checkpoints).",
     ),
 )
-def model_info(name: str, image_size: int, in_chans: str) -> None:
-    """Parameters and forward GFLOPs per image of a named model, per part.
+def model_info(name: str, image_size: int | None, in_chans: str) -> None:
+    """Parameters and forward GFLOPs per image of a named model, per part, at the size shown.
 
     Names: mae_vit_base, infmae_base, dugi_mae_base, their _large and _tiny variants.
     """
@@ -185,7 +193,51 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
     click.echo(f"export: wrote {folder}")
 
 
-@main.command("publish-model")
+class LegacyDryRunCommand(click.Command):
+    """publish-model's `--dry-run DIR` of earlier releases, read as `--dry-run --stage DIR`
+    with a line saying so: `--dry-run` is a flag, as for `publish`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, legacy_dry_run(args, self.params))
+
+
+def legacy_dry_run(args: list[str], params: list[click.Parameter]) -> list[str]:
+    """`--dry-run DIR` -> `--dry-run --stage DIR` when DIR is a second positional argument."""
+    takes_value = {
+        name for p in params if isinstance(p, click.Option) and not p.is_flag for name in p.opts
+    }
+    if any(a.startswith("--dry-run=") for a in args):  # `--dry-run=DIR`: the same old form
+        args = [
+            part
+            for a in args
+            for part in (["--dry-run", a.split("=", 1)[1]] if a.startswith("--dry-run=") else [a])
+        ]
+    positional, index, after_dry_run = [], 0, None
+    while index < len(args):
+        token = args[index]
+        if token == "--":
+            positional += [(i, False) for i in range(index + 1, len(args))]
+            break
+        if token in takes_value:
+            index += 2
+            continue
+        if not token.startswith("-"):
+            positional.append((index, index - 1 == after_dry_run))
+        elif token == "--dry-run":
+            after_dry_run = index
+        index += 1
+    legacy = [i for i, follows in positional if follows]
+    if len(positional) < 2 or not legacy:
+        return args
+    click.echo(
+        "note: `--dry-run DIR` is now `--dry-run --stage DIR` (--dry-run is a flag, as for "
+        "`publish`); read it so",
+        err=True,
+    )
+    return [*args[: legacy[0]], "--stage", *args[legacy[0] :]]
+
+
+@main.command("publish-model", cls=LegacyDryRunCommand)
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @options(
     opt(
@@ -203,15 +255,14 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
     opt("--private", is_flag=True, help="Create the repo private."),
     opt(
         "--dry-run",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        metavar="DIR",
-        help="Stage weights, config and card into DIR and stop.",
+        is_flag=True,
+        help="Stage weights, config and card (into --stage) and stop; upload nothing.",
     ),
     opt(
         "--stage",
         type=click.Path(file_okay=False, path_type=Path),
         default=None,
+        metavar="DIR",
         help="Staging folder (default: EXPORT_DIR-hub beside it).",
     ),
     *[HUB_ENDPOINT],
@@ -235,6 +286,33 @@ def publish_model(export_dir, repo, dataset_repo, private, dry_run, stage, endpo
     except PublishError as err:
         raise CliError(str(err)) from err
     click.echo(str(summary))
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@options(
+    opt(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="PNG to write (default: RUN/curves.png for one run, ablation.png for several).",
+    ),
+)
+def plot(runs: tuple[Path, ...], out: Path | None) -> None:
+    """Training and validation loss and lr of pretraining runs against steps, on one figure.
+
+    RUNS are run folders (or their metrics.jsonl); several make an ablation figure, one colour
+    per run, labelled with its folder, model and masking."""
+    from pretrain.curves import CurvesError, plot_runs  # torch, matplotlib: when it runs
+
+    target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("ablation.png"))
+    try:
+        written, notes = plot_runs(runs, target)
+    except (CurvesError, OSError) as err:
+        raise CliError(str(err)) from err
+    for note in notes:
+        click.echo(f"plot: {note}")
+    click.echo(f"plot: wrote {written}")
 
 
 # ----------------------------------------------------------------------------- probe and eval
@@ -281,7 +359,7 @@ def probe_schedule_options(steps: int, batch_size: int, head_dim: int) -> list[O
             "--threshold",
             default=0.5,
             show_default=True,
-            help="Target probability of a target pixel.",
+            help="Small targets: a pixel counts as a target where the head's predicted probability is above this (0-1).",
         ),
         opt(
             "--distance",

@@ -15,7 +15,13 @@ import numpy as np
 import torch
 
 from pretrain.models import create_model
-from pretrain.models.export import CONFIG_FILE, WEIGHTS_FILE, export_encoder, feature_lines
+from pretrain.models.export import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    export_encoder,
+    feature_lines,
+    loading_lines,
+)
 from pretrain.provenance import WeightsLicence, describe_shards, mixture_line
 
 CHECKPOINT_DIR = "checkpoints"
@@ -218,8 +224,14 @@ def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[
     ]
 
 
-def model_card(checkpoint: dict[str, Any], weights_name: str, stage3: str = "fused") -> str:
-    """A short README for an exported encoder: what it is, how it was trained, its licence."""
+def model_card(
+    checkpoint: dict[str, Any],
+    weights_name: str,
+    stage3: str = "fused",
+    loading: list[str] | None = None,
+) -> str:
+    """A short README for an exported encoder: what it is, how it was trained, its licence,
+    and (`loading`) the snippet that loads it with timm."""
     record = run_record(checkpoint)
     licence = WeightsLicence.from_dict(record.get("license"))
     model_config = checkpoint.get("model_config", {})
@@ -253,6 +265,7 @@ def model_card(checkpoint: dict[str, Any], weights_name: str, stage3: str = "fus
             "## Features",
             *feature_lines(model_config, stage3),
             "",
+            *(["## Load it with timm", "", *loading, ""] if loading else []),
             "## Files",
             f"- `{weights_name}`: encoder weights (safetensors)",
             "- `config.json`: timm model configuration",
@@ -279,5 +292,6 @@ def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str, stage3: 
         "mixture": record.get("mixture"),
     }
     config_path.write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "README.md").write_text(model_card(checkpoint, WEIGHTS_FILE, stage3))
+    loading = loading_lines(config["architecture"], out_dir)
+    (folder / "README.md").write_text(model_card(checkpoint, WEIGHTS_FILE, stage3, loading))
     return folder

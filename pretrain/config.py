@@ -62,6 +62,14 @@ class DataConfig:
     samples_per_epoch: int | None = option(
         None, "Epoch length in samples (default: the selected shards' count in _info.json)."
     )
+    val_samples: int = option(
+        256,
+        "Held-out images for the validation loss: a seeded sample the run never trains on (0: no validation; off with a message when it would be over 10% of the data).",
+    )
+    val_shards: tuple[str, ...] = option(
+        (),
+        "Shards to validate on instead of a sample (their first --val-samples images); left out of training. Repeatable.",
+    )
     raw16: bool = option(
         False,
         "Read the raw 16-bit `.npy` member of samples that have one (shard --keep-16bit), losslessly.",
@@ -126,6 +134,10 @@ class RunConfig:
     vis_every: int = option(
         0,
         "Steps between reconstruction grid PNGs in RUN/vis/; one of the last step is always written (0: only that one).",
+    )
+    val_every: int = option(
+        500,
+        "Steps between validation passes, and one at the end (0: only that one); at batch 64 a pass of 256 images costs under 1% of training.",
     )
     resume: str | None = option(
         None,

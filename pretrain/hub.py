@@ -1,6 +1,6 @@
 """Publish an exported encoder (model.safetensors + timm config.json) as a Hub model repo.
 
-Staged first (`--dry-run DIR` stops there)::
+Staged first (`--dry-run` stops there; `--stage DIR` says where)::
 
     README.md           model card: architecture, pretraining data, recipe, timm loading
     config.json         timm's config (architecture, model_args, pretrained_cfg), unchanged
@@ -52,8 +52,8 @@ class ModelPublishConfig:
     repo: str  # OWNER/NAME
     dataset_repo: str | None = None  # the dataset repo it was pretrained on, OWNER/NAME
     private: bool = False
-    dry_run: Path | None = None  # stage into this folder and stop
-    stage: Path | None = None  # staging folder of a real upload (default: EXPORT_DIR-hub)
+    dry_run: bool | Path | None = None  # stage and stop (a folder: stage there; the old form)
+    stage: Path | None = None  # staging folder (default: EXPORT_DIR-hub beside the export)
     endpoint: str | None = None  # default: HF_ENDPOINT, else https://huggingface.co
 
 
@@ -305,14 +305,14 @@ def stage_model(config: ModelPublishConfig, stage: Path) -> ModelPublishSummary:
         staged=stage,
         architecture=timm_config["architecture"],
         parameters=parameters,
-        dry_run=config.dry_run is not None,
+        dry_run=bool(config.dry_run),
     )
 
 
 # ----------------------------------------------------------------------------- the Hub
 
 
-DRY_RUN_INSTEAD = "or stage only, with --dry-run DIR"
+DRY_RUN_INSTEAD = "or stage only, with --dry-run"
 
 
 def _kept(stage: Path) -> str:
@@ -325,13 +325,14 @@ def publish_model(config: ModelPublishConfig) -> ModelPublishSummary:
         if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
             raise PublishError(f"{flag} {repo!r}: write OWNER/NAME, e.g. my-lab/dugi-mae-base")
     token = ""
-    if config.dry_run is None:  # no upload can work: say so before staging anything
+    if not config.dry_run:  # no upload can work: say so before staging anything
         refuse_offline(DRY_RUN_INSTEAD)
         token = hub_token()
     default = Path(config.export_dir).resolve()
-    stage = Path(config.dry_run or config.stage or default.parent / f"{default.name}-hub")
+    folder = config.dry_run if isinstance(config.dry_run, (str, Path)) else None
+    stage = Path(folder or config.stage or default.parent / f"{default.name}-hub")
     summary = stage_model(config, stage)
-    if config.dry_run is not None:
+    if config.dry_run:
         return summary
     from huggingface_hub import HfApi  # the Hub client loads in ~0.5 s: when used
 

@@ -26,6 +26,7 @@ from pretrain.config import (
     PretrainConfig,
     parse_model_args,
 )
+from pretrain.curves import CurvesError, save_run_curves
 from pretrain.data import (
     ResolvedData,
     add_counts,
@@ -37,6 +38,7 @@ from pretrain.data import (
     realised,
     resolve_data,
     shares,
+    usable_cores,
 )
 from pretrain.distributed import peak_flops, resolve_precision, seed_everything
 from pretrain.models import create_model
@@ -58,6 +60,13 @@ from pretrain.runs import (
     truncate_metrics,
 )
 from pretrain.schedule import build_optimizer, plan_schedule
+from pretrain.validation import (
+    HeldOut,
+    Validator,
+    choose_held_out,
+    split_off_val_shards,
+    validation_due,
+)
 from pretrain.visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -87,6 +96,8 @@ RESUME_FIXED = (
     ("optim", "min_lr"),
     ("optim", "accum_steps"),
     ("data", "batch_size"),
+    ("data", "val_samples"),
+    ("data", "val_shards"),
     ("run", "model"),
 )
 
@@ -148,13 +159,20 @@ class Trainer:
         self.image_hw = tuple(getattr(self.model_config, "image_hw", (224, 224)))
         seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
 
-        self.resolved = resolve_data(config.data)  # URLs and index, read once a run
+        # URLs and index, read once a run; --val-shards are not trained on
+        self.split = split_off_val_shards(config.data, resolve_data(config.data))
+        self.resolved = self.split.train
         self.urls, self.info = self.resolved.urls, self.resolved.info
         self.schedule = plan_schedule(
             config.optim,
             config.data.batch_size,
             self.env.world_size,
-            epoch_length(config.data, self.info, self.env.world_size),
+            epoch_length(  # as many loader processes as the loader starts (cores cap them)
+                config.data,
+                self.info,
+                self.env.world_size,
+                min(config.data.workers, usable_cores()),
+            ),
         )
         self.optimizer, self.scheduler = build_optimizer(model, config.optim, self.schedule)
         self.amp_dtype = resolve_precision(run.precision, self.device)
@@ -170,6 +188,7 @@ class Trainer:
         self.nan_skips = torch.zeros((), device=self.device)
         self.resumed_from: Path | None = None
         self.drawn: dict[str, dict[str, int]] = {}  # samples trained on, all ranks (main)
+        self.resumed_record: dict[str, Any] | None = None  # the resumed checkpoint's record
         self.passed_over: list[str] = []  # damaged checkpoints --resume auto did not use
         data_state = self._maybe_resume()
         if run.resume and self.env.is_main:
@@ -180,6 +199,7 @@ class Trainer:
         self.mixture = mixture_for(self.config.data, self.urls, self.info)  # after resume
         if self.env.is_main:
             log.info("data mixture: %s", self.mixture.describe())
+        self.held_out, self.validator = self._setup_validation()
         self.loader, self.tracker = loader_for(
             self.config.data,
             self.image_hw,
@@ -191,6 +211,7 @@ class Trainer:
             urls=self.urls,
             info=self.info,
             mixture=self.mixture,
+            exclude=self.held_out.excluded if self.held_out else frozenset(),
         )
         self.forward_model: nn.Module = self.model
         if self.env.distributed:
@@ -265,6 +286,8 @@ class Trainer:
         self.step = int(state["step"])
         self.resumed_from = path
         self.drawn = _drawn_of(ranks) if self.env.is_main else {}
+        record = state.get("record")
+        self.resumed_record = record if isinstance(record, dict) else {}
         self.images_seen = int(counters["images"])
         self.nan_skips.fill_(float(counters["nan_skips"]))
         if len(ranks) == self.env.world_size:
@@ -349,6 +372,7 @@ class Trainer:
                 "drawn": self.drawn,  # samples trained on per source and per bin
                 "realised": realised(self.drawn),
             },
+            "validation": self.held_out.as_dict() if self.held_out else None,
         }
 
     def save(self) -> Path | None:
@@ -435,7 +459,9 @@ class Trainer:
         self.nan_skips += found_inf
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _log(self, interval: _Interval, bar: tqdm | None) -> dict[str, Any]:
+    def _log(
+        self, interval: _Interval, bar: tqdm | None, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         elapsed = max(time.perf_counter() - interval.started, 1e-9)
         loss = (interval.loss_sum / interval.loss_count.clamp(min=1)).item()  # host sync
         nan_skips = int(self.nan_skips.item())
@@ -459,6 +485,7 @@ class Trainer:
             "data_wait": interval.data_wait / elapsed,
             "nan_skips": nan_skips,
             **totals,
+            **(extra or {}),
             "time": time.time(),
         }
         self.metrics.write(record)
@@ -475,6 +502,36 @@ class Trainer:
                 f"{self.config.run.max_nan_skips}); lower --blr, set --clip-grad, or check the data"
             )
         return record
+
+    def _setup_validation(self) -> tuple[HeldOut | None, Validator | None]:
+        """The held-out set (every rank leaves it out) and its evaluator (main rank)."""
+        held, note = choose_held_out(
+            self.config.data,
+            self.split,
+            self.config.run.seed,
+            self.schedule.samples_per_epoch,
+            self.resumed_record,
+        )
+        if held is not None and not hasattr(self.model_config, "masking"):
+            held, note = None, "validation off: the model is not a masked autoencoder of ours"
+        if not self.env.is_main:
+            return held, None
+        every = f", every {self.config.run.val_every} steps and at the end" if held else ""
+        tqdm.write(f"{note}{every}")
+        validator = Validator.build(self.model, held, self.split, self.config.data) if held else None
+        return held, validator
+
+    def _validate(self, interval: _Interval) -> dict[str, Any]:
+        """One pass over the held-out set; its time is kept out of the interval's speed."""
+        result = self.validator.evaluate(self.model, self.amp_dtype, self.step)
+        interval.started += result.seconds
+        tqdm.write(result.line())
+        return result.record()
+
+    def _draw_curves(self) -> None:
+        """RUN/curves.png from the metrics logged so far."""
+        with contextlib.suppress(CurvesError):  # nothing logged yet: no figure
+            save_run_curves(self.run_dir, f"{self.run_dir.name} ({self.config.run.model})")
 
     def _visualize(self, images: torch.Tensor) -> None:
         path = self.run_dir / "vis" / f"step-{self.step:08d}.png"
@@ -543,13 +600,18 @@ class Trainer:
                 interval.steps += 1
                 if bar is not None:
                     bar.update(1)
-                if self.step % run.log_every == 0 or self.step == end:
-                    last_record = self._log(interval, bar)
+                val_step = self.validator is not None and validation_due(
+                    self.step, end, run.val_every
+                )
+                if self.step % run.log_every == 0 or self.step == end or val_step:
+                    extra = self._validate(interval) if val_step else None
+                    last_record = self._log(interval, bar, extra)
                     interval = new_interval()
                 # a grid every --vis-every steps, and always one of the last step
                 vis_step = self.step == end or (run.vis_every and self.step % run.vis_every == 0)
                 if vis_step and self.env.is_main:
                     self._visualize(images)
+                    self._draw_curves()
                 if self.step % run.ckpt_every == 0 or self.step == end:
                     last_path = self.save() or last_path
         finally:

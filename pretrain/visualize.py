@@ -1,5 +1,6 @@
 """Reconstruction grids: one row per image, labelled columns input | masked input |
-reconstruction | reconstruction with the visible patches pasted back.
+reconstruction | reconstruction with the visible patches pasted back; `inf590k visualize`
+names each row's image file above it.
 
 Panels are drawn at least MIN_PANEL px on their short side (a tiny model's 64-px crops are
 upsampled by whole factors, nearest neighbour, so patches stay visible as patches).
@@ -25,7 +26,9 @@ MIN_PANEL = 224  # px, short side of each panel in a grid
 MAX_ROWS = 8  # images per grid
 HEADER = 32  # px of the label band above the columns
 GAP = 4  # px between panels
+ROW_LABEL = 22  # px of the band above each row that names its image (when names are given)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+FORMATS = "PNG, JPEG, TIFF or BMP"  # what load_image reads, as messages say it
 COLUMNS = ("input", "masked", "reconstruction", "reconstruction + visible")
 
 
@@ -69,25 +72,36 @@ def reconstruct(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]
     }
 
 
-def _label(band: np.ndarray, text: str, left: int, width: int) -> None:
-    """Centre `text` in band[:, left:left+width], shrinking the font until it fits."""
-    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 0.7, 1
+def _label(
+    band: np.ndarray, text: str, left: int, width: int, scale: float = 0.7, centred: bool = True
+) -> None:
+    """Write `text` in band[:, left:left+width] (centred, or from its left), shrinking the font
+    until it fits."""
+    font, thickness = cv2.FONT_HERSHEY_SIMPLEX, 1
     (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
     while text_w > width - 8 and scale > 0.3:
         scale -= 0.05
         (text_w, text_h), _ = cv2.getTextSize(text, font, scale, thickness)
-    origin = (left + max(0, (width - text_w) // 2), (band.shape[0] + text_h) // 2)
-    cv2.putText(band, text, origin, font, scale, 0, thickness, cv2.LINE_AA)
+    x = left + max(0, (width - text_w) // 2) if centred else left + 4
+    cv2.putText(band, text, (x, (band.shape[0] + text_h) // 2), font, scale, 0, thickness, cv2.LINE_AA)
 
 
-def grid_image(parts: dict[str, np.ndarray]) -> np.ndarray:
-    """Rows of images, labelled columns input | masked | reconstruction | + visible -> uint8."""
+def grid_image(parts: dict[str, np.ndarray], row_names: Sequence[str] = ()) -> np.ndarray:
+    """Rows of images, labelled columns input | masked | reconstruction | + visible -> uint8.
+
+    With `row_names` (one per image), a band above each row names its image."""
     columns = [parts["input"], parts["masked"], parts["reconstruction"], parts["pasted"]]
     n, height, width = columns[0].shape
+    if row_names and len(row_names) != n:
+        raise ValueError(f"{len(row_names)} row names for {n} images")
+    band = ROW_LABEL if row_names else 0
     factor = max(1, math.ceil(MIN_PANEL / min(height, width)))
     panel_h, panel_w = height * factor, width * factor
-    rows_h = n * (panel_h + GAP) - GAP
+    rows_h = n * (band + panel_h + GAP) - GAP
     out = np.full((HEADER + rows_h, len(columns) * (panel_w + GAP) - GAP), 255, np.uint8)
+    for row, name in enumerate(row_names):
+        top = HEADER + row * (band + panel_h + GAP)
+        _label(out[top : top + band], name, 0, out.shape[1], scale=0.5, centred=False)
     ratio = float(parts.get("mask_ratio", np.asarray(0.0)))
     labels = list(COLUMNS)
     labels[1] = f"masked ({100 * ratio:.0f}%)" if ratio else "masked"
@@ -95,18 +109,21 @@ def grid_image(parts: dict[str, np.ndarray]) -> np.ndarray:
         left = col * (panel_w + GAP)
         _label(out[:HEADER], label, left, panel_w)
         for row in range(n):
-            top = HEADER + row * (panel_h + GAP)
+            top = HEADER + row * (band + panel_h + GAP) + band
             panel = cv2.resize(images[row], (panel_w, panel_h), interpolation=cv2.INTER_NEAREST)
             out[top : top + panel_h, left : left + panel_w] = panel
     return out
 
 
-def save_grid(model: nn.Module, images: torch.Tensor, path: Path) -> Path:
-    """Write the reconstruction grid of uint8 images [N, 1, H, W] as a PNG."""
+def save_grid(
+    model: nn.Module, images: torch.Tensor, path: Path, row_names: Sequence[str] = ()
+) -> Path:
+    """Write the reconstruction grid of uint8 images [N, 1, H, W] as a PNG (rows named by
+    `row_names`, when given)."""
     path = Path(path)
     _check_png_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), grid_image(reconstruct(model, images))):
+    if not cv2.imwrite(str(path), grid_image(reconstruct(model, images), row_names)):
         raise OSError(f"could not write {path}; give a writable .png path")
     return path
 
@@ -127,10 +144,10 @@ def load_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     except Exception as err:  # a damaged PNG fails inside the decoder
         raise VisualizeError(
-            f"cannot decode {path} ({err}); give a PNG, JPEG or TIFF image"
+            f"cannot decode {path} ({err}); give a {FORMATS} image"
         ) from err
     if image is None or image.size == 0:
-        raise VisualizeError(f"cannot decode {path}; give a PNG, JPEG or TIFF image")
+        raise VisualizeError(f"cannot decode {path}; give a {FORMATS} image")
     if image.dtype == np.uint16:
         image = to_uint8(image, *stretch_range(image))
     out_h, out_w = size
@@ -156,7 +173,7 @@ def image_files(paths: Sequence[Path | str]) -> list[Path]:
         else:
             raise VisualizeError(f"no image at {path}; give image files or a folder of images")
     if not files:
-        raise VisualizeError(f"no image in {', '.join(map(str, paths))}; give PNG/JPEG/TIFF files")
+        raise VisualizeError(f"no image in {', '.join(map(str, paths))}; give {FORMATS} files")
     return files[:MAX_ROWS]
 
 
@@ -176,4 +193,4 @@ def visualize_checkpoint(
     _check_png_path(Path(out))
     model, _ = model_from_checkpoint(checkpoint_file)
     images = torch.cat([load_image(f, model.config.image_hw) for f in files])  # [N, 1, H, W]
-    return save_grid(model, images, Path(out))
+    return save_grid(model, images, Path(out), [f.name for f in files])

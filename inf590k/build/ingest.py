@@ -36,15 +36,19 @@ from inf590k.inputs.imageio import (
 )
 from inf590k.inputs.manifest import (
     IMAGE_EXTENSIONS,
+    NOT_SIGNED,
     SYNTH_CITATION,
     SYNTH_LICENSE,
     SYNTH_MARKER,
     VIDEO_EXTENSIONS,
     Manifest,
     SourceIndex,
-    is_folder_source,
+    check_folder_facts,
+    folder_source_id,
     manifest_for_source,
+    read_folder_facts,
     resolve_manifests,
+    with_folder_facts,
 )
 from inf590k.inputs.sources import (
     DAMAGED_INDEX,
@@ -69,6 +73,9 @@ class IngestConfig:
     policy: ImagePolicy = field(default_factory=ImagePolicy)
     drop_sources: tuple[str, ...] = ()  # source ids whose rows and chunks are removed first
     execution: ExecutionOptions = field(default_factory=ExecutionOptions)
+    # (folder source id, name | license | citation, text): --source-name/-license/-citation,
+    # over the description file at the folder's root
+    source_facts: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass
@@ -238,7 +245,7 @@ def part_path(build: Path, source: str, chunk: int) -> Path:
 def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, listing: str) -> str:
     """Digest of everything a chunk's rows depend on; a change invalidates finished chunks."""
     described = {
-        "manifest": {k: v for k, v in asdict(manifest).items() if k != "path"},
+        "manifest": {k: v for k, v in asdict(manifest).items() if k not in NOT_SIGNED},
         "root": str(Path(root).resolve()),
         "policy": asdict(policy),
         "files": listing,
@@ -289,7 +296,7 @@ def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
 
 def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
-    summary.folder = is_folder_source(manifest.name)
+    summary.folder = manifest.folder_source
     summary.catalog = str(cat.catalog_dir(build))
     candidates: set[str] = set()  # files the include globs matched (a video is one file)
     for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
@@ -331,6 +338,9 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
         "modality": manifest.modality,
         "citation": manifest.citation,
         "homepage": manifest.homepage,
+        # only when set: a build of an earlier toolkit is not "changed" by keys it lacks
+        **({"license_link": manifest.license_link} if manifest.license_link else {}),
+        **({"folder_source": True} if manifest.folder_source else {}),
     }
     chunks = chunked(tasks)
     todo = [i for i in range(len(chunks)) if not part_path(config.build, manifest.id, i).exists()]
@@ -363,7 +373,17 @@ def as_synthetic(manifest: Manifest) -> Manifest:
 def chosen_manifests(config: IngestConfig) -> list[Manifest]:
     """The manifest of each --source, after checking ids, roots and the build path."""
     manifests = resolve_manifests(config.manifests)
-    chosen = [manifest_for_source(source_id, manifests) for source_id, _ in config.sources]
+    chosen = [
+        described(manifest_for_source(source_id, manifests), Path(root), config.source_facts)
+        for source_id, root in config.sources
+    ]
+    given = {m.id for m in chosen}
+    for source_id, key, _ in config.source_facts:
+        if folder_source_id(source_id) not in given:
+            raise ValueError(
+                f"--source-{key} {source_id}=...: no --source names {source_id!r}; give "
+                f"--source folder:{folder_source_id(source_id)}=PATH too"
+            )
     ids = [m.id for m in chosen]
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})[0]
@@ -379,6 +399,24 @@ def chosen_manifests(config: IngestConfig) -> list[Manifest]:
                 "it would catalogue itself; put the build folder elsewhere"
             )
     return chosen
+
+
+def described(manifest: Manifest, root: Path, facts: tuple[tuple[str, str, str], ...]) -> Manifest:
+    """A folder source with its own name, licence and citation: the description file at its
+    root, then the command line's. A manifest source's are its manifest's."""
+    given = {key: text for source_id, key, text in facts if folder_source_id(source_id) == manifest.id}
+    if not manifest.folder_source:
+        if given:
+            key = next(iter(given))
+            raise ValueError(
+                f"--source-{key} {manifest.id}=...: {manifest.id} is described by its manifest; "
+                "these options describe folder sources (write a manifest, --manifest FILE, to "
+                "change a known source)"
+            )
+        return manifest
+    from_file, filename = read_folder_facts(root)
+    own = check_folder_facts(given, "the command line")
+    return with_folder_facts(manifest, {**from_file, **own}, filename)
 
 
 def drop_sources(build: Path, recorded: dict, drop: tuple[str, ...]) -> None:

@@ -230,7 +230,7 @@ def rerun_command(build: Path, stage: str) -> str:
         recorded = {}
     sources = " ".join(
         "--source "
-        + shlex.quote(source_option(source, info.get("name", ""), info.get("root", "PATH")))
+        + shlex.quote(source_option(source, info, info.get("root", "PATH")))
         for source, info in sorted(recorded.items())
     )
     return f"inf590k ingest --build {shlex.quote(str(build))} {sources or '--source ID=PATH'}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -37,9 +38,29 @@ ALL_CONFIG = "all"
 REPO_PLACEHOLDER = "OWNER/NAME"
 COPY_PLACEHOLDER = "PATH/TO/COPY"
 TAGS = ["infrared", "thermal", "webdataset", "self-supervised-pretraining", "inf590k"]
+# How `pixel_sha256` is made (inputs/fingerprint.py `pixel_digest`), as the card shows it: two
+# lines over a sample as `datasets` gives it (`png` a PIL "L" image, `json` a dict).
+PIXEL_SHA256_SNIPPET = (
+    'pixels = np.asarray(sample["png"])  # [H, W] uint8: the 8-bit view',
+    'assert hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}:".encode() + pixels.tobytes())'
+    '.hexdigest() == sample["json"]["pixel_sha256"]',
+)
 EXCLUDED_MEANING = {  # catalog reason kinds of excluded rows, as a reader would say them
     "video stride": "frames skipped by the video stride",
 }
+# Manifests name the visible half of a pair by its place ("visible half (RGB)", the standard
+# rules' "visible image folder", TNO's "visible band folder", Anti-UAV's "visible video"): the
+# catalogue keeps those reasons as written (queries and manifests rely on them) and the card
+# counts them under one name.
+VISIBLE_HALF = "visible half"
+VISIBLE_KINDS = re.compile(r"^visible (half|image|band|video)\b")
+
+
+def excluded_meaning(kind: str) -> str:
+    """How the card names a kind of excluded row (its catalog reason without specifics)."""
+    if VISIBLE_KINDS.match(kind):
+        return VISIBLE_HALF
+    return EXCLUDED_MEANING.get(kind, kind)
 
 
 def info_sha256(dataset: Path) -> str:
@@ -174,12 +195,12 @@ def _table(header: list[str], rows: list[list[object]]) -> list[str]:
     return lines
 
 
-def _excluded_kinds(counts: dict) -> str:
+def excluded_summary(counts: dict) -> str:
     """ "visible half 12, frames skipped by the video stride 40" from the catalog reasons."""
     kinds: dict[str, int] = {}
     for per_source in counts.values():
         for kind, n in per_source.get("reasons", {}).get("excluded", {}).items():
-            label = EXCLUDED_MEANING.get(kind, kind)
+            label = excluded_meaning(kind)
             kinds[label] = kinds.get(label, 0) + n
     return ", ".join(f"{k} {n:,}" for k, n in sorted(kinds.items(), key=lambda x: -x[1]))
 
@@ -203,7 +224,7 @@ def _provenance(table: list[dict], counts: dict) -> list[str]:
         k: sum(c.get(k, 0) for c in counts.values())
         for k in ("found", "ok", "duplicate", "rejected", "excluded")
     }
-    excluded = _excluded_kinds(counts)
+    excluded = excluded_summary(counts)
     return [
         f"Built with the `inf590k` toolkit from {plural(total['found'], 'file')} of "
         f"{', '.join(parts) or 'no sources'}: {total['ok']:,} kept, "
@@ -384,6 +405,28 @@ def _usage_section(info: dict) -> list[str]:
     return lines
 
 
+def _fields_section() -> list[str]:
+    return [
+        "## Fields",
+        "",
+        "`json` is the image's catalog row (`uid`, `source`, `relpath`, sizes before and after "
+        "the border crop, `bit_depth`, `entropy`, `phash`, `res_bin`, ...). `file_sha256` is "
+        "the sha256 of the source file's bytes. `pixel_sha256` is the sha256 of the stored "
+        '8-bit pixels with their shape in front, `sha256("HxW:" + pixels)` (H rows, W '
+        "columns, then the pixels row by row as uint8), so a reshaped copy differs; "
+        "recompute it from a sample:",
+        "",
+        "```python",
+        "import hashlib",
+        "",
+        "import numpy as np",
+        "",
+        "sample = next(iter(one_bin))  # a sample as `datasets` gives it (above)",
+        *PIXEL_SHA256_SNIPPET,
+        "```",
+    ]
+
+
 def _files_section() -> list[str]:
     return [
         "## Files",
@@ -441,6 +484,7 @@ def card_text(dataset: Path) -> str:
         _licenses_section(table),
         _statistics_section(numbers),
         _usage_section(info),
+        _fields_section(),
         _files_section(),
     ):
         body += ["", *section]

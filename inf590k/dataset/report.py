@@ -6,7 +6,7 @@ and metadata/sources.json. Writes into DATASET/metadata/report/ and then rewrite
 (README.md) with the statistics and figures:
 
     report.json          every number below, and the digest of the _info.json it describes
-    resolution_hist.png  short side of kept images per source, with the resolution bins' edges
+    resolution_hist.png  kept images per source, one bar per short-side class of the bins
     entropy_hist.png     8-bit-view entropy of kept images, per source
     sample_grid.png      a seeded sample of images, each captioned with source, bin and size
 """
@@ -18,7 +18,7 @@ import json
 import re
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -189,49 +189,17 @@ def _histogram(
     values_by_source: dict[str, np.ndarray],
     xlabel: str,
     title: str,
-    log_x: bool,
-    edges_marked: list[int] = (),
 ) -> None:
-    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter  # with pyplot
-
+    """A stacked histogram per source over 30 equal bins (the entropy figure)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
     values = [v for v in values_by_source.values() if len(v)]
     everything = np.concatenate(values) if values else np.array([])
     if len(everything):
         low, high = float(everything.min()), float(everything.max())
-        if log_x:
-            edges = np.geomspace(max(low * 0.95, 1.0), max(high * 1.05, low + 1.0), 30)
-            axis.set_xscale("log")
-        else:
-            edges = np.linspace(low, high + 1e-6, 30)
+        edges = np.linspace(low, high + 1e-6, 30)
         names = sorted(values_by_source)
         axis.hist([values_by_source[n] for n in names], bins=edges, stacked=True, label=names)
-        for edge in edges_marked:
-            axis.axvline(edge, color="0.3", linestyle="--", linewidth=1)
-            axis.annotate(
-                f"{edge}",
-                (edge, 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(2, -10),
-                textcoords="offset points",
-                fontsize=7,
-                color="0.3",
-            )
-        if log_x:  # plain numbers, not 10^2: the edges and a few round values
-            ticks = sorted(
-                {
-                    *edges_marked,
-                    *(
-                        t
-                        for t in (32, 64, 128, 256, 512, 1024, 2048, 4096)
-                        if edges[0] <= t <= edges[-1]
-                    ),
-                }
-            )
-            axis.xaxis.set_major_locator(FixedLocator(ticks or [round(low), round(high)]))
-            axis.xaxis.set_minor_locator(NullLocator())
-            axis.xaxis.set_major_formatter(ScalarFormatter())
         axis.legend(fontsize=7, ncol=2)
     axis.set_xlabel(xlabel)
     axis.set_ylabel("images")
@@ -239,6 +207,113 @@ def _histogram(
     figure.tight_layout()
     save_figure(figure, path)
     plt.close(figure)
+
+
+# ----------------------------------------------------------------------------- resolution bars
+
+SHORT_CLASS = re.compile(r"^s(\d+)-(\d+|up)(?:_|$)")
+
+
+@dataclass(frozen=True)
+class ResolutionBar:
+    """One bar of the resolution figure: a short-side class of the bins, e.g. `s256-383`."""
+
+    name: str  # the short-side part of the bin names it gathers
+    low: int  # smallest short side in the class, px (inclusive)
+    high: int | None  # largest, px (inclusive); None for the open last class (`s768-up`)
+    images: dict[str, int]  # source -> kept images whose bin is in this class
+    left: float  # where the bar is drawn, px: [left, right) holds exactly the class's sizes
+    right: float
+
+    def holds(self, short_side: int) -> bool:
+        return self.low <= short_side and (self.high is None or short_side <= self.high)
+
+
+def short_side_class(bin_name: str) -> tuple[str, int, int | None]:
+    """`s256-383_r115-149` -> ("s256-383", 256, 383); `s768-up_...` -> ("s768-up", 768, None)."""
+    match = SHORT_CLASS.match(bin_name)
+    if not match:
+        raise ValueError(f"bin name {bin_name!r} does not start with s<low>-<high|up>")
+    high = None if match.group(2) == "up" else int(match.group(2))
+    return f"s{match.group(1)}-{match.group(2)}", int(match.group(1)), high
+
+
+def resolution_bars(
+    short_sides: np.ndarray, bins: list[str], sources: list[str]
+) -> list[ResolutionBar]:
+    """Kept images per short-side class of their own bin ([N] short sides, bin names and
+    sources), one bar per class, drawn over exactly the sizes the class holds: the class
+    starting at 0 begins at its smallest image (a log axis has no 0), the open one ends past
+    its largest."""
+    classes: dict[str, tuple[int, int | None, list[int]]] = {}  # name -> low, high, rows
+    for row, bin_name in enumerate(bins):
+        name, low, high = short_side_class(bin_name)
+        classes.setdefault(name, (low, high, []))[2].append(row)
+    bars = []
+    for name in sorted(classes, key=lambda n: classes[n][0]):
+        low, high, members = classes[name]
+        sizes = [int(short_sides[i]) for i in members]
+        left = float(low) if low > 0 else max(1.0, 0.9 * min(sizes))
+        right = float(high + 1) if high is not None else float(max(2 * low, max(sizes) + 1))
+        bars.append(
+            ResolutionBar(
+                name=name,
+                low=low,
+                high=high,
+                images=dict(sorted(Counter(sources[i] for i in members).items())),
+                left=left,
+                right=right,
+            )
+        )
+    return bars
+
+
+def resolution_figure(bars: list[ResolutionBar], title: str = "Resolution of kept images"):
+    """Stacked bars per source, each bar one short-side class of the bins, its name above it."""
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter  # with pyplot
+
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    axis.set_xscale("log")
+    sources = sorted({s for bar in bars for s in bar.images})
+    bottoms = [0] * len(bars)
+    for source in sources:
+        heights = [bar.images.get(source, 0) for bar in bars]
+        axis.bar(
+            [bar.left for bar in bars],
+            heights,
+            width=[bar.right - bar.left for bar in bars],
+            bottom=bottoms,
+            align="edge",
+            edgecolor="white",
+            linewidth=0.8,
+            label=source,
+        )
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for bar, total in zip(bars, bottoms, strict=True):
+        centre = (bar.left * bar.right) ** 0.5  # the middle of the bar on a log axis
+        axis.annotate(
+            bar.name,
+            (centre, total),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    if bars:  # plain numbers at the classes' edges, not 10^2
+        edges = sorted({bar.low for bar in bars if bar.low > 0}) or [round(bars[0].left)]
+        axis.xaxis.set_major_locator(FixedLocator(edges))
+        axis.xaxis.set_minor_locator(NullLocator())
+        axis.xaxis.set_major_formatter(ScalarFormatter())
+        axis.set_xlim(bars[0].left * 0.9, bars[-1].right * 1.1)
+        axis.set_ylim(0, max(bottoms) * 1.15 + 1)
+        axis.legend(fontsize=7, ncol=2)
+    axis.set_xlabel("short side (px); each bar is one short-side class of the resolution bins")
+    axis.set_ylabel("images")
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure
 
 
 def _display_8bit(image: np.ndarray) -> np.ndarray:
@@ -345,20 +420,17 @@ def _figures(dataset: Path, out: Path, numbers: dict, config: ReportConfig) -> N
     }
     short = np.minimum(np.array(kept["width"]), np.array(kept["height"]))
     entropy = np.array([e if e is not None else np.nan for e in kept["entropy"]], dtype=float)
-    _histogram(
-        out / "resolution_hist.png",
-        {s: short[i] for s, i in by_source.items()},
-        "short side (px); dashed: resolution bin edges",
-        "Resolution of kept images",
-        True,
-        short_side_edges([b["bin"] for b in numbers["bins"]]),
-    )
+    bars = resolution_bars(short, kept["res_bin"], kept["source"])
+    numbers["resolution_bars"] = [asdict(bar) for bar in bars]
+    plt = _pyplot()
+    figure = resolution_figure(bars)
+    save_figure(figure, out / "resolution_hist.png")
+    plt.close(figure)
     _histogram(
         out / "entropy_hist.png",
         {s: entropy[i][~np.isnan(entropy[i])] for s, i in by_source.items()},
         "entropy of the 8-bit view (bits)",
         "Entropy of kept images",
-        False,
     )
     numbers["sample_grid_images"] = sample_grid(
         dataset, out / "sample_grid.png", config.grid_samples, config.seed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ STANDARD_EXCLUDES: tuple[tuple[str, str], ...] = (
     ("mask file (*_pixels0)", "**/*_pixels0.*"),
     ("label folder", "**/{label,labels,annotation,annotations,annotated_thermal_8_bit}/**"),
 )
+
+
+NOT_YAML_KEYS = ("path", "folder_source")  # Manifest fields a manifest file cannot set
+# Fields no catalog row depends on: left out of a source's signature, so a change to them (or
+# their arrival in a newer toolkit) does not redo the source's finished chunks.
+NOT_SIGNED = ("path", "folder_source", "license_link")
+
+# A folder source describes itself in a small file at its root (or on the command line:
+# --source-name/--source-license/--source-citation ID=TEXT, which win over the file).
+FOLDER_FACTS_FILES = ("inf590k-source.yaml", "inf590k-source.yml", "inf590k-source.json")
+FOLDER_FACT_KEYS = ("name", "license", "citation", "homepage", "license_link")
+FOLDER_FACTS_MAX_BYTES = 64 << 10
 
 
 class ManifestError(ValueError):
@@ -77,7 +90,9 @@ class Manifest:
     channel_policy: str = "grey"
     tags: tuple[str, ...] = ()
     notes: str = ""
+    license_link: str = ""  # a URL of the licence text, where the licence's name has none
     path: str = ""  # the YAML file it came from
+    folder_source: bool = False  # `folder` / `folder:NAME`: the built-in rules, not a YAML file
 
     def excluded_by(self, relpath: str) -> str | None:
         """Name of the first exclude rule matching `relpath`, or None."""
@@ -203,7 +218,7 @@ def manifest_from_dict(data: Any, path: str = "<manifest>") -> Manifest:
     """Validate a parsed YAML mapping into a Manifest; errors name the file, key and fix."""
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: a manifest must be a YAML mapping of keys (id, name, include, ...)")
-    known = {f.name for f in fields(Manifest)} - {"path"}
+    known = {f.name for f in fields(Manifest)} - set(NOT_YAML_KEYS)
     unknown = sorted(set(data) - known)
     if unknown:
         raise _fail(path, unknown[0], "is not a manifest key", f"use one of: {', '.join(sorted(known))}")
@@ -247,6 +262,7 @@ def manifest_from_dict(data: Any, path: str = "<manifest>") -> Manifest:
         channel_policy=policy,
         tags=_as_str_tuple(data.get("tags"), path, "tags"),
         notes=str(data.get("notes") or ""),
+        license_link=str(data.get("license_link") or ""),
         path=path,
     )
 
@@ -265,16 +281,23 @@ def load_manifest_file(path: Path) -> Manifest:
 
 
 FOLDER_SOURCE_NAME = "Self-collected folder"  # `folder` and every `folder:NAME` source
+FOLDER_LICENSE = "user-provided"  # a folder source's licence until its facts say one
 
 
 def is_folder_source(name: str) -> bool:
-    """Whether a source, by its manifest (or recorded) name, is `folder` or `folder:NAME`."""
+    """Whether a source, by its default (or recorded) name, is `folder` or `folder:NAME`."""
     return name.startswith(FOLDER_SOURCE_NAME)
 
 
-def source_option(source_id: str, name: str, root: str) -> str:
-    """The `--source` value that ingests a recorded source again (`folder:NAME=` for folders)."""
-    if is_folder_source(name) and source_id != "folder":
+def source_option(source_id: str, recorded: Mapping[str, Any] | str, root: str) -> str:
+    """The `--source` value that ingests a recorded source again (`folder:NAME=` for folders).
+
+    `recorded`: the build's record of the source (or its name, as earlier builds kept it)."""
+    if isinstance(recorded, str):
+        folder = is_folder_source(recorded)
+    else:
+        folder = bool(recorded.get("folder_source")) or is_folder_source(recorded.get("name", ""))
+    if folder and source_id != "folder":
         return f"folder:{source_id}={root}"
     return f"{source_id}={root}"
 
@@ -284,11 +307,83 @@ def folder_manifest() -> Manifest:
     return Manifest(
         id="folder",
         name=FOLDER_SOURCE_NAME,
-        license="user-provided",
+        license=FOLDER_LICENSE,
         include=tuple(f"**/*{ext}" for ext in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS),
         exclude=tuple(ExcludeRule(name, pattern) for name, pattern in STANDARD_EXCLUDES),
         notes="Any folder of infrared images; visible halves, masks and labels are excluded.",
+        folder_source=True,
     )
+
+
+def folder_source_id(source_id: str) -> str:
+    """The id of `--source folder:NAME=...`: NAME with `-` as `_` (ids join file names with `-`)."""
+    return source_id.split(":", 1)[1].replace("-", "_") if source_id.startswith("folder:") else source_id
+
+
+def renamed_folder_note(source_id: str) -> str:
+    """A one-line note when `folder:NAME` gets another id than NAME ('' when it keeps it)."""
+    if not source_id.startswith("folder:"):
+        return ""
+    name, final = source_id.split(":", 1)[1], folder_source_id(source_id)
+    if name == final:
+        return ""
+    return (
+        f"note: source {source_id} is named {final!r} (ids use _ where NAME has -: shard and "
+        "file names join parts with -)"
+    )
+
+
+def check_folder_facts(data: Any, where: str) -> dict[str, str]:
+    """A folder source's facts: a mapping of FOLDER_FACT_KEYS to non-empty one-line strings
+    (a citation may span lines)."""
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"{where}: must be a mapping, e.g. `name: VIFB` and `license: CC-BY-4.0`. "
+            f"Fix: use the keys {', '.join(FOLDER_FACT_KEYS)}"
+        )
+    facts = {}
+    for key, value in data.items():
+        if key not in FOLDER_FACT_KEYS:
+            raise _fail(where, str(key), "is not a key of a folder source", f"use one of: {', '.join(FOLDER_FACT_KEYS)}")
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(where, key, f"{value!r} is not text", f"write `{key}: ...` as a non-empty string")
+        if key != "citation" and "\n" in value.strip():
+            raise _fail(where, key, "spans several lines", "write it on one line")
+        facts[key] = " ".join(value.split()) if key != "citation" else value.strip()
+    return facts
+
+
+def read_folder_facts(root: Path) -> tuple[dict[str, str], str]:
+    """The facts in a folder source's description file at its root, and the file's name
+    ({} and "" without one, or when the source is an archive). YAML or JSON; a link is not
+    followed, a file over 64 KiB is refused."""
+    root = Path(root)
+    if not root.is_dir():  # an archive: the command line describes it
+        return {}, ""
+    for filename in FOLDER_FACTS_FILES:
+        path = root / filename
+        if path.is_symlink():
+            raise ManifestError(f"{path}: a symbolic link; write the file itself there")
+        if not path.is_file():
+            continue
+        if path.stat().st_size > FOLDER_FACTS_MAX_BYTES:
+            raise ManifestError(f"{path}: over 64 KiB; a folder source's description is a few lines")
+        try:
+            data = yaml.safe_load(path.read_text())  # JSON is YAML
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ManifestError(f"{path}: not valid YAML or JSON ({str(err).splitlines()[0]}). Fix the syntax there") from None
+        return check_folder_facts(data, str(path)), filename
+    return {}, ""
+
+
+def with_folder_facts(manifest: Manifest, facts: Mapping[str, str], filename: str = "") -> Manifest:
+    """A folder source's manifest with its own name, licence, citation and links; its
+    description file (`filename`) gets an excluded row saying what it is."""
+    changes: dict[str, Any] = dict(facts)
+    if filename:
+        rule = ExcludeRule(f"folder source description ({filename})", filename)
+        changes["exclude"] = (rule, *manifest.exclude)
+    return replace(manifest, **changes)
 
 
 def builtin_manifests(directory: Path = MANIFEST_DIR) -> dict[str, Manifest]:
@@ -319,7 +414,7 @@ def resolve_manifests(extra_files: tuple[Path, ...] = ()) -> dict[str, Manifest]
 def manifest_for_source(source_id: str, manifests: dict[str, Manifest]) -> Manifest:
     """The manifest of `--source ID=PATH`; `folder:NAME` is a folder source with its own id."""
     if source_id.startswith("folder:"):
-        name = source_id.split(":", 1)[1].replace("-", "_")  # ids join file names with "-"
+        name = folder_source_id(source_id)
         if not ID_PATTERN.match(name):
             raise ManifestError(
                 f"source {source_id!r}: NAME must use lower-case letters, digits, - and _"

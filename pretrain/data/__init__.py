@@ -19,7 +19,13 @@ from pretrain.data.index import (
     resolve_data,
     shard_key,
 )
-from pretrain.data.loader import StreamTracker, loader_for, make_loader, mixture_for
+from pretrain.data.loader import (
+    StreamTracker,
+    loader_for,
+    make_loader,
+    mixture_for,
+    usable_cores,
+)
 from pretrain.data.mixture import (
     Mixture,
     add_counts,
@@ -92,4 +98,5 @@ __all__ = [
     "shares",
     "stretch_range",
     "to_uint8",
+    "usable_cores",
 ]

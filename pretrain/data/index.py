@@ -345,17 +345,20 @@ def expected_lengths(info: DatasetInfo | None) -> dict[str, int]:
     return {shard_key(u): n for u, n in zip(info.filenames, info.shard_lengths, strict=True)}
 
 
-def epoch_length(config: DataConfig, info: DatasetInfo | None, world_size: int) -> int | None:
+def epoch_length(
+    config: DataConfig, info: DatasetInfo | None, world_size: int, workers: int | None = None
+) -> int | None:
     """Samples one epoch reads across ranks: --samples-per-epoch, else the selected shards'
     samples; without --resampled, each of the world_size x workers shares reads an equal
-    window of ceil(samples / shares), so the remainder's padding counts too."""
+    window of ceil(samples / shares), so the remainder's padding counts too. `workers`: the
+    loader processes per rank (default --workers)."""
     if config.samples_per_epoch:
         return config.samples_per_epoch
     if info is None:
         return None
     if config.resampled or len(info.shard_lengths) != len(info.filenames):
         return info.num_samples
-    shares = world_size * max(1, config.workers)
+    shares = world_size * max(1, config.workers if workers is None else workers)
     return shares * -(-info.num_samples // shares)
 
 

@@ -5,6 +5,7 @@ one line, and the tracker of each worker's position (what a checkpoint saves).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +25,29 @@ from pretrain.data.stream import ShardStream, WorkerFailure, WorkerPosition, _se
 log = logging.getLogger(__name__)
 
 HEAD = 6  # position fields before the per-label counts (see ShardStream)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, as torch's DataLoader counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int) -> int:
+    """`--workers`, capped at the usable cores with a one-line note: more loader processes
+    than cores only compete for them (and torch warns about it at every epoch)."""
+    cores = usable_cores()
+    if requested <= cores:
+        return requested
+    log.warning(
+        "--workers %d: this machine lets the process use %d cores, so %d loader processes are used",
+        requested,
+        cores,
+        cores,
+    )
+    return cores
+
 
 class StreamLoader(torch.utils.data.DataLoader):
     """DataLoader whose workers' errors reach the caller as with `--workers 0`: one line."""
@@ -125,14 +149,17 @@ def loader_for(
     resume_state: dict[str, Any] | None = None,
     urls: list[str] | None = None,
     info: DatasetInfo | None = None,
+    exclude: frozenset[str] = frozenset(),
     mixture: Mixture | None = None,
 ) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
-    """The process's DataLoader and the tracker that must see each batch it consumes.
-    `mixture`: the sampling weights (default: planned from `config.mix` / `config.mix_bin`)."""
+    """The process's DataLoader and the tracker that must see each batch it consumes;
+    samples whose key is in `exclude` (the held-out set) are passed over. `mixture`: the
+    sampling weights (default: planned from `config.mix` / `config.mix_bin`)."""
     urls = urls if urls is not None else expand_shard_urls(config.shards, config.split, config)
     if mixture is None:
         mixture = mixture_for(config, urls, info)
-    num_workers = max(1, config.workers)
+    workers = loader_workers(config.workers)
+    num_workers = max(1, workers)
     positions, batches = None, 0
     if resume_state and resume_state.get("num_workers") == num_workers:
         positions, batches = resume_state["positions"], int(resume_state["batches"])
@@ -157,9 +184,10 @@ def loader_for(
         positions=[dict(p) for p in tracker.positions],
         shard_lengths=expected_lengths(info),
         shard_sums=dict(info.sums) if info is not None else {},
+        exclude=exclude,
         mixture=mixture,
     )
-    return make_loader(stream, config.workers, pin_memory), tracker
+    return make_loader(stream, workers, pin_memory), tracker
 
 
 def mixture_for(config: DataConfig, urls: list[str], info: DatasetInfo | None) -> Mixture:

@@ -100,6 +100,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     positions: list[dict[str, int]] = field(default_factory=list)  # per logical worker
     shard_lengths: dict[str, int] = field(default_factory=dict)  # shard_key(url) -> samples
     shard_sums: dict[str, str] = field(default_factory=dict)  # shard_key(url) -> sha256
+    exclude: frozenset[str] = frozenset()  # sample keys (uids) held out: never trained on
     mixture: Mixture | None = None  # weights and counted labels (None: natural, bins counted)
 
     def __post_init__(self) -> None:
@@ -363,6 +364,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                 if offset < start:  # resume: replay bytes up to the saved offset, no decoding
                     continue
                 stats.offset = offset + 1
+                if sample.get("__key__") in self.exclude:  # the validation set's
+                    continue
                 rng = np.random.default_rng(
                     [self.seed, self.rank, worker, stats.pass_index, offset]
                 )

@@ -5,8 +5,10 @@ After `import pretrain`, the hierarchical encoders are timm models:
     timm.create_model("dugi_mae_base", pretrained=True,
                       pretrained_cfg_overlay=dict(file=path), features_only=True)
 
-gives the four maps at H/4, H/8, H/16, H/32 for an FPN, and a plain-ViT export loads into
-timm's own VisionTransformer:
+gives the four maps at H/4, H/8, H/16, H/32 for an FPN; its `pretrained_cfg` takes the
+licence, input size and normalisation the export's config.json beside `path` records. A
+plain-ViT export loads into timm's own VisionTransformer (whose entry point does not read
+config.json: pass `license` in the overlay, or use `local-dir:`):
 
     timm.create_model("vit_base_patch16_224", pretrained=True,
                       pretrained_cfg_overlay=dict(file=path), in_chans=1, num_classes=0)
@@ -67,7 +69,42 @@ default_cfgs = generate_default_cfgs(
 )
 
 
+# pretrained_cfg keys an export's config.json gives a model loaded from its weights file.
+EXPORT_CFG_KEYS = ("license", "input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def export_cfg_overlay(weights_file: str | Path) -> dict[str, Any]:
+    """What the export beside `weights_file` records about its weights (licence, input size,
+    normalisation), from its config.json; {} when the file is not in an export of ours."""
+    config_path = Path(weights_file).parent / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict) or "pretraining_config" not in config:
+        return {}
+    recorded = config.get("pretrained_cfg")
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        key: tuple(value) if isinstance(value, list) else value
+        for key, value in recorded.items()
+        if key in EXPORT_CFG_KEYS
+    }
+
+
+def _with_export_cfg(pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`pretrained_cfg_overlay=dict(file=WEIGHTS)` of an export: its recorded licence (and
+    size, normalisation) join the overlay, so `pretrained_cfg` describes those weights, not
+    the bare architecture; keys the caller gives win."""
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if not pretrained or not isinstance(overlay, dict) or not overlay.get("file"):
+        return kwargs
+    return dict(kwargs, pretrained_cfg_overlay={**export_cfg_overlay(overlay["file"]), **overlay})
+
+
 def _create_hierarchical(variant: str, pretrained: bool, **kwargs: Any) -> HierarchicalEncoder:
+    kwargs = _with_export_cfg(pretrained, kwargs)
     size = variant.rsplit("_", 1)[-1]
     preset = encoder_preset("hierarchical", size)
     model_args: dict[str, Any] = dict(
@@ -134,6 +171,34 @@ def feature_lines(config: ModelConfig | dict[str, Any], stage3: str = "fused") -
     return [
         "`features_only=True`: F1 (H/4) and F2 (H/8) are the conv stages' outputs; " + f3,
         "F4 (H/32) is F3 max-pooled by 2. `forward_features` returns F3's tokens [N, L, C].",
+    ]
+
+
+def loading_lines(architecture: str, folder: str | Path) -> list[str]:
+    """The export card's Python snippet: load the weights in `folder` (timm `architecture`)
+    the way the README shows it, and read their licence back from `pretrained_cfg`."""
+    folder = Path(folder).as_posix()
+    if architecture.startswith("vit_"):  # timm's own ViT: `local-dir:` reads config.json
+        return [
+            "```python",
+            "import timm",
+            "",
+            f'encoder = timm.create_model("local-dir:{folder}", pretrained=True)',
+            'print(encoder.pretrained_cfg["license"])  # the weights\' licence, from config.json',
+            "tokens = encoder.forward_features(images)  # [N, 1, H, W] -> [N, 1 + L, C]",
+            "```",
+        ]
+    return [
+        "```python",
+        "import timm",
+        "",
+        "import pretrain  # from the inf590k toolkit: registers the DuGI-MAE encoders with timm",
+        "",
+        f'backbone = timm.create_model("{architecture}", pretrained=True, features_only=True,',
+        f'                             pretrained_cfg_overlay=dict(file="{folder}/{WEIGHTS_FILE}"))',
+        'print(backbone.pretrained_cfg["license"])  # the weights\' licence, from config.json',
+        "features = backbone(images)  # [N, 1, H, W] -> 4 maps at H/4, H/8, H/16, H/32",
+        "```",
     ]
 
 

@@ -10,13 +10,16 @@ from pretrain.models.configs import build_config
 from pretrain.models.mae import MODEL_PARTS, MaskedAutoencoder
 
 
-def model_info(name: str, image_size: int = 224, in_chans: int = 1) -> dict[str, Any]:
-    """Parameters and forward FLOPs of one image, per part (encoder, ddg, decoder) and in total.
+def model_info(name: str, image_size: int | None = None, in_chans: int = 1) -> dict[str, Any]:
+    """Parameters and forward FLOPs of one image, per part (encoder, ddg, decoder) and in total,
+    at `image_size` (default: the model's pretraining size, 64 for the tiny models).
 
     The FLOPs are those a pretraining step executes (masked input: the encoder computes only
     what the loss can see). Built on the meta device: nothing is allocated, so large models are
     cheap to inspect.
     """
+    if image_size is None:
+        image_size = build_config(name).image_hw[0]
     if image_size <= 0:
         raise ValueError(f"image_size={image_size} must be a positive multiple of 16")
     config = build_config(name, img_size=image_size, in_chans=in_chans)

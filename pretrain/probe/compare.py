@@ -23,18 +23,15 @@ import json
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pretrain.models.reference import encoder_folder
 from pretrain.probe.config import TASKS, ProbeConfig, probe_layout
-from pretrain.probe.detect_data import DetectionSet
+from pretrain.probe.detect_samples import DetectionSet
 from pretrain.probe.head import SCRATCH, EncoderSpec, encoder_spec, read_export, scratch_like
-from pretrain.probe.results import (
-    results_chart,
-    results_markdown,
-)
+from pretrain.probe.results import paired_difference, results_chart, results_markdown, spread
 from pretrain.probe.run import (
     METRICS_FILE,
     ProbeData,
@@ -413,40 +410,6 @@ def run_eval(config: EvalConfig, log: Callable[[str], None] = print) -> EvalSumm
     return EvalSummary(results, config.out)
 
 
-def spread(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample std (None for one value) of a metric over seeds."""
-    return dict(
-        mean=statistics.fmean(values),
-        std=statistics.stdev(values) if len(values) > 1 else None,
-        n=len(values),
-    )
-
-
-def paired_difference(
-    values: Mapping[int, float], baseline: Mapping[int, float]
-) -> dict[str, Any] | None:
-    """Seed-by-seed differences to the baseline: mean, std, how many agree in sign, and
-    whether the difference is inside the seeds' spread, in words."""
-    seeds = sorted(set(values) & set(baseline))
-    if not seeds:
-        return None
-    diffs = [values[s] - baseline[s] for s in seeds]
-    mean = statistics.fmean(diffs)
-    std = statistics.stdev(diffs) if len(diffs) > 1 else None
-    agree = sum(1 for d in diffs if d * mean > 0)
-    if std is None:
-        inside, words = None, "one seed: no spread to judge the difference by"
-    elif abs(mean) <= std:
-        inside, words = True, "inside the seeds' spread: these runs cannot tell the two apart"
-    else:
-        inside = False
-        words = (
-            f"{'above' if mean > 0 else 'below'} it by more than the seeds' spread "
-            f"({agree} of {len(diffs)} seeds agree)"
-        )
-    return dict(mean=mean, std=std, n=len(diffs), agree=agree, inside_spread=inside, verdict=words)
-
-
 def _values(cells: Sequence[Cell], arm: str, encoder: str, key: str) -> dict[int, float]:
     return {
         c.seed: float(c.metrics[key])
@@ -503,15 +466,7 @@ def aggregate(
         columns=[dict(key=k, title=t, scale=s) for k, t, s in COLUMNS[config.task]],
         arms=arms,
         cells=[
-            dict(
-                arm=c.arm,
-                encoder=c.encoder,
-                seed=c.seed,
-                seconds=c.seconds,
-                out=str(c.out),
-                ran=c.ran,
-                metrics=dict(c.metrics),
-            )
+            {**asdict(c), "out": str(c.out), "metrics": dict(c.metrics)}
             for c in cells
         ],
         timing=dict(

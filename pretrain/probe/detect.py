@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from pretrain.probe.config import ProbeConfig
 from pretrain.probe.datasets import ProbeDataError, read_grey
-from pretrain.probe.detect_data import DetectionSample, DetectionSet
 from pretrain.probe.detect_images import DetectionImages, collate_detections
 from pretrain.probe.detect_metrics import coco_ground_truth, coco_metrics, detections_of
+from pretrain.probe.detect_samples import DetectionSample, DetectionSet
 from pretrain.probe.detector import build_detector, freeze_encoder
 from pretrain.probe.head import EncoderSpec, build_backbone
 from pretrain.probe.optim import ProbeOptimiser

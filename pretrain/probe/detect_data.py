@@ -29,17 +29,20 @@ file that cannot be a dataset at all (no JSON object, duplicate ids) is a one-li
 from __future__ import annotations
 
 import json
-import math
 import xml.etree.ElementTree as ET
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from pretrain.probe.datasets import IMAGE_SUFFIXES, ProbeDataError, seeded_split
+from pretrain.probe.detect_samples import (
+    DetectionSample,
+    DetectionSet,
+    SkipCounts,
+    checked_box,
+    image_size,
+)
 from pretrain.probe.splits import Split, apply_split, check_sets
 
 DETECT_LAYOUTS = ("m3fd", "flir_adas_v2", "coco")
@@ -48,89 +51,6 @@ MAX_SEARCH_DEPTH = 3  # folders below --data searched for the layout's folders
 FLIR_SPLITS = (("train", "images_thermal_train"), ("test", "images_thermal_val"))
 TRAIN_WORDS = ("train",)
 TEST_WORDS = ("test", "val")
-
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels, x1 > x0 and y1 > y0
-
-
-@dataclass(frozen=True)
-class DetectionSample:
-    """One image and its boxes (labels 1..K; 0 is the background of torchvision's models)."""
-
-    name: str
-    image: Path
-    width: int
-    height: int
-    boxes: tuple[Box, ...]
-    labels: tuple[int, ...]
-    # COCO `segmentation` of each box (polygons or RLE), where the data has masks
-    segmentations: tuple[Any, ...] | None = None
-
-
-@dataclass(frozen=True)
-class DetectionSet:
-    """Train and test samples of one detection set, its classes, and what was left out."""
-
-    layout: str
-    root: Path
-    classes: tuple[str, ...]  # label k is classes[k - 1]
-    train: tuple[DetectionSample, ...]
-    test: tuple[DetectionSample, ...]
-    split_source: str
-    skipped: Mapping[str, int] = field(default_factory=dict)  # reason -> count
-
-    @property
-    def has_masks(self) -> bool:
-        """Every box of the set has a segmentation (Mask R-CNN trains on them)."""
-        samples = self.train + self.test
-        return any(s.boxes for s in samples) and all(s.segmentations is not None for s in samples)
-
-    @property
-    def test_boxes(self) -> int:
-        return sum(len(s.boxes) for s in self.test)
-
-    def skipped_text(self) -> str:
-        """`3 box outside the image, 1 image without annotation`, or `nothing`."""
-        if not self.skipped:
-            return "nothing"
-        return ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
-
-    def split(self) -> Split:
-        return Split(
-            tuple(s.name for s in self.train), tuple(s.name for s in self.test), self.split_source
-        )
-
-
-class _Skips(Counter):
-    def add(self, reason: str, count: int = 1) -> None:
-        if count:
-            self[reason] += count
-
-
-# --------------------------------------------------------------------------- boxes
-
-
-def checked_box(
-    x0: float, y0: float, x1: float, y1: float, width: int, height: int, skips: _Skips
-) -> Box | None:
-    """The box clipped to the image, or None (counted) when it has no area inside it."""
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-        skips.add("box of zero area")
-        return None
-    clipped = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
-    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-        skips.add("box outside the image")
-        return None
-    return clipped
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header, or None for a file that is no image."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-
 
 # --------------------------------------------------------------------------- finding folders
 
@@ -167,7 +87,7 @@ def _images_in(folder: Path) -> dict[str, Path]:
 # --------------------------------------------------------------------------- M3FD (VOC XML)
 
 
-def _voc_objects(path: Path, skips: _Skips) -> list[tuple[str, tuple[float, ...]]] | None:
+def _voc_objects(path: Path, skips: SkipCounts) -> list[tuple[str, tuple[float, ...]]] | None:
     """(class name, (xmin, ymin, xmax, ymax)) of a VOC file; None if it cannot be read."""
     try:
         root = ET.parse(path).getroot()  # expat >= 2.4 limits entity expansion
@@ -187,7 +107,7 @@ def _voc_objects(path: Path, skips: _Skips) -> list[tuple[str, tuple[float, ...]
     return objects
 
 
-def _read_m3fd(data: Path, skips: _Skips) -> tuple[Path, tuple[str, ...], list[DetectionSample]]:
+def _read_m3fd(data: Path, skips: SkipCounts) -> tuple[Path, tuple[str, ...], list[DetectionSample]]:
     for folder in _walk_dirs(data):
         images, labels = _child(folder, "ir"), _child(folder, "annotation")
         if images is not None and labels is not None:
@@ -309,7 +229,7 @@ def _coco_box(annotation: dict) -> tuple[float, float, float, float] | None:
 
 
 def _coco_samples(
-    coco: _CocoFile, root: Path, categories: Mapping[int, int], skips: _Skips
+    coco: _CocoFile, root: Path, categories: Mapping[int, int], skips: SkipCounts
 ) -> list[DetectionSample]:
     """Samples of one COCO file; `categories` maps its category ids to labels."""
     by_image: dict[Any, list[dict]] = {}
@@ -416,7 +336,7 @@ class _Read:
 
 
 def _read_coco_set(
-    root: Path, files_by_split: Mapping[str, list[_CocoFile]], source: str, skips: _Skips
+    root: Path, files_by_split: Mapping[str, list[_CocoFile]], source: str, skips: SkipCounts
 ) -> _Read:
     classes, labels = _coco_classes([c for files in files_by_split.values() for c in files])
     samples = {
@@ -426,7 +346,7 @@ def _read_coco_set(
     return _Read(root, classes, samples, source)
 
 
-def _read_flir(data: Path, skips: _Skips) -> _Read:
+def _read_flir(data: Path, skips: SkipCounts) -> _Read:
     for folder in _walk_dirs(data):
         if all((folder / name / "coco.json").is_file() for _, name in FLIR_SPLITS):
             files = {
@@ -440,7 +360,7 @@ def _read_flir(data: Path, skips: _Skips) -> _Read:
     )
 
 
-def _read_coco(data: Path, skips: _Skips) -> _Read:
+def _read_coco(data: Path, skips: SkipCounts) -> _Read:
     files = _coco_files(data)
     by_word: dict[str, list[_CocoFile]] = {}
     for coco in files:
@@ -465,7 +385,7 @@ def _read_coco(data: Path, skips: _Skips) -> _Read:
 
 
 def _split_samples(
-    layout: str, read: _Read, seed: int, split: Split | None, skips: _Skips
+    layout: str, read: _Read, seed: int, split: Split | None, skips: SkipCounts
 ) -> DetectionSet:
     by_name: dict[str, DetectionSample] = {}
     for sample in (s for samples in read.samples.values() for s in samples):
@@ -513,7 +433,7 @@ def read_detection_layout(
     data = Path(data)
     if not data.is_dir():
         raise ProbeDataError(f"--data {data} is not a folder: point it at the dataset folder")
-    skips = _Skips()
+    skips = SkipCounts()
     if layout == "m3fd":
         root, classes, samples = _read_m3fd(data, skips)
         read = _Read(root, classes, {"all": samples}, "")

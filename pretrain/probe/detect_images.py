@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pretrain.probe.datasets import ProbeDataError, read_grey
-from pretrain.probe.detect_data import DetectionSample
+from pretrain.probe.detect_samples import DetectionSample
 
 
 def sample_masks(sample: DetectionSample) -> torch.Tensor:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.probe.detect_data import DetectionSample
 from pretrain.probe.detect_images import sample_masks
+from pretrain.probe.detect_samples import DetectionSample
 
 # COCOeval.stats rows and our names for them (maxDets 100, all areas unless named)
 STAT_NAMES = ("map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")

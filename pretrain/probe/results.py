@@ -5,11 +5,47 @@ the paper's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Mean and sample std (None for one value) of a metric over seeds."""
+    return dict(
+        mean=statistics.fmean(values),
+        std=statistics.stdev(values) if len(values) > 1 else None,
+        n=len(values),
+    )
+
+
+def paired_difference(
+    values: Mapping[int, float], baseline: Mapping[int, float]
+) -> dict[str, Any] | None:
+    """Seed-by-seed differences to the baseline: mean, std, how many agree in sign, and
+    whether the difference is inside the seeds' spread, in words."""
+    seeds = sorted(set(values) & set(baseline))
+    if not seeds:
+        return None
+    diffs = [values[s] - baseline[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    std = statistics.stdev(diffs) if len(diffs) > 1 else None
+    agree = sum(1 for d in diffs if d * mean > 0)
+    if std is None:
+        inside, words = None, "one seed: no spread to judge the difference by"
+    elif abs(mean) <= std:
+        inside, words = True, "inside the seeds' spread: these runs cannot tell the two apart"
+    else:
+        inside = False
+        words = (
+            f"{'above' if mean > 0 else 'below'} it by more than the seeds' spread "
+            f"({agree} of {len(diffs)} seeds agree)"
+        )
+    return dict(mean=mean, std=std, n=len(diffs), agree=agree, inside_spread=inside, verdict=words)
+
 
 
 def _cell(entry: Mapping[str, Any] | None, scale: float, signed: bool = False) -> str:

@@ -42,7 +42,8 @@ from pretrain.probe.datasets import (
     read_layout,
 )
 from pretrain.probe.detect import train_and_evaluate_detector
-from pretrain.probe.detect_data import DetectionSet, read_detection_layout
+from pretrain.probe.detect_data import read_detection_layout
+from pretrain.probe.detect_samples import DetectionSet
 from pretrain.probe.head import (
     SCRATCH,
     EncoderSpec,

@@ -19,7 +19,7 @@ from pretrain.models import create_model
 from pretrain.runs import RunExistsError, TrainingDiverged
 from pretrain.schedule import build_optimizer, plan_schedule
 from pretrain.train import pretrain
-from pretrain.visualize import GAP, HEADER
+from pretrain.visualize import GAP, HEADER, ROW_LABEL
 from tests.shardkit import closed_port, corrupt_copy, make_dataset, serve_folder
 
 
@@ -354,8 +354,10 @@ def test_visualize_and_export_a_checkpoint(dataset, tmp_path, ir_samples):
     import cv2
 
     grid = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
-    assert grid.shape == (HEADER + 256, 4 * 256 + 3 * GAP)  # 64-px crops drawn 4x, 4 columns
-    assert grid[HEADER:, :256].std() > 1  # the real image, not a blank tile
+    # 64-px crops drawn 4x, 4 columns, under a band naming the image
+    assert grid.shape == (HEADER + ROW_LABEL + 256, 4 * 256 + 3 * GAP)
+    assert grid[HEADER + ROW_LABEL :, :256].std() > 1  # the real image, not a blank tile
+    assert grid[HEADER : HEADER + ROW_LABEL].min() < 128  # the image's name
 
     folder = export_checkpoint(run.checkpoint, tmp_path / "export")
     from safetensors.torch import load_file

@@ -72,10 +72,44 @@ def write_report(
     return report
 
 
+CAPTION_LINES = 3  # group and decision, source, file name
+CAPTION_LINE_PX = 13
+CAPTION_SCALE = 0.35
+
+
+def member_caption(group: int, member: dict, relpath: str, width: int) -> tuple[str, str, str]:
+    """The three caption lines under a thumbnail: "g3 kept" / "g3 d=6" (pHash distance to the
+    kept image; "exact" for the same pixels), the source id, and the file name, cut from the
+    left to fit `width` px (the end of a name tells files apart)."""
+    if member["kept"]:
+        decision = "kept"
+    elif member.get("exact"):
+        decision = "exact copy"
+    else:
+        decision = f"d={member['phash_distance_to_kept']}"
+    return (
+        f"g{group} {decision}",
+        fit_text(str(member["source"]), width),
+        fit_text(relpath.rsplit("/", 1)[-1] or relpath, width),
+    )
+
+
+def fit_text(text: str, width: int) -> str:
+    """`text` (ASCII, as OpenCV's fonts draw it) cut from the left with ".." to fit `width` px."""
+    text = text.encode("ascii", "replace").decode()
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    if cv2.getTextSize(text, font, CAPTION_SCALE, 1)[0][0] <= width:
+        return text
+    while len(text) > 1 and cv2.getTextSize(".." + text, font, CAPTION_SCALE, 1)[0][0] > width:
+        text = text[1:]
+    return ".." + text
+
+
 def write_contact_sheet(
     path: Path, build: Path, report: dict, max_groups: int, thumb: int = 112
 ) -> Path | None:
-    """A PNG with one row per largest group: the kept image first, distances underneath."""
+    """A PNG with one row per largest group: the kept image first; under each image its group
+    and decision (kept, or the pHash distance to the kept one), source and file name."""
 
     largest = sorted(report["groups"], key=lambda g: (-len(g["members"]), g["group"]))[:max_groups]
     if not largest:
@@ -85,7 +119,8 @@ def write_contact_sheet(
     table = table.filter(pa.compute.is_in(table.column("uid"), pa.array(sorted(uids))))
     by_uid = {row["uid"]: row for row in table.to_pylist()}
     columns = min(8, max(len(g["members"]) for g in largest))
-    sheet = np.full((len(largest) * (thumb + 18), columns * (thumb + 4)), 255, dtype=np.uint8)
+    row_h = thumb + 6 + CAPTION_LINES * CAPTION_LINE_PX
+    sheet = np.full((len(largest) * row_h, columns * (thumb + 4)), 255, dtype=np.uint8)
     for r, group in enumerate(largest):
         for c, member in enumerate(group["members"][:columns]):
             try:
@@ -96,18 +131,20 @@ def write_contact_sheet(
             small = cv2.resize(
                 image, (max(1, int(image.shape[1] * scale)), max(1, int(image.shape[0] * scale)))
             )
-            y, x = r * (thumb + 18), c * (thumb + 4)
+            y, x = r * row_h, c * (thumb + 4)
             sheet[y : y + small.shape[0], x : x + small.shape[1]] = small
-            label = "kept" if member["kept"] else f"d={member['phash_distance_to_kept']}"
-            cv2.putText(
-                sheet,
-                f"g{group['group']} {label}",
-                (x + 2, y + thumb + 13),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                0.4,
-                0,
-                1,
-            )
+            row = by_uid.get(member["uid"], {})
+            caption = member_caption(group["group"], member, row.get("relpath", member["uid"]), thumb)
+            for line, text in enumerate(caption):
+                cv2.putText(
+                    sheet,
+                    text,
+                    (x + 2, y + thumb + 2 + (line + 1) * CAPTION_LINE_PX),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    CAPTION_SCALE,
+                    0,
+                    1,
+                )
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), sheet)
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import pytest
@@ -44,6 +45,7 @@ def test_report_numbers_match_the_catalog(built):
     bins = json.loads((build / "bins.json").read_text())["counts"]
     assert {b["bin"]: b["samples"] for b in numbers["bins"]} == bins
     assert numbers["sample_grid_images"] == 6
+    assert sum(sum(bar["images"].values()) for bar in numbers["resolution_bars"]) == 9
     assert (
         numbers["samples"]
         == json.loads((dataset / "data" / "_info.json").read_text())["splits"]["train"][
@@ -79,3 +81,47 @@ def test_resolution_ticks_and_bin_edges():
 def test_report_needs_a_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match="inf590k shard"):
         report(ReportConfig(dataset=tmp_path))
+
+
+def test_resolution_bars_are_the_bins_short_side_classes():
+    """Read back from the figure's own bars: each spans exactly its class, and an image whose
+    short side is exactly an edge (256) is counted in the class that starts there."""
+    import numpy as np
+
+    from inf590k.build.bins import bin_names
+    from inf590k.dataset.report import resolution_bars, resolution_figure
+
+    widths = np.array([320, 256, 640, 300, 1280, 640, 255])
+    heights = np.array([240, 256, 512, 256, 1024, 384, 300])
+    sources = ["a", "a", "b", "b", "b", "a", "a"]
+    bars = resolution_bars(np.minimum(widths, heights), bin_names(widths, heights), sources)
+    by_name = {bar.name: bar for bar in bars}
+    assert list(by_name) == ["s0-255", "s256-383", "s384-511", "s512-767", "s768-up"]
+    assert by_name["s256-383"].images == {"a": 1, "b": 1}  # both images at exactly 256
+    assert by_name["s0-255"].images == {"a": 2}  # 240 and 255
+    assert (by_name["s256-383"].left, by_name["s256-383"].right) == (256, 384)
+    assert by_name["s768-up"].high is None and by_name["s768-up"].right > 1024
+    for bar in bars:
+        assert bar.low <= bar.left and (bar.high is None or bar.right == bar.high + 1)
+
+    figure = resolution_figure(bars)
+    axis = figure.axes[0]
+    drawn = {}  # (left, right) -> total height, over the stacked sources
+    for patch in axis.patches:
+        span = (round(patch.get_x(), 6), round(patch.get_x() + patch.get_width(), 6))
+        drawn[span] = drawn.get(span, 0) + patch.get_height()
+    assert drawn[(256, 384)] == 2 and drawn[(384, 512)] == 1 and drawn[(512, 768)] == 1
+    for (left, right), _ in drawn.items():  # no bar straddles a class edge
+        assert not any(left < edge < right for edge in (256, 384, 512, 768))
+    labels = {text.get_text() for text in axis.texts}
+    assert set(by_name) <= labels
+    assert axis.get_xscale() == "log"
+
+
+def test_resolution_bars_refuse_a_name_without_a_short_side_class():
+    import numpy as np
+
+    from inf590k.dataset.report import resolution_bars
+
+    with pytest.raises(ValueError, match=re.escape("s<low>-<high|up>")):
+        resolution_bars(np.array([100]), ["r100-114"], ["a"])

@@ -160,7 +160,8 @@ def test_without_ray_one_line_says_how_to_install(monkeypatch, tmp_path: Path, i
         )
 
 
-def test_unknown_executor_is_refused() -> None:
+def test_unknown_executor_is_refused(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="choose one of local, ray"):
         open_executor("dask", 2)
     result = CliRunner().invoke(
@@ -344,7 +345,8 @@ def test_cli_starts_and_stops_its_own_ray(tmp_path: Path, sources, local_catalog
     assert "Traceback" not in done.stderr
 
 
-def test_cli_ray_address_option_and_env(monkeypatch) -> None:
+def test_cli_ray_address_option_and_env(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # the command writes the card into --out after the stage
     seen = {}
     monkeypatch.setattr(
         cli.build, "run_stage", lambda func, config, wait=False: seen.setdefault("config", config)

@@ -17,11 +17,10 @@ from pretrain.probe import compare
 from pretrain.probe.compare import (
     EvalConfig,
     EvalError,
-    paired_difference,
     parse_encoders,
     run_eval,
 )
-from pretrain.probe.results import results_chart
+from pretrain.probe.results import paired_difference, results_chart
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

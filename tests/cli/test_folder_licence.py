@@ -1,0 +1,59 @@
+"""A folder source's licence, from its description file, reaches the dataset card, LICENSES.md
+and the exported weights' timm `pretrained_cfg` through the export README's own snippet."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+
+
+def invoke(*args: object):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.slow
+def test_a_folder_sources_licence_reaches_the_card_and_the_weights(tmp_path, torch_single_thread):
+    from pretrain.checkpoint import export_checkpoint
+    from pretrain.config import config_from_options
+    from pretrain.train import pretrain
+
+    folder = tmp_path / "vifb"
+    invoke("synth", "--layout", "sirst", "--out", folder, "--count", 24, "--scale", 0.5)
+    (folder / "INF590K_SYNTHETIC.json").unlink()  # stands for a real public folder here
+    (folder / "inf590k-source.yaml").write_text(
+        "name: VIFB benchmark\nlicense: CC-BY-NC-4.0\ncitation: Zhang et al., CVPRW 2020.\n"
+    )
+    built = invoke(
+        "build", "--build", tmp_path / "b", "--out", tmp_path / "ds", "--workers", 1,
+        "--source", f"folder:my-vifb={folder}", "--min-shard-length", 1,
+    )
+    assert "note: source folder:my-vifb is named 'my_vifb'" in built.output
+    card = (tmp_path / "ds" / "README.md").read_text()
+    licences = (tmp_path / "ds" / "metadata" / "LICENSES.md").read_text()
+    assert "| my_vifb | VIFB benchmark | public | CC-BY-NC-4.0 |" in licences
+    assert "| my_vifb | 0 | VIFB benchmark | public |" in card and "Zhang et al., CVPRW 2020." in card
+    assert "Self-collected" not in card and "user-provided" not in card + licences
+
+    run = pretrain(
+        config_from_options(
+            dict(
+                shards=[str(tmp_path / "ds")], model="dugi_mae_tiny", out=str(tmp_path / "run"),
+                steps=1, batch_size=4, workers=0, shuffle_buffer=8, shuffle_initial=4,
+                progress=False, device="cpu",
+            )
+        )
+    )
+    export = export_checkpoint(run.checkpoint, tmp_path / "export")
+    readme = (export / "README.md").read_text()
+    snippet = re.search(r"## Load it with timm\n\n```python\n(.*?)```", readme, flags=re.S).group(1)
+    names = {"images": torch.zeros(1, 1, 64, 64)}
+    exec(compile(snippet, "export README", "exec"), names)  # noqa: S102 (our own card)
+    assert names["backbone"].pretrained_cfg["license"] == "non-commercial"
+    assert "license_name: non-commercial" in readme and "VIFB benchmark: CC-BY-NC-4.0" in readme
