@@ -150,6 +150,6 @@ def test_pretrain_over_unequal_shards_without_resampling_runs_on_both_ranks(tmp_
     state = ckpt.load(ckpt.latest_checkpoint(out))
     assert state["step"] == 12 and state["record"]["total_steps"] == 12
     # 12 steps x 8 images > one epoch of 4 windows of 19 (76 samples): the second pass began
-    assert re.search(r"rank 1 worker 1 pass 1 reads", done.stderr)
+    assert re.search(r"rank 1 worker \d pass 1 reads", done.stderr)
     assert state["record"]["mixture"]["drawn"]["sources"] == {"s": 12 * 4 * 2}
     assert "drawn: sources s 100.0%" in done.stdout + done.stderr
