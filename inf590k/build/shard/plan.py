@@ -215,38 +215,61 @@ def _float_json(value: float) -> str:
     return float.__repr__(value)
 
 
-def _column_json(field: pa.Field, column: pa.ChunkedArray | None, rows: int) -> list[str]:
-    """The JSON text of one catalog column per row, as `sample_json` writes it inside a record."""
+_PLAIN_TEXT = r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$"  # printable ASCII but " and \: JSON as is
+
+
+def _string_json(values: pa.Array) -> pa.Array:
+    """JSON strings of a string column: quoted in Arrow, escaped by `json` only where needed."""
+    quoted = pc.binary_join_element_wise('"', values, '"', "")
+    plain = pc.match_substring_regex(values, _PLAIN_TEXT)
+    if pc.all(plain).as_py():
+        return quoted
+    escaped = pa.array(
+        [None if is_plain else _encode_str(v) for v, is_plain in zip(values.to_pylist(), plain.to_pylist(), strict=True)],
+        pa.string(),
+    )  # fmt: skip
+    return pc.if_else(plain, quoted, escaped)
+
+
+def _column_json(field: pa.Field, column: pa.ChunkedArray | None, rows: int) -> pa.Array:
+    """The JSON text of one catalog column per row, as `sample_json` writes it inside a record:
+    strings and integers formatted by Arrow, floats and lists by Python (repr's digits)."""
     default = _json_default(field)
-    values = [None] * rows if column is None else column.to_pylist()
+    values = pa.nulls(rows, field.type) if column is None else column.combine_chunks()
     kind = field.type
     if _is_string_list(field):
-        return [_encode_str(",".join(v or [])) for v in values]
+        joined = [",".join(v or []) for v in values.to_pylist()]
+        return _string_json(pa.array(joined, pa.string()))
     if pa.types.is_string(kind):
-        return [_encode_str(default if v is None else v) for v in values]
+        return _string_json(pc.fill_null(values, default))
     if pa.types.is_integer(kind):
-        return [str(default if v is None else v) for v in values]
+        return pc.cast(pc.fill_null(values, default), pa.string())
     if pa.types.is_floating(kind):
-        return [_float_json(default if v is None else v) for v in values]
+        floats = values.to_pylist()
+        return pa.array([_float_json(default if v is None else v) for v in floats], pa.string())
     if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
         if pa.types.is_integer(kind.value_type):
-            return [_number_list_json(v) for v in values]
+            return pa.array([_number_list_json(v) for v in values.to_pylist()], pa.string())
     raise TypeError(f"no JSON form for catalog column {field.name} ({field.type})")
 
 
 def sample_jsons(table: pa.Table) -> list[bytes]:
     """`layout.sample_json` of every row of a catalog table, byte for byte, built column by
-    column and joined by one format per row (~10x faster than a `json.dumps` per row dict)."""
+    column in Arrow (~20x faster than a `json.dumps` per row dict)."""
+    if table.num_rows == 0:
+        return []
     fields = sorted(
         (f for f in CATALOG_SCHEMA if f.name not in DATASET_WIDE_FIELDS), key=lambda f: f.name
     )
-    template = "{" + ",".join(f"{_encode_str(f.name)}:%s" for f in fields) + "}"  # names: a-z_
     names = set(table.column_names)
-    columns = [
-        _column_json(f, table.column(f.name) if f.name in names else None, table.num_rows)
-        for f in fields
-    ]
-    return [(template % values).encode() for values in zip(*columns, strict=True)]
+    pieces: list[pa.Array | str] = ["{"]
+    for index, field in enumerate(fields):
+        column = table.column(field.name) if field.name in names else None
+        pieces += [("," if index else "") + _encode_str(field.name) + ":"]  # names: a-z_
+        pieces += [_column_json(field, column, table.num_rows)]
+    pieces += ["}"]
+    joined = pc.binary_join_element_wise(*pieces, "")
+    return pc.cast(joined, pa.binary()).to_pylist()
 
 
 # ----------------------------------------------------------------------------- planning
