@@ -2,9 +2,9 @@
 
 Deterministic: the plan is computed up front from the catalog alone: uids of a bin sorted,
 then shuffled by a generator seeded from (seed, bin); each bin is cut on its own into the
-fewest shards of near-equal length that keep every shard within the targets (--shard-samples
-and --shard-bytes), never by what a worker did: a bin smaller than the targets is one short
-shard and never shortens the shards of other bins. The shard count is then raised to a
+fewest shards of near-equal length within the targets (--shard-samples at most; --shard-bytes
+passed by less than one sample at most), never by what a worker did: a bin smaller than the
+targets is one short shard and never shortens the shards of other bins. The shard count is then raised to a
 multiple of --shard-multiple if asked. A shard's plan digest covers everything that decides
 its bytes.
 
@@ -48,8 +48,8 @@ DEFAULT_SHARD_SAMPLES = 10_000  # samples per shard at most
 DEFAULT_SHARD_BYTES = 1_000_000_000  # ~1 GB per shard: the Hugging Face Hub's advice
 
 
-# The PNG of a stored 8-bit pixel (Up filter, Huffman-only, tests/ and bench/png.py): 0.16 to
-# 0.67 bytes per pixel on the sample frames of real sources and synth, most 0.3-0.6. The upper
+# The PNG of a stored 8-bit pixel (Up filter, Huffman-only; see tar.png_params): 0.16 to 0.67
+# bytes per pixel in shards of the real sample frames and of synth, most 0.3-0.6. The upper
 # middle, so a shard of noisy frames lands near its byte target and one of smooth frames under it.
 PNG_BYTES_PER_PIXEL = 0.6
 
@@ -263,10 +263,11 @@ def sample_jsons(table: pa.Table) -> list[bytes]:
     )
     names = set(table.column_names)
     pieces: list[pa.Array | str] = ["{"]
-    for index, field in enumerate(fields):
-        column = table.column(field.name) if field.name in names else None
-        pieces += [("," if index else "") + _encode_str(field.name) + ":"]  # names: a-z_
-        pieces += [_column_json(field, column, table.num_rows)]
+    for index, column_field in enumerate(fields):
+        name = column_field.name
+        column = table.column(name) if name in names else None
+        pieces += [("," if index else "") + _encode_str(name) + ":"]  # names: a-z_
+        pieces += [_column_json(column_field, column, table.num_rows)]
     pieces += ["}"]
     joined = pc.binary_join_element_wise(*pieces, "")
     return pc.cast(joined, pa.binary()).to_pylist()
