@@ -201,9 +201,8 @@ def sources_table(
 _encode_str = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
 
 
-def _number_list_json(values: list | None) -> str:
-    """What `json.dumps(..., separators=(",", ":"))` writes for a list of ints."""
-    return "[" + ",".join(map(str, values or [])) + "]"
+def _dump(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _float_json(value: float) -> str:
@@ -231,25 +230,58 @@ def _string_json(values: pa.Array) -> pa.Array:
     return pc.if_else(plain, quoted, escaped)
 
 
+def _python_where(mask: pa.Array, texts: pa.Array, values: pa.Array, form) -> pa.Array:
+    """`texts`, with the rows of `mask` formatted by `form` in Python instead."""
+    if not pc.any(mask).as_py():
+        return texts
+    python = [form(v) if m else None for v, m in zip(values.to_pylist(), mask.to_pylist(), strict=True)]
+    return pc.if_else(mask, pa.array(python, pa.string()), texts)
+
+
+def _float_texts(values: pa.Array) -> pa.Array:
+    """JSON floats: Arrow's shortest round-trip digits (those of `repr`) in plain notation, with
+    repr's `.0` on integral values; what repr writes otherwise (exponents: |x| < 1e-4 or
+    >= 1e16, or where Arrow chose one; NaN, infinities) is formatted by Python."""
+    doubles = pc.cast(values, pa.float64())
+    texts = pc.cast(doubles, pa.string())
+    exponent = pc.match_substring_regex(texts, r"[eE]")
+    integral = pc.invert(pc.match_substring(texts, "."))
+    texts = pc.if_else(integral, pc.binary_join_element_wise(texts, ".0", ""), texts)
+    size = pc.abs(doubles)
+    tiny = pc.and_(pc.less(size, 1e-4), pc.not_equal(size, 0))
+    odd = pc.or_(pc.or_(exponent, pc.invert(pc.is_finite(doubles))), pc.or_(pc.greater_equal(size, 1e16), tiny))
+    return _python_where(pc.fill_null(odd, True), texts, doubles, _float_json)
+
+
+def _int_list_texts(values: pa.Array) -> pa.Array:
+    """JSON lists of integers ("[0,0,640,512]"), a null list as [] (the JSON default)."""
+    flat = values.flatten()  # leaves out null lists
+    if flat.null_count:  # a null inside a list: JSON null, by Python
+        return pa.array([_dump(v or []) for v in values.to_pylist()], pa.string())
+    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
+    texts = pa.ListArray.from_arrays(offsets, pc.cast(flat, pa.string()))
+    return pc.binary_join_element_wise("[", pc.binary_join(texts, ","), "]", "")
+
+
 def _column_json(field: pa.Field, column: pa.ChunkedArray | None, rows: int) -> pa.Array:
-    """The JSON text of one catalog column per row, as `sample_json` writes it inside a record:
-    strings and integers formatted by Arrow, floats and lists by Python (repr's digits)."""
+    """The JSON text of one catalog column per row, as `sample_json` writes it inside a record,
+    formatted by Arrow kernels (Python only for the odd value)."""
     default = _json_default(field)
     values = pa.nulls(rows, field.type) if column is None else column.combine_chunks()
     kind = field.type
     if _is_string_list(field):
-        joined = [",".join(v or []) for v in values.to_pylist()]
-        return _string_json(pa.array(joined, pa.string()))
+        joined = pc.fill_null(pc.binary_join(values, ","), "")
+        return _string_json(joined)
     if pa.types.is_string(kind):
         return _string_json(pc.fill_null(values, default))
     if pa.types.is_integer(kind):
         return pc.cast(pc.fill_null(values, default), pa.string())
     if pa.types.is_floating(kind):
-        floats = values.to_pylist()
-        return pa.array([_float_json(default if v is None else v) for v in floats], pa.string())
+        return _float_texts(pc.fill_null(values, default))
     if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
         if pa.types.is_integer(kind.value_type):
-            return pa.array([_number_list_json(v) for v in values.to_pylist()], pa.string())
+            return _int_list_texts(values)
     raise TypeError(f"no JSON form for catalog column {field.name} ({field.type})")
 
 

@@ -158,6 +158,19 @@ def test_sample_jsons_are_sample_json_byte_for_byte():
     assert sample_jsons(table.slice(0, 0)) == []
 
 
+def test_sample_jsons_floats_of_every_magnitude_match_json():
+    rng = np.random.default_rng(7)
+    exponents = rng.integers(-45, 38, 3000)
+    floats = (rng.random(3000) * 10.0 ** exponents).astype(np.float32).tolist()
+    floats += [0.0, -0.0, 1e-4, 9.999e-5, 1e15, 1e16, 123456.0, -7.0, 2.0**-149, 3.4e38]
+    rows = catalog_rows(len(floats), "b")
+    for row, value in zip(rows, floats, strict=True):
+        row.update(entropy=value, grey_diff=-value)
+    rows[0]["crop_box"] = [0, None, 5, 5]  # a null inside a list: JSON null
+    table = cat.rows_to_table(rows)
+    assert sample_jsons(table) == [sample_json(row) for row in table.to_pylist()]
+
+
 # ----------------------------------------------------------------------------- plans of a build
 
 
