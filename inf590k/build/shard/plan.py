@@ -287,7 +287,7 @@ def _column_json(field: pa.Field, column: pa.ChunkedArray | None, rows: int) -> 
 
 def sample_jsons(table: pa.Table) -> list[bytes]:
     """`layout.sample_json` of every row of a catalog table, byte for byte, built column by
-    column in Arrow (~20x faster than a `json.dumps` per row dict)."""
+    column by Arrow kernels (an order of magnitude faster than a `json.dumps` per row dict)."""
     if table.num_rows == 0:
         return []
     fields = sorted(
