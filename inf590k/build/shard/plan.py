@@ -12,7 +12,8 @@ Bytes are estimated from the rows before anything is encoded (`estimated_bytes`)
 PNG_BYTES_PER_PIXEL per stored pixel for the 8-bit PNG, the raw frame (2 bytes per pixel and
 an .npy header) where 16-bit frames are kept, and SAMPLE_OVERHEAD_BYTES per sample for the
 tar headers, their padding and the JSON. The planning works on Arrow columns (counts with
-numpy, the JSON members built column by column), not one Python dict per row.
+numpy, the JSON members built column by column by Arrow kernels, chunks of rows in parallel
+threads), not one Python dict per row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +40,7 @@ from inf590k.dataset.layout import (
     _json_default,
 )
 from inf590k.execution.units import ExecutionOptions
+from inf590k.fsutil import available_cores
 
 # ----------------------------------------------------------------------------- constants
 
@@ -58,6 +61,9 @@ SAMPLE_OVERHEAD_BYTES = 3072  # 3 tar headers, their padding to 512 bytes, the ~
 
 
 NPY_HEADER_BYTES = 128  # numpy's .npy header of a 2-D uint16 frame
+
+
+JSON_CHUNK_ROWS = 16_384  # rows per planning thread's unit
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -440,11 +446,27 @@ def _plan_digest(config: ShardConfig, relpath: str, classes: tuple[int, ...], js
     return hashlib.sha256(header.encode() + b"".join(jsons)).hexdigest()
 
 
+def parallel_sample_jsons(table: pa.Table, threads: int) -> list[bytes]:
+    """`sample_jsons` over chunks of JSON_CHUNK_ROWS rows in `threads` threads: Arrow's kernels
+    release the GIL, so the chunks' formatting runs on several cores."""
+    chunks = [table.slice(start, JSON_CHUNK_ROWS) for start in range(0, table.num_rows, JSON_CHUNK_ROWS)]
+    if threads <= 1 or len(chunks) <= 1:
+        return [json for chunk in chunks for json in sample_jsons(chunk)]
+    with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+        return [json for jsons in pool.map(sample_jsons, chunks) for json in jsons]
+
+
+def _planning_threads(config: ShardConfig) -> int:
+    """Threads of the planning: the workers asked for, at most this machine's cores (the
+    workers of a cluster are not here)."""
+    return min(config.execution.workers or available_cores(), available_cores())
+
+
 def _bin_jobs(
     config: ShardConfig, bin_name: str, rows: pa.Table, count: int, classes: Mapping[str, int], estimates: np.ndarray
 ) -> list[ShardJob]:
     """The jobs of one bin, its rows already in shard order."""
-    jsons = sample_jsons(rows)
+    jsons = parallel_sample_jsons(rows, _planning_threads(config))
     class_ids = [classes[s] for s in rows.column("source").to_pylist()]
     bounds = run_bounds(rows.num_rows, count)
     jobs = []

@@ -14,6 +14,7 @@ import pytest
 
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig
+from inf590k.build.shard import plan as plan_module
 from inf590k.build.shard.plan import (
     NPY_HEADER_BYTES,
     PNG_BYTES_PER_PIXEL,
@@ -156,6 +157,14 @@ def test_sample_jsons_are_sample_json_byte_for_byte():
     assert sample_jsons(table) == expected
     assert json.loads(expected[0])["tags"] == 'day,ünïcode,q"uote'  # the row really varied
     assert sample_jsons(table.slice(0, 0)) == []
+
+
+def test_threaded_chunks_give_the_same_jsons_in_order(monkeypatch):
+    table = cat.rows_to_table(catalog_rows(50, "b"))
+    monkeypatch.setattr(plan_module, "JSON_CHUNK_ROWS", 7)
+    expected = [sample_json(row) for row in table.to_pylist()]
+    assert plan_module.parallel_sample_jsons(table, threads=3) == expected
+    assert plan_module.parallel_sample_jsons(table, threads=1) == expected
 
 
 def test_sample_jsons_floats_of_every_magnitude_match_json():
