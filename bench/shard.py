@@ -1,7 +1,16 @@
-"""Shard writing speed vs a bare loop on the same images, in one run.
+"""Shard planning (counts and time) and shard writing speed vs their baselines, in one run.
 
     python bench/shard.py                           # the real samples in ../shared/ir-samples
     python bench/shard.py --samples DIR --repeat 9
+    python bench/shard.py --plan-only               # only the planning figures (no images)
+
+Planning, on synthetic catalogs (Arrow columns, no image files):
+- Shard counts of a 590,000-frame plan (640x512) with a smallest bin of 15, 16 and 100 images:
+  the former rule (every shard within 2x of the smallest bin's, --min-shard-length 16),
+  computed here, against the planner's (each bin on its own to its targets).
+- Seconds to plan --plan-rows kept rows (default 60,000, three resolution bins): the former
+  planner (one dict per row, `json.dumps` per row, counts by Python loops), kept here as
+  `former_plan`, against `plan_shards`; median of --repeat runs, interleaved.
 
 Baseline: a bare single-process loop that reads each kept file, decodes it with OpenCV,
 converts it to grey, encodes a PNG with cv2.imencode (the shard writer's PNG parameters) and
@@ -26,7 +35,10 @@ script as their main module, and should pay what they pay under the `inf590k` co
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
+import json
+import math
 import shutil
 import statistics
 import tarfile
@@ -37,13 +49,174 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig, shard
+from inf590k.build.shard.plan import (
+    FORMAT_VERSION,
+    _bin_rng,
+    estimated_bytes,
+    kept_by_bin,
+    plan_shards,
+    shard_counts,
+)
 from inf590k.build.shard.tar import png_params
+from inf590k.dataset.layout import CATALOG_SCHEMA, sample_json
 from inf590k.execution.units import ExecutionOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def synthetic_catalog(bins: dict[str, tuple[int, int, int]]) -> pa.Table:
+    """Kept rows built column by column: {bin: (rows, width, height)}, 9 sources."""
+    names = [n for n, (rows, _, _) in bins.items() for _ in range(rows)]
+    rows = len(names)
+    index = np.arange(rows)
+    width = np.concatenate([np.full(n, w, np.int32) for n, w, _ in bins.values()])
+    height = np.concatenate([np.full(n, h, np.int32) for n, _, h in bins.values()])
+    columns = {
+        "uid": [f"src{i % 9}-frame{i:08d}" for i in index],
+        "source": [f"src{i % 9}" for i in index],
+        "relpath": [f"seq{i // 1000:04d}/frame{i:08d}.png" for i in index],
+        "frame": np.full(rows, -1, np.int32),
+        "split": ["train"] * rows,
+        "license": ["CC BY 4.0"] * rows,
+        "modality": ["lwir"] * rows,
+        "tags": [["day"]] * rows,
+        "status": [cat.STATUS_OK] * rows,
+        "reason": [""] * rows,
+        "file_bytes": (width.astype(np.int64) * height * 0.7).astype(np.int64),
+        "file_sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in index],
+        "pixel_sha256": [hashlib.sha256(f"p{i}".encode()).hexdigest() for i in index],
+        "width": width,
+        "height": height,
+        "orig_width": width,
+        "orig_height": height,
+        "orig_channels": np.ones(rows, np.int8),
+        "orig_dtype": ["uint8"] * rows,
+        "bit_depth": np.full(rows, 8, np.int8),
+        "grey_diff": np.zeros(rows, np.float32),
+        "normalisation": ["none"] * rows,
+        "crop_box": [[0, 0, int(w), int(h)] for w, h in zip(width, height, strict=True)],
+        "entropy": (6 + (index % 100) / 50).astype(np.float32),
+        "phash": [f"{i:016x}" for i in index],
+        "dhash": [f"{i * 7:016x}" for i in index],
+        "dup_group": np.full(rows, -1, np.int64),
+        "res_bin": names,
+    }
+    return pa.table({f.name: pa.array(columns[f.name], f.type) for f in CATALOG_SCHEMA})
+
+
+def former_counts(sizes: dict[str, int], sample_bytes: int, max_count: int, max_size: int) -> dict[str, int]:
+    """Shards per bin under the former rule (bins of equal samples, --min-shard-length 16):
+    the fewest within the limits, then every bin cut to within 2x of the shortest shard."""
+    counts = {b: max(math.ceil(n / max_count), math.ceil(n * sample_bytes / max_size)) for b, n in sizes.items()}
+    while True:
+        shortest = min(n // counts[b] for b, n in sizes.items())
+        if shortest < 16:
+            return counts
+        capped = {b: max(counts[b], math.ceil(n / (2 * shortest))) for b, n in sizes.items()}
+        if capped == counts:
+            return counts
+        counts = capped
+
+
+def count_figures(frames: int) -> None:
+    """Shard counts of a `frames`-frame plan with a small bin, former rule vs the planner's."""
+    config = ShardConfig(build=Path("."), out=Path("."))
+    print(f"shard counts, {frames:,} frames at 640x512 + a smallest bin at 320x256 "
+          f"(--shard-samples {config.max_count:,}, --shard-bytes {config.max_size:,}):")  # fmt: skip
+    big = synthetic_catalog({"big": (frames, 640, 512)})
+    for small in (15, 16, 100):
+        sizes = {"big": frames, "small": small}
+        former = former_counts(sizes, 640 * 512 + 4096, config.max_count, config.max_size)
+        table = pa.concat_tables([big, synthetic_catalog({"small": (small, 320, 256)})])
+        estimates = {b: estimated_bytes(t, False) for b, t in kept_by_bin(Path("."), table).items()}
+        now = shard_counts(estimates, config.max_count, config.max_size)
+        longest = math.ceil(frames / now["big"])
+        print(f"  smallest bin {small:>3}: former rule {sum(former.values()):>6,} shards "
+              f"(of {frames // former['big']} samples), now {sum(now.values()):>4,} shards (of "
+              f"{longest:,} samples, ~{int(estimates['big'][:longest].sum()) / 1e9:.2f} GB); "
+              f"{sum(former.values()) / sum(now.values()):.0f}x fewer")  # fmt: skip
+
+
+def former_plan(table: pa.Table, config: ShardConfig) -> list[tuple]:
+    """The former planner, as it was: one dict per row, counts by Python loops over row
+    dicts, `sample_json` per row; (relpath, rows, classes, jsons, digest) per shard."""
+    rows = table.filter(pa.compute.equal(table.column("status"), cat.STATUS_OK)).to_pylist()
+    by_bin: dict[str, list[dict]] = {}
+    for row in rows:
+        by_bin.setdefault(row["res_bin"], []).append(row)
+    classes = {s: i for i, s in enumerate(sorted({r["source"] for r in rows}))}
+    shuffled = {}
+    for bin_name in sorted(by_bin):
+        order = _bin_rng(config.seed, bin_name).permutation(len(by_bin[bin_name]))
+        shuffled[bin_name] = [by_bin[bin_name][i] for i in order]
+
+    def pixel_bytes(row: dict) -> int:
+        return int(row["width"]) * int(row["height"]) + 4096
+
+    def runs(items: list, count: int) -> list[list]:
+        base, extra = divmod(len(items), count)
+        bounds = np.concatenate([[0], np.cumsum([base + (i < extra) for i in range(count)])])
+        return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    counts = {}
+    for bin_name, items in shuffled.items():
+        count = max(1, math.ceil(len(items) / config.max_count))
+        while count < len(items) and any(
+            sum(pixel_bytes(r) for r in run) > config.max_size for run in runs(items, count)
+        ):
+            count += 1
+        counts[bin_name] = count
+    shortest = min(len(items) // counts[b] for b, items in shuffled.items())
+    if shortest >= 16:
+        for bin_name, items in shuffled.items():
+            counts[bin_name] = max(counts[bin_name], math.ceil(len(items) / (2 * shortest)))
+    jobs = []
+    for bin_name in sorted(shuffled):
+        for index, shard_rows in enumerate(runs(shuffled[bin_name], counts[bin_name])):
+            relpath = f"{bin_name}/{bin_name}-{index:06d}.tar"
+            shard_classes = tuple(classes[r["source"]] for r in shard_rows)
+            jsons = tuple(sample_json(r) for r in shard_rows)
+            header = json.dumps([FORMAT_VERSION, False, 1, relpath, shard_classes]).encode()
+            digest = hashlib.sha256(header + b"".join(jsons)).hexdigest()
+            jobs.append((relpath, tuple(shard_rows), shard_classes, jsons, digest))
+    return jobs
+
+
+def plan_figures(rows: int, repeat: int) -> None:
+    """Seconds to plan `rows` kept rows: the former planner vs `plan_shards` (same table)."""
+    bins = {"s512-767_r115-149": (int(rows * 0.8), 640, 512),
+            "s256-383_r115-149": (int(rows * 0.15), 320, 256),
+            "s768-up_r150-199": (rows - int(rows * 0.8) - int(rows * 0.15), 1920, 1080)}  # fmt: skip
+    table = synthetic_catalog(bins)
+    config = ShardConfig(build=Path("."), out=Path("."))
+
+    def planner() -> int:
+        return len(plan_shards(config, None, kept_by_bin(Path("."), table)))
+
+    def former() -> int:
+        return len(former_plan(table, config))
+
+    times: dict[str, list[float]] = {"former": [], "planner": []}
+    for attempt in range(repeat):
+        for name, run in sorted({"former": former, "planner": planner}.items(), reverse=attempt % 2 == 1):
+            started = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - started)
+    former_s, now_s = (statistics.median(times[n]) for n in ("former", "planner"))
+    print(f"planning {rows:,} kept rows ({len(bins)} bins), median of {repeat}: former planner "
+          f"{former_s:.2f} s ({1e6 * former_s / rows:.0f} us/row), plan_shards {now_s:.2f} s "
+          f"({1e6 * now_s / rows:.1f} us/row): {former_s / now_s:.1f}x faster; projected at "
+          f"590,700 rows: {former_s * 590_700 / rows:.0f} s -> {now_s * 590_700 / rows:.1f} s")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- writing
 
 
 def bare_loop(build: Path, rows: list[dict], out: Path, level: int) -> float:
@@ -123,7 +296,15 @@ def main() -> None:
     parser.add_argument(
         "--max-count", type=int, default=128, help="samples per shard (see Fair parallelism)"
     )
+    parser.add_argument("--plan-rows", type=int, default=60_000, help="rows of the planning run")
+    parser.add_argument("--plan-only", action="store_true", help="only the planning figures")
     args = parser.parse_args()
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be 1 or more")
+    count_figures(590_000)
+    plan_figures(args.plan_rows, args.repeat)
+    if args.plan_only:
+        return
     if not args.samples.is_dir():
         raise SystemExit(f"{args.samples} not found: pass --samples DIR (a folder of IR images)")
     if args.repeat < 1:

@@ -22,14 +22,23 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loader import ours, write_shards  # noqa: E402  (sibling script in bench/)
 
-from pretrain.config import config_from_options  # noqa: E402
+from pretrain.config import (  # noqa: E402
+    DataConfig,
+    RunConfig,
+    config_from_options,
+    parse_model_args,
+)
+from pretrain.distributed import resolve_precision  # noqa: E402
+from pretrain.models import create_model  # noqa: E402
 from pretrain.train import pretrain  # noqa: E402
+from pretrain.validation import Validator  # noqa: E402
 
 
 def _write(args: tuple[str, int, int]) -> list[str]:
@@ -98,6 +107,36 @@ def main() -> None:
         f"dugi_mae_base at {args.target_img_s:.0f} images/s "
         f"({args.target_img_s / per_core:.1f} at 100% loader efficiency)"
     )
+    validation_share(args.model, options.get("model_args", []), args.batch_size, images_per_s)
+
+
+def validation_share(
+    model_name: str, model_args: list[str], batch_size: int, train_images_per_s: float
+) -> None:
+    """The validation pass's cost as a share of training time, at the default --val-samples
+    and --val-every: one pass (median of 3, after a warm-up) over that many crops, against
+    --val-every steps at the loop's measured images/s (goal: under 3%)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_model(model_name, **parse_model_args(tuple(model_args))).to(device)
+    samples, every = DataConfig().val_samples, RunConfig().val_every
+    rng = np.random.default_rng(0)
+    shape = (samples, 1, *model.config.image_hw)
+    images = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))  # [N, 1, H, W]
+    validator = Validator(images, model.config, batch_size)
+    amp = resolve_precision("auto", device)
+    validator.evaluate(model, amp, 0)  # warm-up (allocator, kernels)
+    seconds = statistics.median(validator.evaluate(model, amp, 0).seconds for _ in range(3))
+    passes = 1 if validator.shared_pass else 2
+    print(
+        f"validation: {samples} images, {passes} forward pass(es) ({model.config.masking} "
+        f"masking), {seconds:.2f} s per pass, batch {batch_size}"
+    )
+    for batch in dict.fromkeys((batch_size, DataConfig().batch_size)):
+        training = every * batch / train_images_per_s  # seconds of --val-every steps
+        print(
+            f"validation cost at --val-every {every}, batch {batch}: {100 * seconds / training:.2f}% "
+            f"of training time (goal < 3%){'' if batch == batch_size else ' (from the images/s above)'}"
+        )
 
 
 def loader_rate(urls: list[str], images: int) -> float:

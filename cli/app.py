@@ -55,6 +55,6 @@ def main() -> None:
 
     \b
     Dataset:   sources, synth, ingest, dedupe, bin, shard, build, verify, report, publish
-    Model:     model-info, pretrain, visualize, export, publish-model, probe, eval
+    Model:     model-info, pretrain, visualize, export, publish-model, plot, probe, eval
     Both:      demo (the whole chain on synthetic data, no downloads)
     """

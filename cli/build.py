@@ -29,6 +29,7 @@ from inf590k.build.ingest import ingest as run_ingest
 from inf590k.build.pipeline import BuildConfig, run_build
 from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import shard as run_shard
+from inf590k.build.shard.plan import DEFAULT_SHARD_SAMPLES, PNG_BYTES_PER_PIXEL, parse_size
 from inf590k.dataset.card import write_card
 from inf590k.inputs.imageio import ImagePolicy
 from inf590k.inputs.manifest import (
@@ -312,27 +313,42 @@ BIN_OPTIONS = [
 ]
 
 
+def size_option(value: str | int) -> int:
+    """--shard-bytes as bytes (`parse_size`), a usage error otherwise."""
+    try:
+        return parse_size(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 SHARD_OPTIONS = [
-    opt("--max-count", default=10_000, show_default=True, help="Samples per shard at most."),
     opt(
-        "--max-size",
-        default=1_000_000_000,
+        "--shard-samples",
+        "--max-count",
+        "max_count",
+        default=DEFAULT_SHARD_SAMPLES,
         show_default=True,
-        help="Bytes per shard at most (raw pixels + overhead: an upper bound of the tar).",
+        help="Target samples per shard: each bin is cut into the fewest shards within this "
+        "and --shard-bytes; a smaller bin is one short shard.",
+    ),
+    opt(
+        "--shard-bytes",
+        "--max-size",
+        "max_size",
+        default="1GB",
+        show_default=True,
+        metavar="SIZE",
+        callback=lambda ctx, param, value: size_option(value),
+        help="Target bytes per shard (e.g. 1GB, 500MB, 2GiB), estimated from the rows: "
+        f"{PNG_BYTES_PER_PIXEL} bytes per pixel for the PNG, the raw frame with --keep-16bit, "
+        "~3 KB per sample for headers and JSON.",
     ),
     opt(
         "--shard-multiple",
         default=1,
         show_default=True,
-        help="Make the shard count a multiple of this (GPUs x loader workers), shards "
-        "split evenly so every rank and worker gets the same share.",
-    ),
-    opt(
-        "--min-shard-length",
-        default=16,
-        show_default=True,
-        help="Shortest shard the balance may cut to: shards are kept within 2x of the "
-        "smallest bin's unless that means shards under this length.",
+        help="Make the shard count a multiple of this (e.g. GPUs x loader workers), the "
+        "extra shards cut from the bins whose shards are longest.",
     ),
     opt(
         "--keep-16bit",
@@ -393,7 +409,6 @@ def shard_config(
     max_count,
     max_size,
     shard_multiple,
-    min_shard_length,
     keep_16bit,
     png_level,
     seed,
@@ -408,7 +423,6 @@ def shard_config(
         max_count=max_count,
         max_size=max_size,
         shard_multiple=shard_multiple,
-        min_shard_length=min_shard_length,
         keep_16bit=keep_16bit,
         png_level=png_level,
         seed=seed,

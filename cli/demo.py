@@ -42,6 +42,12 @@ def closing_lines(steps: int, model: str) -> list[str]:
     ]
 
 
+def demo_shard_config(build: Path, dataset: Path) -> ShardConfig:
+    """The demo's shards: the default targets, so each resolution bin of a demo-sized build
+    (a few hundred images, extra sources included) is one shard, however small a bin is."""
+    return ShardConfig(build=build, out=dataset, execution=ExecutionOptions(progress=False))
+
+
 @main.command()
 @options(
     opt(
@@ -107,13 +113,6 @@ def demo(
     sources.extend(source_values_with_notes(extra_sources))
 
     dataset = out / "dataset"
-    # a small dataset: shards of a few samples, all within 2x of the smallest bin's
-    balanced = ShardConfig(
-        build=out / "build",
-        out=dataset,
-        min_shard_length=1,
-        execution=ExecutionOptions(progress=False),
-    )
     built = run_stage(
         run_build,
         BuildConfig(
@@ -123,7 +122,7 @@ def demo(
                 execution=ExecutionOptions(progress=False),
             ),
             out=dataset,
-            shard=balanced,
+            shard=demo_shard_config(out / "build", dataset),
         ),
     )
     write_dataset_card(dataset)
@@ -152,6 +151,8 @@ def demo(
             log_every=10,
             ckpt_every=steps,
             vis_every=steps,
+            val_samples=max(4, frames // 3),  # held out: under 10% of the ~4 x frames kept
+            val_every=20,
             keep_last=1,
             device="cpu",
             progress=False,
@@ -226,6 +227,7 @@ def demo(
         ("dataset card", dataset / "README.md"),
         ("dataset report", reported.out),
         ("training run (metrics, checkpoints)", run_dir),
+        ("training curves (loss, validation, lr)", run_dir / "curves.png"),
         ("exported encoder (timm)", exported),
         ("reconstruction grid", grid),
         ("small-target probe (pretrained vs scratch)", out / "probe"),

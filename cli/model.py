@@ -1,4 +1,4 @@
-"""Model commands: model-info, pretrain, visualize, export, publish-model, probe, eval.
+"""Model commands: model-info, pretrain, visualize, export, publish-model, plot, probe, eval.
 
 Each imports `pretrain` (and so torch) only when it runs: `inf590k --help` and the dataset
 commands do not pay for torch's import.
@@ -295,6 +295,33 @@ def publish_model(export_dir, repo, dataset_repo, private, dry_run, stage, endpo
     except PublishError as err:
         raise CliError(str(err)) from err
     click.echo(str(summary))
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@options(
+    opt(
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="PNG to write (default: RUN/curves.png for one run, ablation.png for several).",
+    ),
+)
+def plot(runs: tuple[Path, ...], out: Path | None) -> None:
+    """Training and validation loss and lr of pretraining runs against steps, on one figure.
+
+    RUNS are run folders (or their metrics.jsonl); several make an ablation figure, one colour
+    per run, labelled with its folder, model and masking."""
+    from pretrain.curves import CurvesError, plot_runs  # torch, matplotlib: when it runs
+
+    target = out or (runs[0] / "curves.png" if len(runs) == 1 else Path("ablation.png"))
+    try:
+        written, notes = plot_runs(runs, target)
+    except (CurvesError, OSError) as err:
+        raise CliError(str(err)) from err
+    for note in notes:
+        click.echo(f"plot: {note}")
+    click.echo(f"plot: wrote {written}")
 
 
 # ----------------------------------------------------------------------------- probe and eval

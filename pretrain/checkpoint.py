@@ -22,7 +22,7 @@ from pretrain.models.export import (
     feature_lines,
     loading_lines,
 )
-from pretrain.provenance import WeightsLicence, card_text, describe_shards
+from pretrain.provenance import WeightsLicence, card_text, describe_shards, mixture_line
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -214,6 +214,7 @@ def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[
         f"- data: {data.get('name', 'n/a')}"
         + (f", {samples} samples" if samples is not None else "")
         + (f"; sources: {source_names}" if source_names else "; sources: not recorded"),
+        *filter(None, [mixture_line(record.get("mixture"))]),
         f"- batch: {batch.get('per_process')} per process x {batch.get('world_size')} "
         f"process(es) x {batch.get('accum_steps')} accumulation = {batch.get('global')} global",
         f"- learning rate: {_number(record.get('lr'))} peak (base lr {_number(record.get('blr'))}"
@@ -288,6 +289,7 @@ def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str, stage3: 
         "data": record.get("data"),
         "steps": record.get("steps"),
         "images_seen": record.get("images_seen"),
+        "mixture": record.get("mixture"),
     }
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     loading = loading_lines(config["architecture"], out_dir)

@@ -62,9 +62,25 @@ class DataConfig:
     samples_per_epoch: int | None = option(
         None, "Epoch length in samples (default: the selected shards' count in _info.json)."
     )
+    val_samples: int = option(
+        256,
+        "Held-out images for the validation loss: a seeded sample the run never trains on (0: no validation; off with a message when it would be over 10% of the data).",
+    )
+    val_shards: tuple[str, ...] = option(
+        (),
+        "Shards to validate on instead of a sample (their first --val-samples images); left out of training. Repeatable.",
+    )
     raw16: bool = option(
         False,
         "Read the raw 16-bit `.npy` member of samples that have one (shard --keep-16bit), losslessly.",
+    )
+    mix: tuple[str, ...] = option(
+        (),
+        "Sampling weight of a source, SOURCE=W (e.g. --mix flir=2 --mix kaist=1): sources drawn in these proportions, unnamed ones not at all (default: as stored). Repeatable.",
+    )
+    mix_bin: tuple[str, ...] = option(
+        (),
+        "Sampling weight of a resolution bin, BIN=W (e.g. --mix-bin 640x512=1): bins drawn in these proportions, unnamed ones not at all (default: as stored). Repeatable.",
     )
 
     def __post_init__(self) -> None:
@@ -74,6 +90,11 @@ class DataConfig:
             )
         if self.read_deadline <= 0 or self.timeout <= 0:
             raise ValueError("--read-deadline and --timeout must be positive seconds")
+        if (self.mix or self.mix_bin) and not self.resampled:
+            raise ValueError(
+                "--mix and --mix-bin draw samples by weight, which needs --resampled "
+                "(--no-resampled reads every sample once per epoch)"
+            )
 
 
 @dataclass(frozen=True)
@@ -113,6 +134,10 @@ class RunConfig:
     vis_every: int = option(
         0,
         "Steps between reconstruction grid PNGs in RUN/vis/; one of the last step is always written (0: only that one).",
+    )
+    val_every: int = option(
+        500,
+        "Steps between validation passes, and one at the end (0: only that one); at batch 64 a pass of 256 images costs under 1% of training.",
     )
     resume: str | None = option(
         None,

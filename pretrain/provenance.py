@@ -202,3 +202,25 @@ def data_record(
 def safe_shard_specs(specs: Sequence[str]) -> list[str]:
     """The --shards values for a saved config: loopback URLs reduced to what describes them."""
     return [describe_shards([s]) if is_loopback(s) else str(s) for s in specs]
+
+
+def _shares_text(table: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {100 * float(share):.1f}%" for name, share in table.items())
+
+
+def mixture_line(mixture: dict[str, Any] | None) -> str | None:
+    """A run record's data mixture as one card line: the shares asked for (--mix, --mix-bin)
+    and those realised in the samples trained on; None for records without one."""
+    if not isinstance(mixture, dict):
+        return None
+    weights, drawn = mixture.get("weights") or {}, mixture.get("realised") or {}
+    asked = "; ".join(
+        f"{flag} {_shares_text(weights[kind])}"
+        for kind, flag in (("sources", "--mix"), ("bins", "--mix-bin"))
+        if weights.get(kind)
+    )
+    got = "; ".join(f"{kind} {_shares_text(drawn[kind])}" for kind in drawn if drawn[kind])
+    return (
+        f"- data mixture: {asked or 'as stored (every sample equally likely)'}; "
+        f"realised: {got or 'not counted'}"
+    )

@@ -67,6 +67,7 @@ class TrainResult:
     is_main: bool = True  # the rank that prints and writes
     resumed_from: Path | None = None
     passed_over: tuple[str, ...] = ()  # damaged checkpoints skipped by --resume auto
+    drawn: str = ""  # realised shares of the samples trained on, per source and bin
 
     def _resume_note(self) -> str:
         if not self.passed_over or self.resumed_from is None:
@@ -87,6 +88,7 @@ class TrainResult:
             f"and {self.shard_errors} shard errors skipped in the batches trained on (workers "
             f"reading ahead may have logged more); run in {self.run_dir}, last "
             f"checkpoint {self.checkpoint}{self._resume_note()}"
+            + (f"; drawn: {self.drawn}" if self.drawn else "")
         )
 
 

@@ -26,10 +26,19 @@ from pretrain.config import (
     PretrainConfig,
     parse_model_args,
 )
+from pretrain.curves import CurvesError, save_run_curves
 from pretrain.data import (
     ResolvedData,
+    add_counts,
+    describe_realised,
+    epoch_length,
     loader_for,
+    mixture_for,
+    parse_weights,
+    realised,
     resolve_data,
+    shares,
+    usable_cores,
 )
 from pretrain.distributed import peak_flops, resolve_precision, seed_everything
 from pretrain.models import create_model
@@ -51,6 +60,13 @@ from pretrain.runs import (
     truncate_metrics,
 )
 from pretrain.schedule import build_optimizer, plan_schedule
+from pretrain.validation import (
+    HeldOut,
+    Validator,
+    choose_held_out,
+    split_off_val_shards,
+    validation_due,
+)
 from pretrain.visualize import save_grid
 
 log = logging.getLogger(__name__)
@@ -80,6 +96,8 @@ RESUME_FIXED = (
     ("optim", "min_lr"),
     ("optim", "accum_steps"),
     ("data", "batch_size"),
+    ("data", "val_samples"),
+    ("data", "val_shards"),
     ("run", "model"),
 )
 
@@ -141,13 +159,20 @@ class Trainer:
         self.image_hw = tuple(getattr(self.model_config, "image_hw", (224, 224)))
         seed_everything(run.seed + 1000 * self.env.rank)  # per-rank streams from here on
 
-        self.resolved = resolve_data(config.data)  # URLs and index, read once a run
+        # URLs and index, read once a run; --val-shards are not trained on
+        self.split = split_off_val_shards(config.data, resolve_data(config.data))
+        self.resolved = self.split.train
         self.urls, self.info = self.resolved.urls, self.resolved.info
         self.schedule = plan_schedule(
             config.optim,
             config.data.batch_size,
             self.env.world_size,
-            config.data.samples_per_epoch or (self.info.num_samples if self.info else None),
+            epoch_length(  # as many loader processes as the loader starts (cores cap them)
+                config.data,
+                self.info,
+                self.env.world_size,
+                min(config.data.workers, usable_cores()),
+            ),
         )
         self.optimizer, self.scheduler = build_optimizer(model, config.optim, self.schedule)
         self.amp_dtype = resolve_precision(run.precision, self.device)
@@ -162,6 +187,8 @@ class Trainer:
         self.images_seen = 0
         self.nan_skips = torch.zeros((), device=self.device)
         self.resumed_from: Path | None = None
+        self.drawn: dict[str, dict[str, int]] = {}  # samples trained on, all ranks (main)
+        self.resumed_record: dict[str, Any] | None = None  # the resumed checkpoint's record
         self.passed_over: list[str] = []  # damaged checkpoints --resume auto did not use
         data_state = self._maybe_resume()
         if run.resume and self.env.is_main:
@@ -169,8 +196,12 @@ class Trainer:
         self.data = (
             describe_data(config, self.resolved) if self.env.is_main else None
         )
+        self.mixture = mixture_for(self.config.data, self.urls, self.info)  # after resume
+        if self.env.is_main:
+            log.info("data mixture: %s", self.mixture.describe())
+        self.held_out, self.validator = self._setup_validation()
         self.loader, self.tracker = loader_for(
-            config.data,
+            self.config.data,
             self.image_hw,
             seed=run.seed,
             rank=self.env.rank,
@@ -179,6 +210,8 @@ class Trainer:
             resume_state=data_state,
             urls=self.urls,
             info=self.info,
+            mixture=self.mixture,
+            exclude=self.held_out.excluded if self.held_out else frozenset(),
         )
         self.forward_model: nn.Module = self.model
         if self.env.distributed:
@@ -235,6 +268,7 @@ class Trainer:
         end = self.schedule.total_steps
         if self.config.run.stop_step is not None:
             end = min(end, self.config.run.stop_step)
+        self._keep_mixture(path, state)
         if int(state.get("step", 0)) < end:  # a finished run trains no more: nothing to change
             self._check_resume_options(path, state)
         try:
@@ -251,6 +285,9 @@ class Trainer:
             ) from err
         self.step = int(state["step"])
         self.resumed_from = path
+        self.drawn = _drawn_of(ranks) if self.env.is_main else {}
+        record = state.get("record")
+        self.resumed_record = record if isinstance(record, dict) else {}
         self.images_seen = int(counters["images"])
         self.nan_skips.fill_(float(counters["nan_skips"]))
         if len(ranks) == self.env.world_size:
@@ -263,9 +300,29 @@ class Trainer:
                 self.env.world_size,
             )
             data_state = {"num_workers": -1, "batches": self.step}
+            if self.env.is_main:  # the counts of what was drawn go on, on one rank
+                data_state["drawn"] = _drawn_of(ranks)
         if self.env.is_main:
             log.info("resumed %s at step %d", path, self.step)
         return data_state
+
+    def _keep_mixture(self, path: Path, state: dict[str, Any]) -> None:
+        """A resumed run draws with the checkpoint's --mix / --mix-bin: taken over when none
+        is given, refused when another is (the same shares at another scale are the same)."""
+        saved = (state.get("config") or {}).get("data") or {}
+        data = self.config.data
+        for name, flag in (("mix", "--mix"), ("mix_bin", "--mix-bin")):
+            recorded, given = tuple(saved.get(name) or ()), getattr(data, name)
+            if not recorded or not given:
+                data = dataclasses.replace(data, **{name: given or recorded})
+                continue
+            before, now = parse_weights(recorded, flag), parse_weights(given, flag)
+            if shares(before) != shares(now):
+                raise ckpt.CheckpointError(
+                    f"{path} was trained with {flag} {','.join(recorded)}; resume with that "
+                    f"mixture (or without {flag}), or choose another --out"
+                )
+        self.config = dataclasses.replace(self.config, data=data)
 
     def _check_resume_options(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse to resume with other optimisation options or another model than the
@@ -310,6 +367,12 @@ class Trainer:
             },
             "data": data,
             "license": licence.as_dict(),
+            "mixture": {
+                "weights": self.mixture.as_dict(),  # shares asked for ({}: as stored)
+                "drawn": self.drawn,  # samples trained on per source and per bin
+                "realised": realised(self.drawn),
+            },
+            "validation": self.held_out.as_dict() if self.held_out else None,
         }
 
     def save(self) -> Path | None:
@@ -321,6 +384,7 @@ class Trainer:
         ranks = distributed.gather_objects(self.env, rank_state)
         path = None
         if self.env.is_main:
+            self.drawn = _drawn_of(ranks)
             state = {
                 "format": ckpt.FORMAT_VERSION,
                 "step": self.step,
@@ -395,7 +459,9 @@ class Trainer:
         self.nan_skips += found_inf
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _log(self, interval: _Interval, bar: tqdm | None) -> dict[str, Any]:
+    def _log(
+        self, interval: _Interval, bar: tqdm | None, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         elapsed = max(time.perf_counter() - interval.started, 1e-9)
         loss = (interval.loss_sum / interval.loss_count.clamp(min=1)).item()  # host sync
         nan_skips = int(self.nan_skips.item())
@@ -419,6 +485,7 @@ class Trainer:
             "data_wait": interval.data_wait / elapsed,
             "nan_skips": nan_skips,
             **totals,
+            **(extra or {}),
             "time": time.time(),
         }
         self.metrics.write(record)
@@ -435,6 +502,36 @@ class Trainer:
                 f"{self.config.run.max_nan_skips}); lower --blr, set --clip-grad, or check the data"
             )
         return record
+
+    def _setup_validation(self) -> tuple[HeldOut | None, Validator | None]:
+        """The held-out set (every rank leaves it out) and its evaluator (main rank)."""
+        held, note = choose_held_out(
+            self.config.data,
+            self.split,
+            self.config.run.seed,
+            self.schedule.samples_per_epoch,
+            self.resumed_record,
+        )
+        if held is not None and not hasattr(self.model_config, "masking"):
+            held, note = None, "validation off: the model is not a masked autoencoder of ours"
+        if not self.env.is_main:
+            return held, None
+        every = f", every {self.config.run.val_every} steps and at the end" if held else ""
+        tqdm.write(f"{note}{every}")
+        validator = Validator.build(self.model, held, self.split, self.config.data) if held else None
+        return held, validator
+
+    def _validate(self, interval: _Interval) -> dict[str, Any]:
+        """One pass over the held-out set; its time is kept out of the interval's speed."""
+        result = self.validator.evaluate(self.model, self.amp_dtype, self.step)
+        interval.started += result.seconds
+        tqdm.write(result.line())
+        return result.record()
+
+    def _draw_curves(self) -> None:
+        """RUN/curves.png from the metrics logged so far."""
+        with contextlib.suppress(CurvesError):  # nothing logged yet: no figure
+            save_run_curves(self.run_dir, f"{self.run_dir.name} ({self.config.run.model})")
 
     def _visualize(self, images: torch.Tensor) -> None:
         path = self.run_dir / "vis" / f"step-{self.step:08d}.png"
@@ -458,6 +555,7 @@ class Trainer:
             is_main=self.env.is_main,
             resumed_from=self.resumed_from,
             passed_over=tuple(self.passed_over),
+            drawn=describe_realised(self.drawn),
         )
 
     def _finished_result(self) -> TrainResult:
@@ -502,13 +600,18 @@ class Trainer:
                 interval.steps += 1
                 if bar is not None:
                     bar.update(1)
-                if self.step % run.log_every == 0 or self.step == end:
-                    last_record = self._log(interval, bar)
+                val_step = self.validator is not None and validation_due(
+                    self.step, end, run.val_every
+                )
+                if self.step % run.log_every == 0 or self.step == end or val_step:
+                    extra = self._validate(interval) if val_step else None
+                    last_record = self._log(interval, bar, extra)
                     interval = new_interval()
                 # a grid every --vis-every steps, and always one of the last step
                 vis_step = self.step == end or (run.vis_every and self.step % run.vis_every == 0)
                 if vis_step and self.env.is_main:
                     self._visualize(images)
+                    self._draw_curves()
                 if self.step % run.ckpt_every == 0 or self.step == end:
                     last_path = self.save() or last_path
         finally:
@@ -516,6 +619,14 @@ class Trainer:
                 bar.close()
             self.metrics.close()
         return self._result(last_record["loss"] if last_record else None, last_path)
+
+
+def _drawn_of(ranks: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The samples every rank trained on, per source and per bin (their trackers' counts)."""
+    drawn: dict[str, dict[str, int]] = {}
+    for rank in ranks:
+        add_counts(drawn, (rank.get("data") or {}).get("drawn") or {})
+    return drawn
 
 
 def _plain(value: Any) -> Any:

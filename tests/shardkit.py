@@ -11,6 +11,7 @@ import io
 import json
 import socket
 import tarfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +63,13 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def write_shard(path: Path, samples: list[tuple[str, np.ndarray, int]]) -> None:
-    """Write one tar: per sample `{uid}.cls`, `{uid}.json`, `{uid}.png`, sorted by name."""
+def write_shard(
+    path: Path,
+    samples: list[tuple[str, np.ndarray, int]],
+    source_names: Sequence[str] | None = None,
+) -> None:
+    """Write one tar: per sample `{uid}.cls`, `{uid}.json`, `{uid}.png`, sorted by name; a
+    sample's source is `source_names[class]` (default `synthetic<class>`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for uid, image, source_index in sorted(samples, key=lambda s: s[0]):
@@ -71,7 +77,9 @@ def write_shard(path: Path, samples: list[tuple[str, np.ndarray, int]]) -> None:
             assert ok, "cv2.imencode failed"
             row = {
                 "uid": uid,
-                "source": f"synthetic{source_index}",
+                "source": (
+                    source_names[source_index] if source_names else f"synthetic{source_index}"
+                ),
                 "width": int(image.shape[1]),
                 "height": int(image.shape[0]),
                 "orig_dtype": str(image.dtype),
@@ -133,3 +141,50 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def make_mixed_dataset(
+    root: Path,
+    shards: Sequence[tuple[str, Mapping[str, int]]],
+    *,
+    height: int = 16,
+    width: int = 16,
+    seed: int = 0,
+) -> ShardSet:
+    """A dataset whose shards mix sources and bins as given: `[("640x512", {"a": 50, "b": 10}),
+    ...]` writes each shard under `root/<bin>/` with that many samples of each source (their
+    .cls the source's class id, their .json naming it), and an _info.json listing the shards
+    with their lengths and the sources with their counts."""
+    rng = np.random.default_rng(seed)
+    names = sorted({source for _, counts in shards for source in counts})
+    class_ids = {source: i for i, source in enumerate(names)}
+    paths, uids, totals = [], [], dict.fromkeys(names, 0)
+    for index, (bin_name, counts) in enumerate(shards):
+        samples = []
+        for source, count in counts.items():
+            for i in range(count):
+                uid = f"{source}_{index:03d}_{i:04d}"
+                samples.append((uid, synthetic_ir(rng, height, width, False), class_ids[source]))
+            totals[source] += count
+        path = root / bin_name / f"{bin_name}-{index:06d}.tar"
+        write_shard(path, samples, source_names=names)
+        paths.append(path)
+        uids.append(tuple(sorted(uid for uid, _, _ in samples)))
+    info = {
+        "name": "inf590k-test",
+        "splits": {
+            "train": {
+                "name": "train",
+                "num_samples": sum(len(u) for u in uids),
+                "filenames": [str(p.relative_to(root)) for p in paths],
+                "shard_lengths": [len(u) for u in uids],
+            }
+        },
+        "sources": [
+            {"id": source, "class_id": class_ids[source], "name": source, "license": "CC-BY-4.0",
+             "license_link": "", "modality": "lwir", "samples": totals[source]}
+            for source in names
+        ],  # fmt: skip
+    }
+    (root / "_info.json").write_text(json.dumps(info, indent=2))
+    return ShardSet(root=root, shards=tuple(paths), uids=tuple(uids))

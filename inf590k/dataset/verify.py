@@ -1,5 +1,8 @@
 """Verify a dataset folder: hashes, index files, sidecars, stray files, every sample re-read.
 
+Each tar is read once, as a stream: its sha256 is computed from the bytes the tar reader
+consumes, and one sample at a time is held, so a worker's memory does not grow with the shard.
+
 Works on the folder `inf590k shard` wrote and on a copy as `hf download --repo-type dataset
 --local-dir` leaves it (`.gitattributes` and `.cache/` are the Hub's, not strays). Each
 problem is one line naming the file. `VerifyReport.ok` is False when there is any; the CLI
@@ -8,12 +11,15 @@ exits non-zero then.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -49,6 +55,8 @@ from inf590k.fsutil import file_sha256, plural
 from inf590k.inputs.headers import RejectedImage, check_before_decode
 
 BASE_MEMBERS = ("cls", "json", "png")
+READ_BLOCK = 1 << 20  # bytes per read of the end of a tar
+MAX_MEMBER_BYTES = 256 << 20  # a larger member is reported, not read (a 16-bit 8K frame: 128 MiB)
 REQUIRED_FILES = (CARD_FILENAME, SOURCES_PATH, COUNTS_PATH, FILES_PATH)  # besides index and sums
 
 
@@ -105,19 +113,59 @@ def read_sums(path: Path) -> dict[str, str]:
     return sums
 
 
-def _read_tar(path: Path) -> tuple[list[str], dict[str, dict[str, bytes]]]:
-    """Sample keys in tar order and their members (extension -> bytes)."""
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    with tarfile.open(path) as tar:
-        for member in tar:
-            key, _, extension = member.name.partition(".")
-            if key not in samples:
-                samples[key] = {}
-                order.append(key)
-            handle = tar.extractfile(member)
-            samples[key][extension] = handle.read() if handle else b""
-    return order, samples
+class _HashingReader:
+    """A file read front to back, hashing every byte handed out (one pass: hash and tar)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+    def finish(self) -> str:
+        """Hash what is left (what tarfile did not need: the end-of-archive padding)."""
+        while self.read(READ_BLOCK):
+            pass
+        return self.digest.hexdigest()
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
+    """A member's payload; None when it is over MAX_MEMBER_BYTES (skipped unread)."""
+    if member.size > MAX_MEMBER_BYTES:
+        return None
+    handle = tar.extractfile(member)
+    return handle.read() if handle else b""
+
+
+def stream_samples(
+    tar: tarfile.TarFile, problems: list[str]
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) per sample, members grouped while they are next to each other:
+    one sample in memory at a time. A key seen before, or a member over the size limit, is a
+    problem (one line)."""
+    key, members, seen = None, {}, set()
+    for member in tar:
+        name_key, _, extension = member.name.partition(".")
+        if name_key != key:
+            if key is not None:
+                yield key, members
+            if name_key in seen:
+                problems.append(f"sample {name_key}: its members are not next to each other")
+            key, members = name_key, {}
+            seen.add(name_key)
+        data = _member_bytes(tar, member)
+        if data is None:
+            problems.append(
+                f"sample {name_key}: member {member.name} holds {member.size} bytes, over "
+                f"{MAX_MEMBER_BYTES} (not read)"
+            )
+            data = b""
+        members[extension] = data
+    if key is not None:
+        yield key, members
 
 
 def _decode(data: bytes) -> tuple[np.ndarray | None, str]:
@@ -166,26 +214,40 @@ def sample_problem(
     return None
 
 
-def _check_samples(check: _ShardCheck, rows: list[dict] | None) -> tuple[list[str], list[str]]:
-    """Re-read a tar: members, JSON vs sidecar, class, PNG and npy. -> (uids, problems)."""
+def _check_samples(
+    check: _ShardCheck, rows: list[dict] | None
+) -> tuple[list[str], list[str], str]:
+    """One streaming pass over a tar: members, JSON vs sidecar, class, PNG and npy of each
+    sample, and the file's sha256. -> (uids, problems, sha256). Memory: one sample and
+    tarfile's buffer, whatever the shard's size."""
     name = f"data/{check.relpath}"
-    try:
-        order, samples = _read_tar(tar_path(check.dataset, check.relpath))
-    except (tarfile.TarError, OSError, EOFError) as error:
-        return [], [f"{name}: unreadable tar ({error}): the shard is truncated or corrupt"]
-    problems = []
     by_uid = {r["uid"]: r for r in rows or []}
-    for key in order:
-        if check.decode and rows is not None:
-            problem = sample_problem(key, samples[key], by_uid.get(key), check.classes, check.raw)
-            if problem:
-                problems.append(f"{name}: {problem}")
-        progress.tick()
+    order: list[str] = []
+    problems: list[str] = []
+    with open(tar_path(check.dataset, check.relpath), "rb") as handle:
+        reader = _HashingReader(handle)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
+                stream_problems: list[str] = []
+                for key, members in stream_samples(tar, stream_problems):
+                    order.append(key)
+                    problems += [f"{name}: {p}" for p in stream_problems]
+                    stream_problems.clear()
+                    if check.decode and rows is not None:
+                        problem = sample_problem(key, members, by_uid.get(key), check.classes, check.raw)
+                        if problem:
+                            problems.append(f"{name}: {problem}")
+                    progress.tick()
+                problems += [f"{name}: {p}" for p in stream_problems]
+        except (tarfile.TarError, OSError, EOFError) as error:
+            problems.append(f"{name}: unreadable tar ({error}): the shard is truncated or corrupt")
+            return [], problems, reader.finish()
+        digest = reader.finish()
     if len(order) != check.expected_count:
         problems.append(
             f"{name}: count mismatch: {len(order)} samples, {INFO_PATH} says {check.expected_count}"
         )
-    return order, problems
+    return order, problems, digest
 
 
 def _stats_problems(check: _ShardCheck) -> list[str]:
@@ -218,18 +280,18 @@ def check_shard(check: _ShardCheck) -> tuple[int, list[str], dict[tuple[str, str
         progress.tick(check.expected_count)
         return 0, [f"{name}: missing shard"], {}
     problems = []
-    if check.expected_sha256 is None:
-        problems.append(f"{name}: not listed in {SUMS_PATH}")
-    elif file_sha256(path) != check.expected_sha256:
-        problems.append(f"{name}: sha256 mismatch (changed, truncated or corrupt)")
-    problems += _stats_problems(check)
     parquet = sidecar_path(check.dataset, check.relpath)
     rows = None
-    if not parquet.exists():
-        problems.append(f"{name}: missing sidecar {parquet.name}")
-    else:
+    if parquet.exists():
         rows = pq.read_table(parquet, schema=CATALOG_SCHEMA).to_pylist()
-    uids, sample_problems = _check_samples(check, rows)
+    uids, sample_problems, digest = _check_samples(check, rows)  # hashes as it reads
+    if check.expected_sha256 is None:
+        problems.append(f"{name}: not listed in {SUMS_PATH}")
+    elif digest != check.expected_sha256:
+        problems.append(f"{name}: sha256 mismatch (changed, truncated or corrupt)")
+    problems += _stats_problems(check)
+    if rows is None:
+        problems.append(f"{name}: missing sidecar {parquet.name}")
     problems += sample_problems
     if rows is not None and not any("unreadable tar" in p for p in sample_problems):
         if [r["uid"] for r in rows] != uids:

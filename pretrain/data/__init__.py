@@ -7,6 +7,7 @@ from pretrain.data.index import (
     DatasetInfo,
     ResolvedData,
     dataset_info,
+    epoch_length,
     epoch_samples,
     expand_shard_urls,
     expected_lengths,
@@ -18,7 +19,22 @@ from pretrain.data.index import (
     resolve_data,
     shard_key,
 )
-from pretrain.data.loader import StreamTracker, loader_for, make_loader
+from pretrain.data.loader import (
+    StreamTracker,
+    loader_for,
+    make_loader,
+    mixture_for,
+    usable_cores,
+)
+from pretrain.data.mixture import (
+    Mixture,
+    add_counts,
+    describe_realised,
+    parse_weights,
+    plan_mixture,
+    realised,
+    shares,
+)
 from pretrain.data.remote import (
     NetworkDisabledError,
     ShardReadTimeout,
@@ -26,7 +42,7 @@ from pretrain.data.remote import (
     open_url,
     redact_url,
 )
-from pretrain.data.stream import ShardStream, WorkerPosition, bounded_shuffle
+from pretrain.data.stream import ShardStream, WorkerPosition, bounded_shuffle, sample_window
 from pretrain.data.transforms import (
     crop_box,
     crop_flip,
@@ -41,6 +57,7 @@ from pretrain.data.transforms import (
 __all__ = [
     "DataConfig",
     "DatasetInfo",
+    "Mixture",
     "NetworkDisabledError",
     "ResolvedData",
     "ShardReadTimeout",
@@ -48,6 +65,7 @@ __all__ = [
     "ShardUnreachableError",
     "StreamTracker",
     "WorkerPosition",
+    "add_counts",
     "bounded_shuffle",
     "crop_box",
     "crop_flip",
@@ -55,6 +73,8 @@ __all__ = [
     "dataset_info",
     "decode_ir_png",
     "decode_raw_npy",
+    "describe_realised",
+    "epoch_length",
     "epoch_samples",
     "expand_shard_urls",
     "expected_lengths",
@@ -64,12 +84,19 @@ __all__ = [
     "is_info_url",
     "loader_for",
     "make_loader",
+    "mixture_for",
     "open_url",
+    "parse_weights",
+    "plan_mixture",
     "random_resized_crop_box",
     "read_info",
+    "realised",
     "redact_url",
     "resolve_data",
+    "sample_window",
     "shard_key",
+    "shares",
     "stretch_range",
     "to_uint8",
+    "usable_cores",
 ]

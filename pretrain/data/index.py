@@ -13,11 +13,13 @@ import posixpath
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import braceexpand
+from webdataset.tariterators import base_plus_ext
 
 from inf590k.dataset.layout import (
     DATA_DIRNAME,
@@ -38,6 +40,7 @@ from pretrain.data.remote import (
     open_url,
     redact_url,
 )
+from pretrain.data.tarstream import tar_members
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +345,87 @@ def expected_lengths(info: DatasetInfo | None) -> dict[str, int]:
     return {shard_key(u): n for u, n in zip(info.filenames, info.shard_lengths, strict=True)}
 
 
+def epoch_length(
+    config: DataConfig, info: DatasetInfo | None, world_size: int, workers: int | None = None
+) -> int | None:
+    """Samples one epoch reads across ranks: --samples-per-epoch, else the selected shards'
+    samples; without --resampled, each of the world_size x workers shares reads an equal
+    window of ceil(samples / shares), so the remainder's padding counts too. `workers`: the
+    loader processes per rank (default --workers)."""
+    if config.samples_per_epoch:
+        return config.samples_per_epoch
+    if info is None:
+        return None
+    if config.resampled or len(info.shard_lengths) != len(info.filenames):
+        return info.num_samples
+    shares = world_size * max(1, config.workers if workers is None else workers)
+    return shares * -(-info.num_samples // shares)
+
+
 def epoch_samples(config: DataConfig, urls: Sequence[str]) -> int | None:
     """Samples per epoch: --samples-per-epoch, else the selected shards' samples (_info.json)."""
     if config.samples_per_epoch:
         return config.samples_per_epoch
     info = dataset_info(config, urls)
     return info.num_samples if info else None
+
+
+MAX_LABEL_BYTES = 1 << 20  # a sample's .json or .cls: a catalog row or a class id, not data
+
+
+def scan_sources(urls: Sequence[str], config: DataConfig) -> tuple[dict[str, Any], ...]:
+    """The sources of data whose _info.json lists none, counted from the samples: each one's
+    .json names its source and its .cls its class id. One read of every shard (its other
+    members skipped); a shard that cannot be read is left out with a warning, as the stream
+    would skip it. Entries as _info.json's `sources` ({id, class_id, samples}), by id."""
+    log.warning(
+        "_info.json lists no sources: counting them in the samples of %d shards", len(urls)
+    )
+    samples: Counter[str] = Counter()
+    classes: dict[str, str] = {}  # source -> its class id (the .cls text)
+    for url in dict.fromkeys(urls):
+        try:
+            labels = _shard_labels(url, config)
+        except NetworkDisabledError:
+            raise
+        except (ShardUnreachableError, ValueError, OSError) as exc:
+            log.warning("sources of %s not counted: %s", redact_url(url), exc)
+            continue
+        for source, class_id in labels:
+            samples[source] += 1
+            if classes.setdefault(source, class_id) != class_id:
+                raise ValueError(
+                    f"{redact_url(url)}: samples of source {source!r} carry class ids "
+                    f"{classes[source]} and {class_id} (.cls): their source cannot be told"
+                )
+    if len(set(classes.values())) != len(classes) or not all(
+        c.isdigit() for c in classes.values()
+    ):
+        raise ValueError(
+            "the samples' .cls do not tell their sources apart (one class id per source): "
+            "--mix needs a dataset written by `inf590k shard`, or its _info.json"
+        )
+    return tuple(
+        {"id": source, "class_id": int(classes[source]), "samples": samples[source]}
+        for source in sorted(samples)
+    )
+
+
+def _shard_labels(url: str, config: DataConfig) -> list[tuple[str, str]]:
+    """(source of its .json, its .cls text) of each sample of one shard, in order."""
+    members: dict[str, dict[str, bytes]] = {}
+    wanted = lambda name: name.endswith((".json", ".cls"))  # noqa: E731
+    with open_url(url, config) as stream:
+        for name, data in tar_members(stream, wanted, max_size=MAX_LABEL_BYTES):
+            key, extension = base_plus_ext(name)
+            members.setdefault(key, {})[extension] = data
+    labels = []
+    for key, parts in members.items():
+        try:
+            source = json.loads(parts.get("json", b"{}")).get("source")
+        except (ValueError, AttributeError):
+            source = None
+        if not isinstance(source, str) or not source:
+            raise ValueError(f"sample {key} names no source in its .json")
+        labels.append((source, parts.get("cls", b"").decode("ascii", "replace").strip()))
+    return labels

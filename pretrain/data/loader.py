@@ -12,10 +12,19 @@ from typing import Any
 import torch
 
 from pretrain.config import DataConfig
-from pretrain.data.index import DatasetInfo, expand_shard_urls, expected_lengths
+from pretrain.data.index import (
+    DatasetInfo,
+    expand_shard_urls,
+    expected_lengths,
+    scan_sources,
+    shard_key,
+)
+from pretrain.data.mixture import Mixture, add_counts, plan_mixture
 from pretrain.data.stream import ShardStream, WorkerFailure, WorkerPosition, _seed
 
 log = logging.getLogger(__name__)
+
+HEAD = 6  # position fields before the per-label counts (see ShardStream)
 
 
 def usable_cores() -> int:
@@ -66,10 +75,16 @@ def make_loader(stream: ShardStream, workers: int, pin_memory: bool) -> torch.ut
 
 
 class StreamTracker:
-    """Main-process view of the workers' positions, fed with each consumed batch's position."""
+    """Main-process view of the workers' positions, fed with each consumed batch's position,
+    and the count of the samples consumed per source and per bin (what training drew)."""
 
     def __init__(
-        self, num_workers: int, positions: list[dict[str, int]] | None = None, batches: int = 0
+        self,
+        num_workers: int,
+        positions: list[dict[str, int]] | None = None,
+        batches: int = 0,
+        mixture: Mixture | None = None,
+        drawn: dict[str, dict[str, int]] | None = None,
     ) -> None:
         self.num_workers = num_workers
         self.positions = (
@@ -78,9 +93,14 @@ class StreamTracker:
             else [WorkerPosition().as_dict() for _ in range(num_workers)]
         )
         self.batches = batches  # micro-batches consumed by the training loop
+        self.labels = (
+            (mixture.sources, mixture.bins) if mixture is not None else ((), ())
+        )  # what the counts after HEAD in a position name
+        self.drawn: dict[str, dict[str, int]] = add_counts({}, drawn or {})
 
     def update(self, position: torch.Tensor) -> None:
-        worker, pass_index, offset, bad, errors, _ = (int(v) for v in position.tolist())
+        values = [int(v) for v in position.tolist()]
+        worker, pass_index, offset, bad, errors, _ = values[:HEAD]
         self.positions[worker] = {
             "pass_index": pass_index,
             "offset": offset,
@@ -88,6 +108,16 @@ class StreamTracker:
             "shard_errors": errors,
         }
         self.batches += 1
+        sources, bins = self.labels
+        counts = values[HEAD:]
+        if len(counts) == len(sources) + len(bins):
+            add_counts(
+                self.drawn,
+                {
+                    "sources": dict(zip(sources, counts[: len(sources)], strict=True)),
+                    "bins": dict(zip(bins, counts[len(sources) :], strict=True)),
+                },
+            )
 
     @property
     def first_worker(self) -> int:
@@ -104,6 +134,7 @@ class StreamTracker:
             "num_workers": self.num_workers,
             "batches": self.batches,
             "positions": [dict(p) for p in self.positions],
+            "drawn": {kind: dict(table) for kind, table in self.drawn.items()},
         }
 
 
@@ -118,9 +149,15 @@ def loader_for(
     resume_state: dict[str, Any] | None = None,
     urls: list[str] | None = None,
     info: DatasetInfo | None = None,
+    exclude: frozenset[str] = frozenset(),
+    mixture: Mixture | None = None,
 ) -> tuple[torch.utils.data.DataLoader, StreamTracker]:
-    """The process's DataLoader and the tracker that must see each batch it consumes."""
+    """The process's DataLoader and the tracker that must see each batch it consumes;
+    samples whose key is in `exclude` (the held-out set) are passed over. `mixture`: the
+    sampling weights (default: planned from `config.mix` / `config.mix_bin`)."""
     urls = urls if urls is not None else expand_shard_urls(config.shards, config.split, config)
+    if mixture is None:
+        mixture = mixture_for(config, urls, info)
     workers = loader_workers(config.workers)
     num_workers = max(1, workers)
     positions, batches = None, 0
@@ -133,7 +170,8 @@ def loader_for(
             num_workers,
         )
         seed = _seed(seed, int(resume_state.get("batches", 0)))
-    tracker = StreamTracker(num_workers, positions, batches)
+    drawn = resume_state.get("drawn") if resume_state else None
+    tracker = StreamTracker(num_workers, positions, batches, mixture, drawn)
     stream = ShardStream(
         urls=urls,
         config=config,
@@ -146,8 +184,25 @@ def loader_for(
         positions=[dict(p) for p in tracker.positions],
         shard_lengths=expected_lengths(info),
         shard_sums=dict(info.sums) if info is not None else {},
+        exclude=exclude,
+        mixture=mixture,
     )
     return make_loader(stream, workers, pin_memory), tracker
+
+
+def mixture_for(config: DataConfig, urls: list[str], info: DatasetInfo | None) -> Mixture:
+    """The mixture of --mix / --mix-bin over the shards `urls` (checked: one ValueError line).
+    The sources are _info.json's; where it lists none, --mix counts them in the shards."""
+    sources = info.sources if info is not None else ()
+    if config.mix and not sources:
+        sources = scan_sources(urls, config)
+    return plan_mixture(
+        config.mix,
+        config.mix_bin,
+        [shard_key(url) for url in urls],
+        expected_lengths(info),
+        sources,
+    )
 
 
 StreamFactory = Callable[..., tuple[torch.utils.data.DataLoader, StreamTracker]]

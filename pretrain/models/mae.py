@@ -93,11 +93,15 @@ class MaskedAutoencoder(nn.Module):
         latent = self.encoder(imgs, patch_mask)  # [N, prefix + Lv, D]
         return latent[:, self.encoder.num_prefix_tokens :]
 
-    def encode(self, imgs: Tensor, pixels: Tensor | None = None) -> tuple[Tensor, PatchMask]:
+    def encode(
+        self, imgs: Tensor, pixels: Tensor | None = None, patch_mask: PatchMask | None = None
+    ) -> tuple[Tensor, PatchMask]:
         """Mask, encode the visible patches and apply DDG: the decoder input [N, prefix + Lv, D]
-        (prefix: the ViT's class token, which DDG leaves as it is)."""
+        (prefix: the ViT's class token, which DDG leaves as it is). A given `patch_mask`
+        replaces the model's own masking (validation's fixed and common masks)."""
         self._check_input(imgs)
-        patch_mask = self.mask_patches(imgs, pixels)
+        if patch_mask is None:
+            patch_mask = self.mask_patches(imgs, pixels)
         latent = self.encoder(imgs, patch_mask)  # [N, prefix + Lv, D]
         if self.ddg is not None:
             prefix = self.encoder.num_prefix_tokens
@@ -115,8 +119,10 @@ class MaskedAutoencoder(nn.Module):
         per_patch = ((pred.float() - target) ** 2).mean(dim=-1)  # [N, L]
         return (per_patch * mask).sum() / mask.sum()
 
-    def forward(self, imgs: Tensor, pixels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        latent, patch_mask = self.encode(imgs, pixels)
+    def forward(
+        self, imgs: Tensor, pixels: Tensor | None = None, patch_mask: PatchMask | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        latent, patch_mask = self.encode(imgs, pixels, patch_mask)
         pred = self.decoder(latent, patch_mask.ids_restore)  # [N, L, p*p*C]
         return self.forward_loss(imgs, pred, patch_mask.mask), pred, patch_mask.mask
 

@@ -1,10 +1,19 @@
 """The shard plan: which kept row goes to which shard, in which order, and the sources table.
 
 Deterministic: the plan is computed up front from the catalog alone: uids of a bin sorted,
-then shuffled by a generator seeded from (seed, bin); each bin is cut into shards of
-near-equal length, all within 2x of the shortest (unless that one is under
---min-shard-length) and their count a multiple of --shard-multiple, never by what a worker
-did. A shard's plan digest covers everything that decides its bytes.
+then shuffled by a generator seeded from (seed, bin); each bin is cut on its own into the
+fewest shards of near-equal length within the targets (--shard-samples at most; --shard-bytes
+passed by less than one sample at most), never by what a worker did: a bin smaller than the
+targets is one short shard and never shortens the shards of other bins. The shard count is then raised to a
+multiple of --shard-multiple if asked. A shard's plan digest covers everything that decides
+its bytes.
+
+Bytes are estimated from the rows before anything is encoded (`estimated_bytes`):
+PNG_BYTES_PER_PIXEL per stored pixel for the 8-bit PNG, the raw frame (2 bytes per pixel and
+an .npy header) where 16-bit frames are kept, and SAMPLE_OVERHEAD_BYTES per sample for the
+tar headers, their padding and the JSON. The planning works on Arrow columns (counts with
+numpy, the JSON members built column by column by Arrow kernels, chunks of rows in parallel
+threads), not one Python dict per row.
 """
 
 from __future__ import annotations
@@ -14,27 +23,69 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from inf590k.build import catalog as cat
 from inf590k.dataset.layout import (
-    sample_json,
+    CATALOG_SCHEMA,
+    DATASET_WIDE_FIELDS,
+    _is_string_list,
+    _json_default,
 )
 from inf590k.execution.units import ExecutionOptions
+from inf590k.fsutil import available_cores
 
 # ----------------------------------------------------------------------------- constants
 
 FORMAT_VERSION = 3  # bump when the bytes of a sample change for the same catalog row
 
 
-MIN_SHARD_LENGTH = 16  # samples: balancing never cuts every shard below this for one small bin
+DEFAULT_SHARD_SAMPLES = 10_000  # samples per shard at most
+DEFAULT_SHARD_BYTES = 1_000_000_000  # ~1 GB per shard: the Hugging Face Hub's advice
 
 
-SAMPLE_OVERHEAD_BYTES = 4096  # 3 tar headers + JSON + PNG headers, per sample (estimate)
+# The PNG of a stored 8-bit pixel (Up filter, Huffman-only; see tar.png_params): 0.16 to 0.67
+# bytes per pixel in shards of the real sample frames and of synth, most 0.3-0.6. The upper
+# middle, so a shard of noisy frames lands near its byte target and one of smooth frames under it.
+PNG_BYTES_PER_PIXEL = 0.6
+
+
+SAMPLE_OVERHEAD_BYTES = 3072  # 3 tar headers, their padding to 512 bytes, the ~700-byte JSON
+
+
+NPY_HEADER_BYTES = 128  # numpy's .npy header of a 2-D uint16 frame
+
+
+JSON_CHUNK_ROWS = 16_384  # rows per planning thread's unit
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_size(text: str | int) -> int:
+    """A byte count from `1000000000`, `1e9`, `1GB`, `500 MB` or `2GiB` (ValueError otherwise)."""
+    if isinstance(text, int):
+        return text
+    cleaned = str(text).strip().lower().replace(" ", "").replace("_", "")
+    number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = cleaned[len(number) :]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(
+            f"{text!r} is not a size: give bytes, e.g. 1000000000, 1e9, 1GB, 500MB or 2GiB"
+        ) from None
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"{text!r}: a size must be at least 1 byte")
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -43,10 +94,9 @@ class ShardConfig:
 
     build: Path
     out: Path
-    max_count: int = 10_000  # samples per shard
-    max_size: int = 1_000_000_000  # bytes per shard, counted as raw pixels + overhead: a bound
-    shard_multiple: int = 1  # shard count a multiple of this (ranks x loader workers)
-    min_shard_length: int = MIN_SHARD_LENGTH  # shortest shard the 2x balance may cut to
+    max_count: int = DEFAULT_SHARD_SAMPLES  # target samples per shard (--shard-samples)
+    max_size: int = DEFAULT_SHARD_BYTES  # target bytes per shard, estimated (--shard-bytes)
+    shard_multiple: int = 1  # shard count a multiple of this, if asked
     keep_16bit: bool = False  # add the raw 16-bit frame (.npy) to rows whose file was 16-bit
     png_level: int = 1  # zlib level of cv2.imencode: encoding dominates the build
     seed: int = 0  # sample order inside each bin
@@ -57,17 +107,26 @@ class ShardConfig:
 
 @dataclass(frozen=True)
 class ShardJob:
-    """Everything one worker needs to write one shard."""
+    """Everything one worker needs to write one shard (an Arrow table pickles fast)."""
 
     build: Path
     out: Path
     relpath: str  # "<bin>/<bin>-000000.tar", relative to data/ (as _info.json names it)
-    rows: tuple[dict, ...]  # catalog rows in tar order
+    table: pa.Table  # catalog rows in tar order (CATALOG_SCHEMA)
     classes: tuple[int, ...]  # class id per row (the .cls member)
     jsons: tuple[bytes, ...]  # the .json member per row
     keep_16bit: bool
     png_level: int
     plan: str  # digest of everything that decides the tar bytes
+    estimated_bytes: int = 0  # of the tar, from the rows (`estimated_bytes`)
+
+    @cached_property
+    def rows(self) -> tuple[dict, ...]:
+        """The rows as dicts, made where they are used (in the worker)."""
+        return tuple(self.table.to_pylist())
+
+    def __len__(self) -> int:
+        return self.table.num_rows
 
 
 # ----------------------------------------------------------------------------- sources table
@@ -142,6 +201,116 @@ def sources_table(
     return sorted(by_id.values(), key=lambda e: int(e["class_id"]))
 
 
+# ----------------------------------------------------------------------------- sample JSON, by column
+
+
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _float_json(value: float) -> str:
+    """What `json.dumps` writes for a float (NaN and infinities as its literals)."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+_PLAIN_TEXT = r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$"  # printable ASCII but " and \: JSON as is
+
+
+def _string_json(values: pa.Array) -> pa.Array:
+    """JSON strings of a string column: quoted in Arrow, escaped by `json` only where needed."""
+    quoted = pc.binary_join_element_wise('"', values, '"', "")
+    plain = pc.match_substring_regex(values, _PLAIN_TEXT)
+    if pc.all(plain).as_py():
+        return quoted
+    escaped = pa.array(
+        [None if is_plain else _encode_str(v) for v, is_plain in zip(values.to_pylist(), plain.to_pylist(), strict=True)],
+        pa.string(),
+    )  # fmt: skip
+    return pc.if_else(plain, quoted, escaped)
+
+
+def _python_where(mask: pa.Array, texts: pa.Array, values: pa.Array, form) -> pa.Array:
+    """`texts`, with the rows of `mask` formatted by `form` in Python instead."""
+    if not pc.any(mask).as_py():
+        return texts
+    python = [form(v) if m else None for v, m in zip(values.to_pylist(), mask.to_pylist(), strict=True)]
+    return pc.if_else(mask, pa.array(python, pa.string()), texts)
+
+
+def _float_texts(values: pa.Array) -> pa.Array:
+    """JSON floats: Arrow's shortest round-trip digits (those of `repr`) in plain notation, with
+    repr's `.0` on integral values; what repr writes otherwise (exponents: |x| < 1e-4 or
+    >= 1e16, or where Arrow chose one; NaN, infinities) is formatted by Python."""
+    doubles = pc.cast(values, pa.float64())
+    texts = pc.cast(doubles, pa.string())
+    exponent = pc.match_substring_regex(texts, r"[eE]")
+    integral = pc.invert(pc.match_substring(texts, "."))
+    texts = pc.if_else(integral, pc.binary_join_element_wise(texts, ".0", ""), texts)
+    size = pc.abs(doubles)
+    tiny = pc.and_(pc.less(size, 1e-4), pc.not_equal(size, 0))
+    odd = pc.or_(pc.or_(exponent, pc.invert(pc.is_finite(doubles))), pc.or_(pc.greater_equal(size, 1e16), tiny))
+    return _python_where(pc.fill_null(odd, True), texts, doubles, _float_json)
+
+
+def _int_list_texts(values: pa.Array) -> pa.Array:
+    """JSON lists of integers ("[0,0,640,512]"), a null list as [] (the JSON default)."""
+    flat = values.flatten()  # leaves out null lists
+    if flat.null_count:  # a null inside a list: JSON null, by Python
+        return pa.array([_dump(v or []) for v in values.to_pylist()], pa.string())
+    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
+    texts = pa.ListArray.from_arrays(offsets, pc.cast(flat, pa.string()))
+    return pc.binary_join_element_wise("[", pc.binary_join(texts, ","), "]", "")
+
+
+def _column_json(field: pa.Field, column: pa.ChunkedArray | None, rows: int) -> pa.Array:
+    """The JSON text of one catalog column per row, as `sample_json` writes it inside a record,
+    formatted by Arrow kernels (Python only for the odd value)."""
+    default = _json_default(field)
+    values = pa.nulls(rows, field.type) if column is None else column.combine_chunks()
+    kind = field.type
+    if _is_string_list(field):
+        joined = pc.fill_null(pc.binary_join(values, ","), "")
+        return _string_json(joined)
+    if pa.types.is_string(kind):
+        return _string_json(pc.fill_null(values, default))
+    if pa.types.is_integer(kind):
+        return pc.cast(pc.fill_null(values, default), pa.string())
+    if pa.types.is_floating(kind):
+        return _float_texts(pc.fill_null(values, default))
+    if pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind):
+        if pa.types.is_integer(kind.value_type):
+            return _int_list_texts(values)
+    raise TypeError(f"no JSON form for catalog column {field.name} ({field.type})")
+
+
+def sample_jsons(table: pa.Table) -> list[bytes]:
+    """`layout.sample_json` of every row of a catalog table, byte for byte, built column by
+    column by Arrow kernels (an order of magnitude faster than a `json.dumps` per row dict)."""
+    if table.num_rows == 0:
+        return []
+    fields = sorted(
+        (f for f in CATALOG_SCHEMA if f.name not in DATASET_WIDE_FIELDS), key=lambda f: f.name
+    )
+    names = set(table.column_names)
+    pieces: list[pa.Array | str] = ["{"]
+    for index, column_field in enumerate(fields):
+        name = column_field.name
+        column = table.column(name) if name in names else None
+        pieces += [("," if index else "") + _encode_str(name) + ":"]  # names: a-z_
+        pieces += [_column_json(column_field, column, table.num_rows)]
+    pieces += ["}"]
+    joined = pc.binary_join_element_wise(*pieces, "")
+    return pc.cast(joined, pa.binary()).to_pylist()
+
+
 # ----------------------------------------------------------------------------- planning
 
 def _bin_rng(seed: int, bin_name: str) -> np.random.Generator:
@@ -149,55 +318,72 @@ def _bin_rng(seed: int, bin_name: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def _pixel_bytes(row: Mapping, keep_16bit: bool) -> int:
-    pixels = int(row["width"]) * int(row["height"])
-    raw = 2 * pixels if keep_16bit and row.get("bit_depth") == 16 else 0  # the .npy member
-    return pixels + raw + SAMPLE_OVERHEAD_BYTES
+def estimated_bytes(table: pa.Table, keep_16bit: bool) -> np.ndarray:
+    """The estimated tar bytes of each row's sample (see the module's docstring). -> (rows,)"""
+    width = table.column("width").to_numpy(zero_copy_only=False).astype(np.int64)
+    height = table.column("height").to_numpy(zero_copy_only=False).astype(np.int64)
+    pixels = width * height
+    estimate = np.ceil(pixels * PNG_BYTES_PER_PIXEL).astype(np.int64) + SAMPLE_OVERHEAD_BYTES
+    if keep_16bit:
+        sixteen = pc.fill_null(pc.equal(table.column("bit_depth"), 16), False)
+        raw = sixteen.to_numpy(zero_copy_only=False)
+        estimate += np.where(raw, 2 * pixels + NPY_HEADER_BYTES, 0)
+    return estimate
 
 
-def even_runs(rows: list[dict], count: int) -> list[list[dict]]:
-    """`count` consecutive runs whose lengths differ by at most one."""
-    base, extra = divmod(len(rows), count)
-    runs, start = [], 0
-    for index in range(count):
-        length = base + (index < extra)
-        runs.append(rows[start : start + length])
-        start += length
-    return runs
+def run_bounds(rows: int, count: int) -> np.ndarray:
+    """Start offsets of `count` consecutive runs whose lengths differ by at most one, and the
+    end: (count + 1,). The first `rows % count` runs are the longer ones."""
+    base, extra = divmod(rows, count)
+    lengths = np.full(count, base, dtype=np.int64)
+    lengths[:extra] += 1
+    return np.concatenate([[0], np.cumsum(lengths)])
 
 
-def _limit_count(rows: list[dict], max_count: int, max_size: int, keep_16bit: bool) -> int:
-    """The fewest shards that keep every shard of a bin within the count and size limits."""
-    count = max(1, math.ceil(len(rows) / max_count))
-    while count < len(rows) and any(
-        sum(_pixel_bytes(r, keep_16bit) for r in run) > max_size for run in even_runs(rows, count)
-    ):
-        count += 1
-    return count
+def even_runs(rows: list, count: int) -> list[list]:
+    """`count` consecutive runs of `rows` whose lengths differ by at most one."""
+    bounds = run_bounds(len(rows), count)
+    return [rows[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _shortest(by_bin: Mapping[str, list[dict]], counts: Mapping[str, int]) -> int:
-    return min(len(rows) // counts[b] for b, rows in by_bin.items())
+def _largest_run(estimates: np.ndarray, count: int) -> int:
+    """Estimated bytes of the largest of `count` even runs."""
+    return int(np.add.reduceat(estimates, run_bounds(len(estimates), count)[:-1]).max())
 
 
-def _cap_lengths(by_bin: Mapping[str, list[dict]], counts: dict[str, int], min_length: int) -> None:
-    """Split bins until no shard is over twice the shortest one (if that one holds min_length+).
+def bin_shard_count(estimates: np.ndarray, max_count: int, max_size: int) -> int:
+    """The fewest even shards of one bin (rows in shard order) within both targets.
 
-    A bin of n split into the fewest shards of at most 2m holds more than m per shard, so the
-    shortest shard stays the shortest and every length lands within 2x of it.
+    A shard may pass the byte target by less than its largest sample (as a writer that closes
+    a shard after the sample that crosses the target), so one sample over the target does not
+    cut its bin into shards of one. Starts from what the totals need; while a run is over (a
+    run of large frames), doubles the count, then bisects back to a count whose one-fewer is
+    over: a few numpy passes over the bin.
     """
-    shortest = _shortest(by_bin, counts)
-    if shortest < min_length:
-        return  # shrinking every shard to fit that bin would make them all tiny
-    for bin_name, rows in by_bin.items():
-        counts[bin_name] = max(counts[bin_name], math.ceil(len(rows) / (2 * shortest)))
+    rows = len(estimates)
+    if rows == 0:
+        return 0
+    limit = max_size + int(estimates.max())
+    count = max(1, math.ceil(rows / max_count), math.ceil(int(estimates.sum()) / max_size))
+    count = min(count, rows)
+
+    def fits(shards: int) -> bool:
+        return _largest_run(estimates, shards) < limit
+
+    if fits(count):
+        return count
+    low, high = count, min(rows, 2 * count)  # low: over the target
+    while not fits(high):
+        low, high = high, min(rows, 2 * high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
 
 
-def _round_to_multiple(
-    by_bin: Mapping[str, list[dict]], counts: dict[str, int], multiple: int
-) -> None:
+def _round_to_multiple(sizes: Mapping[str, int], counts: dict[str, int], multiple: int) -> None:
     """Extra shards, one at a time, to the bin whose shards are longest now."""
-    samples = sum(len(rows) for rows in by_bin.values())
+    samples = sum(sizes.values())
     target = math.ceil(sum(counts.values()) / multiple) * multiple
     if target > samples:
         raise ValueError(
@@ -205,130 +391,133 @@ def _round_to_multiple(
             "samples: lower --shard-multiple"
         )
     while sum(counts.values()) < target:
-        splittable = [b for b in sorted(by_bin) if counts[b] < len(by_bin[b])]
-        longest = max(splittable, key=lambda b: len(by_bin[b]) / counts[b])
+        splittable = [b for b in sorted(sizes) if counts[b] < sizes[b]]
+        longest = max(splittable, key=lambda b: sizes[b] / counts[b])
         counts[longest] += 1
 
 
 def shard_counts(
-    by_bin: Mapping[str, list[dict]],
-    max_count: int,
-    max_size: int,
-    keep_16bit: bool,
-    multiple: int,
-    min_length: int = MIN_SHARD_LENGTH,
+    estimates: Mapping[str, np.ndarray], max_count: int, max_size: int, multiple: int = 1
 ) -> dict[str, int]:
-    """Shards per bin: within the limits, lengths within 2x, total a multiple of `multiple`.
-
-    Shards are shortened to within twice the shortest bin's shard, unless that shard holds
-    fewer than `min_length` samples: then that bin stays one short shard (see `short_bins`).
-    """
-    counts = {b: _limit_count(rows, max_count, max_size, keep_16bit) for b, rows in by_bin.items()}
-    while True:
-        before = dict(counts)
-        _cap_lengths(by_bin, counts, min_length)
-        _round_to_multiple(by_bin, counts, multiple)
-        if counts == before:
-            return counts
+    """Shards per bin: each bin on its own within the targets, then the total raised to a
+    multiple of `multiple`. `estimates`: estimated bytes per row of each bin, in shard order."""
+    counts = {b: bin_shard_count(e, max_count, max_size) for b, e in estimates.items()}
+    if multiple > 1:
+        _round_to_multiple({b: len(e) for b, e in estimates.items()}, counts, multiple)
+    return counts
 
 
-def short_bins(lengths_by_bin: Mapping[str, list[int]]) -> str:
-    """One summary line naming the bins whose shards stay under half the longest, else ""."""
-    longest = max(max(lengths) for lengths in lengths_by_bin.values())
-    short = {
-        b: lengths for b, lengths in sorted(lengths_by_bin.items()) if 2 * min(lengths) < longest
-    }
-    if not short:
-        return ""
-    shortest = min(min(lengths) for lengths in short.values())
-    names = ", ".join(f"{b} ({sum(lengths)})" for b, lengths in short.items())
-    bins = "bin is" if len(short) == 1 else f"{len(short)} bins are"
-    return (
-        f"note: shards not within 2x: {bins} under half the longest shard ({longest}): {names}; "
-        f"--min-shard-length {shortest} shortens every shard to within 2x of them"
-    )
-
-
-def _kept_rows(build: Path, catalog: pa.Table | None = None) -> dict[str, list[dict]]:
-    """Kept rows by resolution bin, from `catalog` (the build's, read when not given)."""
+def kept_by_bin(build: Path, catalog: pa.Table | None = None) -> dict[str, pa.Table]:
+    """Kept rows by resolution bin, each sorted by uid, from `catalog` (read when not given)."""
     table = cat.read_catalog(build) if catalog is None else catalog
-    table = table.filter(pa.compute.equal(table.column("status"), cat.STATUS_OK))
-    rows = table.to_pylist()  # sorted by uid (read_catalog)
-    unbinned = [r["uid"] for r in rows if not r["res_bin"]]
-    if unbinned:
+    table = table.select(list(CATALOG_SCHEMA.names)).cast(CATALOG_SCHEMA)
+    table = table.filter(pc.equal(table.column("status"), cat.STATUS_OK))
+    unbinned = pc.or_(pc.is_null(table.column("res_bin")), pc.equal(table.column("res_bin"), ""))
+    unbinned = pc.fill_null(unbinned, True)
+    if pc.any(unbinned).as_py():
+        first = table.filter(unbinned).column("uid")[0].as_py()
         raise ValueError(
-            f"{len(unbinned)} kept rows have no resolution bin (e.g. {unbinned[0]}): "
+            f"{pc.sum(unbinned).as_py()} kept rows have no resolution bin (e.g. {first}): "
             f"run `inf590k bin --build {build}` first"
         )
-    by_bin: dict[str, list[dict]] = {}
-    for row in rows:
-        by_bin.setdefault(row["res_bin"], []).append(row)
-    return by_bin
+    table = table.sort_by([("res_bin", "ascending"), ("uid", "ascending")])
+    bins = table.column("res_bin").to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.concatenate([[True], bins[1:] != bins[:-1]]))
+    ends = np.append(starts[1:], len(bins))
+    return {
+        str(bins[start]): table.slice(int(start), int(end - start))
+        for start, end in zip(starts, ends, strict=True)
+    }
 
 
 def _check_options(config: ShardConfig) -> None:
     if config.max_count < 1 or config.max_size < 1:
-        raise ValueError("--max-count and --max-size must be positive")
+        raise ValueError(
+            "--shard-samples (--max-count) and --shard-bytes (--max-size) must be positive"
+        )
     if config.shard_multiple < 1:
         raise ValueError(f"--shard-multiple must be 1 or more, got {config.shard_multiple}")
-    if config.min_shard_length < 1:
-        raise ValueError(f"--min-shard-length must be 1 or more, got {config.min_shard_length}")
     if not 0 <= config.png_level <= 9:
         raise ValueError(f"--png-level must be 0..9, got {config.png_level}")
+
+
+def _plan_digest(config: ShardConfig, relpath: str, classes: tuple[int, ...], jsons: Iterable[bytes]) -> str:
+    header = json.dumps([FORMAT_VERSION, config.keep_16bit, config.png_level, relpath, classes])
+    return hashlib.sha256(header.encode() + b"".join(jsons)).hexdigest()
+
+
+def parallel_sample_jsons(table: pa.Table, threads: int) -> list[bytes]:
+    """`sample_jsons` over chunks of JSON_CHUNK_ROWS rows in `threads` threads: Arrow's kernels
+    release the GIL, so the chunks' formatting runs on several cores."""
+    chunks = [table.slice(start, JSON_CHUNK_ROWS) for start in range(0, table.num_rows, JSON_CHUNK_ROWS)]
+    if threads <= 1 or len(chunks) <= 1:
+        return [json for chunk in chunks for json in sample_jsons(chunk)]
+    with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
+        return [json for jsons in pool.map(sample_jsons, chunks) for json in jsons]
+
+
+def _planning_threads(config: ShardConfig) -> int:
+    """Threads of the planning: the workers asked for, at most this machine's cores (the
+    workers of a cluster are not here)."""
+    return min(config.execution.workers or available_cores(), available_cores())
+
+
+def _bin_jobs(
+    config: ShardConfig, bin_name: str, rows: pa.Table, count: int, classes: Mapping[str, int], estimates: np.ndarray
+) -> list[ShardJob]:
+    """The jobs of one bin, its rows already in shard order."""
+    jsons = parallel_sample_jsons(rows, _planning_threads(config))
+    class_ids = [classes[s] for s in rows.column("source").to_pylist()]
+    bounds = run_bounds(rows.num_rows, count)
+    jobs = []
+    for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        relpath = f"{bin_name}/{bin_name}-{index:06d}.tar"
+        shard_classes = tuple(class_ids[start:end])
+        shard_jsons = tuple(jsons[start:end])
+        jobs.append(
+            ShardJob(
+                build=Path(config.build),
+                out=Path(config.out),
+                relpath=relpath,
+                table=rows.take(np.arange(start, end)),  # a copy: a slice pickles the whole bin
+                classes=shard_classes,
+                jsons=shard_jsons,
+                keep_16bit=config.keep_16bit,
+                png_level=config.png_level,
+                plan=_plan_digest(config, relpath, shard_classes, shard_jsons),
+                estimated_bytes=int(estimates[start:end].sum()),
+            )
+        )
+    return jobs
 
 
 def plan_shards(
     config: ShardConfig,
     classes: Mapping[str, int] | None = None,
-    by_bin: dict[str, list[dict]] | None = None,
+    by_bin: Mapping[str, pa.Table] | None = None,
 ) -> list[ShardJob]:
     """The full, deterministic shard plan of a build (independent of workers and of `out`).
 
     `classes`: class id per source (the sources table); default: ids in sorted source order.
-    `by_bin`: the kept rows by bin, when the caller has read them already. The options are
-    checked by the caller (`shard`).
+    `by_bin`: the kept rows by bin (`kept_by_bin`), when the caller has read them already.
+    The options are checked by the caller (`shard`).
     """
     if by_bin is None:
-        by_bin = _kept_rows(Path(config.build))
+        by_bin = kept_by_bin(Path(config.build))
     if classes is None:
-        sources = sorted({r["source"] for rows in by_bin.values() for r in rows})
+        sources = sorted({s for rows in by_bin.values() for s in rows.column("source").to_pylist()})
         classes = {s: i for i, s in enumerate(sources)}
     shuffled = {}
     for bin_name in sorted(by_bin):
         rows = by_bin[bin_name]
-        order = _bin_rng(config.seed, bin_name).permutation(len(rows))
-        shuffled[bin_name] = [rows[i] for i in order]
-    counts = shard_counts(
-        shuffled,
-        config.max_count,
-        config.max_size,
-        config.keep_16bit,
-        config.shard_multiple,
-        config.min_shard_length,
-    )
-    jobs = []
-    for bin_name in sorted(shuffled):
-        for index, shard_rows in enumerate(even_runs(shuffled[bin_name], counts[bin_name])):
-            relpath = f"{bin_name}/{bin_name}-{index:06d}.tar"
-            shard_classes = tuple(classes[r["source"]] for r in shard_rows)
-            jsons = tuple(sample_json(r) for r in shard_rows)
-            plan = hashlib.sha256(
-                json.dumps(
-                    [FORMAT_VERSION, config.keep_16bit, config.png_level, relpath, shard_classes],
-                ).encode()
-                + b"".join(jsons)
-            ).hexdigest()
-            jobs.append(
-                ShardJob(
-                    build=Path(config.build),
-                    out=Path(config.out),
-                    relpath=relpath,
-                    rows=tuple(shard_rows),
-                    classes=shard_classes,
-                    jsons=jsons,
-                    keep_16bit=config.keep_16bit,
-                    png_level=config.png_level,
-                    plan=plan,
-                )
-            )
-    return jobs
+        order = _bin_rng(config.seed, bin_name).permutation(rows.num_rows)
+        shuffled[bin_name] = rows.take(order)
+    estimates = {b: estimated_bytes(rows, config.keep_16bit) for b, rows in shuffled.items()}
+    counts = shard_counts(estimates, config.max_count, config.max_size, config.shard_multiple)
+    return [
+        job
+        for bin_name in sorted(shuffled)
+        for job in _bin_jobs(
+            config, bin_name, shuffled[bin_name], counts[bin_name], classes, estimates[bin_name]
+        )
+    ]

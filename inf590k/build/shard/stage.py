@@ -30,10 +30,8 @@ from inf590k.build.shard.plan import (
     ShardConfig,
     ShardJob,
     _check_options,
-    _kept_rows,
-    _pixel_bytes,
+    kept_by_bin,
     plan_shards,
-    short_bins,
     sources_table,
 )
 from inf590k.build.shard.reread import SourceChanged, _PixelLoader, _read_files
@@ -76,16 +74,17 @@ class ShardSummary:
     seconds: float
     out: Path
     lengths: tuple[int, int] = (0, 0)  # shortest and longest shard, samples
-    short_bins: str = ""  # a line naming bins too small for the 2x balance
+    bins: int = 0  # resolution bins, each sharded on its own
 
     def __str__(self) -> str:
         rate = self.samples / self.seconds if self.written and self.seconds > 0 else 0.0
         line = (
             f"shard: {plural(self.samples, 'sample')} in {plural(self.shards, 'shard')} of {self.lengths[0]}-"
-            f"{self.lengths[1]} ({self.bytes / 1e6:.1f} MB), {self.written} written + "
-            f"{self.reused} already done, {self.seconds:.1f} s ({rate:.0f} img/s) -> {self.out}"
+            f"{self.lengths[1]} ({self.bytes / 1e6:.1f} MB) over {plural(self.bins, 'bin')}, "
+            f"{self.written} written + {self.reused} already done, {self.seconds:.1f} s "
+            f"({rate:.0f} img/s) -> {self.out}"
         )
-        return "\n".join(filter(None, [line, self.short_bins]))
+        return line
 
 
 # ----------------------------------------------------------------------------- writing one shard
@@ -125,7 +124,7 @@ def write_shard(job: ShardJob) -> dict:
     os.replace(tmp_path, target)
     _fsync_dir(target.parent)
     parquet = sidecar_path(job.out, job.relpath)
-    cat.write_parquet_atomic(cat.rows_to_table(list(job.rows)), parquet)
+    cat.write_parquet_atomic(job.table, parquet)
     stats = {
         "shard": job.relpath,
         "count": len(job.rows),
@@ -231,7 +230,7 @@ def catalog_counts(table: pa.Table) -> dict[str, dict]:
 
 def sample_members(jobs: list[ShardJob]) -> list[str]:
     """The member extensions of the dataset's samples (npy only where raw frames were kept)."""
-    raw = any(j.keep_16bit and r.get("bit_depth") == 16 for j in jobs for r in j.rows)
+    raw = any(j.keep_16bit and 16 in j.table.column("bit_depth").to_pylist() for j in jobs)
     return ["cls", "json", *(["npy"] if raw else []), "png"]
 
 
@@ -287,12 +286,12 @@ def write_index(
 # ----------------------------------------------------------------------------- the stage
 
 def _class_ids(
-    config: ShardConfig, out: Path, by_bin: dict[str, list[dict]]
+    config: ShardConfig, out: Path, by_bin: dict[str, pa.Table]
 ) -> tuple[list[dict], dict[str, int]]:
     """The sources table of this build (ids of the folder's earlier table kept) and its ids."""
     kept: dict[str, list[dict]] = {}
-    for rows in by_bin.values():
-        for row in rows:
+    for rows in by_bin.values():  # the three columns the table needs, not whole rows
+        for row in rows.select(["source", "modality", "license"]).to_pylist():
             kept.setdefault(row["source"], []).append(row)
     previous = read_sources_table(out) if read_owned(out) is not None else []
     table = sources_table(kept, cat.read_sources(config.build), previous)
@@ -302,12 +301,12 @@ def _class_ids(
 def _write_all(todo: list[ShardJob], config: ShardConfig) -> Iterator[dict]:
     """Write the shards, largest first so that the workers finish together (the files do not
     depend on the order); the bar moves per sample (per shard on Ray)."""
-    largest_first = sorted(todo, key=lambda j: -sum(_pixel_bytes(r, j.keep_16bit) for r in j.rows))
+    largest_first = sorted(todo, key=lambda j: -j.estimated_bytes)
     with run_units(
         config.execution,
         preload=("inf590k.build.shard.stage",),
         label="shard",
-        total=sum(len(j.rows) for j in todo),
+        total=sum(len(j) for j in todo),
         units=len(todo),
         count=lambda unit, stats: stats["count"],
     ) as run:
@@ -331,7 +330,7 @@ def shard(config: ShardConfig) -> ShardSummary:
 
 def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSummary:
     catalog = cat.read_catalog(Path(config.build))  # read once: plan, class ids, index
-    by_bin = _kept_rows(Path(config.build), catalog)
+    by_bin = kept_by_bin(Path(config.build), catalog)
     table, classes = _class_ids(config, out, by_bin)
     jobs = plan_shards(config, classes, by_bin)
     if not jobs:
@@ -355,10 +354,7 @@ def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSumma
         raise
     write_index(config, jobs, stats, table, catalog)
     _write_owned(out, planned)
-    lengths = [len(j.rows) for j in jobs]
-    by_bin: dict[str, list[int]] = {}
-    for job in jobs:
-        by_bin.setdefault(job.relpath.split("/")[0], []).append(len(job.rows))
+    lengths = [len(j) for j in jobs]
     return ShardSummary(
         shards=len(jobs),
         written=len(todo),
@@ -368,5 +364,5 @@ def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSumma
         seconds=time.perf_counter() - started,
         out=out,
         lengths=(min(lengths), max(lengths)),
-        short_bins=short_bins(by_bin),
+        bins=len(by_bin),
     )

@@ -1,5 +1,5 @@
 """The dataset folder as the Hub repo: ownership, strays, edited JSON, downloaded copies,
-stable class ids, 16-bit members read alike by every client, balanced shards, the card."""
+stable class ids, 16-bit members read alike by every client, --shard-multiple, the card."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from inf590k.build import catalog as cat
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.shard import ShardConfig
-from inf590k.build.shard.plan import even_runs, shard_counts, short_bins
 from inf590k.dataset.verify import VerifyConfig, verify
 from inf590k.execution.units import ExecutionOptions
 from tests.builders import make_build, shard_dataset
@@ -283,66 +282,7 @@ def test_loader_reads_the_raw_member_losslessly_when_asked(dataset16):
         decode_raw_npy(buffer.getvalue(), 10**8)
 
 
-# ----------------------------------------------------------------------------- balance
-
-
-def rows(count: int, bin_name: str) -> list[dict]:
-    return [{"width": 64, "height": 64, "bit_depth": 8, "res_bin": bin_name} for _ in range(count)]
-
-
-def test_shard_counts_balance_lengths_and_honour_the_multiple():
-    by_bin = {"big": rows(71, "big"), "mid": rows(30, "mid"), "one": rows(1, "one")}
-    counts = shard_counts(by_bin, max_count=40, max_size=10**9, keep_16bit=False, multiple=8)
-    assert sum(counts.values()) % 8 == 0
-    lengths = [len(by_bin[b]) / counts[b] for b in ("big", "mid")]
-    assert max(lengths) <= 2 * min(lengths)
-    assert counts["one"] == 1
-    with pytest.raises(ValueError, match="--shard-multiple"):
-        shard_counts(by_bin, max_count=40, max_size=10**9, keep_16bit=False, multiple=200)
-
-
-def shard_lengths(by_bin: dict[str, list[dict]], counts: dict[str, int]) -> list[int]:
-    return [len(run) for b in by_bin for run in even_runs(by_bin[b], counts[b])]
-
-
-@pytest.mark.parametrize("multiple", [1, 3, 8])
-@pytest.mark.parametrize("sizes", [(3, 59, 40), (20, 500, 35, 1200), (16, 17, 10_000), (50,)])
-def test_a_small_bin_shortens_every_shard_to_within_2x(sizes, multiple):
-    by_bin = {f"b{i}": rows(n, f"b{i}") for i, n in enumerate(sizes)}
-    counts = shard_counts(
-        by_bin, max_count=1000, max_size=10**9, keep_16bit=False, multiple=multiple, min_length=3
-    )
-    lengths = shard_lengths(by_bin, counts)
-    assert sum(counts.values()) % multiple == 0
-    assert max(lengths) <= 2 * min(lengths), lengths
-    assert max(lengths) <= 1000
-
-
-def test_a_bin_under_the_floor_stays_one_short_shard_and_is_named():
-    by_bin = {"big": rows(400, "big"), "tiny": rows(3, "tiny")}
-    counts = shard_counts(by_bin, max_count=100, max_size=10**9, keep_16bit=False, multiple=1)
-    assert counts == {"big": 4, "tiny": 1}  # not 200 shards of 2 for one bin of 3
-    lengths = {b: [len(r) for r in even_runs(by_bin[b], counts[b])] for b in by_bin}
-    line = short_bins(lengths)
-    assert "bin is under half the longest shard (100): tiny (3)" in line
-    assert "--min-shard-length 3 shortens every shard" in line
-    assert short_bins({"a": [10, 10], "b": [5]}) == ""
-
-
-def test_shard_summary_names_a_short_bin(built, tmp_path):
-    summary = shard_dataset(
-        ShardConfig(build=built, out=tmp_path / "ds", max_count=7, min_shard_length=10_000, execution=ExecutionOptions(workers=1, progress=False))
-    )
-    assert 2 * summary.lengths[0] < summary.lengths[1]
-    assert summary.short_bins and str(summary).splitlines()[-1] == summary.short_bins
-    info = json.loads((tmp_path / "ds" / "data" / "_info.json").read_text())
-    balanced = shard_dataset(
-        ShardConfig(build=built, out=tmp_path / "ds2", max_count=7, min_shard_length=1, execution=ExecutionOptions(workers=1, progress=False))
-    )
-    lengths = json.loads((tmp_path / "ds2" / "data" / "_info.json").read_text())
-    lengths = lengths["splits"]["train"]["shard_lengths"]
-    assert max(lengths) <= 2 * min(lengths) and not balanced.short_bins
-    assert info["splits"]["train"]["num_samples"] == sum(lengths)
+# ----------------------------------------------------------------------------- shard count
 
 
 def test_shard_multiple_in_a_real_build(built, tmp_path):
