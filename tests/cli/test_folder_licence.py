@@ -33,7 +33,7 @@ def test_a_folder_sources_licence_reaches_the_card_and_the_weights(tmp_path, tor
     )
     built = invoke(
         "build", "--build", tmp_path / "b", "--out", tmp_path / "ds", "--workers", 1,
-        "--source", f"folder:my-vifb={folder}", "--min-shard-length", 1,
+        "--source", f"folder:my-vifb={folder}",
     )
     assert "note: source folder:my-vifb is named 'my_vifb'" in built.output
     card = (tmp_path / "ds" / "README.md").read_text()
