@@ -124,7 +124,11 @@ class RunConfig:
         (), "Model overrides FIELD=VALUE, e.g. masking=random, ddg=false, img_size=224. Repeatable."
     )
     seed: int = option(0, "Random seed.")
-    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    device: str = option("auto", "auto, cpu, cuda (or gpu) or cuda:N.")
+    threads: int | None = option(
+        None,
+        "Torch intra-op threads (default: the cores this process may use, by affinity and cgroup quota, shared among torchrun's local processes, less --workers, at least 1).",
+    )
     dist_backend: str = option("auto", "auto (nccl on CUDA, gloo on CPU), nccl or gloo.")
     precision: str = option("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32.")
     compile: bool = option(False, "torch.compile the model.")

@@ -28,16 +28,35 @@ class DistEnv:
         return self.world_size > 1
 
 
-def pick_device(preference: str, local_rank: int) -> torch.device:
-    """`auto`: the local rank's GPU when CUDA is there, else the CPU."""
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "cpu"
-    if preference == "cuda":
+class DeviceError(ValueError):
+    """A --device this machine cannot give; one line saying what to pass instead."""
+
+
+def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+    """`auto`: the local rank's GPU when CUDA is there, else the CPU; `gpu` is `cuda`. A GPU
+    asked for on a machine without one is a DeviceError (one line), not torch's traceback."""
+    name = preference.strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "gpu" or name.startswith("gpu:"):
+        name = "cuda" + name[3:]
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise DeviceError(f"--device {preference!r}: choose auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda asked for, but torch sees no CUDA GPU; use cpu")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device(preference)
+            raise DeviceError(
+                f"--device {preference}: torch sees no CUDA GPU here; use --device cpu or auto"
+            )
+        index = local_rank if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise DeviceError(
+                f"--device {preference}: this machine has {torch.cuda.device_count()} GPU(s)"
+            )
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return device
 
 
 def setup(device: str = "auto", backend: str = "auto") -> DistEnv:

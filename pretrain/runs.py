@@ -6,11 +6,36 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from pretrain import checkpoint as ckpt
+
+
+def say(line: str) -> None:
+    """A line on stdout, clear of a progress bar, flushed (batch jobs read a file as it grows)."""
+    tqdm.write(line)
+    sys.stdout.flush()
+
+
+def log_line(record: dict[str, Any], total_steps: int) -> str:
+    """A --log-every record as one line (what the progress bar shows, for --no-progress):
+    `step 20/60  loss 0.4123  lr 0.0012  85 img/s  wait 3%  mfu n/a`."""
+    loss = record.get("loss")
+    mfu = record.get("mfu")
+    parts = [
+        f"step {record['step']}/{total_steps}",
+        f"loss {'n/a' if loss is None else f'{loss:.4f}'}",
+        f"lr {record.get('lr', 0.0):.3g}",
+        f"{record.get('images_per_s', 0.0):.0f} img/s",
+        f"wait {100 * (record.get('data_wait') or 0.0):.0f}%",
+        f"mfu {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}",
+    ]
+    return "  ".join(parts)  # a validation step's losses have their own line
 
 
 class MetricsLog:
@@ -79,7 +104,8 @@ class TrainResult:
         if self.finished_before:
             return (
                 f"pretrain: the run in {self.run_dir} finished at step {self.step}; nothing to "
-                f"do (last checkpoint {self.checkpoint}). Raise --steps or --epochs to train on"
+                f"do (last checkpoint {self.checkpoint}). To train on, resume it with a larger "
+                "--steps or --epochs: its lr schedule is rebuilt for the new length"
             )
         loss = "n/a" if self.loss is None else f"{self.loss:.4f}"
         return (

@@ -1,13 +1,19 @@
 """The optimisation of a run: steps and peak lr from the recipe (lr = blr x global batch / 256,
 epochs -> steps), AdamW without decay on norms and biases, warm-up then cosine.
+
+The lr of a step is a pure function of (step, total steps, warm-up steps, peak, floor): a run
+resumed with another --steps/--epochs rebuilds it for the new length, so every step it trains
+from there has the lr a run of that length done in one go has at that step. The lengths a run
+had are its `schedules` (kept in the checkpoint's record).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import timm.optim
-import timm.scheduler
 import torch
 from torch import nn
 
@@ -51,9 +57,79 @@ def plan_schedule(
     return Schedule(total, min(warmup, total - 1), lr, global_batch, samples_per_epoch)
 
 
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float) -> float:
+    """The lr of the update made at `step` (0-based): linear warm-up from 0 over `warmup_steps`,
+    then a cosine from `peak` down to `floor` at `total_steps` (timm's CosineLRScheduler with
+    warmup_prefix, as a function of its arguments only)."""
+    if step < warmup_steps:
+        return step * peak / warmup_steps
+    into, span = step - warmup_steps, max(1, total_steps - warmup_steps)
+    if into >= span:
+        return floor
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * into / span))
+
+
+class WarmupCosine:
+    """Sets the optimiser's lr to `lr_at(step, ...)` before each update; holds no state but its
+    plan, so a resumed run rebuilds it from the options (never from a checkpoint)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule, floor: float) -> None:
+        self.optimizer, self.schedule, self.floor = optimizer, schedule, floor
+        self.step_update(0)
+
+    def lr_at(self, step: int) -> float:
+        plan = self.schedule
+        return lr_at(step, plan.total_steps, plan.warmup_steps, plan.lr, self.floor)
+
+    def step_update(self, step: int) -> None:
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def state_dict(self) -> dict[str, Any]:
+        """The plan, for readers of a checkpoint (resume rebuilds it from the options)."""
+        plan = self.schedule
+        return {"total_steps": plan.total_steps, "warmup_steps": plan.warmup_steps,
+                "lr": plan.lr, "min_lr": self.floor}  # fmt: skip
+
+
+def segment(from_step: int, schedule: Schedule) -> dict[str, int]:
+    """One length of a run: from which step its schedule held, and what it was."""
+    return {"from_step": from_step, "total_steps": schedule.total_steps,
+            "warmup_steps": schedule.warmup_steps}  # fmt: skip
+
+
+def recorded_schedules(state: dict[str, Any]) -> list[dict[str, int]]:
+    """The lengths a checkpoint's run had, oldest first. Older checkpoints keep only timm's
+    scheduler state: its t_initial + warmup_t is the length the run really trained with."""
+    record = state.get("record") or {}
+    if record.get("schedules"):
+        return [dict(s) for s in record["schedules"]]
+    timm_state = state.get("scheduler") or {}
+    if "t_initial" in timm_state and "warmup_t" in timm_state:
+        warmup = int(timm_state["warmup_t"])
+        return [{"from_step": 0, "total_steps": int(timm_state["t_initial"]) + warmup,
+                 "warmup_steps": warmup}]  # fmt: skip
+    if record.get("total_steps") is not None:
+        return [{"from_step": 0, "total_steps": int(record["total_steps"]),
+                 "warmup_steps": int(record.get("warmup_steps") or 0)}]  # fmt: skip
+    return []
+
+
+def length_change(previous: dict[str, int], schedule: Schedule, step: int, lr: float) -> str:
+    """The one line a resumed run prints when its length changed."""
+    verb = "extended" if schedule.total_steps > previous["total_steps"] else "shortened"
+    return (
+        f"resume: run {verb} from {previous['total_steps']} to {schedule.total_steps} steps at "
+        f"step {step}; lr schedule rebuilt for the new length (warm-up "
+        f"{schedule.warmup_steps} steps, cosine to step {schedule.total_steps}), lr {lr:.3g} "
+        f"at step {step + 1}"
+    )
+
+
 def build_optimizer(
     model: nn.Module, optim: OptimConfig, schedule: Schedule
-) -> tuple[torch.optim.AdamW, timm.scheduler.CosineLRScheduler]:
+) -> tuple[torch.optim.AdamW, WarmupCosine]:
     """AdamW without decay on 1-D params (norms, biases) and the model's no_weight_decay names."""
     skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     groups = timm.optim.param_groups_weight_decay(
@@ -62,13 +138,4 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(
         groups, lr=schedule.lr, betas=(optim.beta1, optim.beta2), fused=True
     )
-    scheduler = timm.scheduler.CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, schedule.total_steps - schedule.warmup_steps),
-        lr_min=optim.min_lr,
-        warmup_t=schedule.warmup_steps,
-        warmup_lr_init=0.0,
-        warmup_prefix=True,
-        t_in_epochs=False,
-    )
-    return optimizer, scheduler
+    return optimizer, WarmupCosine(optimizer, schedule, optim.min_lr)

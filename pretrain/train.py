@@ -56,10 +56,19 @@ from pretrain.runs import (
     TrainingDiverged,
     TrainResult,
     holds_run,
+    log_line,
     read_metrics,
+    say,
     truncate_metrics,
 )
-from pretrain.schedule import build_optimizer, plan_schedule
+from pretrain.schedule import (
+    build_optimizer,
+    length_change,
+    plan_schedule,
+    recorded_schedules,
+    segment,
+)
+from pretrain.threads import local_processes, plan_threads
 from pretrain.validation import (
     HeldOut,
     Validator,
@@ -144,6 +153,8 @@ class Trainer:
             )
         self.env = distributed.setup(run.device, run.dist_backend)
         self.device = self.env.device
+        self.threads = plan_threads(config.data.workers, run.threads, local_processes())
+        torch.set_num_threads(self.threads.threads)  # pretrain() restores the caller's count
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if run.deterministic:
@@ -175,6 +186,8 @@ class Trainer:
             ),
         )
         self.optimizer, self.scheduler = build_optimizer(model, config.optim, self.schedule)
+        self.schedules = [segment(0, self.schedule)]  # the lengths the run had
+        self.say(f"pretrain on {self.device}: {self.threads}")  # the opening line
         self.amp_dtype = resolve_precision(run.precision, self.device)
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -274,7 +287,6 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             counters, ranks = state["counters"], state["ranks"]
         except (RuntimeError, KeyError, ValueError, TypeError) as err:
@@ -304,6 +316,7 @@ class Trainer:
                 data_state["drawn"] = _drawn_of(ranks)
         if self.env.is_main:
             log.info("resumed %s at step %d", path, self.step)
+        self._rebuild_schedule(state)
         return data_state
 
     def _keep_mixture(self, path: Path, state: dict[str, Any]) -> None:
@@ -323,6 +336,27 @@ class Trainer:
                     f"mixture (or without {flag}), or choose another --out"
                 )
         self.config = dataclasses.replace(self.config, data=data)
+
+    def _rebuild_schedule(self, state: dict[str, Any]) -> None:
+        """The lr is a function of the options, not of the checkpoint: a run resumed with another
+        length trains on with the schedule of that length (one line says so); the record keeps
+        every length the run had."""
+        history = recorded_schedules(state) or [segment(0, self.schedule)]
+        previous, now = history[-1], segment(self.step, self.schedule)
+        changed = (previous["total_steps"], previous["warmup_steps"]) != (
+            now["total_steps"],
+            now["warmup_steps"],
+        )
+        if changed and self.step < self.schedule.total_steps:
+            history.append(now)
+            self.say(length_change(previous, self.schedule, self.step,
+                                   self.scheduler.lr_at(self.step)))  # fmt: skip
+        self.schedules = history
+
+    def say(self, line: str) -> None:
+        """A line for the user, from the main rank only."""
+        if self.env.is_main:
+            say(line)
 
     def _check_resume_options(self, path: Path, state: dict[str, Any]) -> None:
         """Refuse to resume with other optimisation options or another model than the
@@ -358,6 +392,7 @@ class Trainer:
             "steps": self.step,
             "total_steps": schedule.total_steps,
             "warmup_steps": schedule.warmup_steps,
+            "schedules": self.schedules,
             "images_seen": self.images_seen,
             "batch": {
                 "per_process": self.config.data.batch_size,
@@ -489,7 +524,9 @@ class Trainer:
             "time": time.time(),
         }
         self.metrics.write(record)
-        if bar is not None:
+        if bar is None:
+            self.say(log_line(record, self.schedule.total_steps))
+        else:
             bar.set_postfix(
                 loss=f"{loss:.4f}",
                 img_s=f"{images_per_s:.0f}",
@@ -642,6 +679,7 @@ def pretrain(config: PretrainConfig, model: nn.Module | None = None) -> TrainRes
     """Run (or resume) pretraining; under torchrun every rank calls this."""
     out = Path(config.run.out)
     created = not out.exists()
+    threads = torch.get_num_threads()
     try:
         trainer = Trainer(config, model)
         try:
@@ -653,3 +691,5 @@ def pretrain(config: PretrainConfig, model: nn.Module | None = None) -> TrainRes
             if created and out.is_dir() and not any(out.iterdir()):
                 out.rmdir()  # a failed run leaves no empty --out behind
         raise
+    finally:
+        torch.set_num_threads(threads)  # a library call leaves the caller's count as it was

@@ -100,6 +100,7 @@ class EvalConfig:
     arch: str = "dugi_mae_base"  # scratch's architecture when no other encoder sets it
     num_heads: tuple[tuple[str, int], ...] = ()  # (name, heads) of released checkpoints
     device: str = "auto"
+    threads: int | None = None  # torch threads (None: the usable cores less the workers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -144,6 +145,7 @@ class EvalConfig:
             seed=self.split_seed,
             workers=self.workers,
             device=self.device,
+            threads=self.threads,
             baseline=False,
         )
 
@@ -401,7 +403,7 @@ def run_eval(config: EvalConfig, log: Callable[[str], None] = print) -> EvalSumm
         f"arms x {config.seeds} seeds, {protocol['train_images']} train / "
         f"{protocol['test_images']} test images, {base.img_size} px, {base.steps} steps"
     )
-    with torch_threads(config.workers):
+    with torch_threads(config.workers, config.threads):
         cells = run_cells(config, base, data, specs, log)
     results = aggregate(config, cells, protocol)
     write_json_atomic(config.out / RESULTS_JSON, results)

@@ -63,6 +63,7 @@ class ProbeConfig:
     workers: int = 0  # data-loader processes decoding detection images
     num_heads: int | None = None  # heads of a released checkpoint that does not say them
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch threads (None: the usable cores less the workers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
@@ -94,6 +95,8 @@ class ProbeConfig:
             raise ProbeError("lr and distance must be > 0, weight-decay >= 0, head-dim >= 8")
         if self.workers < 0 or (self.num_heads is not None and self.num_heads < 1):
             raise ProbeError("workers must be 0 or more, num-heads 1 or more")
+        if self.threads is not None and self.threads < 1:
+            raise ProbeError(f"--threads must be 1 or more, got {self.threads}")
         if self.freeze and self.encoder == SCRATCH:
             raise ProbeError("--freeze with --encoder scratch trains a head on random features: "
                              "pass an export folder, or drop --freeze")

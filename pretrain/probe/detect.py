@@ -244,7 +244,7 @@ def train_and_evaluate_detector(
     model.to(device)
     train = _Loaded(data.train, in_chans, masks)
     test = _Loaded(data.test, in_chans, masks=False)
-    with torch_threads(config.workers):
+    with torch_threads(config.workers, config.threads):
         losses = train_detector(model, train, config, device)
         if not all(math.isfinite(v) for v in losses):
             raise ProbeError(

@@ -54,7 +54,7 @@ from pretrain.probe.head import (
 )
 from pretrain.probe.metrics import SegmentationMetrics, SmallTargetMetrics
 from pretrain.probe.optim import ProbeOptimiser
-from pretrain.probe.runtime import ProbeError, resolve_device
+from pretrain.probe.runtime import ProbeError, resolve_device, torch_threads
 from pretrain.probe.splits import SPLIT_FILE, Split, read_split, restrict, write_split
 
 METRICS_FILE = "metrics.json"
@@ -431,6 +431,7 @@ def with_reference_encoder(config: ProbeConfig) -> ProbeConfig:
 def probe(config: ProbeConfig) -> ProbeSummary | ProbeComparison:
     """What `inf590k probe` runs: both rows for an export (unless --no-baseline), else one."""
     config = with_reference_encoder(config)
-    if config.encoder != SCRATCH and config.baseline:
-        return run_probe_pair(config)
-    return run_probe(config)
+    with torch_threads(config.workers, config.threads):
+        if config.encoder != SCRATCH and config.baseline:
+            return run_probe_pair(config)
+        return run_probe(config)
