@@ -202,6 +202,18 @@ def _number(value: Any) -> str:
     return "n/a" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _schedule_lines(record: dict[str, Any]) -> list[str]:
+    """`- schedule: 30 steps planned, extended at step 30 to 50 (warm-up 5 steps, then cosine)`."""
+    segments = record.get("schedules") or []
+    if not segments:
+        return []
+    text = f"- schedule: {segments[0]['total_steps']} steps planned"
+    for before, now in zip(segments, segments[1:], strict=False):
+        verb = "extended" if now["total_steps"] > before["total_steps"] else "shortened"
+        text += f", {verb} at step {now['from_step']} to {now['total_steps']}"
+    return [text + f" (warm-up {segments[-1]['warmup_steps']} steps, then cosine)"]
+
+
 def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[str]:
     optim = checkpoint.get("config", {}).get("optim", {})
     batch, data = record.get("batch", {}), record.get("data", {})
@@ -210,6 +222,7 @@ def _training_lines(checkpoint: dict[str, Any], record: dict[str, Any]) -> list[
     samples = data.get("samples")
     return [
         f"- steps: {record.get('steps')}",
+        *_schedule_lines(record),
         f"- images seen: {record.get('images_seen')}",
         f"- data: {data.get('name', 'n/a')}"
         + (f", {samples} samples" if samples is not None else "")
