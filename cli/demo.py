@@ -8,7 +8,7 @@ import click
 
 from cli.app import CliError, main
 from cli.build import source_values_with_notes, write_dataset_card
-from cli.options import opt, options, run_stage
+from cli.options import THREADS, checked_device, opt, options, run_stage
 from inf590k.build.ingest import IngestConfig
 from inf590k.build.pipeline import BuildConfig, run_build
 from inf590k.build.shard import ShardConfig
@@ -21,6 +21,7 @@ from inf590k.execution.units import ExecutionOptions
 from inf590k.synth import SynthConfig, synthesize
 
 DEMO_LAYOUTS = (("sirst", 0.5), ("llvip", 0.25), ("flir_adas_v2", 0.5), ("kaist", 0.5))
+PRETRAIN_WORKERS = 1  # loader processes of the demo's pretraining
 SHORT_RUN_STEPS = 5000  # below this, a masked autoencoder's reconstructions are not yet images
 
 
@@ -79,6 +80,13 @@ def demo_shard_config(build: Path, dataset: Path) -> ShardConfig:
         show_default=True,
         help="Fine-tuning steps of the detection probe.",
     ),
+    opt(
+        "--device",
+        default="cpu",
+        show_default=True,
+        help="Where the model parts run: cpu, auto, cuda (or gpu) or cuda:N.",
+    ),
+    THREADS,
 )
 def demo(
     out: Path,
@@ -88,15 +96,24 @@ def demo(
     model: str,
     probe_steps: int,
     detect_steps: int,
+    device: str,
+    threads: int | None,
 ) -> None:
     """The whole chain on synthetic data, no downloads: synth -> build -> verify -> report ->
     pretrain over local HTTP -> export -> reconstruction PNG -> small-target and detection probes."""
     # pretrain imports torch: only when the demo runs, not for every `inf590k` command
     from pretrain.checkpoint import export_checkpoint  # torch: when the command runs
     from pretrain.config import config_from_options  # torch: when the command runs
+    from pretrain.threads import plan_threads, torch_threads  # torch: when the command runs
     from pretrain.train import pretrain  # torch: when the command runs
     from pretrain.visualize import visualize_checkpoint  # torch: when the command runs
 
+    device = checked_device(device)
+    # the opening line: pretraining reads with a loader worker, the probes decode in-process
+    click.echo(
+        f"demo on {device}: {plan_threads(PRETRAIN_WORKERS, threads)} to pretrain; "
+        f"{plan_threads(0, threads)} to export, visualize and probe"
+    )
     out.mkdir(parents=True, exist_ok=True)
     sources = []
     for index, (layout, scale) in enumerate(DEMO_LAYOUTS):
@@ -144,7 +161,8 @@ def demo(
             out=str(run_dir),
             steps=steps,
             batch_size=16,
-            workers=1,
+            workers=PRETRAIN_WORKERS,
+            threads=threads,
             lr=1.5e-3,
             warmup_epochs=0.5,
             epochs=50,
@@ -154,7 +172,7 @@ def demo(
             val_samples=max(4, frames // 3),  # held out: under 10% of the ~4 x frames kept
             val_every=20,
             keep_last=1,
-            device="cpu",
+            device=device,
             progress=False,
             resume="auto",
             data_name=str(dataset),
@@ -164,9 +182,10 @@ def demo(
         except ValueError as err:
             raise CliError(str(err)) from err
     click.echo(str(result))
-    exported = export_checkpoint(result.checkpoint, out / "export")
     images = sorted((out / "sources" / "sirst" / "images").glob("*.png"))[:4]
-    grid = visualize_checkpoint(result.checkpoint, images, out / "reconstruction.png")
+    with torch_threads(0, threads):
+        exported = export_checkpoint(result.checkpoint, out / "export", device=device)
+        grid = visualize_checkpoint(result.checkpoint, images, out / "reconstruction.png", device)
     from pretrain.probe import ProbeConfig  # torch: when the command runs
     from pretrain.probe import probe as run_probe  # torch: when the command runs
 
@@ -182,7 +201,8 @@ def demo(
             batch_size=4,
             head_dim=32,
             lr=3e-3,
-            device="cpu",
+            device=device,
+            threads=threads,
         )
     )
     click.echo(str(probed))
@@ -213,7 +233,8 @@ def demo(
             img_size=192,
             batch_size=4,
             head_dim=32,
-            device="cpu",
+            device=device,
+            threads=threads,
         )
     )
     click.echo(str(detected))

@@ -12,7 +12,7 @@ import click
 
 from cli.app import CliError, LazyGroup, main
 from cli.dataset import HUB_ENDPOINT
-from cli.options import Opt, opt, options
+from cli.options import DEVICE, THREADS, Opt, checked_device, opening_line, opt, options
 
 # ----------------------------------------------------------------------------- pretrain
 
@@ -119,12 +119,19 @@ def model_info(name: str, image_size: int | None, in_chans: str) -> None:
         type=click.Path(dir_okay=False, path_type=Path),
         help="PNG to write.",
     ),
+    DEVICE,
+    THREADS,
 )
-def visualize(checkpoint: Path, images: tuple[Path, ...], out: Path) -> None:
+def visualize(
+    checkpoint: Path, images: tuple[Path, ...], out: Path, device: str, threads: int | None
+) -> None:
     """Reconstruction grid of a training checkpoint, one row per image: input | masked |
     reconstruction | reconstruction with the visible patches pasted."""
+    from pretrain.threads import torch_threads  # torch: when the command runs
     from pretrain.visualize import MAX_ROWS, image_files, visualize_checkpoint  # torch: when run
 
+    device = checked_device(device)
+    opening = opening_line("visualize", device, 0, threads)  # its one line says it
     try:
         given = image_files(images)
         if len(given) > MAX_ROWS:  # say so rather than drop an image named on the command line
@@ -133,10 +140,11 @@ def visualize(checkpoint: Path, images: tuple[Path, ...], out: Path) -> None:
                 f"{given[MAX_ROWS]} and {len(given) - MAX_ROWS - 1} more left out",
                 err=True,
             )
-        written = visualize_checkpoint(checkpoint, images, out)
+        with torch_threads(0, threads):
+            written = visualize_checkpoint(checkpoint, images, out, device)
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
-    click.echo(f"visualize: wrote {written}")
+    click.echo(f"{opening}; wrote {written}")
 
 
 @main.command()
@@ -170,28 +178,35 @@ def visualize(checkpoint: Path, images: tuple[Path, ...], out: Path) -> None:
         show_default=True,
         help="Input channels of a released (3-channel) checkpoint's export.",
     ),
+    opt(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="Where a training checkpoint's model is rebuilt: auto, cpu, cuda (or gpu) or "
+        "cuda:N (the weights are written from the CPU either way).",
+    ),
+    THREADS,
 )
-def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -> None:
+def export(
+    checkpoint: Path,
+    out: Path,
+    kind: str,
+    stage3: str,
+    in_chans: str,
+    device: str,
+    threads: int | None,
+) -> None:
     """Export a checkpoint's encoder: safetensors + timm config + model card.
 
     CHECKPOINT is a training checkpoint of `inf590k pretrain`, or a released InfMAE, ConvMAE or
     MAE pretraining checkpoint (.pth)."""
-    from pretrain.checkpoint import export_checkpoint  # torch: when the command runs
-    from pretrain.models.reference import export_reference, reference_state
+    from pretrain.threads import torch_threads  # torch: when the command runs
 
+    device = checked_device(device)
+    opening = opening_line("export", device, 0, threads)  # its one line says it
     try:
-        state = reference_state(checkpoint)  # read once: a released checkpoint is handed on
-        if kind != "auto" or state is not None:
-            folder = export_reference(
-                checkpoint,
-                out,
-                None if kind == "auto" else kind,
-                in_chans=int(in_chans),
-                stage3=stage3,
-                state=state,
-            )
-        else:
-            folder = export_checkpoint(checkpoint, out, stage3)
+        with torch_threads(0, threads):
+            folder = _export(checkpoint, out, kind, stage3, int(in_chans), device)
     except (ValueError, OSError) as err:
         raise CliError(str(err)) from err
     except (KeyError, RuntimeError) as err:  # a state dict that does not fit the model
@@ -199,7 +214,27 @@ def export(checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: str) -
             f"cannot read {checkpoint} ({type(err).__name__}: {str(err).splitlines()[0]}); pass a checkpoint of "
             "`inf590k pretrain` or a released InfMAE/ConvMAE/MAE .pth"
         ) from err
-    click.echo(f"export: wrote {folder}")
+    click.echo(f"{opening}; wrote {folder}")
+
+
+def _export(
+    checkpoint: Path, out: Path, kind: str, stage3: str, in_chans: int, device: str
+) -> Path:
+    """A released checkpoint (by --kind or its keys) or one of `inf590k pretrain`."""
+    from pretrain.checkpoint import export_checkpoint  # torch: when the command runs
+    from pretrain.models.reference import export_reference, reference_state
+
+    state = reference_state(checkpoint)  # read once: a released checkpoint is handed on
+    if kind != "auto" or state is not None:
+        return export_reference(
+            checkpoint,
+            out,
+            None if kind == "auto" else kind,
+            in_chans=in_chans,
+            stage3=stage3,
+            state=state,
+        )
+    return export_checkpoint(checkpoint, out, stage3, device)
 
 
 class LegacyDryRunCommand(click.Command):
@@ -388,7 +423,8 @@ def probe_schedule_options(steps: int, batch_size: int, head_dim: int) -> list[O
             show_default=True,
             help="Data-loader processes decoding detection images (torch threads: the cores left).",
         ),
-        opt("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        DEVICE,
+        THREADS,
     ]
 
     return specs
@@ -455,7 +491,13 @@ def probe(**options) -> None:
     from pretrain.probe import probe as run_probe  # torch: when the command runs
 
     try:
-        result = run_probe(ProbeConfig(**options))
+        config = ProbeConfig(**options)
+    except ValueError as err:
+        raise CliError(str(err)) from err
+    device = checked_device(config.device)
+    click.echo(opening_line("probe", device, config.workers, config.threads))
+    try:
+        result = run_probe(config)
     except ValueError as err:
         raise CliError(str(err)) from err
     click.echo(str(result))
@@ -535,6 +577,7 @@ def eval_command(encoders, num_heads, arms, **options) -> None:
             arms=tuple(dict.fromkeys(arms)),
             **options,
         )
+        checked_device(config.device)  # before any work (its first line names the threads)
         result = run_eval(config, log=click.echo)
     except ValueError as err:
         raise CliError(str(err)) from err

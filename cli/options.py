@@ -96,6 +96,40 @@ def execution(
     )
 
 
+def checked_device(name: str) -> str:
+    """The torch device `--device` names, checked before any work: a GPU asked for where
+    there is none is one line, not torch's traceback."""
+    from pretrain.distributed import DeviceError, pick_device  # torch: when the command runs
+
+    try:
+        return str(pick_device(name))
+    except DeviceError as err:
+        raise CliError(str(err)) from err
+
+
+def opening_line(command: str, device: str, workers: int, threads: int | None) -> str:
+    """`probe on cpu: 1 torch thread, 1 loader worker (2 usable cores)`: what the command's
+    torch work will use (pretrain.threads' policy, which the library applies alike)."""
+    from pretrain.threads import plan_threads  # torch: when the command runs
+
+    try:
+        return f"{command} on {device}: {plan_threads(workers, threads)}"
+    except ValueError as err:
+        raise CliError(str(err)) from err
+
+
+# Every command that runs torch: its intra-op threads (pretrain's is a config field).
+THREADS = opt(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Torch intra-op threads  [default: the cores this process may use (affinity, cgroup "
+    "quota) less the loader workers, at least 1]",
+)
+DEVICE = opt(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda (or gpu) or cuda:N."
+)
+
 WAIT = opt(
     "--wait",
     is_flag=True,

@@ -287,10 +287,13 @@ def model_card(
     )
 
 
-def export_checkpoint(checkpoint_file: Path | str, out_dir: Path | str, stage3: str = "fused") -> Path:
-    """Export a training checkpoint's encoder for timm (safetensors + config) with a model card."""
+def export_checkpoint(
+    checkpoint_file: Path | str, out_dir: Path | str, stage3: str = "fused", device: str = "cpu"
+) -> Path:
+    """Export a training checkpoint's encoder for timm (safetensors + config) with a model card;
+    the model is rebuilt on `device` (its weights are written from the CPU either way)."""
     checkpoint = load(checkpoint_file)
-    model = model_from_state(checkpoint)
+    model = model_from_state(checkpoint).to(device)
     record = run_record(checkpoint)
     licence = WeightsLicence.from_dict(record.get("license"))
     folder = Path(out_dir)

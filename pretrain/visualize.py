@@ -185,7 +185,10 @@ def model_from_checkpoint(checkpoint_file: Path | str) -> tuple[nn.Module, dict]
 
 
 def visualize_checkpoint(
-    checkpoint_file: Path | str, image: Path | str | Sequence[Path | str], out: Path | str
+    checkpoint_file: Path | str,
+    image: Path | str | Sequence[Path | str],
+    out: Path | str,
+    device: str = "cpu",
 ) -> Path:
     """`inf590k visualize CKPT --image PATH [--image PATH ...] --out PNG`: a grid, one row per
     image (a folder gives its first images), MAX_ROWS rows at most."""
@@ -193,5 +196,6 @@ def visualize_checkpoint(
     files = image_files(paths)[:MAX_ROWS]
     _check_png_path(Path(out))
     model, _ = model_from_checkpoint(checkpoint_file)
+    model.to(device)
     images = torch.cat([load_image(f, model.config.image_hw) for f in files])  # [N, 1, H, W]
     return save_grid(model, images, Path(out), [f.name for f in files])

@@ -41,6 +41,7 @@ from pretrain.probe.run import (
 )
 from pretrain.probe.runtime import ProbeError, torch_threads
 from pretrain.probe.splits import SPLIT_FILE, Split, read_split, write_json_atomic, write_split
+from pretrain.threads import plan_threads
 
 ARMS = ("finetune", "frozen")
 TASK_LAYOUTS = {"detect": "m3fd", "segment": "msrs", "small-target": "irstd1k"}
@@ -401,7 +402,8 @@ def run_eval(config: EvalConfig, log: Callable[[str], None] = print) -> EvalSumm
     log(
         f"eval {config.task} on {base.layout}: {len(specs)} encoders x {len(config.arms)} "
         f"arms x {config.seeds} seeds, {protocol['train_images']} train / "
-        f"{protocol['test_images']} test images, {base.img_size} px, {base.steps} steps"
+        f"{protocol['test_images']} test images, {base.img_size} px, {base.steps} steps; "
+        f"{plan_threads(config.workers, config.threads)}"
     )
     with torch_threads(config.workers, config.threads):
         cells = run_cells(config, base, data, specs, log)

@@ -307,9 +307,9 @@ def test_flips_mirror_boxes_and_anchors_scale_with_the_input() -> None:
 
 
 def test_threads_leave_the_workers_their_cores(m3fd: Path, tmp_path: Path, monkeypatch) -> None:
-    from pretrain.probe import runtime
+    from pretrain import threads
 
-    monkeypatch.setattr(runtime, "available_cores", lambda: 4)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
     before = torch.get_num_threads()
     torch.set_num_threads(8)
     try:
