@@ -8,17 +8,28 @@ measured rate per core (one thread, the real stream with its bicubic crop).
 
     python bench/train.py [--model dugi_mae_base] [--batch-size 256] [--steps 60] [--workers 12]
                           [--target-img-s 5600]
+
+`--figure threads` (CPU): a `pretrain` step of dugi_mae_tiny with the threads `pretrain` chooses
+(pretrain.threads: usable cores less the loader workers) against torch's default, on this
+machine as it is ("idle") and under load (a second process spinning every usable core), with
+the default/chosen ratio of each (medians of --thread-steps logged steps, the first two left out).
+
+    python bench/train.py --figure threads [--thread-steps 12] [--thread-workers 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -37,8 +48,11 @@ from pretrain.config import (  # noqa: E402
 )
 from pretrain.distributed import resolve_precision  # noqa: E402
 from pretrain.models import create_model  # noqa: E402
+from pretrain.threads import plan_threads, usable_cores  # noqa: E402
 from pretrain.train import pretrain  # noqa: E402
 from pretrain.validation import Validator  # noqa: E402
+
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # before anything sets it: torch's own choice
 
 
 def _write(args: tuple[str, int, int]) -> list[str]:
@@ -55,6 +69,19 @@ def make_shards(folder: Path, shards: int, per_shard: int) -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--figure", choices=["throughput", "threads"], default="throughput")
+    parser.add_argument("--thread-steps", type=int, default=12)
+    parser.add_argument("--thread-workers", type=int, default=1)
+    known, rest = parser.parse_known_args()
+    if known.figure == "threads":
+        threads_figure(known.thread_steps, known.thread_workers)
+        return
+    sys.argv = [sys.argv[0], *rest]
+    throughput_figure()
+
+
+def throughput_figure() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cuda = torch.cuda.is_available()
     parser.add_argument("--model", default="dugi_mae_base" if cuda else "mae_vit_tiny")
@@ -147,6 +174,71 @@ def loader_rate(urls: list[str], images: int) -> float:
         return statistics.median(ours(urls, images) for _ in range(3))
     finally:
         torch.set_num_threads(torch_threads)
+
+
+# ----------------------------------------------------------------------------- threads figure
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def spinning(cores: int) -> Iterator[None]:
+    """A second process keeping `cores` cores busy (a forked busy loop per core), as another
+    job on a shared machine would."""
+    context = multiprocessing.get_context("fork")
+    spinners = [context.Process(target=_spin, daemon=True) for _ in range(cores)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.terminate()
+            spinner.join()
+
+
+def step_times(urls: list[str], samples: int, threads: int, workers: int, steps: int,
+               out: Path) -> list[float]:  # fmt: skip
+    """Seconds per step of a CPU `pretrain` of dugi_mae_tiny (batch 16, 224 px) run with
+    `threads` torch threads beside `workers` loader processes: every step is logged, its time
+    being batch / images-per-second; the first two (start-up, first shard) are left out."""
+    batch = 16
+    options = dict(
+        shards=urls, samples_per_epoch=samples, model="dugi_mae_tiny", batch_size=batch,
+        workers=workers, threads=threads, steps=steps, epochs=100, warmup_epochs=1,
+        out=str(out), log_every=1, ckpt_every=10**9, progress=False, device="cpu",
+        shuffle_buffer=64, shuffle_initial=16,
+    )  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):  # the run's own lines: not the figure's
+        result = pretrain(config_from_options(options))
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    return [batch / r["images_per_s"] for r in records[2:]]
+
+
+def threads_figure(steps: int, workers: int) -> None:
+    """Median step time with the chosen threads and with torch's default, idle and loaded."""
+    cores = usable_cores()
+    chosen = plan_threads(workers).threads
+    print(f"CPU pretrain step, dugi_mae_tiny, batch 16, {workers} loader worker(s), "
+          f"{cores} usable cores; threads: chosen {chosen}, torch's default "
+          f"{TORCH_DEFAULT_THREADS}; median of {steps - 2} steps")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = make_shards(Path(tmp) / "shards", 4, 16)
+        for load in ("idle", "loaded"):
+            spin = spinning(cores) if load == "loaded" else contextlib.nullcontext()
+            medians = {}
+            with spin:
+                for name, threads in (("chosen", chosen), ("default", TORCH_DEFAULT_THREADS)):
+                    out = Path(tmp) / f"{load}-{name}"
+                    medians[name] = statistics.median(
+                        step_times(urls, 64, threads, workers, steps, out)
+                    )
+            print(f"{load:>6}: chosen {1000 * medians['chosen']:.0f} ms/step, default "
+                  f"{1000 * medians['default']:.0f} ms/step, ratio default/chosen "
+                  f"{medians['default'] / medians['chosen']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -52,3 +52,16 @@ def test_demo_chain_end_to_end_twice_on_one_folder(tmp_path, ir_samples):
     results = again.output.split("demo results:")[1]
     card_line = re.search(r"dataset card +(\S+)", results)
     assert card_line and card_line.group(1) == str(out / "dataset" / "README.md")
+
+    # a longer --steps on the same folder trains on, at an lr above 0 on every new step
+    longer = CliRunner().invoke(main, [*args, "--steps", "6"], catch_exceptions=False)
+    assert longer.exit_code == 0, longer.output
+    assert longer.output.startswith("demo on cpu: ")
+    assert "resume: run extended from 4 to 6 steps at step 4" in longer.output
+    extended = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in extended] == [4, 6]  # logged every 10 steps and at the end
+    assert all(r["lr"] > 0 for r in extended if r["step"] > 4)
+    assert (out / "export" / "model.safetensors").read_bytes() != weights  # the weights moved
+    assert "- schedule: 4 steps planned, extended at step 4 to 6" in (
+        out / "export" / "README.md"
+    ).read_text()
