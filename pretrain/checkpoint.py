@@ -23,6 +23,7 @@ from pretrain.models.export import (
     loading_lines,
 )
 from pretrain.provenance import WeightsLicence, card_text, describe_shards, mixture_line
+from pretrain.schedule import change_verb
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -209,7 +210,7 @@ def _schedule_lines(record: dict[str, Any]) -> list[str]:
         return []
     text = f"- schedule: {segments[0]['total_steps']} steps planned"
     for before, now in zip(segments, segments[1:], strict=False):
-        verb = "extended" if now["total_steps"] > before["total_steps"] else "shortened"
+        verb = change_verb(before["total_steps"], now["total_steps"])
         text += f", {verb} at step {now['from_step']} to {now['total_steps']}"
     return [text + f" (warm-up {segments[-1]['warmup_steps']} steps, then cosine)"]
 

@@ -116,9 +116,14 @@ def recorded_schedules(state: dict[str, Any]) -> list[dict[str, int]]:
     return []
 
 
+def change_verb(before: int, after: int) -> str:
+    """How a run's length changed (the same length with another warm-up: re-planned)."""
+    return "extended" if after > before else "shortened" if after < before else "re-planned"
+
+
 def length_change(previous: dict[str, int], schedule: Schedule, step: int, lr: float) -> str:
     """The one line a resumed run prints when its length changed."""
-    verb = "extended" if schedule.total_steps > previous["total_steps"] else "shortened"
+    verb = change_verb(previous["total_steps"], schedule.total_steps)
     return (
         f"resume: run {verb} from {previous['total_steps']} to {schedule.total_steps} steps at "
         f"step {step}; lr schedule rebuilt for the new length (warm-up "
