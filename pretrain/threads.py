@@ -1,7 +1,7 @@
 """How many threads torch's operators get: the cores this process may use (its affinity mask,
 capped by its cgroup's CPU quota) less the loader workers that decode beside them, at least one;
-`--threads N` overrides, and so does OMP_NUM_THREADS where it is set (a batch system's or the
-user's own choice, which torch itself follows). Threads and workers on the same cores only take turns: on a busy 2-core
+`--threads N` overrides (OMP_NUM_THREADS does not: it only sets torch's count at start-up,
+which this policy replaces). Threads and workers on the same cores only take turns: on a busy 2-core
 machine a tiny model's step is 10x slower with 2 threads beside a worker than with 1.
 
     plan = plan_threads(workers=4)          # ThreadPlan(threads=1, workers=4, cores=2, ...)
@@ -94,7 +94,7 @@ class ThreadPlan:
     threads: int  # torch's intra-op threads
     workers: int  # loader processes beside them
     cores: int  # cores this process may use
-    chosen_by: str = "cores"  # "cores" (the policy), "--threads" or "OMP_NUM_THREADS"
+    chosen_by: str = "cores"  # "cores" (the policy) or "--threads"
 
     def __str__(self) -> str:
         """`1 torch thread, 4 loader workers (2 usable cores)`."""
@@ -104,15 +104,9 @@ class ThreadPlan:
         return f"{threads}, {workers} ({self.cores} usable core{'s' * (self.cores != 1)}{source})"
 
 
-def omp_threads() -> int | None:
-    """OMP_NUM_THREADS where it is set to a whole number of 1 or more."""
-    value = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(value) if value.isdigit() and int(value) >= 1 else None
-
-
 def plan_threads(workers: int, requested: int | None = None, processes: int = 1) -> ThreadPlan:
-    """`requested` threads (--threads), else OMP_NUM_THREADS where set, else this process's share
-    of the usable cores (`processes` of them on this machine) less its `workers`, at least 1."""
+    """`requested` threads (--threads), else this process's share of the usable cores
+    (`processes` of them on this machine) less its `workers`, at least 1."""
     if requested is not None and requested < 1:
         raise ValueError(f"--threads {requested}: give 1 or more (or leave it out to choose)")
     if workers < 0:
@@ -120,8 +114,6 @@ def plan_threads(workers: int, requested: int | None = None, processes: int = 1)
     cores = usable_cores()
     if requested is not None:
         return ThreadPlan(requested, workers, cores, "--threads")
-    if omp_threads() is not None:
-        return ThreadPlan(omp_threads(), workers, cores, "OMP_NUM_THREADS")
     return ThreadPlan(max(1, cores // max(1, processes) - workers), workers, cores)
 
 

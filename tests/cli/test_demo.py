@@ -18,7 +18,8 @@ from cli import main
 def test_demo_chain_end_to_end_twice_on_one_folder(tmp_path, ir_samples):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--frames", "8", "--steps", "4", "--probe-steps", "3",
-            "--extra", f"hit_uav={ir_samples / 'hit-uav'}"]
+            "--extra", f"hit_uav={ir_samples / 'hit-uav'}",
+            "--threads", "1"]  # shared test machines: the thread policy has its own tests
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "verify: OK" in result.output
