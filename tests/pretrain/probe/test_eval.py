@@ -296,9 +296,14 @@ def test_eval_command_prints_cells_with_their_timing(
         "16",
         "--device",
         "cpu",
+        "--threads",
+        "1",
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    opening = result.output.splitlines()[0]  # says the threads beside the loader workers
+    assert opening.startswith("eval detect on m3fd: ") and "as --threads asks)" in opening
+    assert "; 1 torch thread, 0 loader workers (" in opening
     assert re.search(r"\[1/2\] finetune scratch seed 0: mAP [\d.]+ .*\([\d.]+ s\)", result.output)
     assert "eval: 2 cells (2 run now, " in result.output and "results.md" in result.output
     again = CliRunner().invoke(main, args)
