@@ -156,6 +156,16 @@ def test_each_torch_command_has_threads_and_says_them_first(
     assert picture.output.startswith("visualize on cpu: 1 torch thread, 0 loader workers")
     assert "as --threads asks" in picture.output and (tmp_path / "v.png").is_file()
 
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    probe = ["probe", "--encoder", "scratch", "--data", str(empty), "--layout", "sirst", "--out",
+             str(tmp_path / "p"), "--workers", "1", "--device", "cpu"]  # fmt: skip
+    probed = runner.invoke(cli_main, probe)  # no images: fails after its opening line
+    assert probed.exit_code == 1 and "Traceback" not in probed.output
+    lines = probed.output.splitlines()
+    assert lines[0] == "probe on cpu: 1 torch thread, 1 loader worker (2 usable cores)"
+    assert len(lines) == 2 and lines[1].startswith("Error: "), probed.output
+
     run = ["pretrain", "--shards", str(dataset.root), "--model", "mae_vit_tiny", "--steps", "1",
            "--workers", "1", "--batch-size", "4", "--shuffle-buffer", "8", "--no-progress"]  # fmt: skip
     trained = runner.invoke(cli_main, [*run, "--out", str(tmp_path / "cli-run")])
