@@ -18,6 +18,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pretrain.config import PretrainConfig
+from pretrain.data import ResolvedData
+
 LOCAL_HOSTS = frozenset({"localhost", "localhost.localdomain"})
 # `.../datasets/OWNER/NAME/resolve/...` and `hf://datasets/OWNER/NAME/...`
 HUB_DATASET = re.compile(r"^/?datasets/([^/]+)/([^/@]+)")
@@ -223,4 +226,17 @@ def mixture_line(mixture: dict[str, Any] | None) -> str | None:
     return (
         f"- data mixture: {asked or 'as stored (every sample equally likely)'}; "
         f"realised: {got or 'not counted'}"
+    )
+
+
+def describe_data(config: PretrainConfig, data: ResolvedData) -> DataRecord:
+    """The data as records name it, with the sources its index lists (narrowed to the selected
+    shards: the samples are theirs)."""
+    info = data.info
+    return data_record(
+        config.data.shards,
+        data.urls,
+        info.num_samples if info else None,
+        info.sources if info else (),
+        config.run.data_name,
     )

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt
@@ -36,6 +38,51 @@ def log_line(record: dict[str, Any], total_steps: int) -> str:
         f"mfu {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}",
     ]
     return "  ".join(parts)  # a validation step's losses have their own line
+
+
+@dataclass
+class Interval:
+    """What the loop gathers between two log steps (device tensors + host timers)."""
+
+    loss_sum: torch.Tensor
+    loss_count: torch.Tensor
+    started: float = field(default_factory=time.perf_counter)
+    data_wait: float = 0.0
+    images: int = 0
+    steps: int = 0
+
+    @classmethod
+    def on(cls, device: torch.device) -> Interval:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    def record(
+        self,
+        step: int,
+        epoch: float | None,
+        lr: float,
+        world_size: int,
+        flops_per_image: float | None,
+        peak_flops: float | None,
+        extra: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The --log-every record of this interval (one host sync for the loss). MFU counts
+        3x the forward FLOPs (forward + backward) of this process's images."""
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        loss = (self.loss_sum / self.loss_count.clamp(min=1)).item()
+        mfu = None
+        if peak_flops and flops_per_image:
+            mfu = 3 * flops_per_image * (self.images / elapsed) / peak_flops
+        return {
+            "step": step,
+            "epoch": epoch,
+            "loss": loss if self.loss_count.item() > 0 else None,
+            "lr": lr,
+            "images_per_s": self.images * world_size / elapsed,
+            "mfu": mfu,
+            "data_wait": self.data_wait / elapsed,
+            **extra,
+            "time": time.time(),
+        }
 
 
 class MetricsLog:

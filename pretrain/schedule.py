@@ -132,6 +132,22 @@ def length_change(previous: dict[str, int], schedule: Schedule, step: int, lr: f
     )
 
 
+def schedule_history(
+    state: dict[str, Any], schedule: Schedule, step: int, lr: float
+) -> tuple[list[dict[str, int]], str | None]:
+    """The lengths a resumed run has had, with `schedule` added when it resumes at `step` with
+    another length or warm-up, and the one line that says so (None: unchanged)."""
+    history = recorded_schedules(state) or [segment(0, schedule)]
+    previous, now = history[-1], segment(step, schedule)
+    changed = (previous["total_steps"], previous["warmup_steps"]) != (
+        now["total_steps"],
+        now["warmup_steps"],
+    )
+    if not changed or step >= schedule.total_steps:
+        return history, None
+    return [*history, now], length_change(previous, schedule, step, lr)
+
+
 def build_optimizer(
     model: nn.Module, optim: OptimConfig, schedule: Schedule
 ) -> tuple[torch.optim.AdamW, WarmupCosine]:

@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +27,12 @@ from pretrain.config import (
 )
 from pretrain.curves import CurvesError, save_run_curves
 from pretrain.data import (
-    ResolvedData,
-    add_counts,
     describe_realised,
     epoch_length,
     loader_for,
     mixture_for,
-    parse_weights,
     realised,
     resolve_data,
-    shares,
     usable_cores,
 )
 from pretrain.distributed import peak_flops, resolve_precision, seed_everything
@@ -45,12 +40,20 @@ from pretrain.models import create_model
 from pretrain.models.pixels import normalise
 from pretrain.models.reference import init_from_reference
 from pretrain.provenance import (
-    DataRecord,
-    data_record,
-    safe_shard_specs,
+    describe_data,
     weights_licence,
 )
+from pretrain.resume import (
+    check_resume_options,
+    drawn_of,
+    kept_mixture,
+    load_resume_state,
+    rank_data_state,
+    restore_training_state,
+    saved_config,
+)
 from pretrain.runs import (
+    Interval,
     MetricsLog,
     RunExistsError,
     TrainingDiverged,
@@ -63,9 +66,8 @@ from pretrain.runs import (
 )
 from pretrain.schedule import (
     build_optimizer,
-    length_change,
     plan_schedule,
-    recorded_schedules,
+    schedule_history,
     segment,
 )
 from pretrain.threads import local_processes, plan_threads
@@ -79,63 +81,6 @@ from pretrain.validation import (
 from pretrain.visualize import save_grid
 
 log = logging.getLogger(__name__)
-
-
-def describe_data(config: PretrainConfig, data: ResolvedData) -> DataRecord:
-    """The data as records name it, with the sources its index lists (narrowed to the selected
-    shards: the samples are theirs)."""
-    info = data.info
-    return data_record(
-        config.data.shards,
-        data.urls,
-        info.num_samples if info else None,
-        info.sources if info else (),
-        config.run.data_name,
-    )
-
-
-# Options a resumed run must keep: they shape the optimisation or the model.
-RESUME_FIXED = (
-    ("optim", "lr"),
-    ("optim", "blr"),
-    ("optim", "weight_decay"),
-    ("optim", "beta1"),
-    ("optim", "beta2"),
-    ("optim", "warmup_epochs"),
-    ("optim", "min_lr"),
-    ("optim", "accum_steps"),
-    ("data", "batch_size"),
-    ("data", "val_samples"),
-    ("data", "val_shards"),
-    ("run", "model"),
-)
-
-
-def _model_differences(saved: Any, model_config: Any) -> list[str]:
-    """The model fields a resumed run would change, as `--model-args field=value` as recorded:
-    the model configs are compared, not the strings that made them (`mask_ratio=.75` is
-    `mask_ratio=0.75`)."""
-    if not isinstance(saved, dict) or model_config is None:
-        return []
-    now = _plain(dataclasses.asdict(model_config))
-    saved = _plain(saved)
-    return [
-        f"--model-args {name}={saved[name]}"
-        for name in sorted(saved)
-        if name in now and saved[name] != now[name]
-    ]
-
-
-@dataclass
-class _Interval:
-    """What the loop gathers between two log steps (device tensors + host timers)."""
-
-    loss_sum: torch.Tensor
-    loss_count: torch.Tensor
-    started: float = field(default_factory=time.perf_counter)
-    data_wait: float = 0.0
-    images: int = 0
-    steps: int = 0
 
 
 class Trainer:
@@ -235,150 +180,47 @@ class Trainer:
         self.metrics = MetricsLog(self.run_dir, run.tensorboard, self.env.is_main)
 
     # ------------------------------------------------------------------ checkpoints
-    def _resume_candidates(self) -> list[Path]:
-        resume = self.config.run.resume
-        if resume == "auto":
-            return list(reversed(ckpt.list_checkpoints(self.run_dir)))
-        return [Path(resume)]
-
-    def _load_resume_state(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest readable checkpoint; with --resume auto a damaged one is passed over."""
-        candidates = self._resume_candidates()
-        damaged: list[str] = []
-        for path in candidates:
-            try:
-                state = ckpt.load(path)
-            except ckpt.CheckpointError as err:
-                if self.config.run.resume != "auto":
-                    raise
-                damaged.append(path.name)
-                log.debug("%s", err)
-                continue
-            self.passed_over = damaged
-            if damaged and self.env.is_main:
-                log.warning(
-                    "--resume auto: %s damaged, resuming from the previous checkpoint %s",
-                    ", ".join(damaged),
-                    path.name,
-                )
-            return path, state
-        if damaged:
-            raise ckpt.CheckpointError(
-                f"--resume auto: no readable checkpoint in {self.run_dir / ckpt.CHECKPOINT_DIR} "
-                f"({', '.join(damaged)} damaged): remove them to start anew, or choose another --out"
-            )
-        return None
-
     def _maybe_resume(self) -> dict[str, Any] | None:
         if not self.config.run.resume:
             return None
-        found = self._load_resume_state()
+        found = load_resume_state(self.run_dir, self.config.run.resume, self.env.is_main)
         if found is None:
             if self.env.is_main:
                 log.info("--resume auto: no checkpoint in %s, starting a new run", self.run_dir)
             return None
-        path, state = found
+        path, state, self.passed_over = found
         end = self.schedule.total_steps
         if self.config.run.stop_step is not None:
             end = min(end, self.config.run.stop_step)
-        self._keep_mixture(path, state)
+        self.config = kept_mixture(self.config, path, state)
         if int(state.get("step", 0)) < end:  # a finished run trains no more: nothing to change
-            self._check_resume_options(path, state)
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
-            counters, ranks = state["counters"], state["ranks"]
-        except (RuntimeError, KeyError, ValueError, TypeError) as err:
-            raise ckpt.CheckpointError(
-                f"{path} does not fit this run ({str(err).splitlines()[0][:120]}): resume with "
-                f"the options it was trained with (--model {state.get('model_name')}), or "
-                "choose another --out"
-            ) from err
+            check_resume_options(path, state, self.config, self.model_config)
+        counters, ranks = restore_training_state(
+            path, state, self.model, self.optimizer, self.scaler
+        )
         self.step = int(state["step"])
         self.resumed_from = path
-        self.drawn = _drawn_of(ranks) if self.env.is_main else {}
+        self.drawn = drawn_of(ranks) if self.env.is_main else {}
         record = state.get("record")
         self.resumed_record = record if isinstance(record, dict) else {}
         self.images_seen = int(counters["images"])
         self.nan_skips.fill_(float(counters["nan_skips"]))
-        if len(ranks) == self.env.world_size:
-            ckpt.restore_rng(ranks[self.env.rank]["rng"])
-            data_state = ranks[self.env.rank]["data"]
-        else:
-            log.warning(
-                "checkpoint from %d ranks resumed on %d: data streams restart with new seeds",
-                len(ranks),
-                self.env.world_size,
-            )
-            data_state = {"num_workers": -1, "batches": self.step}
-            if self.env.is_main:  # the counts of what was drawn go on, on one rank
-                data_state["drawn"] = _drawn_of(ranks)
+        data_state = rank_data_state(ranks, self.env, self.step)
         if self.env.is_main:
             log.info("resumed %s at step %d", path, self.step)
-        self._rebuild_schedule(state)
-        return data_state
-
-    def _keep_mixture(self, path: Path, state: dict[str, Any]) -> None:
-        """A resumed run draws with the checkpoint's --mix / --mix-bin: taken over when none
-        is given, refused when another is (the same shares at another scale are the same)."""
-        saved = (state.get("config") or {}).get("data") or {}
-        data = self.config.data
-        for name, flag in (("mix", "--mix"), ("mix_bin", "--mix-bin")):
-            recorded, given = tuple(saved.get(name) or ()), getattr(data, name)
-            if not recorded or not given:
-                data = dataclasses.replace(data, **{name: given or recorded})
-                continue
-            before, now = parse_weights(recorded, flag), parse_weights(given, flag)
-            if shares(before) != shares(now):
-                raise ckpt.CheckpointError(
-                    f"{path} was trained with {flag} {','.join(recorded)}; resume with that "
-                    f"mixture (or without {flag}), or choose another --out"
-                )
-        self.config = dataclasses.replace(self.config, data=data)
-
-    def _rebuild_schedule(self, state: dict[str, Any]) -> None:
-        """The lr is a function of the options, not of the checkpoint: a run resumed with another
-        length trains on with the schedule of that length (one line says so); the record keeps
-        every length the run had."""
-        history = recorded_schedules(state) or [segment(0, self.schedule)]
-        previous, now = history[-1], segment(self.step, self.schedule)
-        changed = (previous["total_steps"], previous["warmup_steps"]) != (
-            now["total_steps"],
-            now["warmup_steps"],
+        # the lr is a function of the options, not of the checkpoint: a longer run goes on
+        # with the schedule of its new length, and the record keeps every length it had
+        self.schedules, change = schedule_history(
+            state, self.schedule, self.step, self.scheduler.lr_at(self.step)
         )
-        if changed and self.step < self.schedule.total_steps:
-            history.append(now)
-            self.say(length_change(previous, self.schedule, self.step,
-                                   self.scheduler.lr_at(self.step)))  # fmt: skip
-        self.schedules = history
+        if change:
+            self.say(change)
+        return data_state
 
     def say(self, line: str) -> None:
         """A line for the user, from the main rank only."""
         if self.env.is_main:
             say(line)
-
-    def _check_resume_options(self, path: Path, state: dict[str, Any]) -> None:
-        """Refuse to resume with other optimisation options or another model than the
-        checkpoint was trained with (a longer --steps/--epochs is fine)."""
-        saved = state.get("config")
-        if not isinstance(saved, dict):
-            return  # an older checkpoint without its config: nothing to compare
-        now = _plain(self.config.as_dict())
-        differing = []
-        for group, name in RESUME_FIXED:
-            if name not in saved.get(group, {}):
-                continue
-            recorded, given = saved[group][name], now[group][name]
-            if recorded != given:
-                shown = "not set" if recorded in (None, []) else recorded
-                differing.append(f"--{name.replace('_', '-')} {shown}")
-        differing += _model_differences(state.get("model_config"), self.model_config)
-        if differing:
-            raise ckpt.CheckpointError(
-                f"{path} was trained with other options; resume with its "
-                f"{', '.join(differing)} (as recorded), or choose another --out"
-            )
 
     def record(self) -> dict[str, Any]:
         """What the run did so far, for the checkpoint and the model card."""
@@ -419,13 +261,13 @@ class Trainer:
         ranks = distributed.gather_objects(self.env, rank_state)
         path = None
         if self.env.is_main:
-            self.drawn = _drawn_of(ranks)
+            self.drawn = drawn_of(ranks)
             state = {
                 "format": ckpt.FORMAT_VERSION,
                 "step": self.step,
                 "model_name": self.config.run.model,
                 "model_config": dataclasses.asdict(self.model_config) if self.model_config else {},
-                "config": self._saved_config(),
+                "config": saved_config(self.config),
                 "record": self.record(),
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
@@ -440,19 +282,11 @@ class Trainer:
         distributed.barrier(self.env)
         return path
 
-    def _saved_config(self) -> dict[str, Any]:
-        """The config as run, with throw-away loopback URLs replaced by what they were."""
-        config = _plain(self.config.as_dict())
-        config["data"]["shards"] = safe_shard_specs(config["data"]["shards"])
-        if config["data"].get("info"):
-            config["data"]["info"] = safe_shard_specs([config["data"]["info"]])[0]
-        return config
-
     # ------------------------------------------------------------------ steps
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield from self.loader
 
-    def _micro_step(self, images: torch.Tensor, sync: bool, interval: _Interval) -> None:
+    def _micro_step(self, images: torch.Tensor, sync: bool, interval: Interval) -> None:
         pixels = images.to(self.device, non_blocking=True)  # uint8 crops: masking reads them
         x = normalise(pixels, self.in_chans)
         no_sync = (
@@ -495,40 +329,30 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def _log(
-        self, interval: _Interval, bar: tqdm | None, extra: dict[str, Any] | None = None
+        self, interval: Interval, bar: tqdm | None, extra: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        elapsed = max(time.perf_counter() - interval.started, 1e-9)
-        loss = (interval.loss_sum / interval.loss_count.clamp(min=1)).item()  # host sync
         nan_skips = int(self.nan_skips.item())
-        images_per_s = interval.images * self.env.world_size / elapsed
-        mfu = None
-        if self.peak and self.flops_per_image:
-            per_gpu = interval.images / elapsed
-            mfu = 3 * self.flops_per_image * per_gpu / self.peak
-        totals = self.tracker.totals()
-        record = {
-            "step": self.step,
-            "epoch": (
-                self.images_seen / self.schedule.samples_per_epoch
-                if self.schedule.samples_per_epoch
-                else None
-            ),
-            "loss": loss if interval.loss_count.item() > 0 else None,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_s": images_per_s,
-            "mfu": mfu,
-            "data_wait": interval.data_wait / elapsed,
-            "nan_skips": nan_skips,
-            **totals,
-            **(extra or {}),
-            "time": time.time(),
-        }
+        epoch = (
+            self.images_seen / self.schedule.samples_per_epoch
+            if self.schedule.samples_per_epoch
+            else None
+        )
+        record = interval.record(
+            step=self.step,
+            epoch=epoch,
+            lr=self.optimizer.param_groups[0]["lr"],
+            world_size=self.env.world_size,
+            flops_per_image=self.flops_per_image if self.peak else None,
+            peak_flops=self.peak,
+            extra={"nan_skips": nan_skips, **self.tracker.totals(), **(extra or {})},
+        )
+        loss, images_per_s, mfu = record["loss"], record["images_per_s"], record["mfu"]
         self.metrics.write(record)
         if bar is None:
             self.say(log_line(record, self.schedule.total_steps))
         else:
             bar.set_postfix(
-                loss=f"{loss:.4f}",
+                loss="n/a" if loss is None else f"{loss:.4f}",
                 img_s=f"{images_per_s:.0f}",
                 mfu="n/a" if mfu is None else f"{100 * mfu:.1f}%",
                 wait=f"{100 * record['data_wait']:.0f}%",
@@ -558,7 +382,7 @@ class Trainer:
         validator = Validator.build(self.model, held, self.split, self.config.data) if held else None
         return held, validator
 
-    def _validate(self, interval: _Interval) -> dict[str, Any]:
+    def _validate(self, interval: Interval) -> dict[str, Any]:
         """One pass over the held-out set; its time is kept out of the interval's speed."""
         result = self.validator.evaluate(self.model, self.amp_dtype, self.step)
         interval.started += result.seconds
@@ -609,9 +433,7 @@ class Trainer:
         if self.resumed_from is not None and self.step >= end:
             self.metrics.close()
             return self._finished_result()
-        new_interval = lambda: _Interval(  # noqa: E731
-            torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        )
+        new_interval = lambda: Interval.on(self.device)  # noqa: E731
         interval = new_interval()
         bar = (
             tqdm(total=end, initial=self.step, unit="step", dynamic_ncols=True)
@@ -656,23 +478,6 @@ class Trainer:
                 bar.close()
             self.metrics.close()
         return self._result(last_record["loss"] if last_record else None, last_path)
-
-
-def _drawn_of(ranks: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """The samples every rank trained on, per source and per bin (their trackers' counts)."""
-    drawn: dict[str, dict[str, int]] = {}
-    for rank in ranks:
-        add_counts(drawn, (rank.get("data") or {}).get("drawn") or {})
-    return drawn
-
-
-def _plain(value: Any) -> Any:
-    """Tuples -> lists so the config reads back the same from JSON and from a checkpoint."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def pretrain(config: PretrainConfig, model: nn.Module | None = None) -> TrainResult:

@@ -719,7 +719,7 @@ def test_the_data_is_resolved_once_from_the_folders_index(synthetic_build):
     """A dataset folder's data/_info.json lists the shards, their samples and the sources the
     record names; the same index given as a URL resolves alike."""
     from pretrain.data import resolve_data
-    from pretrain.train import describe_data
+    from pretrain.provenance import describe_data
 
     dataset = synthetic_build[1]
     config = config_from_options({"shards": [str(dataset)]})
