@@ -13,7 +13,9 @@ from cli.options import (
     BUILD_DIR,
     EXECUTOR_OPTIONS,
     WAIT,
+    Opt,
     execution,
+    manifest_option,
     opt,
     options,
     parse_source,
@@ -80,6 +82,19 @@ POLICY_OPTIONS = [
     ),
     opt("--no-border-crop", is_flag=True, help="Keep zero-valued black borders."),
 ]
+
+
+def source_input_options(required: bool) -> list[Opt]:
+    """--source ID=PATH (repeatable) and --manifest, as ingest and build take them."""
+    source_help = (
+        "A source id (see `sources list`; folder or folder:NAME for your own images) and its "
+        "folder or archive. Repeatable."
+    )
+    return [
+        opt("--source", "source_values", multiple=True, required=required, metavar="ID=PATH",
+            help=source_help),  # fmt: skip
+        manifest_option("Your own manifest YAML (adds or overrides a source id). Repeatable."),
+    ]
 
 
 SOURCE_FACT_OPTIONS = [
@@ -170,20 +185,7 @@ def make_policy(
 
 @main.command()
 @options(
-    opt(
-        "--source",
-        "source_values",
-        multiple=True,
-        metavar="ID=PATH",
-        help="A source id (see `sources list`; folder or folder:NAME for your own images) and its folder or archive. Repeatable.",
-    ),
-    opt(
-        "--manifest",
-        "manifest_files",
-        multiple=True,
-        type=click.Path(exists=True, path_type=Path),
-        help="Your own manifest YAML (adds or overrides a source id). Repeatable.",
-    ),
+    *source_input_options(required=False),
     opt(
         "--build",
         "build_dir",
@@ -512,21 +514,7 @@ def write_dataset_card(out: Path) -> None:
 
 @main.command()
 @options(
-    opt(
-        "--source",
-        "source_values",
-        multiple=True,
-        required=True,
-        metavar="ID=PATH",
-        help="A source id and its folder or archive (as for ingest). Repeatable.",
-    ),
-    opt(
-        "--manifest",
-        "manifest_files",
-        multiple=True,
-        type=click.Path(exists=True, path_type=Path),
-        help="Your own manifest YAML. Repeatable.",
-    ),
+    *source_input_options(required=True),
     *SOURCE_FACT_OPTIONS,
     BUILD_DIR,
     opt("--out", required=True, type=click.Path(path_type=Path), help="Dataset folder to write."),

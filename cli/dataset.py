@@ -15,6 +15,7 @@ import yaml
 from cli.app import CliError, main
 from cli.options import (
     execution,
+    manifest_option,
     opt,
     options,
     run_stage,
@@ -39,12 +40,8 @@ def sources() -> None:
 
 @sources.command("list")
 @options(
-    opt(
-        "--manifest",
-        "manifest_files",
-        multiple=True,
-        type=click.Path(exists=True, path_type=Path),
-        help="Extra manifest YAML files to list too.",
+    manifest_option(
+        "Extra manifest YAML files to list too."
     ),
 )
 def sources_list(manifest_files: tuple[Path, ...]) -> None:
@@ -68,13 +65,9 @@ def fit(cell: str, width: int) -> str:
 @sources.command("show")
 @click.argument("source_id")
 @options(
-    opt(
-        "--manifest",
-        "manifest_files",
-        multiple=True,
-        type=click.Path(exists=True, path_type=Path),
-        help="A manifest YAML file of your own (schema: manifests/README.md), so SOURCE_ID may "
-        "be its id; it overrides a built-in manifest of the same id. Repeatable.",
+    manifest_option(
+        "A manifest YAML file of your own (schema: manifests/README.md), so SOURCE_ID may "
+        "be its id; it overrides a built-in manifest of the same id. Repeatable."
     ),
 )
 def sources_show(source_id: str, manifest_files: tuple[Path, ...]) -> None:

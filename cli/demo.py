@@ -189,21 +189,12 @@ def demo(
     from pretrain.probe import ProbeConfig  # torch: when the command runs
     from pretrain.probe import probe as run_probe  # torch: when the command runs
 
+    # both probes: the exported encoder, a small head and batch, the demo's device and threads
+    shared = dict(encoder=str(out / "export"), arch=model, batch_size=4, head_dim=32,
+                  device=device, threads=threads)  # fmt: skip
     probed = run_probe(
-        ProbeConfig(
-            encoder=str(out / "export"),
-            data=out / "sources" / "sirst",
-            layout="sirst",
-            out=out / "probe",
-            arch=model,
-            steps=probe_steps,
-            img_size=128,
-            batch_size=4,
-            head_dim=32,
-            lr=3e-3,
-            device=device,
-            threads=threads,
-        )
+        ProbeConfig(data=out / "sources" / "sirst", layout="sirst", out=out / "probe",
+                    steps=probe_steps, img_size=128, lr=3e-3, **shared)  # fmt: skip
     )
     click.echo(str(probed))
     # detection row: synthetic M3FD frames (VOC boxes), kept out of the pretraining sources
@@ -222,20 +213,8 @@ def demo(
         )
     )
     detected = run_probe(
-        ProbeConfig(
-            encoder=str(out / "export"),
-            data=out / "probe-data" / "m3fd",
-            layout="m3fd",
-            task="detect",
-            out=out / "probe-detect",
-            arch=model,
-            steps=detect_steps,
-            img_size=192,
-            batch_size=4,
-            head_dim=32,
-            device=device,
-            threads=threads,
-        )
+        ProbeConfig(data=out / "probe-data" / "m3fd", layout="m3fd", task="detect",
+                    out=out / "probe-detect", steps=detect_steps, img_size=192, **shared)  # fmt: skip
     )
     click.echo(str(detected))
 

@@ -7,6 +7,7 @@ commands do not pay for torch's import.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -311,22 +312,13 @@ def legacy_dry_run(args: list[str], params: list[click.Parameter]) -> list[str]:
     ),
     *[HUB_ENDPOINT],
 )
-def publish_model(export_dir, repo, dataset_repo, private, dry_run, stage, endpoint) -> None:
+def publish_model(**values: Any) -> None:
     """Publish an exported encoder (safetensors + timm config) with a model card."""
     from pretrain.hub import ModelPublishConfig, PublishError  # torch: when the command runs
     from pretrain.hub import publish_model as run_publish_model  # torch: when the command runs
 
-    config = ModelPublishConfig(
-        export_dir=export_dir,
-        repo=repo,
-        dataset_repo=dataset_repo,
-        private=private,
-        dry_run=dry_run,
-        stage=stage,
-        endpoint=endpoint,
-    )
-    try:
-        summary = run_publish_model(config)
+    try:  # the options are the config's fields, by name
+        summary = run_publish_model(ModelPublishConfig(**values))
     except PublishError as err:
         raise CliError(str(err)) from err
     click.echo(str(summary))

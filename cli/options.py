@@ -40,6 +40,12 @@ def opt(*decls: str, **attrs: Any) -> Opt:
     return Opt(decls, attrs)
 
 
+def manifest_option(help: str) -> Opt:
+    """--manifest: the user's own manifest YAML files (repeatable)."""
+    path = click.Path(exists=True, path_type=Path)
+    return opt("--manifest", "manifest_files", multiple=True, type=path, help=help)
+
+
 def options(*specs: Opt) -> Callable:
     """Apply option specs to a command, listed in the order given."""
 
