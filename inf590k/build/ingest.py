@@ -259,8 +259,10 @@ def chunks_of_part(path: Path) -> list[int]:
 
 
 def done_chunks(build: Path, source: str) -> set[int]:
+    """Chunks of `source` that committed parts cover (not those of a source whose id only
+    starts the same: `flir` and `flir-adas`)."""
     done: set[int] = set()
-    for path in cat.catalog_dir(build).glob(f"part-{source}-*.parquet"):
+    for path in source_parts(build, source):
         done.update(chunks_of_part(path))
     return done
 
@@ -428,7 +430,7 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
     summary.folder = is_folder_source(manifest.name)
     summary.catalog = str(cat.catalog_dir(build))
     candidates: set[str] = set()  # files the include globs matched (a video is one file)
-    for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
+    for path in source_parts(build, manifest.id):
         table = pq.read_table(path, columns=["status", "reason", "relpath"])
         for status, reason, relpath in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
             summary.found += 1
@@ -479,8 +481,15 @@ def prepare_source(
     return job, chunks, todo
 
 
+def source_parts(build: Path, source: str) -> list[Path]:
+    """The committed parts of `source` alone (`flir`'s, not `flir-adas`'s)."""
+    prefix = f"part-{source}-"
+    paths = cat.catalog_dir(build).glob(f"{prefix}*.parquet")
+    return sorted(p for p in paths if p.stem[len(prefix) :].isdigit())
+
+
 def remove_parts(build: Path, source: str) -> None:
-    for stale in cat.catalog_dir(build).glob(f"part-{source}-*.parquet"):
+    for stale in source_parts(build, source):
         stale.unlink()
 
 

@@ -84,6 +84,19 @@ def test_a_half_written_part_is_never_believed(tmp_path, frames):
     assert cat.read_catalog(build).equals(whole)
 
 
+def test_a_changed_source_is_redone_alone(tmp_path, frames):
+    make_frames(tmp_path / "few", 3)
+    build = tmp_path / "b"
+    sources = (("folder:a", tmp_path / "few"), ("folder:a-b", frames))
+    ingest(IngestConfig(sources=sources, build=build, execution=QUIET))
+    assert ingest_module.done_chunks(build, "a") == {0}
+    assert ingest_module.done_chunks(build, "a_b") == {0, 1, 2, 3}
+    (tmp_path / "few" / "cam0" / "extra.png").write_bytes(encode(thermal_frame(48, 64, seed=77)))
+    again = ingest(IngestConfig(sources=sources, build=build, execution=QUIET))
+    assert [s.reused_chunks for s in again.sources] == [0, 4]  # a redone, a_b untouched
+    assert [s.found for s in again.sources] == [4, 201]
+
+
 def test_read_ingested_reads_only_the_columns_asked(tmp_path, frames):
     build = tmp_path / "b"
     run_ingest(build, frames)
