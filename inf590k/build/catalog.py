@@ -96,8 +96,10 @@ def read_ingested(build: Path, columns: Iterable[str] | None = None) -> pa.Table
     names = list(COLUMN_NAMES) if columns is None else list(dict.fromkeys(["uid", *columns]))
     schema = pa.schema([CATALOG_SCHEMA.field(n) for n in names])
     tables = [pq.read_table(p, columns=names, schema=CATALOG_SCHEMA).select(names) for p in parts]
-    table = pa.concat_tables(tables).cast(schema) if tables else schema.empty_table()
-    return table.sort_by("uid")
+    table = pa.concat_tables(tables).cast(schema).sort_by("uid")
+    del tables
+    pa.default_memory_pool().release_unused()  # the unsorted copy: back to the system now
+    return table
 
 
 def read_decisions(build: Path, relpath: str, columns: tuple[str, ...]) -> pa.Table | None:

@@ -461,7 +461,7 @@ def prepare_source(
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
-    job = SourceJob(manifest, Path(root), root_kind(root), policy_for(manifest, config.policy), config.build)
+    job = SourceJob(manifest, Path(root), root_kind(root), policy_for(manifest, config.policy), Path(config.build).absolute())
     recorded[manifest.id] = {
         "root": str(Path(root).resolve()),
         "kind": job.kind,

@@ -27,7 +27,7 @@ def write_report(
     outside_match: dict[int, _Match],
 ) -> dict:
     """report.json: settings, counts, and every group with members and distances."""
-    rows = candidates.select(["uid", "source", "width", "height"]).to_pydict()
+    rows = _LazyColumns(candidates)  # group members only are read: no list per column
     members: dict[int, list[dict]] = {}
     for index in np.flatnonzero(groups.sizes > 1).tolist():
         members.setdefault(group_ids[int(groups.labels[index])], []).append(
@@ -70,6 +70,24 @@ def write_report(
     tmp.write_text(json.dumps(report, separators=(",", ":")))  # indent would use the slow encoder
     tmp.replace(report_dir / "report.json")
     return report
+
+
+class _LazyColumns:
+    """`rows[column][index]` of a table, converted one value at a time."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __getitem__(self, column: str) -> _LazyColumn:
+        return _LazyColumn(self.table.column(column))
+
+
+class _LazyColumn:
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __getitem__(self, index: int) -> object:
+        return self.column[index].as_py()
 
 
 def write_contact_sheet(

@@ -194,10 +194,15 @@ def _near_edges(
     return rows[np.concatenate([same_i, i])], rows[np.concatenate([same_j, j])]
 
 
-def _exact_edges(prints: Fingerprints) -> tuple[np.ndarray, np.ndarray]:
-    """Each row joined to the first row with the same pixel sha256 (rows without one: none)."""
-    encoded = pa.array(prints.pixel_sha256, type=pa.string()).dictionary_encode()
+def _exact_edges(digests: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each row joined to the first row with the same pixel sha256 (rows without one: none).
+    `digests`: the [N] column itself (no Python string per row)."""
+    if isinstance(digests, pa.ChunkedArray):
+        digests = digests.combine_chunks()
+    encoded = digests.dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False)  # [N], NaN where null
+    del encoded
+    pa.default_memory_pool().release_unused()  # the dictionary and its hash table
     rows = np.flatnonzero(~np.isnan(codes)) if codes.dtype.kind == "f" else np.arange(len(codes))
     codes = codes[rows].astype(np.int64)
     _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
@@ -211,18 +216,20 @@ def priority_rank(sources: Iterable[str], priority: tuple[str, ...]) -> dict[str
 
 
 def keep_order(table: pa.Table, priority: tuple[str, ...]) -> np.ndarray:
-    """Rank of each row by the keep rule (0 = keep first): area desc, priority, uid."""
-    rows = table.select(["uid", "source", "width", "height"]).to_pydict()
-    ranks = priority_rank(rows["source"], priority)
-    keys = [
-        (-(w or 0) * (h or 0), ranks[s], u)
-        for u, s, w, h in zip(
-            rows["uid"], rows["source"], rows["width"], rows["height"], strict=True
-        )
-    ]
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(keys))
+    """Rank of each row by the keep rule (0 = keep first): area desc, priority, uid. Sorted
+    as columns ([N] int64 keys), not as a Python tuple per row."""
+    sources = table.column("source").combine_chunks().dictionary_encode()
+    ranks = priority_rank(sources.dictionary.to_pylist(), priority)
+    source_rank = np.array([ranks[s] for s in sources.dictionary.to_pylist()], dtype=np.int64)
+    by_source = source_rank[sources.indices.to_numpy(zero_copy_only=False)]  # [N]
+    width = pa.compute.fill_null(table.column("width"), 0).to_numpy(zero_copy_only=False)
+    height = pa.compute.fill_null(table.column("height"), 0).to_numpy(zero_copy_only=False)
+    area = width.astype(np.int64) * height.astype(np.int64)  # [N]
+    uid_rank = np.empty(len(table), dtype=np.int64)
+    uid_rank[pa.compute.sort_indices(table.column("uid")).to_numpy()] = np.arange(len(table))
+    order = np.lexsort((uid_rank, by_source, -area))  # last key sorts first
+    rank = np.empty(len(table), dtype=np.int64)
+    rank[order] = np.arange(len(table))
     return rank
 
 
@@ -232,10 +239,11 @@ def group_rows(
     dhash_max: int,
     priority: tuple[str, ...],
     extra_edges: tuple[np.ndarray, np.ndarray] | None = None,
+    prints: Fingerprints | None = None,  # of `candidates`, when the caller has them
 ) -> _Groups:
-    prints = fingerprints_of_rows(candidates)
+    prints = fingerprints_of_rows(candidates) if prints is None else prints
     n = len(prints.labels)
-    exact_i, exact_j = _exact_edges(prints)
+    exact_i, exact_j = _exact_edges(candidates.column("pixel_sha256"))
     hashed = np.array([bool(h) for h in candidates.column("phash").to_pylist()], dtype=bool)
     near_i, near_j = _near_edges(prints, radius, dhash_max, hashed)
     extra_i, extra_j = extra_edges if extra_edges is not None else (near_i[:0], near_j[:0])
@@ -287,7 +295,9 @@ def _ingested_candidates(build: Path) -> pa.Table:
     ok = pa.compute.or_(
         pa.compute.equal(status, cat.STATUS_OK), pa.compute.equal(status, cat.STATUS_DUPLICATE)
     )
-    return table.filter(ok)
+    table = table.filter(ok)
+    pa.default_memory_pool().release_unused()  # the unfiltered copy
+    return table
 
 
 @lineage.stage("dedupe", ignore=("build", "contact_groups", "feature_device", "progress"))
@@ -307,8 +317,8 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         bar.advance("read")
         outside = [load_outside_set(p) for p in config.against]
         feature_edges = _feature_edges(build, candidates, config) if config.feature_model else None
-        groups = group_rows(candidates, config.radius, config.dhash_max, config.priority, feature_edges)
-        prints = fingerprints_of_rows(candidates)
+        prints = fingerprints_of_rows(candidates)  # once: labels and digests as Python strings
+        groups = group_rows(candidates, config.radius, config.dhash_max, config.priority, feature_edges, prints)
         bar.advance("grouped")
 
         outside_match: dict[int, _Match] = {}
