@@ -159,28 +159,35 @@ class IngestSummary:
 
 def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
-    task = Task(entry.relpath, entry.size, "", occurrence=entry.occurrence, order=entry.order, offset=entry.offset)
+    decision, status, reason = _decide_file(manifest, entry, max_bytes, in_archive)
+    return Task(  # built once (the driver classifies every file, on one core)
+        entry.relpath, entry.size, decision, status=status, reason=reason,
+        occurrence=entry.occurrence, order=entry.order, offset=entry.offset,
+    )
+
+
+def _decide_file(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> tuple[str, str, str]:
+    """(decision, status, reason) of one file."""
     if entry.problem:
-        return replace(task, status=cat.STATUS_REJECTED, reason=entry.problem)
+        return "", cat.STATUS_REJECTED, entry.problem
     rule = manifest.excluded_by(entry.relpath)
     if rule:
-        return replace(task, status=cat.STATUS_EXCLUDED, reason=rule)
+        return "", cat.STATUS_EXCLUDED, rule
     suffix = member_suffix(entry.relpath)
     if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-        reason = f"not an image file ({suffix or 'no extension'})"
-        return replace(task, status=cat.STATUS_EXCLUDED, reason=reason)
+        return "", cat.STATUS_EXCLUDED, f"not an image file ({suffix or 'no extension'})"
     if not manifest.included(entry.relpath):
-        return replace(task, status=cat.STATUS_EXCLUDED, reason="outside the manifest's include globs")
+        return "", cat.STATUS_EXCLUDED, "outside the manifest's include globs"
     if entry.size == 0:
-        return replace(task, status=cat.STATUS_REJECTED, reason="empty file (0 bytes)")
+        return "", cat.STATUS_REJECTED, "empty file (0 bytes)"
     video = suffix in VIDEO_EXTENSIONS
     if entry.size > max_bytes and (in_archive or not video):  # folder videos are streamed
         reason = (
             f"file too large ({entry.size / 2**20:.0f} MB > {max_bytes / 2**20:g} MB): not read "
             "(raise --max-file-mb to allow)"
         )
-        return replace(task, status=cat.STATUS_REJECTED, reason=reason)
-    return replace(task, decision="video" if video else "decode")
+        return "", cat.STATUS_REJECTED, reason
+    return ("video" if video else "decode"), cat.STATUS_OK, ""
 
 
 def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
