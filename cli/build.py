@@ -4,6 +4,7 @@ groups; the stages run in the library, and the card is written after `shard` and
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -392,6 +393,7 @@ def dedupe_config(
         feature_model=feature_model,
         feature_threshold=feature_threshold,
         feature_device=feature_device,
+        progress=sys.stderr.isatty(),  # as the execution options of the other stages
     )
 
 
@@ -401,6 +403,7 @@ def bin_config(build, short_edges, aspect_edges):
         build=build,
         short_edges=parse_edges(short_edges, int, "short-edges"),
         aspect_edges=parse_edges(aspect_edges, float, "aspect-edges"),
+        progress=sys.stderr.isatty(),
     )
 
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
+from inf590k.execution.progress import stage_progress
 from inf590k.fsutil import plural, write_text_atomic
 
 BINS_FILENAME = "bins.json"
@@ -37,6 +38,7 @@ class BinConfig:
     build: Path
     short_edges: tuple[int, ...] = DEFAULT_SHORT_EDGES  # short-side class boundaries, pixels
     aspect_edges: tuple[float, ...] = DEFAULT_ASPECT_EDGES  # long/short ratio boundaries
+    progress: bool = True  # a bar of its steps on stderr
 
 
 @dataclass
@@ -93,21 +95,29 @@ def bin_names(
     ]
 
 
-@lineage.stage("bin")
+BIN_STEPS = ("read", "binned", "written")  # what its progress bar names
+
+
+@lineage.stage("bin", ignore=("build", "progress"))
 def bin_catalog(config: BinConfig) -> BinSummary:
-    """Fill `res_bin` for ok rows ("" for the rest); write BUILD/bins.json with the counts."""
-    table = cat.read_catalog(config.build)
-    ok = pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)
-    widths = table.column("width").to_numpy(zero_copy_only=False)
-    heights = table.column("height").to_numpy(zero_copy_only=False)
-    names = np.array([""] * len(table), dtype=object)
-    if ok.any():
-        names[ok] = bin_names(widths[ok], heights[ok], config.short_edges, config.aspect_edges)
-    index = table.schema.get_field_index("res_bin")
-    table = table.set_column(index, "res_bin", pa.array(names.tolist(), type=pa.string()))
-    lineage.mark_running(config.build, "bin")
-    cat.write_catalog(config.build, table)
-    counts = dict(sorted(Counter(names[ok].tolist()).items()))
+    """Name the bin of every ok row in BUILD/bins/assign.parquet (uid, res_bin; the catalog
+    reader gives the other rows ""); write BUILD/bins.json with the counts."""
+    with stage_progress("bin", config.progress, BIN_STEPS) as bar:
+        table = cat.read_catalog(config.build, columns=["status", "width", "height"])
+        ok = pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)
+        kept = table.filter(pa.array(ok))
+        bar.advance("read")
+        widths = kept.column("width").to_numpy(zero_copy_only=False)
+        heights = kept.column("height").to_numpy(zero_copy_only=False)
+        names = bin_names(widths, heights, config.short_edges, config.aspect_edges) if len(kept) else []
+        bar.advance("binned")
+        assign = pa.table(
+            {"uid": kept.column("uid"), "res_bin": pa.array(names, type=pa.string()).dictionary_encode()}
+        )
+        lineage.mark_running(config.build, "bin")
+        cat.write_columns(config.build, cat.BIN_ASSIGN_PATH, assign)
+        bar.advance("written")
+    counts = dict(sorted(Counter(names).items()))
     summary = BinSummary(counts=counts, unbinned=int((~ok).sum()))
     record = {
         "short_edges": list(config.short_edges),

@@ -2,11 +2,15 @@
 
 Layout inside a build directory::
 
-    BUILD/catalog/part-<source>-<chunk>.parquet   one file per ingest chunk (resumable)
+    BUILD/catalog/part-<source>-<chunk>.parquet   what ingest found: one part per work unit of
+                                                  many chunks (the chunks it covers in its footer)
+    BUILD/dedupe/decisions.parquet                dedupe's decisions: uid, status, reason, dup_group
+    BUILD/bins/assign.parquet                     bin's: uid, res_bin
     BUILD/sources.json                            source id -> root path, manifest digest
 
-`pyarrow.parquet.read_table(BUILD / "catalog")` reads the whole catalog. Later stages
-(dedupe, bin) rewrite the parts with `write_catalog`, never dropping a row.
+Ingest writes the parts once; dedupe and bin write their own small column files keyed by uid
+instead of rewriting the catalogue. `read_catalog` joins the three: the rows as every stage
+after bin sees them. `read_ingested` reads the parts alone, only the columns asked for.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from inf590k.dataset.layout import CATALOG_SCHEMA, COLUMN_NAMES  # noqa: F401 - the catalog's columns are the sidecars'
@@ -24,6 +31,10 @@ from inf590k.fsutil import open_new, write_text_atomic
 
 CATALOG_DIRNAME = "catalog"
 SOURCES_FILENAME = "sources.json"
+DECISIONS_PATH = "dedupe/decisions.parquet"  # relative to the build folder
+BIN_ASSIGN_PATH = "bins/assign.parquet"
+DECISION_COLUMNS = ("status", "reason", "dup_group")  # what dedupe decides per uid
+BIN_COLUMNS = ("res_bin",)
 
 # Row status values. Counts always add up: found = ok + excluded + rejected + duplicate.
 STATUS_OK = "ok"
@@ -65,39 +76,153 @@ def part_paths(build: Path) -> list[Path]:
     return sorted(catalog_dir(build).glob("part-*.parquet"))
 
 
-def read_catalog(build: Path) -> pa.Table:
-    """The whole catalog, rows in a fixed order (by uid), whatever order parts were written."""
+def decision_paths(build: Path) -> list[Path]:
+    """The column files of dedupe and bin that exist (they join the catalog by uid)."""
+    return [Path(build) / rel for rel in (DECISIONS_PATH, BIN_ASSIGN_PATH) if (Path(build) / rel).is_file()]
+
+
+def _no_catalog(build: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"no catalog in {build}: run `inf590k ingest --build {build} --source ID=PATH` first"
+    )
+
+
+def read_ingested(build: Path, columns: Iterable[str] | None = None) -> pa.Table:
+    """The parts as ingest wrote them (no later decision), only `columns`, sorted by uid.
+    One columnar read of the whole folder: a part's other columns are never decoded."""
     parts = part_paths(build)
     if not parts:
-        raise FileNotFoundError(
-            f"no catalog in {build}: run `inf590k ingest --build {build} --source ID=PATH` first"
-        )
-    table = pa.concat_tables(pq.read_table(p, schema=CATALOG_SCHEMA) for p in parts)
-    return table.sort_by("uid")
+        raise _no_catalog(build)
+    names = list(COLUMN_NAMES) if columns is None else list(dict.fromkeys(["uid", *columns]))
+    schema = pa.schema([CATALOG_SCHEMA.field(n) for n in names])
+    tables = [pq.read_table(p, columns=names, schema=CATALOG_SCHEMA).select(names) for p in parts]
+    table = pa.concat_tables(tables).cast(schema).sort_by("uid")
+    del tables
+    pa.default_memory_pool().release_unused()  # the unsorted copy: back to the system now
+    return table
+
+
+def read_decisions(build: Path, relpath: str, columns: tuple[str, ...]) -> pa.Table | None:
+    path = Path(build) / relpath
+    if not path.is_file():
+        return None
+    schema = pa.schema([CATALOG_SCHEMA.field("uid"), *(CATALOG_SCHEMA.field(c) for c in columns)])
+    return pq.read_table(path, columns=list(schema.names)).cast(schema)
+
+
+def _set_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    return table.set_column(index, name, pa.array(values, type=table.schema.field(name).type))
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False).copy()
+
+
+def _apply(table: pa.Table, decisions: pa.Table, where: np.ndarray) -> pa.Table:
+    """`table` with the columns of `decisions` taken over for the uids it names, on the rows
+    `where` ([N] bool) allows."""
+    at = pc.index_in(table.column("uid"), value_set=decisions.column("uid"))  # [N], null: none
+    rows = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False) & where)
+    if not len(rows):
+        return table
+    taken = decisions.take(pa.array(at.to_numpy(zero_copy_only=False)[rows].astype(np.int64)))
+    for name in decisions.column_names[1:]:
+        if name in table.column_names:
+            values = _column(table, name)
+            values[rows] = taken.column(name).to_numpy(zero_copy_only=False)
+            table = _set_column(table, name, values)
+    return table
+
+
+def _reset_dedupe(table: pa.Table) -> pa.Table:
+    """Before dedupe's decisions apply: no row is a duplicate (a catalog of the earlier layout
+    held dedupe's statuses in its parts)."""
+    if "status" in table.column_names:
+        status = _column(table, "status")
+        was = status == STATUS_DUPLICATE
+        if was.any():
+            status[was] = STATUS_OK
+            table = _set_column(table, "status", status)
+            if "reason" in table.column_names:
+                reason = _column(table, "reason")
+                reason[was] = ""
+                table = _set_column(table, "reason", reason)
+    if "dup_group" in table.column_names:
+        table = _set_column(table, "dup_group", np.full(len(table), -1, dtype=np.int64))
+    return table
+
+
+def _ok(table: pa.Table) -> np.ndarray:
+    if "status" not in table.column_names:
+        return np.ones(len(table), dtype=bool)
+    return pc.equal(table.column("status"), STATUS_OK).to_numpy(zero_copy_only=False)
+
+
+def join_decisions(build: Path, table: pa.Table) -> pa.Table:
+    """Ingested rows -> the rows as dedupe and bin left them. A decision counts only where its
+    stage could have made it (dedupe marks rows ingest kept; bin names kept rows), so a file
+    an earlier dedupe saw but a later ingest rejected keeps ingest's word."""
+    decisions = read_decisions(build, DECISIONS_PATH, DECISION_COLUMNS)
+    if decisions is not None:
+        table = _reset_dedupe(table)
+        table = _apply(table, decisions, _ok(table))
+    bins = read_decisions(build, BIN_ASSIGN_PATH, BIN_COLUMNS)
+    if bins is not None and "res_bin" in table.column_names:
+        table = _set_column(table, "res_bin", np.full(len(table), "", dtype=object))
+        table = _apply(table, bins, _ok(table))
+    return table
+
+
+def read_rows(build: Path, uids: Iterable[str]) -> list[dict]:
+    """The ingested rows of a few uids (every column), without reading the others' columns."""
+    parts = part_paths(build)
+    if not parts:
+        raise _no_catalog(build)
+    wanted = pa.array(sorted(set(uids)), type=pa.string())
+    dataset = ds.dataset([str(p) for p in parts], schema=CATALOG_SCHEMA, format="parquet")
+    return dataset.to_table(filter=pc.field("uid").isin(wanted)).to_pylist()
+
+
+def read_catalog(build: Path, columns: Iterable[str] | None = None) -> pa.Table:
+    """The catalog as the stages left it (ingest's rows joined with dedupe's and bin's decisions),
+    rows in a fixed order (by uid), whatever order parts were written; `columns`: only these
+    (and uid; status is read too where a decision depends on it)."""
+    wanted = None if columns is None else list(dict.fromkeys(["uid", *columns]))
+    needed = None if wanted is None else list(dict.fromkeys([*wanted, "status"]))
+    table = join_decisions(build, read_ingested(build, needed))
+    return table if wanted is None else table.select(wanted)
 
 
 def write_catalog(build: Path, table: pa.Table) -> None:
-    """Rewrite the catalog in place (used by dedupe and bin): each part keeps its rows.
-
-    Every row is kept: a part is rewritten with the rows of `table` that have its uids, so
-    ingest's resume markers (the part files) survive later stages.
-    """
+    """Replace the catalog's rows by those of `table` (tools and tests), each part keeping its
+    uids (ingest's resume markers survive), and drop the decision files, so `read_catalog`
+    gives these rows back as they are. Every row is kept."""
     table = table.cast(CATALOG_SCHEMA)
-    uids = table.column("uid").to_pylist()
-    index_of = {uid: i for i, uid in enumerate(uids)}
-    if len(index_of) != len(uids):
+    uids = table.column("uid")
+    if pc.count_distinct(uids).as_py() != len(uids):
         raise ValueError("write_catalog: the catalog holds a uid twice; re-run `inf590k ingest`")
-    parts = part_paths(build)
     seen = 0
-    for path in parts:
-        uids = pq.read_table(path, columns=["uid"]).column("uid").to_pylist()
-        missing = [uid for uid in uids if uid not in index_of]
-        if missing:
-            raise ValueError(f"write_catalog would drop row {missing[0]} of {path.name}")
-        write_parquet_atomic(table.take([index_of[uid] for uid in uids]), path)
-        seen += len(uids)
+    for path in part_paths(build):
+        part_uids = pq.read_table(path, columns=["uid"]).column("uid")
+        at = pc.index_in(part_uids, value_set=uids)
+        if at.null_count:
+            missing = part_uids.filter(pc.is_null(at))[0].as_py()
+            raise ValueError(f"write_catalog would drop row {missing} of {path.name}")
+        metadata = pq.read_schema(path).metadata
+        write_parquet_atomic(table.take(at).replace_schema_metadata(metadata), path)
+        seen += len(part_uids)
     if seen != table.num_rows:
         raise ValueError(f"write_catalog: table has {table.num_rows} rows, parts hold {seen}")
+    for path in decision_paths(build):
+        path.unlink()
+
+
+def write_columns(build: Path, relpath: str, table: pa.Table) -> Path:
+    """A stage's decisions (uid + its columns), atomically, beside the catalog."""
+    path = Path(build) / relpath
+    write_parquet_atomic(table, path)
+    return path
 
 
 def status_counts(table: pa.Table) -> dict[str, dict[str, int]]:

@@ -1,15 +1,19 @@
 """Ingest: scan source roots, decode every IR candidate once, write the catalog.
 
-Work is cut into fixed chunks of the sorted file list of each source; each finished chunk is
-written as one catalog part (`catalog/part-<source>-<chunk>.parquet`, atomically). A killed
-run re-plans, skips the chunks whose part exists and finishes the rest, so the catalog equals
-an uninterrupted run's, for any worker count.
+Work is cut into fixed chunks of the sorted file list of each source (the rows never depend
+on the cut); a work unit is a run of chunks, a few per worker and at most `PART_FILES` files,
+and its worker writes the unit's rows as one catalog part (`catalog/part-<source>-<first
+chunk>.parquet`, the chunks it covers in its footer) under a temporary name that the driver
+renames once the unit is done (on a cluster the driver writes the part the worker returns).
+A killed run re-plans, removes temporary parts, skips the chunks a committed part covers
+and finishes the rest, so the catalog equals an uninterrupted run's, for any worker count.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import time
 from collections import Counter
@@ -17,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
@@ -30,7 +35,7 @@ from inf590k.build.rows import (
     raise_opencv_pixel_limit,
 )
 from inf590k.execution.units import ExecutionOptions, UnitRun, run_units
-from inf590k.fsutil import plural
+from inf590k.fsutil import available_cores, open_new, plural
 from inf590k.inputs.imageio import (
     ImagePolicy,
 )
@@ -60,7 +65,11 @@ from inf590k.inputs.sources import (
     root_kind,
 )
 
-CHUNK_FILES = 64  # files per catalog part: the resume granularity, independent of workers
+CHUNK_FILES = 64  # files per chunk: the unit of planning, independent of workers
+PART_FILES = 200_000  # at most this many files per work unit (and catalog part)
+UNITS_PER_WORKER = 4  # work units per worker and run: the load stays balanced, parts few
+ROW_GROUP_ROWS = 16_384  # rows a worker holds before it writes them to its part
+CHUNKS_KEY = b"inf590k.chunks"  # a part's footer: the chunk indices (JSON list) it covers
 SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"
 CHUNK_BYTES = 64 << 20  # and at most this many bytes to read per part (memory in flight)
 
@@ -157,28 +166,35 @@ class IngestSummary:
 
 def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
-    task = Task(entry.relpath, entry.size, "", occurrence=entry.occurrence, order=entry.order, offset=entry.offset)
+    decision, status, reason = _decide_file(manifest, entry, max_bytes, in_archive)
+    return Task(  # built once (the driver classifies every file, on one core)
+        entry.relpath, entry.size, decision, status=status, reason=reason,
+        occurrence=entry.occurrence, order=entry.order, offset=entry.offset,
+    )
+
+
+def _decide_file(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> tuple[str, str, str]:
+    """(decision, status, reason) of one file."""
     if entry.problem:
-        return replace(task, status=cat.STATUS_REJECTED, reason=entry.problem)
+        return "", cat.STATUS_REJECTED, entry.problem
     rule = manifest.excluded_by(entry.relpath)
     if rule:
-        return replace(task, status=cat.STATUS_EXCLUDED, reason=rule)
+        return "", cat.STATUS_EXCLUDED, rule
     suffix = member_suffix(entry.relpath)
     if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-        reason = f"not an image file ({suffix or 'no extension'})"
-        return replace(task, status=cat.STATUS_EXCLUDED, reason=reason)
+        return "", cat.STATUS_EXCLUDED, f"not an image file ({suffix or 'no extension'})"
     if not manifest.included(entry.relpath):
-        return replace(task, status=cat.STATUS_EXCLUDED, reason="outside the manifest's include globs")
+        return "", cat.STATUS_EXCLUDED, "outside the manifest's include globs"
     if entry.size == 0:
-        return replace(task, status=cat.STATUS_REJECTED, reason="empty file (0 bytes)")
+        return "", cat.STATUS_REJECTED, "empty file (0 bytes)"
     video = suffix in VIDEO_EXTENSIONS
     if entry.size > max_bytes and (in_archive or not video):  # folder videos are streamed
         reason = (
             f"file too large ({entry.size / 2**20:.0f} MB > {max_bytes / 2**20:g} MB): not read "
             "(raise --max-file-mb to allow)"
         )
-        return replace(task, status=cat.STATUS_REJECTED, reason=reason)
-    return replace(task, decision="video" if video else "decode")
+        return "", cat.STATUS_REJECTED, reason
+    return ("video" if video else "decode"), cat.STATUS_OK, ""
 
 
 def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
@@ -242,6 +258,58 @@ def part_path(build: Path, source: str, chunk: int) -> Path:
     return cat.catalog_dir(build) / f"part-{source}-{chunk:06d}.parquet"
 
 
+def temporary_part(build: Path, source: str, chunk: int) -> Path:
+    """Where a worker writes a part until the driver commits it (a dot file: never read)."""
+    return cat.catalog_dir(build) / f".part-{source}-{chunk:06d}.parquet.tmp"
+
+
+def chunks_of_part(path: Path) -> list[int]:
+    """The chunk indices a committed part covers: its footer says; a part of the earlier
+    layout (one chunk each) by its name."""
+    metadata = pq.read_schema(path).metadata or {}
+    if CHUNKS_KEY in metadata:
+        return [int(i) for i in json.loads(metadata[CHUNKS_KEY])]
+    return [int(path.stem.rsplit("-", 1)[1])]
+
+
+def done_chunks(build: Path, source: str) -> set[int]:
+    """Chunks of `source` that committed parts cover (not those of a source whose id only
+    starts the same: `flir` and `flir-adas`)."""
+    done: set[int] = set()
+    for path in source_parts(build, source):
+        done.update(chunks_of_part(path))
+    return done
+
+
+def remove_temporary_parts(build: Path) -> None:
+    """Parts a killed run left half written (never believed: only a commit names a part)."""
+    for path in cat.catalog_dir(build).glob(".part-*.parquet.tmp"):
+        path.unlink()
+
+
+def unit_plan(chunks: list[list[Task]], todo: list[int], files_per_unit: int, kind: str) -> list[list[int]]:
+    """Runs of consecutive chunks still to do, each one work unit and one part: at most
+    `files_per_unit` files and `CHUNK_BYTES` bytes streamed from a compressed tar (the driver
+    holds a unit's bytes until a worker takes it)."""
+    units: list[list[int]] = []
+    files = streamed = 0
+    for index in todo:
+        chunk = chunks[index]
+        weight = sum(t.size for t in chunk if t.decision and t.offset < 0) if kind == "tar" else 0
+        if units and files + len(chunk) <= files_per_unit and (streamed + weight <= CHUNK_BYTES or not weight):
+            units[-1].append(index)
+            files += len(chunk)
+            streamed += weight
+        else:
+            units.append([index])
+            files, streamed = len(chunk), weight
+    return units
+
+
+def files_per_unit(todo_files: int, workers: int) -> int:
+    return min(PART_FILES, max(CHUNK_FILES, -(-todo_files // (workers * UNITS_PER_WORKER))))
+
+
 def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, listing: str) -> str:
     """Digest of everything a chunk's rows depend on; a change invalidates finished chunks."""
     described = {
@@ -252,6 +320,51 @@ def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, listin
         "chunk": [CHUNK_FILES, CHUNK_BYTES],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def listing_fingerprint(root: Path) -> str:
+    """A digest of what a source's files are now, without reading or classifying one: the
+    (relpath, size, mtime_ns) of every file under a folder (a link to a folder by its target,
+    an unreadable entry by its error), or the archive file's own. Any file added, removed,
+    renamed or rewritten changes it."""
+    digest = hashlib.sha256()
+    root = Path(root)
+    if not root.is_dir():
+        info = root.stat()
+        digest.update(f"{root.name}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}".encode())
+        return digest.hexdigest()
+    pending = [""]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = sorted(os.scandir(root / folder) if folder else os.scandir(root), key=lambda e: e.name)
+        except OSError as err:
+            digest.update(f"{folder}\0error {err.errno}\n".encode("utf-8", "surrogateescape"))
+            continue
+        for entry in entries:
+            rel = f"{folder}/{entry.name}" if folder else entry.name
+            digest.update(_entry_line(entry, rel).encode("utf-8", "surrogateescape"))
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(rel)
+    return digest.hexdigest()
+
+
+def _entry_line(entry: os.DirEntry, rel: str) -> str:
+    if entry.is_dir(follow_symlinks=False):
+        return f"{rel}\0dir\n"
+    try:
+        if entry.is_symlink() and os.path.isdir(entry.path):
+            return f"{rel}\0link {os.readlink(entry.path)}\n"
+        info = entry.stat()  # a linked file as the decoder reads it: its target
+        return f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n"
+    except OSError as err:
+        return f"{rel}\0error {err.errno}\n"
+
+
+def quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
+    """`source_signature` with the listing fingerprint for the file list: equal to the one
+    recorded by the last finished ingest when nothing it depends on changed."""
+    return source_signature(manifest, root, policy, listing_fingerprint(root))
 
 
 # ----------------------------------------------------------------------------- processing
@@ -290,8 +403,40 @@ def attach(task: Task, payload: bytes | DamagedMember) -> Task:
     return replace(task, data=payload)
 
 
-def write_chunk(build: Path, source: str, chunk: int, rows: list[dict]) -> None:
-    cat.write_parquet_atomic(cat.rows_to_table(rows), part_path(build, source, chunk))
+def part_schema(indices: list[int]) -> pa.Schema:
+    return cat.CATALOG_SCHEMA.with_metadata({CHUNKS_KEY: json.dumps(indices).encode()})
+
+
+def process_unit(job: SourceJob, chunks: list[list[Task]], indices: list[int], write: bool) -> pa.Table | int:
+    """Catalogue a unit's chunks. `write`: into its temporary part (this worker writes it,
+    a row group per `ROW_GROUP_ROWS` rows held), returning the row count; else (a cluster
+    worker, which may not see the build folder) return the rows as one table."""
+    schema = part_schema(indices)
+    if not write:
+        rows = [row for chunk in chunks for row in process_chunk(job, chunk)]
+        return cat.rows_to_table(rows).cast(schema)
+    written = 0
+    held: list[dict] = []
+    with open_new(temporary_part(job.build, job.manifest.id, indices[0])) as handle:
+        with pq.ParquetWriter(handle, schema) as writer:
+            for chunk in chunks:
+                held.extend(process_chunk(job, chunk))
+                if len(held) >= ROW_GROUP_ROWS or chunk is chunks[-1]:
+                    writer.write_table(cat.rows_to_table(held).cast(schema))
+                    written, held = written + len(held), []
+        handle.flush()
+        os.fsync(handle.fileno())
+    return written
+
+
+def commit_part(build: Path, source: str, indices: list[int], result: pa.Table | int) -> None:
+    """Make a finished unit's part visible under its name (atomic: a killed run leaves
+    either no part or the whole part)."""
+    final = part_path(build, source, indices[0])
+    if isinstance(result, pa.Table):
+        cat.write_parquet_atomic(result, final)
+    else:
+        os.replace(temporary_part(build, source, indices[0]), final)
 
 
 def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
@@ -299,7 +444,7 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
     summary.folder = manifest.folder_source
     summary.catalog = str(cat.catalog_dir(build))
     candidates: set[str] = set()  # files the include globs matched (a video is one file)
-    for path in sorted(cat.catalog_dir(build).glob(f"part-{manifest.id}-*.parquet")):
+    for path in source_parts(build, manifest.id):
         table = pq.read_table(path, columns=["status", "reason", "relpath"])
         for status, reason, relpath in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
             summary.found += 1
@@ -319,15 +464,18 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
     return summary
 
 
-def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorded: dict) -> tuple[SourceJob, list[list[Task]], list[int]]:
+def prepare_source(
+    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, quicks: dict[str, str]
+) -> tuple[SourceJob, list[list[Task]], list[int]]:
     """Plan a source and find which chunks still need doing (stale parts are removed)."""
     if synthetic_marker(Path(root)):
         manifest = as_synthetic(manifest)
-    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)
+    quick = quick_signature(manifest, root, config.policy)  # before listing: a file changed
+    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)  # meanwhile shows
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
-    job = SourceJob(manifest, Path(root), root_kind(root), policy_for(manifest, config.policy), config.build)
+    job = SourceJob(manifest, Path(root), root_kind(root), policy_for(manifest, config.policy), Path(config.build).absolute())
     recorded[manifest.id] = {
         "root": str(Path(root).resolve()),
         "kind": job.kind,
@@ -341,14 +489,24 @@ def prepare_source(config: IngestConfig, manifest: Manifest, root: Path, recorde
         # only when set: a build of an earlier toolkit is not "changed" by keys it lacks
         **({"license_link": manifest.license_link} if manifest.license_link else {}),
         **({"folder_source": True} if manifest.folder_source else {}),
+        # "quick" and "summary" are added once the source is catalogued (a no-op run reads them)
     }
+    quicks[manifest.id] = quick
     chunks = chunked(tasks)
-    todo = [i for i in range(len(chunks)) if not part_path(config.build, manifest.id, i).exists()]
+    done = done_chunks(config.build, manifest.id)
+    todo = [i for i in range(len(chunks)) if i not in done]
     return job, chunks, todo
 
 
+def source_parts(build: Path, source: str) -> list[Path]:
+    """The committed parts of `source` alone (`flir`'s, not `flir-adas`'s)."""
+    prefix = f"part-{source}-"
+    paths = cat.catalog_dir(build).glob(f"{prefix}*.parquet")
+    return sorted(p for p in paths if p.stem[len(prefix) :].isdigit())
+
+
 def remove_parts(build: Path, source: str) -> None:
-    for stale in cat.catalog_dir(build).glob(f"part-{source}-*.parquet"):
+    for stale in source_parts(build, source):
         stale.unlink()
 
 
@@ -440,12 +598,19 @@ def ingest(config: IngestConfig) -> IngestSummary:
     build = Path(config.build)
     chosen = chosen_manifests(config)
     recorded = cat.read_sources(build)
-    before = (json.dumps(recorded, sort_keys=True), _parts_state(build))
+    if not config.drop_sources:
+        unchanged = up_to_date(config, chosen, recorded)
+        if unchanged is not None:
+            return unchanged
+    before = (json.dumps(_without_quick(recorded), sort_keys=True), _parts_state(build))
     drop_sources(build, {**recorded}, config.drop_sources)  # checks every id before any change
     lineage.mark_running(build, "ingest")
+    cat.catalog_dir(build).mkdir(parents=True, exist_ok=True)  # workers write their parts there
+    remove_temporary_parts(build)
     drop_sources(build, recorded, config.drop_sources)
+    quicks: dict[str, str] = {}
     plans = [
-        prepare_source(config, manifest, Path(root), recorded)
+        prepare_source(config, manifest, Path(root), recorded, quicks)
         for manifest, (_, root) in zip(chosen, config.sources, strict=True)
     ]
     index = SourceIndex.for_ids(set(recorded))
@@ -453,8 +618,15 @@ def ingest(config: IngestConfig) -> IngestSummary:
         info["index"] = index.index(source_id)
     cat.write_sources(build, recorded)
 
-    total = sum(sum(len(chunks[i]) for i in todo) for _, chunks, todo in plans)
+    # the bar counts the files to read: excluded ones are decided already and take no time
+    total = sum(_files_to_read(chunks[i]) for _, chunks, todo in plans for i in todo)
     raise_opencv_pixel_limit(max((job.policy.max_pixels for job, _, _ in plans), default=0))
+    per_unit = files_per_unit(
+        sum(len(chunks[i]) for _, chunks, todo in plans for i in todo),
+        config.execution.workers or available_cores(),
+    )
+    units = [unit_plan(chunks, todo, per_unit, job.kind) for job, chunks, todo in plans]
+    to_read = {job.manifest.id: [_files_to_read(c) for c in chunks] for job, chunks, _ in plans}
     started = time.perf_counter()
     decoded = 0
     with run_units(
@@ -462,19 +634,23 @@ def ingest(config: IngestConfig) -> IngestSummary:
         preload=("inf590k.build.rows",),
         label="ingest",
         total=total,
-        units=sum(len(todo) for _, _, todo in plans),
+        units=sum(len(u) for u in units),
         unit="file",
         initializer=_init_worker,
-        count=_files_of_rows,
+        count=lambda unit, _: sum(to_read[unit[0].manifest.id][i] for i in unit[2]),  # Ray
     ) as run:
-        for job, chunks, todo in plans:
-            decoded += run_source(job, chunks, todo, run)
+        for (job, chunks, _), source_units in zip(plans, units, strict=True):
+            decoded += run_source(job, chunks, source_units, run)
     seconds = time.perf_counter() - started
     summaries = [summarize_parts(build, job.manifest, job.root) for job, _, _ in plans]
-    for summary, (_, chunks, todo) in zip(summaries, plans, strict=True):
+    for summary, (job, chunks, todo) in zip(summaries, plans, strict=True):
         summary.reused_chunks = len(chunks) - len(todo)
+        recorded[job.manifest.id].update(
+            quick=quicks[job.manifest.id], summary={**asdict(summary), "reused_chunks": len(chunks)}
+        )
     named = {job.manifest.id for job, _, _ in plans}
-    after = (json.dumps(recorded, sort_keys=True), _parts_state(build))
+    after = (json.dumps(_without_quick(recorded), sort_keys=True), _parts_state(build))
+    cat.write_sources(build, recorded)
     return IngestSummary(
         summaries,
         seconds,
@@ -487,6 +663,40 @@ def ingest(config: IngestConfig) -> IngestSummary:
     )
 
 
+def _without_quick(recorded: dict) -> dict:
+    """sources.json without what a finished run adds for the next no-op check."""
+    return {s: {k: v for k, v in info.items() if k not in ("quick", "summary")} for s, info in recorded.items()}
+
+
+def up_to_date(config: IngestConfig, chosen: list[Manifest], recorded: dict) -> IngestSummary | None:
+    """The last run's summary when nothing changed (its record fresh, every source's quick
+    signature as recorded): no file listed, classified or catalog part read. None: re-plan."""
+    build = Path(config.build)
+    record = lineage.read_record(build, "ingest")
+    if record is None or lineage.problem(build, "ingest"):
+        return None
+    summaries = []
+    for manifest, (_, root) in zip(chosen, config.sources, strict=True):
+        info = recorded.get(manifest.id, {})
+        if "quick" not in info or "summary" not in info:
+            return None
+        if synthetic_marker(Path(root)):
+            manifest = as_synthetic(manifest)
+        if quick_signature(manifest, Path(root), config.policy) != info["quick"]:
+            return None
+        summaries.append(SourceSummary(**info["summary"]))
+    named = {m.id for m in chosen}
+    return IngestSummary(
+        summaries,
+        seconds=0.0,
+        decoded=0,
+        earlier_sources=tuple(sorted(set(recorded) - named)),
+        changed=False,
+        lineage_options=record.options,
+        lineage_counts=record.counts,
+    )
+
+
 def catalog_counts(build: Path) -> dict[str, int]:
     """Rows per source (later stages change statuses, never the rows)."""
     if not cat.part_paths(build):
@@ -495,23 +705,45 @@ def catalog_counts(build: Path) -> dict[str, int]:
     return dict(sorted(Counter(sources.to_pylist()).items()))
 
 
-def _files_of_rows(unit: tuple, rows: list[dict]) -> int:
-    """Files a finished chunk covered, from its rows (one per file, one per kept video frame)."""
-    return len({row["relpath"] for row in rows})
+def _files_to_read(chunk: list[Task]) -> int:
+    return sum(1 for task in chunk if task.decision)
 
 
-def run_source(job: SourceJob, chunks: list[list[Task]], todo: list[int], run: UnitRun) -> int:
-    todo_chunks = [chunks[i] for i in todo]
-    if job.kind == "tar":  # on a cluster, a worker streams the archive: no bytes held here
-        if run.on_cluster:
-            todo_chunks = run.executor.stream(with_tar_bytes, job, todo_chunks)
-        else:
-            todo_chunks = with_tar_bytes(job, todo_chunks)
-    results = run.map(process_chunk, ((job, chunk) for chunk in todo_chunks))
+def process_streamed(job: SourceJob, chunk: list[Task], indices: list[int], write: bool) -> pa.Table | int:
+    """One chunk of an archive a cluster worker streams (Ray resolves a top-level argument)."""
+    return process_unit(job, [chunk], indices, write)
+
+
+def _grouped(stream: Iterator[list[Task]], units: list[list[int]]) -> Iterator[list[list[Task]]]:
+    """The chunks of a lazy stream (archive bytes attached as it is read) cut into units."""
+    for unit in units:
+        yield [next(stream) for _ in unit]
+
+
+def run_source(job: SourceJob, chunks: list[list[Task]], units: list[list[int]], run: UnitRun) -> int:
+    streamed = job.kind == "tar" and any(
+        t.decision and t.offset < 0 for unit in units for i in unit for t in chunks[i]
+    )
+    if streamed and run.on_cluster:  # a worker streams the archive: no bytes held here; one
+        units = [[i] for unit in units for i in unit]  # chunk a unit, as Ray resolves it
+        stream = run.executor.stream(with_tar_bytes, job, [chunks[i] for unit in units for i in unit])
+        work = ((job, ref, indices, False) for ref, indices in zip(stream, units, strict=False))
+        return _commit_all(job, chunks, units, run.map(process_streamed, work))
+    if job.kind == "tar":
+        stream = with_tar_bytes(job, [chunks[i] for unit in units for i in unit])
+        unit_chunks = _grouped(iter(stream), units)
+    else:
+        unit_chunks = ([chunks[i] for i in unit] for unit in units)
+    write = not run.on_cluster
+    work = ((job, unit, indices, write) for unit, indices in zip(unit_chunks, units, strict=False))
+    return _commit_all(job, chunks, units, run.map(process_unit, work))
+
+
+def _commit_all(job: SourceJob, chunks: list[list[Task]], units: list[list[int]], results: Iterator) -> int:
     decoded = 0
-    for chunk_index, rows in zip(todo, results, strict=False):
-        write_chunk(job.build, job.manifest.id, chunk_index, rows)
-        decoded += sum(1 for t in chunks[chunk_index] if t.decision)
+    for indices, result in zip(units, results, strict=False):
+        commit_part(job.build, job.manifest.id, indices, result)
+        decoded += sum(_files_to_read(chunks[i]) for i in indices)
     return decoded
 
 

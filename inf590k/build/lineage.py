@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from inf590k.build import catalog as cat
@@ -42,7 +42,7 @@ LINEAGE_DIRNAME = "lineage"
 LOCK_FILENAME = ".lock"
 # Folders a stage may create inside a build folder: removed again when a command fails and
 # leaves them empty.
-STAGE_DIRNAMES = ("catalog", LINEAGE_DIRNAME, "dedupe")
+STAGE_DIRNAMES = ("catalog", LINEAGE_DIRNAME, "dedupe", "bins")
 
 # Whether a stage waits for the build folder's lock (`--wait`) instead of failing at once.
 WAIT_FOR_LOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("wait_for_lock", default=False)
@@ -118,17 +118,19 @@ def parts_digest(build: Path) -> str:
 
 
 def catalog_contents(build: Path) -> dict[str, str]:
-    """sha256 of every catalog part by name: what the stage that last wrote the catalog left.
-    A file is hashed again only when its size, mtime or inode changed (a no-op `build` asks
-    this several times)."""
+    """sha256 of every catalog part by name, and of the decision files of dedupe and bin by
+    their path in the build folder: what the stage that last wrote the catalog left. A file
+    is hashed again only when its size, mtime or inode changed (a no-op `build` asks this
+    several times)."""
     contents = {}
-    for path in cat.part_paths(build):
+    for path in [*cat.part_paths(build), *cat.decision_paths(build)]:
         info = path.stat()
         key = (info.st_size, info.st_mtime_ns, info.st_ino)
         cached = _HASHED.get(str(path))
         if cached is None or cached[0] != key:
             cached = _HASHED[str(path)] = (key, file_sha256(path))
-        contents[path.name] = cached[1]
+        name = path.name if path.parent.name == cat.CATALOG_DIRNAME else path.relative_to(build).as_posix()
+        contents[name] = cached[1]
     return contents
 
 
@@ -149,9 +151,23 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def resolved(value: Any) -> Any:
+    """Paths made absolute (in tuples and lists too): `--out data` and `--out /abs/data` name
+    the same folder, so they record the same options."""
+    if isinstance(value, PurePath):
+        return Path(value).resolve()
+    if isinstance(value, (tuple, list)):
+        return type(value)(resolved(v) for v in value)
+    if isinstance(value, dict):
+        return {k: resolved(v) for k, v in value.items()}
+    return value
+
+
 def config_options(config: Any, ignore: tuple[str, ...]) -> dict:
-    """A stage config's fields that decide its output (not the build path, workers, progress)."""
-    return plain({k: v for k, v in dataclasses.asdict(config).items() if k not in ignore})
+    """A stage config's fields that decide its output (not the build path, workers, progress),
+    paths resolved."""
+    fields = dataclasses.asdict(config)
+    return plain({k: resolved(v) for k, v in fields.items() if k not in ignore})
 
 
 def summary_counts(summary: Any) -> dict:
@@ -277,8 +293,8 @@ def _catalog_problem(build: Path, stage: str, record: StageRecord) -> str:
     if not change:
         return ""
     return (
-        f"the catalog of {build} changed after `inf590k {stage}` wrote it ({cat.CATALOG_DIRNAME}/"
-        f"{change}): restore it, or delete that part and run `{rerun_command(build, 'ingest')}` "
+        f"the catalog of {build} changed after `inf590k {stage}` wrote it ("
+        f"{'' if '/' in change.split()[0] else cat.CATALOG_DIRNAME + '/'}{change}): restore it, or delete that part and run `{rerun_command(build, 'ingest')}` "
         "(it redoes the missing part), then the later stages"
     )
 

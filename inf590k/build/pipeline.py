@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.build.bins import BinConfig, BinSummary, bin_catalog
 from inf590k.build.dedupe.config import DedupeConfig
@@ -84,13 +83,14 @@ def run_build(config: BuildConfig) -> BuildSummary:
     session = shared_session(execution.executor, workers, execution.ray_address)
     with lineage.locked(build, "build"), session:  # one Ray for every stage, not one each
         ingested = ingest(replace(config.ingest, execution=execution))
-        deduped = run_stale(dedupe, "dedupe", replace(config.dedupe or DedupeConfig(build=build), build=build))
-        binned = run_stale(bin_catalog, "bin", replace(config.bins or BinConfig(build=build), build=build))
+        progress = execution.progress
+        dedupe_config = replace(config.dedupe or DedupeConfig(build=build), build=build, progress=progress)
+        deduped = run_stale(dedupe, "dedupe", dedupe_config)
+        bin_config = replace(config.bins or BinConfig(build=build), build=build, progress=progress)
+        binned = run_stale(bin_catalog, "bin", bin_config)
         sharded = run_stale(shard, "shard", shard_config)
-    counts = cat.status_counts(cat.read_catalog(build))
-    named = {s.source for s in ingested.sources}
-    return BuildSummary(
+    return BuildSummary(  # from ingest's record: the catalog is not read again for a count
         ingest=ingested, dedupe=deduped, bins=binned, shard=sharded,
-        found=sum(c["found"] for c in counts.values()),
-        earlier_sources=tuple(sorted(set(counts) - named)),
+        found=sum(ingested.lineage_counts.values()),
+        earlier_sources=ingested.earlier_sources,
     )

@@ -220,9 +220,10 @@ def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
                 rows.extend(decode_rows(job, task, reader))
             elif task.decision == "video":
                 rows.extend(video_rows(job, task, reader))
-            else:
+            else:  # decided while planning: not on the bar, which counts files to read
                 rows.append(base_row(job.manifest, task))
-            progress.tick()  # files, whatever became of them
+                continue
+            progress.tick()  # files read, whatever became of them
     return rows
 
 

@@ -1,4 +1,5 @@
-"""A progress bar that moves per sample while worker processes do the work.
+"""A progress bar that moves per sample while worker processes do the work, and one that moves
+per step of a stage that works in one process on columns (dedupe, bin).
 
 Workers call `tick()` after each sample; in a pool they send the ticks through a queue that
 `SampleProgress` hands to each worker at start (`SampleProgress.worker_init`), and a thread in
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.context import BaseContext
 
 from tqdm import tqdm
@@ -69,3 +71,29 @@ class SampleProgress:
         # Interrupted: a worker killed in the middle of a tick may hold the queue's lock, so
         # nothing is put (it could block for ever); the daemon drain thread ends with us.
         self.bar.close()
+
+
+class StageSteps:
+    """A bar of a stage's named steps: `advance(name)` when the step `name` is done."""
+
+    def __init__(self, desc: str, steps: tuple[str, ...], enabled: bool) -> None:
+        self.steps = steps
+        self.bar = tqdm(total=len(steps), unit="step", desc=desc, disable=not enabled)
+        self.bar.set_postfix_str(steps[0] if steps else "", refresh=False)
+
+    def advance(self, done: str) -> None:
+        if done not in self.steps:
+            raise ValueError(f"unknown step {done!r} of {self.bar.desc}: one of {self.steps}")
+        upcoming = self.steps[self.steps.index(done) + 1 :]
+        self.bar.set_postfix_str(upcoming[0] if upcoming else "done", refresh=False)
+        self.bar.update(1)
+
+
+@contextmanager
+def stage_progress(desc: str, enabled: bool, steps: tuple[str, ...]) -> Iterator[StageSteps]:
+    """`with stage_progress("dedupe", enabled, ("read", ...)) as bar: ... bar.advance("read")`"""
+    steps_bar = StageSteps(desc, steps, enabled)
+    try:
+        yield steps_bar
+    finally:
+        steps_bar.bar.close()

@@ -109,10 +109,10 @@ def _walk_folder(root: Path) -> Iterator[SourceEntry]:
                 dirnames.remove(dirname)  # a linked folder could loop; give it a row instead
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
                 yield SourceEntry(rel, 0, "symbolic link to a folder (not followed)")
+        folder = os.path.relpath(dirpath, root).replace(os.sep, "/")  # once per folder
+        prefix = "" if folder == "." else folder + "/"
         for filename in filenames:
-            full = os.path.join(dirpath, filename)
-            rel = os.path.relpath(full, root).replace(os.sep, "/")
-            yield _folder_entry(full, rel)
+            yield _folder_entry(os.path.join(dirpath, filename), prefix + filename)
     yield from pending
 
 

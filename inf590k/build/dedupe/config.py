@@ -25,6 +25,7 @@ class DedupeConfig:
     feature_model: Path | None = None  # optional: a timm model folder for embedding dedupe
     feature_threshold: float = 0.85  # cosine similarity above which embeddings are duplicates
     feature_device: str = "cpu"
+    progress: bool = True  # a bar of its steps on stderr
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def write_report(
     outside_match: dict[int, _Match],
 ) -> dict:
     """report.json: settings, counts, and every group with members and distances."""
-    rows = candidates.select(["uid", "source", "width", "height"]).to_pydict()
+    rows = _LazyColumns(candidates)  # group members only are read: no list per column
     members: dict[int, list[dict]] = {}
     for index in np.flatnonzero(groups.sizes > 1).tolist():
         members.setdefault(group_ids[int(groups.labels[index])], []).append(
@@ -108,6 +108,24 @@ def fit_text(text: str, width: int) -> str:
     return ".." + text
 
 
+class _LazyColumns:
+    """`rows[column][index]` of a table, converted one value at a time."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __getitem__(self, column: str) -> _LazyColumn:
+        return _LazyColumn(self.table.column(column))
+
+
+class _LazyColumn:
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self.column = column
+
+    def __getitem__(self, index: int) -> object:
+        return self.column[index].as_py()
+
+
 def write_contact_sheet(
     path: Path, build: Path, report: dict, max_groups: int, thumb: int = 112
 ) -> Path | None:
@@ -118,9 +136,7 @@ def write_contact_sheet(
     if not largest:
         return None
     uids = {m["uid"] for g in largest for m in g["members"][:8]}
-    table = cat.read_catalog(build)
-    table = table.filter(pa.compute.is_in(table.column("uid"), pa.array(sorted(uids))))
-    by_uid = {row["uid"]: row for row in table.to_pylist()}
+    by_uid = {row["uid"]: row for row in cat.read_rows(build, uids)}  # those rows alone
     columns = min(8, max(len(g["members"]) for g in largest))
     row_h = thumb + 6 + CAPTION_LINES * CAPTION_LINE_PX
     sheet = np.full((len(largest) * row_h, columns * (thumb + 4)), 255, dtype=np.uint8)

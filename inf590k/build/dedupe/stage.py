@@ -6,8 +6,10 @@ connected components of those edges. The kept image of a group is fixed by a rul
 depends on row order or worker count: largest width*height, then source priority (the
 `priority` list first, in its order, then every other source alphabetically), then uid.
 Every other member gets status `duplicate`, `dup_group` and a reason naming the kept uid and
-its pHash distance to it. Re-running dedupe first restores earlier `duplicate` rows to `ok`,
-so the result is the same however often it runs.
+its pHash distance to it. Those decisions (uid, status, reason, dup_group of every member of
+a group, and of every match with outside data) go to BUILD/dedupe/decisions.parquet; the
+catalog parts stay as ingest wrote them, so a re-run starts from ingest's rows and the result
+is the same however often it runs.
 
 `against` paths mark matches with outside data as duplicates: another build folder or a
 built dataset (its shard sidecars) for incremental builds, or a plain folder of evaluation
@@ -43,6 +45,7 @@ from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius
 from inf590k.build.dedupe.sheet import write_contact_sheet, write_report
 from inf590k.build.rows import load_stored_pixels
 from inf590k.dataset.layout import read_sidecars
+from inf590k.execution.progress import stage_progress
 from inf590k.fsutil import plural
 from inf590k.inputs.fingerprint import fingerprint
 from inf590k.inputs.headers import RejectedImage
@@ -127,6 +130,12 @@ def _fingerprints_of_folder(folder: Path) -> tuple[Fingerprints, int]:
     return prints, skipped
 
 
+# what dedupe reads of the catalog (the feature model alone reads whole rows)
+FINGERPRINT_COLUMNS = ("status", "pixel_sha256", "phash", "dhash")
+DEDUPE_COLUMNS = (*FINGERPRINT_COLUMNS, "source", "width", "height")
+DEDUPE_STEPS = ("read", "grouped", "decided", "report")  # what its progress bar names
+
+
 def _ok_rows(table: pa.Table) -> pa.Table:
     return table.filter(pa.compute.equal(table.column("status"), cat.STATUS_OK))
 
@@ -137,7 +146,7 @@ def load_outside_set(path: Path) -> OutsideSet:
     if not path.exists():
         raise FileNotFoundError(f"--against {path}: no such file or folder")
     if cat.part_paths(path):
-        rows = _ok_rows(cat.read_catalog(path))
+        rows = _ok_rows(cat.read_catalog(path, columns=FINGERPRINT_COLUMNS))
         return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
     if (path / "data" / "_info.json").is_file():  # a dataset folder: its shards' sidecar rows
         return OutsideSet(fingerprints_of_rows(read_sidecars(path)), f"already in {path.name or path}")
@@ -185,10 +194,15 @@ def _near_edges(
     return rows[np.concatenate([same_i, i])], rows[np.concatenate([same_j, j])]
 
 
-def _exact_edges(prints: Fingerprints) -> tuple[np.ndarray, np.ndarray]:
-    """Each row joined to the first row with the same pixel sha256 (rows without one: none)."""
-    encoded = pa.array(prints.pixel_sha256, type=pa.string()).dictionary_encode()
+def _exact_edges(digests: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Each row joined to the first row with the same pixel sha256 (rows without one: none).
+    `digests`: the [N] column itself (no Python string per row)."""
+    if isinstance(digests, pa.ChunkedArray):
+        digests = digests.combine_chunks()
+    encoded = digests.dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False)  # [N], NaN where null
+    del encoded
+    pa.default_memory_pool().release_unused()  # the dictionary and its hash table
     rows = np.flatnonzero(~np.isnan(codes)) if codes.dtype.kind == "f" else np.arange(len(codes))
     codes = codes[rows].astype(np.int64)
     _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
@@ -202,18 +216,20 @@ def priority_rank(sources: Iterable[str], priority: tuple[str, ...]) -> dict[str
 
 
 def keep_order(table: pa.Table, priority: tuple[str, ...]) -> np.ndarray:
-    """Rank of each row by the keep rule (0 = keep first): area desc, priority, uid."""
-    rows = table.select(["uid", "source", "width", "height"]).to_pydict()
-    ranks = priority_rank(rows["source"], priority)
-    keys = [
-        (-(w or 0) * (h or 0), ranks[s], u)
-        for u, s, w, h in zip(
-            rows["uid"], rows["source"], rows["width"], rows["height"], strict=True
-        )
-    ]
-    order = sorted(range(len(keys)), key=keys.__getitem__)
-    rank = np.empty(len(keys), dtype=np.int64)
-    rank[order] = np.arange(len(keys))
+    """Rank of each row by the keep rule (0 = keep first): area desc, priority, uid. Sorted
+    as columns ([N] int64 keys), not as a Python tuple per row."""
+    sources = table.column("source").combine_chunks().dictionary_encode()
+    ranks = priority_rank(sources.dictionary.to_pylist(), priority)
+    source_rank = np.array([ranks[s] for s in sources.dictionary.to_pylist()], dtype=np.int64)
+    by_source = source_rank[sources.indices.to_numpy(zero_copy_only=False)]  # [N]
+    width = pa.compute.fill_null(table.column("width"), 0).to_numpy(zero_copy_only=False)
+    height = pa.compute.fill_null(table.column("height"), 0).to_numpy(zero_copy_only=False)
+    area = width.astype(np.int64) * height.astype(np.int64)  # [N]
+    uid_rank = np.empty(len(table), dtype=np.int64)
+    uid_rank[pa.compute.sort_indices(table.column("uid")).to_numpy()] = np.arange(len(table))
+    order = np.lexsort((uid_rank, by_source, -area))  # last key sorts first
+    rank = np.empty(len(table), dtype=np.int64)
+    rank[order] = np.arange(len(table))
     return rank
 
 
@@ -223,10 +239,11 @@ def group_rows(
     dhash_max: int,
     priority: tuple[str, ...],
     extra_edges: tuple[np.ndarray, np.ndarray] | None = None,
+    prints: Fingerprints | None = None,  # of `candidates`, when the caller has them
 ) -> _Groups:
-    prints = fingerprints_of_rows(candidates)
+    prints = fingerprints_of_rows(candidates) if prints is None else prints
     n = len(prints.labels)
-    exact_i, exact_j = _exact_edges(prints)
+    exact_i, exact_j = _exact_edges(candidates.column("pixel_sha256"))
     hashed = np.array([bool(h) for h in candidates.column("phash").to_pylist()], dtype=bool)
     near_i, near_j = _near_edges(prints, radius, dhash_max, hashed)
     extra_i, extra_j = extra_edges if extra_edges is not None else (near_i[:0], near_j[:0])
@@ -270,24 +287,20 @@ def _outside_matches(
 # ----------------------------------------------------------------------------- the stage
 
 
-def _reset_previous_dedupe(table: pa.Table) -> pa.Table:
-    """Rows an earlier dedupe marked duplicate become ok again, so a re-run starts clean."""
-    was_duplicate = pa.compute.equal(table.column("status"), cat.STATUS_DUPLICATE).to_numpy(
-        zero_copy_only=False
+def _ingested_candidates(build: Path) -> pa.Table:
+    """The rows ingest kept (a catalog of the earlier layout may still say `duplicate` for
+    some: they take part again), only the columns dedupe needs."""
+    table = cat.read_ingested(build, DEDUPE_COLUMNS)
+    status = table.column("status")
+    ok = pa.compute.or_(
+        pa.compute.equal(status, cat.STATUS_OK), pa.compute.equal(status, cat.STATUS_DUPLICATE)
     )
-    status = np.where(was_duplicate, cat.STATUS_OK, np.array(table.column("status").to_pylist()))
-    reason = np.where(was_duplicate, "", np.array(table.column("reason").to_pylist(), dtype=object))
-    table = table.set_column(
-        table.schema.get_field_index("status"), "status", pa.array(status.tolist())
-    )
-    table = table.set_column(
-        table.schema.get_field_index("reason"), "reason", pa.array(reason.tolist())
-    )
-    dup_group = pa.array(np.full(len(table), -1, dtype=np.int64))
-    return table.set_column(table.schema.get_field_index("dup_group"), "dup_group", dup_group)
+    table = table.filter(ok)
+    pa.default_memory_pool().release_unused()  # the unfiltered copy
+    return table
 
 
-@lineage.stage("dedupe", ignore=("build", "contact_groups", "feature_device"))
+@lineage.stage("dedupe", ignore=("build", "contact_groups", "feature_device", "progress"))
 def dedupe(config: DedupeConfig) -> DedupeSummary:
     """Mark duplicate rows in the catalog of `config.build`; write the report."""
     if not 0 <= config.radius <= 32:
@@ -296,95 +309,121 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         )
     started = time.perf_counter()
     build = Path(config.build)
-    table = _reset_previous_dedupe(cat.read_catalog(build))
     for path in config.against:
         if Path(path).resolve() == build.resolve():
             raise ValueError(f"--against {path} is the build itself: pass another build or dataset")
-    outside = [load_outside_set(p) for p in config.against]
-    ok_index = np.flatnonzero(
-        pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)
-    )
-    candidates = table.take(pa.array(ok_index))
-    feature_edges = _feature_edges(build, candidates, config) if config.feature_model else None
-    groups = group_rows(candidates, config.radius, config.dhash_max, config.priority, feature_edges)
-    prints = fingerprints_of_rows(candidates)
+    with stage_progress("dedupe", config.progress, DEDUPE_STEPS) as bar:
+        candidates = _ingested_candidates(build)
+        bar.advance("read")
+        outside = [load_outside_set(p) for p in config.against]
+        feature_edges = _feature_edges(build, candidates, config) if config.feature_model else None
+        prints = fingerprints_of_rows(candidates)  # once: labels and digests as Python strings
+        groups = group_rows(candidates, config.radius, config.dhash_max, config.priority, feature_edges, prints)
+        bar.advance("grouped")
 
-    outside_match: dict[int, _Match] = {}
-    for other in outside:
-        for index, match in _outside_matches(
-            prints, other, config.radius, config.dhash_max
-        ).items():
-            outside_match.setdefault(index, match)
-    contaminated_groups = {int(groups.labels[i]) for i in outside_match}
+        outside_match: dict[int, _Match] = {}
+        for other in outside:
+            for index, match in _outside_matches(
+                prints, other, config.radius, config.dhash_max
+            ).items():
+                outside_match.setdefault(index, match)
+        contaminated_groups = {int(groups.labels[i]) for i in outside_match}
+        group_ids = _number_groups(groups, prints.labels)
+        distances = np.bitwise_count(prints.phash ^ prints.phash[groups.kept]).astype(int)
+        decided = _decide(groups, group_ids, distances, prints, outside_match, contaminated_groups, config, feature_edges is not None)
+        lineage.mark_running(build, "dedupe")
+        cat.write_columns(build, cat.DECISIONS_PATH, decided.table)
+        bar.advance("decided")
 
-    status = table.column("status").to_pylist()
-    reason = table.column("reason").to_pylist()
-    dup_group = np.full(len(table), -1, dtype=np.int64)
-    group_ids = _number_groups(groups, prints.labels)
-    distances = np.bitwise_count(prints.phash ^ prints.phash[groups.kept]).astype(int)
-    exact_count = near_count = feature_count = 0
-    for index in range(len(candidates)):
-        row = int(ok_index[index])
-        label = int(groups.labels[index])
-        if groups.sizes[index] > 1:
-            dup_group[row] = group_ids[label]
-        if label in contaminated_groups:
-            status[row] = cat.STATUS_DUPLICATE
-            match = outside_match.get(index)
-            reason[row] = (
-                match.reason
-                if match
-                else _contaminated_reason(index, groups, outside_match, prints)
-            )
-            continue
-        kept = int(groups.kept[index])
-        if kept == index:
-            continue
-        status[row] = cat.STATUS_DUPLICATE
-        kept_uid = prints.labels[kept]
-        if groups.exact[index]:
-            exact_count += 1
-            reason[row] = f"duplicate of {kept_uid} (exact pixels)"
-        elif feature_edges is not None and distances[index] > config.radius:
-            feature_count += 1
-            reason[row] = (
-                f"similar to {kept_uid} (encoder features; pHash distance {distances[index]})"
-            )
-        else:
-            near_count += 1
-            reason[row] = f"near duplicate of {kept_uid} (pHash distance {distances[index]})"
-    table = _with_columns(table, status=status, reason=reason, dup_group=dup_group)
-    lineage.mark_running(build, "dedupe")
-    cat.write_catalog(build, table)
-
-    report_dir = build / REPORT_DIRNAME
-    report = write_report(
-        report_dir, config, candidates, groups, group_ids, distances, outside, outside_match
-    )
-    if config.contact_groups > 0:
-        write_contact_sheet(report_dir / "contact_sheet.png", build, report, config.contact_groups)
-    kept_total = int(sum(1 for s in status if s == cat.STATUS_OK))
+        report_dir = build / REPORT_DIRNAME
+        report = write_report(
+            report_dir, config, candidates, groups, group_ids, distances, outside, outside_match
+        )
+        if config.contact_groups > 0:
+            write_contact_sheet(report_dir / "contact_sheet.png", build, report, config.contact_groups)
+        bar.advance("report")
     return DedupeSummary(
         candidates=len(candidates),
         groups=int(len(group_ids)),
-        exact_duplicates=exact_count,
-        near_duplicates=near_count,
-        outside_matches=int(
-            sum(1 for i in range(len(candidates)) if groups.labels[i] in contaminated_groups)
-        ),
-        kept=kept_total,
+        exact_duplicates=decided.exact,
+        near_duplicates=decided.near,
+        outside_matches=int(np.isin(groups.labels, list(contaminated_groups)).sum()),
+        kept=len(candidates) - decided.duplicates,
         seconds=time.perf_counter() - started,
         report=report_dir / "report.json",
-        feature_duplicates=feature_count if config.feature_model else None,
+        feature_duplicates=decided.feature if config.feature_model else None,
         feature_threshold=config.feature_threshold,
     )
+
+
+@dataclass
+class _Decided:
+    table: pa.Table  # uid, status, reason, dup_group of the rows dedupe changed
+    exact: int
+    near: int
+    feature: int
+    duplicates: int
+
+
+def _decide(
+    groups: _Groups,
+    group_ids: dict[int, int],
+    distances: np.ndarray,
+    prints: Fingerprints,
+    outside_match: dict[int, _Match],
+    contaminated_groups: set[int],
+    config: DedupeConfig,
+    by_features: bool,
+) -> _Decided:
+    """The decision for every candidate in a group of 2+ or matched outside: its status, the
+    reason in words and its group id (candidates alone are left out: ingest's row stands)."""
+    uids, status, reason, dup_group = [], [], [], []
+    exact = near = feature = 0
+    involved = np.flatnonzero((groups.sizes > 1) | np.isin(groups.labels, list(contaminated_groups)))
+    for index in involved.tolist():
+        label = int(groups.labels[index])
+        group = group_ids.get(label, -1)
+        kept = int(groups.kept[index])
+        if label in contaminated_groups:
+            match = outside_match.get(index)
+            why = match.reason if match else _contaminated_reason(index, groups, outside_match, prints)
+        elif kept == index:
+            uids.append(prints.labels[index])
+            status.append(cat.STATUS_OK)
+            reason.append("")
+            dup_group.append(group)
+            continue
+        elif groups.exact[index]:
+            exact += 1
+            why = f"duplicate of {prints.labels[kept]} (exact pixels)"
+        elif by_features and distances[index] > config.radius:
+            feature += 1
+            why = f"similar to {prints.labels[kept]} (encoder features; pHash distance {distances[index]})"
+        else:
+            near += 1
+            why = f"near duplicate of {prints.labels[kept]} (pHash distance {distances[index]})"
+        uids.append(prints.labels[index])
+        status.append(cat.STATUS_DUPLICATE)
+        reason.append(why)
+        dup_group.append(group)
+    table = pa.table(
+        {
+            "uid": pa.array(uids, type=pa.string()),
+            "status": pa.array(status, type=pa.string()),
+            "reason": pa.array(reason, type=pa.string()),
+            "dup_group": pa.array(dup_group, type=pa.int64()),
+        }
+    )
+    duplicates = sum(1 for s in status if s == cat.STATUS_DUPLICATE)
+    return _Decided(table, exact, near, feature, duplicates)
 
 
 def _feature_edges(
     build: Path, candidates: pa.Table, config: DedupeConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of candidates whose encoder embeddings are more similar than the threshold."""
-    rows = candidates.to_pylist()
+    by_uid = {row["uid"]: row for row in cat.read_rows(build, candidates.column("uid").to_pylist())}
+    rows = [by_uid[uid] for uid in candidates.column("uid").to_pylist()]
     features = FeatureConfig(
         model_dir=Path(config.feature_model),
         threshold=config.feature_threshold,
@@ -413,13 +452,6 @@ def _number_groups(groups: _Groups, labels: tuple[str, ...]) -> dict[int, int]:
         key=lambda item: item[1],
     )
     return {label: group_id for group_id, (label, _) in enumerate(multi)}
-
-
-def _with_columns(table: pa.Table, **columns: object) -> pa.Table:
-    for name, values in columns.items():
-        array = pa.array(values.tolist() if isinstance(values, np.ndarray) else values)
-        table = table.set_column(table.schema.get_field_index(name), name, array)
-    return table.cast(cat.CATALOG_SCHEMA)
 
 
 # ----------------------------------------------------------------------------- report

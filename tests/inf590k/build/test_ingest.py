@@ -353,7 +353,7 @@ def test_a_parallel_tar_ingest_keeps_few_chunks_in_flight(tmp_path, monkeypatch)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     events: list[str] = []
-    original_bytes, original_write = ingest_module.with_tar_bytes, ingest_module.write_chunk
+    original_bytes, original_write = ingest_module.with_tar_bytes, ingest_module.commit_part
 
     def tracked_bytes(job, chunks):
         for chunk in original_bytes(job, chunks):
@@ -365,7 +365,7 @@ def test_a_parallel_tar_ingest_keeps_few_chunks_in_flight(tmp_path, monkeypatch)
         return original_write(*args)
 
     monkeypatch.setattr(ingest_module, "with_tar_bytes", tracked_bytes)
-    monkeypatch.setattr(ingest_module, "write_chunk", tracked_write)
+    monkeypatch.setattr(ingest_module, "commit_part", tracked_write)
     run(tmp_path / "b", ("folder", archive), workers=2)
     assert events.count("read") == events.count("write") == 6
     assert events.index("write") <= 4  # window of 2 x workers chunks

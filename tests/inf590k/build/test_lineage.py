@@ -50,7 +50,7 @@ def frames(tmp_path) -> Path:
 
 def test_killed_ingest_blocks_the_later_stages_until_it_finishes(tmp_path, frames, monkeypatch):
     build = tmp_path / "b"
-    original = ingest_module.write_chunk
+    original = ingest_module.commit_part
     written = []
 
     def killed_after_one(*args):
@@ -59,10 +59,10 @@ def test_killed_ingest_blocks_the_later_stages_until_it_finishes(tmp_path, frame
         written.append(args)
         return original(*args)
 
-    monkeypatch.setattr(ingest_module, "write_chunk", killed_after_one)
+    monkeypatch.setattr(ingest_module, "commit_part", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         run_ingest(build, ("folder", frames))
-    monkeypatch.setattr(ingest_module, "write_chunk", original)
+    monkeypatch.setattr(ingest_module, "commit_part", original)
     assert len(cat.part_paths(build)) == 1
     for stage in (lambda: run_dedupe(build), lambda: bin_catalog(BinConfig(build=build))):
         with pytest.raises(

@@ -234,7 +234,7 @@ def test_worker_killed_during_a_task_is_retried(
 ) -> None:
     ingest_kill, shard_kill = tmp_path / "ingest-killed", tmp_path / "shard-killed"
     monkeypatch.setattr(
-        ingest_module, "process_chunk", kill_first_attempt(ingest_module.process_chunk, ingest_kill)
+        ingest_module, "process_unit", kill_first_attempt(ingest_module.process_unit, ingest_kill)
     )
     monkeypatch.setattr(
         shard_module, "write_shard", kill_first_attempt(shard_module.write_shard, shard_kill)
