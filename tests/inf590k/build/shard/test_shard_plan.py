@@ -130,16 +130,22 @@ def test_estimate_counts_png_raw_frame_and_overhead():
 @pytest.mark.parametrize(
     ("text", "size"),
     [("1GB", 10**9), ("500 MB", 5 * 10**8), ("2GiB", 2 * 2**30), ("1e9", 10**9), ("4096", 4096),
-     (77, 77), ("1.5kb", 1500)],
+     (77, 77), ("1.5kb", 1500), ("1e30", int(1e30))],
 )  # fmt: skip
 def test_parse_size(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "big", "1XB", "0", "-5MB", "nan", "inf GB"])
+@pytest.mark.parametrize("text", ["", "big", "1XB", "0", "-5MB", "nan", "inf GB", 0, -5, "0.5"])
 def test_parse_size_refuses_what_is_not_a_size(text):
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
+
+
+def test_parse_size_says_an_overflowing_size_is_not_finite():
+    """1e999 reads as infinity: said as such, not as 'at least 1 byte'."""
+    with pytest.raises(ValueError, match="not a finite size"):
+        parse_size("1e999")
 
 
 # ----------------------------------------------------------------------------- JSON by column
