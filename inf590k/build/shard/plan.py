@@ -281,6 +281,9 @@ def _column_json(field: pa.Field, column: pa.ChunkedArray | None, rows: int) -> 
     values = pa.nulls(rows, field.type) if column is None else column.combine_chunks()
     kind = field.type
     if _is_string_list(field):
+        if values.flatten().null_count:  # a null tag, left out as by sample_json: Python
+            tags = [",".join(t for t in v or [] if t is not None) for v in values.to_pylist()]
+            return _string_json(pa.array(tags, pa.string()))
         joined = pc.fill_null(pc.binary_join(values, ","), "")
         return _string_json(joined)
     if pa.types.is_string(kind):

@@ -165,6 +165,24 @@ def test_sample_jsons_are_sample_json_byte_for_byte():
     assert sample_jsons(table.slice(0, 0)) == []
 
 
+HOSTILE_TEXT = ["", 'a"b', "back\\slash", "\x00\x1f\x7f", "\u2028\u2029", "😀 non-BMP", "</script>", "\ue000", "tab\t"]
+
+
+def test_sample_jsons_of_hostile_text_and_extreme_integers():
+    """Control characters, quotes, non-BMP characters, line separators, a null tag inside a
+    list, the largest and smallest integers: as json writes them (a null tag is left out)."""
+    rows = catalog_rows(len(HOSTILE_TEXT), "b")
+    for index, (row, text) in enumerate(zip(rows, HOSTILE_TEXT, strict=True)):
+        row.update(relpath=text, license=text, normalisation=text, tags=[text, "x"])
+        row.update(file_bytes=[2**63 - 1, -(2**63)][index % 2], width=[2**31 - 1, -(2**31)][index % 2])
+    rows[0]["tags"] = ["a", None, "b"]
+    table = cat.rows_to_table(rows)
+    expected = [sample_json(row) for row in table.to_pylist()]
+    assert sample_jsons(table) == expected
+    assert json.loads(expected[0])["tags"] == "a,b"
+    assert [json.loads(j)["relpath"] for j in expected] == HOSTILE_TEXT
+
+
 def test_threaded_chunks_give_the_same_jsons_in_order(monkeypatch):
     table = cat.rows_to_table(catalog_rows(50, "b"))
     monkeypatch.setattr(plan_module, "JSON_CHUNK_ROWS", 7)
