@@ -422,7 +422,7 @@ def sample_json(row: Mapping) -> bytes:
             continue
         value = row.get(field.name)
         if _is_string_list(field):
-            value = ",".join(value or [])
+            value = ",".join(tag for tag in value or [] if tag is not None)  # a null tag: none
         record[field.name] = _json_default(field) if value is None else value
     return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
 

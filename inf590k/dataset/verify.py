@@ -132,20 +132,51 @@ class _HashingReader:
         return self.digest.hexdigest()
 
 
-def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | None:
-    """A member's payload; None when it is over MAX_MEMBER_BYTES (skipped unread)."""
+MAX_HEADER_BYTES = 1 << 20  # a pax or GNU long-name header holds names, not data
+_EXTENDED_HEADERS = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses an extended header over MAX_HEADER_BYTES before reading it:
+    `tarfile` reads a pax or long-name header whole, so a hostile one of a few GB would be
+    held in memory (three times over) by the stream reader."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(
+                f"an extended header of {self.size} bytes at byte {self.offset}, over "
+                f"{MAX_HEADER_BYTES} (not read)"
+            )
+        return super()._proc_member(tar)
+
+
+def _member_problem(member: tarfile.TarInfo, key: str, members: dict[str, bytes]) -> str | None:
+    """Why a member cannot be one of a sample's files (read as is otherwise), or None."""
+    if not member.isfile():
+        return f"sample {key}: member {member.name!r} is not a plain file (a link or folder)"
+    extension = member.name.partition(".")[2]
+    if not key or not extension or "/" in member.name:
+        return f"member {member.name!r} is not named <sample key>.<extension>"
+    if extension in members:
+        return f"sample {key}: member {member.name} appears more than once"
     if member.size > MAX_MEMBER_BYTES:
-        return None
-    handle = tar.extractfile(member)
-    return handle.read() if handle else b""
+        return f"sample {key}: member {member.name} holds {member.size} bytes, over {MAX_MEMBER_BYTES} (not read)"
+    return None
 
 
 def stream_samples(
     tar: tarfile.TarFile, problems: list[str]
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) per sample, members grouped while they are next to each other:
-    one sample in memory at a time. A key seen before, or a member over the size limit, is a
-    problem (one line)."""
+    one sample in memory at a time. A key seen before, a member that is not a plain file, is
+    badly named, repeated or over the size limit is a problem (one line, appended before its
+    sample is yielded); such a member is not read."""
     key, members, seen = None, {}, set()
     for member in tar:
         name_key, _, extension = member.name.partition(".")
@@ -156,14 +187,11 @@ def stream_samples(
                 problems.append(f"sample {name_key}: its members are not next to each other")
             key, members = name_key, {}
             seen.add(name_key)
-        data = _member_bytes(tar, member)
-        if data is None:
-            problems.append(
-                f"sample {name_key}: member {member.name} holds {member.size} bytes, over "
-                f"{MAX_MEMBER_BYTES} (not read)"
-            )
-            data = b""
-        members[extension] = data
+        problem = _member_problem(member, name_key, members)
+        if problem:
+            problems.append(problem)
+            continue
+        members[extension] = tar.extractfile(member).read()  # a plain file: never None
     if key is not None:
         yield key, members
 
@@ -227,13 +255,14 @@ def _check_samples(
     with open(tar_path(check.dataset, check.relpath), "rb") as handle:
         reader = _HashingReader(handle)
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[arg-type]
+            with tarfile.open(fileobj=reader, mode="r|", tarinfo=_BoundedTarInfo) as tar:  # type: ignore[arg-type]
                 stream_problems: list[str] = []
                 for key, members in stream_samples(tar, stream_problems):
                     order.append(key)
+                    damaged = bool(stream_problems)  # said once: its content is not judged
                     problems += [f"{name}: {p}" for p in stream_problems]
                     stream_problems.clear()
-                    if check.decode and rows is not None:
+                    if check.decode and rows is not None and not damaged:
                         problem = sample_problem(key, members, by_uid.get(key), check.classes, check.raw)
                         if problem:
                             problems.append(f"{name}: {problem}")

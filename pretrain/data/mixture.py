@@ -49,13 +49,19 @@ def parse_weights(items: Sequence[str], flag: str) -> dict[str, float]:
         weights[name] = weight
     if weights and sum(weights.values()) <= 0:
         raise ValueError(f"{flag}: the weights add up to 0, so nothing could be drawn")
+    if not math.isfinite(sum(weights.values())):
+        raise ValueError(f"{flag}: the weights add up to more than a float holds; use smaller ones")
     return weights
 
 
+SHARE_DIGITS = 12  # shares rounded so that one mixture at two scales compares equal
+
+
 def shares(weights: Mapping[str, float]) -> dict[str, float]:
-    """Weights as shares that add up to 1 (the same mixture whatever their scale)."""
+    """Weights as shares that add up to 1 (the same mixture whatever their scale: 0.3/0.9
+    and 1/3 differ in the last bit, so shares are rounded to SHARE_DIGITS decimals)."""
     total = sum(weights.values())
-    return {name: weight / total for name, weight in sorted(weights.items())}
+    return {name: round(weight / total, SHARE_DIGITS) for name, weight in sorted(weights.items())}
 
 
 def bin_of(shard_key: str) -> str:

@@ -162,7 +162,12 @@ class ShardStream(torch.utils.data.IterableDataset):
         lengths = self._lengths()
         if lengths is None:  # unknown lengths: whole shards per share
             return [(url, 0, None) for url in order[share::shares]]
-        return sample_window(order, [lengths[url] for url in order], share, shares)
+        sizes = [lengths[url] for url in order]
+        # Held-out images are the first of their shards: a window that always fell on them
+        # (one shard, many shares) would never train. Each pass then starts the epoch's
+        # sequence at a seeded sample (the same on every rank), so no window is always theirs.
+        rotation = random.Random(_seed(self.seed, pass_index, 23)).randrange(sum(sizes)) if self.exclude else 0
+        return sample_window(order, sizes, share, shares, rotation)
 
     def _lengths(self) -> dict[str, int] | None:
         """Every shard's length from _info.json, or None when one is not known."""
@@ -356,15 +361,16 @@ class ShardStream(torch.utils.data.IterableDataset):
     def samples(self, worker: int, stats: WorkerPosition) -> Iterator[tuple[np.ndarray, int, int]]:
         """(decoded crop, source label, bin label) forever, advancing `stats` (position and
         counters) as it goes."""
-        empty_passes = 0  # passes in a row whose samples the mixture all left out
+        empty_passes = 0  # passes in a row whose samples the mixture or the held-out set all left out
         while True:
-            start, produced, read = stats.offset, 0, [0]
+            start, produced, held, read = stats.offset, 0, 0, [0]
             opened_before = self._opened.get(worker, [0])[0]
             for offset, sample in self._pass(worker, stats, read):
                 if offset < start:  # resume: replay bytes up to the saved offset, no decoding
                     continue
                 stats.offset = offset + 1
                 if sample.get("__key__") in self.exclude:  # the validation set's
+                    held += 1
                     continue
                 rng = np.random.default_rng(
                     [self.seed, self.rank, worker, stats.pass_index, offset]
@@ -378,25 +384,37 @@ class ShardStream(torch.utils.data.IterableDataset):
                 produced += 1
                 yield image, sample["__source__"], sample["__bin__"]
             thinned_all = produced == 0 and read[0] > 0 and bool(self.mixture and self.mixture.keep)
-            empty_passes = empty_passes + 1 if thinned_all else 0
+            # A window of an epoch may hold only held-out images (they are the first images of
+            # their shards): not a broken shard; the next pass's order places it elsewhere.
+            held_all = produced == 0 and held > 0
+            empty_passes = empty_passes + 1 if thinned_all or held_all else 0
             if empty_passes >= MAX_EMPTY_PASSES:
-                raise ValueError(
-                    f"--mix: worker {worker} of rank {self.rank} read {MAX_EMPTY_PASSES} passes "
-                    "of shards without a sample of a source weighted above 0; do the shards "
-                    "read (--shards) hold those sources?"
-                )
+                raise ValueError(self._empty_passes_message(worker, held_all))
             drawn_failed_only = (
                 self.config.resampled
                 and self._opened.get(worker, [0])[0] == opened_before
                 and bool(self._drawable() - set(self._failed.get(worker, [])))
             )
-            if produced == 0 and start == 0 and not drawn_failed_only and not thinned_all:
+            if produced == 0 and start == 0 and not (drawn_failed_only or thinned_all or held_all):
                 raise ShardUnreachableError(
                     f"worker {worker} of rank {self.rank} read no usable sample in a whole pass "
                     f"over {len(self.pass_windows(worker, stats.pass_index))} shards; "
                     "check the shards with `inf590k verify`"
                 )
             stats.pass_index, stats.offset = stats.pass_index + 1, 0
+
+    def _empty_passes_message(self, worker: int, held_all: bool) -> str:
+        where = f"worker {worker} of rank {self.rank} read {MAX_EMPTY_PASSES} passes"
+        if held_all:
+            return (
+                f"{where} whose every image is held out for validation (its share of an epoch "
+                "is smaller than the held-out images of a shard): lower --val-samples, use "
+                "fewer loader workers or ranks, pass --val-shards, or --resampled"
+            )
+        return (
+            f"--mix: {where} of shards without a sample of a source weighted above 0; do the "
+            "shards read (--shards) hold those sources?"
+        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if torch.utils.data.get_worker_info() is None:
@@ -439,16 +457,19 @@ class ShardStream(torch.utils.data.IterableDataset):
             yield torch.from_numpy(batch), position
 
 
-def sample_window(order: list[str], lengths: list[int], share: int, shares: int) -> list[Window]:
+def sample_window(
+    order: list[str], lengths: list[int], share: int, shares: int, rotation: int = 0
+) -> list[Window]:
     """Share `share` of `shares` equal windows over the shards `order` read as one sequence
-    of sum(lengths) samples: ceil(total / shares) samples each, (shard, first, stop) pieces
-    in order (stop None: the whole shard). The last windows run on past the end into the
-    start again (padding by repeats), so every window has the same length and every sample
-    is in one of them."""
+    of sum(lengths) samples starting at sample `rotation`: ceil(total / shares) samples each,
+    (shard, first, stop) pieces in order (stop None: the whole shard). The windows run on past
+    the end into the start again (padding by repeats), so every window has the same length
+    and every sample is in one of them."""
     total = sum(lengths)
     per_share = -(-total // shares)
     pieces: list[Window] = []
-    position, stop = share * per_share, (share + 1) * per_share
+    position = share * per_share + rotation
+    stop = position + per_share
     while position < stop:
         begin = position % total
         end = min(begin + stop - position, total)

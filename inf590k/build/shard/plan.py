@@ -73,6 +73,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**1
 def parse_size(text: str | int) -> int:
     """A byte count from `1000000000`, `1e9`, `1GB`, `500 MB` or `2GiB` (ValueError otherwise)."""
     if isinstance(text, int):
+        if text < 1:
+            raise ValueError(f"{text!r}: a size must be at least 1 byte")
         return text
     cleaned = str(text).strip().lower().replace(" ", "").replace("_", "")
     number = cleaned.rstrip("abcdefghijklmnopqrstuvwxyz")
@@ -83,7 +85,9 @@ def parse_size(text: str | int) -> int:
         raise ValueError(
             f"{text!r} is not a size: give bytes, e.g. 1000000000, 1e9, 1GB, 500MB or 2GiB"
         ) from None
-    if not math.isfinite(value) or value < 1:
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite size: give bytes, e.g. 1GB")
+    if value < 1:
         raise ValueError(f"{text!r}: a size must be at least 1 byte")
     return int(value)
 
@@ -277,6 +281,9 @@ def _column_json(field: pa.Field, column: pa.ChunkedArray | None, rows: int) -> 
     values = pa.nulls(rows, field.type) if column is None else column.combine_chunks()
     kind = field.type
     if _is_string_list(field):
+        if values.flatten().null_count:  # a null tag, left out as by sample_json: Python
+            tags = [",".join(t for t in v or [] if t is not None) for v in values.to_pylist()]
+            return _string_json(pa.array(tags, pa.string()))
         joined = pc.fill_null(pc.binary_join(values, ","), "")
         return _string_json(joined)
     if pa.types.is_string(kind):

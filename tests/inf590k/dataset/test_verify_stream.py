@@ -148,3 +148,72 @@ def test_split_sample_and_oversized_member(shard, monkeypatch):
     one_line_each(problems, name)
     assert any("noise-00000: its members are not next to each other" in p for p in problems)
     assert any("over 30000 (not read)" in p for p in problems)
+
+
+def read_members(check: _ShardCheck) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    with tarfile.open(tar_path(check.dataset, check.relpath)) as tar:
+        return [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar]
+
+
+def write_members(check: _ShardCheck, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> str:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member, data in members:
+            tar.addfile(member, None if data is None else io.BytesIO(data))
+    tar_path(check.dataset, check.relpath).write_bytes(buffer.getvalue())
+    return f"data/{check.relpath}"
+
+
+def member_named(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"") -> tuple[tarfile.TarInfo, bytes | None]:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    if kind == tarfile.SYMTYPE:
+        member.linkname = "/etc/passwd"
+    member.size = len(data)
+    return member, data if kind == tarfile.REGTYPE else None
+
+
+def test_a_repeated_member_is_one_line(shard):
+    members = read_members(shard)
+    name = write_members(shard, members[:3] + [members[2]] + members[3:])  # noise-00000.png twice
+    _, problems, _ = check_shard(shard)
+    one_line_each(problems, name)
+    assert [p for p in problems if "noise-00000" in p] == [
+        f"{name}: sample noise-00000: member noise-00000.png appears more than once"
+    ]
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE])
+def test_a_link_or_folder_member_is_named_and_the_rest_is_read(shard, kind):
+    members = read_members(shard)
+    png = members[2][0].name
+    name = write_members(shard, members[:2] + [member_named(png, kind)] + members[3:])
+    count, problems, _ = check_shard(shard)
+    one_line_each(problems, name)
+    assert count == shard.expected_count  # the tar was read to its end
+    assert [p for p in problems if "noise-00000" in p] == [
+        f"{name}: sample noise-00000: member {png!r} is not a plain file (a link or folder)"
+    ]
+
+
+@pytest.mark.parametrize("bad", ["../evil.png", "noise-00000", "a/b.png"])
+def test_a_member_not_named_key_dot_extension(shard, bad):
+    name = write_members(shard, read_members(shard) + [member_named(bad, data=b"x")])
+    _, problems, _ = check_shard(shard)
+    one_line_each(problems, name)
+    assert f"{name}: member {bad!r} is not named <sample key>.<extension>" in problems
+
+
+def test_a_huge_extended_header_is_not_read(shard, monkeypatch):
+    """tarfile reads a pax header whole: one over the cap is refused before it is read."""
+    members = read_members(shard)
+    first, data = members[0]
+    first.pax_headers = {"comment": "x" * 5000}
+    name = write_members(shard, [(first, data)] + members[1:])
+    monkeypatch.setattr(verify_module, "MAX_HEADER_BYTES", 4096)
+    _, problems, _ = check_shard(shard)
+    one_line_each(problems, name)
+    assert any("unreadable tar (an extended header of" in p and "over 4096 (not read)" in p for p in problems)
+    monkeypatch.setattr(verify_module, "MAX_HEADER_BYTES", 1 << 20)
+    _, problems, _ = check_shard(shard)
+    assert not any("unreadable" in p for p in problems)

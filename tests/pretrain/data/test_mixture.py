@@ -19,6 +19,7 @@ from pretrain.data import (
     read_info,
     realised,
     sample_window,
+    shares,
 )
 from tests.shardkit import make_dataset, make_mixed_dataset
 
@@ -66,12 +67,22 @@ def test_weights_parse_in_either_form():
         (["a=inf"], "finite number >= 0"),
         (["a=0", "b=0"], "add up to 0"),
         (["a=1", "a=2"], "names 'a' twice"),
+        (["a=1e308", "b=1e308"], "more than a float holds"),
     ],
 )
 def test_bad_weights_are_one_line(items, message):
     with pytest.raises(ValueError, match=message) as caught:
         parse_weights(items, "--mix")
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "one, other", [("a=0.3,b=0.6", "a=1,b=2"), ("a=0.1,b=0.2,c=0.6", "a=1,b=2,c=6"), ("x=5", "x=0.7")]
+)
+def test_one_mixture_at_two_scales_has_equal_shares(one, other):
+    """What a resume compares: the same shares whatever the scale (0.3/0.9 != 1/3 in floats)."""
+    assert shares(parse_weights([one], "--mix")) == shares(parse_weights([other], "--mix"))
+    assert shares(parse_weights(["a=1,b=2"], "--mix")) != shares(parse_weights(["a=1,b=3"], "--mix"))
 
 
 def test_unknown_names_are_refused_naming_the_known_ones(mixed):

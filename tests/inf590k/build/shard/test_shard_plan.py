@@ -130,16 +130,22 @@ def test_estimate_counts_png_raw_frame_and_overhead():
 @pytest.mark.parametrize(
     ("text", "size"),
     [("1GB", 10**9), ("500 MB", 5 * 10**8), ("2GiB", 2 * 2**30), ("1e9", 10**9), ("4096", 4096),
-     (77, 77), ("1.5kb", 1500)],
+     (77, 77), ("1.5kb", 1500), ("1e30", int(1e30))],
 )  # fmt: skip
 def test_parse_size(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "big", "1XB", "0", "-5MB", "nan", "inf GB"])
+@pytest.mark.parametrize("text", ["", "big", "1XB", "0", "-5MB", "nan", "inf GB", 0, -5, "0.5"])
 def test_parse_size_refuses_what_is_not_a_size(text):
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
+
+
+def test_parse_size_says_an_overflowing_size_is_not_finite():
+    """1e999 reads as infinity: said as such, not as 'at least 1 byte'."""
+    with pytest.raises(ValueError, match="not a finite size"):
+        parse_size("1e999")
 
 
 # ----------------------------------------------------------------------------- JSON by column
@@ -157,6 +163,24 @@ def test_sample_jsons_are_sample_json_byte_for_byte():
     assert sample_jsons(table) == expected
     assert json.loads(expected[0])["tags"] == 'day,ünïcode,q"uote'  # the row really varied
     assert sample_jsons(table.slice(0, 0)) == []
+
+
+HOSTILE_TEXT = ["", 'a"b', "back\\slash", "\x00\x1f\x7f", "\u2028\u2029", "😀 non-BMP", "</script>", "\ue000", "tab\t"]
+
+
+def test_sample_jsons_of_hostile_text_and_extreme_integers():
+    """Control characters, quotes, non-BMP characters, line separators, a null tag inside a
+    list, the largest and smallest integers: as json writes them (a null tag is left out)."""
+    rows = catalog_rows(len(HOSTILE_TEXT), "b")
+    for index, (row, text) in enumerate(zip(rows, HOSTILE_TEXT, strict=True)):
+        row.update(relpath=text, license=text, normalisation=text, tags=[text, "x"])
+        row.update(file_bytes=[2**63 - 1, -(2**63)][index % 2], width=[2**31 - 1, -(2**31)][index % 2])
+    rows[0]["tags"] = ["a", None, "b"]
+    table = cat.rows_to_table(rows)
+    expected = [sample_json(row) for row in table.to_pylist()]
+    assert sample_jsons(table) == expected
+    assert json.loads(expected[0])["tags"] == "a,b"
+    assert [json.loads(j)["relpath"] for j in expected] == HOSTILE_TEXT
 
 
 def test_threaded_chunks_give_the_same_jsons_in_order(monkeypatch):
