@@ -95,12 +95,18 @@ def kept_mixture(config: PretrainConfig, path: Path, state: dict[str, Any]) -> P
             data = dataclasses.replace(data, **{name: given or recorded})
             continue
         before, now = parse_weights(recorded, flag), parse_weights(given, flag)
-        if shares(before) != shares(now):
+        if _drawn_shares(before) != _drawn_shares(now):
             raise ckpt.CheckpointError(
                 f"{path} was trained with {flag} {','.join(recorded)}; resume with that "
                 f"mixture (or without {flag}), or choose another --out"
             )
     return dataclasses.replace(config, data=data)
+
+
+def _drawn_shares(weights: dict[str, float]) -> dict[str, float]:
+    """The shares of the names that are drawn at all (a name left out weighs 0, so `a=1,b=0`
+    is the mixture `a=1`)."""
+    return {name: share for name, share in shares(weights).items() if share > 0}
 
 
 def check_resume_options(

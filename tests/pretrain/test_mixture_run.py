@@ -12,6 +12,7 @@ from pretrain import checkpoint as ckpt
 from pretrain.checkpoint import export_checkpoint
 from pretrain.config import config_from_options
 from pretrain.hub import training_lines  # what publish-model puts on the Hub card
+from pretrain.resume import kept_mixture
 from pretrain.train import pretrain
 from tests.shardkit import make_mixed_dataset
 
@@ -76,3 +77,12 @@ def test_unknown_source_is_one_line_before_training(mixed, tmp_path):
         pretrain(config_from_options(options(tmp_path / "run", mixed, mix=["flir=1"])))
     assert "\n" not in str(refused.value) and "no such source" in str(refused.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_name_weighted_zero_is_the_mixture_without_it(mixed, tmp_path):
+    state = {"config": {"data": {"mix": ["a=1"], "mix_bin": []}}}
+    zero = config_from_options(options(tmp_path / "run", mixed, mix=["a=1,b=0"]))
+    assert kept_mixture(zero, tmp_path / "ckpt.pt", state).data.mix == ("a=1,b=0",)
+    other = config_from_options(options(tmp_path / "run", mixed, mix=["a=1,b=1"]))
+    with pytest.raises(ckpt.CheckpointError, match="--mix a=1"):
+        kept_mixture(other, tmp_path / "ckpt.pt", state)
