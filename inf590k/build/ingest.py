@@ -34,6 +34,7 @@ from inf590k.build.rows import (
     process_chunk,
     raise_opencv_pixel_limit,
 )
+from inf590k.execution.progress import tick
 from inf590k.execution.units import ExecutionOptions, UnitRun, run_units
 from inf590k.fsutil import available_cores, open_new, plural
 from inf590k.inputs.imageio import (
@@ -57,10 +58,14 @@ from inf590k.inputs.manifest import (
 )
 from inf590k.inputs.sources import (
     DAMAGED_INDEX,
+    NOT_UTF8,
     DamagedMember,
+    ListingUnit,
     SourceEntry,
     SourceReader,
     list_entries,
+    list_unit,
+    listing_units,
     member_suffix,
     root_kind,
 )
@@ -218,22 +223,71 @@ def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
 
 
 def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Task], str]:
-    """The source's tasks, and a digest of its file list (names, sizes, times).
+    """The source's tasks, and a digest of its file list (names, sizes, times), in this
+    process (`plan_sources` lists folders in parts on the workers, to the same result)."""
+    listed = list_part(manifest, root, None, max_bytes)
+    return ordered_tasks(manifest, root, listed.tasks), hashlib.sha256(listed.lines).hexdigest()
 
-    Tasks are sorted by path, except in a tar archive: there they keep archive order, so one
-    forward pass reads each chunk's members without holding members of later chunks.
-    """
-    entries = list_entries(root)
-    listing = hashlib.sha256()
-    for entry in entries:
-        listing.update(f"{entry.relpath}\0{entry.size}\0{entry.mtime}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
-    kind = root_kind(root)
-    tasks = [classify(manifest, entry, max_bytes, kind != "folder") for entry in entries]
+
+@dataclass(frozen=True)
+class ListedPart:
+    """A listing unit's files, classified, and its share of the listing digest's input."""
+
+    tasks: list[Task]
+    lines: bytes
+    renamed: bool  # a name was not UTF-8: its escaped form could equal a name in another unit
+
+
+def list_part(manifest: Manifest, root: Path, unit: ListingUnit | None, max_bytes: int) -> ListedPart:
+    """List and classify one listing unit of a folder, or (`unit` None) a whole source."""
+    entries = list_entries(root) if unit is None else list_unit(root, unit)
+    in_archive = unit is None and root_kind(root) != "folder"
+    tasks = [classify(manifest, entry, max_bytes, in_archive) for entry in entries]
     tasks = [replace(t, reason=SYNTH_MARKER_REASON) if t.relpath == SYNTH_MARKER else t for t in tasks]
+    lines = "".join(f"{e.relpath}\0{e.size}\0{e.mtime}\0{e.problem}\n" for e in entries)
+    tick(1)
+    return ListedPart(tasks, lines.encode("utf-8", "backslashreplace"), any(e.problem == NOT_UTF8 for e in entries))
+
+
+def ordered_tasks(manifest: Manifest, root: Path, tasks: list[Task]) -> list[Task]:
+    """Every k-th frame of a sequence kept; sorted by path, except in a tar archive: there
+    tasks keep archive order, so one forward pass reads each chunk's members without holding
+    members of later chunks."""
     tasks = subsample_sequences(manifest, tasks)
-    if kind == "tar":
+    if root_kind(root) == "tar":
         tasks.sort(key=lambda task: task.order)
-    return tasks, listing.hexdigest()
+    return tasks
+
+
+def plan_sources(
+    sources: list[tuple[Manifest, Path]], max_bytes: int, execution: ExecutionOptions
+) -> list[tuple[list[Task], str]]:
+    """`plan_source` of each source, listed and classified on the workers: a folder in
+    listing units (subtrees, runs of files) whose results join in path order, an archive
+    whole. The same tasks and digests for any worker count (and as `plan_source`'s)."""
+    workers = execution.workers or available_cores()
+    units: list[tuple[int, ListingUnit | None]] = []
+    for index, (_, root) in enumerate(sources):
+        if root_kind(root) == "folder":
+            units.extend((index, unit) for unit in listing_units(root, UNITS_PER_WORKER * workers))
+        else:
+            units.append((index, None))
+    parts: list[list[tuple[ListingUnit | None, ListedPart]]] = [[] for _ in sources]
+    with run_units(
+        execution, preload=("inf590k.build.ingest",), label="list", total=len(units),
+        units=len(units), unit="part", count=lambda *_: 1,
+    ) as run:
+        work = ((*sources[index], unit, max_bytes) for index, unit in units)
+        for (index, unit), listed in zip(units, run.map(list_part, work), strict=True):
+            parts[index].append((unit, listed))
+    plans = []
+    for (manifest, root), listed in zip(sources, parts, strict=True):
+        if len(listed) > 1 and any(part.renamed for _, part in listed):  # rare: flag it whole
+            listed = [(None, list_part(manifest, root, None, max_bytes))]
+        tasks = [task for _, part in listed for task in part.tasks]
+        digest = hashlib.sha256(b"".join(part.lines for _, part in listed)).hexdigest()
+        plans.append((ordered_tasks(manifest, root, tasks), digest))
+    return plans
 
 
 def chunked(tasks: list[Task], size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> list[list[Task]]:
@@ -464,14 +518,15 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
     return summary
 
 
+def source_manifest(manifest: Manifest, root: Path) -> Manifest:
+    return as_synthetic(manifest) if synthetic_marker(Path(root)) else manifest
+
+
 def prepare_source(
-    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, quicks: dict[str, str]
+    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, plan: tuple[list[Task], str]
 ) -> tuple[SourceJob, list[list[Task]], list[int]]:
-    """Plan a source and find which chunks still need doing (stale parts are removed)."""
-    if synthetic_marker(Path(root)):
-        manifest = as_synthetic(manifest)
-    quick = quick_signature(manifest, root, config.policy)  # before listing: a file changed
-    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)  # meanwhile shows
+    """Record a planned source and find which chunks still need doing (stale parts are removed)."""
+    tasks, listing = plan
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
@@ -491,7 +546,6 @@ def prepare_source(
         **({"folder_source": True} if manifest.folder_source else {}),
         # "quick" and "summary" are added once the source is catalogued (a no-op run reads them)
     }
-    quicks[manifest.id] = quick
     chunks = chunked(tasks)
     done = done_chunks(config.build, manifest.id)
     todo = [i for i in range(len(chunks)) if i not in done]
@@ -608,10 +662,13 @@ def ingest(config: IngestConfig) -> IngestSummary:
     cat.catalog_dir(build).mkdir(parents=True, exist_ok=True)  # workers write their parts there
     remove_temporary_parts(build)
     drop_sources(build, recorded, config.drop_sources)
-    quicks: dict[str, str] = {}
+    sources = [(source_manifest(m, Path(root)), Path(root)) for m, (_, root) in zip(chosen, config.sources, strict=True)]
+    # quick signatures before listing: a file that changes meanwhile shows in the next run
+    quicks = {manifest.id: quick_signature(manifest, root, config.policy) for manifest, root in sources}
+    listed = plan_sources(sources, config.policy.max_file_bytes, config.execution)
     plans = [
-        prepare_source(config, manifest, Path(root), recorded, quicks)
-        for manifest, (_, root) in zip(chosen, config.sources, strict=True)
+        prepare_source(config, manifest, root, recorded, plan)
+        for (manifest, root), plan in zip(sources, listed, strict=True)
     ]
     index = SourceIndex.for_ids(set(recorded))
     for source_id, info in recorded.items():
