@@ -16,12 +16,12 @@ import json
 import os
 import posixpath
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
@@ -497,24 +497,23 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
     summary.folder = manifest.folder_source
     summary.catalog = str(cat.catalog_dir(build))
-    candidates: set[str] = set()  # files the include globs matched (a video is one file)
-    for path in source_parts(build, manifest.id):
-        table = pq.read_table(path, columns=["status", "reason", "relpath"])
-        for status, reason, relpath in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
-            summary.found += 1
-            if relpath == DAMAGED_INDEX and status == cat.STATUS_REJECTED:
-                summary.damaged = reason
-            if status == cat.STATUS_EXCLUDED:
-                summary.excluded += 1
-                if reason.startswith("video subsampling"):
-                    candidates.add(relpath)
-                continue
-            candidates.add(relpath)
-            if status in (cat.STATUS_OK, cat.STATUS_DUPLICATE):
-                summary.ok += 1
-            else:
-                summary.rejected += 1
-    summary.matched = len(candidates)
+    parts = [pq.read_table(path, columns=["status", "reason", "relpath"]) for path in source_parts(build, manifest.id)]
+    if not parts:
+        return summary
+    table = pa.concat_tables(parts)  # counted with Arrow kernels: no Python object per row
+    status, reason, relpath = (table.column(name) for name in ("status", "reason", "relpath"))
+    excluded = pc.equal(status, cat.STATUS_EXCLUDED)
+    damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, cat.STATUS_REJECTED))
+    if pc.any(damaged).as_py():
+        summary.damaged = pc.filter(reason, damaged)[-1].as_py()
+    # files the include globs matched (a video is one file): all but exclusions, and frames
+    # the video stride left out
+    matched = pc.or_(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
+    summary.found = table.num_rows
+    summary.excluded = pc.sum(excluded).as_py() or 0
+    summary.ok = pc.sum(pc.is_in(status, pa.array([cat.STATUS_OK, cat.STATUS_DUPLICATE]))).as_py() or 0
+    summary.rejected = summary.found - summary.excluded - summary.ok
+    summary.matched = pc.count_distinct(pc.filter(relpath, matched)).as_py()
     return summary
 
 
@@ -759,7 +758,8 @@ def catalog_counts(build: Path) -> dict[str, int]:
     if not cat.part_paths(build):
         return {}
     sources = pq.read_table(cat.catalog_dir(build), columns=["source"]).column("source")
-    return dict(sorted(Counter(sources.to_pylist()).items()))
+    counts = pc.value_counts(sources)  # a struct per distinct source: no Python object per row
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)))
 
 
 def _files_to_read(chunk: list[Task]) -> int:
