@@ -260,11 +260,13 @@ def ordered_tasks(manifest: Manifest, root: Path, tasks: list[Task]) -> list[Tas
 
 
 def plan_sources(
-    sources: list[tuple[Manifest, Path]], max_bytes: int, execution: ExecutionOptions
-) -> list[tuple[list[Task], str]]:
-    """`plan_source` of each source, listed and classified on the workers: a folder in
-    listing units (subtrees, runs of files) whose results join in path order, an archive
-    whole. The same tasks and digests for any worker count (and as `plan_source`'s)."""
+    sources: list[tuple[Manifest, Path]], policy: ImagePolicy, execution: ExecutionOptions
+) -> tuple[list[str], list[tuple[list[Task], str]]]:
+    """Each source's quick signature (all taken before any file is listed: a file that
+    changes meanwhile shows in the next run), and its `plan_source`, listed and classified
+    on the workers: a folder in listing units (subtrees, runs of files) whose results join in
+    path order, an archive whole. The same for any worker count (and as `plan_source`'s)."""
+    max_bytes = policy.max_file_bytes
     workers = execution.workers or available_cores()
     units: list[tuple[int, ListingUnit | None]] = []
     for index, (_, root) in enumerate(sources):
@@ -277,6 +279,7 @@ def plan_sources(
         execution, preload=("inf590k.build.ingest",), label="list", total=len(units),
         units=len(units), unit="part", count=lambda *_: 1,
     ) as run:
+        quicks = list(run.map(quick_signature, ((manifest, root, policy) for manifest, root in sources)))
         work = ((*sources[index], unit, max_bytes) for index, unit in units)
         for (index, unit), listed in zip(units, run.map(list_part, work), strict=True):
             parts[index].append((unit, listed))
@@ -287,7 +290,7 @@ def plan_sources(
         tasks = [task for _, part in listed for task in part.tasks]
         digest = hashlib.sha256(b"".join(part.lines for _, part in listed)).hexdigest()
         plans.append((ordered_tasks(manifest, root, tasks), digest))
-    return plans
+    return quicks, plans
 
 
 def chunked(tasks: list[Task], size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> list[list[Task]]:
@@ -662,9 +665,8 @@ def ingest(config: IngestConfig) -> IngestSummary:
     remove_temporary_parts(build)
     drop_sources(build, recorded, config.drop_sources)
     sources = [(source_manifest(m, Path(root)), Path(root)) for m, (_, root) in zip(chosen, config.sources, strict=True)]
-    # quick signatures before listing: a file that changes meanwhile shows in the next run
-    quicks = {manifest.id: quick_signature(manifest, root, config.policy) for manifest, root in sources}
-    listed = plan_sources(sources, config.policy.max_file_bytes, config.execution)
+    quick, listed = plan_sources(sources, config.policy, config.execution)
+    quicks = {manifest.id: signature for (manifest, _), signature in zip(sources, quick, strict=True)}
     plans = [
         prepare_source(config, manifest, root, recorded, plan)
         for (manifest, root), plan in zip(sources, listed, strict=True)

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.ingest import IngestConfig, ingest, plan_source, plan_sources
+from inf590k.build.ingest import IngestConfig, ingest, plan_source, plan_sources, quick_signature
 from inf590k.build.rows import load_stored_pixels, make_uid
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs import sources as sources_module
@@ -463,7 +463,8 @@ def test_listing_in_parts_equals_the_one_pass_plan(tmp_path, monkeypatch, worker
     manifest = manifest_for_source("folder", resolve_manifests(()))
     one_pass = plan_source(manifest, root, 1 << 30)
     options = ExecutionOptions(workers=workers, progress=False)
-    [(tasks, digest)] = plan_sources([(manifest, root)], 1 << 30, options)
+    quicks, [(tasks, digest)] = plan_sources([(manifest, root)], ImagePolicy(max_file_bytes=1 << 30), options)
+    assert quicks == [quick_signature(manifest, root, ImagePolicy(max_file_bytes=1 << 30))]
     assert (without_order(tasks), digest) == (without_order(one_pass[0]), one_pass[1])
     assert len(listing_units(root, 8)) > 8
 
@@ -479,7 +480,7 @@ def test_escaped_names_that_collide_across_units_are_flagged_as_in_one_pass(tmp_
     monkeypatch.setattr(sources_module, "LISTING_FILES", 1)
     manifest = manifest_for_source("folder", resolve_manifests(()))
     assert len(listing_units(root, 8)) == 2
-    [(tasks, digest)] = plan_sources([(manifest, root)], 1 << 30, ExecutionOptions(workers=1, progress=False))
+    _, [(tasks, digest)] = plan_sources([(manifest, root)], ImagePolicy(max_file_bytes=1 << 30), ExecutionOptions(workers=1, progress=False))
     one_pass = plan_source(manifest, root, 1 << 30)
     assert (tasks, digest) == one_pass
     assert [task.occurrence for task in tasks] == [0, 1]
