@@ -249,6 +249,12 @@ def list_part(manifest: Manifest, root: Path, unit: ListingUnit | None, max_byte
     return ListedPart(tasks, lines.encode("utf-8", "backslashreplace"), any(e.problem == NOT_UTF8 for e in entries))
 
 
+def _ticked_quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
+    signature = quick_signature(manifest, root, policy)
+    tick(1)  # one part of the listing bar
+    return signature
+
+
 def ordered_tasks(manifest: Manifest, root: Path, tasks: list[Task]) -> list[Task]:
     """Every k-th frame of a sequence kept; sorted by path, except in a tar archive: there
     tasks keep archive order, so one forward pass reads each chunk's members without holding
@@ -276,10 +282,10 @@ def plan_sources(
             units.append((index, None))
     parts: list[list[tuple[ListingUnit | None, ListedPart]]] = [[] for _ in sources]
     with run_units(
-        execution, preload=("inf590k.build.ingest",), label="list", total=len(units),
+        execution, preload=("inf590k.build.ingest",), label="list", total=len(sources) + len(units),
         units=len(units), unit="part", count=lambda *_: 1,
     ) as run:
-        quicks = list(run.map(quick_signature, ((manifest, root, policy) for manifest, root in sources)))
+        quicks = list(run.map(_ticked_quick_signature, ((manifest, root, policy) for manifest, root in sources)))
         work = ((*sources[index], unit, max_bytes) for index, unit in units)
         for (index, unit), listed in zip(units, run.map(list_part, work), strict=True):
             parts[index].append((unit, listed))
