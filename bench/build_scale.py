@@ -13,10 +13,12 @@ stage it prints:
   bound where the driver works while its workers do);
 - peak RSS of the main process and of any one worker, and the main process's peak per row
   above the RSS of the imports alone;
-- the growth of serial CPU per row from the smaller size to the larger (1.0: linear).
+- the growth of serial CPU per row from the smaller size to the larger (1.0: linear), and
+  the line through the two sizes: seconds fixed + ms per further row.
 
 Then the no-op build's time (the `run_build` call, and the whole process with its imports), and
-the projection: for each stage serial_ms x N + parallel_ms x N / 16 at the larger size's rates,
+the projection: for each stage serial fixed s + serial ms per further row x N + parallel_ms x N /
+16 at the larger size's rates (the main process's CPU excludes the bench's own /proc sampling),
 and the main process's RSS as imports + per-row x N. Goals: single-core share < 10%; no-op
 < 2 s; 590K < 10 min and 5M < 90 min on 16 cores; < 16 GB in any process.
 """
@@ -56,6 +58,7 @@ class Descendants:
         self.cpu: dict[int, float] = {}
         self.rss: dict[int, int] = {}
         self.every = every
+        self.own_cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -70,6 +73,7 @@ class Descendants:
     def _watch(self) -> None:
         while not self._stop.wait(self.every):
             self.sample()
+        self.own_cpu = time.thread_time()  # this thread's reading of /proc: not the stage's
 
     def sample(self) -> None:
         parents: dict[int, int] = {}
@@ -138,7 +142,7 @@ def run_child(stage: str, root: Path, workers: int) -> None:
         if stage != "imports":
             functions[stage](_configs(root, workers)[stage])
     wall = time.perf_counter() - started
-    main_cpu = time.process_time() - cpu
+    main_cpu = time.process_time() - cpu - workers_seen.own_cpu
     rows = sum(pq.read_metadata(part).num_rows for part in cat.part_paths(root / "build"))  # footers
     print(json.dumps({
         "wall": wall, "main_cpu": main_cpu, "worker_cpu": sum(workers_seen.cpu.values()),
@@ -199,6 +203,15 @@ def rss_per_row(results: dict[int, dict], stage: str, key: str) -> float:
     return max(0.0, (large[key] - small[key]) / max(1, large["rows"] - small["rows"]))
 
 
+def serial_fit(results: dict[int, dict], stage: str) -> tuple[float, float]:
+    """(seconds fixed, seconds per further row) of the stage's main process CPU: the line
+    through the two sizes (a fixed cost, such as reading manifests or starting a pool, is
+    not multiplied by N)."""
+    small, large = (results[size]["stages"][stage] for size in sorted(results))
+    slope = max(0.0, (large["main_cpu"] - small["main_cpu"]) / max(1, large["rows"] - small["rows"]))
+    return max(0.0, large["main_cpu"] - slope * large["rows"]), slope
+
+
 def report(results: dict[int, dict], imports: dict) -> None:
     small, large = sorted(results)
     base = imports["main_rss"]
@@ -219,7 +232,8 @@ def report(results: dict[int, dict], imports: dict) -> None:
     for stage in STAGES:
         a, b = results[small]["stages"][stage], results[large]["stages"][stage]
         ratio = (b["main_cpu"] / b["rows"]) / max(1e-9, a["main_cpu"] / a["rows"])
-        print(f"  {stage:8}{ratio:.2f}")
+        fixed, slope = serial_fit(results, stage)
+        print(f"  {stage:8}{ratio:.2f}   (fit: {fixed:.2f} s fixed + {1000 * slope:.4f} ms per further row)")
     for size in (small, large):
         stages = results[size]["stages"]
         wall = sum(s["wall"] for s in stages.values())
@@ -230,8 +244,8 @@ def report(results: dict[int, dict], imports: dict) -> None:
         print(f"{size}: no-op build {noop['wall']:.2f} s in run_build, {noop['process_wall']:.2f} s with "
               f"the interpreter and imports (goal < 2 s); main RSS {mb(noop['main_rss'])}")
     stages = results[large]["stages"]
-    print(f"\nprojection on {CORES} cores from the {large} figures: per stage serial ms/row x N + "
-          f"worker ms/row x N / {CORES}; frames as synthesized here (scale {ARGS.scale}: "
+    print(f"\nprojection on {CORES} cores from the {large} figures: per stage serial fixed s + ms per "
+          f"further row x N + worker ms/row x N / {CORES}; frames as synthesized here (scale {ARGS.scale}: "
           "ingest and shard CPU grow with pixels), workers never short of work, disks keep up")
     for name, n in TARGETS.items():
         total = 0.0
@@ -240,11 +254,12 @@ def report(results: dict[int, dict], imports: dict) -> None:
         for stage in STAGES:
             s = stages[stage]
             rows = s["rows"]
-            seconds = s["main_cpu"] / rows * n + s["worker_cpu"] / rows * n / CORES
+            fixed, slope = serial_fit(results, stage)
+            seconds = fixed + slope * n + s["worker_cpu"] / rows * n / CORES
             total += seconds
             parts.append(f"{stage} {seconds / 60:.1f}")
             peak = max(peak, s["main_rss"] + rss_per_row(results, stage, "main_rss") * (n - rows))
-        serial = sum(stages[st]["main_cpu"] / stages[st]["rows"] * n for st in STAGES)
+        serial = sum(fixed + slope * n for fixed, slope in (serial_fit(results, st) for st in STAGES))
         print(f"  {name}: {total / 60:.1f} min ({', '.join(parts)} min), of which on one core "
               f"{serial / 60:.1f} min ({100 * serial / total:.0f}%); largest main process "
               f"~{peak / 2**30:.1f} GB (goal: 590K < 10 min, 5M < 90 min, < 16 GB)")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -77,3 +78,27 @@ def make_build(root: Path, ir_samples: Path) -> Path:
     dedupe(DedupeConfig(build=build, contact_groups=0))
     bin_catalog(BinConfig(build=build))
     return build
+
+
+def _touch(path: Path, data: bytes = b"x") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def tricky_tree(root: Path) -> None:
+    """Names that sort across folder boundaries, links, a loop, an unreadable folder, a
+    non-UTF-8 name, a flat folder and a deep one."""
+    for rel in ("a", "a.txt", "a0", "a-", "b/x.png", "b.png", "b0/y.png", "z", "deep/1/2/3/4/f.png"):
+        _touch(root / rel)
+    for index in range(40):
+        _touch(root / "flat" / f"{index:03d}.png", bytes(index))
+    for index in range(7):
+        _touch(root / "b" / "c" / f"{index}.png")
+    os.symlink("..", root / "up")  # a link to a folder outside: a row, never followed
+    os.symlink("b", root / "b-link")
+    os.symlink("loop.png", root / "loop.png")
+    os.symlink("missing.png", root / "b" / "dangling.png")
+    (root / "closed").mkdir()
+    _touch(root / "closed" / "hidden.png")
+    (root / "closed").chmod(0)
+    _touch(Path(os.fsdecode(os.path.join(os.fsencode(root), b"caf\xe9")) + "/f.png"))

@@ -16,12 +16,12 @@ import json
 import os
 import posixpath
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
@@ -34,6 +34,7 @@ from inf590k.build.rows import (
     process_chunk,
     raise_opencv_pixel_limit,
 )
+from inf590k.execution.progress import tick
 from inf590k.execution.units import ExecutionOptions, UnitRun, run_units
 from inf590k.fsutil import available_cores, open_new, plural
 from inf590k.inputs.imageio import (
@@ -57,10 +58,14 @@ from inf590k.inputs.manifest import (
 )
 from inf590k.inputs.sources import (
     DAMAGED_INDEX,
+    NOT_UTF8,
     DamagedMember,
+    ListingUnit,
     SourceEntry,
     SourceReader,
     list_entries,
+    list_unit,
+    listing_units,
     member_suffix,
     root_kind,
 )
@@ -218,22 +223,80 @@ def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
 
 
 def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Task], str]:
-    """The source's tasks, and a digest of its file list (names, sizes, times).
+    """The source's tasks, and a digest of its file list (names, sizes, times), in this
+    process (`plan_sources` lists folders in parts on the workers, to the same result)."""
+    listed = list_part(manifest, root, None, max_bytes)
+    return ordered_tasks(manifest, root, listed.tasks), hashlib.sha256(listed.lines).hexdigest()
 
-    Tasks are sorted by path, except in a tar archive: there they keep archive order, so one
-    forward pass reads each chunk's members without holding members of later chunks.
-    """
-    entries = list_entries(root)
-    listing = hashlib.sha256()
-    for entry in entries:
-        listing.update(f"{entry.relpath}\0{entry.size}\0{entry.mtime}\0{entry.problem}\n".encode("utf-8", "backslashreplace"))
-    kind = root_kind(root)
-    tasks = [classify(manifest, entry, max_bytes, kind != "folder") for entry in entries]
+
+@dataclass(frozen=True)
+class ListedPart:
+    """A listing unit's files, classified, and its share of the listing digest's input."""
+
+    tasks: list[Task]
+    lines: bytes
+    renamed: bool  # a name was not UTF-8: its escaped form could equal a name in another unit
+
+
+def list_part(manifest: Manifest, root: Path, unit: ListingUnit | None, max_bytes: int) -> ListedPart:
+    """List and classify one listing unit of a folder, or (`unit` None) a whole source."""
+    entries = list_entries(root) if unit is None else list_unit(root, unit)
+    in_archive = unit is None and root_kind(root) != "folder"
+    tasks = [classify(manifest, entry, max_bytes, in_archive) for entry in entries]
     tasks = [replace(t, reason=SYNTH_MARKER_REASON) if t.relpath == SYNTH_MARKER else t for t in tasks]
+    lines = "".join(f"{e.relpath}\0{e.size}\0{e.mtime}\0{e.problem}\n" for e in entries)
+    tick(1)
+    return ListedPart(tasks, lines.encode("utf-8", "backslashreplace"), any(e.problem == NOT_UTF8 for e in entries))
+
+
+def _ticked_quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
+    signature = quick_signature(manifest, root, policy)
+    tick(1)  # one part of the listing bar
+    return signature
+
+
+def ordered_tasks(manifest: Manifest, root: Path, tasks: list[Task]) -> list[Task]:
+    """Every k-th frame of a sequence kept; sorted by path, except in a tar archive: there
+    tasks keep archive order, so one forward pass reads each chunk's members without holding
+    members of later chunks."""
     tasks = subsample_sequences(manifest, tasks)
-    if kind == "tar":
+    if root_kind(root) == "tar":
         tasks.sort(key=lambda task: task.order)
-    return tasks, listing.hexdigest()
+    return tasks
+
+
+def plan_sources(
+    sources: list[tuple[Manifest, Path]], policy: ImagePolicy, execution: ExecutionOptions
+) -> tuple[list[str], list[tuple[list[Task], str]]]:
+    """Each source's quick signature (all taken before any file is listed: a file that
+    changes meanwhile shows in the next run), and its `plan_source`, listed and classified
+    on the workers: a folder in listing units (subtrees, runs of files) whose results join in
+    path order, an archive whole. The same for any worker count (and as `plan_source`'s)."""
+    max_bytes = policy.max_file_bytes
+    workers = execution.workers or available_cores()
+    units: list[tuple[int, ListingUnit | None]] = []
+    for index, (_, root) in enumerate(sources):
+        if root_kind(root) == "folder":
+            units.extend((index, unit) for unit in listing_units(root, UNITS_PER_WORKER * workers))
+        else:
+            units.append((index, None))
+    parts: list[list[tuple[ListingUnit | None, ListedPart]]] = [[] for _ in sources]
+    with run_units(
+        execution, preload=("inf590k.build.ingest",), label="list", total=len(sources) + len(units),
+        units=len(units), unit="part", count=lambda *_: 1,
+    ) as run:
+        quicks = list(run.map(_ticked_quick_signature, ((manifest, root, policy) for manifest, root in sources)))
+        work = ((*sources[index], unit, max_bytes) for index, unit in units)
+        for (index, unit), listed in zip(units, run.map(list_part, work), strict=True):
+            parts[index].append((unit, listed))
+    plans = []
+    for (manifest, root), listed in zip(sources, parts, strict=True):
+        if len(listed) > 1 and any(part.renamed for _, part in listed):  # rare: flag it whole
+            listed = [(None, list_part(manifest, root, None, max_bytes))]
+        tasks = [task for _, part in listed for task in part.tasks]
+        digest = hashlib.sha256(b"".join(part.lines for _, part in listed)).hexdigest()
+        plans.append((ordered_tasks(manifest, root, tasks), digest))
+    return quicks, plans
 
 
 def chunked(tasks: list[Task], size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> list[list[Task]]:
@@ -443,35 +506,35 @@ def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummar
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
     summary.folder = manifest.folder_source
     summary.catalog = str(cat.catalog_dir(build))
-    candidates: set[str] = set()  # files the include globs matched (a video is one file)
-    for path in source_parts(build, manifest.id):
-        table = pq.read_table(path, columns=["status", "reason", "relpath"])
-        for status, reason, relpath in zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True):
-            summary.found += 1
-            if relpath == DAMAGED_INDEX and status == cat.STATUS_REJECTED:
-                summary.damaged = reason
-            if status == cat.STATUS_EXCLUDED:
-                summary.excluded += 1
-                if reason.startswith("video subsampling"):
-                    candidates.add(relpath)
-                continue
-            candidates.add(relpath)
-            if status in (cat.STATUS_OK, cat.STATUS_DUPLICATE):
-                summary.ok += 1
-            else:
-                summary.rejected += 1
-    summary.matched = len(candidates)
+    parts = [pq.read_table(path, columns=["status", "reason", "relpath"]) for path in source_parts(build, manifest.id)]
+    if not parts:
+        return summary
+    table = pa.concat_tables(parts)  # counted with Arrow kernels: no Python object per row
+    status, reason, relpath = (table.column(name) for name in ("status", "reason", "relpath"))
+    excluded = pc.equal(status, cat.STATUS_EXCLUDED)
+    damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, cat.STATUS_REJECTED))
+    if pc.any(damaged).as_py():
+        summary.damaged = pc.filter(reason, damaged)[-1].as_py()
+    # files the include globs matched (a video is one file): all but exclusions, and frames
+    # the video stride left out
+    matched = pc.or_(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
+    summary.found = table.num_rows
+    summary.excluded = pc.sum(excluded).as_py() or 0
+    summary.ok = pc.sum(pc.is_in(status, pa.array([cat.STATUS_OK, cat.STATUS_DUPLICATE]))).as_py() or 0
+    summary.rejected = summary.found - summary.excluded - summary.ok
+    summary.matched = pc.count_distinct(pc.filter(relpath, matched)).as_py()
     return summary
 
 
+def source_manifest(manifest: Manifest, root: Path) -> Manifest:
+    return as_synthetic(manifest) if synthetic_marker(Path(root)) else manifest
+
+
 def prepare_source(
-    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, quicks: dict[str, str]
+    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, plan: tuple[list[Task], str]
 ) -> tuple[SourceJob, list[list[Task]], list[int]]:
-    """Plan a source and find which chunks still need doing (stale parts are removed)."""
-    if synthetic_marker(Path(root)):
-        manifest = as_synthetic(manifest)
-    quick = quick_signature(manifest, root, config.policy)  # before listing: a file changed
-    tasks, listing = plan_source(manifest, root, config.policy.max_file_bytes)  # meanwhile shows
+    """Record a planned source and find which chunks still need doing (stale parts are removed)."""
+    tasks, listing = plan
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
@@ -491,7 +554,6 @@ def prepare_source(
         **({"folder_source": True} if manifest.folder_source else {}),
         # "quick" and "summary" are added once the source is catalogued (a no-op run reads them)
     }
-    quicks[manifest.id] = quick
     chunks = chunked(tasks)
     done = done_chunks(config.build, manifest.id)
     todo = [i for i in range(len(chunks)) if i not in done]
@@ -608,10 +670,12 @@ def ingest(config: IngestConfig) -> IngestSummary:
     cat.catalog_dir(build).mkdir(parents=True, exist_ok=True)  # workers write their parts there
     remove_temporary_parts(build)
     drop_sources(build, recorded, config.drop_sources)
-    quicks: dict[str, str] = {}
+    sources = [(source_manifest(m, Path(root)), Path(root)) for m, (_, root) in zip(chosen, config.sources, strict=True)]
+    quick, listed = plan_sources(sources, config.policy, config.execution)
+    quicks = {manifest.id: signature for (manifest, _), signature in zip(sources, quick, strict=True)}
     plans = [
-        prepare_source(config, manifest, Path(root), recorded, quicks)
-        for manifest, (_, root) in zip(chosen, config.sources, strict=True)
+        prepare_source(config, manifest, root, recorded, plan)
+        for (manifest, root), plan in zip(sources, listed, strict=True)
     ]
     index = SourceIndex.for_ids(set(recorded))
     for source_id, info in recorded.items():
@@ -702,7 +766,8 @@ def catalog_counts(build: Path) -> dict[str, int]:
     if not cat.part_paths(build):
         return {}
     sources = pq.read_table(cat.catalog_dir(build), columns=["source"]).column("source")
-    return dict(sorted(Counter(sources.to_pylist()).items()))
+    counts = pc.value_counts(sources)  # a struct per distinct source: no Python object per row
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)))
 
 
 def _files_to_read(chunk: list[Task]) -> int:

@@ -37,6 +37,7 @@ ARCHIVE_ERRORS = (
     OSError,
 )
 DAMAGED_INDEX = "[archive index]"  # relpath of the row that stands for an unreadable archive part
+NOT_UTF8 = "file name is not valid UTF-8 (rename it)"  # such a name is shown escaped
 
 
 class DamagedMember(OSError):
@@ -93,14 +94,17 @@ def unsafe_member_path(name: str) -> str:
     return ""
 
 
-def _walk_folder(root: Path) -> Iterator[SourceEntry]:
+def _walk_folder(root: Path, start: str = "") -> Iterator[SourceEntry]:
+    """Every file under `root/start` (all of `root` by default), relpaths from `root`."""
+
     def on_error(err: OSError) -> None:  # an unreadable folder still gets a row
         rel = os.path.relpath(err.filename, root).replace(os.sep, "/")
         if rel != ".":
-            pending.append(SourceEntry(rel, 0, f"unreadable folder ({err.strerror})"))
+            pending.append(SourceEntry(rel, 0, _unreadable_folder(err)))
 
     pending: list[SourceEntry] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
+    top = os.path.join(root, start) if start else root
+    for dirpath, dirnames, filenames in os.walk(top, onerror=on_error):
         yield from pending
         pending.clear()
         for dirname in list(dirnames):
@@ -108,12 +112,127 @@ def _walk_folder(root: Path) -> Iterator[SourceEntry]:
             if os.path.islink(full):
                 dirnames.remove(dirname)  # a linked folder could loop; give it a row instead
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
-                yield SourceEntry(rel, 0, "symbolic link to a folder (not followed)")
+                yield SourceEntry(rel, 0, LINKED_FOLDER)
         folder = os.path.relpath(dirpath, root).replace(os.sep, "/")  # once per folder
         prefix = "" if folder == "." else folder + "/"
         for filename in filenames:
             yield _folder_entry(os.path.join(dirpath, filename), prefix + filename)
     yield from pending
+
+
+LINKED_FOLDER = "symbolic link to a folder (not followed)"
+
+
+def _unreadable_folder(err: OSError) -> str:
+    return f"unreadable folder ({err.strerror})"
+
+
+# ----------------------------------------------------------------------------- listing in parts
+#
+# A large folder is listed by several workers: the driver reads the names of the first levels
+# of folders (no stat), and cuts them into listing units in path order: a whole subtree, or a
+# run of a folder's own files. Each unit's entries come back sorted, so the units' results
+# joined in unit order are `list_entries`'s order: a subtree's paths all start with "name/",
+# which sorts against any sibling name exactly as "name/" does.
+
+LISTING_FILES = 4096  # names of one folder per listing unit
+LISTING_DEPTH = 3  # folder levels the driver reads to cut units (names only)
+
+
+@dataclass(frozen=True)
+class ListingUnit:
+    """Part of a folder source's listing: the tree under `subtree`, or `items` (relpaths of
+    files to stat, or entries the driver already knows: links to folders, unreadable ones)."""
+
+    subtree: str | None = None
+    items: tuple[str | SourceEntry, ...] = ()
+
+
+def listing_units(root: Path, wanted: int, files: int = 0) -> list[ListingUnit]:
+    """Units in path order: folders are opened level by level (breadth first, at most
+    `LISTING_DEPTH`) while there are fewer than `wanted` units; at most `files` (default
+    `LISTING_FILES`) files a unit."""
+    files = files or LISTING_FILES
+    units = _folder_units(Path(root), "", files)
+    for _ in range(LISTING_DEPTH - 1):
+        if len(units) >= wanted or not any(u.subtree is not None for u in units):
+            break
+        units = [
+            part
+            for unit in units
+            for part in (_folder_units(Path(root), unit.subtree, files) if unit.subtree is not None else [unit])
+        ]
+    return _joined(units, files)
+
+
+def _folder_units(root: Path, folder: str, files: int) -> list[ListingUnit]:
+    """One folder's files (runs of `files`) and each subfolder as a subtree, in path order;
+    what `os.walk` would make of each name (a link to a folder, an unreadable folder)."""
+    prefix = f"{folder}/" if folder else ""
+    try:
+        with os.scandir(os.path.join(root, folder) if folder else root) as scan:
+            found = list(scan)
+    except OSError as err:
+        return [ListingUnit(items=(SourceEntry(folder, 0, _unreadable_folder(err)),))] if folder else []
+    keyed: list[tuple[str, str | SourceEntry | None]] = []
+    for entry in found:
+        rel = prefix + entry.name
+        try:
+            is_dir = entry.is_dir()  # as os.walk: a link to a folder counts, then gets its row
+        except OSError:
+            is_dir = False
+        if not is_dir:
+            keyed.append((rel, rel))
+        elif entry.is_symlink():
+            keyed.append((rel, SourceEntry(rel, 0, LINKED_FOLDER)))
+        else:
+            keyed.append((rel + "/", None))
+    keyed.sort(key=lambda pair: pair[0])
+    units: list[ListingUnit] = []
+    run: list[str | SourceEntry] = []
+    for key, item in keyed:
+        if item is not None:
+            run.append(item)
+        if run and (item is None or len(run) == files):
+            units.append(ListingUnit(items=tuple(run)))
+            run = []
+        if item is None:
+            units.append(ListingUnit(subtree=key[:-1]))
+    if run:
+        units.append(ListingUnit(items=tuple(run)))
+    return units
+
+
+def _joined(units: list[ListingUnit], files: int) -> list[ListingUnit]:
+    """Neighbouring runs of files (from different folders) as one unit, up to `files`."""
+    out: list[ListingUnit] = []
+    run: list[str | SourceEntry] = []
+    for unit in units:
+        if unit.subtree is None and len(run) + len(unit.items) <= files:
+            run.extend(unit.items)
+            continue
+        if run:
+            out.append(ListingUnit(items=tuple(run)))
+        run = []
+        if unit.subtree is None:
+            run = list(unit.items)
+        else:
+            out.append(unit)
+    if run:
+        out.append(ListingUnit(items=tuple(run)))
+    return out
+
+
+def list_unit(root: Path, unit: ListingUnit) -> list[SourceEntry]:
+    """A unit's entries, sorted by path, unreadable ones flagged (as `list_entries`)."""
+    if unit.subtree is not None:
+        entries = sorted(_walk_folder(Path(root), unit.subtree), key=lambda entry: entry.relpath)
+    else:  # items come sorted
+        entries = [
+            item if isinstance(item, SourceEntry) else _folder_entry(os.path.join(root, item), item)
+            for item in unit.items
+        ]
+    return flag_name_problems(entries)
 
 
 def _folder_entry(full: str, rel: str) -> SourceEntry:
@@ -227,7 +346,7 @@ def flag_name_problems(entries: list[SourceEntry]) -> list[SourceEntry]:
             text = entry.relpath.encode("utf-8", "surrogateescape").decode(
                 "utf-8", "backslashreplace"
             )
-            entry = replace(entry, relpath=text, problem="file name is not valid UTF-8 (rename it)")
+            entry = replace(entry, relpath=text, problem=NOT_UTF8)
         count = seen.get(entry.relpath, 0)
         seen[entry.relpath] = count + 1
         if count:

@@ -194,7 +194,7 @@ def test_a_no_op_build_lists_nothing_and_reads_no_catalog(tmp_path, frames, monk
     def refuse(*args, **kwargs):
         raise AssertionError("a no-op build must not list, plan or read the catalog")
 
-    for name in ("list_entries", "plan_source", "summarize_parts", "catalog_counts"):
+    for name in ("list_entries", "plan_source", "plan_sources", "list_part", "summarize_parts", "catalog_counts"):
         monkeypatch.setattr(ingest_module, name, refuse)
     monkeypatch.setattr(cat, "read_ingested", refuse)
     monkeypatch.chdir(tmp_path)

@@ -11,6 +11,7 @@ import tarfile
 import time
 import zipfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -19,11 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.ingest import IngestConfig, ingest, plan_source, plan_sources, quick_signature
 from inf590k.build.rows import load_stored_pixels, make_uid
 from inf590k.execution.units import ExecutionOptions
+from inf590k.inputs import sources as sources_module
 from inf590k.inputs.imageio import ImagePolicy
-from tests.builders import make_frames
+from inf590k.inputs.manifest import manifest_for_source, resolve_manifests
+from inf590k.inputs.sources import listing_units
+from tests.builders import make_frames, tricky_tree
 from tests.conftest import REPO_ROOT
 from tests.images import encode, png_with_header_size, thermal_frame
 
@@ -441,3 +445,109 @@ def test_lying_headers_are_refused_by_ingest_with_a_reason(tmp_path, monkeypatch
         rows["os2.bmp"]["height"],
     ) == (64, 64)
     assert len(decoded) == 1  # the OS/2 bitmap alone reached OpenCV
+
+
+# ----------------------------------------------------------------------------- listing on the workers
+
+
+def without_order(tasks: list) -> list:
+    return [replace(task, order=0) for task in tasks]  # archive order: tars only
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_listing_in_parts_equals_the_one_pass_plan(tmp_path, monkeypatch, workers):
+    root = tmp_path / "src"
+    tricky_tree(root)
+    make_frames(root / "frames", 30)
+    monkeypatch.setattr(sources_module, "LISTING_FILES", 3)  # many units, cut inside folders
+    manifest = manifest_for_source("folder", resolve_manifests(()))
+    one_pass = plan_source(manifest, root, 1 << 30)
+    options = ExecutionOptions(workers=workers, progress=False)
+    quicks, [(tasks, digest)] = plan_sources([(manifest, root)], ImagePolicy(max_file_bytes=1 << 30), options)
+    assert quicks == [quick_signature(manifest, root, ImagePolicy(max_file_bytes=1 << 30))]
+    assert (without_order(tasks), digest) == (without_order(one_pass[0]), one_pass[1])
+    assert len(listing_units(root, 8)) > 8
+
+
+def test_escaped_names_that_collide_across_units_are_flagged_as_in_one_pass(tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    (root / "x\\xff").mkdir(parents=True)  # literally a backslash: the escaped form of the next
+    (root / "x\\xff" / "f.png").write_bytes(encode(thermal_frame()))
+    raw = os.path.join(os.fsencode(root), b"x\xff")
+    os.mkdir(raw)
+    with open(os.path.join(raw, b"f.png"), "wb") as handle:
+        handle.write(encode(thermal_frame(seed=3)))
+    monkeypatch.setattr(sources_module, "LISTING_FILES", 1)
+    manifest = manifest_for_source("folder", resolve_manifests(()))
+    assert len(listing_units(root, 8)) == 2
+    _, [(tasks, digest)] = plan_sources([(manifest, root)], ImagePolicy(max_file_bytes=1 << 30), ExecutionOptions(workers=1, progress=False))
+    one_pass = plan_source(manifest, root, 1 << 30)
+    assert (tasks, digest) == one_pass
+    assert [task.occurrence for task in tasks] == [0, 1]
+
+
+def test_symlinks_and_bad_files_give_the_same_catalog_for_one_and_two_workers(tmp_path):
+    expected = make_bad_corpus(tmp_path / "corpus")
+    make_frames(tmp_path / "corpus" / "frames", 70)
+    run(tmp_path / "b1", ("folder", tmp_path / "corpus"), workers=1)
+    run(tmp_path / "b2", ("folder", tmp_path / "corpus"), workers=2)
+    one, two = cat.read_catalog(tmp_path / "b1"), cat.read_catalog(tmp_path / "b2")
+    assert one.equals(two)
+    statuses = {row["relpath"]: row["status"] for row in one.to_pylist()}
+    assert {rel: statuses[rel] for rel in expected} == expected
+    assert not any(rel.startswith("parent_link/") for rel in statuses)  # never followed
+
+
+LISTING_KILL_SCRIPT = """
+import sys, time
+from pathlib import Path
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.execution.units import ExecutionOptions
+import inf590k.build.ingest as ing
+import inf590k.inputs.sources as src
+src.LISTING_FILES = 8
+original = ing.list_part
+calls = []
+def slowed(*args):
+    calls.append(1)
+    if len(calls) == 3:
+        Path(sys.argv[3]).write_text("listing")
+        time.sleep(60)
+    return original(*args)
+ing.list_part = slowed
+ingest(IngestConfig(sources=(("folder", Path(sys.argv[1])),), build=Path(sys.argv[2]), execution=ExecutionOptions(workers=1, progress=False)))
+"""
+
+
+def kill_while_listing(tmp_path: Path, source: Path, build: Path) -> None:
+    marker = tmp_path / "listing.marker"
+    marker.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", LISTING_KILL_SCRIPT, str(source), str(build), str(marker)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not marker.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run should be killed while it lists"
+
+
+@pytest.mark.slow
+def test_an_ingest_killed_while_listing_resumes(tmp_path):
+    source = tmp_path / "src"
+    make_frames(source, 90)
+    build = tmp_path / "killed"
+    kill_while_listing(tmp_path, source, build)
+    assert not list((build / "catalog").glob("part-*.parquet"))
+    run(build, ("folder", source), workers=2)
+    run(tmp_path / "whole", ("folder", source))
+    assert cat.read_catalog(build).equals(cat.read_catalog(tmp_path / "whole"))
+
+    (source / "cam1" / "new.png").write_bytes(encode(thermal_frame(48, 64, seed=5)))
+    parts = {p.name: p.stat().st_mtime_ns for p in (build / "catalog").glob("part-*.parquet")}
+    kill_while_listing(tmp_path, source, build)  # the re-listing of a changed source: no part lost
+    assert {p.name: p.stat().st_mtime_ns for p in (build / "catalog").glob("part-*.parquet")} == parts
+    summary = run(build, ("folder", source), workers=2)
+    assert summary.sources[0].found == 91
+    run(tmp_path / "whole2", ("folder", source))
+    assert cat.read_catalog(build).equals(cat.read_catalog(tmp_path / "whole2"))
