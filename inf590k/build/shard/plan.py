@@ -118,11 +118,16 @@ class ShardJob:
     relpath: str  # "<bin>/<bin>-000000.tar", relative to data/ (as _info.json names it)
     table: pa.Table  # catalog rows in tar order (CATALOG_SCHEMA)
     classes: tuple[int, ...]  # class id per row (the .cls member)
-    jsons: tuple[bytes, ...]  # the .json member per row
     keep_16bit: bool
     png_level: int
     plan: str  # digest of everything that decides the tar bytes
     estimated_bytes: int = 0  # of the tar, from the rows (`estimated_bytes`)
+
+    @cached_property
+    def jsons(self) -> tuple[bytes, ...]:
+        """The .json member per row, made again where it is used (in the worker): the plan
+        keeps only its digest, so the driver does not hold every sample's JSON."""
+        return tuple(sample_jsons(self.table))
 
     @cached_property
     def rows(self) -> tuple[dict, ...]:
@@ -472,30 +477,40 @@ def _planning_threads(config: ShardConfig) -> int:
 def _bin_jobs(
     config: ShardConfig, bin_name: str, rows: pa.Table, count: int, classes: Mapping[str, int], estimates: np.ndarray
 ) -> list[ShardJob]:
-    """The jobs of one bin, its rows already in shard order."""
-    jsons = parallel_sample_jsons(rows, _planning_threads(config))
+    """The jobs of one bin, its rows already in shard order. Each shard's sample JSON is made
+    for its digest and let go (the worker makes it again): the driver holds the rows only."""
     class_ids = [classes[s] for s in rows.column("source").to_pylist()]
     bounds = run_bounds(rows.num_rows, count)
-    jobs = []
-    for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        relpath = f"{bin_name}/{bin_name}-{index:06d}.tar"
-        shard_classes = tuple(class_ids[start:end])
-        shard_jsons = tuple(jsons[start:end])
-        jobs.append(
-            ShardJob(
-                build=Path(config.build),
-                out=Path(config.out),
-                relpath=relpath,
-                table=rows.take(np.arange(start, end)),  # a copy: a slice pickles the whole bin
-                classes=shard_classes,
-                jsons=shard_jsons,
-                keep_16bit=config.keep_16bit,
-                png_level=config.png_level,
-                plan=_plan_digest(config, relpath, shard_classes, shard_jsons),
-                estimated_bytes=int(estimates[start:end].sum()),
-            )
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+    tables = [rows.take(np.arange(start, end)) for start, end in spans]  # copies: a slice
+    # pickles the whole bin
+    relpaths = [f"{bin_name}/{bin_name}-{index:06d}.tar" for index in range(len(spans))]
+    shard_classes = [tuple(class_ids[start:end]) for start, end in spans]
+
+    def digest(index: int) -> str:
+        jsons = parallel_sample_jsons(tables[index], 1)
+        return _plan_digest(config, relpaths[index], shard_classes[index], jsons)
+
+    threads = min(_planning_threads(config), len(spans))
+    if threads > 1:  # Arrow's kernels release the GIL: the shards' JSON on several cores
+        with ThreadPoolExecutor(threads) as pool:
+            digests = list(pool.map(digest, range(len(spans))))
+    else:
+        digests = [digest(index) for index in range(len(spans))]
+    return [
+        ShardJob(
+            build=Path(config.build),
+            out=Path(config.out),
+            relpath=relpaths[index],
+            table=tables[index],
+            classes=shard_classes[index],
+            keep_16bit=config.keep_16bit,
+            png_level=config.png_level,
+            plan=digests[index],
+            estimated_bytes=int(estimates[start:end].sum()),
         )
-    return jobs
+        for index, (start, end) in enumerate(spans)
+    ]
 
 
 def plan_shards(
