@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -171,6 +172,59 @@ def test_an_edited_decision_file_stops_shard(tmp_path, frames):
     cat.write_parquet_atomic(assign.slice(1), build / cat.BIN_ASSIGN_PATH)
     assert "bins/assign.parquet was edited" in lineage.problem(build, "bin")
     with pytest.raises(lineage.LineageError, match="changed after `inf590k bin`"):
+        lineage.require(build, "shard")
+
+
+def decided_build(tmp_path: Path) -> Path:
+    make_duplicates(tmp_path / "src")
+    build = tmp_path / "b"
+    run_ingest(build, tmp_path / "src")
+    dedupe(DedupeConfig(build=build, radius=0, contact_groups=0, progress=False))
+    bin_catalog(BinConfig(build=build, progress=False))
+    return build
+
+
+def test_an_edited_decision_file_is_not_taken_by_a_re_run_bin(tmp_path):
+    """bin re-run by hand after dedupe's file was edited (duplicates made kept) would record
+    the edit as its input, and shard would ship the duplicates."""
+    build = decided_build(tmp_path)
+    decisions = pq.read_table(build / cat.DECISIONS_PATH)
+    kept = decisions.set_column(1, "status", pa.array(["ok"] * decisions.num_rows))
+    cat.write_parquet_atomic(kept, build / cat.DECISIONS_PATH)
+    with pytest.raises(lineage.LineageError, match="changed after `inf590k dedupe`.*decisions.parquet was edited"):
+        bin_catalog(BinConfig(build=build, progress=False))
+    assert "dedupe" in lineage.stale_stages(build)
+    dedupe(DedupeConfig(build=build, radius=0, contact_groups=0, progress=False))  # writes it again
+    assert pq.read_table(build / cat.DECISIONS_PATH).equals(decisions)
+    assert lineage.problem(build, "bin") == ""
+
+
+def test_a_part_replaced_after_bin_is_refused_by_every_re_run(tmp_path):
+    """Another valid Parquet under a part's name: neither dedupe nor ingest (which keeps the
+    parts it finds) takes it as the catalog."""
+    build = decided_build(tmp_path)
+    part = cat.part_paths(build)[0]
+    other = cat.read_ingested(build).slice(0, 2)
+    cat.write_parquet_atomic(other.replace_schema_metadata(pq.read_schema(part).metadata), part)
+    for rerun in (
+        lambda: dedupe(DedupeConfig(build=build, radius=0, contact_groups=0, progress=False)),
+        lambda: run_ingest(build, tmp_path / "src"),
+    ):
+        with pytest.raises(lineage.LineageError, match=f"changed after `inf590k ingest`.*{part.name} was edited"):
+            rerun()
+    part.unlink()  # as the message advises: ingest redoes it
+    run_ingest(build, tmp_path / "src")
+    assert cat.read_ingested(build, ["status"]).num_rows == 7
+
+
+def test_a_part_no_ingest_wrote_is_refused(tmp_path):
+    build = decided_build(tmp_path)
+    part = cat.part_paths(build)[0]
+    planted = part.with_name(part.name.replace("000000", "000099"))
+    planted.write_bytes(part.read_bytes())  # the same chunks again: every uid twice
+    with pytest.raises(lineage.LineageError, match=f"{planted.name} was added.*remove"):
+        run_ingest(build, tmp_path / "src")
+    with pytest.raises(lineage.LineageError, match="gained part files after ingest"):
         lineage.require(build, "shard")
 
 
