@@ -216,6 +216,9 @@ def write_catalog(build: Path, table: pa.Table) -> None:
         raise ValueError(f"write_catalog: table has {table.num_rows} rows, parts hold {seen}")
     for path in decision_paths(build):
         path.unlink()
+    from inf590k.build import lineage  # lazy: lineage imports this module
+
+    lineage.adopt_parts(build)
 
 
 def write_columns(build: Path, relpath: str, table: pa.Table) -> Path:

@@ -321,7 +321,7 @@ def _catalog_problem(build: Path, stage: str, record: StageRecord) -> str:
 
 
 def _changed_line(build: Path, stage: str, change: str) -> str:
-    name = change.split()[0]
+    name, owner = change.split()[0], "ingest"
     if "/" in name:  # a decision file: its stage writes it again
         owner = next((s for s, path in OWN_FILES.items() if path == name), "dedupe")
         remedy = f"restore it, or run `{rerun_command(build, owner)}` again"
@@ -334,10 +334,28 @@ def _changed_line(build: Path, stage: str, change: str) -> str:
             f"restore it, or delete {name} and run `{rerun_command(build, 'ingest')}` "
             "(it redoes the missing part)"
         )
+    stages = STAGES[STAGES.index(owner) + 1 :]
     return (
         f"the catalog of {build} changed after `inf590k {stage}` wrote it ({change}): "
-        f"{remedy}, then the later stages"
+        f"{remedy}, then {', '.join(f'`inf590k {s}`' for s in stages)}"
     )
+
+
+def adopt_parts(build: Path) -> None:
+    """After `catalog.write_catalog` (a tool that rewrites the rows, statuses included, and
+    drops the decision files): ingest's record names the parts as they are now, and dedupe's
+    no file of its own, as in the earlier layout where dedupe rewrote the parts; the stage
+    that wrote the catalog last still checks all of it. Digests are unchanged."""
+    for stage in ("ingest", "dedupe"):
+        record = read_record(build, stage)
+        if record is None:
+            continue
+        kept = {n: d for n, d in record.catalog.items() if not _owns(stage, n)}
+        if stage == "ingest":
+            kept.update(_owned("ingest", catalog_contents(build)))
+        adopted = dataclasses.replace(record, catalog=kept)
+        body = {**dataclasses.asdict(adopted), "digest": adopted.digest}
+        write_text_atomic(record_path(build, stage), json.dumps(body, indent=1), fsync=True)
 
 
 def edited_parts(build: Path) -> str:
