@@ -228,6 +228,58 @@ def test_a_part_no_ingest_wrote_is_refused(tmp_path):
         lineage.require(build, "shard")
 
 
+@pytest.mark.parametrize("edit", ["ghost", "twice", "types", "status", "missing"])
+def test_a_decision_file_not_as_dedupe_writes_it_is_one_line(tmp_path, edit):
+    build = decided_build(tmp_path)
+    path = build / cat.DECISIONS_PATH
+    table = pq.read_table(path)
+    if edit == "ghost":  # a uid the catalog does not hold: a decision of a removed row, ignored
+        table = pa.concat_tables([table, table.slice(0, 1).set_column(0, "uid", pa.array(["gone"]))])
+    elif edit == "twice":
+        table = pa.concat_tables([table, table.slice(0, 1)])
+    elif edit == "types":
+        table = table.set_column(1, "status", pa.array(range(table.num_rows), pa.int64()))
+    elif edit == "status":
+        table = table.set_column(1, "status", pa.array(["kept"] * table.num_rows))
+    else:
+        table = table.drop_columns(["dup_group"])
+    pq.write_table(table, path)
+    if edit == "ghost":
+        assert "gone" not in cat.read_catalog(build, ["status"]).column("uid").to_pylist()
+        return
+    expected = {"twice": "uid .* twice", "types": "column status", "status": "status 'kept'", "missing": "column dup_group"}
+    with pytest.raises(ValueError, match=f"not as `inf590k dedupe` writes it \\({expected[edit]}.*run `inf590k dedupe"):
+        cat.read_catalog(build, ["status"])
+
+
+def test_links_planted_as_catalog_files_are_refused(tmp_path):
+    build = decided_build(tmp_path)
+    part = cat.part_paths(build)[0]
+    (tmp_path / "elsewhere.parquet").write_bytes(part.read_bytes())
+    part.unlink()
+    part.symlink_to(tmp_path / "elsewhere.parquet")
+    with pytest.raises(ValueError, match=f"{part.name} is a link"):
+        cat.read_catalog(build, ["status"])
+    with pytest.raises(ValueError, match="is a link"):
+        run_ingest(build, tmp_path / "src")
+    part.unlink()
+    assign = build / cat.BIN_ASSIGN_PATH
+    assign.rename(tmp_path / "assign.parquet")
+    assign.symlink_to(tmp_path / "assign.parquet")
+    with pytest.raises(ValueError, match="assign.parquet is a link"):
+        cat.decision_paths(build)
+
+
+def test_two_parts_holding_the_same_rows_are_refused(tmp_path):
+    make_duplicates(tmp_path / "src")
+    build = tmp_path / "b"
+    run_ingest(build, tmp_path / "src")
+    part = cat.part_paths(build)[0]
+    part.with_name("part-folder-000007.parquet").write_bytes(part.read_bytes())
+    with pytest.raises(ValueError, match="holds row .* twice"):
+        cat.read_ingested(build, ["status"])
+
+
 # ----------------------------------------------------------------------------- no-op build
 
 
