@@ -222,12 +222,13 @@ def join_decisions(build: Path, table: pa.Table) -> pa.Table:
     """Ingested rows -> the rows as dedupe and bin left them. A decision counts only where its
     stage could have made it (dedupe marks rows ingest kept; bin names kept rows), so a file
     an earlier dedupe saw but a later ingest rejected keeps ingest's word."""
-    decisions = read_decisions(build, DECISIONS_PATH, DECISION_COLUMNS)
+    wanted = tuple(c for c in DECISION_COLUMNS if c in table.column_names)  # only those asked
+    decisions = read_decisions(build, DECISIONS_PATH, wanted) if wanted else None
     if decisions is not None:
         table = _reset_dedupe(table)
         table = _apply(table, decisions, _ok(table))
-    bins = read_decisions(build, BIN_ASSIGN_PATH, BIN_COLUMNS)
-    if bins is not None and "res_bin" in table.column_names:
+    bins = read_decisions(build, BIN_ASSIGN_PATH, BIN_COLUMNS) if "res_bin" in table.column_names else None
+    if bins is not None:
         table = _set_column(table, "res_bin", np.full(len(table), "", dtype=object))
         table = _apply(table, bins, _ok(table))
     return table

@@ -249,7 +249,7 @@ def test_a_decision_file_not_as_dedupe_writes_it_is_one_line(tmp_path, edit):
         return
     expected = {"twice": "uid .* twice", "types": "column status", "status": "status 'kept'", "missing": "column dup_group"}
     with pytest.raises(ValueError, match=f"not as `inf590k dedupe` writes it \\({expected[edit]}.*run `inf590k dedupe"):
-        cat.read_catalog(build, ["status"])
+        cat.read_catalog(build)
 
 
 def test_links_planted_as_catalog_files_are_refused(tmp_path):
@@ -278,6 +278,27 @@ def test_two_parts_holding_the_same_rows_are_refused(tmp_path):
     part.with_name("part-folder-000007.parquet").write_bytes(part.read_bytes())
     with pytest.raises(ValueError, match="holds row .* twice"):
         cat.read_ingested(build, ["status"])
+
+
+def test_read_catalog_reads_only_the_columns_asked_of_every_file(tmp_path, monkeypatch):
+    build = decided_build(tmp_path)
+    full = cat.read_catalog(build)
+    asked: dict[str, set[str]] = {}
+    read_table = pq.read_table
+
+    def recording(path, columns=None, **kwargs):
+        asked.setdefault(Path(path).parent.name, set()).update(columns or ["every column"])
+        return read_table(path, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", recording)
+    widths = cat.read_catalog(build, ["width"])
+    assert widths.column_names == ["uid", "width"]
+    assert asked == {"catalog": {"uid", "width", "status"}, "dedupe": {"uid", "status"}}
+    assert widths.column("width").equals(full.column("width"))
+    asked.clear()
+    bins = cat.read_catalog(build, ["res_bin"])
+    assert asked["bins"] == {"uid", "res_bin"} and "reason" not in asked["dedupe"]
+    assert bins.column("res_bin").equals(full.column("res_bin"))
 
 
 # ----------------------------------------------------------------------------- no-op build
