@@ -326,7 +326,8 @@ def test_a_no_op_build_lists_nothing_and_reads_no_catalog(tmp_path, frames, monk
     monkeypatch.setattr(cat, "read_ingested", refuse)
     monkeypatch.chdir(tmp_path)
     again = build_dataset(build_config(build, frames, Path("ds")))  # --out given relative
-    assert again.rerun == ()
+    assert again.rerun == () and again.up_to_date and not first.up_to_date
+    assert str(again).endswith("[up to date: nothing changed, nothing re-run]")
     assert str(again.ingest.sources[0]) == str(first.ingest.sources[0]).split(" [")[0] + " [resumed: 4 chunks already done]"
     assert again.found == first.found == 201
     assert {p.name: p.read_bytes() for p in (build / "lineage").iterdir()} == records
