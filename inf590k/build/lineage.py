@@ -200,6 +200,8 @@ def finish(
 ) -> StageRecord:
     """Write the stage's record (what it read, its options and counts); clear its marker."""
     build = Path(build)
+    if stage in OWN_FILES and any(_rewrote_parts(build, s) for s in OWN_FILES):
+        _adopt_earlier_layout(build)
     upstream_stage = UPSTREAM.get(stage)
     upstream = read_record(build, upstream_stage) if upstream_stage else None
     previous = read_record(build, stage)
@@ -348,14 +350,27 @@ def adopt_parts(build: Path) -> None:
     that wrote the catalog last still checks all of it. Digests are unchanged."""
     for stage in ("ingest", "dedupe"):
         record = read_record(build, stage)
-        if record is None:
-            continue
-        kept = {n: d for n, d in record.catalog.items() if not _owns(stage, n)}
-        if stage == "ingest":
-            kept.update(_owned("ingest", catalog_contents(build)))
-        adopted = dataclasses.replace(record, catalog=kept)
-        body = {**dataclasses.asdict(adopted), "digest": adopted.digest}
-        write_text_atomic(record_path(build, stage), json.dumps(body, indent=1), fsync=True)
+        if record is not None:
+            kept = {n: d for n, d in record.catalog.items() if not _owns(stage, n)}
+            if stage == "ingest":
+                kept.update(_owned("ingest", catalog_contents(build)))
+            _rewrite_catalog(build, record, kept)
+
+
+def _rewrite_catalog(build: Path, record: StageRecord, catalog: dict[str, str]) -> None:
+    adopted = dataclasses.replace(record, catalog=catalog)
+    body = {**dataclasses.asdict(adopted), "digest": adopted.digest}
+    write_text_atomic(record_path(build, record.stage), json.dumps(body, indent=1), fsync=True)
+
+
+def _adopt_earlier_layout(build: Path) -> None:
+    """A build folder of the earlier layout, where dedupe and bin rewrote the parts: once its
+    stages write their own files, ingest's record names the parts as they are (else its check
+    would take dedupe's old rewrite for an edit)."""
+    record = read_record(build, "ingest")
+    if record is not None and record.catalog:
+        others = {n: d for n, d in record.catalog.items() if not _owns("ingest", n)}
+        _rewrite_catalog(build, record, {**others, **_owned("ingest", catalog_contents(build))})
 
 
 def edited_parts(build: Path) -> str:

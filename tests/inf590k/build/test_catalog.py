@@ -301,6 +301,37 @@ def test_read_catalog_reads_only_the_columns_asked_of_every_file(tmp_path, monke
     assert bins.column("res_bin").equals(full.column("res_bin"))
 
 
+def as_earlier_layout(build: Path) -> None:
+    """The build folder as the earlier toolkit left it: dedupe's statuses inside the parts
+    (rewritten after ingest's record), its and bin's records naming no file of their own."""
+    table = cat.read_catalog(build)
+    for path in cat.decision_paths(build):
+        path.unlink()
+    for path in cat.part_paths(build):
+        keep = set(pq.read_table(path, columns=["uid"]).column("uid").to_pylist())
+        rows = table.filter(pa.array([u in keep for u in table.column("uid").to_pylist()]))
+        cat.write_parquet_atomic(rows.replace_schema_metadata(pq.read_schema(path).metadata), path)
+    for stage in ("dedupe", "bin"):
+        record = lineage.read_record(build, stage)
+        lineage._rewrite_catalog(build, record, lineage.catalog_contents(build))
+
+
+def test_a_build_folder_of_the_earlier_layout_is_read_and_re_run(tmp_path):
+    build = decided_build(tmp_path)
+    statuses = cat.read_catalog(build, ["status"])
+    as_earlier_layout(build)
+    assert cat.read_catalog(build, ["status"]).to_pylist() == statuses.to_pylist()  # statuses read from the parts
+    assert lineage.problem(build, "bin") == ""
+    dedupe(DedupeConfig(build=build, radius=2, contact_groups=0, progress=False))  # other options
+    bin_catalog(BinConfig(build=build, progress=False))
+    lineage.require(build, "shard")  # dedupe's old rewrite of the parts is not taken for an edit
+    assert cat.read_catalog(build, ["status"]).to_pylist() == statuses.to_pylist()
+    part = cat.part_paths(build)[0]
+    pq.write_table(pq.read_table(part).slice(1), part)  # now in the new layout: an edit is one
+    with pytest.raises(lineage.LineageError, match=f"{part.name} was edited"):
+        lineage.require(build, "shard")
+
+
 # ----------------------------------------------------------------------------- no-op build
 
 
