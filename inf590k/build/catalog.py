@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +254,11 @@ def read_catalog(build: Path, columns: Iterable[str] | None = None) -> pa.Table:
     return table if wanted is None else table.select(wanted)
 
 
+# Called with the build folder after `write_catalog`: lineage registers how the stage records
+# take the rewrite (it imports this module, so this one cannot import it).
+AFTER_WRITE_CATALOG: list[Callable[[Path], None]] = []
+
+
 def write_catalog(build: Path, table: pa.Table) -> None:
     """Replace the catalog's rows by those of `table` (tools and tests), each part keeping its
     uids (ingest's resume markers survive), and drop the decision files, so `read_catalog`
@@ -276,9 +281,8 @@ def write_catalog(build: Path, table: pa.Table) -> None:
         raise ValueError(f"write_catalog: table has {table.num_rows} rows, parts hold {seen}")
     for path in decision_paths(build):
         path.unlink()
-    from inf590k.build import lineage  # lazy: lineage imports this module
-
-    lineage.adopt_parts(build)
+    for hook in AFTER_WRITE_CATALOG:
+        hook(build)
 
 
 def write_columns(build: Path, relpath: str, table: pa.Table) -> Path:

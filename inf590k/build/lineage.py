@@ -357,6 +357,9 @@ def adopt_parts(build: Path) -> None:
             _rewrite_catalog(build, record, kept)
 
 
+cat.AFTER_WRITE_CATALOG.append(adopt_parts)
+
+
 def _rewrite_catalog(build: Path, record: StageRecord, catalog: dict[str, str]) -> None:
     adopted = dataclasses.replace(record, catalog=catalog)
     body = {**dataclasses.asdict(adopted), "digest": adopted.digest}
