@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -72,13 +72,23 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _not_a_link(path: Path) -> Path:
+    """A catalog file as the stage wrote it: a link planted under its name is never followed."""
+    if path.is_symlink():
+        raise ValueError(
+            f"{path} is a link, not a file a stage wrote: remove it and run the stage that writes it again"
+        )
+    return path
+
+
 def part_paths(build: Path) -> list[Path]:
-    return sorted(catalog_dir(build).glob("part-*.parquet"))
+    return sorted(_not_a_link(p) for p in catalog_dir(build).glob("part-*.parquet"))
 
 
 def decision_paths(build: Path) -> list[Path]:
     """The column files of dedupe and bin that exist (they join the catalog by uid)."""
-    return [Path(build) / rel for rel in (DECISIONS_PATH, BIN_ASSIGN_PATH) if (Path(build) / rel).is_file()]
+    paths = [Path(build) / rel for rel in (DECISIONS_PATH, BIN_ASSIGN_PATH)]
+    return [p for p in paths if _not_a_link(p).is_file()]
 
 
 def _no_catalog(build: Path) -> FileNotFoundError:
@@ -99,15 +109,64 @@ def read_ingested(build: Path, columns: Iterable[str] | None = None) -> pa.Table
     table = pa.concat_tables(tables).cast(schema).sort_by("uid")
     del tables
     pa.default_memory_pool().release_unused()  # the unsorted copy: back to the system now
+    twice = _repeated_uid(table.column("uid"))
+    if twice is not None:
+        raise ValueError(
+            f"the catalog of {build} holds row {twice} twice (two parts cover the same files): "
+            "remove the part ingest did not write and run `inf590k ingest` again"
+        )
     return table
 
 
+def _repeated_uid(uids: pa.ChunkedArray) -> str | None:
+    """A uid that occurs twice in sorted `uids` (None when each is once)."""
+    if len(uids) < 2:
+        return None
+    same = pc.equal(uids.slice(1), uids.slice(0, len(uids) - 1))  # [N-1], neighbours
+    at = pc.index(same, True).as_py()
+    return None if at < 0 else uids[at].as_py()
+
+
+WRITERS = {DECISIONS_PATH: "dedupe", BIN_ASSIGN_PATH: "bin"}
+
+
 def read_decisions(build: Path, relpath: str, columns: tuple[str, ...]) -> pa.Table | None:
-    path = Path(build) / relpath
+    """A stage's column file, refused (ValueError, one line) unless it is as the stage writes
+    it: these columns and types, each uid once, statuses the catalog knows."""
+    path = _not_a_link(Path(build) / relpath)
     if not path.is_file():
         return None
     schema = pa.schema([CATALOG_SCHEMA.field("uid"), *(CATALOG_SCHEMA.field(c) for c in columns)])
-    return pq.read_table(path, columns=list(schema.names)).cast(schema)
+    found = pq.read_schema(path)
+    wrong = [f.name for f in schema if found.get_field_index(f.name) < 0 or not _same_type(found.field(f.name).type, f.type)]
+    table = None if wrong else pq.read_table(path, columns=list(schema.names)).select(schema.names)
+    problem = f"column {wrong[0]} missing or of another type" if wrong else _decisions_problem(table)
+    if problem:
+        stage = WRITERS.get(relpath, "dedupe")
+        raise ValueError(
+            f"{path} is not as `inf590k {stage}` writes it ({problem}): delete it and run "
+            f"`inf590k {stage} --build {build}` again"
+        )
+    return table.cast(schema)
+
+
+def _same_type(found: pa.DataType, expected: pa.DataType) -> bool:
+    """`found` holds `expected`'s values (bin writes its names dictionary-encoded)."""
+    return found == expected or (pa.types.is_dictionary(found) and found.value_type == expected)
+
+
+def _decisions_problem(table: pa.Table) -> str:
+    uids = table.column("uid")
+    if uids.null_count:
+        return "a row without a uid"
+    twice = _repeated_uid(uids.sort())
+    if twice is not None:
+        return f"uid {twice} twice"
+    if "status" in table.column_names:
+        unknown = set(pc.unique(table.column("status")).to_pylist()) - set(STATUSES)
+        if unknown:
+            return f"status {sorted(map(str, unknown))[0]!r}"
+    return ""
 
 
 def _set_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
@@ -163,12 +222,13 @@ def join_decisions(build: Path, table: pa.Table) -> pa.Table:
     """Ingested rows -> the rows as dedupe and bin left them. A decision counts only where its
     stage could have made it (dedupe marks rows ingest kept; bin names kept rows), so a file
     an earlier dedupe saw but a later ingest rejected keeps ingest's word."""
-    decisions = read_decisions(build, DECISIONS_PATH, DECISION_COLUMNS)
+    wanted = tuple(c for c in DECISION_COLUMNS if c in table.column_names)  # only those asked
+    decisions = read_decisions(build, DECISIONS_PATH, wanted) if wanted else None
     if decisions is not None:
         table = _reset_dedupe(table)
         table = _apply(table, decisions, _ok(table))
-    bins = read_decisions(build, BIN_ASSIGN_PATH, BIN_COLUMNS)
-    if bins is not None and "res_bin" in table.column_names:
+    bins = read_decisions(build, BIN_ASSIGN_PATH, BIN_COLUMNS) if "res_bin" in table.column_names else None
+    if bins is not None:
         table = _set_column(table, "res_bin", np.full(len(table), "", dtype=object))
         table = _apply(table, bins, _ok(table))
     return table
@@ -194,6 +254,11 @@ def read_catalog(build: Path, columns: Iterable[str] | None = None) -> pa.Table:
     return table if wanted is None else table.select(wanted)
 
 
+# Called with the build folder after `write_catalog`: lineage registers how the stage records
+# take the rewrite (it imports this module, so this one cannot import it).
+AFTER_WRITE_CATALOG: list[Callable[[Path], None]] = []
+
+
 def write_catalog(build: Path, table: pa.Table) -> None:
     """Replace the catalog's rows by those of `table` (tools and tests), each part keeping its
     uids (ingest's resume markers survive), and drop the decision files, so `read_catalog`
@@ -216,6 +281,8 @@ def write_catalog(build: Path, table: pa.Table) -> None:
         raise ValueError(f"write_catalog: table has {table.num_rows} rows, parts hold {seen}")
     for path in decision_paths(build):
         path.unlink()
+    for hook in AFTER_WRITE_CATALOG:
+        hook(build)
 
 
 def write_columns(build: Path, relpath: str, table: pa.Table) -> Path:

@@ -200,6 +200,8 @@ def finish(
 ) -> StageRecord:
     """Write the stage's record (what it read, its options and counts); clear its marker."""
     build = Path(build)
+    if stage in OWN_FILES and any(_rewrote_parts(build, s) for s in OWN_FILES):
+        _adopt_earlier_layout(build)
     upstream_stage = UPSTREAM.get(stage)
     upstream = read_record(build, upstream_stage) if upstream_stage else None
     previous = read_record(build, stage)
@@ -280,23 +282,113 @@ def problem(build: Path, stage: str) -> str:
     return _catalog_problem(build, stage, record)
 
 
+# The catalog files each stage writes, by their name in a record's `catalog`: ingest its parts
+# (bare names), dedupe and bin their decision files.
+OWN_FILES = {"dedupe": cat.DECISIONS_PATH, "bin": cat.BIN_ASSIGN_PATH}
+
+
+def _owns(stage: str, name: str) -> bool:
+    return "/" not in name if stage == "ingest" else name == OWN_FILES.get(stage)
+
+
+def _owned(stage: str, contents: dict[str, str]) -> dict[str, str]:
+    return {name: digest for name, digest in contents.items() if _owns(stage, name)}
+
+
+def _rewrote_parts(build: Path, stage: str) -> bool:
+    """Whether `stage` ran in the earlier layout, rewriting the parts (its record names no file
+    of its own): the parts no longer match the records before it."""
+    record = read_record(build, stage)
+    return record is not None and not any(_owns(stage, name) for name in record.catalog)
+
+
 def _catalog_problem(build: Path, stage: str, record: StageRecord) -> str:
-    """Why the catalog is not as `stage` left it, when `stage` is the last that wrote it ('' if
-    it is): a part edited, replaced or removed by hand would otherwise reach the shards."""
-    later = STAGES[STAGES.index(stage) + 1 :]
-    if not record.catalog or any(
-        s in CATALOG_WRITERS and (record_path(build, s).exists() or running_path(build, s).exists())
-        for s in later
-    ):
+    """Why the catalog is not as `stage` left it ('' if it is): the last stage that wrote it
+    checks every file, an earlier one the files it wrote itself (no later stage rewrites them),
+    so a part or decision file edited, replaced or removed by hand never reaches a later stage,
+    even one re-run after the edit."""
+    later = [
+        s for s in STAGES[STAGES.index(stage) + 1 :]
+        if s in CATALOG_WRITERS and (record_path(build, s).exists() or running_path(build, s).exists())
+    ]
+    if not record.catalog or any(_rewrote_parts(build, s) for s in later):
         return ""
-    change = _catalog_change(record.catalog, catalog_contents(build))
+    recorded, now = record.catalog, catalog_contents(build)
+    if later:
+        recorded, now = _owned(stage, recorded), _owned(stage, now)
+    change = _catalog_change(recorded, now)
     if not change:
         return ""
+    return _changed_line(build, stage, change)
+
+
+def _changed_line(build: Path, stage: str, change: str) -> str:
+    name, owner = change.split()[0], "ingest"
+    if "/" in name:  # a decision file: its stage writes it again
+        owner = next((s for s, path in OWN_FILES.items() if path == name), "dedupe")
+        remedy = f"restore it, or run `{rerun_command(build, owner)}` again"
+    elif change.endswith("was added"):
+        name, change = f"{cat.CATALOG_DIRNAME}/{name}", f"{cat.CATALOG_DIRNAME}/{change}"
+        remedy = f"remove {name} (no finished ingest wrote it)"
+    else:
+        name, change = f"{cat.CATALOG_DIRNAME}/{name}", f"{cat.CATALOG_DIRNAME}/{change}"
+        remedy = (
+            f"restore it, or delete {name} and run `{rerun_command(build, 'ingest')}` "
+            "(it redoes the missing part)"
+        )
+    stages = STAGES[STAGES.index(owner) + 1 :]
     return (
-        f"the catalog of {build} changed after `inf590k {stage}` wrote it ("
-        f"{'' if '/' in change.split()[0] else cat.CATALOG_DIRNAME + '/'}{change}): restore it, or delete that part and run `{rerun_command(build, 'ingest')}` "
-        "(it redoes the missing part), then the later stages"
+        f"the catalog of {build} changed after `inf590k {stage}` wrote it ({change}): "
+        f"{remedy}, then {', '.join(f'`inf590k {s}`' for s in stages)}"
     )
+
+
+def adopt_parts(build: Path) -> None:
+    """After `catalog.write_catalog` (a tool that rewrites the rows, statuses included, and
+    drops the decision files): ingest's record names the parts as they are now, and dedupe's
+    no file of its own, as in the earlier layout where dedupe rewrote the parts; the stage
+    that wrote the catalog last still checks all of it. Digests are unchanged."""
+    for stage in ("ingest", "dedupe"):
+        record = read_record(build, stage)
+        if record is not None:
+            kept = {n: d for n, d in record.catalog.items() if not _owns(stage, n)}
+            if stage == "ingest":
+                kept.update(_owned("ingest", catalog_contents(build)))
+            _rewrite_catalog(build, record, kept)
+
+
+cat.AFTER_WRITE_CATALOG.append(adopt_parts)
+
+
+def _rewrite_catalog(build: Path, record: StageRecord, catalog: dict[str, str]) -> None:
+    adopted = dataclasses.replace(record, catalog=catalog)
+    body = {**dataclasses.asdict(adopted), "digest": adopted.digest}
+    write_text_atomic(record_path(build, record.stage), json.dumps(body, indent=1), fsync=True)
+
+
+def _adopt_earlier_layout(build: Path) -> None:
+    """A build folder of the earlier layout, where dedupe and bin rewrote the parts: once its
+    stages write their own files, ingest's record names the parts as they are (else its check
+    would take dedupe's old rewrite for an edit)."""
+    record = read_record(build, "ingest")
+    if record is not None and record.catalog:
+        others = {n: d for n, d in record.catalog.items() if not _owns("ingest", n)}
+        _rewrite_catalog(build, record, {**others, **_owned("ingest", catalog_contents(build))})
+
+
+def edited_parts(build: Path) -> str:
+    """Before ingest runs again (it keeps the parts it finds): a part that is not as the last
+    finished ingest left it, in one line ('' when none). A part removed is not one (ingest
+    redoes it); after a killed ingest (its marker left) the parts are its own, unchecked."""
+    record = read_record(build, "ingest")
+    if record is None or not record.catalog or running_path(build, "ingest").exists():
+        return ""
+    if any(_rewrote_parts(build, s) for s in ("dedupe", "bin")):
+        return ""
+    now = _owned("ingest", catalog_contents(build))
+    recorded = {n: d for n, d in _owned("ingest", record.catalog).items() if n in now}
+    change = _catalog_change(recorded, now)
+    return _changed_line(build, "ingest", change) if change else ""
 
 
 def require(build: Path, stage: str) -> None:
@@ -481,6 +573,8 @@ def stage(
                 validate(config)
             with locked(build, name):
                 require(build, name)
+                if name == "ingest" and (edited := edited_parts(build)):
+                    raise LineageError(edited)
                 if mark:
                     mark_running(build, name)
                 summary = func(config, *args, **kwargs)

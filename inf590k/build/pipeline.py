@@ -47,9 +47,16 @@ class BuildSummary:
         )
         if self.earlier_sources:
             line += f" (includes sources of earlier runs: {', '.join(self.earlier_sources)})"
+        if self.up_to_date:
+            line += " [up to date: nothing changed, nothing re-run]"
         warnings = self.dedupe.warnings if isinstance(self.dedupe, DedupeSummary) else []
         return "\n".join([line, *warnings])
 
+
+    @property
+    def up_to_date(self) -> bool:
+        """Nothing to do: ingest found every source as recorded and no later stage was stale."""
+        return not self.ingest.changed and not self.ingest.decoded and not self.rerun
 
     @property
     def rerun(self) -> tuple[str, ...]:

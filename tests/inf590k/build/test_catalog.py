@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -174,6 +175,163 @@ def test_an_edited_decision_file_stops_shard(tmp_path, frames):
         lineage.require(build, "shard")
 
 
+def decided_build(tmp_path: Path) -> Path:
+    make_duplicates(tmp_path / "src")
+    build = tmp_path / "b"
+    run_ingest(build, tmp_path / "src")
+    dedupe(DedupeConfig(build=build, radius=0, contact_groups=0, progress=False))
+    bin_catalog(BinConfig(build=build, progress=False))
+    return build
+
+
+def test_an_edited_decision_file_is_not_taken_by_a_re_run_bin(tmp_path):
+    """bin re-run by hand after dedupe's file was edited (duplicates made kept) would record
+    the edit as its input, and shard would ship the duplicates."""
+    build = decided_build(tmp_path)
+    decisions = pq.read_table(build / cat.DECISIONS_PATH)
+    kept = decisions.set_column(1, "status", pa.array(["ok"] * decisions.num_rows))
+    cat.write_parquet_atomic(kept, build / cat.DECISIONS_PATH)
+    with pytest.raises(lineage.LineageError, match="changed after `inf590k dedupe`.*decisions.parquet was edited"):
+        bin_catalog(BinConfig(build=build, progress=False))
+    assert "dedupe" in lineage.stale_stages(build)
+    dedupe(DedupeConfig(build=build, radius=0, contact_groups=0, progress=False))  # writes it again
+    assert pq.read_table(build / cat.DECISIONS_PATH).equals(decisions)
+    assert lineage.problem(build, "bin") == ""
+
+
+def test_a_part_replaced_after_bin_is_refused_by_every_re_run(tmp_path):
+    """Another valid Parquet under a part's name: neither dedupe nor ingest (which keeps the
+    parts it finds) takes it as the catalog."""
+    build = decided_build(tmp_path)
+    part = cat.part_paths(build)[0]
+    other = cat.read_ingested(build).slice(0, 2)
+    cat.write_parquet_atomic(other.replace_schema_metadata(pq.read_schema(part).metadata), part)
+    for rerun in (
+        lambda: dedupe(DedupeConfig(build=build, radius=0, contact_groups=0, progress=False)),
+        lambda: run_ingest(build, tmp_path / "src"),
+    ):
+        with pytest.raises(lineage.LineageError, match=f"changed after `inf590k ingest`.*{part.name} was edited"):
+            rerun()
+    part.unlink()  # as the message advises: ingest redoes it
+    run_ingest(build, tmp_path / "src")
+    assert cat.read_ingested(build, ["status"]).num_rows == 7
+
+
+def test_a_part_no_ingest_wrote_is_refused(tmp_path):
+    build = decided_build(tmp_path)
+    part = cat.part_paths(build)[0]
+    planted = part.with_name(part.name.replace("000000", "000099"))
+    planted.write_bytes(part.read_bytes())  # the same chunks again: every uid twice
+    with pytest.raises(lineage.LineageError, match=f"{planted.name} was added.*remove"):
+        run_ingest(build, tmp_path / "src")
+    with pytest.raises(lineage.LineageError, match="gained part files after ingest"):
+        lineage.require(build, "shard")
+
+
+@pytest.mark.parametrize("edit", ["ghost", "twice", "types", "status", "missing"])
+def test_a_decision_file_not_as_dedupe_writes_it_is_one_line(tmp_path, edit):
+    build = decided_build(tmp_path)
+    path = build / cat.DECISIONS_PATH
+    table = pq.read_table(path)
+    if edit == "ghost":  # a uid the catalog does not hold: a decision of a removed row, ignored
+        table = pa.concat_tables([table, table.slice(0, 1).set_column(0, "uid", pa.array(["gone"]))])
+    elif edit == "twice":
+        table = pa.concat_tables([table, table.slice(0, 1)])
+    elif edit == "types":
+        table = table.set_column(1, "status", pa.array(range(table.num_rows), pa.int64()))
+    elif edit == "status":
+        table = table.set_column(1, "status", pa.array(["kept"] * table.num_rows))
+    else:
+        table = table.drop_columns(["dup_group"])
+    pq.write_table(table, path)
+    if edit == "ghost":
+        assert "gone" not in cat.read_catalog(build, ["status"]).column("uid").to_pylist()
+        return
+    expected = {"twice": "uid .* twice", "types": "column status", "status": "status 'kept'", "missing": "column dup_group"}
+    with pytest.raises(ValueError, match=f"not as `inf590k dedupe` writes it \\({expected[edit]}.*run `inf590k dedupe"):
+        cat.read_catalog(build)
+
+
+def test_links_planted_as_catalog_files_are_refused(tmp_path):
+    build = decided_build(tmp_path)
+    part = cat.part_paths(build)[0]
+    (tmp_path / "elsewhere.parquet").write_bytes(part.read_bytes())
+    part.unlink()
+    part.symlink_to(tmp_path / "elsewhere.parquet")
+    with pytest.raises(ValueError, match=f"{part.name} is a link"):
+        cat.read_catalog(build, ["status"])
+    with pytest.raises(ValueError, match="is a link"):
+        run_ingest(build, tmp_path / "src")
+    part.unlink()
+    assign = build / cat.BIN_ASSIGN_PATH
+    assign.rename(tmp_path / "assign.parquet")
+    assign.symlink_to(tmp_path / "assign.parquet")
+    with pytest.raises(ValueError, match="assign.parquet is a link"):
+        cat.decision_paths(build)
+
+
+def test_two_parts_holding_the_same_rows_are_refused(tmp_path):
+    make_duplicates(tmp_path / "src")
+    build = tmp_path / "b"
+    run_ingest(build, tmp_path / "src")
+    part = cat.part_paths(build)[0]
+    part.with_name("part-folder-000007.parquet").write_bytes(part.read_bytes())
+    with pytest.raises(ValueError, match="holds row .* twice"):
+        cat.read_ingested(build, ["status"])
+
+
+def test_read_catalog_reads_only_the_columns_asked_of_every_file(tmp_path, monkeypatch):
+    build = decided_build(tmp_path)
+    full = cat.read_catalog(build)
+    asked: dict[str, set[str]] = {}
+    read_table = pq.read_table
+
+    def recording(path, columns=None, **kwargs):
+        asked.setdefault(Path(path).parent.name, set()).update(columns or ["every column"])
+        return read_table(path, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq, "read_table", recording)
+    widths = cat.read_catalog(build, ["width"])
+    assert widths.column_names == ["uid", "width"]
+    assert asked == {"catalog": {"uid", "width", "status"}, "dedupe": {"uid", "status"}}
+    assert widths.column("width").equals(full.column("width"))
+    asked.clear()
+    bins = cat.read_catalog(build, ["res_bin"])
+    assert asked["bins"] == {"uid", "res_bin"} and "reason" not in asked["dedupe"]
+    assert bins.column("res_bin").equals(full.column("res_bin"))
+
+
+def as_earlier_layout(build: Path) -> None:
+    """The build folder as the earlier toolkit left it: dedupe's statuses inside the parts
+    (rewritten after ingest's record), its and bin's records naming no file of their own."""
+    table = cat.read_catalog(build)
+    for path in cat.decision_paths(build):
+        path.unlink()
+    for path in cat.part_paths(build):
+        keep = set(pq.read_table(path, columns=["uid"]).column("uid").to_pylist())
+        rows = table.filter(pa.array([u in keep for u in table.column("uid").to_pylist()]))
+        cat.write_parquet_atomic(rows.replace_schema_metadata(pq.read_schema(path).metadata), path)
+    for stage in ("dedupe", "bin"):
+        record = lineage.read_record(build, stage)
+        lineage._rewrite_catalog(build, record, lineage.catalog_contents(build))
+
+
+def test_a_build_folder_of_the_earlier_layout_is_read_and_re_run(tmp_path):
+    build = decided_build(tmp_path)
+    statuses = cat.read_catalog(build, ["status"])
+    as_earlier_layout(build)
+    assert cat.read_catalog(build, ["status"]).to_pylist() == statuses.to_pylist()  # statuses read from the parts
+    assert lineage.problem(build, "bin") == ""
+    dedupe(DedupeConfig(build=build, radius=2, contact_groups=0, progress=False))  # other options
+    bin_catalog(BinConfig(build=build, progress=False))
+    lineage.require(build, "shard")  # dedupe's old rewrite of the parts is not taken for an edit
+    assert cat.read_catalog(build, ["status"]).to_pylist() == statuses.to_pylist()
+    part = cat.part_paths(build)[0]
+    pq.write_table(pq.read_table(part).slice(1), part)  # now in the new layout: an edit is one
+    with pytest.raises(lineage.LineageError, match=f"{part.name} was edited"):
+        lineage.require(build, "shard")
+
+
 # ----------------------------------------------------------------------------- no-op build
 
 
@@ -199,7 +357,8 @@ def test_a_no_op_build_lists_nothing_and_reads_no_catalog(tmp_path, frames, monk
     monkeypatch.setattr(cat, "read_ingested", refuse)
     monkeypatch.chdir(tmp_path)
     again = build_dataset(build_config(build, frames, Path("ds")))  # --out given relative
-    assert again.rerun == ()
+    assert again.rerun == () and again.up_to_date and not first.up_to_date
+    assert str(again).endswith("[up to date: nothing changed, nothing re-run]")
     assert str(again.ingest.sources[0]) == str(first.ingest.sources[0]).split(" [")[0] + " [resumed: 4 chunks already done]"
     assert again.found == first.found == 201
     assert {p.name: p.read_bytes() for p in (build / "lineage").iterdir()} == records
