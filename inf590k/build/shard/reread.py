@@ -65,9 +65,11 @@ def check_unchanged(row: Mapping, data: bytes, digests: dict[str, str]) -> None:
         if digests[key] == row["file_sha256"]:
             return
         change = "same size, other content: its sha256 differs"
+    # ingest notices a change by size and mtime: a file rewritten with both kept needs a touch
     raise SourceChanged(
-        f"{row['source']}/{row['relpath']} changed after ingest ({change}): re-run `inf590k "
-        "ingest` for that source, then dedupe, bin and shard (or restore the file)"
+        f"{row['source']}/{row['relpath']} changed after ingest ({change}): restore the file, "
+        "or `touch` it and re-run `inf590k build` (or ingest, dedupe, bin and shard) so ingest "
+        "reads it again"
     )
 
 

@@ -248,6 +248,7 @@ def test_a_source_file_edited_in_place_after_ingest_is_not_shipped(build_copy, t
     with pytest.raises(RuntimeError, match="changed after ingest.*sha256 differs") as error:
         shard_dataset(shard_config(build, out))
     assert row["relpath"] in str(error.value) and "\n" not in str(error.value)
+    assert "`touch` it" in str(error.value)  # ingest goes by size and mtime: say how to redo it
     assert not list(out.rglob("*.tmp"))
     shipped = [
         p for p in out.rglob("*.parquet") if row["uid"] in pq.read_table(p)["uid"].to_pylist()
