@@ -84,6 +84,12 @@ def test_threads_are_the_cores_less_the_workers_at_least_one(monkeypatch):
     assert plan_threads(1).threads == 3
     assert str(plan_threads(1)) == "3 torch threads, 1 loader worker (4 usable cores)"
     assert str(plan_threads(0, 1)).startswith("1 torch thread, 0 loader workers")
+    crowded = str(plan_threads(2, requested=8))  # an explicit count is kept, but said
+    assert crowded == (
+        "8 torch threads, 2 loader workers (4 usable cores, as --threads asks): "
+        "more than the cores, they take turns"
+    )
+    assert "take turns" not in str(plan_threads(4, requested=1))  # never fewer than one
     for bad in (0, -2):
         with pytest.raises(ValueError, match="--threads"):
             plan_threads(0, requested=bad)
