@@ -486,6 +486,10 @@ def test_resume_auto_on_a_finished_run_reports_it_and_returns_its_checkpoint(dat
     again = pretrain(config_from_options(options(run_dir, shards, steps=2, resume="auto")))
     assert again.step == 2 and again.checkpoint == first.checkpoint and again.finished_before
     assert "finished at step 2" in str(again) and again.loss == first.loss
+    assert "is not more than that" not in str(again)
+    shorter = pretrain(config_from_options(options(run_dir, shards, steps=1, resume="auto")))
+    assert shorter.finished_before and shorter.step == 2  # a run is never cut back
+    assert "finished at step 2 and this length (1 steps) is not more than that" in str(shorter)
     assert _digests(run_dir) == before
 
     from click.testing import CliRunner
