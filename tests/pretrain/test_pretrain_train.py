@@ -719,6 +719,23 @@ def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
     assert not (tmp_path / "export").exists()
 
 
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--log-every", "0"), ("--ckpt-every", "0"), ("--val-every", "-5"), ("--vis-every", "-1"),
+     ("--val-samples", "-3")],  # fmt: skip
+)
+def test_a_bad_interval_or_val_samples_is_one_line_before_training(
+    dataset, tmp_path, flag, value, capsys
+):
+    run_dir = tmp_path / "run"
+    code = main(["pretrain", "--shards", str(dataset.root), "--model", "mae_vit_tiny",
+                 "--steps", "2", "--workers", "0", "--out", str(run_dir), "--no-progress",
+                 flag, value])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and f"{flag} {value}: give" in err[0], err
+    assert not run_dir.exists()
+
+
 def test_the_data_is_resolved_once_from_the_folders_index(synthetic_build):
     """A dataset folder's data/_info.json lists the shards, their samples and the sources the
     record names; the same index given as a URL resolves alike."""
