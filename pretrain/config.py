@@ -115,6 +115,13 @@ class OptimConfig:
     accum_steps: int = option(1, "Gradient accumulation steps.")
     clip_grad: float | None = option(None, "Clip the gradient norm to this value.")
 
+    def __post_init__(self) -> None:
+        # a run of no steps trained nothing and closed as 'step 0/-3'
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps {self.steps}: give 1 or more")
+        if self.epochs < 0 or self.warmup_epochs < 0:
+            raise ValueError("--epochs and --warmup-epochs must be 0 or more")
+
 
 @dataclass(frozen=True)
 class RunConfig:

@@ -722,7 +722,7 @@ def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flag, value",
     [("--log-every", "0"), ("--ckpt-every", "0"), ("--val-every", "-5"), ("--vis-every", "-1"),
-     ("--val-samples", "-3")],  # fmt: skip
+     ("--val-samples", "-3"), ("--steps", "0"), ("--steps", "-3")],  # fmt: skip
 )
 def test_a_bad_interval_or_val_samples_is_one_line_before_training(
     dataset, tmp_path, flag, value, capsys
