@@ -66,7 +66,13 @@ def demo_shard_config(build: Path, dataset: Path) -> ShardConfig:
         help="A real source to add to the synthetic ones (as for ingest). Repeatable.",
     ),
     opt("--frames", default=48, show_default=True, help="Synthetic infrared frames per layout."),
-    opt("--steps", default=60, show_default=True, help="Pretraining steps of the tiny model."),
+    opt(
+        "--steps",
+        default=60,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Pretraining steps of the tiny model.",
+    ),
     opt("--model", default="dugi_mae_tiny", show_default=True, help="Model to pretrain."),
     opt(
         "--probe-steps",

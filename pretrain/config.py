@@ -84,6 +84,8 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.val_samples < 0:
+            raise ValueError(f"--val-samples {self.val_samples}: give 0 (no validation) or more")
         if not 0 <= self.max_shard_failures <= 1:
             raise ValueError(
                 f"--max-shard-failures must be a share in 0..1, got {self.max_shard_failures}"
@@ -112,6 +114,13 @@ class OptimConfig:
     beta2: float = option(0.95, "AdamW beta2.")
     accum_steps: int = option(1, "Gradient accumulation steps.")
     clip_grad: float | None = option(None, "Clip the gradient norm to this value.")
+
+    def __post_init__(self) -> None:
+        # a run of no steps trained nothing and closed as 'step 0/-3'
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps {self.steps}: give 1 or more")
+        if self.epochs < 0 or self.warmup_epochs < 0:
+            raise ValueError("--epochs and --warmup-epochs must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -168,6 +177,15 @@ class RunConfig:
     tensorboard: bool = option(False, "Also log to TensorBoard.")
     deterministic: bool = option(False, "Deterministic algorithms (CPU resume checks).")
     progress: bool = option(True, "Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        # intervals: a zero one divides by zero mid-run, a negative one reads as nonsense
+        least_of = {"log_every": 1, "ckpt_every": 1, "val_every": 0, "vis_every": 0}
+        for name, least in least_of.items():
+            value = getattr(self, name)
+            if value < least:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} {value}: give {least} or more")
 
 
 @dataclass(frozen=True)

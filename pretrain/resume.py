@@ -86,14 +86,21 @@ def load_resume_state(
 
 def kept_mixture(config: PretrainConfig, path: Path, state: dict[str, Any]) -> PretrainConfig:
     """A resumed run draws with the checkpoint's --mix / --mix-bin: taken over when none
-    is given, refused when another is (the same shares at another scale are the same)."""
+    is given, refused when another is (the same shares at another scale are the same). A run
+    that drew as stored (no weights recorded) refuses weights too: its record would claim
+    them for the steps it drew without."""
     saved = (state.get("config") or {}).get("data") or {}
     data = config.data
     for name, flag in (("mix", "--mix"), ("mix_bin", "--mix-bin")):
         recorded, given = tuple(saved.get(name) or ()), getattr(data, name)
-        if not recorded or not given:
-            data = dataclasses.replace(data, **{name: given or recorded})
+        if not given:
+            data = dataclasses.replace(data, **{name: recorded})
             continue
+        if not recorded:
+            raise ckpt.CheckpointError(
+                f"{path} was trained without {flag} (sources and bins drawn as stored); resume "
+                f"without {flag}, or choose another --out for a run with that mixture"
+            )
         before, now = parse_weights(recorded, flag), parse_weights(given, flag)
         if _drawn_shares(before) != _drawn_shares(now):
             raise ckpt.CheckpointError(

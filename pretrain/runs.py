@@ -149,10 +149,15 @@ class TrainResult:
     def __str__(self) -> str:
         """The run's one closing line."""
         if self.finished_before:
+            asked = (  # a shorter length asked for: said, since nothing is cut back
+                f" and this length ({self.total_steps} steps) is not more than that"
+                if self.total_steps is not None and self.total_steps < self.step
+                else ""
+            )
             return (
-                f"pretrain: the run in {self.run_dir} finished at step {self.step}; nothing to "
-                f"do (last checkpoint {self.checkpoint}). To train on, resume it with a larger "
-                "--steps or --epochs: its lr schedule is rebuilt for the new length"
+                f"pretrain: the run in {self.run_dir} finished at step {self.step}{asked}; "
+                f"nothing to do (last checkpoint {self.checkpoint}). To train on, resume it with "
+                "a larger --steps or --epochs: its lr schedule is rebuilt for the new length"
             )
         loss = "n/a" if self.loss is None else f"{self.loss:.4f}"
         return (

@@ -101,7 +101,15 @@ class ThreadPlan:
         threads = f"{self.threads} torch thread{'s' if self.threads != 1 else ''}"
         workers = f"{self.workers} loader worker{'s' if self.workers != 1 else ''}"
         source = "" if self.chosen_by == "cores" else f", as {self.chosen_by} asks"
-        return f"{threads}, {workers} ({self.cores} usable core{'s' * (self.cores != 1)}{source})"
+        # an explicit count is kept, but said when it oversubscribes: the threads take turns
+        crowded = ": more than the cores, they take turns" if self.oversubscribed else ""
+        cores = f"{self.cores} usable core{'s' * (self.cores != 1)}"
+        return f"{threads}, {workers} ({cores}{source}){crowded}"
+
+    @property
+    def oversubscribed(self) -> bool:
+        """More threads than the cores left beside the workers hold, as only --threads asks."""
+        return self.chosen_by != "cores" and self.threads > max(1, self.cores - self.workers)
 
 
 def plan_threads(workers: int, requested: int | None = None, processes: int = 1) -> ThreadPlan:

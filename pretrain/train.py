@@ -98,7 +98,8 @@ class Trainer:
             )
         self.env = distributed.setup(run.device, run.dist_backend)
         self.device = self.env.device
-        self.threads = plan_threads(config.data.workers, run.threads, local_processes())
+        workers = min(config.data.workers, usable_cores())  # those the loader starts
+        self.threads = plan_threads(workers, run.threads, local_processes())
         torch.set_num_threads(self.threads.threads)  # pretrain() restores the caller's count
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

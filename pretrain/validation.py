@@ -113,7 +113,8 @@ def split_off_val_shards(config: DataConfig, resolved: ResolvedData) -> Validati
     """The training data without the --val-shards (matched by <bin>/<shard>.tar)."""
     if not config.val_shards:
         return ValidationData(resolved, ())
-    val_urls = expand_shard_urls(config.val_shards, config.split, config)
+    with naming_val_shards():
+        val_urls = expand_shard_urls(config.val_shards, config.split, config)
     held = {shard_key(url) for url in val_urls}
     train = [url for url in resolved.urls if shard_key(url) not in held]
     if not train:
@@ -123,6 +124,16 @@ def split_off_val_shards(config: DataConfig, resolved: ResolvedData) -> Validati
         )
     info = resolved.info.select(train) if resolved.info is not None else None
     return ValidationData(ResolvedData(train, info, resolved.info_url), tuple(val_urls))
+
+
+@contextlib.contextmanager
+def naming_val_shards() -> Iterator[None]:
+    """The data layer's one-line errors name --shards; for a held-out shard they mean
+    --val-shards (the training shards are fine)."""
+    try:
+        yield
+    except (ShardUnreachableError, ValueError) as err:
+        raise type(err)(str(err).replace("--shards", "--val-shards")) from err
 
 
 def choose_held_out(
@@ -147,7 +158,8 @@ def choose_held_out(
     if config.val_samples <= 0:
         return None, "validation off (--val-samples 0)"
     if data.val_urls:
-        held = HeldOut("shards", *_first_keys(data.val_urls, config, config.val_samples))
+        with naming_val_shards():
+            held = HeldOut("shards", *_first_keys(data.val_urls, config, config.val_samples))
         if not held.uids:
             raise ValueError("--val-shards hold no readable image: check them with inf590k verify")
         return held, f"validation: {len(held.uids)} images of {len(data.val_urls)} --val-shards"

@@ -66,3 +66,10 @@ def test_demo_chain_end_to_end_twice_on_one_folder(tmp_path, ir_samples):
     assert "- schedule: 4 steps planned, extended at step 4 to 6" in (
         out / "export" / "README.md"
     ).read_text()
+
+
+def test_demo_refuses_no_steps_before_building_anything(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--out", str(out), "--steps", "0"])
+    assert result.exit_code == 2 and "'--steps': 0 is not in the range x>=1" in result.output
+    assert not out.exists()  # refused before a stage ran

@@ -86,3 +86,15 @@ def test_a_name_weighted_zero_is_the_mixture_without_it(mixed, tmp_path):
     other = config_from_options(options(tmp_path / "run", mixed, mix=["a=1,b=1"]))
     with pytest.raises(ckpt.CheckpointError, match="--mix a=1"):
         kept_mixture(other, tmp_path / "ckpt.pt", state)
+
+
+def test_a_run_drawn_as_stored_refuses_a_mixture_on_resume(mixed, tmp_path):
+    run_dir = tmp_path / "run"
+    pretrain(config_from_options(options(run_dir, mixed, steps=3)))
+    for weights in (dict(mix=["a=1", "b=1"]), dict(mix_bin=["48x48=1"])):
+        with pytest.raises(ckpt.CheckpointError) as refused:
+            pretrain(config_from_options(options(run_dir, mixed, resume="auto", **weights)))
+        assert "\n" not in str(refused.value) and "trained without --mix" in str(refused.value)
+    resumed = pretrain(config_from_options(options(run_dir, mixed, steps=4, resume="auto")))
+    state = ckpt.load(resumed.checkpoint)
+    assert state["record"]["mixture"]["weights"] == {"sources": {}, "bins": {}}

@@ -486,6 +486,10 @@ def test_resume_auto_on_a_finished_run_reports_it_and_returns_its_checkpoint(dat
     again = pretrain(config_from_options(options(run_dir, shards, steps=2, resume="auto")))
     assert again.step == 2 and again.checkpoint == first.checkpoint and again.finished_before
     assert "finished at step 2" in str(again) and again.loss == first.loss
+    assert "is not more than that" not in str(again)
+    shorter = pretrain(config_from_options(options(run_dir, shards, steps=1, resume="auto")))
+    assert shorter.finished_before and shorter.step == 2  # a run is never cut back
+    assert "finished at step 2 and this length (1 steps) is not more than that" in str(shorter)
     assert _digests(run_dir) == before
 
     from click.testing import CliRunner
@@ -713,6 +717,23 @@ def test_module_entry_point_gives_bad_input_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a readable training checkpoint" in err[0]
     assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--log-every", "0"), ("--ckpt-every", "0"), ("--val-every", "-5"), ("--vis-every", "-1"),
+     ("--val-samples", "-3"), ("--steps", "0"), ("--steps", "-3")],  # fmt: skip
+)
+def test_a_bad_interval_or_val_samples_is_one_line_before_training(
+    dataset, tmp_path, flag, value, capsys
+):
+    run_dir = tmp_path / "run"
+    code = main(["pretrain", "--shards", str(dataset.root), "--model", "mae_vit_tiny",
+                 "--steps", "2", "--workers", "0", "--out", str(run_dir), "--no-progress",
+                 flag, value])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and f"{flag} {value}: give" in err[0], err
+    assert not run_dir.exists()
 
 
 def test_the_data_is_resolved_once_from_the_folders_index(synthetic_build):

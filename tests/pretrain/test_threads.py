@@ -13,7 +13,9 @@ from click.testing import CliRunner
 
 from cli import main as cli_main
 from pretrain import threads
+from pretrain import train as train_module
 from pretrain.config import config_from_options
+from pretrain.data import loader
 from pretrain.distributed import DeviceError, pick_device
 from pretrain.models import create_model
 from pretrain.threads import ThreadPlan, cgroup_cpu_limit, plan_threads, torch_threads
@@ -84,6 +86,12 @@ def test_threads_are_the_cores_less_the_workers_at_least_one(monkeypatch):
     assert plan_threads(1).threads == 3
     assert str(plan_threads(1)) == "3 torch threads, 1 loader worker (4 usable cores)"
     assert str(plan_threads(0, 1)).startswith("1 torch thread, 0 loader workers")
+    crowded = str(plan_threads(2, requested=8))  # an explicit count is kept, but said
+    assert crowded == (
+        "8 torch threads, 2 loader workers (4 usable cores, as --threads asks): "
+        "more than the cores, they take turns"
+    )
+    assert "take turns" not in str(plan_threads(4, requested=1))  # never fewer than one
     for bad in (0, -2):
         with pytest.raises(ValueError, match="--threads"):
             plan_threads(0, requested=bad)
@@ -176,6 +184,24 @@ def test_each_torch_command_has_threads_and_says_them_first(
     refused = runner.invoke(cli_main, [*run, "--out", str(tmp_path / "r0"), "--threads", "0"])
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
     assert "--threads 0" in refused.output and not (tmp_path / "r0").exists()
+
+
+def test_the_opening_line_counts_the_workers_the_loader_starts(dataset, tmp_path, monkeypatch):
+    for module in (
+        threads,
+        loader,
+        train_module,
+    ):  # the policy's, the loader's and the trainer's view
+        monkeypatch.setattr(module, "usable_cores", lambda: 2)
+    run = ["pretrain", "--shards", str(dataset.root), "--model", "mae_vit_tiny", "--steps", "1",
+           "--workers", "6", "--batch-size", "4", "--shuffle-buffer", "8", "--no-progress",
+           "--out", str(tmp_path / "run")]  # fmt: skip
+    trained = CliRunner().invoke(cli_main, run)
+    assert trained.exit_code == 0, trained.output
+    # --workers 6 on 2 cores: the loader starts 2, and the line says 2 (it said 6)
+    assert trained.output.splitlines()[0] == (
+        "pretrain on cpu: 1 torch thread, 2 loader workers (2 usable cores)"
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

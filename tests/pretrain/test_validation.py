@@ -17,7 +17,7 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain.config import DataConfig, config_from_options
-from pretrain.data import ShardStream, resolve_data
+from pretrain.data import ShardStream, ShardUnreachableError, resolve_data
 from pretrain.models import create_model
 from pretrain.models.pixels import normalise
 from pretrain.train import pretrain
@@ -172,6 +172,25 @@ def test_val_shards_are_left_out_of_training(dataset, tmp_path, capsys):
         )
     )
     assert record_of(run_dir)["validation"]["uids"] == list(dataset.uids[1][:5])
+
+
+def test_a_wrong_val_shard_is_named_as_one(dataset, tmp_path):
+    config = DataConfig(
+        shards=(str(dataset.info_path),), val_shards=(str(tmp_path / "gone.tar"),), retries=1
+    )
+    with pytest.raises(ValueError) as missing:
+        split_off_val_shards(config, resolve_data(config))
+    assert str(missing.value).startswith("--val-shards ") and "\n" not in str(missing.value)
+    unreachable = DataConfig(
+        shards=(str(dataset.info_path),), val_shards=("http://127.0.0.1:9/x.tar",), retries=1,
+        retry_wait=0.01, val_samples=5,
+    )  # fmt: skip
+    data = split_off_val_shards(unreachable, resolve_data(unreachable))
+    with pytest.raises(ShardUnreachableError) as refused:
+        choose_held_out(unreachable, data, 0, 64)
+    assert "--val-shards" in str(refused.value) and "--shards" not in str(refused.value).replace(
+        "--val-shards", ""
+    )
 
 
 def test_a_resumed_run_validates_on_the_set_it_recorded(dataset, tmp_path, capsys):
