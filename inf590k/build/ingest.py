@@ -11,10 +11,8 @@ and finishes the rest, so the catalog equals an uninterrupted run's, for any wor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import posixpath
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -26,6 +24,14 @@ import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
+from inf590k.build.ingest_plan import (
+    chunked,
+    files_per_unit,
+    plan_sources,
+    quick_signature,
+    source_signature,
+    unit_plan,
+)
 from inf590k.build.rows import (
     SourceJob,
     Task,
@@ -34,19 +40,15 @@ from inf590k.build.rows import (
     process_chunk,
     raise_opencv_pixel_limit,
 )
-from inf590k.execution.progress import tick
 from inf590k.execution.units import ExecutionOptions, UnitRun, run_units
 from inf590k.fsutil import available_cores, open_new, plural
 from inf590k.inputs.imageio import (
     ImagePolicy,
 )
 from inf590k.inputs.manifest import (
-    IMAGE_EXTENSIONS,
-    NOT_SIGNED,
     SYNTH_CITATION,
     SYNTH_LICENSE,
     SYNTH_MARKER,
-    VIDEO_EXTENSIONS,
     Manifest,
     SourceIndex,
     check_folder_facts,
@@ -58,25 +60,13 @@ from inf590k.inputs.manifest import (
 )
 from inf590k.inputs.sources import (
     DAMAGED_INDEX,
-    NOT_UTF8,
     DamagedMember,
-    ListingUnit,
-    SourceEntry,
     SourceReader,
-    list_entries,
-    list_unit,
-    listing_units,
-    member_suffix,
     root_kind,
 )
 
-CHUNK_FILES = 64  # files per chunk: the unit of planning, independent of workers
-PART_FILES = 200_000  # at most this many files per work unit (and catalog part)
-UNITS_PER_WORKER = 4  # work units per worker and run: the load stays balanced, parts few
 ROW_GROUP_ROWS = 16_384  # rows a worker holds before it writes them to its part
 CHUNKS_KEY = b"inf590k.chunks"  # a part's footer: the chunk indices (JSON list) it covers
-SYNTH_MARKER_REASON = "marker of a synthetic tree (written by inf590k synth)"
-CHUNK_BYTES = 64 << 20  # and at most this many bytes to read per part (memory in flight)
 
 
 @dataclass(frozen=True)
@@ -169,152 +159,24 @@ class IngestSummary:
 # ----------------------------------------------------------------------------- planning
 
 
-def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
-    """Scan decision for one file: decode it, decode it as video, or say why not."""
-    decision, status, reason = _decide_file(manifest, entry, max_bytes, in_archive)
-    return Task(  # built once (the driver classifies every file, on one core)
-        entry.relpath, entry.size, decision, status=status, reason=reason,
-        occurrence=entry.occurrence, order=entry.order, offset=entry.offset,
-    )
 
 
-def _decide_file(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> tuple[str, str, str]:
-    """(decision, status, reason) of one file."""
-    if entry.problem:
-        return "", cat.STATUS_REJECTED, entry.problem
-    rule = manifest.excluded_by(entry.relpath)
-    if rule:
-        return "", cat.STATUS_EXCLUDED, rule
-    suffix = member_suffix(entry.relpath)
-    if suffix not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-        return "", cat.STATUS_EXCLUDED, f"not an image file ({suffix or 'no extension'})"
-    if not manifest.included(entry.relpath):
-        return "", cat.STATUS_EXCLUDED, "outside the manifest's include globs"
-    if entry.size == 0:
-        return "", cat.STATUS_REJECTED, "empty file (0 bytes)"
-    video = suffix in VIDEO_EXTENSIONS
-    if entry.size > max_bytes and (in_archive or not video):  # folder videos are streamed
-        reason = (
-            f"file too large ({entry.size / 2**20:.0f} MB > {max_bytes / 2**20:g} MB): not read "
-            "(raise --max-file-mb to allow)"
-        )
-        return "", cat.STATUS_REJECTED, reason
-    return ("video" if video else "decode"), cat.STATUS_OK, ""
 
 
-def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
-    """Keep every k-th frame of each frame-sequence folder; the others are excluded."""
-    if manifest.video_stride <= 1 or not manifest.sequence_globs:
-        return tasks
-    position: dict[str, int] = {}
-    out: list[Task] = []
-    for task in tasks:  # tasks are sorted by path, so frames of a folder come in order
-        if task.decision != "decode" or not manifest.in_sequence(task.relpath):
-            out.append(task)
-            continue
-        folder = posixpath.dirname(task.relpath)
-        index = position.get(folder, 0)
-        position[folder] = index + 1
-        if index % manifest.video_stride:
-            reason = f"video subsampling (every {manifest.video_stride}th frame kept)"
-            task = replace(task, decision="", status=cat.STATUS_EXCLUDED, reason=reason)
-        out.append(task)
-    return out
 
 
-def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Task], str]:
-    """The source's tasks, and a digest of its file list (names, sizes, times), in this
-    process (`plan_sources` lists folders in parts on the workers, to the same result)."""
-    listed = list_part(manifest, root, None, max_bytes)
-    return ordered_tasks(manifest, root, listed.tasks), hashlib.sha256(listed.lines).hexdigest()
 
 
-@dataclass(frozen=True)
-class ListedPart:
-    """A listing unit's files, classified, and its share of the listing digest's input."""
-
-    tasks: list[Task]
-    lines: bytes
-    renamed: bool  # a name was not UTF-8: its escaped form could equal a name in another unit
 
 
-def list_part(manifest: Manifest, root: Path, unit: ListingUnit | None, max_bytes: int) -> ListedPart:
-    """List and classify one listing unit of a folder, or (`unit` None) a whole source."""
-    entries = list_entries(root) if unit is None else list_unit(root, unit)
-    in_archive = unit is None and root_kind(root) != "folder"
-    tasks = [classify(manifest, entry, max_bytes, in_archive) for entry in entries]
-    tasks = [replace(t, reason=SYNTH_MARKER_REASON) if t.relpath == SYNTH_MARKER else t for t in tasks]
-    lines = "".join(f"{e.relpath}\0{e.size}\0{e.mtime}\0{e.problem}\n" for e in entries)
-    tick(1)
-    return ListedPart(tasks, lines.encode("utf-8", "backslashreplace"), any(e.problem == NOT_UTF8 for e in entries))
 
 
-def _ticked_quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
-    signature = quick_signature(manifest, root, policy)
-    tick(1)  # one part of the listing bar
-    return signature
 
 
-def ordered_tasks(manifest: Manifest, root: Path, tasks: list[Task]) -> list[Task]:
-    """Every k-th frame of a sequence kept; sorted by path, except in a tar archive: there
-    tasks keep archive order, so one forward pass reads each chunk's members without holding
-    members of later chunks."""
-    tasks = subsample_sequences(manifest, tasks)
-    if root_kind(root) == "tar":
-        tasks.sort(key=lambda task: task.order)
-    return tasks
 
 
-def plan_sources(
-    sources: list[tuple[Manifest, Path]], policy: ImagePolicy, execution: ExecutionOptions
-) -> tuple[list[str], list[tuple[list[Task], str]]]:
-    """Each source's quick signature (all taken before any file is listed: a file that
-    changes meanwhile shows in the next run), and its `plan_source`, listed and classified
-    on the workers: a folder in listing units (subtrees, runs of files) whose results join in
-    path order, an archive whole. The same for any worker count (and as `plan_source`'s)."""
-    max_bytes = policy.max_file_bytes
-    workers = execution.workers or available_cores()
-    units: list[tuple[int, ListingUnit | None]] = []
-    for index, (_, root) in enumerate(sources):
-        if root_kind(root) == "folder":
-            units.extend((index, unit) for unit in listing_units(root, UNITS_PER_WORKER * workers))
-        else:
-            units.append((index, None))
-    parts: list[list[tuple[ListingUnit | None, ListedPart]]] = [[] for _ in sources]
-    with run_units(
-        execution, preload=("inf590k.build.ingest",), label="list", total=len(sources) + len(units),
-        units=len(units), unit="part", count=lambda *_: 1,
-    ) as run:
-        quicks = list(run.map(_ticked_quick_signature, ((manifest, root, policy) for manifest, root in sources)))
-        work = ((*sources[index], unit, max_bytes) for index, unit in units)
-        for (index, unit), listed in zip(units, run.map(list_part, work), strict=True):
-            parts[index].append((unit, listed))
-    plans = []
-    for (manifest, root), listed in zip(sources, parts, strict=True):
-        if len(listed) > 1 and any(part.renamed for _, part in listed):  # rare: flag it whole
-            listed = [(None, list_part(manifest, root, None, max_bytes))]
-        tasks = [task for _, part in listed for task in part.tasks]
-        digest = hashlib.sha256(b"".join(part.lines for _, part in listed)).hexdigest()
-        plans.append((ordered_tasks(manifest, root, tasks), digest))
-    return quicks, plans
 
 
-def chunked(tasks: list[Task], size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> list[list[Task]]:
-    """Consecutive runs of at most `size` files and `max_bytes` bytes to read (one file over
-    that gets a chunk of its own): the cut depends on the file list only."""
-    chunks: list[list[Task]] = []
-    current: list[Task] = []
-    held = 0
-    for task in tasks:
-        weight = task.size if task.decision else 0
-        if current and (len(current) >= size or held + weight > max_bytes):
-            chunks.append(current)
-            current, held = [], 0
-        current.append(task)
-        held += weight
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 def part_path(build: Path, source: str, chunk: int) -> Path:
@@ -350,84 +212,16 @@ def remove_temporary_parts(build: Path) -> None:
         path.unlink()
 
 
-def unit_plan(chunks: list[list[Task]], todo: list[int], files_per_unit: int, kind: str) -> list[list[int]]:
-    """Runs of consecutive chunks still to do, each one work unit and one part: at most
-    `files_per_unit` files and `CHUNK_BYTES` bytes streamed from a compressed tar (the driver
-    holds a unit's bytes until a worker takes it)."""
-    units: list[list[int]] = []
-    files = streamed = 0
-    for index in todo:
-        chunk = chunks[index]
-        weight = sum(t.size for t in chunk if t.decision and t.offset < 0) if kind == "tar" else 0
-        if units and files + len(chunk) <= files_per_unit and (streamed + weight <= CHUNK_BYTES or not weight):
-            units[-1].append(index)
-            files += len(chunk)
-            streamed += weight
-        else:
-            units.append([index])
-            files, streamed = len(chunk), weight
-    return units
 
 
-def files_per_unit(todo_files: int, workers: int) -> int:
-    return min(PART_FILES, max(CHUNK_FILES, -(-todo_files // (workers * UNITS_PER_WORKER))))
 
 
-def source_signature(manifest: Manifest, root: Path, policy: ImagePolicy, listing: str) -> str:
-    """Digest of everything a chunk's rows depend on; a change invalidates finished chunks."""
-    described = {
-        "manifest": {k: v for k, v in asdict(manifest).items() if k not in NOT_SIGNED},
-        "root": str(Path(root).resolve()),
-        "policy": asdict(policy),
-        "files": listing,
-        "chunk": [CHUNK_FILES, CHUNK_BYTES],
-    }
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def listing_fingerprint(root: Path) -> str:
-    """A digest of what a source's files are now, without reading or classifying one: the
-    (relpath, size, mtime_ns) of every file under a folder (a link to a folder by its target,
-    an unreadable entry by its error), or the archive file's own. Any file added, removed,
-    renamed or rewritten changes it."""
-    digest = hashlib.sha256()
-    root = Path(root)
-    if not root.is_dir():
-        info = root.stat()
-        digest.update(f"{root.name}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}".encode())
-        return digest.hexdigest()
-    pending = [""]
-    while pending:
-        folder = pending.pop()
-        try:
-            entries = sorted(os.scandir(root / folder) if folder else os.scandir(root), key=lambda e: e.name)
-        except OSError as err:
-            digest.update(f"{folder}\0error {err.errno}\n".encode("utf-8", "surrogateescape"))
-            continue
-        for entry in entries:
-            rel = f"{folder}/{entry.name}" if folder else entry.name
-            digest.update(_entry_line(entry, rel).encode("utf-8", "surrogateescape"))
-            if entry.is_dir(follow_symlinks=False):
-                pending.append(rel)
-    return digest.hexdigest()
 
 
-def _entry_line(entry: os.DirEntry, rel: str) -> str:
-    if entry.is_dir(follow_symlinks=False):
-        return f"{rel}\0dir\n"
-    try:
-        if entry.is_symlink() and os.path.isdir(entry.path):
-            return f"{rel}\0link {os.readlink(entry.path)}\n"
-        info = entry.stat()  # a linked file as the decoder reads it: its target
-        return f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n"
-    except OSError as err:
-        return f"{rel}\0error {err.errno}\n"
 
 
-def quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
-    """`source_signature` with the listing fingerprint for the file list: equal to the one
-    recorded by the last finished ingest when nothing it depends on changed."""
-    return source_signature(manifest, root, policy, listing_fingerprint(root))
 
 
 # ----------------------------------------------------------------------------- processing

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.ingest import IngestConfig, ingest, plan_source, plan_sources, quick_signature
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.ingest_plan import plan_source, plan_sources, quick_signature
 from inf590k.build.rows import load_stored_pixels, make_uid
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs import sources as sources_module
@@ -503,7 +504,7 @@ import sys, time
 from pathlib import Path
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.execution.units import ExecutionOptions
-import inf590k.build.ingest as ing
+import inf590k.build.ingest_plan as ing
 import inf590k.inputs.sources as src
 src.LISTING_FILES = 8
 original = ing.list_part

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from cli import main
 from inf590k.build import catalog as cat
-from inf590k.build.ingest import IngestConfig, chunked, ingest, plan_source
+from inf590k.build.ingest import IngestConfig, ingest
+from inf590k.build.ingest_plan import chunked, plan_source
 from inf590k.build.rows import load_stored_pixels
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
