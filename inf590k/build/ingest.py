@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,6 +24,19 @@ import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
+from inf590k.build.ingest_config import IngestConfig, IngestSummary, SourceSummary
+from inf590k.build.ingest_parts import (
+    ROW_GROUP_ROWS,
+    catalog_counts,
+    commit_part,
+    done_chunks,
+    part_schema,
+    parts_state,
+    remove_parts,
+    remove_temporary_parts,
+    source_parts,
+    temporary_part,
+)
 from inf590k.build.ingest_plan import (
     chunked,
     files_per_unit,
@@ -40,11 +53,8 @@ from inf590k.build.rows import (
     process_chunk,
     raise_opencv_pixel_limit,
 )
-from inf590k.execution.units import ExecutionOptions, UnitRun, run_units
-from inf590k.fsutil import available_cores, open_new, plural
-from inf590k.inputs.imageio import (
-    ImagePolicy,
-)
+from inf590k.execution.units import UnitRun, run_units
+from inf590k.fsutil import available_cores, open_new
 from inf590k.inputs.manifest import (
     SYNTH_CITATION,
     SYNTH_LICENSE,
@@ -64,97 +74,6 @@ from inf590k.inputs.sources import (
     SourceReader,
     root_kind,
 )
-
-ROW_GROUP_ROWS = 16_384  # rows a worker holds before it writes them to its part
-CHUNKS_KEY = b"inf590k.chunks"  # a part's footer: the chunk indices (JSON list) it covers
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    sources: tuple[tuple[str, Path], ...]  # (source id, root folder or archive)
-    build: Path
-    manifests: tuple[Path, ...] = ()  # extra manifest files (--manifest)
-    policy: ImagePolicy = field(default_factory=ImagePolicy)
-    drop_sources: tuple[str, ...] = ()  # source ids whose rows and chunks are removed first
-    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
-    # (folder source id, name | license | citation, text): --source-name/-license/-citation,
-    # over the description file at the folder's root
-    source_facts: tuple[tuple[str, str, str], ...] = ()
-
-
-@dataclass
-class SourceSummary:
-    source: str
-    root: str = ""
-    found: int = 0
-    ok: int = 0
-    excluded: int = 0
-    rejected: int = 0
-    matched: int = 0  # distinct files the include globs matched, before the video stride
-    expected: int | None = None
-    reused_chunks: int = 0
-    folder: bool = False  # a `folder:NAME` (or `folder`) source: no layout to compare
-    damaged: str = ""  # the reason of the row that stands for an unreadable archive
-    catalog: str = ""  # the build's catalog folder
-
-    def __str__(self) -> str:
-        line = (
-            f"{self.source}: found {self.found} = ok {self.ok} + excluded {self.excluded} "
-            f"+ rejected {self.rejected}"
-        )
-        if self.expected is not None and self.expected != self.matched:
-            line += f" (the manifest expects {self.expected} files matching its globs, found {self.matched})"
-        if self.reused_chunks:
-            line += f" [resumed: {plural(self.reused_chunks, 'chunk')} already done]"
-        return line
-
-    def warning(self) -> str:
-        """A line when the source yielded no image at all, with the next step for its case."""
-        if self.ok:
-            return ""
-        head = f"warning: source {self.source} kept 0 of {self.found} files in {self.root}: "
-        if self.damaged:  # the archive's index (or everything after its start) cannot be read
-            return head + self.damaged
-        if self.folder:  # `folder:NAME` sources have no manifest that `sources show` knows
-            return head + (
-                "check that the path holds infrared images, and read why each file was left out "
-                f"in the catalog's reason column (pyarrow.parquet.read_table('{self.catalog}'))"
-            )
-        return head + (
-            f"compare its layout with `inf590k sources show {self.source}` (or use --manifest FILE)"
-        )
-
-
-@dataclass
-class IngestSummary:
-    sources: list[SourceSummary]
-    seconds: float
-    decoded: int
-    earlier_sources: tuple[str, ...] = ()  # in the build folder from earlier runs, not named now
-    dropped: tuple[str, ...] = ()
-    changed: bool = True  # catalog parts were written or removed (lineage: later stages stale)
-    lineage_options: dict = field(default_factory=dict)  # what the catalog was made from
-    lineage_counts: dict = field(default_factory=dict)  # {source: rows}, every source in the build
-
-    @property
-    def warnings(self) -> list[str]:
-        return [w for w in (s.warning() for s in self.sources) if w]
-
-    def __str__(self) -> str:
-        lines = [str(s) for s in self.sources]
-        if self.dropped:
-            lines.append(f"dropped from the build: {', '.join(self.dropped)}")
-        if self.earlier_sources:
-            lines.append(
-                f"also in the build from earlier runs: {', '.join(self.earlier_sources)} "
-                "(remove one with --drop-source ID)"
-            )
-        rate = self.decoded / self.seconds if self.seconds > 0 else 0.0
-        total = sum(s.found for s in self.sources)
-        lines.append(f"ingest: {plural(total, 'file')} catalogued, {self.decoded} decoded in {self.seconds:.1f} s ({rate:.0f} img/s)")
-        lines.extend(self.warnings)
-        return "\n".join(lines)
-
 
 # ----------------------------------------------------------------------------- planning
 
@@ -179,37 +98,14 @@ class IngestSummary:
 
 
 
-def part_path(build: Path, source: str, chunk: int) -> Path:
-    return cat.catalog_dir(build) / f"part-{source}-{chunk:06d}.parquet"
 
 
-def temporary_part(build: Path, source: str, chunk: int) -> Path:
-    """Where a worker writes a part until the driver commits it (a dot file: never read)."""
-    return cat.catalog_dir(build) / f".part-{source}-{chunk:06d}.parquet.tmp"
 
 
-def chunks_of_part(path: Path) -> list[int]:
-    """The chunk indices a committed part covers: its footer says; a part of the earlier
-    layout (one chunk each) by its name."""
-    metadata = pq.read_schema(path).metadata or {}
-    if CHUNKS_KEY in metadata:
-        return [int(i) for i in json.loads(metadata[CHUNKS_KEY])]
-    return [int(path.stem.rsplit("-", 1)[1])]
 
 
-def done_chunks(build: Path, source: str) -> set[int]:
-    """Chunks of `source` that committed parts cover (not those of a source whose id only
-    starts the same: `flir` and `flir-adas`)."""
-    done: set[int] = set()
-    for path in source_parts(build, source):
-        done.update(chunks_of_part(path))
-    return done
 
 
-def remove_temporary_parts(build: Path) -> None:
-    """Parts a killed run left half written (never believed: only a commit names a part)."""
-    for path in cat.catalog_dir(build).glob(".part-*.parquet.tmp"):
-        path.unlink()
 
 
 
@@ -260,8 +156,6 @@ def attach(task: Task, payload: bytes | DamagedMember) -> Task:
     return replace(task, data=payload)
 
 
-def part_schema(indices: list[int]) -> pa.Schema:
-    return cat.CATALOG_SCHEMA.with_metadata({CHUNKS_KEY: json.dumps(indices).encode()})
 
 
 def process_unit(job: SourceJob, chunks: list[list[Task]], indices: list[int], write: bool) -> pa.Table | int:
@@ -286,14 +180,6 @@ def process_unit(job: SourceJob, chunks: list[list[Task]], indices: list[int], w
     return written
 
 
-def commit_part(build: Path, source: str, indices: list[int], result: pa.Table | int) -> None:
-    """Make a finished unit's part visible under its name (atomic: a killed run leaves
-    either no part or the whole part)."""
-    final = part_path(build, source, indices[0])
-    if isinstance(result, pa.Table):
-        cat.write_parquet_atomic(result, final)
-    else:
-        os.replace(temporary_part(build, source, indices[0]), final)
 
 
 def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
@@ -354,16 +240,8 @@ def prepare_source(
     return job, chunks, todo
 
 
-def source_parts(build: Path, source: str) -> list[Path]:
-    """The committed parts of `source` alone (`flir`'s, not `flir-adas`'s)."""
-    prefix = f"part-{source}-"
-    paths = cat.catalog_dir(build).glob(f"{prefix}*.parquet")
-    return sorted(p for p in paths if p.stem[len(prefix) :].isdigit())
 
 
-def remove_parts(build: Path, source: str) -> None:
-    for stale in source_parts(build, source):
-        stale.unlink()
 
 
 def synthetic_marker(root: Path) -> bool:
@@ -444,8 +322,6 @@ def drop_sources(build: Path, recorded: dict, drop: tuple[str, ...]) -> None:
         del recorded[source]
 
 
-def _parts_state(build: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in cat.part_paths(build)}
 
 
 @lineage.stage("ingest", validate=chosen_manifests)
@@ -458,7 +334,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
         unchanged = up_to_date(config, chosen, recorded)
         if unchanged is not None:
             return unchanged
-    before = (json.dumps(_without_quick(recorded), sort_keys=True), _parts_state(build))
+    before = (json.dumps(_without_quick(recorded), sort_keys=True), parts_state(build))
     drop_sources(build, {**recorded}, config.drop_sources)  # checks every id before any change
     lineage.mark_running(build, "ingest")
     cat.catalog_dir(build).mkdir(parents=True, exist_ok=True)  # workers write their parts there
@@ -507,7 +383,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
             quick=quicks[job.manifest.id], summary={**asdict(summary), "reused_chunks": len(chunks)}
         )
     named = {job.manifest.id for job, _, _ in plans}
-    after = (json.dumps(_without_quick(recorded), sort_keys=True), _parts_state(build))
+    after = (json.dumps(_without_quick(recorded), sort_keys=True), parts_state(build))
     cat.write_sources(build, recorded)
     return IngestSummary(
         summaries,
@@ -555,13 +431,6 @@ def up_to_date(config: IngestConfig, chosen: list[Manifest], recorded: dict) -> 
     )
 
 
-def catalog_counts(build: Path) -> dict[str, int]:
-    """Rows per source (later stages change statuses, never the rows)."""
-    if not cat.part_paths(build):
-        return {}
-    sources = pq.read_table(cat.catalog_dir(build), columns=["source"]).column("source")
-    counts = pc.value_counts(sources)  # a struct per distinct source: no Python object per row
-    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)))
 
 
 def _files_to_read(chunk: list[Task]) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 import inf590k.build.ingest as ingest_module
 from inf590k.build import catalog as cat
-from inf590k.build import ingest_plan, lineage
+from inf590k.build import ingest_parts, ingest_plan, lineage
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.dedupe.config import DedupeConfig
 from inf590k.build.dedupe.stage import dedupe
@@ -54,7 +54,7 @@ def test_a_part_covers_many_chunks_and_says_which(tmp_path, frames, monkeypatch)
     summary = run_ingest(build, frames)
     parts = cat.part_paths(build)
     assert len(parts) == 1
-    assert ingest_module.chunks_of_part(parts[0]) == [0, 1, 2, 3]
+    assert ingest_parts.chunks_of_part(parts[0]) == [0, 1, 2, 3]
     assert pq.read_metadata(parts[0]).num_rows == 201 == summary.sources[0].found
     assert not list(cat.catalog_dir(build).glob(".part-*"))  # committed: no temporary left
 
@@ -74,7 +74,7 @@ def test_a_half_written_part_is_never_believed(tmp_path, frames):
     run_ingest(build, frames)
     whole = cat.read_catalog(build)
     first = cat.part_paths(build)[0]
-    chunks = ingest_module.chunks_of_part(first)
+    chunks = ingest_parts.chunks_of_part(first)
     # as if killed: the part was never committed, its worker left a truncated temporary file
     half = ingest_module.temporary_part(build, "folder", chunks[0])
     half.write_bytes(first.read_bytes()[:100])
