@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from cli.app import CliError
-from inf590k.build.lineage import lock_wait
+from inf590k.build.locks import lock_wait
 from inf590k.execution.local import sigterm_as_interrupt
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.manifest import ManifestError

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
+from inf590k.build.locks import folder_lock
 from inf590k.build.shard.plan import (
     ShardConfig,
     ShardJob,
@@ -324,7 +325,7 @@ def shard(config: ShardConfig) -> ShardSummary:
             f"--out {out} is a build folder (it holds a catalog): write the dataset to a folder of its own"
         )
     # one writer per dataset folder, whatever build it comes from
-    with lineage.folder_lock(out, "--out"):
+    with folder_lock(out, "--out"):
         return _write_dataset(config, out, started)
 
 

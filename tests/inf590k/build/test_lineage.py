@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import inf590k.build.ingest as ingest_module
 from cli import main
 from inf590k.build import catalog as cat
-from inf590k.build import lineage
+from inf590k.build import lineage, locks
 from inf590k.build.bins import BinConfig, bin_catalog
 from inf590k.build.dedupe.config import DedupeConfig
 from inf590k.build.dedupe.stage import dedupe
@@ -124,7 +124,7 @@ def test_a_second_command_on_a_busy_build_folder_fails_at_once_or_waits(tmp_path
         assert not cat.part_paths(build)
 
         threading.Timer(0.5, lambda: fcntl.flock(other, fcntl.LOCK_UN)).start()
-        with lineage.lock_wait(True):
+        with locks.lock_wait(True):
             assert run_ingest(build, ("folder", frames)).sources[0].found == 70
     finally:
         os.close(other)

@@ -12,6 +12,7 @@ import pytest
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
+from inf590k.build.locks import folder_lock
 from inf590k.build.shard import ShardConfig
 from inf590k.dataset.layout import (
     InfoError,
@@ -289,7 +290,7 @@ def test_two_shard_runs_into_one_folder_do_not_race(build_copy, tmp_path):
     build, _ = build_copy
     out = tmp_path / "shared-out"
     out.mkdir()
-    with lineage.folder_lock(out, "--out"):
+    with folder_lock(out, "--out"):
         with pytest.raises(lineage.LineageError, match="is being written by another"):
             shard_dataset(shard_config(build, out))
     assert not any(out.iterdir())
