@@ -35,6 +35,7 @@ from pretrain.data.mixture import (
     realised,
     shares,
 )
+from pretrain.data.order import bounded_shuffle, sample_window
 from pretrain.data.remote import (
     NetworkDisabledError,
     ShardReadTimeout,
@@ -42,7 +43,7 @@ from pretrain.data.remote import (
     open_url,
     redact_url,
 )
-from pretrain.data.stream import ShardStream, WorkerPosition, bounded_shuffle, sample_window
+from pretrain.data.stream import ShardStream, WorkerPosition
 from pretrain.data.transforms import (
     crop_box,
     crop_flip,

@@ -12,7 +12,8 @@ import pytest
 
 from pretrain.config import DataConfig
 from pretrain.data.index import expected_lengths, read_info
-from pretrain.data.stream import MAX_EMPTY_PASSES, ShardStream, WorkerPosition, sample_window
+from pretrain.data.order import sample_window
+from pretrain.data.stream import MAX_EMPTY_PASSES, ShardStream, WorkerPosition
 from tests.shardkit import make_dataset
 
 RANKS, WORKERS = 2, 2
