@@ -50,6 +50,16 @@ def _holder(handle_path: Path) -> str:
         return "another process"
 
 
+def _lock(descriptor: int) -> bool:
+    """An exclusive flock on `descriptor`: waits under `--wait`, else False when it is held."""
+    flags = fcntl.LOCK_EX if WAIT_FOR_LOCK.get() else fcntl.LOCK_EX | fcntl.LOCK_NB
+    try:
+        fcntl.flock(descriptor, flags)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def held_here(build: Path) -> bool:
     """This process holds the build folder's lock (an outer stage of `build` does)."""
     return str(Path(build).resolve()) in _HELD
@@ -73,14 +83,11 @@ def build_lock(build: Path, stage: str) -> Iterator[None]:
     lock_path = build / LOCK_FILENAME
     descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        flags = fcntl.LOCK_EX if WAIT_FOR_LOCK.get() else fcntl.LOCK_EX | fcntl.LOCK_NB
-        try:
-            fcntl.flock(descriptor, flags)
-        except BlockingIOError:
+        if not _lock(descriptor):
             raise LineageError(
                 f"build folder {build} is in use by {_holder(lock_path)}: wait for it to finish, "
                 "or pass --wait"
-            ) from None
+            )
         described = {
             "pid": os.getpid(),
             "command": command_line(),
@@ -108,14 +115,11 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        flags = fcntl.LOCK_EX if WAIT_FOR_LOCK.get() else fcntl.LOCK_EX | fcntl.LOCK_NB
-        try:
-            fcntl.flock(descriptor, flags)
-        except BlockingIOError:
+        if not _lock(descriptor):
             raise LineageError(
                 f"{what} {folder} is being written by another `inf590k` command: wait for it to "
                 "finish, or pass --wait"
-            ) from None
+            )
         yield
     except BaseException:
         if created and folder.is_dir() and not any(folder.iterdir()):
