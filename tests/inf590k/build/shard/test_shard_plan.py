@@ -14,7 +14,7 @@ import pytest
 
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig
-from inf590k.build.shard import plan as plan_module
+from inf590k.build.shard import sample_json as sample_json_module
 from inf590k.build.shard.plan import (
     NPY_HEADER_BYTES,
     PNG_BYTES_PER_PIXEL,
@@ -26,9 +26,9 @@ from inf590k.build.shard.plan import (
     parse_size,
     plan_shards,
     run_bounds,
-    sample_jsons,
     shard_counts,
 )
+from inf590k.build.shard.sample_json import sample_jsons
 from inf590k.dataset.layout import sample_json
 from inf590k.execution.units import ExecutionOptions
 from tests.builders import make_build, shard_dataset
@@ -185,10 +185,10 @@ def test_sample_jsons_of_hostile_text_and_extreme_integers():
 
 def test_threaded_chunks_give_the_same_jsons_in_order(monkeypatch):
     table = cat.rows_to_table(catalog_rows(50, "b"))
-    monkeypatch.setattr(plan_module, "JSON_CHUNK_ROWS", 7)
+    monkeypatch.setattr(sample_json_module, "JSON_CHUNK_ROWS", 7)
     expected = [sample_json(row) for row in table.to_pylist()]
-    assert plan_module.parallel_sample_jsons(table, threads=3) == expected
-    assert plan_module.parallel_sample_jsons(table, threads=1) == expected
+    assert sample_json_module.parallel_sample_jsons(table, threads=3) == expected
+    assert sample_json_module.parallel_sample_jsons(table, threads=1) == expected
 
 
 def test_sample_jsons_floats_of_every_magnitude_match_json():
