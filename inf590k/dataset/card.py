@@ -8,14 +8,12 @@ id) and `datasets.load_dataset(FOLDER)` reads exactly those files.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
 from pathlib import Path
 
-import yaml
-
+from inf590k.dataset.card_yaml import ALL_CONFIG, bins_of, card_yaml, split_of
 from inf590k.dataset.layout import (
     CARD_FILENAME,
     COUNTS_PATH,
@@ -28,16 +26,13 @@ from inf590k.dataset.layout import (
     SUMS_PATH,
     dataset_file,
     info_shards,
-    json_feature_types,
     read_info,
     read_sources_table,
 )
 from inf590k.fsutil import plural, write_text_atomic
 
-ALL_CONFIG = "all"
 REPO_PLACEHOLDER = "OWNER/NAME"
 COPY_PLACEHOLDER = "PATH/TO/COPY"
-TAGS = ["infrared", "thermal", "webdataset", "self-supervised-pretraining", "inf590k"]
 # How `pixel_sha256` is made (inputs/fingerprint.py `pixel_digest`), as the card shows it: two
 # lines over a sample as `datasets` gives it (`png` a PIL "L" image, `json` a dict).
 PIXEL_SHA256_SNIPPET = (
@@ -92,98 +87,20 @@ def report_is_fresh(dataset: Path) -> bool:
     return fresh_report(dataset) is not None
 
 
-def size_category(samples: int) -> str:
-    for limit, label in (
-        (1e3, "n<1K"),
-        (1e4, "1K<n<10K"),
-        (1e5, "10K<n<100K"),
-        (1e6, "100K<n<1M"),
-        (1e7, "1M<n<10M"),
-    ):
-        if samples < limit:
-            return label
-    return "10M<n<100M"
 
 
-# ----------------------------------------------------------------------------- YAML
 
 
-def bins_of(info: dict) -> dict[str, list[tuple[str, int]]]:
-    """bin -> [(shard relpath under data/, samples)], sorted."""
-    bins: dict[str, list[tuple[str, int]]] = {}
-    for name, length in info_shards(info):
-        bins.setdefault(name.split("/", 1)[0], []).append((name, length))
-    return dict(sorted(bins.items()))
 
 
-def split_of(info: dict) -> str:
-    return next(iter(info.get("splits", {"train": {}})))
 
 
-def card_configs(info: dict) -> list[dict]:
-    """`all` (default) and one config per bin, each a glob over its tars under data/."""
-    split = split_of(info)
-    configs = [
-        {
-            "config_name": ALL_CONFIG,
-            "default": True,
-            "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/*/*.tar"}],
-        }
-    ]
-    for bin_name in bins_of(info):
-        configs.append(
-            {
-                "config_name": bin_name,
-                "data_files": [{"split": split, "path": f"{DATA_DIRNAME}/{bin_name}/*.tar"}],
-            }
-        )
-    return configs
 
 
-def _feature(name: str, dtype: str) -> dict:
-    if dtype.startswith("list<"):
-        return {"name": name, "list": dtype[5:-1]}
-    return {"name": name, "dtype": {"float": "float32", "double": "float64"}.get(dtype, dtype)}
 
 
-def card_features(info: dict, table: list[dict]) -> list[dict]:
-    """`dataset_info.features` in the Hub's YAML form: what `datasets` gives per sample."""
-    names = {str(int(e["class_id"])): e["id"] for e in table}
-    features = [
-        {"name": "cls", "dtype": {"class_label": {"names": names}}},
-        {"name": "json", "struct": [_feature(k, v) for k, v in json_feature_types().items()]},
-    ]
-    if "npy" in info.get("members", []):
-        features.append({"name": "npy", "list": {"list": "uint16"}})
-    features += [
-        {"name": "png", "dtype": "image"},
-        {"name": "__key__", "dtype": "string"},
-        {"name": "__url__", "dtype": "string"},
-    ]
-    return features
 
 
-_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: ~10x faster on big cards
-
-
-def card_yaml(info: dict, table: list[dict], samples: int) -> str:
-    configs = card_configs(info)
-    features = card_features(info, table)
-    header = {
-        "license": "other",
-        "license_name": "per-source",
-        "license_link": LICENSES_PATH,
-        "pretty_name": info.get("name", "inf590k"),
-        "task_categories": ["image-feature-extraction"],
-        "size_categories": [size_category(samples)],
-        "tags": TAGS,
-        "configs": configs,
-        # one copy per config: shared objects would become YAML anchors and aliases
-        "dataset_info": [
-            {"config_name": c["config_name"], "features": copy.deepcopy(features)} for c in configs
-        ],
-    }
-    return yaml.dump(header, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
 
 
 # ----------------------------------------------------------------------------- body
