@@ -15,9 +15,10 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -38,16 +39,19 @@ from inf590k.build.ingest_parts import (
     temporary_part,
 )
 from inf590k.build.ingest_plan import (
-    chunked,
+    chunk_starts,
     files_per_unit,
+    per_chunk,
     plan_sources,
     quick_signature,
+    read_weights,
     source_signature,
     unit_plan,
 )
 from inf590k.build.rows import (
+    DECISIONS,
     SourceJob,
-    Task,
+    UnitTasks,
     _init_worker,
     policy_for,
     process_chunk,
@@ -74,6 +78,59 @@ from inf590k.inputs.sources import (
     SourceReader,
     root_kind,
 )
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """A source's tasks as columns (TASK_SCHEMA, one chunk a column) cut into chunks, and the
+    chunks still to do."""
+
+    job: SourceJob
+    table: pa.Table
+    starts: np.ndarray  # [chunks + 1] first row of each chunk, then the row count
+    to_read: list[int]  # per chunk: files a worker reads (the others are decided already)
+    todo: list[int]
+
+    @property
+    def chunks(self) -> int:
+        return len(self.starts) - 1
+
+    def unit_tasks(self, indices: list[int]) -> UnitTasks:
+        """A work unit's rows, copied out of the table (a slice would pickle all of it)."""
+        first, last = indices[0], indices[-1]
+        if last - first + 1 == len(indices):  # consecutive chunks: one run of rows
+            rows = np.arange(self.starts[first], self.starts[last + 1])
+        else:
+            rows = np.concatenate([np.arange(self.starts[i], self.starts[i + 1]) for i in indices])
+        lengths = tuple(int(self.starts[i + 1] - self.starts[i]) for i in indices)
+        return UnitTasks(self.table.take(rows), lengths)
+
+
+@dataclass(frozen=True)
+class PlannedUnits:
+    """Work units of a source, each one's rows taken from the plan as it is reached."""
+
+    plan: SourcePlan
+    units: list[list[int]]
+
+    def __iter__(self) -> Iterator[UnitTasks]:
+        return (self.plan.unit_tasks(unit) for unit in self.units)
+
+    def streamed_names(self) -> set[str]:
+        """Members of a compressed tar these units stream (none for other sources)."""
+        plan = self.plan
+        if plan.job.kind != "tar" or not self.units:
+            return set()
+        chosen = np.zeros(plan.chunks, bool)
+        chosen[[i for unit in self.units for i in unit]] = True
+        rows = np.repeat(chosen, np.diff(plan.starts)) & streamed_rows(plan.table)
+        return set(plan.table.column("relpath").filter(pa.array(rows)).to_pylist())
+
+
+def streamed_rows(table: pa.Table) -> np.ndarray:
+    """[rows] whether a worker reads the row's file from bytes the driver streams (a
+    compressed tar's members: an uncompressed one's are read in place at their offset)."""
+    return (table.column("decision").to_numpy() != DECISIONS.index("")) & (table.column("offset").to_numpy() < 0)
 
 # ----------------------------------------------------------------------------- planning
 
@@ -126,43 +183,40 @@ from inf590k.inputs.sources import (
 # ----------------------------------------------------------------------------- driver
 
 
-def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Task]]:
-    """Attach member bytes to tar chunks in one forward pass over the archive.
+def with_tar_bytes(job: SourceJob, pieces: PlannedUnits) -> Iterator[UnitTasks]:
+    """Attach member bytes to tar work units in one forward pass over the archive.
 
-    Chunks follow archive order, so only the current chunk's members are held. A member that
-    cannot be read (cut off, corrupt stream) becomes a rejected task with the reason. Members
-    of an uncompressed tar are not streamed: the worker reads them at their offset.
+    Units follow archive order, so only the current unit's members are held. A member that
+    cannot be read (cut off, corrupt stream) gets the reason in place of its bytes (its row is
+    rejected). Members of an uncompressed tar are not streamed: the worker reads them at their
+    offset.
     """
-    wanted = {t.relpath for chunk in chunks for t in chunk if t.decision and t.offset < 0}
+    wanted = pieces.streamed_names()
     if not wanted:  # uncompressed: each worker reads its members in place (no copy held here)
-        yield from chunks
+        yield from pieces
         return
     stream = SourceReader(job.root).iter_tar_bytes(wanted)
     buffered: dict[str, bytes | DamagedMember] = {}
-    for chunk in chunks:
-        needed = {t.relpath for t in chunk if t.decision and t.offset < 0}
+    for piece in pieces:
+        names = piece.table.column("relpath").to_pylist()
+        flags = streamed_rows(piece.table).tolist()
+        needed = {name for name, flag in zip(names, flags, strict=True) if flag}
         while not needed <= buffered.keys():
             name, payload = next(stream, (None, None))
             if name is None:  # the stream ended early: cannot happen unless the file changed
                 buffered.update({n: DamagedMember("archive member not found on re-read") for n in needed})
                 break
             buffered[name] = payload
-        yield [attach(t, buffered.pop(t.relpath)) if t.relpath in needed else t for t in chunk]
+        data = tuple(buffered.pop(name) if flag else None for name, flag in zip(names, flags, strict=True))
+        yield replace(piece, data=data)
 
 
-def attach(task: Task, payload: bytes | DamagedMember) -> Task:
-    if isinstance(payload, DamagedMember):
-        return replace(task, decision="", status=cat.STATUS_REJECTED, reason=str(payload))
-    return replace(task, data=payload)
-
-
-
-
-def process_unit(job: SourceJob, chunks: list[list[Task]], indices: list[int], write: bool) -> pa.Table | int:
+def process_unit(job: SourceJob, unit: UnitTasks, indices: list[int], write: bool) -> pa.Table | int:
     """Catalogue a unit's chunks. `write`: into its temporary part (this worker writes it,
     a row group per `ROW_GROUP_ROWS` rows held), returning the row count; else (a cluster
     worker, which may not see the build folder) return the rows as one table."""
     schema = part_schema(indices)
+    chunks = unit.chunks()
     if not write:
         rows = [row for chunk in chunks for row in process_chunk(job, chunk)]
         return cat.rows_to_table(rows).cast(schema)
@@ -178,8 +232,6 @@ def process_unit(job: SourceJob, chunks: list[list[Task]], indices: list[int], w
         handle.flush()
         os.fsync(handle.fileno())
     return written
-
-
 
 
 def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
@@ -211,10 +263,10 @@ def source_manifest(manifest: Manifest, root: Path) -> Manifest:
 
 
 def prepare_source(
-    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, plan: tuple[list[Task], str]
-) -> tuple[SourceJob, list[list[Task]], list[int]]:
+    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, plan: tuple[pa.Table, str]
+) -> SourcePlan:
     """Record a planned source and find which chunks still need doing (stale parts are removed)."""
-    tasks, listing = plan
+    table, listing = plan
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
@@ -234,10 +286,11 @@ def prepare_source(
         **({"folder_source": True} if manifest.folder_source else {}),
         # "quick" and "summary" are added once the source is catalogued (a no-op run reads them)
     }
-    chunks = chunked(tasks)
+    starts = chunk_starts(read_weights(table))
+    to_read = per_chunk((table.column("decision").to_numpy() != DECISIONS.index("")).astype(np.int64), starts)
     done = done_chunks(config.build, manifest.id)
-    todo = [i for i in range(len(chunks)) if i not in done]
-    return job, chunks, todo
+    todo = [i for i in range(len(starts) - 1) if i not in done]
+    return SourcePlan(job, table, starts, to_read, todo)
 
 
 
@@ -353,14 +406,18 @@ def ingest(config: IngestConfig) -> IngestSummary:
     cat.write_sources(build, recorded)
 
     # the bar counts the files to read: excluded ones are decided already and take no time
-    total = sum(_files_to_read(chunks[i]) for _, chunks, todo in plans for i in todo)
-    raise_opencv_pixel_limit(max((job.policy.max_pixels for job, _, _ in plans), default=0))
+    total = sum(plan.to_read[i] for plan in plans for i in plan.todo)
+    raise_opencv_pixel_limit(max((plan.job.policy.max_pixels for plan in plans), default=0))
+    files = [np.diff(plan.starts).tolist() for plan in plans]  # per chunk
     per_unit = files_per_unit(
-        sum(len(chunks[i]) for _, chunks, todo in plans for i in todo),
+        sum(counts[i] for plan, counts in zip(plans, files, strict=True) for i in plan.todo),
         config.execution.workers or available_cores(),
     )
-    units = [unit_plan(chunks, todo, per_unit, job.kind) for job, chunks, todo in plans]
-    to_read = {job.manifest.id: [_files_to_read(c) for c in chunks] for job, chunks, _ in plans}
+    units = [
+        unit_plan(counts, streamed_weights(plan), plan.todo, per_unit)
+        for plan, counts in zip(plans, files, strict=True)
+    ]
+    to_read = {plan.job.manifest.id: plan.to_read for plan in plans}
     started = time.perf_counter()
     decoded = 0
     with run_units(
@@ -373,16 +430,15 @@ def ingest(config: IngestConfig) -> IngestSummary:
         initializer=_init_worker,
         count=lambda unit, _: sum(to_read[unit[0].manifest.id][i] for i in unit[2]),  # Ray
     ) as run:
-        for (job, chunks, _), source_units in zip(plans, units, strict=True):
-            decoded += run_source(job, chunks, source_units, run)
+        for plan, source_units in zip(plans, units, strict=True):
+            decoded += run_source(plan, source_units, run)
     seconds = time.perf_counter() - started
-    summaries = [summarize_parts(build, job.manifest, job.root) for job, _, _ in plans]
-    for summary, (job, chunks, todo) in zip(summaries, plans, strict=True):
-        summary.reused_chunks = len(chunks) - len(todo)
-        recorded[job.manifest.id].update(
-            quick=quicks[job.manifest.id], summary={**asdict(summary), "reused_chunks": len(chunks)}
-        )
-    named = {job.manifest.id for job, _, _ in plans}
+    summaries = [summarize_parts(build, plan.job.manifest, plan.job.root) for plan in plans]
+    for summary, plan in zip(summaries, plans, strict=True):
+        source = plan.job.manifest.id
+        summary.reused_chunks = plan.chunks - len(plan.todo)
+        recorded[source].update(quick=quicks[source], summary={**asdict(summary), "reused_chunks": plan.chunks})
+    named = {plan.job.manifest.id for plan in plans}
     after = (json.dumps(_without_quick(recorded), sort_keys=True), parts_state(build))
     cat.write_sources(build, recorded)
     return IngestSummary(
@@ -433,45 +489,36 @@ def up_to_date(config: IngestConfig, chosen: list[Manifest], recorded: dict) -> 
 
 
 
-def _files_to_read(chunk: list[Task]) -> int:
-    return sum(1 for task in chunk if task.decision)
+def streamed_weights(plan: SourcePlan) -> list[int]:
+    """Per chunk: bytes the driver streams from a compressed tar (0 for other sources)."""
+    if plan.job.kind != "tar":
+        return [0] * plan.chunks
+    return per_chunk(np.where(streamed_rows(plan.table), plan.table.column("size").to_numpy(), 0), plan.starts)
 
 
-def process_streamed(job: SourceJob, chunk: list[Task], indices: list[int], write: bool) -> pa.Table | int:
+def process_streamed(job: SourceJob, piece: UnitTasks, indices: list[int], write: bool) -> pa.Table | int:
     """One chunk of an archive a cluster worker streams (Ray resolves a top-level argument)."""
-    return process_unit(job, [chunk], indices, write)
+    return process_unit(job, piece, indices, write)
 
 
-def _grouped(stream: Iterator[list[Task]], units: list[list[int]]) -> Iterator[list[list[Task]]]:
-    """The chunks of a lazy stream (archive bytes attached as it is read) cut into units."""
-    for unit in units:
-        yield [next(stream) for _ in unit]
-
-
-def run_source(job: SourceJob, chunks: list[list[Task]], units: list[list[int]], run: UnitRun) -> int:
-    streamed = job.kind == "tar" and any(
-        t.decision and t.offset < 0 for unit in units for i in unit for t in chunks[i]
-    )
-    if streamed and run.on_cluster:  # a worker streams the archive: no bytes held here; one
-        units = [[i] for unit in units for i in unit]  # chunk a unit, as Ray resolves it
-        stream = run.executor.stream(with_tar_bytes, job, [chunks[i] for unit in units for i in unit])
+def run_source(plan: SourcePlan, units: list[list[int]], run: UnitRun) -> int:
+    job = plan.job
+    if run.on_cluster and PlannedUnits(plan, units).streamed_names():  # a worker streams the
+        units = [[i] for unit in units for i in unit]  # archive, one chunk a unit, as Ray resolves it
+        stream = run.executor.stream(with_tar_bytes, job, PlannedUnits(plan, units))
         work = ((job, ref, indices, False) for ref, indices in zip(stream, units, strict=False))
-        return _commit_all(job, chunks, units, run.map(process_streamed, work))
-    if job.kind == "tar":
-        stream = with_tar_bytes(job, [chunks[i] for unit in units for i in unit])
-        unit_chunks = _grouped(iter(stream), units)
-    else:
-        unit_chunks = ([chunks[i] for i in unit] for unit in units)
+        return _commit_all(plan, units, run.map(process_streamed, work))
+    pieces = with_tar_bytes(job, PlannedUnits(plan, units))
     write = not run.on_cluster
-    work = ((job, unit, indices, write) for unit, indices in zip(unit_chunks, units, strict=False))
-    return _commit_all(job, chunks, units, run.map(process_unit, work))
+    work = ((job, piece, indices, write) for piece, indices in zip(pieces, units, strict=False))
+    return _commit_all(plan, units, run.map(process_unit, work))
 
 
-def _commit_all(job: SourceJob, chunks: list[list[Task]], units: list[list[int]], results: Iterator) -> int:
+def _commit_all(plan: SourcePlan, units: list[list[int]], results: Iterator) -> int:
     decoded = 0
     for indices, result in zip(units, results, strict=False):
-        commit_part(job.build, job.manifest.id, indices, result)
-        decoded += sum(_files_to_read(chunks[i]) for i in indices)
+        commit_part(plan.job.build, plan.job.manifest.id, indices, result)
+        decoded += sum(plan.to_read[i] for i in indices)
     return decoded
 
 
