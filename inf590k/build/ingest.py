@@ -234,27 +234,34 @@ def process_unit(job: SourceJob, unit: UnitTasks, indices: list[int], write: boo
     return written
 
 
-def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
+def summarize_parts(build: Path, manifest: Manifest, root: Path, repeated: pa.Array) -> SourceSummary:
+    """A source's counts from its parts, read one at a time (memory follows the largest
+    part) and counted with Arrow kernels (no Python object per row). `repeated`: the
+    relpaths that more than one file of the source has (archive members named twice): the
+    only ones that two parts can both hold, so the others are counted distinct per part."""
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
     summary.folder = manifest.folder_source
     summary.catalog = str(cat.catalog_dir(build))
-    parts = [pq.read_table(path, columns=["status", "reason", "relpath"]) for path in source_parts(build, manifest.id)]
-    if not parts:
-        return summary
-    table = pa.concat_tables(parts)  # counted with Arrow kernels: no Python object per row
-    status, reason, relpath = (table.column(name) for name in ("status", "reason", "relpath"))
-    excluded = pc.equal(status, cat.STATUS_EXCLUDED)
-    damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, cat.STATUS_REJECTED))
-    if pc.any(damaged).as_py():
-        summary.damaged = pc.filter(reason, damaged)[-1].as_py()
-    # files the include globs matched (a video is one file): all but exclusions, and frames
-    # the video stride left out
-    matched = pc.or_(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
-    summary.found = table.num_rows
-    summary.excluded = pc.sum(excluded).as_py() or 0
-    summary.ok = pc.sum(pc.is_in(status, pa.array([cat.STATUS_OK, cat.STATUS_DUPLICATE]))).as_py() or 0
+    twice: list[pa.ChunkedArray] = []
+    for path in source_parts(build, manifest.id):
+        table = pq.read_table(path, columns=["status", "reason", "relpath"])
+        status, reason, relpath = (table.column(name) for name in ("status", "reason", "relpath"))
+        excluded = pc.equal(status, cat.STATUS_EXCLUDED)
+        damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, cat.STATUS_REJECTED))
+        if pc.any(damaged).as_py():
+            summary.damaged = pc.filter(reason, damaged)[-1].as_py()
+        # files the include globs matched (a video is one file): all but exclusions, and
+        # frames the video stride left out
+        matched = pc.or_(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
+        summary.found += table.num_rows
+        summary.excluded += pc.sum(excluded).as_py() or 0
+        summary.ok += pc.sum(pc.is_in(status, pa.array([cat.STATUS_OK, cat.STATUS_DUPLICATE]))).as_py() or 0
+        in_repeated = pc.is_in(relpath, repeated)
+        summary.matched += pc.count_distinct(pc.filter(relpath, pc.and_(matched, pc.invert(in_repeated)))).as_py()
+        twice.append(pc.filter(relpath, pc.and_(matched, in_repeated)))
     summary.rejected = summary.found - summary.excluded - summary.ok
-    summary.matched = pc.count_distinct(pc.filter(relpath, matched)).as_py()
+    if twice:
+        summary.matched += pc.count_distinct(pa.chunked_array([c for part in twice for c in part.chunks], pa.string())).as_py()
     return summary
 
 
@@ -433,7 +440,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
         for plan, source_units in zip(plans, units, strict=True):
             decoded += run_source(plan, source_units, run)
     seconds = time.perf_counter() - started
-    summaries = [summarize_parts(build, plan.job.manifest, plan.job.root) for plan in plans]
+    summaries = [summarize_parts(build, plan.job.manifest, plan.job.root, repeated_names(plan.table)) for plan in plans]
     for summary, plan in zip(summaries, plans, strict=True):
         source = plan.job.manifest.id
         summary.reused_chunks = plan.chunks - len(plan.todo)
@@ -487,6 +494,12 @@ def up_to_date(config: IngestConfig, chosen: list[Manifest], recorded: dict) -> 
     )
 
 
+
+
+def repeated_names(table: pa.Table) -> pa.Array:
+    """Relpaths more than one task has: a later one is a repeat (its occurrence counted)."""
+    repeats = pc.filter(table.column("relpath"), pc.greater(table.column("occurrence"), 0))
+    return pc.unique(repeats.combine_chunks())
 
 
 def streamed_weights(plan: SourcePlan) -> list[int]:

@@ -289,16 +289,21 @@ def video_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
 
 def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
     rows: list[dict] = []
+    read = 0  # files read, whatever became of them; decided ones are not on the bar
     with SourceReader(job.root) as reader:
         for task in tasks:
             if task.decision == "decode":
                 rows.extend(decode_rows(job, task, reader))
             elif task.decision == "video":
                 rows.extend(video_rows(job, task, reader))
-            else:  # decided while planning: not on the bar, which counts files to read
+                progress.tick()  # a video may take long: the bar moves past it at once
+                continue
+            else:
                 rows.append(base_row(job.manifest, task))
                 continue
-            progress.tick()  # files read, whatever became of them
+            read += 1
+    if read:  # once a chunk: a tick per file would cost the main process as much again
+        progress.tick(read)
     return rows
 
 
