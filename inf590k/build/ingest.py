@@ -50,6 +50,7 @@ from inf590k.build.ingest_plan import (
 )
 from inf590k.build.rows import (
     DECISIONS,
+    STATUSES,
     SourceJob,
     UnitTasks,
     _init_worker,
@@ -234,35 +235,40 @@ def process_unit(job: SourceJob, unit: UnitTasks, indices: list[int], write: boo
     return written
 
 
-def summarize_parts(build: Path, manifest: Manifest, root: Path, repeated: pa.Array) -> SourceSummary:
-    """A source's counts from its parts, read one at a time (memory follows the largest
-    part) and counted with Arrow kernels (no Python object per row). `repeated`: the
-    relpaths that more than one file of the source has (archive members named twice): the
-    only ones that two parts can both hold, so the others are counted distinct per part."""
+def summarize_parts(build: Path, manifest: Manifest, root: Path, planned: pa.Table) -> SourceSummary:
+    """A source's counts: rows by status from its parts (their status column alone), what
+    the listing decided from the plan's columns (`planned`: every file of the source, as the
+    parts' rows were made from it), with Arrow kernels (no Python object per row)."""
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
     summary.folder = manifest.folder_source
     summary.catalog = str(cat.catalog_dir(build))
-    twice: list[pa.ChunkedArray] = []
     for path in source_parts(build, manifest.id):
-        table = pq.read_table(path, columns=["status", "reason", "relpath"])
-        status, reason, relpath = (table.column(name) for name in ("status", "reason", "relpath"))
-        excluded = pc.equal(status, cat.STATUS_EXCLUDED)
-        damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, cat.STATUS_REJECTED))
-        if pc.any(damaged).as_py():
-            summary.damaged = pc.filter(reason, damaged)[-1].as_py()
-        # files the include globs matched (a video is one file): all but exclusions, and
-        # frames the video stride left out
-        matched = pc.or_(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
-        summary.found += table.num_rows
-        summary.excluded += pc.sum(excluded).as_py() or 0
+        status = pq.read_table(path, columns=["status"]).column("status")
+        summary.found += len(status)
+        summary.excluded += pc.sum(pc.equal(status, cat.STATUS_EXCLUDED)).as_py() or 0
         summary.ok += pc.sum(pc.is_in(status, pa.array([cat.STATUS_OK, cat.STATUS_DUPLICATE]))).as_py() or 0
-        in_repeated = pc.is_in(relpath, repeated)
-        summary.matched += pc.count_distinct(pc.filter(relpath, pc.and_(matched, pc.invert(in_repeated)))).as_py()
-        twice.append(pc.filter(relpath, pc.and_(matched, in_repeated)))
     summary.rejected = summary.found - summary.excluded - summary.ok
-    if twice:
-        summary.matched += pc.count_distinct(pa.chunked_array([c for part in twice for c in part.chunks], pa.string())).as_py()
+    # an unreadable archive's row, and the files the include globs matched (a video is one
+    # file): all but exclusions, and frames the video stride left out; workers change neither
+    relpath, status, reason = (planned.column(name) for name in ("relpath", "status", "reason"))
+    damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, STATUSES.index(cat.STATUS_REJECTED)))
+    if pc.any(damaged).as_py():
+        summary.damaged = pc.filter(reason, damaged)[-1].as_py()
+    excluded = pc.equal(status, STATUSES.index(cat.STATUS_EXCLUDED))
+    matched = pc.or_kleene(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
+    summary.matched = distinct_count(planned, pc.fill_null(matched, False))
     return summary
+
+
+def distinct_count(planned: pa.Table, rows: pa.ChunkedArray) -> int:
+    """Distinct relpaths among `rows` of the plan without hashing every one: a name the
+    listing met before has an occurrence (archive members named twice), so only those
+    names can repeat."""
+    relpath = planned.column("relpath")
+    repeated = pc.unique(pc.filter(relpath, pc.greater(planned.column("occurrence"), 0)).combine_chunks())
+    in_repeated = pc.is_in(relpath, repeated)
+    once = pc.sum(pc.and_(rows, pc.invert(in_repeated))).as_py() or 0
+    return once + pc.count_distinct(pc.filter(relpath, pc.and_(rows, in_repeated))).as_py()
 
 
 def source_manifest(manifest: Manifest, root: Path) -> Manifest:
@@ -440,7 +446,7 @@ def ingest(config: IngestConfig) -> IngestSummary:
         for plan, source_units in zip(plans, units, strict=True):
             decoded += run_source(plan, source_units, run)
     seconds = time.perf_counter() - started
-    summaries = [summarize_parts(build, plan.job.manifest, plan.job.root, repeated_names(plan.table)) for plan in plans]
+    summaries = [summarize_parts(build, plan.job.manifest, plan.job.root, plan.table) for plan in plans]
     for summary, plan in zip(summaries, plans, strict=True):
         source = plan.job.manifest.id
         summary.reused_chunks = plan.chunks - len(plan.todo)
@@ -494,12 +500,6 @@ def up_to_date(config: IngestConfig, chosen: list[Manifest], recorded: dict) -> 
     )
 
 
-
-
-def repeated_names(table: pa.Table) -> pa.Array:
-    """Relpaths more than one task has: a later one is a repeat (its occurrence counted)."""
-    repeats = pc.filter(table.column("relpath"), pc.greater(table.column("occurrence"), 0))
-    return pc.unique(repeats.combine_chunks())
 
 
 def streamed_weights(plan: SourcePlan) -> list[int]:

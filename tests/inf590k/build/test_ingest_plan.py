@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.ingest import PlannedUnits, SourcePlan, with_tar_bytes
+from inf590k.build.ingest import IngestConfig, PlannedUnits, SourcePlan, ingest, with_tar_bytes
 from inf590k.build.ingest_plan import (
     CHUNK_BYTES,
     CHUNK_FILES,
@@ -27,9 +27,11 @@ from inf590k.build.ingest_plan import (
     unit_plan,
 )
 from inf590k.build.rows import SourceJob, Task, UnitTasks, policy_for, table_tasks, tasks_table
+from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs.imageio import ImagePolicy
 from inf590k.inputs.manifest import folder_manifest
-from inf590k.inputs.sources import DamagedMember
+from inf590k.inputs.sources import DAMAGED_INDEX, DamagedMember
+from tests.images import encode, thermal_frame
 
 # ----------------------------------------------------------------------------- the reference
 
@@ -258,3 +260,39 @@ def test_a_unit_of_a_folder_reads_nothing_ahead(tmp_path):
     pieces = list(with_tar_bytes(job, PlannedUnits(plan, [[0, 1], [2]])))
     assert [p.data for p in pieces] == [None, None] and [p.lengths for p in pieces] == [(4, 4), (2,)]
     assert isinstance(pieces[0], UnitTasks) and Path(job.root) == tmp_path
+
+
+# ----------------------------------------------------------------------------- the summary
+
+
+def catalog_summary(build: Path, source: str) -> tuple[int, int, int, int, int, str]:
+    """(found, ok, excluded, rejected, matched, damaged) counted over the catalog's rows."""
+    rows = [r for r in cat.read_catalog(build).to_pylist() if r["source"] == source]
+    excluded = [r for r in rows if r["status"] == cat.STATUS_EXCLUDED]
+    ok = [r for r in rows if r["status"] in (cat.STATUS_OK, cat.STATUS_DUPLICATE)]
+    matched = {r["relpath"] for r in rows if r["status"] != cat.STATUS_EXCLUDED or r["reason"].startswith("video subsampling")}
+    damaged = [r["reason"] for r in rows if r["relpath"] == DAMAGED_INDEX and r["status"] == cat.STATUS_REJECTED]
+    return len(rows), len(ok), len(excluded), len(rows) - len(ok) - len(excluded), len(matched), (damaged or [""])[-1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_summary_counts_what_the_catalog_holds(tmp_path, workers):
+    """Archive members named twice (one a non-image) land in different parts; the archive is
+    cut short after them: the summary's counts equal the catalog's."""
+    archive = tmp_path / "twice.tar"
+    with tarfile.open(archive, "w") as tf:
+        for i in range(150):
+            name = ["d/same.png", "d/notes.txt", f"d/{i:03d}.png"][min(i % 50, 2)]
+            data = encode(thermal_frame(16, 16, seed=i)) if name.endswith(".png") else b"text"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    whole = archive.read_bytes()
+    archive.write_bytes(whole[: len(whole) * 9 // 10 + 100])  # cut inside a member
+    config = IngestConfig(sources=(("folder", archive),), build=tmp_path / "b", execution=ExecutionOptions(workers=workers, progress=False))
+    summary = ingest(config).sources[0]
+    found, ok, excluded, rejected, matched, damaged = catalog_summary(tmp_path / "b", summary.source)
+    assert (summary.found, summary.ok, summary.excluded, summary.rejected) == (found, ok, excluded, rejected)
+    assert (summary.matched, summary.damaged) == (matched, damaged)
+    assert damaged.startswith("damaged archive") and excluded == 1 and 100 < matched < found  # a repeat of the .txt is rejected
+    assert len(cat.part_paths(tmp_path / "b")) > 1 or workers == 1
