@@ -65,7 +65,7 @@ STATUSES = (cat.STATUS_OK, cat.STATUS_EXCLUDED, cat.STATUS_REJECTED)  # Task.sta
 # sequence (the video stride may leave it out).
 TASK_SCHEMA = pa.schema(
     [
-        ("relpath", pa.string()),
+        ("relpath", pa.large_string()),  # 64-bit offsets: any number of files joins in one column
         ("size", pa.int64()),
         ("decision", pa.int8()),
         ("status", pa.int8()),
