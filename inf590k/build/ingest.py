@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ from inf590k.build.ingest_parts import (
     temporary_part,
 )
 from inf590k.build.ingest_plan import (
+    PlannedUnits,
+    SourcePlan,
     chunk_starts,
     files_per_unit,
     per_chunk,
@@ -46,6 +48,8 @@ from inf590k.build.ingest_plan import (
     quick_signature,
     read_weights,
     source_signature,
+    streamed_rows,
+    streamed_weights,
     unit_plan,
 )
 from inf590k.build.rows import (
@@ -79,59 +83,6 @@ from inf590k.inputs.sources import (
     SourceReader,
     root_kind,
 )
-
-
-@dataclass(frozen=True)
-class SourcePlan:
-    """A source's tasks as columns (TASK_SCHEMA, one chunk a column) cut into chunks, and the
-    chunks still to do."""
-
-    job: SourceJob
-    table: pa.Table
-    starts: np.ndarray  # [chunks + 1] first row of each chunk, then the row count
-    to_read: list[int]  # per chunk: files a worker reads (the others are decided already)
-    todo: list[int]
-
-    @property
-    def chunks(self) -> int:
-        return len(self.starts) - 1
-
-    def unit_tasks(self, indices: list[int]) -> UnitTasks:
-        """A work unit's rows, copied out of the table (a slice would pickle all of it)."""
-        first, last = indices[0], indices[-1]
-        if last - first + 1 == len(indices):  # consecutive chunks: one run of rows
-            rows = np.arange(self.starts[first], self.starts[last + 1])
-        else:
-            rows = np.concatenate([np.arange(self.starts[i], self.starts[i + 1]) for i in indices])
-        lengths = tuple(int(self.starts[i + 1] - self.starts[i]) for i in indices)
-        return UnitTasks(self.table.take(rows), lengths)
-
-
-@dataclass(frozen=True)
-class PlannedUnits:
-    """Work units of a source, each one's rows taken from the plan as it is reached."""
-
-    plan: SourcePlan
-    units: list[list[int]]
-
-    def __iter__(self) -> Iterator[UnitTasks]:
-        return (self.plan.unit_tasks(unit) for unit in self.units)
-
-    def streamed_names(self) -> set[str]:
-        """Members of a compressed tar these units stream (none for other sources)."""
-        plan = self.plan
-        if plan.job.kind != "tar" or not self.units:
-            return set()
-        chosen = np.zeros(plan.chunks, bool)
-        chosen[[i for unit in self.units for i in unit]] = True
-        rows = np.repeat(chosen, np.diff(plan.starts)) & streamed_rows(plan.table)
-        return set(plan.table.column("relpath").filter(pa.array(rows)).to_pylist())
-
-
-def streamed_rows(table: pa.Table) -> np.ndarray:
-    """[rows] whether a worker reads the row's file from bytes the driver streams (a
-    compressed tar's members: an uncompressed one's are read in place at their offset)."""
-    return (table.column("decision").to_numpy() != DECISIONS.index("")) & (table.column("offset").to_numpy() < 0)
 
 # ----------------------------------------------------------------------------- planning
 
@@ -500,13 +451,6 @@ def up_to_date(config: IngestConfig, chosen: list[Manifest], recorded: dict) -> 
     )
 
 
-
-
-def streamed_weights(plan: SourcePlan) -> list[int]:
-    """Per chunk: bytes the driver streams from a compressed tar (0 for other sources)."""
-    if plan.job.kind != "tar":
-        return [0] * plan.chunks
-    return per_chunk(np.where(streamed_rows(plan.table), plan.table.column("size").to_numpy(), 0), plan.starts)
 
 
 def process_streamed(job: SourceJob, piece: UnitTasks, indices: list[int], write: bool) -> pa.Table | int:

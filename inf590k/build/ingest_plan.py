@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,7 +24,9 @@ from inf590k.build import catalog as cat
 from inf590k.build.rows import (
     DECISIONS,
     STATUSES,
+    SourceJob,
     Task,
+    UnitTasks,
     tasks_table,
 )
 from inf590k.execution.progress import tick
@@ -69,7 +71,7 @@ CHUNK_BYTES = 64 << 20  # and at most this many bytes to read per part (memory i
 def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
     decision, status, reason = _decide_file(manifest, entry, max_bytes, in_archive)
-    return Task(  # built once (the driver classifies every file, on one core)
+    return Task(  # in a listing worker; the driver gets the unit's tasks as columns
         entry.relpath, entry.size, decision, status=status, reason=reason,
         occurrence=entry.occurrence, order=entry.order, offset=entry.offset,
     )
@@ -324,3 +326,66 @@ def quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
     """`source_signature` with the listing fingerprint for the file list: equal to the one
     recorded by the last finished ingest when nothing it depends on changed."""
     return source_signature(manifest, root, policy, listing_fingerprint(root))
+
+
+# ----------------------------------------------------------------------------- a source's plan
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """A source's tasks as columns (TASK_SCHEMA, one chunk a column) cut into chunks, and the
+    chunks still to do."""
+
+    job: SourceJob
+    table: pa.Table
+    starts: np.ndarray  # [chunks + 1] first row of each chunk, then the row count
+    to_read: list[int]  # per chunk: files a worker reads (the others are decided already)
+    todo: list[int]
+
+    @property
+    def chunks(self) -> int:
+        return len(self.starts) - 1
+
+    def unit_tasks(self, indices: list[int]) -> UnitTasks:
+        """A work unit's rows, copied out of the table (a slice would pickle all of it)."""
+        first, last = indices[0], indices[-1]
+        if last - first + 1 == len(indices):  # consecutive chunks: one run of rows
+            rows = np.arange(self.starts[first], self.starts[last + 1])
+        else:
+            rows = np.concatenate([np.arange(self.starts[i], self.starts[i + 1]) for i in indices])
+        lengths = tuple(int(self.starts[i + 1] - self.starts[i]) for i in indices)
+        return UnitTasks(self.table.take(rows), lengths)
+
+
+@dataclass(frozen=True)
+class PlannedUnits:
+    """Work units of a source, each one's rows taken from the plan as it is reached."""
+
+    plan: SourcePlan
+    units: list[list[int]]
+
+    def __iter__(self) -> Iterator[UnitTasks]:
+        return (self.plan.unit_tasks(unit) for unit in self.units)
+
+    def streamed_names(self) -> set[str]:
+        """Members of a compressed tar these units stream (none for other sources)."""
+        plan = self.plan
+        if plan.job.kind != "tar" or not self.units:
+            return set()
+        chosen = np.zeros(plan.chunks, bool)
+        chosen[[i for unit in self.units for i in unit]] = True
+        rows = np.repeat(chosen, np.diff(plan.starts)) & streamed_rows(plan.table)
+        return set(plan.table.column("relpath").filter(pa.array(rows)).to_pylist())
+
+
+def streamed_rows(table: pa.Table) -> np.ndarray:
+    """[rows] whether a worker reads the row's file from bytes the driver streams (a
+    compressed tar's members: an uncompressed one's are read in place at their offset)."""
+    return (table.column("decision").to_numpy() != DECISIONS.index("")) & (table.column("offset").to_numpy() < 0)
+
+
+def streamed_weights(plan: SourcePlan) -> list[int]:
+    """Per chunk: bytes the driver streams from a compressed tar (0 for other sources)."""
+    if plan.job.kind != "tar":
+        return [0] * plan.chunks
+    return per_chunk(np.where(streamed_rows(plan.table), plan.table.column("size").to_numpy(), 0), plan.starts)

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from inf590k.build import catalog as cat
-from inf590k.build.ingest import IngestConfig, PlannedUnits, SourcePlan, ingest, with_tar_bytes
+from inf590k.build.ingest import IngestConfig, ingest, with_tar_bytes
 from inf590k.build.ingest_plan import (
     CHUNK_BYTES,
     CHUNK_FILES,
+    PlannedUnits,
+    SourcePlan,
     chunk_starts,
     per_chunk,
     plan_source,
@@ -253,7 +255,7 @@ def test_streamed_members_are_attached_and_a_damaged_one_rejects_its_row(tmp_pat
     assert second.data == members["d/01.png"]
 
 
-def test_a_unit_of_a_folder_reads_nothing_ahead(tmp_path):
+def test_units_of_a_folder_carry_no_bytes(tmp_path):
     table = tasks_table([Task(f"{i}.png", 5, "decode") for i in range(10)])
     job = SourceJob(folder_manifest(), tmp_path, "folder", policy_for(folder_manifest(), ImagePolicy()), tmp_path)
     plan = SourcePlan(job, table, chunk_starts(read_weights(table), 4), [4, 4, 2], [0, 1, 2])
