@@ -298,3 +298,14 @@ def test_the_summary_counts_what_the_catalog_holds(tmp_path, workers):
     assert (summary.matched, summary.damaged) == (matched, damaged)
     assert damaged.startswith("damaged archive") and excluded == 1 and 100 < matched < found  # a repeat of the .txt is rejected
     assert len(cat.part_paths(tmp_path / "b")) > 1 or workers == 1
+
+
+def test_empty_sources_plan_no_chunk_and_write_no_part(tmp_path):
+    (tmp_path / "empty").mkdir()
+    tarfile.open(tmp_path / "empty.tar.gz", "w:gz").close()
+    sources = (("folder:a", tmp_path / "empty"), ("folder:b", tmp_path / "empty.tar.gz"))
+    table, _ = plan_source(folder_manifest(), tmp_path / "empty.tar.gz", 1 << 30)
+    assert table.num_rows == 0 and chunk_starts(read_weights(table)).tolist() == [0]
+    summary = ingest(IngestConfig(sources=sources, build=tmp_path / "b", execution=ExecutionOptions(workers=2, progress=False)))
+    assert [(s.found, s.matched, s.reused_chunks) for s in summary.sources] == [(0, 0, 0), (0, 0, 0)]
+    assert cat.part_paths(tmp_path / "b") == []
