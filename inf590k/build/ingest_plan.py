@@ -185,7 +185,7 @@ def ordered_tasks(manifest: Manifest, root: Path, table: pa.Table) -> pa.Table:
 
 def plan_sources(
     sources: list[tuple[Manifest, Path]], policy: ImagePolicy, execution: ExecutionOptions
-) -> tuple[list[str], list[tuple[list[Task], str]]]:
+) -> tuple[list[str], list[tuple[pa.Table, str]]]:
     """Each source's quick signature (all taken before any file is listed: a file that
     changes meanwhile shows in the next run), and its `plan_source`, listed and classified
     on the workers: a folder in listing units (subtrees, runs of files) whose results join in
@@ -379,7 +379,7 @@ class PlannedUnits:
 
 
 def streamed_rows(table: pa.Table) -> np.ndarray:
-    """[rows] whether a worker reads the row's file from bytes the driver streams (a
+    """[rows] of a tar source: whether a worker reads the row's file from bytes streamed to it (a
     compressed tar's members: an uncompressed one's are read in place at their offset)."""
     return (table.column("decision").to_numpy() != DECISIONS.index("")) & (table.column("offset").to_numpy() < 0)
 
