@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -38,16 +39,24 @@ from inf590k.build.ingest_parts import (
     temporary_part,
 )
 from inf590k.build.ingest_plan import (
-    chunked,
+    PlannedUnits,
+    SourcePlan,
+    chunk_starts,
     files_per_unit,
+    per_chunk,
     plan_sources,
     quick_signature,
+    read_weights,
     source_signature,
+    streamed_rows,
+    streamed_weights,
     unit_plan,
 )
 from inf590k.build.rows import (
+    DECISIONS,
+    STATUSES,
     SourceJob,
-    Task,
+    UnitTasks,
     _init_worker,
     policy_for,
     process_chunk,
@@ -126,43 +135,40 @@ from inf590k.inputs.sources import (
 # ----------------------------------------------------------------------------- driver
 
 
-def with_tar_bytes(job: SourceJob, chunks: list[list[Task]]) -> Iterator[list[Task]]:
-    """Attach member bytes to tar chunks in one forward pass over the archive.
+def with_tar_bytes(job: SourceJob, pieces: PlannedUnits) -> Iterator[UnitTasks]:
+    """Attach member bytes to tar work units in one forward pass over the archive.
 
-    Chunks follow archive order, so only the current chunk's members are held. A member that
-    cannot be read (cut off, corrupt stream) becomes a rejected task with the reason. Members
-    of an uncompressed tar are not streamed: the worker reads them at their offset.
+    Units follow archive order, so only the current unit's members are held. A member that
+    cannot be read (cut off, corrupt stream) gets the reason in place of its bytes (its row is
+    rejected). Members of an uncompressed tar are not streamed: the worker reads them at their
+    offset.
     """
-    wanted = {t.relpath for chunk in chunks for t in chunk if t.decision and t.offset < 0}
+    wanted = pieces.streamed_names()
     if not wanted:  # uncompressed: each worker reads its members in place (no copy held here)
-        yield from chunks
+        yield from pieces
         return
     stream = SourceReader(job.root).iter_tar_bytes(wanted)
     buffered: dict[str, bytes | DamagedMember] = {}
-    for chunk in chunks:
-        needed = {t.relpath for t in chunk if t.decision and t.offset < 0}
+    for piece in pieces:
+        names = piece.table.column("relpath").to_pylist()
+        flags = streamed_rows(piece.table).tolist()
+        needed = {name for name, flag in zip(names, flags, strict=True) if flag}
         while not needed <= buffered.keys():
             name, payload = next(stream, (None, None))
             if name is None:  # the stream ended early: cannot happen unless the file changed
                 buffered.update({n: DamagedMember("archive member not found on re-read") for n in needed})
                 break
             buffered[name] = payload
-        yield [attach(t, buffered.pop(t.relpath)) if t.relpath in needed else t for t in chunk]
+        data = tuple(buffered.pop(name) if flag else None for name, flag in zip(names, flags, strict=True))
+        yield replace(piece, data=data)
 
 
-def attach(task: Task, payload: bytes | DamagedMember) -> Task:
-    if isinstance(payload, DamagedMember):
-        return replace(task, decision="", status=cat.STATUS_REJECTED, reason=str(payload))
-    return replace(task, data=payload)
-
-
-
-
-def process_unit(job: SourceJob, chunks: list[list[Task]], indices: list[int], write: bool) -> pa.Table | int:
+def process_unit(job: SourceJob, unit: UnitTasks, indices: list[int], write: bool) -> pa.Table | int:
     """Catalogue a unit's chunks. `write`: into its temporary part (this worker writes it,
     a row group per `ROW_GROUP_ROWS` rows held), returning the row count; else (a cluster
     worker, which may not see the build folder) return the rows as one table."""
     schema = part_schema(indices)
+    chunks = unit.chunks()
     if not write:
         rows = [row for chunk in chunks for row in process_chunk(job, chunk)]
         return cat.rows_to_table(rows).cast(schema)
@@ -180,30 +186,40 @@ def process_unit(job: SourceJob, chunks: list[list[Task]], indices: list[int], w
     return written
 
 
-
-
-def summarize_parts(build: Path, manifest: Manifest, root: Path) -> SourceSummary:
+def summarize_parts(build: Path, manifest: Manifest, root: Path, planned: pa.Table) -> SourceSummary:
+    """A source's counts: rows by status from its parts (their status column alone), what
+    the listing decided from the plan's columns (`planned`: every file of the source, as the
+    parts' rows were made from it), with Arrow kernels (no Python object per row)."""
     summary = SourceSummary(manifest.id, str(root), expected=manifest.expected_count)
     summary.folder = manifest.folder_source
     summary.catalog = str(cat.catalog_dir(build))
-    parts = [pq.read_table(path, columns=["status", "reason", "relpath"]) for path in source_parts(build, manifest.id)]
-    if not parts:
-        return summary
-    table = pa.concat_tables(parts)  # counted with Arrow kernels: no Python object per row
-    status, reason, relpath = (table.column(name) for name in ("status", "reason", "relpath"))
-    excluded = pc.equal(status, cat.STATUS_EXCLUDED)
-    damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, cat.STATUS_REJECTED))
+    for path in source_parts(build, manifest.id):
+        status = pq.read_table(path, columns=["status"]).column("status")
+        summary.found += len(status)
+        summary.excluded += pc.sum(pc.equal(status, cat.STATUS_EXCLUDED)).as_py() or 0
+        summary.ok += pc.sum(pc.is_in(status, pa.array([cat.STATUS_OK, cat.STATUS_DUPLICATE]))).as_py() or 0
+    summary.rejected = summary.found - summary.excluded - summary.ok
+    # an unreadable archive's row, and the files the include globs matched (a video is one
+    # file): all but exclusions, and frames the video stride left out; workers change neither
+    relpath, status, reason = (planned.column(name) for name in ("relpath", "status", "reason"))
+    damaged = pc.and_(pc.equal(relpath, DAMAGED_INDEX), pc.equal(status, STATUSES.index(cat.STATUS_REJECTED)))
     if pc.any(damaged).as_py():
         summary.damaged = pc.filter(reason, damaged)[-1].as_py()
-    # files the include globs matched (a video is one file): all but exclusions, and frames
-    # the video stride left out
-    matched = pc.or_(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
-    summary.found = table.num_rows
-    summary.excluded = pc.sum(excluded).as_py() or 0
-    summary.ok = pc.sum(pc.is_in(status, pa.array([cat.STATUS_OK, cat.STATUS_DUPLICATE]))).as_py() or 0
-    summary.rejected = summary.found - summary.excluded - summary.ok
-    summary.matched = pc.count_distinct(pc.filter(relpath, matched)).as_py()
+    excluded = pc.equal(status, STATUSES.index(cat.STATUS_EXCLUDED))
+    matched = pc.or_kleene(pc.invert(excluded), pc.starts_with(reason, "video subsampling"))
+    summary.matched = distinct_count(planned, pc.fill_null(matched, False))
     return summary
+
+
+def distinct_count(planned: pa.Table, rows: pa.ChunkedArray) -> int:
+    """Distinct relpaths among `rows` of the plan without hashing every one: a name the
+    listing met before has an occurrence (archive members named twice), so only those
+    names can repeat."""
+    relpath = planned.column("relpath")
+    repeated = pc.unique(pc.filter(relpath, pc.greater(planned.column("occurrence"), 0)).combine_chunks())
+    in_repeated = pc.is_in(relpath, repeated)
+    once = pc.sum(pc.and_(rows, pc.invert(in_repeated))).as_py() or 0
+    return once + pc.count_distinct(pc.filter(relpath, pc.and_(rows, in_repeated))).as_py()
 
 
 def source_manifest(manifest: Manifest, root: Path) -> Manifest:
@@ -211,10 +227,10 @@ def source_manifest(manifest: Manifest, root: Path) -> Manifest:
 
 
 def prepare_source(
-    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, plan: tuple[list[Task], str]
-) -> tuple[SourceJob, list[list[Task]], list[int]]:
+    config: IngestConfig, manifest: Manifest, root: Path, recorded: dict, plan: tuple[pa.Table, str]
+) -> SourcePlan:
     """Record a planned source and find which chunks still need doing (stale parts are removed)."""
-    tasks, listing = plan
+    table, listing = plan
     signature = source_signature(manifest, root, config.policy, listing)
     if recorded.get(manifest.id, {}).get("signature") != signature:
         remove_parts(config.build, manifest.id)
@@ -234,10 +250,11 @@ def prepare_source(
         **({"folder_source": True} if manifest.folder_source else {}),
         # "quick" and "summary" are added once the source is catalogued (a no-op run reads them)
     }
-    chunks = chunked(tasks)
+    starts = chunk_starts(read_weights(table))
+    to_read = per_chunk((table.column("decision").to_numpy() != DECISIONS.index("")).astype(np.int64), starts)
     done = done_chunks(config.build, manifest.id)
-    todo = [i for i in range(len(chunks)) if i not in done]
-    return job, chunks, todo
+    todo = [i for i in range(len(starts) - 1) if i not in done]
+    return SourcePlan(job, table, starts, to_read, todo)
 
 
 
@@ -353,14 +370,18 @@ def ingest(config: IngestConfig) -> IngestSummary:
     cat.write_sources(build, recorded)
 
     # the bar counts the files to read: excluded ones are decided already and take no time
-    total = sum(_files_to_read(chunks[i]) for _, chunks, todo in plans for i in todo)
-    raise_opencv_pixel_limit(max((job.policy.max_pixels for job, _, _ in plans), default=0))
+    total = sum(plan.to_read[i] for plan in plans for i in plan.todo)
+    raise_opencv_pixel_limit(max((plan.job.policy.max_pixels for plan in plans), default=0))
+    files = [np.diff(plan.starts).tolist() for plan in plans]  # per chunk
     per_unit = files_per_unit(
-        sum(len(chunks[i]) for _, chunks, todo in plans for i in todo),
+        sum(counts[i] for plan, counts in zip(plans, files, strict=True) for i in plan.todo),
         config.execution.workers or available_cores(),
     )
-    units = [unit_plan(chunks, todo, per_unit, job.kind) for job, chunks, todo in plans]
-    to_read = {job.manifest.id: [_files_to_read(c) for c in chunks] for job, chunks, _ in plans}
+    units = [
+        unit_plan(counts, streamed_weights(plan), plan.todo, per_unit)
+        for plan, counts in zip(plans, files, strict=True)
+    ]
+    to_read = {plan.job.manifest.id: plan.to_read for plan in plans}
     started = time.perf_counter()
     decoded = 0
     with run_units(
@@ -373,16 +394,15 @@ def ingest(config: IngestConfig) -> IngestSummary:
         initializer=_init_worker,
         count=lambda unit, _: sum(to_read[unit[0].manifest.id][i] for i in unit[2]),  # Ray
     ) as run:
-        for (job, chunks, _), source_units in zip(plans, units, strict=True):
-            decoded += run_source(job, chunks, source_units, run)
+        for plan, source_units in zip(plans, units, strict=True):
+            decoded += run_source(plan, source_units, run)
     seconds = time.perf_counter() - started
-    summaries = [summarize_parts(build, job.manifest, job.root) for job, _, _ in plans]
-    for summary, (job, chunks, todo) in zip(summaries, plans, strict=True):
-        summary.reused_chunks = len(chunks) - len(todo)
-        recorded[job.manifest.id].update(
-            quick=quicks[job.manifest.id], summary={**asdict(summary), "reused_chunks": len(chunks)}
-        )
-    named = {job.manifest.id for job, _, _ in plans}
+    summaries = [summarize_parts(build, plan.job.manifest, plan.job.root, plan.table) for plan in plans]
+    for summary, plan in zip(summaries, plans, strict=True):
+        source = plan.job.manifest.id
+        summary.reused_chunks = plan.chunks - len(plan.todo)
+        recorded[source].update(quick=quicks[source], summary={**asdict(summary), "reused_chunks": plan.chunks})
+    named = {plan.job.manifest.id for plan in plans}
     after = (json.dumps(_without_quick(recorded), sort_keys=True), parts_state(build))
     cat.write_sources(build, recorded)
     return IngestSummary(
@@ -433,45 +453,29 @@ def up_to_date(config: IngestConfig, chosen: list[Manifest], recorded: dict) -> 
 
 
 
-def _files_to_read(chunk: list[Task]) -> int:
-    return sum(1 for task in chunk if task.decision)
-
-
-def process_streamed(job: SourceJob, chunk: list[Task], indices: list[int], write: bool) -> pa.Table | int:
+def process_streamed(job: SourceJob, piece: UnitTasks, indices: list[int], write: bool) -> pa.Table | int:
     """One chunk of an archive a cluster worker streams (Ray resolves a top-level argument)."""
-    return process_unit(job, [chunk], indices, write)
+    return process_unit(job, piece, indices, write)
 
 
-def _grouped(stream: Iterator[list[Task]], units: list[list[int]]) -> Iterator[list[list[Task]]]:
-    """The chunks of a lazy stream (archive bytes attached as it is read) cut into units."""
-    for unit in units:
-        yield [next(stream) for _ in unit]
-
-
-def run_source(job: SourceJob, chunks: list[list[Task]], units: list[list[int]], run: UnitRun) -> int:
-    streamed = job.kind == "tar" and any(
-        t.decision and t.offset < 0 for unit in units for i in unit for t in chunks[i]
-    )
-    if streamed and run.on_cluster:  # a worker streams the archive: no bytes held here; one
-        units = [[i] for unit in units for i in unit]  # chunk a unit, as Ray resolves it
-        stream = run.executor.stream(with_tar_bytes, job, [chunks[i] for unit in units for i in unit])
+def run_source(plan: SourcePlan, units: list[list[int]], run: UnitRun) -> int:
+    job = plan.job
+    if run.on_cluster and PlannedUnits(plan, units).streamed_names():  # a worker streams the
+        units = [[i] for unit in units for i in unit]  # archive, one chunk a unit, as Ray resolves it
+        stream = run.executor.stream(with_tar_bytes, job, PlannedUnits(plan, units))
         work = ((job, ref, indices, False) for ref, indices in zip(stream, units, strict=False))
-        return _commit_all(job, chunks, units, run.map(process_streamed, work))
-    if job.kind == "tar":
-        stream = with_tar_bytes(job, [chunks[i] for unit in units for i in unit])
-        unit_chunks = _grouped(iter(stream), units)
-    else:
-        unit_chunks = ([chunks[i] for i in unit] for unit in units)
+        return _commit_all(plan, units, run.map(process_streamed, work))
+    pieces = with_tar_bytes(job, PlannedUnits(plan, units))
     write = not run.on_cluster
-    work = ((job, unit, indices, write) for unit, indices in zip(unit_chunks, units, strict=False))
-    return _commit_all(job, chunks, units, run.map(process_unit, work))
+    work = ((job, piece, indices, write) for piece, indices in zip(pieces, units, strict=False))
+    return _commit_all(plan, units, run.map(process_unit, work))
 
 
-def _commit_all(job: SourceJob, chunks: list[list[Task]], units: list[list[int]], results: Iterator) -> int:
+def _commit_all(plan: SourcePlan, units: list[list[int]], results: Iterator) -> int:
     decoded = 0
     for indices, result in zip(units, results, strict=False):
-        commit_part(job.build, job.manifest.id, indices, result)
-        decoded += sum(_files_to_read(chunks[i]) for i in indices)
+        commit_part(plan.job.build, plan.job.manifest.id, indices, result)
+        decoded += sum(plan.to_read[i] for i in indices)
     return decoded
 
 

@@ -12,13 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import posixpath
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from inf590k.build import catalog as cat
 from inf590k.build.rows import (
+    DECISIONS,
+    STATUSES,
+    SourceJob,
     Task,
+    UnitTasks,
+    tasks_table,
 )
 from inf590k.execution.progress import tick
 from inf590k.execution.units import ExecutionOptions, run_units
@@ -62,7 +71,7 @@ CHUNK_BYTES = 64 << 20  # and at most this many bytes to read per part (memory i
 def classify(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_archive: bool) -> Task:
     """Scan decision for one file: decode it, decode it as video, or say why not."""
     decision, status, reason = _decide_file(manifest, entry, max_bytes, in_archive)
-    return Task(  # built once (the driver classifies every file, on one core)
+    return Task(  # in a listing worker; the driver gets the unit's tasks as columns
         entry.relpath, entry.size, decision, status=status, reason=reason,
         occurrence=entry.occurrence, order=entry.order, offset=entry.offset,
     )
@@ -92,38 +101,55 @@ def _decide_file(manifest: Manifest, entry: SourceEntry, max_bytes: int, in_arch
     return ("video" if video else "decode"), cat.STATUS_OK, ""
 
 
-def subsample_sequences(manifest: Manifest, tasks: list[Task]) -> list[Task]:
-    """Keep every k-th frame of each frame-sequence folder; the others are excluded."""
-    if manifest.video_stride <= 1 or not manifest.sequence_globs:
-        return tasks
-    position: dict[str, int] = {}
-    out: list[Task] = []
-    for task in tasks:  # tasks are sorted by path, so frames of a folder come in order
-        if task.decision != "decode" or not manifest.in_sequence(task.relpath):
-            out.append(task)
-            continue
-        folder = posixpath.dirname(task.relpath)
-        index = position.get(folder, 0)
-        position[folder] = index + 1
-        if index % manifest.video_stride:
-            reason = f"video subsampling (every {manifest.video_stride}th frame kept)"
-            task = replace(task, decision="", status=cat.STATUS_EXCLUDED, reason=reason)
-        out.append(task)
-    return out
+def subsampled(manifest: Manifest) -> bool:
+    """Whether the video stride leaves frames of frame-sequence folders out."""
+    return manifest.video_stride > 1 and bool(manifest.sequence_globs)
 
 
-def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[list[Task], str]:
-    """The source's tasks, and a digest of its file list (names, sizes, times), in this
-    process (`plan_sources` lists folders in parts on the workers, to the same result)."""
+def subsample_sequences(manifest: Manifest, table: pa.Table) -> pa.Table:
+    """Keep every k-th frame of each frame-sequence folder (counted in row order: rows are
+    sorted by path, so a folder's frames come in order); the others are excluded."""
+    if not subsampled(manifest):
+        return table
+    candidates = np.flatnonzero(table.column("sequence").to_numpy(zero_copy_only=False))
+    if not len(candidates):
+        return table
+    # the folder of each frame (posixpath.dirname: the path less its last "/"s and name)
+    folders = pc.replace_substring_regex(table.column("relpath").take(candidates), pattern="/*[^/]*$", replacement="")
+    folder = pc.dictionary_encode(folders).combine_chunks().indices.to_numpy()  # [frames] folder id
+    by_folder = np.argsort(folder, kind="stable")  # each folder's frames together, in row order
+    grouped = folder[by_folder]
+    first = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])  # where each folder starts
+    position = np.empty(len(candidates), np.int64)  # [frames] index of the frame in its folder
+    position[by_folder] = np.arange(len(candidates)) - np.repeat(first, np.diff(np.r_[first, len(candidates)]))
+    left_out = np.zeros(table.num_rows, bool)
+    left_out[candidates[position % manifest.video_stride != 0]] = True
+    mask = pa.array(left_out)
+    reason = f"video subsampling (every {manifest.video_stride}th frame kept)"
+    columns = {
+        "decision": pc.if_else(mask, pa.scalar(DECISIONS.index(""), pa.int8()), table.column("decision")),
+        "status": pc.if_else(mask, pa.scalar(STATUSES.index(cat.STATUS_EXCLUDED), pa.int8()), table.column("status")),
+        "reason": pc.if_else(mask, pa.scalar(reason), table.column("reason")),
+    }
+    for name, column in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table
+
+
+def plan_source(manifest: Manifest, root: Path, max_bytes: int) -> tuple[pa.Table, str]:
+    """The source's tasks (TASK_SCHEMA columns), and a digest of its file list (names,
+    sizes, times), in this process (`plan_sources` lists folders in parts on the workers, to
+    the same result)."""
     listed = list_part(manifest, root, None, max_bytes)
     return ordered_tasks(manifest, root, listed.tasks), hashlib.sha256(listed.lines).hexdigest()
 
 
 @dataclass(frozen=True)
 class ListedPart:
-    """A listing unit's files, classified, and its share of the listing digest's input."""
+    """A listing unit's files, classified (TASK_SCHEMA columns), and its share of the listing
+    digest's input."""
 
-    tasks: list[Task]
+    tasks: pa.Table
     lines: bytes
     renamed: bool  # a name was not UTF-8: its escaped form could equal a name in another unit
 
@@ -134,9 +160,11 @@ def list_part(manifest: Manifest, root: Path, unit: ListingUnit | None, max_byte
     in_archive = unit is None and root_kind(root) != "folder"
     tasks = [classify(manifest, entry, max_bytes, in_archive) for entry in entries]
     tasks = [replace(t, reason=SYNTH_MARKER_REASON) if t.relpath == SYNTH_MARKER else t for t in tasks]
+    sequence = [t.decision == "decode" and manifest.in_sequence(t.relpath) for t in tasks] if subsampled(manifest) else None
     lines = "".join(f"{e.relpath}\0{e.size}\0{e.mtime}\0{e.problem}\n" for e in entries)
     tick(1)
-    return ListedPart(tasks, lines.encode("utf-8", "backslashreplace"), any(e.problem == NOT_UTF8 for e in entries))
+    table = tasks_table(tasks, sequence)
+    return ListedPart(table, lines.encode("utf-8", "backslashreplace"), any(e.problem == NOT_UTF8 for e in entries))
 
 
 def _ticked_quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
@@ -145,19 +173,19 @@ def _ticked_quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy)
     return signature
 
 
-def ordered_tasks(manifest: Manifest, root: Path, tasks: list[Task]) -> list[Task]:
+def ordered_tasks(manifest: Manifest, root: Path, table: pa.Table) -> pa.Table:
     """Every k-th frame of a sequence kept; sorted by path, except in a tar archive: there
     tasks keep archive order, so one forward pass reads each chunk's members without holding
-    members of later chunks."""
-    tasks = subsample_sequences(manifest, tasks)
+    members of later chunks. One chunk per column (work units take their rows from it)."""
+    table = subsample_sequences(manifest, table)
     if root_kind(root) == "tar":
-        tasks.sort(key=lambda task: task.order)
-    return tasks
+        table = table.take(pc.sort_indices(table, [("order", "ascending")]))  # a stable sort
+    return table.combine_chunks()
 
 
 def plan_sources(
     sources: list[tuple[Manifest, Path]], policy: ImagePolicy, execution: ExecutionOptions
-) -> tuple[list[str], list[tuple[list[Task], str]]]:
+) -> tuple[list[str], list[tuple[pa.Table, str]]]:
     """Each source's quick signature (all taken before any file is listed: a file that
     changes meanwhile shows in the next run), and its `plan_source`, listed and classified
     on the workers: a folder in listing units (subtrees, runs of files) whose results join in
@@ -170,59 +198,72 @@ def plan_sources(
             units.extend((index, unit) for unit in listing_units(root, UNITS_PER_WORKER * workers))
         else:
             units.append((index, None))
-    parts: list[list[tuple[ListingUnit | None, ListedPart]]] = [[] for _ in sources]
+    tables: list[list[pa.Table]] = [[] for _ in sources]
+    digests = [hashlib.sha256() for _ in sources]  # fed in unit order: no listing held
+    renamed = [False for _ in sources]
     with run_units(
         execution, preload=("inf590k.build.ingest",), label="list", total=len(sources) + len(units),
         units=len(units), unit="part", count=lambda *_: 1,
     ) as run:
         quicks = list(run.map(_ticked_quick_signature, ((manifest, root, policy) for manifest, root in sources)))
         work = ((*sources[index], unit, max_bytes) for index, unit in units)
-        for (index, unit), listed in zip(units, run.map(list_part, work), strict=True):
-            parts[index].append((unit, listed))
+        for (index, _), listed in zip(units, run.map(list_part, work), strict=True):
+            tables[index].append(listed.tasks)
+            digests[index].update(listed.lines)
+            renamed[index] = renamed[index] or listed.renamed
     plans = []
-    for (manifest, root), listed in zip(sources, parts, strict=True):
-        if len(listed) > 1 and any(part.renamed for _, part in listed):  # rare: flag it whole
-            listed = [(None, list_part(manifest, root, None, max_bytes))]
-        tasks = [task for _, part in listed for task in part.tasks]
-        digest = hashlib.sha256(b"".join(part.lines for _, part in listed)).hexdigest()
-        plans.append((ordered_tasks(manifest, root, tasks), digest))
+    for (manifest, root), parts, digest, flagged in zip(sources, tables, digests, renamed, strict=True):
+        if len(parts) > 1 and flagged:  # rare: a name may collide across units, flag it whole
+            plans.append(plan_source(manifest, root, max_bytes))
+            continue
+        table = pa.concat_tables(parts) if parts else tasks_table([])
+        plans.append((ordered_tasks(manifest, root, table), digest.hexdigest()))
     return quicks, plans
 
 
-def chunked(tasks: list[Task], size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> list[list[Task]]:
-    """Consecutive runs of at most `size` files and `max_bytes` bytes to read (one file over
-    that gets a chunk of its own): the cut depends on the file list only."""
-    chunks: list[list[Task]] = []
-    current: list[Task] = []
-    held = 0
-    for task in tasks:
-        weight = task.size if task.decision else 0
-        if current and (len(current) >= size or held + weight > max_bytes):
-            chunks.append(current)
-            current, held = [], 0
-        current.append(task)
-        held += weight
-    if current:
-        chunks.append(current)
-    return chunks
+def read_weights(table: pa.Table) -> np.ndarray:
+    """[files] bytes each file puts in flight: its size, 0 for one decided without reading."""
+    size = table.column("size").to_numpy()
+    return np.where(table.column("decision").to_numpy() != DECISIONS.index(""), size, 0)
 
 
-def unit_plan(chunks: list[list[Task]], todo: list[int], files_per_unit: int, kind: str) -> list[list[int]]:
+def chunk_starts(weights: np.ndarray, size: int = CHUNK_FILES, max_bytes: int = CHUNK_BYTES) -> np.ndarray:
+    """[chunks + 1] the first row of each chunk, then the row count: consecutive runs of at
+    most `size` files and `max_bytes` bytes to read (one file over that gets a chunk of its
+    own), cut greedily from the start: the cut depends on the file list only."""
+    total = np.concatenate([[0], np.cumsum(weights, dtype=np.int64)])  # [files + 1] bytes before each
+    rows = len(weights)
+    starts = [0]
+    start = 0
+    while start < rows:  # one step a chunk: the first file that would pass the byte limit
+        over = int(np.searchsorted(total, total[start] + max_bytes, side="right")) - 1
+        start = min(start + size, max(over, start + 1), rows)
+        starts.append(start)
+    return np.asarray(starts, np.int64)
+
+
+def per_chunk(values: np.ndarray, starts: np.ndarray) -> list[int]:
+    """The sum of `values` [files] over each chunk."""
+    if len(starts) <= 1:
+        return []
+    return np.add.reduceat(values, starts[:-1]).tolist()
+
+
+def unit_plan(files: Sequence[int], streamed: Sequence[int], todo: list[int], files_per_unit: int) -> list[list[int]]:
     """Runs of consecutive chunks still to do, each one work unit and one part: at most
     `files_per_unit` files and `CHUNK_BYTES` bytes streamed from a compressed tar (the driver
-    holds a unit's bytes until a worker takes it)."""
+    holds a unit's bytes until a worker takes it). `files`, `streamed`: per chunk."""
     units: list[list[int]] = []
-    files = streamed = 0
+    held = in_stream = 0
     for index in todo:
-        chunk = chunks[index]
-        weight = sum(t.size for t in chunk if t.decision and t.offset < 0) if kind == "tar" else 0
-        if units and files + len(chunk) <= files_per_unit and (streamed + weight <= CHUNK_BYTES or not weight):
+        weight = streamed[index]
+        if units and held + files[index] <= files_per_unit and (in_stream + weight <= CHUNK_BYTES or not weight):
             units[-1].append(index)
-            files += len(chunk)
-            streamed += weight
+            held += files[index]
+            in_stream += weight
         else:
             units.append([index])
-            files, streamed = len(chunk), weight
+            held, in_stream = files[index], weight
     return units
 
 
@@ -285,3 +326,66 @@ def quick_signature(manifest: Manifest, root: Path, policy: ImagePolicy) -> str:
     """`source_signature` with the listing fingerprint for the file list: equal to the one
     recorded by the last finished ingest when nothing it depends on changed."""
     return source_signature(manifest, root, policy, listing_fingerprint(root))
+
+
+# ----------------------------------------------------------------------------- a source's plan
+
+
+@dataclass(frozen=True)
+class SourcePlan:
+    """A source's tasks as columns (TASK_SCHEMA, one chunk a column) cut into chunks, and the
+    chunks still to do."""
+
+    job: SourceJob
+    table: pa.Table
+    starts: np.ndarray  # [chunks + 1] first row of each chunk, then the row count
+    to_read: list[int]  # per chunk: files a worker reads (the others are decided already)
+    todo: list[int]
+
+    @property
+    def chunks(self) -> int:
+        return len(self.starts) - 1
+
+    def unit_tasks(self, indices: list[int]) -> UnitTasks:
+        """A work unit's rows, copied out of the table (a slice would pickle all of it)."""
+        first, last = indices[0], indices[-1]
+        if last - first + 1 == len(indices):  # consecutive chunks: one run of rows
+            rows = np.arange(self.starts[first], self.starts[last + 1])
+        else:
+            rows = np.concatenate([np.arange(self.starts[i], self.starts[i + 1]) for i in indices])
+        lengths = tuple(int(self.starts[i + 1] - self.starts[i]) for i in indices)
+        return UnitTasks(self.table.take(rows), lengths)
+
+
+@dataclass(frozen=True)
+class PlannedUnits:
+    """Work units of a source, each one's rows taken from the plan as it is reached."""
+
+    plan: SourcePlan
+    units: list[list[int]]
+
+    def __iter__(self) -> Iterator[UnitTasks]:
+        return (self.plan.unit_tasks(unit) for unit in self.units)
+
+    def streamed_names(self) -> set[str]:
+        """Members of a compressed tar these units stream (none for other sources)."""
+        plan = self.plan
+        if plan.job.kind != "tar" or not self.units:
+            return set()
+        chosen = np.zeros(plan.chunks, bool)
+        chosen[[i for unit in self.units for i in unit]] = True
+        rows = np.repeat(chosen, np.diff(plan.starts)) & streamed_rows(plan.table)
+        return set(plan.table.column("relpath").filter(pa.array(rows)).to_pylist())
+
+
+def streamed_rows(table: pa.Table) -> np.ndarray:
+    """[rows] of a tar source: whether a worker reads the row's file from bytes streamed to it (a
+    compressed tar's members: an uncompressed one's are read in place at their offset)."""
+    return (table.column("decision").to_numpy() != DECISIONS.index("")) & (table.column("offset").to_numpy() < 0)
+
+
+def streamed_weights(plan: SourcePlan) -> list[int]:
+    """Per chunk: bytes the driver streams from a compressed tar (0 for other sources)."""
+    if plan.job.kind != "tar":
+        return [0] * plan.chunks
+    return per_chunk(np.where(streamed_rows(plan.table), plan.table.column("size").to_numpy(), 0), plan.starts)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
 from inf590k.build import catalog as cat
 from inf590k.execution import progress
@@ -54,6 +55,80 @@ class Task:
     occurrence: int = 0  # a repeated archive member name (see sources.flag_name_problems)
     order: int = 0  # position in the archive: tar sources are chunked in archive order
     offset: int = -1  # data offset in an uncompressed tar: the worker reads the member itself
+
+
+DECISIONS = ("", "decode", "video")  # Task.decision as its index in the task columns
+STATUSES = (cat.STATUS_OK, cat.STATUS_EXCLUDED, cat.STATUS_REJECTED)  # Task.status likewise
+
+# A source's tasks as columns: what the listing returns and the driver plans with (no Python
+# object per file). `reason` is null where empty; `sequence`: a decoded frame of a frame
+# sequence (the video stride may leave it out).
+TASK_SCHEMA = pa.schema(
+    [
+        ("relpath", pa.large_string()),  # 64-bit offsets: any number of files joins in one column
+        ("size", pa.int64()),
+        ("decision", pa.int8()),
+        ("status", pa.int8()),
+        ("reason", pa.string()),
+        ("occurrence", pa.int64()),
+        ("order", pa.int64()),
+        ("offset", pa.int64()),
+        ("sequence", pa.bool_()),
+    ]
+)
+
+
+def tasks_table(tasks: list[Task], sequence: list[bool] | None = None) -> pa.Table:
+    """Tasks as TASK_SCHEMA columns (`sequence`: the in-sequence flag of each, else none)."""
+    columns = {
+        "relpath": [t.relpath for t in tasks],
+        "size": [t.size for t in tasks],
+        "decision": [DECISIONS.index(t.decision) for t in tasks],
+        "status": [STATUSES.index(t.status) for t in tasks],
+        "reason": [t.reason or None for t in tasks],
+        "occurrence": [t.occurrence for t in tasks],
+        "order": [t.order for t in tasks],
+        "offset": [t.offset for t in tasks],
+        "sequence": sequence if sequence is not None else [False] * len(tasks),
+    }
+    return pa.table(columns, schema=TASK_SCHEMA)
+
+
+def table_tasks(table: pa.Table) -> list[Task]:
+    """The Task of each row of a TASK_SCHEMA table (in a worker: one unit's rows)."""
+    names = ("relpath", "size", "decision", "status", "reason", "occurrence", "order", "offset")
+    relpath, size, decision, status, reason, occurrence, order, offset = (table.column(n).to_pylist() for n in names)
+    return [
+        Task(r, s, DECISIONS[d], STATUSES[st], why or "", None, occ, o, off)
+        for r, s, d, st, why, occ, o, off in zip(relpath, size, decision, status, reason, occurrence, order, offset, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class UnitTasks:
+    """A work unit's rows of the task columns (its own copy: pickling a slice would send the
+    whole table), `lengths` rows per chunk; `data`: per row, the streamed bytes of a
+    compressed tar's member, or why it could not be read (None: read by the worker)."""
+
+    table: pa.Table
+    lengths: tuple[int, ...]
+    data: tuple[bytes | DamagedMember | None, ...] | None = None
+
+    def chunks(self) -> list[list[Task]]:
+        tasks = table_tasks(self.table)
+        if self.data is not None:
+            tasks = [attach(task, payload) for task, payload in zip(tasks, self.data, strict=True)]
+        ends = np.cumsum(self.lengths).tolist()
+        return [tasks[end - length : end] for end, length in zip(ends, self.lengths, strict=True)]
+
+
+def attach(task: Task, payload: bytes | DamagedMember | None) -> Task:
+    """A task with its streamed bytes; rejected with the reason when they could not be read."""
+    if payload is None:
+        return task
+    if isinstance(payload, DamagedMember):
+        return replace(task, decision="", status=cat.STATUS_REJECTED, reason=str(payload))
+    return replace(task, data=payload)
 
 
 @dataclass(frozen=True)
@@ -214,16 +289,21 @@ def video_rows(job: SourceJob, task: Task, reader: SourceReader) -> list[dict]:
 
 def process_chunk(job: SourceJob, tasks: list[Task]) -> list[dict]:
     rows: list[dict] = []
+    read = 0  # files read, whatever became of them; decided ones are not on the bar
     with SourceReader(job.root) as reader:
         for task in tasks:
             if task.decision == "decode":
                 rows.extend(decode_rows(job, task, reader))
             elif task.decision == "video":
                 rows.extend(video_rows(job, task, reader))
-            else:  # decided while planning: not on the bar, which counts files to read
+                progress.tick()  # a video may take long: the bar moves past it at once
+                continue
+            else:
                 rows.append(base_row(job.manifest, task))
                 continue
-            progress.tick()  # files read, whatever became of them
+            read += 1
+    if read:  # once a chunk: a tick per file would cost the main process as much again
+        progress.tick(read)
     return rows
 
 

@@ -169,35 +169,37 @@ def _folder_units(root: Path, folder: str, files: int) -> list[ListingUnit]:
     """One folder's files (runs of `files`) and each subfolder as a subtree, in path order;
     what `os.walk` would make of each name (a link to a folder, an unreadable folder)."""
     prefix = f"{folder}/" if folder else ""
+    keys: list[str] = []  # a file's relpath; a folder's with "/" (it sorts as its paths do)
+    links: set[str] = set()  # links to folders: a row each, not followed
     try:
         with os.scandir(os.path.join(root, folder) if folder else root) as scan:
-            found = list(scan)
+            for entry in scan:  # one string a name: a flat folder of millions is listed here
+                rel = prefix + entry.name
+                try:
+                    is_dir = entry.is_dir()  # as os.walk: a link to a folder counts, then gets its row
+                except OSError:
+                    is_dir = False
+                if is_dir and not entry.is_symlink():
+                    rel += "/"
+                elif is_dir:
+                    links.add(rel)
+                keys.append(rel)
     except OSError as err:
         return [ListingUnit(items=(SourceEntry(folder, 0, _unreadable_folder(err)),))] if folder else []
-    keyed: list[tuple[str, str | SourceEntry | None]] = []
-    for entry in found:
-        rel = prefix + entry.name
-        try:
-            is_dir = entry.is_dir()  # as os.walk: a link to a folder counts, then gets its row
-        except OSError:
-            is_dir = False
-        if not is_dir:
-            keyed.append((rel, rel))
-        elif entry.is_symlink():
-            keyed.append((rel, SourceEntry(rel, 0, LINKED_FOLDER)))
-        else:
-            keyed.append((rel + "/", None))
-    keyed.sort(key=lambda pair: pair[0])
+    keys.sort()
     units: list[ListingUnit] = []
     run: list[str | SourceEntry] = []
-    for key, item in keyed:
-        if item is not None:
-            run.append(item)
-        if run and (item is None or len(run) == files):
+    for key in keys:
+        if key.endswith("/"):
+            if run:
+                units.append(ListingUnit(items=tuple(run)))
+                run = []
+            units.append(ListingUnit(subtree=key[:-1]))
+            continue
+        run.append(SourceEntry(key, 0, LINKED_FOLDER) if links and key in links else key)
+        if len(run) == files:
             units.append(ListingUnit(items=tuple(run)))
             run = []
-        if item is None:
-            units.append(ListingUnit(subtree=key[:-1]))
     if run:
         units.append(ListingUnit(items=tuple(run)))
     return units

@@ -22,7 +22,7 @@ import pytest
 from inf590k.build import catalog as cat
 from inf590k.build.ingest import IngestConfig, ingest
 from inf590k.build.ingest_plan import plan_source, plan_sources, quick_signature
-from inf590k.build.rows import load_stored_pixels, make_uid
+from inf590k.build.rows import load_stored_pixels, make_uid, table_tasks
 from inf590k.execution.units import ExecutionOptions
 from inf590k.inputs import sources as sources_module
 from inf590k.inputs.imageio import ImagePolicy
@@ -451,8 +451,8 @@ def test_lying_headers_are_refused_by_ingest_with_a_reason(tmp_path, monkeypatch
 # ----------------------------------------------------------------------------- listing on the workers
 
 
-def without_order(tasks: list) -> list:
-    return [replace(task, order=0) for task in tasks]  # archive order: tars only
+def without_order(table) -> list:
+    return [replace(task, order=0) for task in table_tasks(table)]  # archive order: tars only
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -483,8 +483,8 @@ def test_escaped_names_that_collide_across_units_are_flagged_as_in_one_pass(tmp_
     assert len(listing_units(root, 8)) == 2
     _, [(tasks, digest)] = plan_sources([(manifest, root)], ImagePolicy(max_file_bytes=1 << 30), ExecutionOptions(workers=1, progress=False))
     one_pass = plan_source(manifest, root, 1 << 30)
-    assert (tasks, digest) == one_pass
-    assert [task.occurrence for task in tasks] == [0, 1]
+    assert (table_tasks(tasks), digest) == (table_tasks(one_pass[0]), one_pass[1])
+    assert tasks.column("occurrence").to_pylist() == [0, 1]
 
 
 def test_symlinks_and_bad_files_give_the_same_catalog_for_one_and_two_workers(tmp_path):
