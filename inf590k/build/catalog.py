@@ -97,18 +97,23 @@ def _no_catalog(build: Path) -> FileNotFoundError:
     )
 
 
-def read_ingested(build: Path, columns: Iterable[str] | None = None) -> pa.Table:
-    """The parts as ingest wrote them (no later decision), only `columns`, sorted by uid.
+def read_ingested(
+    build: Path, columns: Iterable[str] | None = None, statuses: Iterable[str] | None = None
+) -> pa.Table:
+    """The parts as ingest wrote them (no later decision), only `columns`, sorted by uid;
+    `statuses`: only the rows of these (dropped part by part, before the sort).
     One columnar read of the whole folder: a part's other columns are never decoded."""
     parts = part_paths(build)
     if not parts:
         raise _no_catalog(build)
     names = list(COLUMN_NAMES) if columns is None else list(dict.fromkeys(["uid", *columns]))
     schema = pa.schema([CATALOG_SCHEMA.field(n) for n in names])
-    table = pa.concat_tables(
-        pq.read_table(p, columns=names, schema=CATALOG_SCHEMA).select(names) for p in parts
-    ).cast(schema)
-    table = _sorted_by_uid(table)
+    wanted = None if statuses is None else pa.array(list(statuses), type=pa.string())
+    read = names if wanted is None else list(dict.fromkeys([*names, "status"]))
+    tables = (pq.read_table(p, columns=read, schema=CATALOG_SCHEMA) for p in parts)
+    if wanted is not None:
+        tables = (t.filter(pc.is_in(t.column("status"), value_set=wanted)) for t in tables)
+    table = _sorted_by_uid(pa.concat_tables(t.select(names) for t in tables).cast(schema))
     twice = _repeated_uid(table.column("uid"))
     if twice is not None:
         raise ValueError(

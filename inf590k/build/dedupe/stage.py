@@ -272,12 +272,8 @@ def _outside_matches(
 def _ingested_candidates(build: Path) -> pa.Table:
     """The rows ingest kept (a catalog of the earlier layout may still say `duplicate` for
     some: they take part again), only the columns dedupe needs."""
-    table = cat.read_ingested(build, DEDUPE_COLUMNS)
-    status = table.column("status")
-    ok = pc.or_(pc.equal(status, cat.STATUS_OK), pc.equal(status, cat.STATUS_DUPLICATE))
-    table = table.filter(ok).drop_columns(["status"])
-    pa.default_memory_pool().release_unused()  # the unfiltered copy
-    return table
+    columns = [c for c in DEDUPE_COLUMNS if c != "status"]
+    return cat.read_ingested(build, columns, statuses=(cat.STATUS_OK, cat.STATUS_DUPLICATE))
 
 
 def _candidate_prints(
