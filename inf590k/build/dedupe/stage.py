@@ -42,11 +42,7 @@ from inf590k.build.dedupe.config import (
     _Match,
 )
 from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
-from inf590k.build.dedupe.prints import (  # noqa: F401 - FINGERPRINT_COLUMNS, fingerprints_of_rows: read here too
-    FINGERPRINT_COLUMNS,
-    fingerprints_of_rows,
-    load_outside_set,
-)
+from inf590k.build.dedupe.prints import fingerprints_of_rows, load_outside_set
 from inf590k.build.dedupe.search import cross_radius_pairs, radius_pairs
 from inf590k.build.dedupe.sheet import write_contact_sheet, write_report
 from inf590k.build.rows import load_stored_pixels
@@ -99,7 +95,7 @@ class DedupeSummary:
 # ----------------------------------------------------------------------------- grouping
 
 REPORT_COLUMNS = ("uid", "source", "width", "height")  # what the keep rule and the report read
-DEDUPE_COLUMNS = (*FINGERPRINT_COLUMNS, "source", "width", "height")
+DEDUPE_COLUMNS = ("pixel_sha256", "phash", "dhash", *REPORT_COLUMNS)  # what dedupe reads of its rows
 DEDUPE_STEPS = ("read", "grouped", "decided", "report")  # what its progress bar names
 
 
@@ -272,8 +268,7 @@ def _outside_matches(
 def _ingested_candidates(build: Path) -> pa.Table:
     """The rows ingest kept (a catalog of the earlier layout may still say `duplicate` for
     some: they take part again), only the columns dedupe needs."""
-    columns = [c for c in DEDUPE_COLUMNS if c != "status"]
-    return cat.read_ingested(build, columns, statuses=(cat.STATUS_OK, cat.STATUS_DUPLICATE))
+    return cat.read_ingested(build, DEDUPE_COLUMNS, statuses=(cat.STATUS_OK, cat.STATUS_DUPLICATE))
 
 
 def _candidate_prints(
