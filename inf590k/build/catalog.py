@@ -113,7 +113,7 @@ def read_ingested(
     tables = (pq.read_table(p, columns=read, schema=CATALOG_SCHEMA) for p in parts)
     if wanted is not None:
         tables = (t.filter(pc.is_in(t.column("status"), value_set=wanted)) for t in tables)
-    table = _sorted_by_uid(pa.concat_tables(t.select(names) for t in tables).cast(schema))
+    table = _sorted_by_uid(t.select(names).cast(schema) for t in tables)
     twice = _repeated_uid(table.column("uid"))
     if twice is not None:
         raise ValueError(
@@ -123,16 +123,20 @@ def read_ingested(
     return table
 
 
-def _sorted_by_uid(table: pa.Table) -> pa.Table:
-    """`table` in uid order, one column at a time: the order is found on the uid column alone
-    and each unsorted column is let go once its sorted copy exists, so at most one column
-    is held twice."""
+def _sorted_by_uid(tables: Iterable[pa.Table]) -> pa.Table:
+    """`tables` joined, in uid order, one column at a time: the order is found on the uid
+    column alone and each unsorted column is let go as its sorted copy is made, so at most
+    one column is held twice. (The joined table is this function's alone: an argument would
+    be held by the caller until the call returns.)"""
+    table = pa.concat_tables(tables)
     schema = table.schema
     order = pc.sort_indices(table.column("uid"))  # [N]
     columns = []
     for name in schema.names:
-        columns.append(table.column(name).take(order))
-        table = table.drop_columns([name])
+        whole = table.column(name).combine_chunks()  # `take` would join the chunks itself
+        table = table.drop_columns([name])  # the parts' copy goes before the sorted one is made
+        columns.append(whole.take(order))
+        del whole
         pa.default_memory_pool().release_unused()  # the unsorted column: back to the system now
     return pa.Table.from_arrays(columns, schema=schema)
 
