@@ -2,8 +2,8 @@
 `--against` sets (another build, a dataset's sidecars, a folder of evaluation images).
 
 No Python object per row: labels and digests stay Arrow strings, the 16-hex-digit pHash and
-dHash are parsed from the column's bytes to uint64, and equal digests are found through a
-dictionary encoding (one code per row).
+dHash are parsed from the column's bytes to uint64, and equal digests get equal codes (keyed
+by their first 16 hex digits, checked whole where keys meet).
 """
 
 from __future__ import annotations
@@ -56,11 +56,23 @@ def _chunk_codes(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def _fixed_width_codes(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
     """The codes of a chunk whose hashes all have 16 hex digits (None: another spelling)."""
+    found = _fixed_width(chunk, HEX_DIGITS)
+    values = None if found is None else _hex_value(found[0])
+    if values is None:
+        return None
+    codes = np.zeros(len(chunk), dtype=np.uint64)
+    codes[found[1]] = values
+    return codes, found[1]
+
+
+def _fixed_width(chunk: pa.Array, width: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """([K, width] uint8: the bytes of the chunk's K non-empty values, a view of its buffer;
+    [N] bool: which rows they are) when each is `width` bytes long (None: another length)."""
     offset_type = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
     _, offsets_buffer, data_buffer = chunk.buffers()
     n = len(chunk)
     if offsets_buffer is None:  # a chunk of nothing but nulls
-        return np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=bool)
+        return np.empty((0, width), dtype=np.uint8), np.zeros(n, dtype=bool)
     offsets = np.frombuffer(offsets_buffer, dtype=offset_type)[chunk.offset : chunk.offset + n + 1]
     lengths = np.diff(offsets)  # [N]
     present = lengths > 0
@@ -69,10 +81,14 @@ def _fixed_width_codes(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
         if lengths[~valid].any():  # a null that still spans bytes: read it the slow way
             return None
         present &= valid
-    if not (lengths[present] == HEX_DIGITS).all():
+    if not (lengths[present] == width).all():
         return None
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
-    digits = data[offsets[0] : offsets[-1]].reshape(-1, HEX_DIGITS)  # [K, 16]: the hashes in order
+    return data[offsets[0] : offsets[-1]].reshape(-1, width), present  # the values in order
+
+
+def _hex_value(digits: np.ndarray) -> np.ndarray | None:
+    """[K, 16] bytes of hex digits -> [K] uint64 (None: a byte that is not a hex digit)."""
     found = np.empty(len(digits), dtype=np.uint64)
     for start in range(0, len(digits), PARSE_ROWS):
         value = _HEX_VALUE[digits[start : start + PARSE_ROWS]]  # [k, 16] digit values
@@ -80,14 +96,59 @@ def _fixed_width_codes(chunk: pa.Array) -> tuple[np.ndarray, np.ndarray] | None:
             return None
         packed = (value[:, 0::2] << 4) | value[:, 1::2]  # [k, 8] bytes, most significant first
         found[start : start + len(packed)] = packed.view(">u8").ravel()
-    codes = np.zeros(n, dtype=np.uint64)
-    codes[present] = found
-    return codes, present
+    return found
 
 
 def digest_codes(digests: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """[N] int64: the same number for the same pixel sha256, -1 where there is none (null).
-    One dictionary encoding of the column: no Python string per row."""
+    No Python string per row: sha256 digests as ingest writes them (64 hex digits) are keyed
+    by their first 16 digits, any other column goes through a dictionary encoding."""
+    codes = _sha256_codes(digests)
+    return codes if codes is not None else _dictionary_codes(digests)
+
+
+SHA256_DIGITS = 64
+
+
+def _sha256_codes(digests: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """Codes of 64-hex-digit digests (None: another spelling): rows keyed by their first 16
+    digits, the few rows that share a key told apart by the whole digest. Far less memory
+    than a dictionary of every digest ([N] integers, no copy of the strings)."""
+    chunks = digests.chunks if isinstance(digests, pa.ChunkedArray) else [digests]
+    keys, present = [], []
+    for chunk in chunks:
+        strings = pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)
+        found = _fixed_width(chunk, SHA256_DIGITS) if strings else None
+        if found is None or found[1].sum() != len(chunk) - chunk.null_count:
+            return None  # another length, or an empty digest (a value like any other)
+        key = _hex_value(found[0][:, :HEX_DIGITS])
+        if key is None:
+            return None
+        keys.append(key)
+        present.append(found[1])
+    if not chunks:
+        return np.empty(0, dtype=np.int64)
+    rows = np.flatnonzero(np.concatenate(present))  # [K] rows with a digest
+    key = np.concatenate(keys)  # [K]
+    del keys
+    order = np.argsort(key, kind="stable")  # [K]
+    ordered = key[order]
+    del key
+    group = np.cumsum(np.concatenate([[True], ordered[1:] != ordered[:-1]])) - 1  # [K] sorted
+    del ordered
+    rows = rows[order]  # [K], in key order
+    del order
+    codes = np.full(len(digests), -1, dtype=np.int64)
+    codes[rows] = group
+    count = np.bincount(group)
+    shared = rows[count[group] > 1]  # rows whose key another row has: the whole digest decides
+    if len(shared):
+        codes[shared] = len(count) + _dictionary_codes(digests.take(pa.array(shared)))
+    return codes
+
+
+def _dictionary_codes(digests: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """[N] int64 dictionary indices of `digests` (-1 for null)."""
     encoded = pc.dictionary_encode(digests)  # chunks share one dictionary
     chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
     codes = np.concatenate(

@@ -77,6 +77,28 @@ def test_digest_codes_equal_for_equal_digests_across_chunks():
                 assert (codes[i] == codes[j]) == (left == right)
 
 
+def sha(prefix: str, rest: str) -> str:
+    return (prefix * 16)[:16] + (rest * 48)[:48]
+
+
+def test_digest_codes_of_sha256_digests_tell_apart_digests_that_share_a_prefix():
+    digests = [sha("a", "1"), sha("a", "2"), None, sha("b", "1"), sha("a", "1"), sha("A", "1"), sha("c", "3"), None]
+    for column in (
+        pa.array(digests),
+        pa.chunked_array([pa.array(digests[:3]), pa.array(digests[3:])]),
+        pa.array(digests + [""]),  # an empty digest is a value: the dictionary path
+        pa.array(digests, type=pa.large_string()),
+    ):
+        codes = digest_codes(column)
+        values = column.to_pylist()
+        assert codes.dtype == np.int64 and len(codes) == len(values)
+        for i, left in enumerate(values):
+            assert (codes[i] == -1) == (left is None)
+            for j, right in enumerate(values):
+                if left is not None and right is not None:
+                    assert (codes[i] == codes[j]) == (left == right), (left, right)
+
+
 # ----------------------------------------------------------------------------- groups
 
 
