@@ -14,7 +14,6 @@ Bins decide the shard folders: one folder per bin, so a trainer can pick resolut
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,13 +72,14 @@ def _class_labels(edges: list[int], prefix: str) -> list[str]:
     return [*labels, f"{prefix}{bounds[-1]}-up"]
 
 
-def bin_names(
+def bin_classes(
     widths: np.ndarray,
     heights: np.ndarray,
     short_edges: tuple[int, ...] = DEFAULT_SHORT_EDGES,
     aspect_edges: tuple[float, ...] = DEFAULT_ASPECT_EDGES,
-) -> list[str]:
-    """Bin name per image ([N] widths and heights)."""
+) -> tuple[np.ndarray, list[str]]:
+    """Bin of every image ([N] widths and heights) as an index ([N] int32) into the list of
+    every bin name the edges make: one name per bin, not a string per image."""
     _check_edges(short_edges, aspect_edges)
     widths, heights = np.asarray(widths, dtype=np.int64), np.asarray(heights, dtype=np.int64)
     short = np.minimum(widths, heights)
@@ -89,10 +89,30 @@ def bin_names(
     aspect_class = np.searchsorted(np.array(aspect_x100), ratio_x100, side="right")
     short_labels = _class_labels(list(short_edges), "s")
     aspect_labels = _class_labels([100, *aspect_x100], "r")[1:]  # ratios start at 1.00
-    return [
-        f"{short_labels[s]}_{aspect_labels[a]}"
-        for s, a in zip(short_class, aspect_class, strict=True)
-    ]
+    names = [f"{s}_{a}" for s in short_labels for a in aspect_labels]
+    return (short_class * len(aspect_labels) + aspect_class).astype(np.int32), names
+
+
+def bin_names(
+    widths: np.ndarray,
+    heights: np.ndarray,
+    short_edges: tuple[int, ...] = DEFAULT_SHORT_EDGES,
+    aspect_edges: tuple[float, ...] = DEFAULT_ASPECT_EDGES,
+) -> list[str]:
+    """Bin name per image ([N] widths and heights)."""
+    classes, names = bin_classes(widths, heights, short_edges, aspect_edges)
+    return [names[c] for c in classes.tolist()]
+
+
+def _bin_column(classes: np.ndarray, names: list[str]) -> pa.DictionaryArray:
+    """The res_bin column: bin names dictionary-encoded, the dictionary in order of first
+    appearance (as `dictionary_encode` of the names would give it)."""
+    present, first = np.unique(classes, return_index=True)
+    by_appearance = present[np.argsort(first)]  # [B] classes, first seen first
+    position = np.zeros(len(names), dtype=np.int32)
+    position[by_appearance] = np.arange(len(by_appearance), dtype=np.int32)
+    dictionary = pa.array([names[c] for c in by_appearance.tolist()], type=pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(position[classes]), dictionary)
 
 
 BIN_STEPS = ("read", "binned", "written")  # what its progress bar names
@@ -104,21 +124,22 @@ def bin_catalog(config: BinConfig) -> BinSummary:
     reader gives the other rows ""); write BUILD/bins.json with the counts."""
     with stage_progress("bin", config.progress, BIN_STEPS) as bar:
         table = cat.read_catalog(config.build, columns=["status", "width", "height"])
-        ok = pa.compute.equal(table.column("status"), cat.STATUS_OK).to_numpy(zero_copy_only=False)
-        kept = table.filter(pa.array(ok))
+        ok = pa.compute.fill_null(pa.compute.equal(table.column("status"), cat.STATUS_OK), False)
+        uids = table.column("uid").filter(ok)
+        widths = table.column("width").filter(ok).to_numpy(zero_copy_only=False)
+        heights = table.column("height").filter(ok).to_numpy(zero_copy_only=False)
+        unbinned = len(table) - len(uids)
+        del table
         bar.advance("read")
-        widths = kept.column("width").to_numpy(zero_copy_only=False)
-        heights = kept.column("height").to_numpy(zero_copy_only=False)
-        names = bin_names(widths, heights, config.short_edges, config.aspect_edges) if len(kept) else []
+        classes, names = bin_classes(widths, heights, config.short_edges, config.aspect_edges)
         bar.advance("binned")
-        assign = pa.table(
-            {"uid": kept.column("uid"), "res_bin": pa.array(names, type=pa.string()).dictionary_encode()}
-        )
+        assign = pa.table({"uid": uids, "res_bin": _bin_column(classes, names)})
         lineage.mark_running(config.build, "bin")
         cat.write_columns(config.build, cat.BIN_ASSIGN_PATH, assign)
         bar.advance("written")
-    counts = dict(sorted(Counter(names).items()))
-    summary = BinSummary(counts=counts, unbinned=int((~ok).sum()))
+    per_class = np.bincount(classes, minlength=len(names))
+    counts = dict(sorted((names[c], int(n)) for c, n in enumerate(per_class.tolist()) if n))
+    summary = BinSummary(counts=counts, unbinned=unbinned)
     record = {
         "short_edges": list(config.short_edges),
         "aspect_edges": list(config.aspect_edges),

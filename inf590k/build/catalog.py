@@ -97,18 +97,23 @@ def _no_catalog(build: Path) -> FileNotFoundError:
     )
 
 
-def read_ingested(build: Path, columns: Iterable[str] | None = None) -> pa.Table:
-    """The parts as ingest wrote them (no later decision), only `columns`, sorted by uid.
+def read_ingested(
+    build: Path, columns: Iterable[str] | None = None, statuses: Iterable[str] | None = None
+) -> pa.Table:
+    """The parts as ingest wrote them (no later decision), only `columns`, sorted by uid;
+    `statuses`: only the rows of these (dropped part by part, before the sort).
     One columnar read of the whole folder: a part's other columns are never decoded."""
     parts = part_paths(build)
     if not parts:
         raise _no_catalog(build)
     names = list(COLUMN_NAMES) if columns is None else list(dict.fromkeys(["uid", *columns]))
     schema = pa.schema([CATALOG_SCHEMA.field(n) for n in names])
-    tables = [pq.read_table(p, columns=names, schema=CATALOG_SCHEMA).select(names) for p in parts]
-    table = pa.concat_tables(tables).cast(schema).sort_by("uid")
-    del tables
-    pa.default_memory_pool().release_unused()  # the unsorted copy: back to the system now
+    wanted = None if statuses is None else pa.array(list(statuses), type=pa.string())
+    read = names if wanted is None else list(dict.fromkeys([*names, "status"]))
+    tables = (pq.read_table(p, columns=read, schema=CATALOG_SCHEMA) for p in parts)
+    if wanted is not None:
+        tables = (t.filter(pc.is_in(t.column("status"), value_set=wanted)) for t in tables)
+    table = _sorted_by_uid(t.select(names).cast(schema) for t in tables)
     twice = _repeated_uid(table.column("uid"))
     if twice is not None:
         raise ValueError(
@@ -116,6 +121,24 @@ def read_ingested(build: Path, columns: Iterable[str] | None = None) -> pa.Table
             "remove the part ingest did not write and run `inf590k ingest` again"
         )
     return table
+
+
+def _sorted_by_uid(tables: Iterable[pa.Table]) -> pa.Table:
+    """`tables` joined, in uid order, one column at a time: the order is found on the uid
+    column alone and each unsorted column is let go as its sorted copy is made, so at most
+    one column is held twice. (The joined table is this function's alone: an argument would
+    be held by the caller until the call returns.)"""
+    table = pa.concat_tables(tables)
+    schema = table.schema
+    order = pc.sort_indices(table.column("uid"))  # [N]
+    columns = []
+    for name in schema.names:
+        whole = table.column(name).combine_chunks()  # `take` would join the chunks itself
+        table = table.drop_columns([name])  # the parts' copy goes before the sorted one is made
+        columns.append(whole.take(order))
+        del whole
+        pa.default_memory_pool().release_unused()  # the unsorted column: back to the system now
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _repeated_uid(uids: pa.ChunkedArray) -> str | None:
@@ -169,28 +192,24 @@ def _decisions_problem(table: pa.Table) -> str:
     return ""
 
 
-def _set_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+def _set_column(table: pa.Table, name: str, values: pa.Array | pa.ChunkedArray) -> pa.Table:
     index = table.schema.get_field_index(name)
-    return table.set_column(index, name, pa.array(values, type=table.schema.field(name).type))
+    return table.set_column(index, name, values.cast(table.schema.field(name).type))
 
 
-def _column(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy(zero_copy_only=False).copy()
-
-
-def _apply(table: pa.Table, decisions: pa.Table, where: np.ndarray) -> pa.Table:
+def _apply(table: pa.Table, decisions: pa.Table, where: pa.Array) -> pa.Table:
     """`table` with the columns of `decisions` taken over for the uids it names, on the rows
-    `where` ([N] bool) allows."""
+    `where` ([N] bool) allows. Column to column: no Python object per row."""
     at = pc.index_in(table.column("uid"), value_set=decisions.column("uid"))  # [N], null: none
-    rows = np.flatnonzero(pc.is_valid(at).to_numpy(zero_copy_only=False) & where)
-    if not len(rows):
+    rows = pc.and_(pc.is_valid(at), where)  # [N] bool: the rows that take a decision
+    taken = decisions.take(pc.filter(at, rows))  # [R]: their decisions, in row order
+    if not len(taken):
         return table
-    taken = decisions.take(pa.array(at.to_numpy(zero_copy_only=False)[rows].astype(np.int64)))
+    rows = pa.concat_arrays(rows.chunks) if isinstance(rows, pa.ChunkedArray) else rows
     for name in decisions.column_names[1:]:
         if name in table.column_names:
-            values = _column(table, name)
-            values[rows] = taken.column(name).to_numpy(zero_copy_only=False)
-            table = _set_column(table, name, values)
+            new = taken.column(name).cast(table.schema.field(name).type).combine_chunks()
+            table = _set_column(table, name, pc.replace_with_mask(table.column(name), rows, new))
     return table
 
 
@@ -198,24 +217,22 @@ def _reset_dedupe(table: pa.Table) -> pa.Table:
     """Before dedupe's decisions apply: no row is a duplicate (a catalog of the earlier layout
     held dedupe's statuses in its parts)."""
     if "status" in table.column_names:
-        status = _column(table, "status")
-        was = status == STATUS_DUPLICATE
-        if was.any():
-            status[was] = STATUS_OK
-            table = _set_column(table, "status", status)
+        was = pc.fill_null(pc.equal(table.column("status"), STATUS_DUPLICATE), False)  # [N]
+        if pc.any(was).as_py():
+            table = _set_column(table, "status", pc.if_else(was, STATUS_OK, table.column("status")))
             if "reason" in table.column_names:
-                reason = _column(table, "reason")
-                reason[was] = ""
-                table = _set_column(table, "reason", reason)
+                table = _set_column(table, "reason", pc.if_else(was, "", table.column("reason")))
     if "dup_group" in table.column_names:
-        table = _set_column(table, "dup_group", np.full(len(table), -1, dtype=np.int64))
+        table = _set_column(table, "dup_group", pa.array(np.full(len(table), -1, dtype=np.int64)))
     return table
 
 
-def _ok(table: pa.Table) -> np.ndarray:
+def _ok(table: pa.Table) -> pa.Array:
+    """[N] bool: the rows whose status is ok (every row when status is not read)."""
     if "status" not in table.column_names:
-        return np.ones(len(table), dtype=bool)
-    return pc.equal(table.column("status"), STATUS_OK).to_numpy(zero_copy_only=False)
+        return pa.array(np.ones(len(table), dtype=bool))
+    ok = pc.fill_null(pc.equal(table.column("status"), STATUS_OK), False)
+    return pa.concat_arrays(ok.chunks) if isinstance(ok, pa.ChunkedArray) else ok
 
 
 def join_decisions(build: Path, table: pa.Table) -> pa.Table:
@@ -229,7 +246,7 @@ def join_decisions(build: Path, table: pa.Table) -> pa.Table:
         table = _apply(table, decisions, _ok(table))
     bins = read_decisions(build, BIN_ASSIGN_PATH, BIN_COLUMNS) if "res_bin" in table.column_names else None
     if bins is not None:
-        table = _set_column(table, "res_bin", np.full(len(table), "", dtype=object))
+        table = _set_column(table, "res_bin", pa.repeat(pa.scalar("", pa.string()), len(table)))
         table = _apply(table, bins, _ok(table))
     return table
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 DEFAULT_RADIUS = 8
 
@@ -33,6 +34,7 @@ class OutsideSet:
     """Fingerprints of one --against path and how a match is described."""
 
     fingerprints: Fingerprints
+    pixel_sha256: pa.Array | pa.ChunkedArray  # [N] its digests themselves (strings): matched by value
     reason: str  # e.g. "decontamination: matches eval/" or "already in old-build"
     skipped: int = 0  # files that could not be read (evaluation folders)
 
@@ -53,9 +55,10 @@ class _Groups:
 
 @dataclass(frozen=True)
 class Fingerprints:
-    """Hashes of a set of images: what dedupe compares. Arrays are [N]."""
+    """Hashes of a set of images: what dedupe compares. [N] columns, no Python object per image."""
 
-    labels: tuple[str, ...]  # uid, or a file path for evaluation images
-    pixel_sha256: tuple[str, ...]
-    phash: np.ndarray  # uint64
-    dhash: np.ndarray  # uint64
+    labels: pa.Array | pa.ChunkedArray  # string: uid, or a file path for evaluation images
+    digests: np.ndarray  # int64: the same for the same pixel_sha256 within the set; -1: none
+    phash: np.ndarray  # uint64, 0 where none
+    dhash: np.ndarray  # uint64, 0 where none
+    hashed: np.ndarray  # bool: has a pHash (only these are compared by pHash)

@@ -21,25 +21,28 @@ def write_report(
     config: DedupeConfig,
     candidates: pa.Table,
     groups: _Groups,
-    group_ids: dict[int, int],
+    group_ids: np.ndarray,
     distances: np.ndarray,
     outside: list[OutsideSet],
     outside_match: dict[int, _Match],
 ) -> dict:
-    """report.json: settings, counts, and every group with members and distances."""
-    rows = _LazyColumns(candidates)  # group members only are read: no list per column
+    """report.json: settings, counts, and every group with members and distances.
+    `group_ids`: [components] dup_group of each component (-1 alone); `distances`: [N] pHash
+    distance of each row to its kept row."""
+    multi = np.flatnonzero(groups.sizes > 1)  # group members alone are read: no list per column
+    rows = candidates.select(["uid", "source", "width", "height"]).take(pa.array(multi)).to_pylist()
+    columns = zip(
+        rows,
+        group_ids[groups.labels[multi]].tolist(),
+        (groups.kept[multi] == multi).tolist(),
+        groups.exact[multi].tolist(),
+        distances[multi].tolist(),
+        strict=True,
+    )
     members: dict[int, list[dict]] = {}
-    for index in np.flatnonzero(groups.sizes > 1).tolist():
-        members.setdefault(group_ids[int(groups.labels[index])], []).append(
-            {
-                "uid": rows["uid"][index],
-                "source": rows["source"][index],
-                "width": rows["width"][index],
-                "height": rows["height"][index],
-                "kept": bool(groups.kept[index] == index),
-                "exact": bool(groups.exact[index]),
-                "phash_distance_to_kept": int(distances[index]),
-            }
+    for row, group, kept, exact, distance in columns:
+        members.setdefault(group, []).append(
+            {**row, "kept": kept, "exact": exact, "phash_distance_to_kept": distance}
         )
     listed = []
     for group_id in sorted(members):
@@ -47,6 +50,8 @@ def write_report(
         listed.append(
             {"group": group_id, "kept": group_members[0]["uid"], "members": group_members}
         )
+    matched = sorted(outside_match.items())
+    matched_uids = candidates.column("uid").take(pa.array([i for i, _ in matched], type=pa.int64()))
     report = {
         "radius": config.radius,
         "dhash_max": config.dhash_max,
@@ -61,8 +66,8 @@ def write_report(
             for o in outside
         ],
         "outside_matches": [
-            {"uid": rows["uid"][i], "reason": m.reason, "phash_distance": m.distance}
-            for i, m in sorted(outside_match.items())
+            {"uid": uid, "reason": m.reason, "phash_distance": m.distance}
+            for uid, (_, m) in zip(matched_uids.to_pylist(), matched, strict=True)
         ],
     }
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -106,24 +111,6 @@ def fit_text(text: str, width: int) -> str:
     while len(text) > 1 and cv2.getTextSize(".." + text, font, CAPTION_SCALE, 1)[0][0] > width:
         text = text[1:]
     return ".." + text
-
-
-class _LazyColumns:
-    """`rows[column][index]` of a table, converted one value at a time."""
-
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-
-    def __getitem__(self, column: str) -> _LazyColumn:
-        return _LazyColumn(self.table.column(column))
-
-
-class _LazyColumn:
-    def __init__(self, column: pa.ChunkedArray) -> None:
-        self.column = column
-
-    def __getitem__(self, index: int) -> object:
-        return self.column[index].as_py()
 
 
 def write_contact_sheet(

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -41,18 +42,14 @@ from inf590k.build.dedupe.config import (
     _Match,
 )
 from inf590k.build.dedupe.features import FeatureConfig, embed, similar_pairs
-from inf590k.build.dedupe.search import cross_radius_pairs, hex_to_codes, radius_pairs
+from inf590k.build.dedupe.prints import fingerprints_of_rows, load_outside_set
+from inf590k.build.dedupe.search import cross_radius_pairs, radius_pairs
 from inf590k.build.dedupe.sheet import write_contact_sheet, write_report
 from inf590k.build.rows import load_stored_pixels
-from inf590k.dataset.layout import read_sidecars
 from inf590k.execution.progress import stage_progress
 from inf590k.fsutil import plural
-from inf590k.inputs.fingerprint import fingerprint
-from inf590k.inputs.headers import RejectedImage
-from inf590k.inputs.imageio import ImagePolicy, process_image_bytes
 
 REPORT_DIRNAME = "dedupe"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 
 
 @dataclass
@@ -95,118 +92,52 @@ class DedupeSummary:
         return "\n".join([line, *self.warnings])
 
 
-# ----------------------------------------------------------------------------- fingerprints
+# ----------------------------------------------------------------------------- grouping
 
-
-def _codes(hex_values: Iterable[str | None]) -> np.ndarray:
-    return hex_to_codes([h if h else "0" for h in hex_values])
-
-
-def fingerprints_of_rows(table: pa.Table) -> Fingerprints:
-    rows = table.select(["uid", "pixel_sha256", "phash", "dhash"]).to_pydict()
-    return Fingerprints(
-        labels=tuple(rows["uid"]),
-        pixel_sha256=tuple(rows["pixel_sha256"]),
-        phash=_codes(rows["phash"]),
-        dhash=_codes(rows["dhash"]),
-    )
-
-
-def _fingerprints_of_folder(folder: Path) -> tuple[Fingerprints, int]:
-    """Hash evaluation images the way ingest hashes (same decode, crop and 8-bit view)."""
-    policy = ImagePolicy(allow_colour=True)  # benchmark images may be stored as RGB
-    labels, digests, phashes, dhashes, skipped = [], [], [], [], 0
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        try:
-            found = fingerprint(process_image_bytes(path.read_bytes(), policy).view8)
-        except (RejectedImage, OSError, ValueError):
-            skipped += 1
-            continue
-        labels.append(path.relative_to(folder).as_posix())
-        digests.append(found.pixel_sha256)
-        phashes.append(found.phash)
-        dhashes.append(found.dhash)
-    prints = Fingerprints(tuple(labels), tuple(digests), _codes(phashes), _codes(dhashes))
-    return prints, skipped
-
-
-# what dedupe reads of the catalog (the feature model alone reads whole rows)
-FINGERPRINT_COLUMNS = ("status", "pixel_sha256", "phash", "dhash")
-DEDUPE_COLUMNS = (*FINGERPRINT_COLUMNS, "source", "width", "height")
+REPORT_COLUMNS = ("uid", "source", "width", "height")  # what the keep rule and the report read
+DEDUPE_COLUMNS = ("pixel_sha256", "phash", "dhash", *REPORT_COLUMNS)  # what dedupe reads of its rows
 DEDUPE_STEPS = ("read", "grouped", "decided", "report")  # what its progress bar names
 
 
-def _ok_rows(table: pa.Table) -> pa.Table:
-    return table.filter(pa.compute.equal(table.column("status"), cat.STATUS_OK))
-
-
-def load_outside_set(path: Path) -> OutsideSet:
-    """A build folder (its catalog), a built dataset (its shard sidecars) or an image folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--against {path}: no such file or folder")
-    if cat.part_paths(path):
-        rows = _ok_rows(cat.read_catalog(path, columns=FINGERPRINT_COLUMNS))
-        return OutsideSet(fingerprints_of_rows(rows), f"already in {path.name or path}")
-    if (path / "data" / "_info.json").is_file():  # a dataset folder: its shards' sidecar rows
-        return OutsideSet(fingerprints_of_rows(read_sidecars(path)), f"already in {path.name or path}")
-    if path.is_dir():
-        prints, skipped = _fingerprints_of_folder(path)
-        if not prints.labels:
-            raise ValueError(f"--against {path}: no readable images, shard sidecars or catalog")
-        return OutsideSet(prints, f"decontamination: matches {path.name or path}", skipped)
-    raise ValueError(f"--against {path}: expected a build folder, a dataset or an image folder")
-
-
-# ----------------------------------------------------------------------------- grouping
-
-
-def _near_edges(
-    prints: Fingerprints, radius: int, dhash_max: int, hashed: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _near_edges(prints: Fingerprints, radius: int, dhash_max: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidate index pairs within the pHash radius (and dHash confirmation when on).
 
-    Only rows with a pHash (`hashed`, [N] bool) take part.
+    Only rows with a pHash take part. Rows sharing a key are joined to the key's first row;
+    the search runs on distinct keys.
     """
-    rows = np.flatnonzero(hashed)
-    prints = Fingerprints(
-        tuple(prints.labels[r] for r in rows),
-        tuple(prints.pixel_sha256[r] for r in rows),
-        prints.phash[rows],
-        prints.dhash[rows],
-    )
+    rows = np.flatnonzero(prints.hashed)  # [H]
     if dhash_max >= 0:
-        keys = np.stack([prints.phash, prints.dhash], axis=1)  # [N, 2]
+        keys = np.stack([prints.phash[rows], prints.dhash[rows]], axis=1)  # [H, 2]
         unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         unique_phash = unique[:, 0].copy()
+        del keys, unique
     else:
         unique_phash, first, inverse = np.unique(
-            prints.phash, return_index=True, return_inverse=True
+            prints.phash[rows], return_index=True, return_inverse=True
         )
-    inverse = inverse.ravel()
-    # rows sharing a key are joined to the key's first row; the search runs on distinct keys
-    same_i, same_j = first[inverse], np.arange(len(inverse))
+    same_i = first[inverse.ravel()]  # [H]
+    del inverse
+    same_j = np.flatnonzero(same_i != np.arange(len(same_i)))  # a row joined to itself: no edge
+    same_i = same_i[same_j]
     ui, uj, _ = radius_pairs(unique_phash, radius)
     i, j = first[ui], first[uj]
+    del ui, uj
     if dhash_max >= 0:
-        confirmed = np.bitwise_count(prints.dhash[i] ^ prints.dhash[j]) <= dhash_max
+        confirmed = np.bitwise_count(prints.dhash[rows[i]] ^ prints.dhash[rows[j]]) <= dhash_max
         i, j = i[confirmed], j[confirmed]
     return rows[np.concatenate([same_i, i])], rows[np.concatenate([same_j, j])]
 
 
-def _exact_edges(digests: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Each row joined to the first row with the same pixel sha256 (rows without one: none).
-    `digests`: the [N] column itself (no Python string per row)."""
-    if isinstance(digests, pa.ChunkedArray):
-        digests = digests.combine_chunks()
-    encoded = digests.dictionary_encode()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)  # [N], NaN where null
-    del encoded
-    pa.default_memory_pool().release_unused()  # the dictionary and its hash table
-    rows = np.flatnonzero(~np.isnan(codes)) if codes.dtype.kind == "f" else np.arange(len(codes))
-    codes = codes[rows].astype(np.int64)
-    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
-    return rows[first[inverse.ravel()]], rows
+def _exact_edges(digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row joined to the first row with the same pixel sha256 (`digests`: [N] codes, -1
+    where none: no edge)."""
+    rows = np.flatnonzero(digests >= 0)
+    codes = digests[rows]
+    first = np.full(int(codes.max()) + 1 if len(codes) else 0, len(digests), dtype=np.int64)
+    np.minimum.at(first, codes, rows)
+    joined = first[codes]  # [R]
+    other = joined != rows  # the first row itself: no edge
+    return joined[other], rows[other]
 
 
 def priority_rank(sources: Iterable[str], priority: tuple[str, ...]) -> dict[str, int]:
@@ -222,15 +153,43 @@ def keep_order(table: pa.Table, priority: tuple[str, ...]) -> np.ndarray:
     ranks = priority_rank(sources.dictionary.to_pylist(), priority)
     source_rank = np.array([ranks[s] for s in sources.dictionary.to_pylist()], dtype=np.int64)
     by_source = source_rank[sources.indices.to_numpy(zero_copy_only=False)]  # [N]
-    width = pa.compute.fill_null(table.column("width"), 0).to_numpy(zero_copy_only=False)
-    height = pa.compute.fill_null(table.column("height"), 0).to_numpy(zero_copy_only=False)
+    width = pc.fill_null(table.column("width"), 0).to_numpy(zero_copy_only=False)
+    height = pc.fill_null(table.column("height"), 0).to_numpy(zero_copy_only=False)
     area = width.astype(np.int64) * height.astype(np.int64)  # [N]
     uid_rank = np.empty(len(table), dtype=np.int64)
-    uid_rank[pa.compute.sort_indices(table.column("uid")).to_numpy()] = np.arange(len(table))
+    uid_rank[pc.sort_indices(table.column("uid")).to_numpy()] = np.arange(len(table))
     order = np.lexsort((uid_rank, by_source, -area))  # last key sorts first
     rank = np.empty(len(table), dtype=np.int64)
     rank[order] = np.arange(len(table))
     return rank
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([N] component id, [N] component size) of the graph of edges (i, j) on n rows."""
+    edges = (i.astype(np.int32), j.astype(np.int32)) if n < 1 << 31 else (i, j)
+    graph = coo_matrix((np.ones(len(i), dtype=np.int8), edges), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    del graph
+    return labels, np.bincount(labels)[labels]
+
+
+def _kept_members(
+    candidates: pa.Table, labels: np.ndarray, sizes: np.ndarray, priority: tuple[str, ...]
+) -> np.ndarray:
+    """[N] the kept row of each row's component (itself when alone). The keep rule ranks the
+    members of groups of 2+ only: their order among themselves is their order among all."""
+    kept = np.arange(len(labels))
+    multi = np.flatnonzero(sizes > 1)  # [M]
+    if not len(multi):
+        return kept
+    rank = keep_order(candidates.take(pa.array(multi)), priority)  # [M], 0 = keep first
+    component = labels[multi]
+    best = np.full(int(labels.max()) + 1, len(multi), dtype=np.int64)
+    np.minimum.at(best, component, rank)  # the lowest rank in each component
+    by_rank = np.empty(len(multi), dtype=np.int64)
+    by_rank[rank] = multi
+    kept[multi] = by_rank[best[component]]
+    return kept
 
 
 def group_rows(
@@ -241,46 +200,65 @@ def group_rows(
     extra_edges: tuple[np.ndarray, np.ndarray] | None = None,
     prints: Fingerprints | None = None,  # of `candidates`, when the caller has them
 ) -> _Groups:
+    """The groups of `candidates` (uid, source, width, height; and the fingerprint columns
+    when `prints` is not given): components of exact, near and `extra_edges`, each with its
+    kept row."""
     prints = fingerprints_of_rows(candidates) if prints is None else prints
-    n = len(prints.labels)
-    exact_i, exact_j = _exact_edges(candidates.column("pixel_sha256"))
-    hashed = np.array([bool(h) for h in candidates.column("phash").to_pylist()], dtype=bool)
-    near_i, near_j = _near_edges(prints, radius, dhash_max, hashed)
+    exact_i, exact_j = _exact_edges(prints.digests)
+    near_i, near_j = _near_edges(prints, radius, dhash_max)
     extra_i, extra_j = extra_edges if extra_edges is not None else (near_i[:0], near_j[:0])
-    rows = np.concatenate([exact_i, near_i, extra_i])
-    cols = np.concatenate([exact_j, near_j, extra_j])
-    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    rank = keep_order(candidates, priority)
-    # the kept member of each component: the lowest keep rank among its members
-    best = np.full(labels.max() + 1 if n else 0, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(best, labels, rank)
-    by_rank = np.empty(n, dtype=np.int64)
-    by_rank[rank] = np.arange(n)
-    kept = by_rank[best[labels]]
-    sizes = np.bincount(labels)[labels]
-    digests = np.array(prints.pixel_sha256, dtype=object)
-    exact = (digests == digests[kept]) & np.array([d is not None for d in digests], dtype=bool)
+    labels, sizes = _components(
+        len(prints.labels),
+        np.concatenate([exact_i, near_i, extra_i]),
+        np.concatenate([exact_j, near_j, extra_j]),
+    )
+    kept = _kept_members(candidates, labels, sizes, priority)
+    exact = (prints.digests >= 0) & (prints.digests == prints.digests[kept])
     return _Groups(labels=labels, kept=kept, sizes=sizes, exact=exact)
 
 
+def _exact_matches(digests: pa.ChunkedArray | pa.Array, outside: OutsideSet) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate rows, outside rows) of equal pixel sha256: for a digest the outside set
+    holds twice, its last row. A row without a digest matches nothing."""
+    theirs = outside.pixel_sha256
+    last_first = _as_array(theirs.take(pa.array(np.arange(len(theirs) - 1, -1, -1))))  # index_in finds the first
+    at = pc.fill_null(pc.index_in(digests, value_set=last_first, skip_nulls=True), -1)  # [N]
+    at = at.to_numpy().astype(np.int64)
+    rows = np.flatnonzero(at >= 0)
+    return rows, len(theirs) - 1 - at[rows]
+
+
+def _as_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One array of a column's chunks (a value set, or a column written as one chunk)."""
+    if isinstance(values, pa.ChunkedArray):
+        return pa.concat_arrays(values.chunks) if values.num_chunks else pa.array([], values.type)
+    return values
+
+
 def _outside_matches(
-    candidates: Fingerprints, outside: OutsideSet, radius: int, dhash_max: int
+    candidates: Fingerprints,
+    exact: tuple[np.ndarray, np.ndarray],
+    outside: OutsideSet,
+    radius: int,
+    dhash_max: int,
 ) -> dict[int, _Match]:
-    matches: dict[int, _Match] = {}
+    """Candidate row -> its match in `outside`: equal pixels, else the nearest pHash (the first
+    outside row of that distance). Only rows with a pHash are compared by pHash."""
     theirs = outside.fingerprints
-    digest_to_label = dict(zip(theirs.pixel_sha256, theirs.labels, strict=True))
-    for index, digest in enumerate(candidates.pixel_sha256):
-        if digest in digest_to_label:
-            matches[index] = _Match(f"{outside.reason}/{digest_to_label[digest]} (exact pixels)", 0)
-    qi, di, dist = cross_radius_pairs(candidates.phash, theirs.phash, radius)
+    ours, mine = np.flatnonzero(candidates.hashed), np.flatnonzero(theirs.hashed)
+    qi, di, dist = cross_radius_pairs(candidates.phash[ours], theirs.phash[mine], radius)
+    qi, di = ours[qi], mine[di]
     if dhash_max >= 0:
         confirmed = np.bitwise_count(candidates.dhash[qi] ^ theirs.dhash[di]) <= dhash_max
         qi, di, dist = qi[confirmed], di[confirmed], dist[confirmed]
+    named = np.unique(np.concatenate([exact[1], di]))
+    label = dict(zip(named.tolist(), theirs.labels.take(pa.array(named)).to_pylist(), strict=True))
+    matches: dict[int, _Match] = {}
+    for index, row in zip(exact[0].tolist(), exact[1].tolist(), strict=True):
+        matches[index] = _Match(f"{outside.reason}/{label[row]} (exact pixels)", 0)
     for q, d, distance in zip(qi.tolist(), di.tolist(), dist.tolist(), strict=True):
         if q not in matches or distance < matches[q].distance:
-            label = theirs.labels[d]
-            matches[q] = _Match(f"{outside.reason}/{label} (pHash distance {distance})", distance)
+            matches[q] = _Match(f"{outside.reason}/{label[d]} (pHash distance {distance})", distance)
     return matches
 
 
@@ -290,14 +268,20 @@ def _outside_matches(
 def _ingested_candidates(build: Path) -> pa.Table:
     """The rows ingest kept (a catalog of the earlier layout may still say `duplicate` for
     some: they take part again), only the columns dedupe needs."""
-    table = cat.read_ingested(build, DEDUPE_COLUMNS)
-    status = table.column("status")
-    ok = pa.compute.or_(
-        pa.compute.equal(status, cat.STATUS_OK), pa.compute.equal(status, cat.STATUS_DUPLICATE)
-    )
-    table = table.filter(ok)
-    pa.default_memory_pool().release_unused()  # the unfiltered copy
-    return table
+    return cat.read_ingested(build, DEDUPE_COLUMNS, statuses=(cat.STATUS_OK, cat.STATUS_DUPLICATE))
+
+
+def _candidate_prints(
+    build: Path, outside: list[OutsideSet]
+) -> tuple[pa.Table, Fingerprints, list[tuple[np.ndarray, np.ndarray]]]:
+    """The candidates' report columns, their fingerprints and their exact matches in each
+    outside set. The hash strings are let go here, before the search."""
+    candidates = _ingested_candidates(build)
+    prints = fingerprints_of_rows(candidates)
+    exact = [_exact_matches(candidates.column("pixel_sha256"), other) for other in outside]
+    candidates = candidates.select(list(REPORT_COLUMNS))
+    pa.default_memory_pool().release_unused()  # the digest and hash strings
+    return candidates, prints, exact
 
 
 @lineage.stage("dedupe", ignore=("build", "contact_groups", "feature_device", "progress"))
@@ -313,24 +297,21 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         if Path(path).resolve() == build.resolve():
             raise ValueError(f"--against {path} is the build itself: pass another build or dataset")
     with stage_progress("dedupe", config.progress, DEDUPE_STEPS) as bar:
-        candidates = _ingested_candidates(build)
-        bar.advance("read")
         outside = [load_outside_set(p) for p in config.against]
+        candidates, prints, exact_outside = _candidate_prints(build, outside)
+        bar.advance("read")
         feature_edges = _feature_edges(build, candidates, config) if config.feature_model else None
-        prints = fingerprints_of_rows(candidates)  # once: labels and digests as Python strings
         groups = group_rows(candidates, config.radius, config.dhash_max, config.priority, feature_edges, prints)
         bar.advance("grouped")
 
         outside_match: dict[int, _Match] = {}
-        for other in outside:
-            for index, match in _outside_matches(
-                prints, other, config.radius, config.dhash_max
-            ).items():
+        for other, exact in zip(outside, exact_outside, strict=True):
+            for index, match in _outside_matches(prints, exact, other, config.radius, config.dhash_max).items():
                 outside_match.setdefault(index, match)
-        contaminated_groups = {int(groups.labels[i]) for i in outside_match}
+        contaminated = np.isin(groups.labels, [int(groups.labels[i]) for i in outside_match])  # [N]
         group_ids = _number_groups(groups, prints.labels)
-        distances = np.bitwise_count(prints.phash ^ prints.phash[groups.kept]).astype(int)
-        decided = _decide(groups, group_ids, distances, prints, outside_match, contaminated_groups, config, feature_edges is not None)
+        distances = np.bitwise_count(prints.phash ^ prints.phash[groups.kept])  # [N] uint8
+        decided = _decide(groups, group_ids, distances, prints, outside_match, contaminated, config, feature_edges is not None)
         lineage.mark_running(build, "dedupe")
         cat.write_columns(build, cat.DECISIONS_PATH, decided.table)
         bar.advance("decided")
@@ -344,10 +325,10 @@ def dedupe(config: DedupeConfig) -> DedupeSummary:
         bar.advance("report")
     return DedupeSummary(
         candidates=len(candidates),
-        groups=int(len(group_ids)),
+        groups=int((group_ids >= 0).sum()),
         exact_duplicates=decided.exact,
         near_duplicates=decided.near,
-        outside_matches=int(np.isin(groups.labels, list(contaminated_groups)).sum()),
+        outside_matches=int(contaminated.sum()),
         kept=len(candidates) - decided.duplicates,
         seconds=time.perf_counter() - started,
         report=report_dir / "report.json",
@@ -367,55 +348,51 @@ class _Decided:
 
 def _decide(
     groups: _Groups,
-    group_ids: dict[int, int],
+    group_ids: np.ndarray,
     distances: np.ndarray,
     prints: Fingerprints,
     outside_match: dict[int, _Match],
-    contaminated_groups: set[int],
+    contaminated: np.ndarray,
     config: DedupeConfig,
     by_features: bool,
 ) -> _Decided:
     """The decision for every candidate in a group of 2+ or matched outside: its status, the
-    reason in words and its group id (candidates alone are left out: ingest's row stands)."""
-    uids, status, reason, dup_group = [], [], [], []
+    reason in words and its group id (candidates alone are left out: ingest's row stands).
+    Strings are made for those rows alone."""
+    involved = np.flatnonzero((groups.sizes > 1) | contaminated)  # [D]
+    kept = groups.kept[involved]
+    kept_uids = prints.labels.take(pa.array(kept)).to_pylist()
+    first_match = _first_match_per_group(groups, outside_match, prints)
+    reason, duplicate = [], []
     exact = near = feature = 0
-    involved = np.flatnonzero((groups.sizes > 1) | np.isin(groups.labels, list(contaminated_groups)))
-    for index in involved.tolist():
-        label = int(groups.labels[index])
-        group = group_ids.get(label, -1)
-        kept = int(groups.kept[index])
-        if label in contaminated_groups:
+    rows = zip(involved.tolist(), kept.tolist(), kept_uids, distances[involved].tolist(), strict=True)
+    for index, kept_index, kept_uid, distance in rows:
+        if contaminated[index]:
             match = outside_match.get(index)
-            why = match.reason if match else _contaminated_reason(index, groups, outside_match, prints)
-        elif kept == index:
-            uids.append(prints.labels[index])
-            status.append(cat.STATUS_OK)
-            reason.append("")
-            dup_group.append(group)
-            continue
+            why = match.reason if match else first_match[int(groups.labels[index])]
+        elif kept_index == index:
+            why = ""
         elif groups.exact[index]:
             exact += 1
-            why = f"duplicate of {prints.labels[kept]} (exact pixels)"
-        elif by_features and distances[index] > config.radius:
+            why = f"duplicate of {kept_uid} (exact pixels)"
+        elif by_features and distance > config.radius:
             feature += 1
-            why = f"similar to {prints.labels[kept]} (encoder features; pHash distance {distances[index]})"
+            why = f"similar to {kept_uid} (encoder features; pHash distance {distance})"
         else:
             near += 1
-            why = f"near duplicate of {prints.labels[kept]} (pHash distance {distances[index]})"
-        uids.append(prints.labels[index])
-        status.append(cat.STATUS_DUPLICATE)
+            why = f"near duplicate of {kept_uid} (pHash distance {distance})"
         reason.append(why)
-        dup_group.append(group)
+        duplicate.append(bool(why))
+    is_duplicate = np.array(duplicate, dtype=bool)
     table = pa.table(
         {
-            "uid": pa.array(uids, type=pa.string()),
-            "status": pa.array(status, type=pa.string()),
+            "uid": _as_array(prints.labels.take(pa.array(involved, type=pa.int64()))),
+            "status": pa.array(np.where(is_duplicate, cat.STATUS_DUPLICATE, cat.STATUS_OK).tolist(), type=pa.string()),
             "reason": pa.array(reason, type=pa.string()),
-            "dup_group": pa.array(dup_group, type=pa.int64()),
+            "dup_group": pa.array(group_ids[groups.labels[involved]], type=pa.int64()),
         }
     )
-    duplicates = sum(1 for s in status if s == cat.STATUS_DUPLICATE)
-    return _Decided(table, exact, near, feature, duplicates)
+    return _Decided(table, exact, near, feature, int(is_duplicate.sum()))
 
 
 def _feature_edges(
@@ -434,26 +411,33 @@ def _feature_edges(
     return i, j
 
 
-def _contaminated_reason(
-    index: int, groups: _Groups, outside_match: dict[int, _Match], prints: Fingerprints
-) -> str:
-    label = groups.labels[index]
-    member = min(i for i in outside_match if groups.labels[i] == label)
-    return f"in a group with {prints.labels[member]}: {outside_match[member].reason}"
+def _first_match_per_group(
+    groups: _Groups, outside_match: dict[int, _Match], prints: Fingerprints
+) -> dict[int, str]:
+    """Component -> the reason its other members go: the first member matched outside."""
+    first: dict[int, int] = {}
+    for index in sorted(outside_match):
+        first.setdefault(int(groups.labels[index]), index)
+    members = prints.labels.take(pa.array(list(first.values()), type=pa.int64())).to_pylist()
+    return {
+        label: f"in a group with {uid}: {outside_match[index].reason}"
+        for (label, index), uid in zip(first.items(), members, strict=True)
+    }
 
 
-def _number_groups(groups: _Groups, labels: tuple[str, ...]) -> dict[int, int]:
-    """Component label -> dup_group id (0..G-1, ordered by the kept uid) for groups of 2+."""
-    multi = sorted(
-        {
-            int(groups.labels[i]): labels[int(groups.kept[i])]
-            for i in np.flatnonzero(groups.sizes > 1)
-        }.items(),
-        key=lambda item: item[1],
-    )
-    return {label: group_id for group_id, (label, _) in enumerate(multi)}
+def _number_groups(groups: _Groups, labels: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """[components] dup_group id of each component: 0..G-1 for groups of 2+, ordered by the
+    kept uid (compared as UTF-8 bytes, the order of Python's strings), -1 for one alone."""
+    ids = np.full(int(groups.labels.max()) + 1 if len(groups.labels) else 0, -1, dtype=np.int64)
+    multi = np.flatnonzero(groups.sizes > 1)
+    components, first = np.unique(groups.labels[multi], return_index=True)
+    kept_uids = labels.take(pa.array(groups.kept[multi[first]], type=pa.int64()))
+    order = pc.sort_indices(kept_uids).to_numpy()
+    ids[components[order]] = np.arange(len(order))
+    return ids
 
 
 # ----------------------------------------------------------------------------- report
+
 
 

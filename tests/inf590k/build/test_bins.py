@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from inf590k.build import catalog as cat
@@ -94,3 +95,14 @@ def test_summary_lines_say_1_bin_not_1_bins():
     from inf590k.build.bins import BinSummary
 
     assert str(BinSummary(counts={"640x512": 1}, unbinned=0)).startswith("bin: 1 image in 1 bin (")
+
+
+def test_res_bin_column_is_the_dictionary_encoding_of_the_names():
+    from inf590k.build.bins import _bin_column, bin_classes
+
+    rng = np.random.default_rng(3)
+    widths, heights = rng.integers(1, 2000, 500), rng.integers(1, 2000, 500)
+    classes, names = bin_classes(widths, heights)
+    encoded = pa.array(bin_names(widths, heights), type=pa.string()).dictionary_encode()
+    assert _bin_column(classes, names).equals(encoded)  # same dictionary order, same indices
+    assert _bin_column(classes[:0], names).equals(pa.array([], type=pa.string()).dictionary_encode())

@@ -430,3 +430,51 @@ def test_stage_steps_move_one_named_step_at_a_time(capsys):
     with progress.stage_progress("bin", False, ("read",)) as quiet:
         quiet.advance("read")
     assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- joins as columns
+
+
+def joined_row_by_row(rows: list[dict], decisions: dict[str, dict], bins: dict[str, str]) -> list[dict]:
+    """The join's rule one row at a time: an earlier layout's duplicate is ok again, then a
+    decision counts for an ok row, then a bin for a row still ok."""
+    joined = []
+    for row in sorted(rows, key=lambda r: r["uid"]):
+        row = dict(row, dup_group=-1, res_bin="")
+        if row["status"] == cat.STATUS_DUPLICATE:
+            row.update(status=cat.STATUS_OK, reason="")
+        if row["status"] == cat.STATUS_OK and row["uid"] in decisions:
+            row.update(decisions[row["uid"]])
+        if row["status"] == cat.STATUS_OK and row["uid"] in bins:
+            row["res_bin"] = bins[row["uid"]]
+        joined.append(row)
+    return joined
+
+
+def test_read_catalog_joins_as_the_row_by_row_rule(tmp_path):
+    statuses = ["ok", "duplicate", "rejected", "excluded", "ok", "ok", "duplicate", "ok"]
+    rows = []
+    for index, status in enumerate(statuses):
+        row = cat.empty_row()
+        row.update(uid=f"s/{index:02d}", source="s", relpath=f"{index:02d}.png", status=status,
+                   reason=None if index == 7 else ("" if status == "ok" else "why"), dup_group=3)
+        rows.append(row)
+    for index in range(2):
+        cat.write_parquet_atomic(cat.rows_to_table(rows[index::2]), cat.catalog_dir(tmp_path) / f"part-s-{index:06d}.parquet")
+    decisions = {
+        "s/00": {"status": "duplicate", "reason": "duplicate of s/04 (exact pixels)", "dup_group": 0},
+        "s/04": {"status": "ok", "reason": "", "dup_group": 0},
+        "s/02": {"status": "duplicate", "reason": "a rejected row keeps ingest's word", "dup_group": 1},
+        "s/06": {"status": "duplicate", "reason": None, "dup_group": 1},
+        "gone": {"status": "duplicate", "reason": "a file no longer listed", "dup_group": 2},
+    }
+    bins = {"s/04": "s0-255_r100-114", "s/00": "s0-255_r100-114", "s/05": "s256-383_r100-114"}
+    decided = pa.table({"uid": list(decisions), **{c: [d[c] for d in decisions.values()] for c in cat.DECISION_COLUMNS}})
+    cat.write_columns(tmp_path, cat.DECISIONS_PATH, decided.cast(pa.schema([cat.CATALOG_SCHEMA.field(n) for n in ["uid", *cat.DECISION_COLUMNS]])))
+    assign = pa.table({"uid": list(bins), "res_bin": pa.array(list(bins.values())).dictionary_encode()})
+    cat.write_columns(tmp_path, cat.BIN_ASSIGN_PATH, assign)
+    expected = joined_row_by_row(rows, decisions, bins)
+    assert cat.read_catalog(tmp_path).to_pylist() == expected
+    assert cat.read_catalog(tmp_path, ["status", "res_bin"]).to_pylist() == [
+        {"uid": r["uid"], "status": r["status"], "res_bin": r["res_bin"]} for r in expected
+    ]
