@@ -384,3 +384,19 @@ def test_sampled_codes_equal_brute_force_at_200k() -> None:
     got = set(zip(i[in_sample].tolist(), j[in_sample].tolist(), strict=True))
     assert got == want and len(want) > 2000
     np.testing.assert_array_equal(dist, np.bitwise_count(codes[i] ^ codes[j]))
+
+
+@pytest.mark.parametrize("skewed", [False, True], ids=["spread", "one-bucket"])
+def test_radix_lookup_equals_searchsorted(skewed: bool) -> None:
+    """The lookup of codes in their sorted distinct set (top-bit buckets, then a vectorised
+    binary search) equals np.searchsorted, also when every code falls in one bucket."""
+    rng = np.random.default_rng(30)
+    codes = random_codes(rng, 200_000)
+    if skewed:  # the same top 40 bits: one bucket of 200K codes, a full binary search
+        codes = (codes & np.uint64((1 << 24) - 1)) | np.uint64(0xABCDEF0123 << 24)
+    table = np.unique(codes)
+    assert len(table) >= hamming.RADIX_LOOKUP_CODES
+    wanted = np.concatenate([table[rng.integers(0, len(table), 300_000)], table[[0, -1]]])
+    found = hamming._lookup(table, wanted)
+    np.testing.assert_array_equal(found, np.searchsorted(table, wanted))
+    assert found.dtype == np.int64
