@@ -254,15 +254,16 @@ class _Search:
             bucket = values[start:end]  # in cache from here on
             keys = key16(bucket)
             rows = local[: end - start]
-            for _ in range(WRITER_ROUNDS):  # round 1 on all rows, then on the losers
+            for round_ in range(WRITER_ROUNDS):  # round 1 on all rows, then on the losers
                 slots[keys] = rows
                 winner = slots[keys]
                 lost = np.flatnonzero(winner != rows)
-                rows, winner, keys = rows[lost], winner[lost], keys[lost]
+                rows = rows[lost] if round_ else lost  # round 1: rows == local, so lost are rows
+                winner, keys = winner[lost], keys[lost]
                 a, b = bucket[rows], bucket[winner]
                 dist = np.bitwise_count(a ^ b)
-                hit = dist <= self.radius
-                if hit.any():
+                hit = np.flatnonzero(dist <= self.radius)  # few: indices beat a boolean mask
+                if len(hit):
                     found.append((a[hit], b[hit], dist[hit]))
                 if not len(rows):
                     break
