@@ -257,12 +257,12 @@ class _Search:
             for round_ in range(WRITER_ROUNDS):  # round 1 on all rows, then on the losers
                 slots[keys] = rows
                 winner = slots[keys]
-                lost = np.flatnonzero(winner != rows)
+                lost = (winner != rows).nonzero()[0]  # 1-D: skips flatnonzero's Python wrapper
                 rows = rows[lost] if round_ else lost  # round 1: rows == local, so lost are rows
                 winner, keys = winner[lost], keys[lost]
                 a, b = bucket[rows], bucket[winner]
                 dist = np.bitwise_count(a ^ b)
-                hit = np.flatnonzero(dist <= self.radius)  # few: indices beat a boolean mask
+                hit = (dist <= self.radius).nonzero()[0]  # few: indices beat a boolean mask
                 if len(hit):
                     found.append((a[hit], b[hit], dist[hit]))
                 if not len(rows):
