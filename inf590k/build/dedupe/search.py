@@ -138,6 +138,16 @@ def _cross_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into a group order) of every member pair of group pairs (a, b)."""
     sizes = count_a * count_b
+    single = sizes == 1  # most pairs join two distinct codes: no expansion
+    if single.all():
+        return start_a, start_b
+    if single.any():
+        many = ~single
+        rows_a, rows_b = _cross_rows(start_a[many], count_a[many], start_b[many], count_b[many])
+        return (
+            np.concatenate([start_a[single], rows_a]),
+            np.concatenate([start_b[single], rows_b]),
+        )
     pair = np.repeat(np.arange(len(sizes)), sizes)
     local = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return start_a[pair] + local // count_b[pair], start_b[pair] + local % count_b[pair]
