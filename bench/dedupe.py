@@ -7,7 +7,8 @@
     python bench/dedupe.py --measure-radius ../shared/ir-samples   # the default-radius table
 
 Each search runs in a fresh process on codes saved to a temporary file, so its time, CPU time
-(user + system, steadier than wall time on a shared machine) and peak RSS are its own.
+(user + system, steadier than wall time on a shared machine) and peak RSS are its own; the
+load average printed beside them says how much of the cores other jobs took.
 Distributions: `uniform` (random codes, 5% planted copies at distance 0..radius+2) and
 `clustered` (codes a few bits from 1/16 as many centres with biased bits, as infrared pHashes
 of similar scenes are, plus 6% planted copies: skewed buckets, exact and near duplicates, and
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -166,9 +168,12 @@ def bench_distribution(name: str, sizes: list[int], args: argparse.Namespace, fo
         result = timed_search(codes, args.radius, args.threads, folder)
         results[n] = result
         mb = result["peak_bytes"] / 2**20
+        # the 1-minute load average as the search ends (its own threads included): on a shared
+        # machine the wall time follows it, the CPU time much less
+        load = os.getloadavg()[0]
         print(
             f"  {n:,} codes ({plan_search(n, args.radius).describe()}): {result['seconds']:.1f} s "
-            f"({result['cpu']:.0f} s CPU), peak RSS {mb:,.0f} MiB "
+            f"({result['cpu']:.0f} s CPU, load {load:.1f}), peak RSS {mb:,.0f} MiB "
             f"({result['peak_bytes'] / n:.0f} B/code), {result['pairs']:,} pairs"
         )
         if n > BASE_CODES:

@@ -41,7 +41,7 @@ BUCKETED_CODES = 1 << 20  # from this many codes, tables of byte keys scatter in
 SCATTERED_ROWS = 256  # smaller buckets are grouped by sorting instead
 
 
-WRITER_ROUNDS = 3  # rounds of "last writer wins" per bucket before sorting what is left
+WRITER_ROUNDS = 4  # rounds of "last writer wins" per bucket before sorting what is left
 
 
 SHORT_RUN = 16  # runs up to this long are paired by shifted compares; longer ones by expansion

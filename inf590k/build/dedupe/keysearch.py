@@ -129,6 +129,7 @@ class _Search:
         # earlier keys are tried in a fixed shuffled order: neighbouring tables share key lines,
         # so a near pair that misses one tends to miss the next few too
         self._check_order = np.random.default_rng(0).permutation(len(self.masks))
+        self._first_key = _FirstKey.of(self.layout)  # a faster check for the affine keys
         self._scratch = threading.local()
         groups = {(t.view, t.key_bytes[0]) for t in self.layout.tables if t.key_bytes is not None}
         self._views = _SharedViews(codes, self.layout.views, [view for view, _ in groups])
@@ -254,15 +255,16 @@ class _Search:
             bucket = values[start:end]  # in cache from here on
             keys = key16(bucket)
             rows = local[: end - start]
-            for _ in range(WRITER_ROUNDS):  # round 1 on all rows, then on the losers
+            for round_ in range(WRITER_ROUNDS):  # round 1 on all rows, then on the losers
                 slots[keys] = rows
                 winner = slots[keys]
-                lost = np.flatnonzero(winner != rows)
-                rows, winner, keys = rows[lost], winner[lost], keys[lost]
+                lost = (winner != rows).nonzero()[0]  # 1-D: skips flatnonzero's Python wrapper
+                rows = rows[lost] if round_ else lost  # round 1: rows == local, so lost are rows
+                winner, keys = winner[lost], keys[lost]
                 a, b = bucket[rows], bucket[winner]
                 dist = np.bitwise_count(a ^ b)
-                hit = dist <= self.radius
-                if hit.any():
+                hit = (dist <= self.radius).nonzero()[0]  # few: indices beat a boolean mask
+                if len(hit):
                     found.append((a[hit], b[hit], dist[hit]))
                 if not len(rows):
                     break
@@ -379,7 +381,10 @@ class _Search:
         """Table j's verified pairs (bit order `dest`) that no earlier table's key matches, as
         codes: each pair is reported by the first table whose key it agrees on."""
         a, b, dist = pairs
-        if len(a) and j:
+        if len(a) >= FIRST_KEY_ROWS and j and self._first_key is not None:
+            keep = self._first_key.is_first(a ^ b, j, dest).nonzero()[0]
+            a, b, dist = a[keep], b[keep], dist[keep]
+        elif len(a) and j:
             earlier = self._check_order[self._check_order < j]  # the earlier tables, shuffled
             earlier = permute_bits(self.masks[earlier], dest)  # [j] their keys, in this order
             keep = _none_matching(a ^ b, earlier)
@@ -408,6 +413,101 @@ def _none_matching(diff: np.ndarray, masks: np.ndarray) -> np.ndarray:
         if not missed.all():
             pending, rest = pending[missed], rest[missed]
     return pending
+
+
+FIRST_KEY_ROWS = 256  # fewer verified pairs are checked key by key (no lookup tables to build)
+
+
+_BYTE_COUNTS = (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F)  # SWAR popcount
+
+
+class _FirstKey:
+    """Which table reports a pair, in one pass, for layouts whose keys are every 3 bytes of
+    each view (the affine plane: a view's bytes are the lines of a parallel class).
+
+    A difference avoids a key when its 3 lines are clean (no differing bit), so the first
+    table whose key it avoids is in the first view with at least 3 clean lines, and is the
+    triple of its 3 lowest. The clean lines of 8 views are found at once, one bit each, by
+    looking up each byte of the difference; this replaces a check per earlier table, which
+    near pairs (met by many tables) made the second largest cost on clustered codes.
+    """
+
+    def __init__(self, layout: SearchLayout) -> None:
+        self._views = len(layout.views)
+        # [view, line] the line's positions in code bit space
+        self._lines = [
+            [sum(1 << p for p in range(CODE_BITS) if view[p] // 8 == line) for line in range(8)]
+            for view in layout.views
+        ]
+        self._table_view = [t.view for t in layout.tables]
+        self._table_lines = [sum(1 << b for b in t.key_bytes or ()) for t in layout.tables]
+        self._cached: dict[tuple[int, ...], np.ndarray] = {}  # lookup tables per bit order
+
+    @classmethod
+    def of(cls, layout: SearchLayout) -> _FirstKey | None:
+        """The check for `layout`, or None unless its tables are, in order, every triple of
+        bytes (ascending) of each view in turn."""
+        triples = list(itertools.combinations(range(8), 3))
+        wanted = [(v, t) for v in range(len(layout.views)) for t in triples]
+        found = [(t.view, t.key_bytes) for t in layout.tables]
+        return cls(layout) if layout.views and found == wanted else None
+
+    def _luts(self, dest: tuple[int, ...]) -> np.ndarray:
+        """[groups of 8 views, 8 bytes, 256] uint64: bit 8 v + l is set when line l of view
+        8 g + v has no bit among those set in that byte value (in the bit order `dest`)."""
+        if dest not in self._cached:  # threads may both build one: the same array, harmless
+            self._cached[dest] = self._built_luts(dest)
+        return self._cached[dest]
+
+    def _built_luts(self, dest: tuple[int, ...]) -> np.ndarray:
+        lines = permute_bits(np.array(self._lines, dtype=np.uint64).reshape(-1), dest)  # [8 V]
+        groups = -(-self._views // 8)
+        bit = np.uint64(1) << np.arange(8 * self._views, dtype=np.uint64) % np.uint64(64)
+        values = np.arange(256, dtype=np.uint64)[:, None]  # [256, 1]
+        luts = np.zeros((groups, 8, 256), dtype=np.uint64)
+        for byte in range(8):
+            line_bits = (lines >> np.uint64(8 * byte)) & np.uint64(0xFF)  # [8 V]
+            clean = np.where(values & line_bits[None, :], np.uint64(0), bit[None, :])  # [256, 8 V]
+            for group in range(groups):
+                luts[group, byte] = np.bitwise_or.reduce(clean[:, 64 * group : 64 * group + 64], 1)
+        return luts
+
+    def is_first(self, diff: np.ndarray, j: int, dest: Sequence[int]) -> np.ndarray:
+        """[pairs] whether table j is the first whose key avoids each difference (given in
+        the bit order `dest`; table j's key does avoid it)."""
+        view = self._table_view[j]
+        luts = self._luts(tuple(dest))
+        columns = np.ascontiguousarray(diff).view(np.uint8).reshape(-1, 8)  # [pairs, 8]
+        first = np.ones(len(diff), dtype=bool)
+        for group in range(view // 8 + 1):
+            clean = luts[group, 0][columns[:, _native(0, 8)]]  # [pairs] clean lines, 8 views
+            for byte in range(1, 8):
+                clean &= luts[group, byte][columns[:, _native(byte, 8)]]
+            earlier = 8 if group < view // 8 else view % 8  # views before table j's, here
+            if earlier:
+                counts = clean - ((clean >> np.uint64(1)) & np.uint64(_BYTE_COUNTS[0]))
+                counts = (counts & np.uint64(_BYTE_COUNTS[1])) + (
+                    (counts >> np.uint64(2)) & np.uint64(_BYTE_COUNTS[1])
+                )
+                counts = (counts + (counts >> np.uint64(4))) & np.uint64(_BYTE_COUNTS[2])
+                # a byte of count >= 3 gets its top bit from adding 125 (counts are <= 8)
+                three = (counts + np.uint64(0x7D7D7D7D7D7D7D7D)) & np.uint64(0x8080808080808080)
+                first &= (three & np.uint64((1 << (8 * earlier)) - 1)) == 0
+        own = ((clean >> np.uint64(8 * (view % 8))) & np.uint64(0xFF)).astype(np.intp)
+        first &= _LOWEST_THREE[own] == self._table_lines[j]  # no earlier triple of its view
+        return first
+
+
+def _lowest_three_bits() -> np.ndarray:
+    """[256] each byte value with all but its 3 lowest set bits cleared."""
+    lowest = np.zeros(256, dtype=np.int64)
+    for value in range(256):
+        bits = [b for b in range(8) if value >> b & 1][:3]
+        lowest[value] = sum(1 << b for b in bits)
+    return lowest
+
+
+_LOWEST_THREE = _lowest_three_bits()
 
 
 def _reorder_bytes(values: np.ndarray, dest: Sequence[int], new_dest: Sequence[int]) -> np.ndarray:

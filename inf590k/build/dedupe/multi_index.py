@@ -34,7 +34,8 @@ class _BucketTable:
         self.sorted_codes = codes[self.order]  # [N]: verification reads these near-sequentially
         counts = np.bincount(values, minlength=1 << width)  # [2**w]
         self.counts = counts.astype(np.int32)
-        self.starts = (np.cumsum(counts) - counts).astype(np.int64)  # [2**w]
+        index_type = np.int32 if len(values) < 1 << 31 else np.int64
+        self.starts = (np.cumsum(counts) - counts).astype(index_type)  # [2**w]
 
 
 def _bucket_candidates(
@@ -85,17 +86,25 @@ def _probe_block(
 
 def _multi_index_pairs(codes: np.ndarray, radius: int, plan: BlockPlan, threads: int) -> Pairs:
     """All pairs within `radius` among distinct `codes` by multi-index hashing, as codes."""
-    tasks = []
+    tasks: list[tuple[_BucketTable, int, list[int]]] = []
     for offset, width, block_radius in zip(plan.offsets, plan.widths, plan.radii, strict=True):
         table = _BucketTable(codes, _block_values(codes, offset, width), width)
-        tasks.append((table, np.arange(len(codes), dtype=np.int64), [0]))
+        tasks.append((table, -1, [0]))
         for top, masks in _masks_by_top_bit(width, block_radius).items():
-            # a pair (a, a ^ mask) is probed only from the side whose top mask bit is clear,
-            # so each unordered pair is expanded once per mask
-            clear = np.flatnonzero((table.sorted_values >> top) & 1 == 0)
-            tasks.append((table, clear, masks.tolist()))
+            tasks.append((table, top, masks.tolist()))
+
+    def probe(table: _BucketTable, top: int, masks: list[int]) -> list[Pairs]:
+        # a pair (a, a ^ mask) is probed only from the side whose top mask bit is clear, so
+        # each unordered pair is expanded once per mask; the positions are made here, by the
+        # task (made up front, the 60-odd tasks' positions held ~250 B per code)
+        if top < 0:
+            positions = np.arange(len(codes), dtype=np.int64)
+        else:
+            positions = np.flatnonzero((table.sorted_values >> top) & 1 == 0)
+        return _probe_block(table, positions, masks, radius)
+
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        results = pool.map(lambda task: _probe_block(*task, radius=radius), tasks)
+        results = pool.map(lambda task: probe(*task), tasks)
         found = _concat([pairs for task_pairs in results for pairs in task_pairs])
     # a pair close in several blocks is found several times: keep one
     i, j, dist = found

@@ -53,16 +53,7 @@ from inf590k.build.dedupe.multi_index import (
 )
 from inf590k.fsutil import available_cores
 
-# ----------------------------------------------------------------------------- layouts
-
-
-# ----------------------------------------------------------------------------- bit permutations
-
-
-# ----------------------------------------------------------------------------- the search
-
-
-# ----------------------------------------------------------------------------- multi-index hashing
+RADIX_LOOKUP_CODES = 1 << 16  # from this many codes, lookups go through a table of top bits
 
 
 # ----------------------------------------------------------------------------- public interface
@@ -105,7 +96,41 @@ class _Groups:
         return cls(ordered[start], order, start, count)
 
     def ids(self, codes: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.unique, codes)
+        """Index in `unique` of each code, all of which must be there, [len(codes)] int64."""
+        return _lookup(self.unique, codes)
+
+
+def _lookup(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Index of each of `codes` in the sorted distinct `table` (every code is in it).
+
+    `np.searchsorted` on millions of random codes misses the cache at each of its ~23 dependent
+    steps (30 s for 14M codes among 10M). Here a table of ~N/2 top-bit buckets narrows each code
+    to a couple of entries, and the binary search inside the buckets runs for all codes at once,
+    step by step: its loads are independent, so they overlap (about 15x faster at 10M codes).
+    """
+    if len(table) < RADIX_LOOKUP_CODES or not len(codes):
+        return np.searchsorted(table, codes)
+    bits = int(np.ceil(np.log2(len(table)))) - 1
+    shift = np.uint64(64 - bits)
+    index_type = np.int32 if len(table) < 1 << 31 else np.int64
+    tops = np.arange((1 << bits) + 1, dtype=np.uint64)
+    bounds = np.searchsorted(table >> shift, tops).astype(index_type)  # [2**bits + 1]
+    del tops
+    top = (codes >> shift).astype(np.intp)
+    low = bounds[top].astype(np.int64)  # table[low] <= code < table[high], or high = low + 1
+    top += 1
+    high = bounds[top].astype(np.int64)
+    del top, bounds
+    active = np.flatnonzero(high - low > 1)
+    while len(active):
+        lo, hi = low[active], high[active]
+        mid = (lo + hi) >> 1
+        right = table[mid] <= codes[active]
+        lo = np.where(right, mid, lo)
+        hi = np.where(right, hi, mid)
+        low[active], high[active] = lo, hi
+        active = active[hi - lo > 1]
+    return low
 
 
 def _cross_rows(
@@ -113,6 +138,16 @@ def _cross_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into a group order) of every member pair of group pairs (a, b)."""
     sizes = count_a * count_b
+    single = sizes == 1  # most pairs join two distinct codes: no expansion
+    if single.all():
+        return start_a, start_b
+    if single.any():
+        many = ~single
+        rows_a, rows_b = _cross_rows(start_a[many], count_a[many], start_b[many], count_b[many])
+        return (
+            np.concatenate([start_a[single], rows_a]),
+            np.concatenate([start_b[single], rows_b]),
+        )
     pair = np.repeat(np.arange(len(sizes)), sizes)
     local = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return start_a[pair] + local // count_b[pair], start_b[pair] + local % count_b[pair]

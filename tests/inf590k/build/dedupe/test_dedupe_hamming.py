@@ -384,3 +384,67 @@ def test_sampled_codes_equal_brute_force_at_200k() -> None:
     got = set(zip(i[in_sample].tolist(), j[in_sample].tolist(), strict=True))
     assert got == want and len(want) > 2000
     np.testing.assert_array_equal(dist, np.bitwise_count(codes[i] ^ codes[j]))
+
+
+@pytest.mark.parametrize("skewed", [False, True], ids=["spread", "one-bucket"])
+def test_radix_lookup_equals_searchsorted(skewed: bool) -> None:
+    """The lookup of codes in their sorted distinct set (top-bit buckets, then a vectorised
+    binary search) equals np.searchsorted, also when every code falls in one bucket."""
+    rng = np.random.default_rng(30)
+    codes = random_codes(rng, 200_000)
+    if skewed:  # the same top 40 bits: one bucket of 200K codes, a full binary search
+        codes = (codes & np.uint64((1 << 24) - 1)) | np.uint64(0xABCDEF0123 << 24)
+    table = np.unique(codes)
+    assert len(table) >= hamming.RADIX_LOOKUP_CODES
+    wanted = np.concatenate([table[rng.integers(0, len(table), 300_000)], table[[0, -1]]])
+    found = hamming._lookup(table, wanted)
+    np.testing.assert_array_equal(found, np.searchsorted(table, wanted))
+    assert found.dtype == np.int64
+
+
+@pytest.mark.parametrize("radius", [5, 8])
+def test_first_key_check_equals_a_check_of_every_earlier_key(radius: int) -> None:
+    """The affine layouts decide which table reports a pair from the clean lines of each class
+    in one pass; that must be exactly "no earlier table's key is avoided", in any bit order."""
+    from inf590k.build.dedupe.designs import _bytes_first
+
+    layout = affine_plane_layout(radius)
+    first_key = keysearch._FirstKey.of(layout)
+    assert first_key is not None and keysearch._FirstKey.of(recursive_layout(8, 16)) is None
+    masks = np.array([t.mask for t in layout.tables], dtype=np.uint64)
+    rng = np.random.default_rng(31)
+    reported = checked = 0
+    for j in rng.choice(np.arange(1, len(layout.tables)), 12, replace=False).tolist():
+        table = layout.tables[j]
+        diffs = flip_bits(rng, np.zeros(3000, dtype=np.uint64), rng.integers(0, 11, 3000))
+        diffs &= ~np.uint64(table.mask)  # the pairs table j meets: its key avoided
+        for dest in (table.dest, _bytes_first(layout.views[table.view], table.key_bytes[:1])):
+            moved = permute_bits(diffs, dest)
+            expected = np.zeros(len(diffs), dtype=bool)
+            expected[keysearch._none_matching(moved, permute_bits(masks[:j], dest))] = True
+            found = first_key.is_first(moved, j, dest)
+            np.testing.assert_array_equal(found, expected)
+            reported, checked = reported + int(found.sum()), checked + len(found)
+    assert 0 < reported < checked  # both outcomes occur
+
+
+@pytest.mark.parametrize("bucketed", [False, True], ids=["sorted", "bucketed"])
+def test_clustered_codes_through_the_10m_layout_with_the_first_key_check(
+    monkeypatch: pytest.MonkeyPatch, bucketed: bool
+) -> None:
+    """Clustered codes (exact duplicates, near pairs met by many tables, skewed keys) through
+    the 10M-code layout, every table's pairs going through the one-pass first-key check."""
+    calls = []
+    real = keysearch._FirstKey.is_first
+
+    def counted(self, diff, j, dest):
+        calls.append(len(diff))
+        return real(self, diff, j, dest)
+
+    monkeypatch.setattr(keysearch._FirstKey, "is_first", counted)
+    monkeypatch.setattr(keysearch, "FIRST_KEY_ROWS", 0)
+    if bucketed:
+        use_buckets(monkeypatch)
+    codes = np.concatenate([clustered_codes(2500, seed=32, cluster=4), planted_codes(500, 8, 33)])
+    assert assert_brute_force(codes, 8, layout=plan_search(10_000_000, 8)) > 1000
+    assert len(calls) > 400 and sum(calls) > 10_000
