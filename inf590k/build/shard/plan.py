@@ -11,9 +11,9 @@ its bytes.
 Bytes are estimated from the rows before anything is encoded (`estimated_bytes`):
 PNG_BYTES_PER_PIXEL per stored pixel for the 8-bit PNG, the raw frame (2 bytes per pixel and
 an .npy header) where 16-bit frames are kept, and SAMPLE_OVERHEAD_BYTES per sample for the
-tar headers, their padding and the JSON. The planning works on Arrow columns (counts with
-numpy, the JSON members built column by column by Arrow kernels, chunks of rows in parallel
-threads), not one Python dict per row.
+tar headers, their padding and the JSON. The planning works on Arrow columns and numpy row
+numbers (`plan_layout`: each shard's rows as indices into the catalog table), not one Python
+dict per row; `jobs.py` writes the rows in shard order to the plan file.
 """
 
 from __future__ import annotations

@@ -1,12 +1,17 @@
 """Shard: kept catalog rows -> a dataset folder that is the Hugging Face dataset repo itself.
 
-The folder's format is `inf590k/dataset/layout.py`; the plan is `plan.py`, the tar bytes
-`tar.py`. `hf upload`/`inf590k publish` send the folder as it is, and
-`datasets.load_dataset(FOLDER)`, timm, webdataset and `inf590k verify` read it locally and as
-downloaded.
+The folder's format is `inf590k/dataset/layout.py`; the plan is `plan.py`, the plan file and
+the jobs `jobs.py`, the tar bytes `tar.py`. `hf upload`/`inf590k publish` send the folder as it
+is, and `datasets.load_dataset(FOLDER)`, timm, webdataset and `inf590k verify` read it locally
+and as downloaded.
 
-Resume and ownership: a shard is done when its `_stats.json` names the same plan digest and its
-tar has the recorded size; anything else is rewritten (tar.tmp, fsync, rename, then sidecars).
+Memory: the main process reads the catalog once, writes the catalog copy (under its temporary
+name), the counts, the sources table and the plan file from it, then lets it go before a
+shard is written: the jobs and the index inputs hold no row.
+
+Resume and ownership: a shard is done when its `_stats.json` names the same rows digest (or,
+checked by its worker, the same plan digest) and its tar has the recorded size; anything else
+is rewritten (tar.tmp, fsync, rename, then sidecars).
 `metadata/files.json` is written before anything else: a non-empty folder without it is not
 ours and is refused; only files it names are ever replaced or removed. One `shard` at a time
 writes a folder.

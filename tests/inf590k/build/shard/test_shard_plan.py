@@ -183,12 +183,15 @@ def test_sample_jsons_of_hostile_text_and_extreme_integers():
     assert [json.loads(j)["relpath"] for j in expected] == HOSTILE_TEXT
 
 
-def test_threaded_chunks_give_the_same_jsons_in_order(monkeypatch):
+def test_sample_json_array_joins_to_the_members_in_order():
     table = cat.rows_to_table(catalog_rows(50, "b"))
-    monkeypatch.setattr(sample_json_module, "JSON_CHUNK_ROWS", 7)
     expected = [sample_json(row) for row in table.to_pylist()]
-    assert sample_json_module.parallel_sample_jsons(table, threads=3) == expected
-    assert sample_json_module.parallel_sample_jsons(table, threads=1) == expected
+    array = sample_json_module.sample_json_array(table)
+    assert array.to_pylist() == expected
+    assert bytes(sample_json_module.joined_bytes(array.slice(7, 20))) == b"".join(expected[7:27])
+    assert bytes(sample_json_module.joined_bytes(sample_json_module.sample_json_array(table.slice(0, 0)))) == b""
+    with pytest.raises(ValueError, match="nulls"):
+        sample_json_module.joined_bytes(pa.array([b"x", None], pa.binary()))
 
 
 def test_sample_jsons_floats_of_every_magnitude_match_json():
