@@ -17,8 +17,10 @@ Driver (--plan-memory ROWS...): a build folder of ROWS synthetic kept rows over 
 bins of skewed sizes (no image files); a fresh child process runs everything `inf590k shard`'s
 main process does (catalog read, planning, the plan file, each job pickled as the pool would,
 the index files), the workers replaced by the pickling. Printed: peak RSS above a child that
-only imported (VmHWM, bytes per row) and CPU seconds (all threads, ms per row). Targets:
-<= ~1 KB per row, so that 5M rows fit in 8 GB; the driver's CPU a small share of a build.
+only imported (VmHWM, bytes per row) and CPU seconds (all threads, ms per row), and their
+ratio to the baseline: a child that only reads the catalog (`read_catalog`) and writes its
+copy, the least the command must do. Targets: <= ~1 KB per row, so that 5M rows fit in 8 GB;
+the driver's CPU a small share of a build.
 
 Baseline: a bare single-process loop that reads each kept file, decodes it with OpenCV,
 converts it to grey, encodes a PNG with cv2.imencode (the shard writer's PNG parameters) and
@@ -285,9 +287,20 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def driver_child(build: Path, out: Path) -> None:
-    """In this (fresh) process: the shard stage's main-process work, the shards replaced by
-    pickling each job; prints {rows, peak_bytes, cpu_s, pickled} as JSON."""
+def bare_read_and_copy(build: Path, out: Path) -> int:
+    """The least the main process must do: read the catalog, write its copy. -> rows."""
+    import pyarrow.parquet as pq  # lazy: measured in the child
+
+    catalog = cat.read_catalog(build)
+    out.mkdir(parents=True)
+    pq.write_table(catalog, out / "catalog.parquet")
+    return int(pa.compute.sum(pa.compute.equal(catalog.column("status"), cat.STATUS_OK)).as_py())
+
+
+def driver_child(mode: str, build: Path, out: Path) -> None:
+    """In this (fresh) process: the shard stage's main-process work ("driver": the shards
+    replaced by pickling each job) or the bare read and copy ("bare"); prints {rows, shards,
+    peak_bytes, cpu_s, pickled} as JSON."""
     from inf590k.build.shard import stage  # lazy: the child measures above its imports
 
     imported = peak_rss()
@@ -300,28 +313,39 @@ def driver_child(build: Path, out: Path) -> None:
 
     stage._write_all = pickle_jobs
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    config = ShardConfig(build=build, out=out, execution=ExecutionOptions(progress=False))
-    summary = stage._write_dataset(config, out, time.perf_counter())
+    if mode == "bare":
+        rows, shards = bare_read_and_copy(build, out), 0
+    else:
+        config = ShardConfig(build=build, out=out, execution=ExecutionOptions(progress=False))
+        summary = stage._write_dataset(config, out, time.perf_counter())
+        rows, shards = summary.samples, summary.shards
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
-    print(json.dumps({"rows": summary.samples, "shards": summary.shards, "peak_bytes": peak_rss() - imported,
+    print(json.dumps({"rows": rows, "shards": shards, "peak_bytes": peak_rss() - imported,
                       "cpu_s": cpu, "pickled": sum(pickled)}))  # fmt: skip
 
 
 def driver_figures(row_counts: list[int]) -> None:
-    """Peak RSS and CPU per kept row of the shard stage's main process (see the docstring)."""
+    """Peak RSS and CPU per kept row of the shard stage's main process, against the bare read
+    of the catalog and write of its copy (each in a fresh child; see the docstring)."""
     for rows in row_counts:
         with tempfile.TemporaryDirectory(prefix="bench-shard-driver-") as folder:
             build = Path(folder) / "build"
             write_synthetic_build(build, rows)
-            command = [sys.executable, __file__, "--driver-child", str(build), str(Path(folder) / "ds")]
-            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            found = {}
+            for mode in ("bare", "driver"):
+                command = [sys.executable, __file__, "--driver-child", mode, str(build), str(Path(folder) / mode)]
+                found[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        result, bare = found["driver"], found["bare"]
         per_row = result["peak_bytes"] / result["rows"]
         print(f"driver, {result['rows']:,} kept rows in {result['shards']:,} shards over {DRIVER_BINS} bins: "
               f"peak RSS above imports {result['peak_bytes'] / 2**20:.0f} MiB ({per_row:.0f} B/row, "
               f"5M rows ~{per_row * 5e6 / 2**30:.1f} GiB); CPU {result['cpu_s']:.2f} s "
               f"({1e3 * result['cpu_s'] / result['rows']:.4f} ms/row); jobs pickled "
               f"{result['pickled'] / 2**20:.1f} MiB")  # fmt: skip
+        print(f"  bare catalog read + copy: {bare['peak_bytes'] / bare['rows']:.0f} B/row, "
+              f"{1e3 * bare['cpu_s'] / bare['rows']:.4f} ms/row; driver vs bare: peak "
+              f"{result['peak_bytes'] / bare['peak_bytes']:.2f}x, CPU {result['cpu_s'] / bare['cpu_s']:.2f}x")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- writing
@@ -408,10 +432,11 @@ def main() -> None:
     parser.add_argument("--plan-only", action="store_true", help="only the planning figures")
     parser.add_argument("--plan-memory", type=int, nargs="+", metavar="ROWS",
                         help="only the driver's memory and CPU per row at these kept-row counts")  # fmt: skip
-    parser.add_argument("--driver-child", type=Path, nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--driver-child", nargs=3, help=argparse.SUPPRESS)  # MODE BUILD OUT
     args = parser.parse_args()
     if args.driver_child:
-        driver_child(*args.driver_child)
+        mode, build, out = args.driver_child
+        driver_child(mode, Path(build), Path(out))
         return
     if args.plan_memory:
         driver_figures(args.plan_memory)
