@@ -3,6 +3,7 @@
     python bench/shard.py                           # the real samples in ../shared/ir-samples
     python bench/shard.py --samples DIR --repeat 9
     python bench/shard.py --plan-only               # only the planning figures (no images)
+    python bench/shard.py --plan-memory 200000 1000000  # the driver's memory and CPU per row
 
 Planning, on synthetic catalogs (Arrow columns, no image files):
 - Shard counts of a 590,000-frame plan (640x512) with a smallest bin of 15, 16 and 100 images:
@@ -11,6 +12,15 @@ Planning, on synthetic catalogs (Arrow columns, no image files):
 - Seconds to plan --plan-rows kept rows (default 60,000, three resolution bins): the former
   planner (one dict per row, `json.dumps` per row, counts by Python loops), kept here as
   `former_plan`, against `plan_shards`; median of --repeat runs, interleaved.
+
+Driver (--plan-memory ROWS...): a build folder of ROWS synthetic kept rows over 445 resolution
+bins of skewed sizes (no image files); a fresh child process runs everything `inf590k shard`'s
+main process does (catalog read, planning, the plan file, each job pickled as the pool would,
+the index files), the workers replaced by the pickling. Printed: peak RSS above a child that
+only imported (VmHWM, bytes per row) and CPU seconds (all threads, ms per row), and their
+ratio to the baseline: a child that only reads the catalog (`read_catalog`) and writes its
+copy, the least the command must do. Targets: <= ~1 KB per row, so that 5M rows fit in 8 GB;
+the driver's CPU a small share of a build.
 
 Baseline: a bare single-process loop that reads each kept file, decodes it with OpenCV,
 converts it to grey, encodes a PNG with cv2.imencode (the shard writer's PNG parameters) and
@@ -39,8 +49,12 @@ import hashlib
 import io
 import json
 import math
+import pickle
+import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -53,12 +67,12 @@ import pyarrow as pa
 
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig, shard
+from inf590k.build.shard.jobs import plan_shards
 from inf590k.build.shard.plan import (
     FORMAT_VERSION,
     _bin_rng,
     estimated_bytes,
     kept_by_bin,
-    plan_shards,
     shard_counts,
 )
 from inf590k.build.shard.tar import png_params
@@ -195,10 +209,11 @@ def plan_figures(rows: int, repeat: int) -> None:
             "s256-383_r115-149": (int(rows * 0.15), 320, 256),
             "s768-up_r150-199": (rows - int(rows * 0.8) - int(rows * 0.15), 1920, 1080)}  # fmt: skip
     table = synthetic_catalog(bins)
-    config = ShardConfig(build=Path("."), out=Path("."))
+    scratch = tempfile.TemporaryDirectory(prefix="bench-shard-plan-")  # the plan file's build folder
+    config = ShardConfig(build=Path(scratch.name), out=Path("."))
 
     def planner() -> int:
-        return len(plan_shards(config, None, kept_by_bin(Path("."), table)))
+        return len(plan_shards(config, None, table))
 
     def former() -> int:
         return len(former_plan(table, config))
@@ -209,11 +224,128 @@ def plan_figures(rows: int, repeat: int) -> None:
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
+    scratch.cleanup()
     former_s, now_s = (statistics.median(times[n]) for n in ("former", "planner"))
     print(f"planning {rows:,} kept rows ({len(bins)} bins), median of {repeat}: former planner "
           f"{former_s:.2f} s ({1e6 * former_s / rows:.0f} us/row), plan_shards {now_s:.2f} s "
           f"({1e6 * now_s / rows:.1f} us/row): {former_s / now_s:.1f}x faster; projected at "
           f"590,700 rows: {former_s * 590_700 / rows:.0f} s -> {now_s * 590_700 / rows:.1f} s")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the driver's memory
+
+DRIVER_BINS = 445  # resolution bins of the memory figures
+
+
+RESOLUTIONS = ((640, 512), (320, 256), (384, 288), (1920, 1080), (160, 120), (1280, 1024), (336, 256))
+
+
+def skewed_bins(rows: int, count: int = DRIVER_BINS) -> dict[str, tuple[int, int, int]]:
+    """{bin: (rows, width, height)}: `count` bins of Zipf-like sizes (one large, many small)."""
+    weights = 1.0 / np.arange(1, count + 1) ** 1.2
+    sizes = np.maximum(1, np.floor(weights / weights.sum() * rows)).astype(int)
+    sizes[0] += rows - int(sizes.sum())
+    return {
+        f"b{index:03d}_{w}x{h}": (int(size), w, h)
+        for index, (size, (w, h)) in enumerate(zip(sizes, (RESOLUTIONS * count)[:count], strict=True))
+    }
+
+
+DUPLICATE_EVERY = 33  # one row in this many is a duplicate (dedupe's decision file)
+
+
+def write_synthetic_build(build: Path, rows: int, parts: int = 4) -> int:
+    """A build folder as ingest, dedupe and bin leave it: `rows` synthetic rows in `parts`
+    parquet parts, dedupe's decisions (one row in DUPLICATE_EVERY a duplicate) and bin's
+    assignments of the kept rows. -> kept rows."""
+    table = synthetic_catalog(skewed_bins(rows))
+    bounds = np.linspace(0, rows, parts + 1).astype(int)
+    for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        cat.write_parquet_atomic(table.slice(start, end - start), cat.catalog_dir(build) / f"part-{index:05d}.parquet")
+    duplicate = np.arange(rows) % DUPLICATE_EVERY == DUPLICATE_EVERY - 1
+    decisions = pa.table({
+        "uid": table.column("uid"),
+        "status": pa.array(np.where(duplicate, cat.STATUS_DUPLICATE, cat.STATUS_OK)),
+        "reason": pa.array(np.where(duplicate, "duplicate of src0-frame00000000 (phash 3)", "")),
+        "dup_group": pa.array(np.where(duplicate, 0, -1), pa.int64()),
+    })  # fmt: skip
+    cat.write_columns(build, cat.DECISIONS_PATH, decisions)
+    kept = table.filter(pa.array(~duplicate))
+    assign = pa.table({"uid": kept.column("uid"), "res_bin": kept.column("res_bin").dictionary_encode()})
+    cat.write_columns(build, cat.BIN_ASSIGN_PATH, assign)
+    return kept.num_rows
+
+
+def peak_rss() -> int:
+    """This process's peak resident bytes: VmHWM (ru_maxrss keeps the parent's across exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def bare_read_and_copy(build: Path, out: Path) -> int:
+    """The least the main process must do: read the catalog, write its copy. -> rows."""
+    import pyarrow.parquet as pq  # lazy: measured in the child
+
+    catalog = cat.read_catalog(build)
+    out.mkdir(parents=True)
+    pq.write_table(catalog, out / "catalog.parquet")
+    return int(pa.compute.sum(pa.compute.equal(catalog.column("status"), cat.STATUS_OK)).as_py())
+
+
+def driver_child(mode: str, build: Path, out: Path) -> None:
+    """In this (fresh) process: the shard stage's main-process work ("driver": the shards
+    replaced by pickling each job) or the bare read and copy ("bare"); prints {rows, shards,
+    peak_bytes, cpu_s, pickled} as JSON."""
+    from inf590k.build.shard import stage  # lazy: the child measures above its imports
+
+    imported = peak_rss()
+    pickled = []
+
+    def pickle_jobs(todo: list, config: ShardConfig):
+        for job in todo:
+            pickled.append(len(pickle.dumps(job)))
+            yield {"shard": job.relpath, "count": len(job), "bytes": 0, "sha256": "0" * 64, "parquet_sha256": "0" * 64}
+
+    stage._write_all = pickle_jobs
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    if mode == "bare":
+        rows, shards = bare_read_and_copy(build, out), 0
+    else:
+        config = ShardConfig(build=build, out=out, execution=ExecutionOptions(progress=False))
+        summary = stage._write_dataset(config, out, time.perf_counter())
+        rows, shards = summary.samples, summary.shards
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+    print(json.dumps({"rows": rows, "shards": shards, "peak_bytes": peak_rss() - imported,
+                      "cpu_s": cpu, "pickled": sum(pickled)}))  # fmt: skip
+
+
+def driver_figures(row_counts: list[int]) -> None:
+    """Peak RSS and CPU per kept row of the shard stage's main process, against the bare read
+    of the catalog and write of its copy (each in a fresh child; see the docstring)."""
+    for rows in row_counts:
+        with tempfile.TemporaryDirectory(prefix="bench-shard-driver-") as folder:
+            build = Path(folder) / "build"
+            write_synthetic_build(build, rows)
+            found = {}
+            for mode in ("bare", "driver"):
+                command = [sys.executable, __file__, "--driver-child", mode, str(build), str(Path(folder) / mode)]
+                found[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        result, bare = found["driver"], found["bare"]
+        per_row = result["peak_bytes"] / result["rows"]
+        print(f"driver, {result['rows']:,} kept rows in {result['shards']:,} shards over {DRIVER_BINS} bins: "
+              f"peak RSS above imports {result['peak_bytes'] / 2**20:.0f} MiB ({per_row:.0f} B/row, "
+              f"5M rows ~{per_row * 5e6 / 2**30:.1f} GiB); CPU {result['cpu_s']:.2f} s "
+              f"({1e3 * result['cpu_s'] / result['rows']:.4f} ms/row); jobs pickled "
+              f"{result['pickled'] / 2**20:.1f} MiB")  # fmt: skip
+        print(f"  bare catalog read + copy: {bare['peak_bytes'] / bare['rows']:.0f} B/row, "
+              f"{1e3 * bare['cpu_s'] / bare['rows']:.4f} ms/row; driver vs bare: peak "
+              f"{result['peak_bytes'] / bare['peak_bytes']:.2f}x, CPU {result['cpu_s'] / bare['cpu_s']:.2f}x")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- writing
@@ -298,7 +430,17 @@ def main() -> None:
     )
     parser.add_argument("--plan-rows", type=int, default=60_000, help="rows of the planning run")
     parser.add_argument("--plan-only", action="store_true", help="only the planning figures")
+    parser.add_argument("--plan-memory", type=int, nargs="+", metavar="ROWS",
+                        help="only the driver's memory and CPU per row at these kept-row counts")  # fmt: skip
+    parser.add_argument("--driver-child", nargs=3, help=argparse.SUPPRESS)  # MODE BUILD OUT
     args = parser.parse_args()
+    if args.driver_child:
+        mode, build, out = args.driver_child
+        driver_child(mode, Path(build), Path(out))
+        return
+    if args.plan_memory:
+        driver_figures(args.plan_memory)
+        return
     if args.repeat < 1:
         raise SystemExit("--repeat must be 1 or more")
     count_figures(590_000)

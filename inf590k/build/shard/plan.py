@@ -11,9 +11,9 @@ its bytes.
 Bytes are estimated from the rows before anything is encoded (`estimated_bytes`):
 PNG_BYTES_PER_PIXEL per stored pixel for the 8-bit PNG, the raw frame (2 bytes per pixel and
 an .npy header) where 16-bit frames are kept, and SAMPLE_OVERHEAD_BYTES per sample for the
-tar headers, their padding and the JSON. The planning works on Arrow columns (counts with
-numpy, the JSON members built column by column by Arrow kernels, chunks of rows in parallel
-threads), not one Python dict per row.
+tar headers, their padding and the JSON. The planning works on Arrow columns and numpy row
+numbers (`plan_layout`: each shard's rows as indices into the catalog table), not one Python
+dict per row; `jobs.py` writes the rows in shard order to the plan file.
 """
 
 from __future__ import annotations
@@ -21,11 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +30,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from inf590k.build import catalog as cat
-from inf590k.build.shard.sample_json import parallel_sample_jsons, sample_jsons
 from inf590k.dataset.layout import (
     CATALOG_SCHEMA,
 )
@@ -107,39 +103,56 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
-class ShardJob:
-    """Everything one worker needs to write one shard (an Arrow table pickles fast)."""
+class PlannedShard:
+    """One shard of the plan, before its rows are read: its catalog rows as indices."""
 
-    build: Path
-    out: Path
     relpath: str  # "<bin>/<bin>-000000.tar", relative to data/ (as _info.json names it)
-    table: pa.Table  # catalog rows in tar order (CATALOG_SCHEMA)
-    classes: tuple[int, ...]  # class id per row (the .cls member)
-    keep_16bit: bool
-    png_level: int
-    plan: str  # digest of everything that decides the tar bytes
-    estimated_bytes: int = 0  # of the tar, from the rows (`estimated_bytes`)
+    rows: np.ndarray  # (samples,) int64: row numbers in the catalog table, in tar order
+    estimated_bytes: int  # of the tar, from the rows (`estimated_bytes`)
 
-    @cached_property
-    def jsons(self) -> tuple[bytes, ...]:
-        """The .json member per row, made again where it is used (in the worker): the plan
-        keeps only its digest, so the driver does not hold every sample's JSON."""
-        return tuple(sample_jsons(self.table))
 
-    @cached_property
-    def rows(self) -> tuple[dict, ...]:
-        """The rows as dicts, made where they are used (in the worker)."""
-        return tuple(self.table.to_pylist())
+@dataclass(frozen=True)
+class KeptSource:
+    """What the sources table needs of one source's kept rows."""
 
-    def __len__(self) -> int:
-        return self.table.num_rows
+    samples: int
+    modality: str | None  # the most common non-empty value, the first seen on a tie
+    license: str | None
 
 
 # ----------------------------------------------------------------------------- sources table
 
-def _most_common(values: Iterable[str | None]) -> str | None:
-    counted = Counter(v for v in values if v)
-    return counted.most_common(1)[0][0] if counted else None
+def _most_common(values: pa.ChunkedArray | pa.Array, sources: pa.ChunkedArray | pa.Array) -> dict[str, str]:
+    """Per source, its most common non-empty value, the one seen first on a tie (rows in
+    order): `Counter.most_common` of each source's values, by Arrow group-by."""
+    position = pa.array(np.arange(len(values)))
+    table = pa.table({"source": sources, "value": values, "position": position})
+    table = table.filter(pc.fill_null(pc.not_equal(table.column("value"), ""), False))
+    grouped = table.group_by(["source", "value"], use_threads=False).aggregate(
+        [("position", "count"), ("position", "min")]
+    )
+    best: dict[str, tuple[int, int, str]] = {}
+    for source, value, count, first in zip(
+        *(grouped.column(c).to_pylist() for c in ("source", "value", "position_count", "position_min")), strict=True
+    ):
+        key = (-count, first, value)
+        if source not in best or key < best[source]:
+            best[source] = key
+    return {source: value for source, (_, _, value) in best.items()}
+
+
+def kept_sources(catalog: pa.Table, kept: np.ndarray) -> dict[str, KeptSource]:
+    """Samples, most common modality and licence of each source over the `kept` rows
+    ((rows,) indices into `catalog`, in the order that breaks ties)."""
+    rows = catalog.select(["source", "modality", "license"]).take(pa.array(kept))
+    sources = rows.column("source")
+    counted = pc.value_counts(sources.combine_chunks()) if len(sources) else []
+    modality = _most_common(rows.column("modality"), sources)
+    license_text = _most_common(rows.column("license"), sources)
+    return {
+        entry["values"]: KeptSource(entry["counts"], modality.get(entry["values"]), license_text.get(entry["values"]))
+        for entry in (counted.to_pylist() if len(sources) else [])
+    }
 
 
 def source_kind(source_id: str, recorded: Mapping, modality: str | None) -> str:
@@ -165,7 +178,7 @@ def known_license_link(license_text: str | None) -> str | None:
 
 
 def sources_table(
-    kept: Mapping[str, list[dict]], recorded: Mapping[str, dict], previous: list[dict]
+    kept: Mapping[str, KeptSource], recorded: Mapping[str, dict], previous: list[dict]
 ) -> list[dict]:
     """The sources table: class ids of `previous` kept, new sources numbered after them.
 
@@ -177,11 +190,10 @@ def sources_table(
     by_id = {entry["id"]: dict(entry, samples=0) for entry in previous}
     next_id = max((int(e["class_id"]) for e in previous), default=-1) + 1
     for source in sorted(kept):
-        rows = kept[source]
         facts = recorded.get(source, {})
-        modality = _most_common(r.get("modality") for r in rows) or facts.get("modality")
+        modality = kept[source].modality or facts.get("modality")
         kind = source_kind(source, facts, modality)
-        license_text = _most_common(r.get("license") for r in rows) or facts.get("license")
+        license_text = kept[source].license or facts.get("license")
         if kind == "synthetic":
             name = f"Synthetic infrared frames in the {source} folder layout"
             citation = "Rendered by `inf590k synth`: procedural frames, no real recording."
@@ -201,30 +213,10 @@ def sources_table(
             modality=modality or "unknown",
             citation=citation,
             homepage=homepage,
-            samples=len(rows),
+            samples=kept[source].samples,
         )
         by_id[source] = entry
     return sorted(by_id.values(), key=lambda e: int(e["class_id"]))
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 # ----------------------------------------------------------------------------- planning
@@ -323,27 +315,50 @@ def shard_counts(
     return counts
 
 
-def kept_by_bin(build: Path, catalog: pa.Table | None = None) -> dict[str, pa.Table]:
-    """Kept rows by resolution bin, each sorted by uid, from `catalog` (read when not given)."""
-    table = cat.read_catalog(build) if catalog is None else catalog
-    table = table.select(list(CATALOG_SCHEMA.names)).cast(CATALOG_SCHEMA)
-    table = table.filter(pc.equal(table.column("status"), cat.STATUS_OK))
-    unbinned = pc.or_(pc.is_null(table.column("res_bin")), pc.equal(table.column("res_bin"), ""))
-    unbinned = pc.fill_null(unbinned, True)
+def _sorted_by_uid(uids: pa.ChunkedArray) -> bool:
+    """Whether `uids` ascend (as `read_catalog` gives them): one vectorized comparison."""
+    if len(uids) < 2:
+        return True
+    return bool(pc.all(pc.less_equal(uids.slice(0, len(uids) - 1), uids.slice(1))).as_py())
+
+
+def kept_rows_by_bin(build: Path, catalog: pa.Table) -> dict[str, np.ndarray]:
+    """The kept rows of `catalog` by resolution bin, bins in name order, each bin's rows
+    ((rows,) int64 indices into `catalog`) sorted by uid. No column but the row numbers is
+    copied: the bins are dictionary codes, the uid order the catalog's own where it has one."""
+    ok = pc.fill_null(pc.equal(catalog.column("status"), cat.STATUS_OK), False)
+    kept = np.flatnonzero(ok.to_numpy(zero_copy_only=False))  # (kept,)
+    bins = catalog.column("res_bin").take(pa.array(kept))
+    unbinned = pc.fill_null(pc.equal(bins, ""), True)
     if pc.any(unbinned).as_py():
-        first = table.filter(unbinned).column("uid")[0].as_py()
+        first = catalog.column("uid")[int(kept[pc.index(unbinned, True).as_py()])].as_py()
         raise ValueError(
             f"{pc.sum(unbinned).as_py()} kept rows have no resolution bin (e.g. {first}): "
             f"run `inf590k bin --build {build}` first"
         )
-    table = table.sort_by([("res_bin", "ascending"), ("uid", "ascending")])
-    bins = table.column("res_bin").to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.concatenate([[True], bins[1:] != bins[:-1]]))
-    ends = np.append(starts[1:], len(bins))
+    if not _sorted_by_uid(catalog.column("uid")):  # a table not read by read_catalog
+        by_uid = pc.sort_indices(catalog.column("uid").take(pa.array(kept))).to_numpy()
+        kept, bins = kept[by_uid], bins.take(pa.array(by_uid))
+    encoded = pc.dictionary_encode(bins.combine_chunks())  # (kept,) codes, the names once
+    names = encoded.dictionary.to_pylist()
+    rank = np.argsort(np.array(names, dtype=object), kind="stable")  # name order: Python's
+    code_rank = np.empty(len(names), np.int64)
+    code_rank[rank] = np.arange(len(names))
+    codes = code_rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    order = np.argsort(codes, kind="stable")  # by bin, uid order kept inside each bin
+    ends = np.cumsum(np.bincount(codes, minlength=len(names)))
+    starts = np.concatenate([[0], ends[:-1]])
     return {
-        str(bins[start]): table.slice(int(start), int(end - start))
-        for start, end in zip(starts, ends, strict=True)
+        names[rank[index]]: kept[order[start:end]]
+        for index, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
     }
+
+
+def kept_by_bin(build: Path, catalog: pa.Table | None = None) -> dict[str, pa.Table]:
+    """Kept rows by resolution bin, each sorted by uid, from `catalog` (read when not given)."""
+    table = cat.read_catalog(build) if catalog is None else catalog
+    table = table.select(list(CATALOG_SCHEMA.names)).cast(CATALOG_SCHEMA)
+    return {b: table.take(pa.array(rows)) for b, rows in kept_rows_by_bin(build, table).items()}
 
 
 def _check_options(config: ShardConfig) -> None:
@@ -357,85 +372,42 @@ def _check_options(config: ShardConfig) -> None:
         raise ValueError(f"--png-level must be 0..9, got {config.png_level}")
 
 
-def _plan_digest(config: ShardConfig, relpath: str, classes: tuple[int, ...], jsons: Iterable[bytes]) -> str:
-    header = json.dumps([FORMAT_VERSION, config.keep_16bit, config.png_level, relpath, classes])
-    return hashlib.sha256(header.encode() + b"".join(jsons)).hexdigest()
+def plan_digest(
+    keep_16bit: bool, png_level: int, relpath: str, classes: list[int], jsons: Iterable[bytes | memoryview]
+) -> str:
+    """Digest of everything that decides a shard's tar bytes: the format, the options, its
+    name, each sample's class and JSON (`jsons`: the .json members one after the other, in
+    pieces)."""
+    header = json.dumps([FORMAT_VERSION, keep_16bit, png_level, relpath, classes])
+    digest = hashlib.sha256(header.encode())
+    for piece in jsons:
+        digest.update(piece)
+    return digest.hexdigest()
 
 
-
-
-def _planning_threads(config: ShardConfig) -> int:
+def planning_threads(config: ShardConfig) -> int:
     """Threads of the planning: the workers asked for, at most this machine's cores (the
     workers of a cluster are not here)."""
     return min(config.execution.workers or available_cores(), available_cores())
 
 
-def _bin_jobs(
-    config: ShardConfig, bin_name: str, rows: pa.Table, count: int, classes: Mapping[str, int], estimates: np.ndarray
-) -> list[ShardJob]:
-    """The jobs of one bin, its rows already in shard order. Each shard's sample JSON is made
-    for its digest and let go (the worker makes it again): the driver holds the rows only."""
-    class_ids = [classes[s] for s in rows.column("source").to_pylist()]
-    bounds = run_bounds(rows.num_rows, count)
-    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-    tables = [rows.take(np.arange(start, end)) for start, end in spans]  # copies: a slice
-    # pickles the whole bin
-    relpaths = [f"{bin_name}/{bin_name}-{index:06d}.tar" for index in range(len(spans))]
-    shard_classes = [tuple(class_ids[start:end]) for start, end in spans]
-
-    def digest(index: int) -> str:
-        jsons = parallel_sample_jsons(tables[index], 1)
-        return _plan_digest(config, relpaths[index], shard_classes[index], jsons)
-
-    threads = min(_planning_threads(config), len(spans))
-    if threads > 1:  # Arrow's kernels release the GIL: the shards' JSON on several cores
-        with ThreadPoolExecutor(threads) as pool:
-            digests = list(pool.map(digest, range(len(spans))))
-    else:
-        digests = [digest(index) for index in range(len(spans))]
-    return [
-        ShardJob(
-            build=Path(config.build),
-            out=Path(config.out),
-            relpath=relpaths[index],
-            table=tables[index],
-            classes=shard_classes[index],
-            keep_16bit=config.keep_16bit,
-            png_level=config.png_level,
-            plan=digests[index],
-            estimated_bytes=int(estimates[start:end].sum()),
-        )
-        for index, (start, end) in enumerate(spans)
-    ]
-
-
-def plan_shards(
-    config: ShardConfig,
-    classes: Mapping[str, int] | None = None,
-    by_bin: Mapping[str, pa.Table] | None = None,
-) -> list[ShardJob]:
-    """The full, deterministic shard plan of a build (independent of workers and of `out`).
-
-    `classes`: class id per source (the sources table); default: ids in sorted source order.
-    `by_bin`: the kept rows by bin (`kept_by_bin`), when the caller has read them already.
-    The options are checked by the caller (`shard`).
-    """
+def plan_layout(config: ShardConfig, catalog: pa.Table, by_bin: Mapping[str, np.ndarray] | None = None) -> list[PlannedShard]:
+    """The shards of a build, as row numbers of `catalog` (independent of workers and `out`):
+    each bin's uid-sorted kept rows shuffled by its own generator, cut into `shard_counts`
+    even runs. `by_bin`: `kept_rows_by_bin(catalog)` when the caller has it already."""
     if by_bin is None:
-        by_bin = kept_by_bin(Path(config.build))
-    if classes is None:
-        sources = sorted({s for rows in by_bin.values() for s in rows.column("source").to_pylist()})
-        classes = {s: i for i, s in enumerate(sources)}
-    shuffled = {}
-    for bin_name in sorted(by_bin):
-        rows = by_bin[bin_name]
-        order = _bin_rng(config.seed, bin_name).permutation(rows.num_rows)
-        shuffled[bin_name] = rows.take(order)
-    estimates = {b: estimated_bytes(rows, config.keep_16bit) for b, rows in shuffled.items()}
+        by_bin = kept_rows_by_bin(Path(config.build), catalog)
+    sizes = catalog.select(["width", "height", "bit_depth"])
+    shuffled = {b: rows[_bin_rng(config.seed, b).permutation(len(rows))] for b, rows in by_bin.items()}
+    estimates = {b: estimated_bytes(sizes.take(pa.array(rows)), config.keep_16bit) for b, rows in shuffled.items()}
     counts = shard_counts(estimates, config.max_count, config.max_size, config.shard_multiple)
-    return [
-        job
-        for bin_name in sorted(shuffled)
-        for job in _bin_jobs(
-            config, bin_name, shuffled[bin_name], counts[bin_name], classes, estimates[bin_name]
-        )
-    ]
+    shards = []
+    for bin_name in sorted(shuffled):
+        bounds = run_bounds(len(shuffled[bin_name]), counts[bin_name]).tolist()
+        for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            shards.append(PlannedShard(
+                relpath=f"{bin_name}/{bin_name}-{index:06d}.tar",
+                rows=shuffled[bin_name][start:end],
+                estimated_bytes=int(estimates[bin_name][start:end].sum()),
+            ))  # fmt: skip
+    return shards

@@ -1,14 +1,13 @@
 """Each sample's .json member, built column by column in Arrow: byte for byte what
 `layout.sample_json` writes for a row (strings and integers formatted by Arrow, floats and
 lists by Python where Arrow's text differs from json's), ~20x faster than one `json.dumps` per
-row, on several threads (Arrow's kernels release the GIL).
+row; as one binary array (`sample_json_array`) whose joined bytes a digest reads in place.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -24,9 +23,6 @@ from inf590k.dataset.layout import (
 # ----------------------------------------------------------------------------- constants
 
 FORMAT_VERSION = 3  # bump when the bytes of a sample change for the same catalog row
-
-
-JSON_CHUNK_ROWS = 16_384  # rows per planning thread's unit
 
 
 _encode_str = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str
@@ -124,6 +120,25 @@ def sample_jsons(table: pa.Table) -> list[bytes]:
     column by Arrow kernels (an order of magnitude faster than a `json.dumps` per row dict)."""
     if table.num_rows == 0:
         return []
+    return sample_json_array(table).to_pylist()
+
+
+def joined_bytes(values: pa.BinaryArray) -> memoryview:
+    """The values of a binary array without nulls, one after the other (its data buffer, no
+    copy): what `b"".join(values.to_pylist())` gives."""
+    if values.null_count:
+        raise ValueError("joined_bytes: the array holds nulls")
+    if len(values) == 0:
+        return memoryview(b"")
+    offsets = np.frombuffer(values.buffers()[1], np.int32)
+    start, end = int(offsets[values.offset]), int(offsets[values.offset + len(values)])
+    return memoryview(values.buffers()[2])[start:end]
+
+
+def sample_json_array(table: pa.Table) -> pa.BinaryArray:
+    """`sample_jsons` as one Arrow binary array (rows,): no Python object per row."""
+    if table.num_rows == 0:
+        return pa.array([], pa.binary())
     fields = sorted(
         (f for f in CATALOG_SCHEMA if f.name not in DATASET_WIDE_FIELDS), key=lambda f: f.name
     )
@@ -136,14 +151,4 @@ def sample_jsons(table: pa.Table) -> list[bytes]:
         pieces += [_column_json(column_field, column, table.num_rows)]
     pieces += ["}"]
     joined = pc.binary_join_element_wise(*pieces, "")
-    return pc.cast(joined, pa.binary()).to_pylist()
-
-
-def parallel_sample_jsons(table: pa.Table, threads: int) -> list[bytes]:
-    """`sample_jsons` over chunks of JSON_CHUNK_ROWS rows in `threads` threads: Arrow's kernels
-    release the GIL, so the chunks' formatting runs on several cores."""
-    chunks = [table.slice(start, JSON_CHUNK_ROWS) for start in range(0, table.num_rows, JSON_CHUNK_ROWS)]
-    if threads <= 1 or len(chunks) <= 1:
-        return [json for chunk in chunks for json in sample_jsons(chunk)]
-    with ThreadPoolExecutor(min(threads, len(chunks))) as pool:
-        return [json for jsons in pool.map(sample_jsons, chunks) for json in jsons]
+    return pc.cast(joined, pa.binary())

@@ -1,12 +1,17 @@
 """Shard: kept catalog rows -> a dataset folder that is the Hugging Face dataset repo itself.
 
-The folder's format is `inf590k/dataset/layout.py`; the plan is `plan.py`, the tar bytes
-`tar.py`. `hf upload`/`inf590k publish` send the folder as it is, and
-`datasets.load_dataset(FOLDER)`, timm, webdataset and `inf590k verify` read it locally and as
-downloaded.
+The folder's format is `inf590k/dataset/layout.py`; the plan is `plan.py`, the plan file and
+the jobs `jobs.py`, the tar bytes `tar.py`. `hf upload`/`inf590k publish` send the folder as it
+is, and `datasets.load_dataset(FOLDER)`, timm, webdataset and `inf590k verify` read it locally
+and as downloaded.
 
-Resume and ownership: a shard is done when its `_stats.json` names the same plan digest and its
-tar has the recorded size; anything else is rewritten (tar.tmp, fsync, rename, then sidecars).
+Memory: the main process reads the catalog once, writes the catalog copy (under its temporary
+name), the counts, the sources table and the plan file from it, then lets it go before a
+shard is written: the jobs and the index inputs hold no row.
+
+Resume and ownership: a shard is done when its `_stats.json` names the same rows digest (or,
+checked by its worker, the same plan digest) and its tar has the recorded size; anything else
+is rewritten (tar.tmp, fsync, rename, then sidecars).
 `metadata/files.json` is written before anything else: a non-empty folder without it is not
 ours and is refused; only files it names are ever replaced or removed. One `shard` at a time
 writes a folder.
@@ -22,17 +27,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.build.locks import folder_lock
+from inf590k.build.shard.jobs import ShardJob, remove_plan, write_plan
 from inf590k.build.shard.plan import (
+    PlannedShard,
     ShardConfig,
-    ShardJob,
     _check_options,
-    kept_by_bin,
-    plan_shards,
+    kept_rows_by_bin,
+    kept_sources,
+    plan_layout,
     sources_table,
 )
 from inf590k.build.shard.reread import SourceChanged, _PixelLoader, _read_files
@@ -99,7 +109,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_shard(job: ShardJob) -> dict:
-    """Write one tar atomically, then its parquet sidecar, then its stats marker."""
+    """Write one tar atomically, then its parquet sidecar, then its stats marker; or keep a
+    finished shard whose marker names only its plan digest (adding the rows digest to it).
+    -> its stats, with "reused": True when kept."""
+    kept = finished_stats(job, "plan", job.plan)
+    if kept is not None:
+        kept["rows"] = job.rows_digest
+        write_text_atomic(stats_path(job.out, job.relpath), json.dumps(kept, indent=1))
+        progress.tick(len(job))
+        return {**kept, "reused": True}
     started = time.perf_counter()
     load = _PixelLoader(job.build, job.keep_16bit)
     target = tar_path(job.out, job.relpath)
@@ -107,7 +125,7 @@ def write_shard(job: ShardJob) -> dict:
     tmp_path = target.with_name(target.name + ".tmp")
     with open_new(tmp_path) as handle, _HashingFile(handle) as hashing:
         files = _read_files(job.build, job.rows)
-        for (row, data), cls, meta in zip(files, job.classes, job.jsons, strict=True):
+        for (row, data), cls, meta in zip(files, job.class_ids, job.jsons, strict=True):
             try:
                 view8, raw = load(row, data)
             except SourceChanged:
@@ -133,18 +151,20 @@ def write_shard(job: ShardJob) -> dict:
         "sha256": hashing.digest.hexdigest(),
         "parquet_sha256": file_sha256(parquet),
         "plan": job.plan,
+        "rows": job.rows_digest,
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_text_atomic(stats_path(job.out, job.relpath), json.dumps(stats, indent=1))
     return stats
 
 
-def finished_stats(job: ShardJob) -> dict | None:
-    """The recorded stats when this exact shard is already complete, else None."""
+def finished_stats(job: ShardJob, key: str = "rows", digest: str = "") -> dict | None:
+    """The recorded stats when this exact shard is already complete (its marker names the
+    digest `key` of the job: its rows digest unless told), else None."""
     try:
         stats = json.loads(stats_path(job.out, job.relpath).read_text())
         complete = (
-            stats.get("plan") == job.plan
+            stats.get(key) == (digest or job.rows_digest)
             and tar_path(job.out, job.relpath).stat().st_size == stats["bytes"]
             and sidecar_path(job.out, job.relpath).exists()
         )
@@ -215,23 +235,44 @@ def reason_class(reason: str) -> str:
 
 
 def catalog_counts(table: pa.Table) -> dict[str, dict]:
-    """{source: {found, ok, excluded, rejected, duplicate, reasons: {status: {kind: n}}}}."""
-    counts = cat.status_counts(table)
-    for source, status, reason in zip(
-        *(table.column(c).to_pylist() for c in ("source", "status", "reason")), strict=True
-    ):
-        if status != cat.STATUS_OK:
-            reasons = counts[source].setdefault("reasons", {}).setdefault(status, {})
-            kind = reason_class(reason)
-            reasons[kind] = reasons.get(kind, 0) + 1
+    """{source: {found, ok, excluded, rejected, duplicate, reasons: {status: {kind: n}}}}:
+    counted by Arrow group-by; statuses and kinds in the order the rows first name them."""
+    sources, statuses = table.column("source"), table.column("status")
+    counts: dict[str, dict] = {}
+    grouped = pa.table({"source": sources, "status": statuses}).group_by(["source", "status"], use_threads=False)
+    for source, status, count in _columns(grouped.aggregate([("status", "count")]), "source", "status", "status_count"):
+        per_source = counts.setdefault(source, {"found": 0, **{s: 0 for s in cat.STATUSES}})
+        per_source["found"] += count
+        per_source[status] += count
+    not_ok = pc.fill_null(pc.not_equal(statuses, cat.STATUS_OK), True)
+    reasons = table.select(["source", "status", "reason"]).filter(not_ok)
+    distinct = pc.unique(reasons.column("reason").combine_chunks())
+    kinds = pa.array([reason_class(r) for r in distinct.to_pylist()], pa.string())
+    kind = kinds.take(pc.index_in(reasons.column("reason"), value_set=distinct))
+    position = pa.array(np.arange(reasons.num_rows))
+    by_kind = pa.table({"source": reasons.column("source"), "status": reasons.column("status"), "kind": kind, "position": position})
+    grouped = by_kind.group_by(["source", "status", "kind"], use_threads=False).aggregate([("position", "min"), ("position", "count")])
+    found = sorted(_columns(grouped, "source", "status", "kind", "position_min", "position_count"), key=lambda g: g[3])
+    first_status = {}
+    for source, status, _, first, _ in found:  # the order a row-by-row count would insert keys
+        first_status.setdefault((source, status), first)
+    for source, status, kind_name, _, count in sorted(found, key=lambda g: (first_status[g[0], g[1]], g[3])):
+        per_status = counts[source].setdefault("reasons", {}).setdefault(status, {})
+        per_status[kind_name] = count
     for per_source in counts.values():
         per_source.setdefault("reasons", {})
     return dict(sorted(counts.items()))
 
 
-def sample_members(jobs: list[ShardJob]) -> list[str]:
-    """The member extensions of the dataset's samples (npy only where raw frames were kept)."""
-    raw = any(j.keep_16bit and 16 in j.table.column("bit_depth").to_pylist() for j in jobs)
+def _columns(table: pa.Table, *names: str) -> Iterator[tuple]:
+    return zip(*(table.column(n).to_pylist() for n in names), strict=True)
+
+
+def sample_members(config: ShardConfig, catalog: pa.Table, kept: np.ndarray) -> list[str]:
+    """The member extensions of the dataset's samples (npy only where raw frames were kept):
+    `kept`: (rows,) indices of the kept rows in `catalog`."""
+    depths = catalog.column("bit_depth").take(pa.array(kept))
+    raw = config.keep_16bit and bool(pc.any(pc.equal(depths, 16)).as_py())
     return ["cls", "json", *(["npy"] if raw else []), "png"]
 
 
@@ -239,12 +280,35 @@ def _write_json(path: Path, data: object, fsync: bool = False) -> None:
     write_text_atomic(path, json.dumps(data, indent=1) + "\n", fsync=fsync)
 
 
+@dataclass(frozen=True)
+class IndexInputs:
+    """What the index files need of the catalog, gathered while the plan is written, so the
+    catalog is not held while the shards are written."""
+
+    table: list[dict]  # the sources table
+    counts: dict[str, dict]  # metadata/counts.json
+    members: list[str]  # the member extensions of the samples
+    catalog_tmp: Path  # metadata/catalog.parquet, written but not yet in place
+
+
+def _write_catalog_copy(out: Path, catalog: pa.Table) -> Path:
+    """metadata/catalog.parquet under its temporary name (open_new, fsync): `write_index`
+    moves it in place, `remove_stale` removes it if the run stops before."""
+    path = dataset_file(out, CATALOG_PATH)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open_new(tmp) as handle:
+        pq.write_table(catalog, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return tmp
+
+
 def write_index(
     config: ShardConfig,
     jobs: list[ShardJob],
     stats: dict[str, dict],
-    table: list[dict],
-    catalog: pa.Table,
+    index: IndexInputs,
 ) -> dict:
     """data/_info.json (timm's format + sources), sizes.json, SHA256SUMS, catalog, counts."""
     out = Path(config.out)
@@ -260,12 +324,14 @@ def write_index(
                 "shard_lengths": lengths,
             }
         },
-        "sources": info_sources(table),
-        "members": sample_members(jobs),
+        "sources": info_sources(index.table),
+        "members": index.members,
     }
-    cat.write_parquet_atomic(catalog, dataset_file(out, CATALOG_PATH))
-    _write_json(dataset_file(out, COUNTS_PATH), catalog_counts(catalog))
-    _write_json(dataset_file(out, SOURCES_PATH), table)
+    if index.catalog_tmp.is_symlink():
+        raise ValueError(f"{index.catalog_tmp} is a link, not the file `inf590k shard` wrote: run again")
+    os.replace(index.catalog_tmp, dataset_file(out, CATALOG_PATH))
+    _write_json(dataset_file(out, COUNTS_PATH), index.counts)
+    _write_json(dataset_file(out, SOURCES_PATH), index.table)
     _write_json(
         dataset_file(out, SIZES_PATH),
         {f"{DATA_DIRNAME}/{f}": n for f, n in zip(filenames, lengths, strict=True)},
@@ -287,13 +353,10 @@ def write_index(
 # ----------------------------------------------------------------------------- the stage
 
 def _class_ids(
-    config: ShardConfig, out: Path, by_bin: dict[str, pa.Table]
+    config: ShardConfig, out: Path, catalog: pa.Table, by_bin: dict[str, np.ndarray]
 ) -> tuple[list[dict], dict[str, int]]:
     """The sources table of this build (ids of the folder's earlier table kept) and its ids."""
-    kept: dict[str, list[dict]] = {}
-    for rows in by_bin.values():  # the three columns the table needs, not whole rows
-        for row in rows.select(["source", "modality", "license"]).to_pylist():
-            kept.setdefault(row["source"], []).append(row)
+    kept = kept_sources(catalog, np.concatenate([np.empty(0, np.int64), *by_bin.values()]))
     previous = read_sources_table(out) if read_owned(out) is not None else []
     table = sources_table(kept, cat.read_sources(config.build), previous)
     return table, {e["id"]: int(e["class_id"]) for e in table}
@@ -329,16 +392,44 @@ def shard(config: ShardConfig) -> ShardSummary:
         return _write_dataset(config, out, started)
 
 
-def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSummary:
-    catalog = cat.read_catalog(Path(config.build))  # read once: plan, class ids, index
-    by_bin = kept_by_bin(Path(config.build), catalog)
-    table, classes = _class_ids(config, out, by_bin)
-    jobs = plan_shards(config, classes, by_bin)
-    if not jobs:
+def _planned_files(shards: list[PlannedShard]) -> set[str]:
+    return set(index_files()) | {p for s in shards for p in shard_files(s.relpath)}
+
+
+def _plan(config: ShardConfig, out: Path) -> tuple[list[ShardJob], IndexInputs, set[str], int]:
+    """Read the catalog once; claim the folder; write the catalog copy, the plan file and
+    the jobs; gather what the index needs. The catalog is let go on return (jobs and index
+    inputs hold no row)."""
+    catalog = cat.read_catalog(Path(config.build))
+    by_bin = kept_rows_by_bin(Path(config.build), catalog)
+    table, classes = _class_ids(config, out, catalog, by_bin)
+    shards = plan_layout(config, catalog, by_bin)
+    if not shards:
         raise ValueError(f"no kept images in {config.build}: check `inf590k report` counts")
-    planned = set(index_files()) | {p for j in jobs for p in shard_files(j.relpath)}
+    planned = _planned_files(shards)
     previous = claim_folder(out, planned)
     remove_stale(out, previous, planned)
+    kept = np.concatenate([np.empty(0, np.int64), *by_bin.values()])
+    try:
+        copy = _write_catalog_copy(out, catalog)
+        index = IndexInputs(table, catalog_counts(catalog), sample_members(config, catalog, kept), copy)
+        jobs = write_plan(config, catalog, shards, classes)
+    except BaseException:
+        remove_stale(out, set(), planned)  # the catalog copy's temporary file
+        raise
+    return jobs, index, planned, len(by_bin)
+
+
+def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSummary:
+    try:
+        return _write_planned(config, out, started)
+    finally:
+        remove_plan(Path(config.build))
+
+
+def _write_planned(config: ShardConfig, out: Path, started: float) -> ShardSummary:
+    jobs, index, planned, bins = _plan(config, out)
+    pa.default_memory_pool().release_unused()  # the catalog and its copies: back to the system
     stats: dict[str, dict] = {}
     todo = []
     for job in jobs:
@@ -347,23 +438,25 @@ def _write_dataset(config: ShardConfig, out: Path, started: float) -> ShardSumma
             todo.append(job)
         else:
             stats[job.relpath] = done
+    written = 0
     try:
         for result in _write_all(todo, config):
+            written += not result.pop("reused", False)
             stats[result["shard"]] = result
     except BaseException:  # the pool has stopped: leave no half-written .tmp behind
         remove_stale(out, set(), planned)
         raise
-    write_index(config, jobs, stats, table, catalog)
+    write_index(config, jobs, stats, index)
     _write_owned(out, planned)
     lengths = [len(j) for j in jobs]
     return ShardSummary(
         shards=len(jobs),
-        written=len(todo),
-        reused=len(jobs) - len(todo),
+        written=written,
+        reused=len(jobs) - written,
         samples=sum(lengths),
         bytes=sum(s["bytes"] for s in stats.values()),
         seconds=time.perf_counter() - started,
         out=out,
         lengths=(min(lengths), max(lengths)),
-        bins=len(by_bin),
+        bins=bins,
     )

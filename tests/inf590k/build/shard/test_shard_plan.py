@@ -15,6 +15,7 @@ import pytest
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig
 from inf590k.build.shard import sample_json as sample_json_module
+from inf590k.build.shard.jobs import plan_shards
 from inf590k.build.shard.plan import (
     NPY_HEADER_BYTES,
     PNG_BYTES_PER_PIXEL,
@@ -24,7 +25,6 @@ from inf590k.build.shard.plan import (
     even_runs,
     kept_by_bin,
     parse_size,
-    plan_shards,
     run_bounds,
     shard_counts,
 )
@@ -183,12 +183,15 @@ def test_sample_jsons_of_hostile_text_and_extreme_integers():
     assert [json.loads(j)["relpath"] for j in expected] == HOSTILE_TEXT
 
 
-def test_threaded_chunks_give_the_same_jsons_in_order(monkeypatch):
+def test_sample_json_array_joins_to_the_members_in_order():
     table = cat.rows_to_table(catalog_rows(50, "b"))
-    monkeypatch.setattr(sample_json_module, "JSON_CHUNK_ROWS", 7)
     expected = [sample_json(row) for row in table.to_pylist()]
-    assert sample_json_module.parallel_sample_jsons(table, threads=3) == expected
-    assert sample_json_module.parallel_sample_jsons(table, threads=1) == expected
+    array = sample_json_module.sample_json_array(table)
+    assert array.to_pylist() == expected
+    assert bytes(sample_json_module.joined_bytes(array.slice(7, 20))) == b"".join(expected[7:27])
+    assert bytes(sample_json_module.joined_bytes(sample_json_module.sample_json_array(table.slice(0, 0)))) == b""
+    with pytest.raises(ValueError, match="nulls"):
+        sample_json_module.joined_bytes(pa.array([b"x", None], pa.binary()))
 
 
 def test_sample_jsons_floats_of_every_magnitude_match_json():
@@ -216,9 +219,9 @@ def synthetic_catalog(sizes: dict[str, int]) -> pa.Table:
 def test_plan_is_deterministic_and_jobs_carry_only_their_rows(tmp_path):
     catalog = synthetic_catalog({"a": 500, "b": 1})
     config = ShardConfig(build=tmp_path, out=tmp_path / "ds", max_count=100)
-    first = plan_shards(config, None, kept_by_bin(tmp_path, catalog))
-    second = plan_shards(config, None, kept_by_bin(tmp_path, catalog.take(np.arange(501, -1, -1))))
-    assert [(j.relpath, j.plan) for j in first] == [(j.relpath, j.plan) for j in second]
+    first = plan_shards(config, None, catalog)
+    second = plan_shards(config, None, catalog.take(np.arange(501, -1, -1)))
+    assert [(j.relpath, j.rows_digest, j.plan) for j in first] == [(j.relpath, j.rows_digest, j.plan) for j in second]
     assert [len(j) for j in first] == [100] * 5 + [1]
     assert sorted(u for j in first for u in j.table.column("uid").to_pylist()) == sorted(
         r["uid"] for r in catalog.to_pylist() if r["status"] == cat.STATUS_OK
@@ -226,8 +229,7 @@ def test_plan_is_deterministic_and_jobs_carry_only_their_rows(tmp_path):
     assert [json.loads(m)["uid"] for m in first[0].jsons] == [r["uid"] for r in first[0].rows]
     whole, one = len(pickle.dumps(first[0])), len(pickle.dumps(first[-1]))
     assert whole < 100 * one  # a job pickles its own rows, not its bin's
-    other_seed = plan_shards(ShardConfig(build=tmp_path, out=tmp_path, max_count=100, seed=1),
-                             None, kept_by_bin(tmp_path, catalog))  # fmt: skip
+    other_seed = plan_shards(ShardConfig(build=tmp_path, out=tmp_path, max_count=100, seed=1), None, catalog)
     assert other_seed[0].plan != first[0].plan
 
 
