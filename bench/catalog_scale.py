@@ -48,6 +48,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("P
 SOURCES = 9
 RESOLUTIONS = 445
 LARGE_RESOLUTIONS = 45
+LINKS_PER_FILE = 50_000
 PART_ROWS = 200_000  # rows per catalogue part: ingest's PART_FILES
 TARGETS = {"590K": 590_700, "5M": 5_000_000}
 GOAL_BYTES = 8 * 10**9
@@ -177,6 +178,7 @@ def make_catalog(build: Path, sources_root: Path, rows: int, seed: int = 0) -> N
     del columns
     policy = ImagePolicy()
     recorded = {}
+    links = _Links(sources_root / "frames")
     for index, name in enumerate(names):
         root = sources_root / name
         mine = table.filter(pa.array(source == index)).sort_by("uid")
@@ -184,10 +186,10 @@ def make_catalog(build: Path, sources_root: Path, rows: int, seed: int = 0) -> N
             part = mine.slice(start, PART_ROWS)
             chunk = start // PART_ROWS
             commit_part(build, name, [chunk], part.cast(part_schema([chunk])))
-        for relpath_of_row, res in zip(mine.column("relpath").to_pylist(), [int(p[1:4]) for p in mine.column("relpath").to_pylist()], strict=True):
+        for relpath_of_row in mine.column("relpath").to_pylist():
             target = root / relpath_of_row
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(sources_root / "frames" / f"r{res:03d}.png", target)
+            os.link(links.next_file(int(relpath_of_row[1:4])), target)
         recorded[name] = {
             "root": str(root.resolve()), "kind": "folder", "signature": f"bench-{seed}-{index}",
             "policy": policy.__dict__ | {}, "name": name, "license": "CC BY 4.0", "modality": "lwir",
@@ -195,6 +197,23 @@ def make_catalog(build: Path, sources_root: Path, rows: int, seed: int = 0) -> N
         }
     cat.write_sources(build, recorded)
     lineage.finish(build, "ingest", {"bench": "catalog_scale", "rows": rows}, _IngestFacts(rows))
+
+
+class _Links:
+    """A resolution's frame file to hard-link next: a copy of it every LINKS_PER_FILE links (a
+    file system caps the links of one file, ext4 at 65,000)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.made: dict[int, int] = {}
+
+    def next_file(self, resolution: int) -> Path:
+        made = self.made.get(resolution, 0)
+        self.made[resolution] = made + 1
+        original = self.folder / f"r{resolution:03d}.png"
+        if made % LINKS_PER_FILE == 0 and made:
+            shutil.copyfile(original, self.folder / f"r{resolution:03d}-{made // LINKS_PER_FILE}.png")
+        return original if made < LINKS_PER_FILE else self.folder / f"r{resolution:03d}-{made // LINKS_PER_FILE}.png"
 
 
 class _IngestFacts:
