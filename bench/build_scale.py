@@ -33,7 +33,6 @@ import argparse
 import itertools
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from peak import peak_rss  # bench/peak.py: this script's folder is on the path
 
 REPO = str(Path(__file__).resolve().parents[1])
 sys.path.insert(0, REPO)
@@ -170,7 +171,7 @@ def run_child(stage: str, root: Path, workers: int) -> None:
     print(json.dumps({
         "wall": wall, "main_cpu": main_cpu, "worker_cpu": sum(workers_seen.cpu.values()), "alone": alone,
         "beside": max(0.0, main_cpu - alone),  # the driver's CPU while its workers work
-        "main_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "main_rss": peak_rss(),
         "worker_rss": max(workers_seen.rss.values(), default=0), "rows": rows,
     }))
 

@@ -31,7 +31,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peak import peak_rss  # bench/peak.py: this script's folder is on the path
 
 REPO = str(Path(__file__).resolve().parents[1])
 sys.path.insert(0, REPO)
@@ -249,7 +249,7 @@ def run_child(stage: str, root: Path, workers: int) -> None:
     print(json.dumps({
         "wall": time.perf_counter() - started,
         "main_cpu": time.process_time() - cpu,  # this process only (workers are other processes)
-        "main_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "main_rss": peak_rss(),
         "summary": str(summary).splitlines()[0] if summary is not None else "",
     }))
 

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from peak import peak_rss  # bench/peak.py: this script's folder is on the path
 
 from inf590k.build.dedupe.designs import plan_search
 from inf590k.build.dedupe.search import default_threads, radius_pairs
@@ -120,7 +121,7 @@ def run_worker(path: Path, radius: int, threads: int) -> None:
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    peak = after.ru_maxrss * 1024  # Linux reports KiB
+    peak = peak_rss()
     np.savez(path.with_suffix(".pairs.npz"), i=i, j=j)
     print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_bytes": peak, "pairs": len(i)}))
 

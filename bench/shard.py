@@ -64,6 +64,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
+from peak import peak_rss  # bench/peak.py: this script's folder is on the path
 
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig, shard
@@ -274,17 +275,6 @@ def write_synthetic_build(build: Path, rows: int, parts: int = 4) -> int:
     assign = pa.table({"uid": kept.column("uid"), "res_bin": kept.column("res_bin").dictionary_encode()})
     cat.write_columns(build, cat.BIN_ASSIGN_PATH, assign)
     return kept.num_rows
-
-
-def peak_rss() -> int:
-    """This process's peak resident bytes: VmHWM (ru_maxrss keeps the parent's across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def bare_read_and_copy(build: Path, out: Path) -> int:
