@@ -17,6 +17,7 @@ and each run writes the file afresh from the catalog, then removes it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -163,13 +164,24 @@ def read_plan_message(path: Path, offset: int, length: int) -> bytes:
 
 
 def remove_plan(build: Path) -> None:
-    """The plan file and its temporary file, removed (a link of that name too, not followed)."""
+    """The plan file and its temporary file, removed (a link of that name too, not followed).
+    Names are removed inside the folder opened without following a link: a link planted in
+    place of the folder (`shard` refuses to write through it) never gets a file elsewhere removed."""
     path = plan_file(build)
-    for leftover in (path, path.with_name(path.name + ".tmp")):
-        if leftover.is_symlink() or leftover.is_file():
-            leftover.unlink()
-    if path.parent.is_dir() and not path.parent.is_symlink() and not any(path.parent.iterdir()):
-        path.parent.rmdir()
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:  # missing, a file, or a link (ELOOP): nothing of ours there
+        return
+    try:
+        for name in (path.name, path.name + ".tmp"):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                os.unlink(name, dir_fd=folder)  # unlink never follows a link it removes
+        empty = not os.listdir(folder)
+    finally:
+        os.close(folder)
+    if empty:
+        with contextlib.suppress(OSError):  # rmdir never follows a link either
+            path.parent.rmdir()
 
 
 def _in_order(fn: Callable[[_T], _R], items: Iterable[_T], threads: int) -> Iterator[_R]:

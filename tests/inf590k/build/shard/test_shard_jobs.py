@@ -249,3 +249,19 @@ def test_reason_class_keeps_the_kind_only():
     assert reason_class("too small (12x9 < 32)") == "too small"
     assert re.fullmatch(r"unspecified", reason_class(None))
     assert os.sep not in reason_class("corrupt/truncated")
+
+
+def test_a_link_in_place_of_the_plan_folder_gets_nothing_elsewhere_removed(built, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("plan.arrow", "plan.arrow.tmp"):
+        (elsewhere / name).write_text("not ours")
+    link = built / Path(PLAN_PATH).parent
+    link.symlink_to(elsewhere, target_is_directory=True)
+    try:
+        with pytest.raises(ValueError, match="is a link"):
+            stage_module.shard(one_worker(built, tmp_path / "ds"))
+        assert sorted(p.name for p in elsewhere.iterdir()) == ["plan.arrow", "plan.arrow.tmp"]
+        assert (elsewhere / "plan.arrow").read_text() == "not ours" and link.is_symlink()
+    finally:
+        link.unlink()
