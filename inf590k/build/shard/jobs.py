@@ -141,10 +141,18 @@ def plan_file(build: Path) -> Path:
     return Path(build) / PLAN_PATH
 
 
-def _refuse_link(path: Path) -> Path:
-    if path.is_symlink():
-        raise ValueError(f"{path} is a link, not a file `inf590k shard` wrote: remove it and run again")
-    return path
+def _plan_folder(path: Path) -> Path:
+    """The folder of plan file `path`, made; a link, file or folder in a place of ours refused
+    in one line (nothing of it touched)."""
+    folder = path.parent
+    if folder.is_symlink():
+        raise ValueError(f"{folder} is a link, not a file `inf590k shard` wrote: remove it and run again")
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not the folder `inf590k shard` writes: remove it and run again")
+    if path.is_dir() and not path.is_symlink():
+        raise ValueError(f"{path} is a folder, not the file `inf590k shard` writes: remove it and run again")
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def read_plan_message(path: Path, offset: int, length: int) -> bytes:
@@ -206,7 +214,7 @@ def write_plan(
     the takes on several threads (Arrow's kernels release the GIL), a few shards at a time."""
     build = Path(config.build)
     path = plan_file(build)
-    _refuse_link(path.parent).mkdir(exist_ok=True)
+    _plan_folder(path)
     catalog = catalog.select(list(CATALOG_SCHEMA.names)).cast(CATALOG_SCHEMA)
     by_source = tuple(sorted(classes.items()))
 

@@ -265,3 +265,18 @@ def test_a_link_in_place_of_the_plan_folder_gets_nothing_elsewhere_removed(built
         assert (elsewhere / "plan.arrow").read_text() == "not ours" and link.is_symlink()
     finally:
         link.unlink()
+
+
+@pytest.mark.parametrize("planted", ["file as the folder", "folder as the file"])
+def test_a_file_or_folder_planted_where_the_plan_goes_is_refused_in_one_line_and_kept(tmp_path, planted):
+    path = plan_file(tmp_path)
+    if planted == "file as the folder":
+        path.parent.write_text("not ours")
+    else:
+        (path / "inside").mkdir(parents=True)
+    with pytest.raises(ValueError, match="remove it and run again"):
+        plan_shards(ShardConfig(build=tmp_path, out=tmp_path / "ds", max_count=50), None, catalog_table({"a": 60}))
+    if planted == "file as the folder":
+        assert path.parent.read_text() == "not ours"
+    else:
+        assert (path / "inside").is_dir()
