@@ -213,3 +213,26 @@ def test_rows_without_a_digest_or_phash_never_match_outside_rows_without_one(tmp
     assert found["m0"]["status"] == "ok"
     assert found["m1"]["reason"] == "already in old/o1 (exact pixels)"
     assert summary.outside_matches == 1
+
+
+def test_sha256_digests_sharing_their_first_16_digits_are_not_exact_duplicates(tmp_path):
+    """End to end: ingest-style digests (64 hex digits) whose first 16 digits collide are told
+    apart by the whole digest, in the build and against another build; equal ones still meet."""
+    twin, other = sha("7", "a"), sha("7", "b")  # same key, different digests
+    far = [0x0000_0000_0000_0000, 0xFFFF_FFFF_FFFF_FFFF, 0x00FF_00FF_00FF_00FF, 0xF0F0_F0F0_F0F0_F0F0]
+    rows = [
+        catalog_row("p", "alpha", far[0], pixels=twin),
+        catalog_row("q", "alpha", far[1], pixels=other),
+        catalog_row("r", "alpha", far[2], pixels=twin.upper()),  # another spelling, another value
+        catalog_row("s", "beta", far[3], pixels=sha("9", "c")),
+        catalog_row("t", "beta", 0x1234_5678_9ABC_DEF0, pixels=sha("9", "c"), size=(32, 32)),
+    ]
+    write_rows(tmp_path / "new", rows, parts=2)
+    write_rows(tmp_path / "old", [catalog_row("o1", "gamma", 0x0F0F_0F0F_0F0F_0F0F, pixels=sha("7", "c"))])
+    summary = dedupe(DedupeConfig(build=tmp_path / "new", against=(tmp_path / "old",), contact_groups=0, progress=False))
+    found = by_uid(tmp_path / "new")
+    for uid in ("p", "q", "r"):  # each alone: neither grouped nor matched to o1
+        assert (found[uid]["status"], found[uid]["dup_group"]) == ("ok", -1)
+    assert found["s"]["status"] == "ok" and found["s"]["dup_group"] == found["t"]["dup_group"] >= 0
+    assert found["t"]["reason"] == "duplicate of s (exact pixels)"
+    assert summary.outside_matches == 0
