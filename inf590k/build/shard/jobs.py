@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +45,6 @@ from inf590k.build.shard.plan import (
 )
 from inf590k.build.shard.sample_json import joined_bytes, sample_json_array
 from inf590k.dataset.layout import CATALOG_SCHEMA
-from inf590k.fsutil import open_new
 
 # ----------------------------------------------------------------------------- constants
 
@@ -155,6 +154,19 @@ def _plan_folder(path: Path) -> Path:
     return folder
 
 
+def _open_plan(path: Path) -> BinaryIO:
+    """The plan file opened as a new file inside its folder opened without following a link:
+    a link swapped in for the folder or the file after the checks is never written through."""
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=folder)  # a leftover file or link of that name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        return os.fdopen(os.open(path.name, flags, 0o644, dir_fd=folder), "wb")
+    finally:
+        os.close(folder)
+
+
 def read_plan_message(path: Path, offset: int, length: int) -> bytes:
     """`length` bytes of the plan file from `offset` (never through a link)."""
     descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -224,7 +236,7 @@ def write_plan(
         return message, rows_digest(config.keep_16bit, config.png_level, shard.relpath, by_source, message)
 
     placed = []
-    with open_new(path) as handle:  # a leftover file or link of that name removed first
+    with _open_plan(path) as handle:
         for message, digest in _in_order(message_and_digest, shards, planning_threads(config)):
             placed.append((handle.tell(), message.size, digest))
             handle.write(message)

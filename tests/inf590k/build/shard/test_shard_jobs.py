@@ -18,6 +18,7 @@ import pytest
 
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig
+from inf590k.build.shard import jobs as jobs_module
 from inf590k.build.shard import stage as stage_module
 from inf590k.build.shard.jobs import (
     PLAN_PATH,
@@ -280,3 +281,21 @@ def test_a_file_or_folder_planted_where_the_plan_goes_is_refused_in_one_line_and
         assert path.parent.read_text() == "not ours"
     else:
         assert (path / "inside").is_dir()
+
+
+def test_a_link_swapped_in_for_the_plan_folder_after_its_check_is_not_written_through(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "plan.arrow").write_text("not ours")
+    real = jobs_module._plan_folder
+
+    def checked_then_swapped(path: Path) -> Path:
+        folder = real(path)
+        folder.rmdir()
+        folder.symlink_to(elsewhere, target_is_directory=True)
+        return folder
+
+    monkeypatch.setattr(jobs_module, "_plan_folder", checked_then_swapped)
+    with pytest.raises(OSError):
+        plan_shards(ShardConfig(build=tmp_path, out=tmp_path / "ds", max_count=50), None, catalog_table({"a": 60}))
+    assert [p.name for p in elsewhere.iterdir()] == ["plan.arrow"] and (elsewhere / "plan.arrow").read_text() == "not ours"
