@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from inf590k.build import catalog as cat
 from inf590k.build import lineage
 from inf590k.build.locks import folder_lock
-from inf590k.build.shard.jobs import ShardJob, remove_plan, write_plan
+from inf590k.build.shard.jobs import ShardJob, plan_file, remove_plan, write_plan
 from inf590k.build.shard.plan import (
     PlannedShard,
     ShardConfig,
@@ -387,6 +387,8 @@ def shard(config: ShardConfig) -> ShardSummary:
         raise ValueError(
             f"--out {out} is a build folder (it holds a catalog): write the dataset to a folder of its own"
         )
+    if out.resolve() == plan_file(Path(config.build)).parent.resolve():
+        raise ValueError(f"--out {out} is where `shard` keeps its plan file: write the dataset to a folder of its own")
     # one writer per dataset folder, whatever build it comes from
     with folder_lock(out, "--out"):
         return _write_dataset(config, out, started)

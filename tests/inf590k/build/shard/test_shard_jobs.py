@@ -299,3 +299,9 @@ def test_a_link_swapped_in_for_the_plan_folder_after_its_check_is_not_written_th
     with pytest.raises(OSError):
         plan_shards(ShardConfig(build=tmp_path, out=tmp_path / "ds", max_count=50), None, catalog_table({"a": 60}))
     assert [p.name for p in elsewhere.iterdir()] == ["plan.arrow"] and (elsewhere / "plan.arrow").read_text() == "not ours"
+
+
+def test_the_plan_folder_is_refused_as_the_dataset_folder(built):
+    with pytest.raises(ValueError, match="plan file"):
+        stage_module.shard(one_worker(built, built / Path(PLAN_PATH).parent))
+    assert not (built / PLAN_PATH).parent.exists()
