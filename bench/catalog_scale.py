@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from peak import peak_rss  # bench/peak.py: this script's folder is on the path
+from catalog_rows import frame_columns  # bench/catalog_rows.py: this script's folder is on the path
+from peak import peak_rss
 
 REPO = str(Path(__file__).resolve().parents[1])
 sys.path.insert(0, REPO)
@@ -158,16 +159,7 @@ def make_catalog(build: Path, sources_root: Path, rows: int, seed: int = 0) -> N
         "file_bytes": file_bytes,
         "file_sha256": file_sha.tolist(),
         "pixel_sha256": kept(pixel.tolist()),
-        "width": width,
-        "height": height,
-        "orig_width": width,
-        "orig_height": height,
-        "orig_channels": np.ones(rows, np.int8),
-        "orig_dtype": ["uint8"] * rows,
-        "bit_depth": np.full(rows, 8, np.int8),
-        "grey_diff": np.zeros(rows, np.float32),
-        "normalisation": ["none"] * rows,
-        "crop_box": [[0, 0, int(w), int(h)] for w, h in zip(width.tolist(), height.tolist(), strict=True)],
+        **frame_columns(width, height),
         "entropy": (6 + (np.arange(rows) % 100) / 50).astype(np.float32),
         "phash": kept(_hex(phash, 16)),
         "dhash": kept(_hex(dhash, 16)),

@@ -64,7 +64,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
-from peak import peak_rss  # bench/peak.py: this script's folder is on the path
+from catalog_rows import frame_columns  # bench/catalog_rows.py: this script's folder is on the path
+from peak import peak_rss
 
 from inf590k.build import catalog as cat
 from inf590k.build.shard import ShardConfig, shard
@@ -107,16 +108,7 @@ def synthetic_catalog(bins: dict[str, tuple[int, int, int]]) -> pa.Table:
         "file_bytes": (width.astype(np.int64) * height * 0.7).astype(np.int64),
         "file_sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in index],
         "pixel_sha256": [hashlib.sha256(f"p{i}".encode()).hexdigest() for i in index],
-        "width": width,
-        "height": height,
-        "orig_width": width,
-        "orig_height": height,
-        "orig_channels": np.ones(rows, np.int8),
-        "orig_dtype": ["uint8"] * rows,
-        "bit_depth": np.full(rows, 8, np.int8),
-        "grey_diff": np.zeros(rows, np.float32),
-        "normalisation": ["none"] * rows,
-        "crop_box": [[0, 0, int(w), int(h)] for w, h in zip(width, height, strict=True)],
+        **frame_columns(width, height),
         "entropy": (6 + (index % 100) / 50).astype(np.float32),
         "phash": [f"{i:016x}" for i in index],
         "dhash": [f"{i * 7:016x}" for i in index],
